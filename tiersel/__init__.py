@@ -1,0 +1,91 @@
+"""tiersel: choose the cheapest LLM serving tier that meets each call's requirements.
+
+>>> import tiersel
+>>> sel = tiersel.Selector()
+>>> call = tiersel.Call(model="kimi-k2p6", input_tokens=1500, max_output_tokens=300)
+>>> sel.decide(call, tiersel.Requirements(deadline_s=30)).tier
+<Tier.standard: 'standard'>
+"""
+
+from tiersel.budget import Ledger, MemoryLedger
+from tiersel.clock import Clock, FakeClock, SystemClock
+from tiersel.cost import CostEstimate, estimate_costs
+from tiersel.decision import Decision, Reason, Step, Verdict
+from tiersel.dialects import Dialect, Usage
+from tiersel.dispatch import AttemptRecord, CallResult
+from tiersel.errors import (
+    BudgetExhausted,
+    NoFeasibleTier,
+    PricingError,
+    RequestNotUnderstood,
+    TierselError,
+    UnknownModel,
+)
+from tiersel.policy import CheapestFeasible, FixedTier, Policy, Signals
+from tiersel.pricing import ModelPrices, Pricing, TierPrice, load_pricing
+from tiersel.requirements import BudgetState, Call, Requirements
+from tiersel.selector import FIREWORKS_BASE_URL, Selector
+from tiersel.signals import (
+    CircuitState,
+    MemorySignalStore,
+    Observation,
+    Outcome,
+    SignalConfig,
+    SignalKey,
+    SignalStore,
+    TierHealth,
+    TierStats,
+)
+from tiersel.tiers import Tier, TierPriors, TierSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FIREWORKS_BASE_URL",
+    "AttemptRecord",
+    "BudgetExhausted",
+    "BudgetState",
+    "Call",
+    "CallResult",
+    "CheapestFeasible",
+    "CircuitState",
+    "Clock",
+    "CostEstimate",
+    "Decision",
+    "Dialect",
+    "FakeClock",
+    "FixedTier",
+    "Ledger",
+    "MemoryLedger",
+    "MemorySignalStore",
+    "ModelPrices",
+    "NoFeasibleTier",
+    "Observation",
+    "Outcome",
+    "Policy",
+    "Pricing",
+    "PricingError",
+    "Reason",
+    "RequestNotUnderstood",
+    "Requirements",
+    "Selector",
+    "SignalConfig",
+    "SignalKey",
+    "SignalStore",
+    "Signals",
+    "Step",
+    "SystemClock",
+    "Tier",
+    "TierHealth",
+    "TierPrice",
+    "TierPriors",
+    "TierSpec",
+    "TierStats",
+    "TierselError",
+    "UnknownModel",
+    "Usage",
+    "Verdict",
+    "__version__",
+    "estimate_costs",
+    "load_pricing",
+]

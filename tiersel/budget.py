@@ -1,0 +1,131 @@
+"""A spending budget: reserve the worst case before a call, settle to the real cost after.
+
+Every operation is atomic and returns the state it leaves, so committed plus reserved spend can
+never pass the limit, however many calls run at once.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from tiersel.requirements import BudgetState
+
+__all__ = ["Ledger", "MemoryLedger", "Reservation"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    call_id: str
+    amount_usd: float
+    expires_at: float | None
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """Where a budget's state lives. Each method is one atomic operation."""
+
+    def state(self, now: float) -> BudgetState:
+        """The budget now (expired reservations no longer count)."""
+        ...
+
+    def reserve(
+        self, call_id: str, amount_usd: float, now: float, ttl_s: float | None = None
+    ) -> BudgetState | None:
+        """Hold ``amount_usd`` for ``call_id``; None (and nothing held) if it does not fit."""
+        ...
+
+    def settle(self, call_id: str, actual_usd: float, now: float) -> BudgetState:
+        """Charge the real cost and drop the reservation; settling an id again is a no-op."""
+        ...
+
+    def release(self, call_id: str, now: float) -> BudgetState:
+        """Drop the reservation without charging (the call was shed or failed unbilled)."""
+        ...
+
+
+class MemoryLedger:
+    """A budget in this process's memory. Thread-safe.
+
+    >>> ledger = MemoryLedger(1.00)
+    >>> ledger.reserve("a", 0.75, now=0.0) is not None, ledger.reserve("b", 0.50, now=0.0)
+    (True, None)
+    >>> ledger.settle("a", 0.10, now=1.0).remaining_usd
+    0.9
+    """
+
+    def __init__(self, limit_usd: float, *, spent_usd: float = 0.0) -> None:
+        for name, value in (("limit_usd", limit_usd), ("spent_usd", spent_usd)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        self.limit_usd = float(limit_usd)
+        self._spent = float(spent_usd)
+        self._held: dict[str, Reservation] = {}
+        self._reserved = 0.0
+        self._settled: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _expire(self, now: float) -> None:
+        gone = [r for r in self._held.values() if r.expires_at is not None and r.expires_at <= now]
+        for r in gone:
+            del self._held[r.call_id]
+            self._reserved -= r.amount_usd
+        if not self._held:
+            self._reserved = 0.0
+
+    def _state(self) -> BudgetState:
+        return BudgetState(
+            limit_usd=self.limit_usd, spent_usd=self._spent, reserved_usd=max(0.0, self._reserved)
+        )
+
+    def state(self, now: float) -> BudgetState:
+        with self._lock:
+            self._expire(now)
+            return self._state()
+
+    def reserve(
+        self, call_id: str, amount_usd: float, now: float, ttl_s: float | None = None
+    ) -> BudgetState | None:
+        if not math.isfinite(amount_usd) or amount_usd < 0:
+            raise ValueError(f"reservation must be a finite amount >= 0, got {amount_usd!r}")
+        with self._lock:
+            self._expire(now)
+            previous = self._held.get(call_id)
+            held = self._reserved - (previous.amount_usd if previous else 0.0)
+            if self._spent + held + amount_usd > self.limit_usd:
+                return None
+            expires = now + ttl_s if ttl_s is not None else None
+            self._held[call_id] = Reservation(call_id, amount_usd, expires)
+            self._reserved = held + amount_usd
+            return self._state()
+
+    def settle(self, call_id: str, actual_usd: float, now: float) -> BudgetState:
+        if not math.isfinite(actual_usd) or actual_usd < 0:
+            raise ValueError(f"actual cost must be a finite amount >= 0, got {actual_usd!r}")
+        with self._lock:
+            self._expire(now)
+            if call_id in self._settled:
+                return self._state()
+            held = self._held.pop(call_id, None)
+            if held is not None:
+                self._reserved -= held.amount_usd
+            self._spent += actual_usd
+            self._settled.add(call_id)
+            return self._state()
+
+    def release(self, call_id: str, now: float) -> BudgetState:
+        with self._lock:
+            self._expire(now)
+            held = self._held.pop(call_id, None)
+            if held is not None:
+                self._reserved -= held.amount_usd
+            return self._state()
+
+    def __repr__(self) -> str:
+        s = self._state()
+        return (
+            f"MemoryLedger(limit_usd={s.limit_usd}, spent_usd={s.spent_usd:.6f},"
+            f" reserved_usd={s.reserved_usd:.6f})"
+        )

@@ -1,0 +1,74 @@
+"""Injected time. Logic reads ``clock.now()``; nothing in tiersel calls ``time.time()`` itself."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Clock", "FakeClock", "SystemClock"]
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Monotonic seconds, and a way to wait (sync and async)."""
+
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+    async def asleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real monotonic clock."""
+
+    __slots__ = ()
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
+
+
+class FakeClock:
+    """A clock that only moves when told to; sleeping advances it at once.
+
+    >>> clock = FakeClock()
+    >>> clock.sleep(2.5); clock.now()
+    2.5
+    """
+
+    __slots__ = ("_lock", "_now")
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = float(start)
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> float:
+        if seconds < 0:
+            raise ValueError(f"cannot move a clock backwards ({seconds} s)")
+        with self._lock:
+            self._now += seconds
+            return self._now
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(max(0.0, seconds))
+
+    async def asleep(self, seconds: float) -> None:
+        self.advance(max(0.0, seconds))
+
+    def __repr__(self) -> str:
+        return f"FakeClock(now={self._now})"

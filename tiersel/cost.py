@@ -1,0 +1,66 @@
+"""Cost of a call from its token counts, per tier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tiersel.pricing import ModelPrices, TierPrice
+from tiersel.requirements import Call
+
+__all__ = ["CostEstimate", "charge", "estimate_costs", "tier_cost"]
+
+
+@dataclass(frozen=True, slots=True)
+class CostEstimate:
+    """A call's cost on one tier: the worst case (all of ``max_output_tokens``) and the expected."""
+
+    tier: str
+    worst_usd: float
+    expected_usd: float
+
+
+def tier_cost(
+    price: TierPrice, input_tokens: int, cached_input_tokens: int, output_tokens: int
+) -> float:
+    """USD for the given tokens on one tier. Cached input is billed at the cached rate."""
+    uncached = max(0, input_tokens - cached_input_tokens)
+    return (
+        uncached * price.input_per_token
+        + cached_input_tokens * price.cached_input_per_token
+        + output_tokens * price.output_per_token
+    )
+
+
+def estimate_costs(call: Call, prices: ModelPrices) -> dict[str, CostEstimate]:
+    """Worst-case and expected cost of ``call`` on every tier the model offers.
+
+    >>> from tiersel import load_pricing
+    >>> p = load_pricing().model("kimi-k2p6")
+    >>> c = Call(model="kimi-k2p6", input_tokens=1_000_000, max_output_tokens=1)
+    >>> round(estimate_costs(c, p)["priority"].worst_usd, 6)
+    1.500006
+    """
+    out: dict[str, CostEstimate] = {}
+    expected_out = (
+        call.expected_output_tokens
+        if call.expected_output_tokens is not None
+        else call.max_output_tokens
+    )
+    for name, price in prices.tiers.items():
+        base = tier_cost(price, call.input_tokens, call.cached_input_tokens, 0)
+        out[name] = CostEstimate(
+            tier=name,
+            worst_usd=base + call.max_output_tokens * price.output_per_token,
+            expected_usd=base + expected_out * price.output_per_token,
+        )
+    return out
+
+
+def charge(
+    prices: ModelPrices, tier: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int
+) -> float:
+    """The actual cost of a served call from its reported usage, at the tier that served it."""
+    price = (
+        prices.tiers.get(tier) or prices.tiers.get("standard") or next(iter(prices.tiers.values()))
+    )
+    return tier_cost(price, prompt_tokens, min(cached_tokens, prompt_tokens), completion_tokens)

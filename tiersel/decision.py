@@ -1,0 +1,141 @@
+"""What the policy returns: a plan of tiers, its estimates, and the reasons behind it."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["Decision", "Reason", "Step", "Verdict"]
+
+
+class Verdict(str, enum.Enum):
+    chosen = "chosen"
+    rejected = "rejected"
+    costlier = "costlier"  # met the requirements, but a cheaper plan did too
+
+
+_TEMPLATES: Mapping[str, str] = {
+    "not_offered": "the model does not offer this tier",
+    "not_allowed": "not among the allowed tiers",
+    "cooldown": "avoided: cooling down for {0:.1f} s more",
+    "no_time": "no time left before the deadline",
+    "cost_cap": "worst-case cost ${0:.6f} exceeds max_cost_usd ${1:.6f}",
+    "budget": "worst-case cost ${0:.6f} exceeds the remaining budget ${1:.6f}",
+    "pacing": "expected cost ${0:.6f} exceeds the paced share of the budget ${1:.6f}",
+    "ttft": "expected time to first token {0:.2f} s exceeds max_ttft_s {1:.2f}",
+    "tps": "expected {0:.0f} output tokens/s is below min_output_tps {1:.0f}",
+    "reliability": "P(success within deadline) {0:.4f} is below the target {1:.4f}",
+    "chosen": "cheapest plan that meets the requirements: expected ${0:.6f}, P(success) {1:.4f}",
+    "best_effort": (
+        "best effort (requirements not met): the likeliest plan within the cost limits,"
+        " P(success) {1:.4f}, expected ${0:.6f}"
+    ),
+    "costlier": "meets the requirements, but expected ${0:.6f} is more than the chosen ${1:.6f}",
+    "fixed": "chosen by policy {2}: expected ${0:.6f}, P(success) {1:.4f}",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why one plan (a tier, or a ladder such as ``standard>priority``) was chosen or rejected.
+
+    ``code`` is stable and machine-readable; ``str(reason)`` is the sentence for people.
+    """
+
+    plan: str
+    verdict: Verdict
+    code: str
+    values: tuple[Any, ...] = ()
+
+    @property
+    def message(self) -> str:
+        return _TEMPLATES.get(self.code, self.code).format(*self.values)
+
+    def __str__(self) -> str:
+        return f"{self.plan}: {self.verdict.value}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan,
+            "verdict": self.verdict.value,
+            "code": self.code,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One attempt of a plan: the tier, the model id to send, and ``service_tier`` if any."""
+
+    tier: str
+    model: str
+    service_tier: str | None
+    worst_cost_usd: float
+    expected_cost_usd: float
+    body: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The policy's answer for one call.
+
+    ``tier``, ``model`` and ``service_tier`` say what to send first; ``plan`` holds every step
+    (one tier, or a ladder to climb after a shed while the deadline allows). Costs are in USD:
+    ``estimated_cost_usd`` is the expected cost of the plan, ``worst_case_cost_usd`` the most it
+    can cost (every output token at the dearest step's price).
+    """
+
+    plan: tuple[Step, ...]
+    estimated_cost_usd: float
+    worst_case_cost_usd: float
+    p_success: float
+    expected_latency_s: float
+    reasons: tuple[Reason, ...]
+    best_effort: bool = False
+
+    @property
+    def tier(self) -> str:
+        return self.plan[0].tier
+
+    @property
+    def model(self) -> str:
+        return self.plan[0].model
+
+    @property
+    def service_tier(self) -> str | None:
+        return self.plan[0].service_tier
+
+    @property
+    def label(self) -> str:
+        return ">".join(s.tier for s in self.plan)
+
+    def explain(self) -> str:
+        """The reasons, one per line."""
+        return "\n".join(str(r) for r in self.reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tier": str(self.tier),
+            "model": self.model,
+            "service_tier": self.service_tier,
+            "estimated_cost_usd": self.estimated_cost_usd,
+            "worst_case_cost_usd": self.worst_case_cost_usd,
+            "p_success": self.p_success,
+            "expected_latency_s": self.expected_latency_s,
+            "best_effort": self.best_effort,
+            "plan": [
+                {
+                    "tier": str(s.tier),
+                    "model": s.model,
+                    "service_tier": s.service_tier,
+                    "worst_cost_usd": s.worst_cost_usd,
+                    "expected_cost_usd": s.expected_cost_usd,
+                }
+                for s in self.plan
+            ],
+            "reasons": [r.to_dict() for r in self.reasons],
+        }

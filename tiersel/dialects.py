@@ -1,0 +1,271 @@
+"""Request and response shapes of the two API dialects tiersel routes.
+
+OpenAI-compatible chat completions (``/chat/completions``) and Anthropic-compatible messages
+(``/messages``): applying a decision to a body, reading the output cap, the token usage and the
+tier that served, and classifying errors. Pure functions; no I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from tiersel.decision import Step
+from tiersel.errors import RequestNotUnderstood
+from tiersel.signals import Outcome
+
+__all__ = [
+    "HINT_PREFIX",
+    "Classified",
+    "Dialect",
+    "Usage",
+    "apply_step",
+    "classify",
+    "dialect_for_path",
+    "estimate_input_tokens",
+    "max_output_tokens",
+    "read_usage",
+    "strip_hints",
+]
+
+HINT_PREFIX = "x-tiersel-"
+"""Request headers with this prefix are tiersel's own hints: read, then never sent upstream."""
+
+_SHED_STATUSES = frozenset({503, 529, 498})
+_RETRYABLE_ERRORS = frozenset({500, 502, 504})
+_CHAT_OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens")
+
+
+class Dialect(str, enum.Enum):
+    openai = "openai"
+    anthropic = "anthropic"
+
+
+def dialect_for_path(path: str) -> Dialect | None:
+    """The dialect of a generation endpoint, or None for any other path (passed through)."""
+    p = path.rstrip("/")
+    if p.endswith("/chat/completions"):
+        return Dialect.openai
+    if p.endswith("/messages"):
+        return Dialect.anthropic
+    return None
+
+
+def strip_hints(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers without tiersel's hint headers."""
+    return {k: v for k, v in headers.items() if not k.lower().startswith(HINT_PREFIX)}
+
+
+def max_output_tokens(body: Mapping[str, Any], dialect: Dialect) -> int | None:
+    """The call's output cap, as the body states it (None when it states none)."""
+    fields = _CHAT_OUTPUT_FIELDS if dialect is Dialect.openai else ("max_tokens",)
+    for name in fields:
+        value = body.get(name)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise RequestNotUnderstood(f"{name} must be a positive integer, got {value!r}")
+            return value
+    return None
+
+
+def _text_bytes(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode("utf-8"))
+    if isinstance(value, Mapping):
+        return sum(_text_bytes(v) for k, v in value.items() if k not in ("role", "type"))
+    if isinstance(value, (list, tuple)):
+        return sum(_text_bytes(v) for v in value)
+    return 0
+
+
+def estimate_input_tokens(body: Mapping[str, Any], *, bytes_per_token: float = 3.0) -> int:
+    """Estimate a body's prompt tokens from the size of its text, without a tokenizer.
+
+    ``bytes_per_token=3`` is an estimate for English text (BPE tokenizers average about 4 bytes a
+    token); ``bytes_per_token=1`` is an upper bound, since no token is shorter than a byte. Each
+    message adds a few tokens of framing.
+    """
+    if not bytes_per_token > 0:
+        raise ValueError(f"bytes_per_token must be > 0, got {bytes_per_token!r}")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise RequestNotUnderstood("the body has no 'messages' list")
+    size = _text_bytes(messages) + _text_bytes(body.get("system")) + _text_bytes(body.get("tools"))
+    framing = 8 * (len(messages) + 1)
+    return math.ceil(size / bytes_per_token) + framing
+
+
+def apply_step(body: Mapping[str, Any], step: Step) -> dict[str, Any]:
+    """A copy of ``body`` that asks for ``step``'s tier: its model id and ``service_tier``.
+
+    tiersel owns these two fields: a caller's own ``service_tier`` is replaced, so a fast router
+    model is never sent with a priority tier.
+    """
+    out = dict(body)
+    out["model"] = step.model
+    out.pop("service_tier", None)
+    for key, value in step.body.items():
+        out[key] = value
+    if "service_tier" in out and "/routers/" in str(out["model"]):
+        raise RequestNotUnderstood(
+            f"refusing to send router model {out['model']!r} with a service_tier"
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Billed tokens of a served call, and the tier the response says served it (if it says)."""
+
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    served_tier: str | None = None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _served_tier(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    v = value.lower()
+    if v in ("priority", "fast"):
+        return "priority"
+    if v in ("default", "standard", "standard_only", "on_demand", "auto"):
+        return "standard"
+    return None
+
+
+def read_usage(payload: Any, dialect: Dialect) -> Usage | None:
+    """Usage from a response body (or a stream's final chunk / message_delta), None if absent."""
+    if not isinstance(payload, Mapping):
+        return None
+    usage = payload.get("usage")
+    if not isinstance(usage, Mapping):
+        return None
+    if dialect is Dialect.openai:
+        details = usage.get("prompt_tokens_details")
+        cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
+        return Usage(
+            prompt_tokens=_int(usage.get("prompt_tokens")),
+            cached_tokens=cached,
+            completion_tokens=_int(usage.get("completion_tokens")),
+            served_tier=_served_tier(payload.get("service_tier")),
+        )
+    cache_read = _int(usage.get("cache_read_input_tokens"))
+    return Usage(
+        prompt_tokens=_int(usage.get("input_tokens"))
+        + cache_read
+        + _int(usage.get("cache_creation_input_tokens")),
+        cached_tokens=cache_read,
+        completion_tokens=_int(usage.get("output_tokens")),
+        served_tier=_served_tier(usage.get("service_tier")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """An attempt's outcome for the signals, and whether to try again."""
+
+    outcome: Outcome
+    retryable: bool
+    retry_after_s: float | None
+    billed: bool
+    detail: str
+
+
+def classify(
+    status: int, headers: Mapping[str, str], payload: Any, *, wall_now: float | None = None
+) -> Classified:
+    """Classify a response. ``headers`` keys must be lower case.
+
+    503/529/498 are sheds (not billed, retryable); 429 is a rate limit (retryable, unless it is a
+    spend-limit refusal); 500/502/504 are retryable errors; other 4xx are final.
+    """
+    retry_after = retry_after_s(headers, wall_now=wall_now)
+    if 200 <= status < 300:
+        return Classified(Outcome.ok, False, None, True, "ok")
+    code = _error_code(payload)
+    if status in _SHED_STATUSES:
+        return Classified(Outcome.shed, True, retry_after, False, f"HTTP {status} {code}".strip())
+    if status == 429:
+        if code == "enforced_spend_limit_reached":
+            return Classified(Outcome.error, False, None, False, "HTTP 429 spend limit reached")
+        if code == "resource_unavailable":
+            return Classified(
+                Outcome.shed, True, retry_after, False, "HTTP 429 resource_unavailable"
+            )
+        return Classified(
+            Outcome.rate_limited, True, retry_after, False, f"HTTP 429 {code}".strip()
+        )
+    if status in _RETRYABLE_ERRORS:
+        return Classified(Outcome.error, True, retry_after, False, f"HTTP {status} {code}".strip())
+    return Classified(Outcome.error, False, None, False, f"HTTP {status} {code}".strip())
+
+
+def _error_code(payload: Any) -> str:
+    if not isinstance(payload, Mapping):
+        return ""
+    err = payload.get("error")
+    if not isinstance(err, Mapping):
+        return ""
+    details = err.get("details")
+    if isinstance(details, Mapping) and isinstance(details.get("error_code"), str):
+        return str(details["error_code"])
+    for key in ("code", "type"):
+        if isinstance(err.get(key), str) and err[key]:
+            return str(err[key])
+    return ""
+
+
+def retry_after_s(headers: Mapping[str, str], *, wall_now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``retry-after`` (seconds or an HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms) / 1000.0
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return _seconds_until(raw, headers.get("date"), wall_now)
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _seconds_until(when: str, date: str | None, wall_now: float | None) -> float | None:
+    try:
+        target = parsedate_to_datetime(when).timestamp()
+    except (TypeError, ValueError):
+        return None
+    # Prefer the server's own Date header as "now", so clocks need not agree.
+    reference = wall_now
+    if date is not None:
+        with contextlib.suppress(TypeError, ValueError):
+            reference = parsedate_to_datetime(date).timestamp()
+    if reference is None:
+        return None
+    return max(0.0, target - reference)
+
+
+def parse_json(content: bytes) -> Any:
+    """A response body as JSON, or None when it is not JSON."""
+    if not content:
+        return None
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None

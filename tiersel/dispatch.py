@@ -1,0 +1,416 @@
+"""One call's attempts, written once as a generator of effects; thin sync and async shells run it.
+
+The flow decides, reserves budget, asks for a send, classifies what came back, records it into
+the signals, charges or releases, and re-decides after a shed or a rate limit while the deadline,
+the budget and the attempt bound allow. It does no I/O itself: each effect it yields (read the
+signals, reserve, send, sleep, ...) is carried out by the shell, which sends back the result, the
+way httpx drives its auth flows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from tiersel.cost import charge
+from tiersel.decision import Decision, Step
+from tiersel.dialects import Classified, Dialect, Usage, apply_step, classify, read_usage
+from tiersel.errors import BudgetExhausted, NoFeasibleTier
+from tiersel.requirements import BudgetState, Call, Requirements
+from tiersel.signals import CircuitState, Observation, Outcome, SignalKey, TierHealth, TierStats
+
+if TYPE_CHECKING:
+    from tiersel.selector import Selector
+
+__all__ = ["AttemptRecord", "CallResult", "Reply"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What one attempt got back, as the shell saw it.
+
+    ``payload`` is the parsed JSON body (None for a stream or a non-JSON body); ``error`` names a
+    transport failure (no response); ``raw`` is the shell's own response object.
+    """
+
+    status: int
+    headers: Mapping[str, str]
+    payload: Any
+    elapsed_s: float
+    streaming: bool = False
+    timed_out: bool = False
+    error: str | None = None
+    raw: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One attempt, for logs and metrics (handed to ``Selector(on_attempt=...)``)."""
+
+    call_id: str
+    attempt: int
+    model: str
+    tier: str
+    decision: Decision
+    outcome: Outcome
+    status: int
+    latency_s: float
+    cost_usd: float
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """How a call ended: the last reply, every decision taken, what it cost."""
+
+    ok: bool
+    reply: Reply | None
+    decisions: tuple[Decision, ...]
+    attempts: int
+    cost_usd: float
+    usage: Usage | None
+    tier: str | None
+    call_id: str
+    detail: str = ""
+    pending_stream: bool = False
+    started_at: float = 0.0
+
+    @property
+    def decision(self) -> Decision | None:
+        return self.decisions[-1] if self.decisions else None
+
+    @property
+    def response(self) -> Any:
+        """The last attempt's response object (an ``httpx.Response`` from `Selector.send`)."""
+        return self.reply.raw if self.reply is not None else None
+
+
+# -- effects ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Now:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSignals:
+    keys: tuple[SignalKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimProbe:
+    key: SignalKey
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBudget:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    call_id: str
+    amount_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    call_id: str
+    amount_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    step: Step
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+    timeout_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    key: SignalKey
+    observation: Observation
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    record: AttemptRecord
+
+
+Effect = (
+    Now
+    | ReadSignals
+    | ClaimProbe
+    | ReadBudget
+    | Reserve
+    | Settle
+    | Release
+    | Send
+    | Record
+    | Sleep
+    | Notify
+)
+Flow = Generator[Effect, Any, CallResult]
+
+
+@dataclass(slots=True)
+class _Progress:
+    decisions: list[Decision] = field(default_factory=list)
+    attempts: int = 0
+    last_reply: Reply | None = None
+    last_tier: str | None = None
+    detail: str = ""
+
+
+def call_flow(
+    sel: Selector,
+    body: Mapping[str, Any],
+    dialect: Dialect,
+    call: Call,
+    requirements: Requirements,
+    call_id: str,
+) -> Flow:
+    """The attempts of one call. Raises `NoFeasibleTier` or `BudgetExhausted` before any send."""
+    prices = sel.pricing.model(call.model)
+    keys = tuple(SignalKey(call.endpoint, prices.name, t) for t in prices.tiers)
+    start = yield Now()
+    prog = _Progress()
+    while True:
+        now = yield Now()
+        req = requirements
+        if requirements.deadline_s is not None:
+            left = requirements.deadline_s - (now - start)
+            if left <= 0:
+                return _failed(prog, call_id, start, prog.detail or "deadline passed")
+            req = requirements.model_copy(update={"deadline_s": left})
+        stats: list[TierStats] = yield ReadSignals(keys)
+        signals: dict[str, TierHealth] = {}
+        for key, st in zip(keys, stats, strict=True):
+            spec = sel.pricing.tiers[key.tier]
+            health = sel.assess(st, spec.priors, now)
+            if health.state is CircuitState.half_open:
+                claimed = yield ClaimProbe(key)
+                health = sel.assess(st, spec.priors, now, probing=claimed)
+                if not claimed:
+                    health = _as_open(health, sel.signal_config.probe_interval_s)
+            signals[key.tier] = health
+        budget: BudgetState | None = yield ReadBudget()
+        try:
+            decision = sel.policy(call, req, budget, prices, signals, now)
+        except NoFeasibleTier as exc:
+            if prog.attempts == 0 and not _cooling(signals):
+                raise
+            wait = _shortest_cooldown(signals, req)
+            if wait is None or prog.attempts >= sel.max_attempts:
+                return _failed(prog, call_id, start, prog.detail or str(exc))
+            yield Sleep(wait)
+            continue
+        step = decision.plan[0]
+        if prog.last_tier == step.tier and prog.attempts > 0:
+            # Same tier again (its circuit is still closed): back off first, within the deadline.
+            backoff = sel.backoff_s * (2 ** (prog.attempts - 1))
+            if req.deadline_s is None or backoff < req.deadline_s / 2:
+                yield Sleep(backoff)
+        if sel.ledger_enabled:
+            held = yield Reserve(call_id, step.worst_cost_usd)
+            if held is None:
+                if prog.attempts == 0:
+                    raise BudgetExhausted(
+                        f"call {call_id}: the budget cannot cover ${step.worst_cost_usd:.6f}"
+                        f" (worst case on {step.tier})"
+                    )
+                return _failed(prog, call_id, start, "budget exhausted before a retry")
+        prog.decisions.append(decision)
+        send_body = apply_step(body, step)
+        reply: Reply = yield Send(step, send_body, step.headers, req.deadline_s)
+        prog.attempts += 1
+        prog.last_reply = reply
+        prog.last_tier = step.tier
+        after = yield Now()
+        key = SignalKey(call.endpoint, prices.name, step.tier)
+        verdict = _classify(reply)
+        if reply.streaming and verdict.outcome is Outcome.ok:
+            # The stream's wrapper records, charges and notifies once the stream ends.
+            return CallResult(
+                True,
+                reply,
+                tuple(prog.decisions),
+                prog.attempts,
+                0.0,
+                None,
+                step.tier,
+                call_id,
+                "streaming",
+                pending_stream=True,
+                started_at=start,
+            )
+        usage = read_usage(reply.payload, dialect) if verdict.outcome is Outcome.ok else None
+        yield Record(
+            key,
+            Observation(
+                verdict.outcome,
+                latency_s=reply.elapsed_s,
+                output_tps=_tps(usage, reply.elapsed_s),
+                retry_after_s=verdict.retry_after_s,
+            ),
+        )
+        cost = 0.0
+        served = step.tier
+        if verdict.outcome is Outcome.ok:
+            if usage is not None:
+                served = _served(usage, step.tier, prices.tiers)
+                cost = charge(
+                    prices,
+                    served,
+                    usage.prompt_tokens,
+                    usage.cached_tokens,
+                    usage.completion_tokens,
+                )
+            else:
+                # No usage in the response: charge the worst case rather than nothing.
+                cost = step.worst_cost_usd
+            if sel.ledger_enabled:
+                yield Settle(call_id, cost)
+        elif sel.ledger_enabled:
+            yield Release(call_id)
+        yield Notify(
+            AttemptRecord(
+                call_id,
+                prog.attempts,
+                prices.name,
+                served,
+                decision,
+                verdict.outcome,
+                reply.status,
+                after - now,
+                cost,
+                verdict.detail,
+            )
+        )
+        if verdict.outcome is Outcome.ok:
+            return CallResult(
+                True,
+                reply,
+                tuple(prog.decisions),
+                prog.attempts,
+                cost,
+                usage,
+                served,
+                call_id,
+                "ok",
+                started_at=start,
+            )
+        prog.detail = verdict.detail
+        if not verdict.retryable or prog.attempts >= sel.max_attempts:
+            return _failed(prog, call_id, start, verdict.detail)
+
+
+def _classify(reply: Reply) -> Classified:
+    if reply.timed_out:
+        return Classified(Outcome.timeout, True, None, False, "timed out")
+    if reply.error is not None:
+        return Classified(Outcome.error, True, None, False, reply.error)
+    return classify(reply.status, reply.headers, reply.payload, wall_now=time.time())
+
+
+def _tps(usage: Usage | None, elapsed: float) -> float | None:
+    # Non-streamed: tokens over the whole call is a lower bound of the generation rate.
+    if usage is None or usage.completion_tokens <= 0 or elapsed <= 0:
+        return None
+    return usage.completion_tokens / elapsed
+
+
+def _served(usage: Usage, asked: str, offered: Mapping[str, Any]) -> str:
+    """Bill by the tier that served, when the response says so and it is one of the model's."""
+    served = usage.served_tier
+    if served is None or served == asked or asked not in ("standard", "priority"):
+        return asked
+    return served if served in offered else asked
+
+
+def _as_open(health: TierHealth, wait: float) -> TierHealth:
+    return replace(health, state=CircuitState.open, cooldown_s=wait)
+
+
+def _cooling(signals: Mapping[str, TierHealth]) -> bool:
+    return any(h.state is CircuitState.open for h in signals.values())
+
+
+def _shortest_cooldown(signals: Mapping[str, TierHealth], req: Requirements) -> float | None:
+    waits = [
+        h.cooldown_s
+        for name, h in signals.items()
+        if h.state is CircuitState.open and (req.tiers is None or name in req.tiers)
+    ]
+    if not waits:
+        return None
+    wait = min(waits) + 1e-3
+    if req.deadline_s is not None and wait >= req.deadline_s:
+        return None
+    return wait
+
+
+def _failed(prog: _Progress, call_id: str, start: float, detail: str) -> CallResult:
+    return CallResult(
+        False,
+        prog.last_reply,
+        tuple(prog.decisions),
+        prog.attempts,
+        0.0,
+        None,
+        prog.last_tier,
+        call_id,
+        detail,
+        started_at=start,
+    )
+
+
+# -- shells -------------------------------------------------------------------------------------
+
+
+def run(flow: Flow, perform: Callable[[Effect], Any]) -> CallResult:
+    """Drive a flow synchronously."""
+    value: Any = None
+    while True:
+        try:
+            effect = flow.send(value)
+        except StopIteration as stop:
+            result: CallResult = stop.value
+            return result
+        try:
+            value = perform(effect)
+        except BaseException as exc:  # let the flow see the failure, then re-raise it
+            flow.close()
+            raise exc
+
+
+async def arun(flow: Flow, perform: Callable[[Effect], Any]) -> CallResult:
+    """Drive a flow from async code; ``perform`` returns a value or an awaitable."""
+    value: Any = None
+    while True:
+        try:
+            effect = flow.send(value)
+        except StopIteration as stop:
+            result: CallResult = stop.value
+            return result
+        try:
+            value = perform(effect)
+            if hasattr(value, "__await__"):
+                value = await value
+        except BaseException as exc:
+            flow.close()
+            raise exc

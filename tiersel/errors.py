@@ -1,0 +1,54 @@
+"""Exceptions raised by tiersel. All derive from `TierselError`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tiersel.decision import Reason
+
+
+class TierselError(Exception):
+    """Base class of every error tiersel raises."""
+
+
+class PricingError(TierselError, ValueError):
+    """A price table could not be loaded: names the file, the key path and the problem."""
+
+    def __init__(self, file: str, key: str, problem: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        where = f"{file}: {key}: " if key else f"{file}: "
+        super().__init__(where + problem)
+
+
+class UnknownModel(TierselError, KeyError):
+    """The model id is in no loaded price table."""
+
+    def __init__(self, model: str, table: str) -> None:
+        self.model = model
+        self.table = table
+        super().__init__(model)
+
+    def __str__(self) -> str:
+        return f"unknown model {self.model!r}: not in the price table {self.table}"
+
+
+class NoFeasibleTier(TierselError):
+    """No plan meets the call's requirements; ``reasons`` says why each tier was rejected."""
+
+    def __init__(self, model: str, reasons: Sequence[Reason]) -> None:
+        self.model = model
+        self.reasons = tuple(reasons)
+        lines = "; ".join(str(r) for r in self.reasons)
+        super().__init__(f"no tier of {model} meets the requirements: {lines}")
+
+
+class BudgetExhausted(TierselError):
+    """The budget cannot cover the worst-case cost of any allowed tier for this call."""
+
+
+class RequestNotUnderstood(TierselError, ValueError):
+    """A request body tiersel was asked to route is not a chat-completions or messages body."""

@@ -1,0 +1,129 @@
+"""What a call is, what it requires, and the state of the budget it draws on."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["BudgetState", "Call", "Requirements"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class Call(_Frozen):
+    """One generation call, as the policy sees it: a model and token counts.
+
+    >>> Call(model="kimi-k2p6", input_tokens=1200, max_output_tokens=400).max_output_tokens
+    400
+    """
+
+    model: str = Field(min_length=1)
+    input_tokens: int = Field(ge=0)
+    cached_input_tokens: int = Field(0, ge=0)
+    max_output_tokens: int = Field(gt=0)
+    expected_output_tokens: int | None = Field(None, ge=0)
+    endpoint: str = "fireworks"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Call:
+        if self.cached_input_tokens > self.input_tokens:
+            raise ValueError(
+                f"cached_input_tokens ({self.cached_input_tokens}) cannot exceed "
+                f"input_tokens ({self.input_tokens})"
+            )
+        if (
+            self.expected_output_tokens is not None
+            and self.expected_output_tokens > self.max_output_tokens
+        ):
+            raise ValueError(
+                f"expected_output_tokens ({self.expected_output_tokens}) cannot exceed "
+                f"max_output_tokens ({self.max_output_tokens})"
+            )
+        return self
+
+    @property
+    def output_tokens_for_latency(self) -> int:
+        """Output tokens to plan latency on: the expected count when known, else the maximum."""
+        if self.expected_output_tokens is not None:
+            return self.expected_output_tokens
+        return self.max_output_tokens
+
+
+class Requirements(_Frozen):
+    """What a call needs. Every field is optional; None means "no requirement".
+
+    - ``deadline_s``: end-to-end time the call must finish within, in seconds.
+    - ``max_ttft_s``: the longest acceptable time to first token.
+    - ``min_output_tps``: the slowest acceptable generation rate, output tokens per second.
+    - ``reliability``: the probability, in (0, 1], that the call succeeds within its deadline.
+    - ``tiers``: the tiers allowed, by name (None: every tier the model offers).
+    - ``max_cost_usd``: the most one call may cost, at its worst case.
+    - ``best_effort``: when no plan meets the requirements, choose the likeliest to succeed
+      within the cost limits instead of raising `NoFeasibleTier`.
+
+    >>> Requirements(deadline_s=10, reliability=0.99).deadline_s
+    10.0
+    """
+
+    deadline_s: float | None = Field(None, gt=0.0)
+    max_ttft_s: float | None = Field(None, gt=0.0)
+    min_output_tps: float | None = Field(None, gt=0.0)
+    reliability: float | None = Field(None, gt=0.0, le=1.0)
+    tiers: tuple[str, ...] | None = None
+    max_cost_usd: float | None = Field(None, ge=0.0)
+    best_effort: bool = False
+
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _split_tiers(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        if v is not None and not isinstance(v, (list, tuple, set, frozenset)):
+            raise ValueError("must be a list of tier names or a comma-separated string")
+        if v is not None and not v:
+            raise ValueError("must name at least one tier")
+        return tuple(str(t) for t in v) if v is not None else None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Requirements:
+        if (
+            self.max_ttft_s is not None
+            and self.deadline_s is not None
+            and self.max_ttft_s > self.deadline_s
+        ):
+            raise ValueError(
+                f"max_ttft_s ({self.max_ttft_s}) cannot exceed deadline_s ({self.deadline_s})"
+            )
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """A budget as the policy sees it at one instant.
+
+    ``remaining_calls`` (when known, as in a batch) lets a pacing policy keep money for the calls
+    still to come.
+    """
+
+    limit_usd: float
+    spent_usd: float = 0.0
+    reserved_usd: float = 0.0
+    remaining_calls: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("limit_usd", "spent_usd", "reserved_usd"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"BudgetState.{name} must be a finite number >= 0, got {value!r}")
+        if self.remaining_calls is not None and self.remaining_calls < 0:
+            raise ValueError(
+                f"BudgetState.remaining_calls must be >= 0, got {self.remaining_calls}"
+            )
+
+    @property
+    def remaining_usd(self) -> float:
+        return max(0.0, self.limit_usd - self.spent_usd - self.reserved_usd)

@@ -1,0 +1,463 @@
+"""`Selector`: pricing, policy, signals, budget and clock in one object; decide, then send."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import httpx
+
+from tiersel.budget import Ledger
+from tiersel.clock import Clock, SystemClock
+from tiersel.decision import Decision
+from tiersel.dialects import (
+    Dialect,
+    dialect_for_path,
+    estimate_input_tokens,
+    max_output_tokens,
+    parse_json,
+    strip_hints,
+)
+from tiersel.dispatch import (
+    AttemptRecord,
+    CallResult,
+    ClaimProbe,
+    Effect,
+    Notify,
+    Now,
+    ReadBudget,
+    ReadSignals,
+    Record,
+    Release,
+    Reply,
+    Reserve,
+    Send,
+    Settle,
+    Sleep,
+    arun,
+    call_flow,
+    run,
+)
+from tiersel.errors import BudgetExhausted, RequestNotUnderstood
+from tiersel.policy import CheapestFeasible, Policy
+from tiersel.pricing import Pricing, load_pricing
+from tiersel.requirements import BudgetState, Call, Requirements
+from tiersel.signals import (
+    MemorySignalStore,
+    SignalConfig,
+    SignalKey,
+    SignalStore,
+    TierHealth,
+    TierStats,
+    assess,
+)
+from tiersel.tiers import TierPriors
+
+__all__ = ["FIREWORKS_BASE_URL", "Selector"]
+
+FIREWORKS_BASE_URL = "https://api.fireworks.ai/inference/v1"
+
+SyncTransport = httpx.BaseTransport | httpx.Client | Callable[[httpx.Request], httpx.Response]
+AsyncTransport = (
+    httpx.AsyncBaseTransport
+    | httpx.AsyncClient
+    | Callable[[httpx.Request], Awaitable[httpx.Response]]
+)
+
+_ids = itertools.count(1)
+
+
+class Selector:
+    """Chooses a tier for each call and sends it.
+
+    ``Selector()`` works out of the box: the bundled Fireworks prices, the default policy,
+    in-memory signals and the system clock. Everything is injectable:
+
+    - ``pricing``: a `Pricing` (see `load_pricing`).
+    - ``policy``: any callable ``(call, requirements, budget, prices, signals, now) -> Decision``.
+    - ``signals``: a `SignalStore` (default `MemorySignalStore`).
+    - ``clock``: a `Clock` (`FakeClock` in tests).
+    - ``ledger``: a budget `Ledger`; when set, each attempt reserves its worst case first.
+    - ``transport`` / ``async_transport``: where `send` / `asend` go (an httpx transport or
+      client, or a plain function from ``httpx.Request`` to ``httpx.Response``).
+    - ``api_key``: sent as a bearer token when a request has no ``Authorization`` header
+      (defaults to ``$FIREWORKS_API_KEY``); never logged, shown or stored elsewhere.
+
+    >>> from tiersel import Call, Requirements
+    >>> sel = Selector()
+    >>> d = sel.decide(Call(model="kimi-k2p6", input_tokens=2000, max_output_tokens=500),
+    ...                Requirements(min_output_tps=100))
+    >>> d.tier, d.model
+    (<Tier.fast: 'fast'>, 'accounts/fireworks/routers/kimi-k2p6-fast')
+    """
+
+    def __init__(
+        self,
+        pricing: Pricing | None = None,
+        policy: Policy | None = None,
+        signals: SignalStore | None = None,
+        clock: Clock | None = None,
+        *,
+        ledger: Ledger | None = None,
+        transport: SyncTransport | None = None,
+        async_transport: AsyncTransport | None = None,
+        base_url: str = FIREWORKS_BASE_URL,
+        endpoint: str = "fireworks",
+        requirements: Requirements | None = None,
+        signal_config: SignalConfig | None = None,
+        max_attempts: int = 4,
+        backoff_s: float = 0.2,
+        default_max_output_tokens: int = 4096,
+        bytes_per_token: float = 3.0,
+        on_attempt: Callable[[AttemptRecord], None] | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if backoff_s < 0:
+            raise ValueError(f"backoff_s must be >= 0, got {backoff_s}")
+        if default_max_output_tokens < 1:
+            raise ValueError(
+                f"default_max_output_tokens must be >= 1, got {default_max_output_tokens}"
+            )
+        self.pricing = pricing if pricing is not None else load_pricing()
+        self.policy: Policy = policy if policy is not None else CheapestFeasible()
+        if signals is None:
+            signals = MemorySignalStore(signal_config)
+        self.signals = signals
+        self.signal_config = signal_config or getattr(signals, "config", None) or SignalConfig()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.ledger = ledger
+        self.transport = transport
+        self.async_transport = async_transport
+        self.base_url = base_url.rstrip("/")
+        self.endpoint = endpoint
+        self.requirements = requirements or Requirements()
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self.default_max_output_tokens = default_max_output_tokens
+        self.bytes_per_token = bytes_per_token
+        self.on_attempt = on_attempt
+        self.__api_key = api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
+        self._own_client: httpx.Client | None = None
+        self._own_aclient: httpx.AsyncClient | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Selector(pricing={self.pricing!r}, policy={self.policy!r}, signals={self.signals!r},"
+            f" clock={self.clock!r}, ledger={self.ledger!r}, base_url={self.base_url!r})"
+        )
+
+    @property
+    def ledger_enabled(self) -> bool:
+        return self.ledger is not None
+
+    # -- deciding --------------------------------------------------------------------------------
+
+    def assess(
+        self, stats: TierStats, priors: TierPriors, now: float, *, probing: bool = False
+    ) -> TierHealth:
+        return assess(stats, priors, self.signal_config, now, probing=probing)
+
+    def health(self, model: str, now: float | None = None) -> dict[str, TierHealth]:
+        """What the signals say now about each tier of ``model`` (half-open tiers as probe-able)."""
+        prices = self.pricing.model(model)
+        t = self.clock.now() if now is None else now
+        out: dict[str, TierHealth] = {}
+        tiers = self.pricing.tiers
+        for name in prices.tiers:
+            stats = self.signals.stats(SignalKey(self.endpoint, prices.name, name), t)
+            out[name] = assess(stats, tiers[name].priors, self.signal_config, t, probing=False)
+        return out
+
+    def decide(
+        self,
+        call: Call,
+        requirements: Requirements | None = None,
+        *,
+        budget: BudgetState | None = None,
+    ) -> Decision:
+        """The policy's decision for ``call`` now. Reads the signals; sends nothing.
+
+        ``budget`` defaults to the ledger's state when the selector has one.
+        """
+        now = self.clock.now()
+        prices = self.pricing.model(call.model)
+        if budget is None and self.ledger is not None:
+            budget = self.ledger.state(now)
+        return self.policy(
+            call,
+            requirements if requirements is not None else self.requirements,
+            budget,
+            prices,
+            self.health(call.model, now),
+            now,
+        )
+
+    def record(
+        self, model: str, tier: str, observation: Any, now: float | None = None
+    ) -> TierStats:
+        """Feed one observation into the signals (for callers that dispatch on their own)."""
+        prices = self.pricing.model(model)
+        t = self.clock.now() if now is None else now
+        return self.signals.record(SignalKey(self.endpoint, prices.name, tier), observation, t)
+
+    def call_for(self, body: Mapping[str, Any], dialect: Dialect) -> tuple[Call, str | None]:
+        """The `Call` a request body describes, and the tier its model id implies (router ids)."""
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise RequestNotUnderstood("the body has no 'model' string")
+        prices, implied = self.pricing.resolve(model)
+        out = max_output_tokens(body, dialect) or self.default_max_output_tokens
+        tokens = estimate_input_tokens(body, bytes_per_token=self.bytes_per_token)
+        call = Call(
+            model=prices.name, input_tokens=tokens, max_output_tokens=out, endpoint=self.endpoint
+        )
+        return call, implied
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        body: Mapping[str, Any],
+        requirements: Requirements | None,
+        path: str,
+        call_id: str | None,
+    ) -> tuple[Any, Dialect, str]:
+        dialect = dialect_for_path(path)
+        if dialect is None:
+            raise RequestNotUnderstood(f"{path!r} is not a chat-completions or messages path")
+        call, implied = self.call_for(body, dialect)
+        req = requirements if requirements is not None else self.requirements
+        if implied is not None and req.tiers is None:
+            req = req.model_copy(update={"tiers": (implied,)})
+        cid = call_id or f"call-{next(_ids)}"
+        return call_flow(self, body, dialect, call, req, cid), dialect, cid
+
+    def _headers(
+        self, headers: Mapping[str, str] | None, step_headers: Mapping[str, str]
+    ) -> dict[str, str]:
+        out = strip_hints(headers or {})
+        out.update(step_headers)
+        lower = {k.lower() for k in out}
+        if "content-type" not in lower:
+            out["content-type"] = "application/json"
+        if "authorization" not in lower and "x-api-key" not in lower and self.__api_key:
+            out["authorization"] = f"Bearer {self.__api_key}"
+        return out
+
+    def _request(self, path: str, headers: Mapping[str, str] | None, effect: Send) -> httpx.Request:
+        timeout = effect.timeout_s
+        ext = {}
+        if timeout is not None:
+            ext["timeout"] = {
+                "connect": timeout,
+                "read": timeout,
+                "write": timeout,
+                "pool": timeout,
+            }
+        return httpx.Request(
+            "POST",
+            self.base_url + path,
+            headers=self._headers(headers, effect.headers),
+            content=json.dumps(effect.body).encode(),
+            extensions=ext,
+        )
+
+    def _common(self, effect: Effect) -> Any:
+        """Effects that are the same in both shells (memory stores answer at once)."""
+        if isinstance(effect, Now):
+            return self.clock.now()
+        if isinstance(effect, ReadSignals):
+            now = self.clock.now()
+            return [self.signals.stats(k, now) for k in effect.keys]
+        if isinstance(effect, ClaimProbe):
+            return self.signals.claim_probe(
+                effect.key, self.clock.now(), self.signal_config.probe_interval_s
+            )
+        if isinstance(effect, Record):
+            return self.signals.record(effect.key, effect.observation, self.clock.now())
+        if isinstance(effect, Notify):
+            if self.on_attempt is not None:
+                self.on_attempt(effect.record)
+            return None
+        ledger = self.ledger
+        if isinstance(effect, ReadBudget):
+            return ledger.state(self.clock.now()) if ledger is not None else None
+        if ledger is None:
+            raise RuntimeError(f"{effect!r} needs a ledger")
+        if isinstance(effect, Reserve):
+            return ledger.reserve(effect.call_id, effect.amount_usd, self.clock.now())
+        if isinstance(effect, Settle):
+            return ledger.settle(effect.call_id, effect.amount_usd, self.clock.now())
+        if isinstance(effect, Release):
+            return ledger.release(effect.call_id, self.clock.now())
+        raise TypeError(f"unknown effect {effect!r}")
+
+    def send(
+        self,
+        body: Mapping[str, Any],
+        *,
+        requirements: Requirements | None = None,
+        path: str = "/chat/completions",
+        headers: Mapping[str, str] | None = None,
+        transport: SyncTransport | None = None,
+        call_id: str | None = None,
+    ) -> CallResult:
+        """Choose a tier for ``body`` and send it, escalating after sheds within the deadline.
+
+        Returns a `CallResult` whatever the outcome (``result.ok``; ``result.response`` is the
+        last ``httpx.Response``). Raises `NoFeasibleTier` or `BudgetExhausted` before any send
+        when no plan is possible.
+        """
+        flow, _, cid = self._prepare(body, requirements, path, call_id)
+        send = self._sync_sender(transport)
+
+        def perform(effect: Effect) -> Any:
+            if isinstance(effect, Send):
+                return _reply_sync(send, self._request(path, headers, effect), self.clock)
+            if isinstance(effect, Sleep):
+                return self.clock.sleep(effect.seconds)
+            return self._common(effect)
+
+        return self._guarded(lambda: run(flow, perform), cid)
+
+    async def asend(
+        self,
+        body: Mapping[str, Any],
+        *,
+        requirements: Requirements | None = None,
+        path: str = "/chat/completions",
+        headers: Mapping[str, str] | None = None,
+        transport: AsyncTransport | None = None,
+        call_id: str | None = None,
+    ) -> CallResult:
+        """The async twin of `send`."""
+        flow, _, cid = self._prepare(body, requirements, path, call_id)
+        send = self._async_sender(transport)
+
+        def perform(effect: Effect) -> Any:
+            if isinstance(effect, Send):
+                return _reply_async(send, self._request(path, headers, effect), self.clock)
+            if isinstance(effect, Sleep):
+                return self.clock.asleep(effect.seconds)
+            return self._common(effect)
+
+        try:
+            return await arun(flow, perform)
+        except BaseException:
+            self._release_quietly(cid)
+            raise
+
+    def _guarded(self, go: Callable[[], CallResult], call_id: str) -> CallResult:
+        try:
+            return go()
+        except BudgetExhausted:
+            raise
+        except BaseException:
+            self._release_quietly(call_id)
+            raise
+
+    def _release_quietly(self, call_id: str) -> None:
+        # Interrupted mid-attempt (cancelled, KeyboardInterrupt): leave no budget reserved.
+        if self.ledger is not None:
+            self.ledger.release(call_id, self.clock.now())
+
+    def _sync_sender(
+        self, transport: SyncTransport | None
+    ) -> Callable[[httpx.Request], httpx.Response]:
+        t = transport if transport is not None else self.transport
+        if t is None:
+            if self._own_client is None:
+                self._own_client = httpx.Client()
+            t = self._own_client
+        if isinstance(t, httpx.Client):
+            return t.send
+        if isinstance(t, httpx.BaseTransport):
+            return t.handle_request
+        return t
+
+    def _async_sender(
+        self, transport: AsyncTransport | None
+    ) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
+        t = transport if transport is not None else self.async_transport
+        if t is None:
+            if self._own_aclient is None:
+                self._own_aclient = httpx.AsyncClient()
+            t = self._own_aclient
+        if isinstance(t, httpx.AsyncClient):
+            return t.send
+        if isinstance(t, httpx.AsyncBaseTransport):
+            return t.handle_async_request
+        return t
+
+    def close(self) -> None:
+        if self._own_client is not None:
+            self._own_client.close()
+            self._own_client = None
+
+    async def aclose(self) -> None:
+        if self._own_aclient is not None:
+            await self._own_aclient.aclose()
+            self._own_aclient = None
+
+    def __enter__(self) -> Selector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Selector:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _lower(headers: httpx.Headers) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}
+
+
+def _reply_sync(
+    send: Callable[[httpx.Request], httpx.Response], request: httpx.Request, clock: Clock
+) -> Reply:
+    started = clock.now()
+    try:
+        response = send(request)
+        content = response.read()
+    except httpx.TimeoutException:
+        return Reply(0, {}, None, clock.now() - started, timed_out=True, error="timed out")
+    except httpx.TransportError as exc:
+        return Reply(0, {}, None, clock.now() - started, error=f"{type(exc).__name__}")
+    return Reply(
+        response.status_code,
+        _lower(response.headers),
+        parse_json(content),
+        clock.now() - started,
+        raw=response,
+    )
+
+
+async def _reply_async(
+    send: Callable[[httpx.Request], Awaitable[httpx.Response]],
+    request: httpx.Request,
+    clock: Clock,
+) -> Reply:
+    started = clock.now()
+    try:
+        response = await send(request)
+        content = await response.aread()
+    except httpx.TimeoutException:
+        return Reply(0, {}, None, clock.now() - started, timed_out=True, error="timed out")
+    except httpx.TransportError as exc:
+        return Reply(0, {}, None, clock.now() - started, error=f"{type(exc).__name__}")
+    return Reply(
+        response.status_code,
+        _lower(response.headers),
+        parse_json(content),
+        clock.now() - started,
+        raw=response,
+    )

@@ -1,0 +1,344 @@
+"""Live overload signals per (endpoint, model, tier), and what they say about a tier.
+
+A `SignalStore` keeps raw counters over a sliding time window (atomic, value-returning
+operations); `assess()` turns a store's counters plus the tier's priors into a `TierHealth` the
+policy reads. Priors weigh in as pseudo-observations, so a tier with no data has sensible
+estimates and nothing divides by zero.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol, runtime_checkable
+
+from cachetools import LRUCache
+
+from tiersel.tiers import TierPriors
+
+__all__ = [
+    "CircuitState",
+    "MemorySignalStore",
+    "Observation",
+    "Outcome",
+    "SignalConfig",
+    "SignalKey",
+    "SignalStore",
+    "TierHealth",
+    "TierStats",
+    "assess",
+]
+
+
+class Outcome(str, enum.Enum):
+    """How one attempt ended."""
+
+    ok = "ok"
+    shed = "shed"  # 503 / 529 / 498: overloaded, not billed
+    rate_limited = "rate_limited"  # 429
+    error = "error"  # any other failure
+    timeout = "timeout"
+
+    @property
+    def is_failure(self) -> bool:
+        return self is not Outcome.ok
+
+
+class CircuitState(str, enum.Enum):
+    """Whether a tier is usable now: closed (yes), open (avoid), half-open (one probe may go)."""
+
+    closed = "closed"
+    open = "open"
+    half_open = "half_open"
+
+
+class SignalKey(NamedTuple):
+    endpoint: str
+    model: str
+    tier: str
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One attempt's outcome and timings (None where not measured)."""
+
+    outcome: Outcome
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    output_tps: float | None = None
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TierStats:
+    """Raw counters of one key over the window, and its cooldown and failure streak."""
+
+    n: int = 0
+    ok: int = 0
+    shed: int = 0
+    rate_limited: int = 0
+    error: int = 0
+    timeout: int = 0
+    ttft_sum: float = 0.0
+    ttft_n: int = 0
+    tps_sum: float = 0.0
+    tps_n: int = 0
+    cooldown_until: float = float("-inf")
+    consecutive_failures: int = 0
+    last_failure_at: float = float("-inf")
+
+
+EMPTY_STATS = TierStats()
+
+
+@dataclass(frozen=True, slots=True)
+class SignalConfig:
+    """How signals are kept and read.
+
+    - ``window_s`` / ``buckets``: the sliding window and its resolution.
+    - ``prior_weight``: how many observations the priors count as.
+    - ``open_after``: consecutive failures that open the circuit, for ``open_s`` (doubling with
+      each further failure, up to ``max_open_s``); after that one probe may go (half-open).
+    - ``probe_interval_s``: the least time between two probes of a half-open tier.
+    """
+
+    window_s: float = 60.0
+    buckets: int = 12
+    prior_weight: float = 5.0
+    open_after: int = 3
+    open_s: float = 5.0
+    max_open_s: float = 120.0
+    probe_interval_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (self.window_s > 0 and self.buckets >= 1 and self.prior_weight > 0):
+            raise ValueError("SignalConfig: window_s, buckets and prior_weight must be positive")
+        if self.open_after < 1 or self.open_s < 0 or self.max_open_s < self.open_s:
+            raise ValueError("SignalConfig: open_after >= 1 and 0 <= open_s <= max_open_s")
+
+
+@dataclass(frozen=True, slots=True)
+class TierHealth:
+    """What the signals say about a tier now: the policy's view."""
+
+    refusal_rate: float  # shed or rate limited: fast failures, not billed
+    error_rate: float  # other errors and timeouts
+    ttft_s: float
+    output_tps: float
+    shed_latency_s: float
+    state: CircuitState
+    cooldown_s: float  # seconds until usable when open, else 0
+    observed: int  # attempts in the window
+
+    @property
+    def p_served(self) -> float:
+        return max(0.0, 1.0 - self.refusal_rate - self.error_rate)
+
+
+def assess(
+    stats: TierStats, priors: TierPriors, config: SignalConfig, now: float, *, probing: bool = False
+) -> TierHealth:
+    """Blend a key's counters with the tier's priors into the policy's view of the tier.
+
+    ``probing`` means this call holds the half-open probe: the window's failures are set aside and
+    the tier is judged on its priors, so the probe can find out whether it has recovered.
+    """
+    w = config.prior_weight
+    s = EMPTY_STATS if probing else stats
+    denom = s.n + w
+    refusal = (s.shed + s.rate_limited + w * priors.shed_rate) / denom
+    error = (s.error + s.timeout + w * priors.error_rate) / denom
+    ttft = (s.ttft_sum + w * priors.ttft_s) / (s.ttft_n + w)
+    tps = (s.tps_sum + w * priors.output_tps) / (s.tps_n + w)
+    state, wait = circuit_state(stats, config, now)
+    if probing and state is CircuitState.half_open:
+        state = CircuitState.closed
+    return TierHealth(
+        refusal_rate=min(1.0, refusal),
+        error_rate=min(1.0, error),
+        ttft_s=ttft,
+        output_tps=tps,
+        shed_latency_s=priors.shed_latency_s,
+        state=state,
+        cooldown_s=wait,
+        observed=stats.n,
+    )
+
+
+def circuit_state(stats: TierStats, config: SignalConfig, now: float) -> tuple[CircuitState, float]:
+    """Open during a Retry-After cooldown or after a failure streak; half-open once that passes."""
+    if now < stats.cooldown_until:
+        return CircuitState.open, stats.cooldown_until - now
+    streak = stats.consecutive_failures
+    if streak >= config.open_after:
+        open_for = min(config.max_open_s, config.open_s * 2.0 ** (streak - config.open_after))
+        reopen = stats.last_failure_at + open_for
+        if now < reopen:
+            return CircuitState.open, reopen - now
+        return CircuitState.half_open, 0.0
+    return CircuitState.closed, 0.0
+
+
+@runtime_checkable
+class SignalStore(Protocol):
+    """Where signals live. Each operation is atomic and returns the state it leaves."""
+
+    def record(self, key: SignalKey, obs: Observation, now: float) -> TierStats:
+        """Add one observation; return the key's counters after it."""
+        ...
+
+    def stats(self, key: SignalKey, now: float) -> TierStats:
+        """The key's counters over the window ending at ``now``."""
+        ...
+
+    def claim_probe(self, key: SignalKey, now: float, interval_s: float) -> bool:
+        """Take the right to send one probe to a half-open tier; False if another took it lately."""
+        ...
+
+
+# -- in-memory store ----------------------------------------------------------------------------
+
+_N, _OK, _SHED, _RL, _ERR, _TO, _TTFT, _TTFT_N, _TPS, _TPS_N = range(10)
+_OUTCOME_SLOT = {
+    Outcome.ok: _OK,
+    Outcome.shed: _SHED,
+    Outcome.rate_limited: _RL,
+    Outcome.error: _ERR,
+    Outcome.timeout: _TO,
+}
+
+
+class _Series:
+    """One key's window: buckets of counters, their running total, and the failure streak."""
+
+    __slots__ = (
+        "buckets",
+        "cached",
+        "cached_bucket",
+        "consecutive",
+        "cooldown_until",
+        "last_failure_at",
+        "last_probe_at",
+        "total",
+    )
+
+    def __init__(self) -> None:
+        self.buckets: deque[tuple[int, list[float]]] = deque()
+        self.total = [0.0] * 10
+        self.cooldown_until = float("-inf")
+        self.consecutive = 0
+        self.last_failure_at = float("-inf")
+        self.last_probe_at = float("-inf")
+        self.cached: TierStats | None = None
+        self.cached_bucket = -(2**62)
+
+    def expire(self, bucket: int, span: int) -> None:
+        oldest = bucket - span
+        buckets, total = self.buckets, self.total
+        while buckets and buckets[0][0] <= oldest:
+            _, counts = buckets.popleft()
+            for i, v in enumerate(counts):
+                total[i] -= v
+            self.cached = None
+        if not buckets:
+            # Clear float drift once the window is empty.
+            self.total = [0.0] * 10
+
+    def snapshot(self) -> TierStats:
+        t = self.total
+        return TierStats(
+            n=round(t[_N]),
+            ok=round(t[_OK]),
+            shed=round(t[_SHED]),
+            rate_limited=round(t[_RL]),
+            error=round(t[_ERR]),
+            timeout=round(t[_TO]),
+            ttft_sum=max(0.0, t[_TTFT]),
+            ttft_n=round(t[_TTFT_N]),
+            tps_sum=max(0.0, t[_TPS]),
+            tps_n=round(t[_TPS_N]),
+            cooldown_until=self.cooldown_until,
+            consecutive_failures=self.consecutive,
+            last_failure_at=self.last_failure_at,
+        )
+
+
+class MemorySignalStore:
+    """Signals in this process's memory: the default store.
+
+    Keys are held in a bounded LRU (``max_keys``), so many models and endpoints cannot grow it
+    without limit. Thread-safe.
+    """
+
+    def __init__(self, config: SignalConfig | None = None, *, max_keys: int = 4096) -> None:
+        self.config = config or SignalConfig()
+        self._width = self.config.window_s / self.config.buckets
+        self._series: LRUCache[SignalKey, _Series] = LRUCache(maxsize=max_keys)
+        self._lock = threading.Lock()
+
+    def _get(self, key: SignalKey) -> _Series:
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series()
+        return series
+
+    def record(self, key: SignalKey, obs: Observation, now: float) -> TierStats:
+        bucket = int(now // self._width)
+        with self._lock:
+            series = self._get(key)
+            series.expire(bucket, self.config.buckets)
+            if series.buckets and series.buckets[-1][0] == bucket:
+                counts = series.buckets[-1][1]
+            else:
+                counts = [0.0] * 10
+                series.buckets.append((bucket, counts))
+            delta = [0.0] * 10
+            delta[_N] = 1.0
+            delta[_OUTCOME_SLOT[obs.outcome]] = 1.0
+            if obs.ttft_s is not None and obs.ttft_s >= 0:
+                delta[_TTFT] = obs.ttft_s
+                delta[_TTFT_N] = 1.0
+            if obs.output_tps is not None and obs.output_tps > 0:
+                delta[_TPS] = obs.output_tps
+                delta[_TPS_N] = 1.0
+            total = series.total
+            for i, v in enumerate(delta):
+                if v:
+                    counts[i] += v
+                    total[i] += v
+            if obs.outcome is Outcome.ok:
+                series.consecutive = 0
+            else:
+                series.consecutive += 1
+                series.last_failure_at = now
+            if obs.retry_after_s is not None and obs.retry_after_s > 0:
+                series.cooldown_until = max(series.cooldown_until, now + obs.retry_after_s)
+            series.cached = snap = series.snapshot()
+            series.cached_bucket = bucket
+            return snap
+
+    def stats(self, key: SignalKey, now: float) -> TierStats:
+        bucket = int(now // self._width)
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                return EMPTY_STATS
+            if series.cached is not None and series.cached_bucket == bucket:
+                return series.cached
+            series.expire(bucket, self.config.buckets)
+            series.cached = snap = series.snapshot()
+            series.cached_bucket = bucket
+            return snap
+
+    def claim_probe(self, key: SignalKey, now: float, interval_s: float) -> bool:
+        with self._lock:
+            series = self._get(key)
+            if now - series.last_probe_at < interval_s:
+                return False
+            series.last_probe_at = now
+            return True
+
+    def __repr__(self) -> str:
+        return f"MemorySignalStore(keys={len(self._series)}, window_s={self.config.window_s})"

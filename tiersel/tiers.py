@@ -1,0 +1,68 @@
+"""Serving tiers: the names tiersel knows, and what a tier is as data."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+
+class Tier(str, enum.Enum):
+    """Well-known tier names.
+
+    A price table may declare other tiers (another provider's, say): the policy handles tiers by
+    name, so a tier missing here needs no code change. Members compare equal to their names,
+    ``Tier.priority == "priority"``.
+    """
+
+    standard = "standard"
+    priority = "priority"
+    fast = "fast"
+    fast_us = "fast_us"
+    spot = "spot"
+    ultrafast = "ultrafast"
+    us = "us"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_BY_NAME = {t.value: t for t in Tier}
+
+
+def tier_name(name: str) -> str:
+    """Return the `Tier` member for a known name, or the name itself for a tier declared in data."""
+    return _BY_NAME.get(name, name)
+
+
+@dataclass(frozen=True, slots=True)
+class TierPriors:
+    """What the policy assumes about a tier before it has seen traffic on it."""
+
+    shed_rate: float = 0.02
+    error_rate: float = 0.005
+    ttft_s: float = 0.8
+    output_tps: float = 50.0
+    shed_latency_s: float = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class TierSpec:
+    """How a tier is requested, and its priors.
+
+    ``body`` fields are set in the request body; ``uses_router`` means the model id is replaced by
+    the model's router id for this tier; ``headers`` are added to the request.
+    """
+
+    name: str
+    description: str = ""
+    body: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    uses_router: bool = False
+    priors: TierPriors = field(default_factory=TierPriors)
+
+    @property
+    def sets_service_tier(self) -> bool:
+        return "service_tier" in self.body
