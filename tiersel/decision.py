@@ -24,7 +24,7 @@ _TEMPLATES: Mapping[str, str] = {
     "no_time": "no time left before the deadline",
     "cost_cap": "worst-case cost ${0:.6f} exceeds max_cost_usd ${1:.6f}",
     "budget": "worst-case cost ${0:.6f} exceeds the remaining budget ${1:.6f}",
-    "pacing": "expected cost ${0:.6f} exceeds the paced share of the budget ${1:.6f}",
+    "pacing": "expected cost ${0:.6f} exceeds ${1:.6f}, what pacing leaves for this call",
     "ttft": "expected time to first token {0:.2f} s exceeds max_ttft_s {1:.2f}",
     "tps": "expected {0:.0f} output tokens/s is below min_output_tps {1:.0f}",
     "reliability": "P(success within deadline) {0:.4f} is below the target {1:.4f}",

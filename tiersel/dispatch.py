@@ -9,6 +9,7 @@ way httpx drives its auth flows.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,7 @@ from tiersel.cost import charge
 from tiersel.decision import Decision, Step
 from tiersel.dialects import Classified, Dialect, Usage, apply_step, classify, read_usage
 from tiersel.errors import BudgetExhausted, NoFeasibleTier
+from tiersel.pricing import ModelPrices
 from tiersel.requirements import BudgetState, Call, Requirements
 from tiersel.signals import CircuitState, Observation, Outcome, SignalKey, TierHealth, TierStats
 
@@ -173,6 +175,7 @@ class _Progress:
     attempts: int = 0
     last_reply: Reply | None = None
     last_tier: str | None = None
+    tried: set[str] = field(default_factory=set)
     detail: str = ""
 
 
@@ -210,9 +213,11 @@ def call_flow(
             signals[key.tier] = health
         budget: BudgetState | None = yield ReadBudget()
         try:
-            decision = sel.policy(call, req, budget, prices, signals, now)
+            decision = _redecide(sel, call, req, budget, prices, signals, now, prog.tried)
         except NoFeasibleTier as exc:
             if prog.attempts == 0 and not _cooling(signals):
+                if budget is not None and _only_budget(exc):
+                    raise BudgetExhausted(call.model, exc.reasons) from None
                 raise
             wait = _shortest_cooldown(signals, req)
             if wait is None or prog.attempts >= sel.max_attempts:
@@ -229,10 +234,7 @@ def call_flow(
             held = yield Reserve(call_id, step.worst_cost_usd)
             if held is None:
                 if prog.attempts == 0:
-                    raise BudgetExhausted(
-                        f"call {call_id}: the budget cannot cover ${step.worst_cost_usd:.6f}"
-                        f" (worst case on {step.tier})"
-                    )
+                    raise BudgetExhausted(call.model, decision.reasons)
                 return _failed(prog, call_id, start, "budget exhausted before a retry")
         prog.decisions.append(decision)
         send_body = apply_step(body, step)
@@ -240,6 +242,7 @@ def call_flow(
         prog.attempts += 1
         prog.last_reply = reply
         prog.last_tier = step.tier
+        prog.tried.add(step.tier)
         after = yield Now()
         key = SignalKey(call.endpoint, prices.name, step.tier)
         verdict = _classify(reply)
@@ -317,6 +320,37 @@ def call_flow(
         prog.detail = verdict.detail
         if not verdict.retryable or prog.attempts >= sel.max_attempts:
             return _failed(prog, call_id, start, verdict.detail)
+
+
+def _redecide(
+    sel: Selector,
+    call: Call,
+    req: Requirements,
+    budget: BudgetState | None,
+    prices: ModelPrices,
+    signals: Mapping[str, TierHealth],
+    now: float,
+    tried: set[str],
+) -> Decision:
+    """Decide; after a failure, climb: prefer the tiers this call has not failed on yet.
+
+    This is how a ladder is followed: a shed on ``standard`` makes the next decision pick among
+    the dearer tiers, unless none of them fits, when every allowed tier is weighed again (with
+    the signals now showing the failure, and any Retry-After as a cooldown).
+    """
+    if tried:
+        allowed = req.tiers if req.tiers is not None else tuple(prices.tiers)
+        untried = tuple(t for t in allowed if t not in tried)
+        if untried:
+            with contextlib.suppress(NoFeasibleTier):
+                climb = req.model_copy(update={"tiers": untried})
+                return sel.policy(call, climb, budget, prices, signals, now)
+    return sel.policy(call, req, budget, prices, signals, now)
+
+
+def _only_budget(exc: NoFeasibleTier) -> bool:
+    codes = {r.code for r in exc.reasons} - {"not_allowed", "not_offered"}
+    return codes == {"budget"}
 
 
 def _classify(reply: Reply) -> Classified:

@@ -46,8 +46,12 @@ class NoFeasibleTier(TierselError):
         super().__init__(f"no tier of {model} meets the requirements: {lines}")
 
 
-class BudgetExhausted(TierselError):
+class BudgetExhausted(NoFeasibleTier):
     """The budget cannot cover the worst-case cost of any allowed tier for this call."""
+
+    def __init__(self, model: str, reasons: Sequence[Reason]) -> None:
+        super().__init__(model, reasons)
+        self.args = (f"the budget cannot cover a call to {model} on any allowed tier",)
 
 
 class RequestNotUnderstood(TierselError, ValueError):

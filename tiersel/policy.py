@@ -72,8 +72,10 @@ class CheapestFeasible:
     - ``latency_sigma``: spread of the end-to-end latency around its estimate (log-normal), which
       turns a deadline into a probability of finishing on time.
     - ``ladders``: also weigh two-step plans (cheap tier first, escalate after a shed).
-    - ``pacing``: when the budget knows how many calls remain, refuse plans whose expected cost
-      exceeds ``pacing`` times the remaining money per remaining call (None: no pacing).
+    - ``pacing``: when the budget knows how many calls remain, refuse a plan that would leave
+      less than ``pacing`` times what the calls still to come need at this call's cheapest tier
+      (None: no pacing). Money then goes to calls whose requirements demand a dearer tier only
+      while the rest can still be served.
 
     >>> from tiersel import Selector, Call, Requirements
     >>> d = Selector().decide(Call(model="kimi-k2p6", input_tokens=800, max_output_tokens=200))
@@ -162,9 +164,10 @@ class CheapestFeasible:
                         plans.append(plan)
         plans.sort(key=_plan_order)
 
-        share = None
+        spendable = None
         if self.pacing is not None and budget is not None and budget.remaining_calls:
-            share = self.pacing * budget.remaining_usd / budget.remaining_calls
+            keep = self.pacing * options[0].expected * (budget.remaining_calls - 1)
+            spendable = max(budget.remaining_usd - keep, options[0].expected)
         target = requirements.reliability
         max_ttft = requirements.max_ttft_s
         min_tps = requirements.min_output_tps
@@ -183,9 +186,9 @@ class CheapestFeasible:
                         (plan.expected_cost, chosen.expected_cost),
                     )
                 )
-            elif share is not None and plan.expected_cost > share and plan is not plans[0]:
+            elif spendable is not None and plan.expected_cost > spendable:
                 reasons.append(
-                    Reason(label, Verdict.rejected, "pacing", (plan.expected_cost, share))
+                    Reason(label, Verdict.rejected, "pacing", (plan.expected_cost, spendable))
                 )
             else:
                 chosen = plan
@@ -228,8 +231,10 @@ class CheapestFeasible:
         on_time_a = self._on_time(a.latency, deadline)
         p_b = hb.p_served * self._on_time(b.latency, left)
         p = ha.p_served * on_time_a + ha.refusal_rate * min(p_b, on_time_a)
+        # Weights of "a serves" and "we climb to b". b's own shed rate stays out of the cost on
+        # purpose: a more shed-prone b must not make the ladder look cheaper.
         w_a = ha.p_served
-        w_b = ha.refusal_rate * hb.p_served
+        w_b = ha.refusal_rate
         expected = (
             (w_a * a.expected + w_b * b.expected) / (w_a + w_b) if w_a + w_b > 0 else b.expected
         )

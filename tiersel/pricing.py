@@ -7,7 +7,6 @@ USD prices per 1M tokens per tier. ``load_pricing()`` with no argument loads the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tiersel.errors import PricingError, UnknownModel
 from tiersel.tiers import TierPriors, TierSpec, tier_name
@@ -29,7 +28,7 @@ _PER_TOKEN = 1e-6
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _PriorsDoc(_Strict):
@@ -38,13 +37,6 @@ class _PriorsDoc(_Strict):
     ttft_s: float = Field(0.8, gt=0.0)
     output_tps: float = Field(50.0, gt=0.0)
     shed_latency_s: float = Field(0.3, ge=0.0)
-
-    @field_validator("*")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
 
 
 class _RequestDoc(_Strict):
@@ -66,13 +58,6 @@ class _PriceDoc(_Strict):
     router: str | None = None
     source: str | None = None
     as_of: str | None = None
-
-    @field_validator("input", "output", "cached_input")
-    @classmethod
-    def _finite(cls, v: float | None) -> float | None:
-        if v is not None and not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
 
 
 class _TableDoc(_Strict):

@@ -41,7 +41,7 @@ from tiersel.dispatch import (
     call_flow,
     run,
 )
-from tiersel.errors import BudgetExhausted, RequestNotUnderstood
+from tiersel.errors import RequestNotUnderstood
 from tiersel.policy import CheapestFeasible, Policy
 from tiersel.pricing import Pricing, load_pricing
 from tiersel.requirements import BudgetState, Call, Requirements
@@ -141,7 +141,9 @@ class Selector:
         self.default_max_output_tokens = default_max_output_tokens
         self.bytes_per_token = bytes_per_token
         self.on_attempt = on_attempt
-        self.__api_key = api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
+        self._api_key = _Secret(
+            api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
+        )
         self._own_client: httpx.Client | None = None
         self._own_aclient: httpx.AsyncClient | None = None
 
@@ -245,8 +247,9 @@ class Selector:
         lower = {k.lower() for k in out}
         if "content-type" not in lower:
             out["content-type"] = "application/json"
-        if "authorization" not in lower and "x-api-key" not in lower and self.__api_key:
-            out["authorization"] = f"Bearer {self.__api_key}"
+        key = self._api_key.value
+        if "authorization" not in lower and "x-api-key" not in lower and key:
+            out["authorization"] = f"Bearer {key}"
         return out
 
     def _request(self, path: str, headers: Mapping[str, str] | None, effect: Send) -> httpx.Request:
@@ -355,8 +358,6 @@ class Selector:
     def _guarded(self, go: Callable[[], CallResult], call_id: str) -> CallResult:
         try:
             return go()
-        except BudgetExhausted:
-            raise
         except BaseException:
             self._release_quietly(call_id)
             raise
@@ -415,6 +416,24 @@ class Selector:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class _Secret:
+    """Holds a credential; shows as ``***`` in reprs, logs and ``vars()``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str | None) -> None:
+        self._value = value
+
+    @property
+    def value(self) -> str | None:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "_Secret('***')" if self._value else "_Secret(None)"
+
+    __str__ = __repr__
 
 
 def _lower(headers: httpx.Headers) -> dict[str, str]:

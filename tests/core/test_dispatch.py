@@ -1,0 +1,244 @@
+"""Sending through an injected transport: escalation, Retry-After, final errors, accounting."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+import tiersel
+from tiersel import FakeClock, MemoryLedger, Requirements, Selector
+
+BODY = {
+    "model": "accounts/fireworks/models/kimi-k2p6",
+    "messages": [{"role": "user", "content": "hello there"}],
+    "max_tokens": 200,
+}
+ANTHROPIC_BODY = {**BODY, "model": "kimi-k2p6"}
+SHED = {"error": {"object": "error", "type": "server_overloaded", "code": "503", "message": "overloaded"}}
+
+
+def ok(prompt: int = 120, completion: int = 80, cached: int = 0, **extra: Any) -> httpx.Response:
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+    if cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return httpx.Response(200, json={"id": "c1", "object": "chat.completion", "choices": [], "usage": usage, **extra})
+
+
+class Upstream:
+    """A scripted provider: a list of responses, or a function of the request body."""
+
+    def __init__(self, script: list[httpx.Response] | Callable[[dict[str, Any]], httpx.Response]) -> None:
+        self.script = script
+        self.seen: list[tuple[dict[str, Any], httpx.Headers]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.seen.append((body, request.headers))
+        if callable(self.script):
+            return self.script(body)
+        return self.script.pop(0)
+
+    @property
+    def tiers(self) -> list[str]:
+        out = []
+        for body, _ in self.seen:
+            if "/routers/" in body["model"]:
+                out.append("fast")
+            else:
+                out.append(body.get("service_tier") or "standard")
+        return out
+
+
+def selector(upstream: Upstream, clock: FakeClock | None = None, **kw: Any) -> Selector:
+    return Selector(clock=clock or FakeClock(), transport=httpx.MockTransport(upstream), api_key="", **kw)
+
+
+def test_a_shed_escalates_within_the_deadline_and_the_cost_is_the_served_tiers() -> None:
+    up = Upstream([httpx.Response(503, json=SHED), ok(prompt=1000, completion=100, cached=400)])
+    ledger = MemoryLedger(1.0)
+    records: list[tiersel.AttemptRecord] = []
+    sel = selector(up, ledger=ledger, on_attempt=records.append)
+    r = sel.send(BODY, requirements=Requirements(deadline_s=30, reliability=0.95))
+    assert r.ok and r.attempts == 2 and up.tiers == ["standard", "priority"]
+    kimi = sel.pricing.model("kimi-k2p6").tiers["priority"]
+    expected = 600 * kimi.input_per_token + 400 * kimi.cached_input_per_token + 100 * kimi.output_per_token
+    assert r.cost_usd == pytest.approx(expected)
+    state = ledger.state(0.0)
+    assert state.spent_usd == pytest.approx(expected) and state.reserved_usd == 0.0
+    assert [x.outcome for x in records] == [tiersel.Outcome.shed, tiersel.Outcome.ok]
+    assert isinstance(r.response, httpx.Response) and r.response.status_code == 200
+
+
+def test_retry_after_is_honoured_when_no_other_tier_is_allowed() -> None:
+    clock = FakeClock()
+    up = Upstream([httpx.Response(429, json={"error": {"code": "rate_limited"}}, headers={"retry-after": "3"}), ok()])
+    sel = selector(up, clock)
+    r = sel.send(BODY, requirements=Requirements(tiers=["standard"], deadline_s=60))
+    assert r.ok and r.attempts == 2 and up.tiers == ["standard", "standard"]
+    assert clock.now() >= 3.0
+
+
+def test_retry_after_past_the_deadline_gives_up_without_sleeping_past_it() -> None:
+    clock = FakeClock()
+    up = Upstream([httpx.Response(503, json=SHED, headers={"retry-after": "30"})])
+    sel = selector(up, clock)
+    r = sel.send(BODY, requirements=Requirements(tiers=["standard"], deadline_s=10))
+    assert not r.ok and r.attempts == 1 and clock.now() < 10
+    assert r.response.status_code == 503
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_final_errors_are_never_retried(status: int) -> None:
+    up = Upstream(lambda body: httpx.Response(status, json={"error": {"message": "no"}}))
+    r = selector(up).send(BODY, requirements=Requirements(reliability=0.9))
+    assert not r.ok and r.attempts == 1 and len(up.seen) == 1
+    assert r.response.status_code == status
+
+
+def test_spend_limit_refusal_is_not_retried() -> None:
+    refusal = {"type": "error", "error": {"type": "rate_limit_error", "details": {"error_code": "enforced_spend_limit_reached"}}}
+    up = Upstream(lambda body: httpx.Response(429, json=refusal))
+    r = selector(up).send(ANTHROPIC_BODY, path="/messages")
+    assert not r.ok and r.attempts == 1 and "spend limit" in r.detail
+
+
+def test_attempts_are_bounded() -> None:
+    up = Upstream(lambda body: httpx.Response(500, json={"error": {"message": "boom"}}))
+    r = selector(up, max_attempts=3).send(BODY)
+    assert not r.ok and r.attempts == 3 and len(up.seen) == 3
+
+
+def test_transport_errors_and_timeouts_are_retried_and_recorded() -> None:
+    calls = {"n": 0}
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise httpx.ConnectError("refused", request=request)
+        if calls["n"] == 2:
+            raise httpx.ReadTimeout("slow", request=request)
+        return ok()
+
+    sel = Selector(clock=FakeClock(), transport=httpx.MockTransport(flaky), api_key="")
+    r = sel.send(BODY)
+    assert r.ok and r.attempts == 3
+    stats = sel.signals.stats(tiersel.SignalKey("fireworks", "kimi-k2p6", r.tier), 0.0)
+    assert stats.error + stats.timeout + stats.ok >= 1
+
+
+def test_hint_headers_never_go_upstream_and_priority_never_rides_a_fast_model() -> None:
+    up = Upstream(lambda body: ok())
+    sel = selector(up)
+    body = {**BODY, "service_tier": "priority"}
+    r = sel.send(body, requirements=Requirements(min_output_tps=100), headers={"x-tiersel-deadline": "5", "x-other": "1"})
+    assert r.ok and r.tier == "fast"
+    sent, headers = up.seen[0]
+    assert sent["model"].endswith("/routers/kimi-k2p6-fast") and "service_tier" not in sent
+    assert "x-tiersel-deadline" not in headers and headers["x-other"] == "1"
+
+
+def test_the_served_tier_in_the_response_is_what_is_billed() -> None:
+    # Asked for priority, the response says it was served at standard (a downgrade): bill standard.
+    up = Upstream(lambda body: ok(prompt=1000, completion=100, service_tier="default"))
+    sel = selector(up)
+    r = sel.send(BODY, requirements=Requirements(tiers=["priority"]))
+    std = sel.pricing.model("kimi-k2p6").tiers["standard"]
+    assert r.tier == "standard"
+    assert r.cost_usd == pytest.approx(1000 * std.input_per_token + 100 * std.output_per_token)
+
+
+def test_a_response_without_usage_is_charged_its_worst_case() -> None:
+    up = Upstream(lambda body: httpx.Response(200, json={"id": "x", "choices": []}))
+    ledger = MemoryLedger(1.0)
+    r = selector(up, ledger=ledger).send(BODY)
+    assert r.ok and r.usage is None
+    assert r.cost_usd == pytest.approx(r.decision.plan[0].worst_cost_usd)  # type: ignore[union-attr]
+    assert ledger.state(0.0).spent_usd == pytest.approx(r.cost_usd)
+
+
+def test_anthropic_usage_is_read() -> None:
+    msg = {"type": "message", "usage": {"input_tokens": 50, "cache_read_input_tokens": 30, "output_tokens": 20, "service_tier": "standard"}}
+    up = Upstream(lambda body: httpx.Response(200, json=msg))
+    r = selector(up).send(ANTHROPIC_BODY, path="/messages")
+    assert r.ok and r.usage == tiersel.Usage(80, 30, 20, "standard")
+
+
+def test_budget_exhausted_before_any_send() -> None:
+    up = Upstream(lambda body: ok())
+    with pytest.raises(tiersel.BudgetExhausted):
+        selector(up, ledger=MemoryLedger(1e-9)).send(BODY)
+    assert up.seen == []
+
+
+def test_no_feasible_tier_before_any_send() -> None:
+    up = Upstream(lambda body: ok())
+    with pytest.raises(tiersel.NoFeasibleTier):
+        selector(up).send(BODY, requirements=Requirements(max_cost_usd=1e-9))
+    assert up.seen == []
+
+
+def test_bad_bodies_are_refused_clearly() -> None:
+    sel = selector(Upstream(lambda body: ok()))
+    with pytest.raises(tiersel.RequestNotUnderstood, match="'model'"):
+        sel.send({"messages": []})
+    with pytest.raises(tiersel.RequestNotUnderstood, match="max_tokens must be a positive integer"):
+        sel.send({**BODY, "max_tokens": -3})
+    with pytest.raises(tiersel.UnknownModel, match="nope"):
+        sel.send({**BODY, "model": "nope"})
+    with pytest.raises(tiersel.RequestNotUnderstood, match="not a chat-completions"):
+        sel.send(BODY, path="/embeddings")
+
+
+def test_an_interrupted_call_leaves_nothing_reserved() -> None:
+    def boom(request: httpx.Request) -> httpx.Response:
+        raise KeyboardInterrupt
+
+    ledger = MemoryLedger(1.0)
+    sel = Selector(clock=FakeClock(), transport=httpx.MockTransport(boom), ledger=ledger, api_key="")
+    with pytest.raises(KeyboardInterrupt):
+        sel.send(BODY)
+    assert ledger.state(0.0).reserved_usd == 0.0
+
+
+def test_api_key_is_sent_but_never_shown() -> None:
+    up = Upstream(lambda body: ok())
+    sel = Selector(clock=FakeClock(), transport=httpx.MockTransport(up), api_key="sk-canary-123")
+    r = sel.send(BODY)
+    assert up.seen[0][1]["authorization"] == "Bearer sk-canary-123"
+    assert "canary" not in repr(sel) and "canary" not in repr(r) and "canary" not in str(vars(sel))
+
+
+async def test_async_send_escalates_the_same_way() -> None:
+    up = Upstream([httpx.Response(503, json=SHED), ok()])
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return up(request)
+
+    ledger = MemoryLedger(1.0)
+    sel = Selector(clock=FakeClock(), async_transport=httpx.MockTransport(handler), ledger=ledger, api_key="")
+    r = await sel.asend(BODY, requirements=Requirements(deadline_s=30, reliability=0.95))
+    assert r.ok and r.attempts == 2 and up.tiers == ["standard", "priority"]
+    assert ledger.state(0.0).reserved_usd == 0.0 and ledger.state(0.0).spent_usd == pytest.approx(r.cost_usd)
+
+
+def test_a_plain_function_is_a_transport() -> None:
+    up = Upstream(lambda body: ok())
+    sel = Selector(clock=FakeClock(), api_key="")
+    assert sel.send(BODY, transport=up).ok
+
+
+def test_shed_signals_steer_the_next_call() -> None:
+    clock = FakeClock()
+    up = Upstream(lambda body: httpx.Response(503, json=SHED) if "service_tier" not in body and "/routers/" not in body["model"] else ok())
+    sel = selector(up, clock)
+    for _ in range(3):
+        assert sel.send(BODY, requirements=Requirements(deadline_s=30)).ok
+        clock.advance(0.5)
+    # Standard's circuit is open now: the next call goes straight to priority.
+    before = len(up.seen)
+    assert sel.send(BODY, requirements=Requirements(deadline_s=30)).ok
+    assert up.tiers[before:] == ["priority"]

@@ -1,0 +1,132 @@
+"""The default policy's choices, reasons and refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import tiersel
+from tiersel import Call, CheapestFeasible, NoFeasibleTier, Requirements, Verdict
+from tiersel.signals import CircuitState, TierHealth
+
+PRICING = tiersel.load_pricing()
+KIMI = PRICING.model("kimi-k2p6")
+CALL = Call(model="kimi-k2p6", input_tokens=2000, max_output_tokens=300)
+
+
+def health(
+    refusal: float = 0.01, tps: float = 50.0, ttft: float = 0.5, state: CircuitState = CircuitState.closed
+) -> TierHealth:
+    return TierHealth(
+        refusal_rate=refusal, error_rate=0.0, ttft_s=ttft, output_tps=tps, shed_latency_s=0.3,
+        state=state, cooldown_s=3.0 if state is CircuitState.open else 0.0, observed=10,
+    )
+
+
+CALM = {"standard": health(), "priority": health(0.001), "fast": health(0.005, tps=150, ttft=0.3)}
+
+
+def decide(req: Requirements, signals: dict[str, TierHealth] = CALM, **kw: object) -> tiersel.Decision:
+    return CheapestFeasible(**kw)(CALL, req, None, KIMI, signals, 0.0)  # type: ignore[arg-type]
+
+
+def test_no_requirements_means_the_cheapest_tier() -> None:
+    d = decide(Requirements())
+    assert d.tier == tiersel.Tier.standard and d.service_tier is None
+    assert d.model == "accounts/fireworks/models/kimi-k2p6"
+    chosen = [r for r in d.reasons if r.verdict is Verdict.chosen]
+    assert [r.plan for r in chosen] == ["standard"]
+    assert {r.plan for r in d.reasons} >= {"standard", "priority", "fast"}
+
+
+def test_speed_requirement_buys_fast() -> None:
+    d = decide(Requirements(min_output_tps=100))
+    assert d.tier == "fast" and d.service_tier is None
+    assert d.model == "accounts/fireworks/routers/kimi-k2p6-fast"
+    assert any(r.code == "tps" and r.plan == "standard" for r in d.reasons)
+
+
+def test_reliability_under_shedding_buys_a_ladder_or_priority() -> None:
+    shedding = {**CALM, "standard": health(0.3)}
+    d = decide(Requirements(reliability=0.99), shedding)
+    assert d.label == "standard>priority"
+    assert d.plan[1].service_tier == "priority"
+    assert d.p_success >= 0.99
+    d = decide(Requirements(reliability=0.99), shedding, ladders=False)
+    assert d.tier == "priority"
+
+
+def test_open_tier_is_avoided_with_its_cooldown_in_the_reason() -> None:
+    d = decide(Requirements(), {**CALM, "standard": health(state=CircuitState.open)})
+    assert d.tier == "priority"
+    (why,) = [r for r in d.reasons if r.plan == "standard"]
+    assert why.code == "cooldown" and "3.0 s" in str(why)
+
+
+def test_cost_cap_and_budget_reject_with_reasons() -> None:
+    std_cost = decide(Requirements()).worst_case_cost_usd
+    with pytest.raises(NoFeasibleTier) as info:
+        decide(Requirements(max_cost_usd=std_cost / 2))
+    assert {r.code for r in info.value.reasons} == {"cost_cap"}
+    budget = tiersel.BudgetState(limit_usd=std_cost * 1.1)
+    d = CheapestFeasible()(CALL, Requirements(min_output_tps=100, best_effort=True), budget, KIMI, CALM, 0.0)
+    assert d.best_effort and d.tier == "standard"
+    assert any(r.code == "budget" and r.plan == "fast" for r in d.reasons)
+
+
+def test_tiers_not_offered_or_not_allowed() -> None:
+    oss = PRICING.model("gpt-oss-20b")
+    call = Call(model="gpt-oss-20b", input_tokens=10, max_output_tokens=10)
+    with pytest.raises(NoFeasibleTier) as info:
+        CheapestFeasible()(call, Requirements(tiers=["fast"]), None, oss, {"standard": health()}, 0.0)
+    codes = {(r.plan, r.code) for r in info.value.reasons}
+    assert ("fast", "not_offered") in codes and ("standard", "not_allowed") in codes
+    assert "no tier of gpt-oss-20b" in str(info.value)
+
+
+def test_deadline_and_ttft() -> None:
+    d = decide(Requirements(deadline_s=4.0, reliability=0.9))
+    assert d.tier == "fast"  # 300 tokens at 50 tok/s cannot finish in 4 s
+    d = decide(Requirements(max_ttft_s=0.4))
+    assert d.tier == "fast"
+    assert any(r.code == "ttft" for r in d.reasons)
+
+
+def test_best_effort_takes_the_likeliest() -> None:
+    with pytest.raises(NoFeasibleTier):
+        decide(Requirements(deadline_s=1.0, reliability=0.99))
+    d = decide(Requirements(deadline_s=1.0, reliability=0.99, best_effort=True))
+    assert d.best_effort and d.tier == "fast"
+    assert "best effort" in d.explain()
+
+
+def test_pacing_keeps_money_for_the_calls_to_come() -> None:
+    std = decide(Requirements()).estimated_cost_usd
+    fast = decide(Requirements(min_output_tps=100)).estimated_cost_usd
+    roomy = tiersel.BudgetState(limit_usd=std * 9 + fast, remaining_calls=10)
+    d = CheapestFeasible(pacing=1.0)(CALL, Requirements(min_output_tps=100), roomy, KIMI, CALM, 0.0)
+    assert d.tier == "fast"  # the other nine can still be served on standard
+    tight = tiersel.BudgetState(limit_usd=std * 10, remaining_calls=10)
+    with pytest.raises(NoFeasibleTier) as info:
+        CheapestFeasible(pacing=1.0)(CALL, Requirements(min_output_tps=100), tight, KIMI, CALM, 0.0)
+    assert any(r.code == "pacing" and r.plan == "fast" for r in info.value.reasons)
+    # Without pacing the same budget would let this call take fast.
+    assert CheapestFeasible()(CALL, Requirements(min_output_tps=100), tight, KIMI, CALM, 0.0).tier == "fast"
+
+
+def test_custom_policy_is_a_plain_callable() -> None:
+    def always_priority(call, requirements, budget, prices, signals, now):  # type: ignore[no-untyped-def]
+        return tiersel.FixedTier("priority")(call, requirements, budget, prices, signals, now)
+
+    sel = tiersel.Selector(policy=always_priority, clock=tiersel.FakeClock())
+    assert sel.decide(CALL).tier == "priority"
+
+
+def test_decision_is_frozen_and_serialisable() -> None:
+    d = decide(Requirements())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.p_success = 1.0  # type: ignore[misc]
+    doc = d.to_dict()
+    assert doc["tier"] == "standard" and doc["plan"][0]["model"] == d.model
+    assert all({"plan", "verdict", "code", "message"} <= set(r) for r in doc["reasons"])

@@ -1,0 +1,198 @@
+"""The bundled price table, loading errors, overlays and model-id resolution."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import tiersel
+from tiersel import PricingError, UnknownModel, load_pricing
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = "accounts/fireworks/models/"
+
+
+@pytest.fixture(scope="module")
+def pricing() -> tiersel.Pricing:
+    return load_pricing()
+
+
+def _csv_rows() -> dict[str, dict[str, str]]:
+    with open(DATA / "fireworks_prices.csv", newline="") as f:
+        return {r["model_id"]: r for r in csv.DictReader(f)}
+
+
+def test_every_figure_matches_the_reference_csv(pricing: tiersel.Pricing) -> None:
+    rows = _csv_rows()
+    checked = 0
+    for model in pricing.models.values():
+        for tier, price in model.tiers.items():
+            row = rows[price.model_id if price.model_id != model.model_id else model.model_id]
+            prefix = "priority_" if tier == "priority" else ""
+            assert price.input_per_1m == pytest.approx(float(row[prefix + "input_usd_per_1m"]))
+            assert price.output_per_1m == pytest.approx(float(row[prefix + "output_usd_per_1m"]))
+            cached = row[prefix + "cached_input_usd_per_1m"]
+            expected_cached = float(cached) if cached else 0.5 * price.input_per_1m
+            assert price.cached_input_per_1m == pytest.approx(expected_cached)
+            checked += 1
+    assert checked > 60
+
+
+def test_covers_every_priority_and_fast_model(pricing: tiersel.Pricing) -> None:
+    rows = _csv_rows()
+    with_priority = {
+        m[len(MODELS) :] for m, r in rows.items() if m.startswith(MODELS) and r["priority_input_usd_per_1m"]
+    }
+    assert with_priority <= set(pricing.models)
+    fast_routers = {m for m in rows if m.startswith("accounts/fireworks/routers/") and "-fast" in m}
+    sent = {p.model_id for m in pricing.models.values() for p in m.tiers.values()}
+    assert fast_routers <= sent
+    for popular in ("gpt-oss-20b", "deepseek-v3p2", "llama-v3p3-70b-instruct", "qwen3-235b-a22b-instruct-2507"):
+        assert set(pricing.model(popular).tiers) == {"standard"}
+
+
+def test_tiers_say_how_they_are_requested(pricing: tiersel.Pricing) -> None:
+    assert dict(pricing.tiers["standard"].body) == {}
+    assert dict(pricing.tiers["priority"].body) == {"service_tier": "priority"}
+    assert pricing.tiers["fast"].uses_router
+    kimi = pricing.model("kimi-k2p6")
+    assert kimi.tiers["fast"].model_id == "accounts/fireworks/routers/kimi-k2p6-fast"
+    assert kimi.tiers["priority"].model_id == MODELS + "kimi-k2p6"
+    assert "fireworks.ai/pricing" in pricing.source
+    assert pricing.as_of == "2026-11"
+
+
+def test_model_ids_resolve_with_or_without_prefix(pricing: tiersel.Pricing) -> None:
+    assert pricing.model("kimi-k2p6") is pricing.model(MODELS + "kimi-k2p6")
+    model, tier = pricing.resolve("accounts/fireworks/routers/kimi-k2p6-fast")
+    assert (model.name, tier) == ("kimi-k2p6", "fast")
+    assert pricing.resolve("kimi-k2p6")[1] is None
+    with pytest.raises(UnknownModel, match="no-such-model"):
+        pricing.model("no-such-model")
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "table.yaml"
+    p.write_text(text)
+    return p
+
+
+HEAD = """\
+provider: acme
+source: test
+as_of: "2026-01"
+tiers:
+  standard: {request: {}}
+  priority: {request: {body: {service_tier: priority}}}
+models:
+"""
+
+
+@pytest.mark.parametrize(
+    ("models", "key", "problem"),
+    [
+        ("  m1: {standard: {input: -1, output: 1}}\n", "models.m1.standard.input", "greater than or equal to 0"),
+        ("  m1: {turbo: {input: 1, output: 1}}\n", "models.m1.turbo", "unknown tier 'turbo'"),
+        ("  m1: {standard: {input: 1}}\n", "models.m1.standard.output", "missing field"),
+        ("  m1: {standard: {input: 1, output: 1, colour: red}}\n", "models.m1.standard.colour", "unknown field"),
+        ("  m1: {standard: {input: .nan, output: 1}}\n", "models.m1.standard.input", "finite"),
+    ],
+)
+def test_malformed_tables_name_file_key_and_problem(
+    tmp_path: Path, models: str, key: str, problem: str
+) -> None:
+    path = _write(tmp_path, HEAD + models)
+    with pytest.raises(PricingError) as info:
+        load_pricing(path)
+    msg = str(info.value)
+    assert str(path) in msg and key in msg and problem in msg, msg
+
+
+def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, HEAD + "  m1: {standard: {input: 1, output: 1}\n  m2: [\n")
+    with pytest.raises(PricingError, match=r"table\.yaml: bad YAML at line \d+, column \d+"):
+        load_pricing(path)
+
+
+def test_missing_file_is_a_pricing_error(tmp_path: Path) -> None:
+    with pytest.raises(PricingError, match="cannot read"):
+        load_pricing(tmp_path / "nope.yaml")
+
+
+def test_router_tier_needs_router(tmp_path: Path) -> None:
+    text = HEAD.replace("models:\n", "  fast: {request: {model: router}}\nmodels:\n")
+    path = _write(tmp_path, text + "  m1: {fast: {input: 1, output: 1}}\n")
+    with pytest.raises(PricingError, match=r"models\.m1\.fast\.router: missing field"):
+        load_pricing(path)
+
+
+def test_overlay_changes_one_price_and_keeps_the_rest(tmp_path: Path) -> None:
+    over = tmp_path / "over.yaml"
+    over.write_text("models:\n  kimi-k2p6:\n    standard: {input: 0.5, output: 2.0}\n")
+    merged = load_pricing(overlay=over)
+    kimi = merged.model("kimi-k2p6")
+    assert kimi.tiers["standard"].input_per_1m == pytest.approx(0.5)
+    assert kimi.tiers["priority"].input_per_1m == pytest.approx(1.5)
+    assert merged.model("gpt-oss-20b").tiers["standard"].input_per_1m == pytest.approx(0.07)
+
+
+def test_another_providers_tiers_fit_without_code_changes(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """\
+provider: other
+source: test
+as_of: "2026-01"
+tiers:
+  flex: {request: {body: {service_tier: flex}}, priors: {shed_rate: 0.3, ttft_s: 2, output_tps: 30}}
+  default: {request: {body: {service_tier: default}}, priors: {shed_rate: 0.01}}
+  scale: {request: {headers: {x-scale: "1"}}, priors: {shed_rate: 0.0001, error_rate: 0.0}}
+models:
+  acme/model-1:
+    flex: {input: 0.5, output: 1}
+    default: {input: 1, output: 2}
+    scale: {input: 3, output: 6}
+""",
+    )
+    table = load_pricing(path)
+    sel = tiersel.Selector(pricing=table, clock=tiersel.FakeClock())
+    call = tiersel.Call(model="acme/model-1", input_tokens=100, max_output_tokens=50)
+    assert sel.decide(call).tier == "flex"
+    d = sel.decide(call, tiersel.Requirements(reliability=0.99))
+    assert d.label == "flex>default"  # flex first, escalate to default after a shed
+    assert [s.service_tier for s in d.plan] == ["flex", "default"]
+    d = sel.decide(call, tiersel.Requirements(reliability=0.999, tiers=["scale"]))
+    assert d.tier == "scale" and dict(d.plan[0].headers) == {"x-scale": "1"}
+
+
+def test_the_wheel_ships_the_price_tables(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
+        check=True,
+    )
+    (wheel,) = wheels.glob("tiersel-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        assert "tiersel/_pricing/fireworks.yaml" in z.namelist()
+        site = tmp_path / "site"
+        z.extractall(site)
+    # A fresh interpreter that sees only the unpacked wheel for tiersel, and this venv for its
+    # dependencies (this venv's editable install is a .pth file, which PYTHONPATH does not read).
+    deps = [p for p in sys.path if p.endswith("site-packages")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *deps])}
+    out = subprocess.run(
+        [sys.executable, "-s", "-c",
+         "import tiersel; p = tiersel.load_pricing(); print(tiersel.__file__); print(p.origin); print(len(p.models))"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert out[0].startswith(str(site))
+    assert out[1] == str(site / "tiersel" / "_pricing" / "fireworks.yaml")
+    assert int(out[2]) == len(load_pricing().models)

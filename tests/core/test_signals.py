@@ -1,0 +1,81 @@
+"""Sliding-window signals, cooldowns, circuit states and priors, on a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from tiersel import MemorySignalStore, Observation, Outcome, SignalConfig, SignalKey, TierPriors
+from tiersel.signals import CircuitState, assess
+
+KEY = SignalKey("fireworks", "kimi-k2p6", "standard")
+PRIORS = TierPriors(shed_rate=0.02, error_rate=0.0, ttft_s=0.5, output_tps=50.0)
+
+
+def test_no_data_uses_priors() -> None:
+    store = MemorySignalStore()
+    h = assess(store.stats(KEY, 0.0), PRIORS, store.config, 0.0)
+    assert h.refusal_rate == pytest.approx(0.02)
+    assert h.ttft_s == pytest.approx(0.5) and h.output_tps == pytest.approx(50.0)
+    assert h.state is CircuitState.closed and h.observed == 0
+
+
+def test_sheds_raise_the_rate_and_expire_with_the_window() -> None:
+    store = MemorySignalStore(SignalConfig(window_s=60, buckets=6, open_after=1000))
+    for i in range(20):
+        store.record(KEY, Observation(Outcome.shed if i % 2 else Outcome.ok), float(i))
+    h = assess(store.stats(KEY, 20.0), PRIORS, store.config, 20.0)
+    assert h.observed == 20
+    assert h.refusal_rate == pytest.approx((10 + 5 * 0.02) / 25)
+    later = store.stats(KEY, 200.0)
+    assert later.n == 0 and later.shed == 0
+
+
+def test_timings_blend_with_priors() -> None:
+    store = MemorySignalStore(SignalConfig(prior_weight=1.0))
+    store.record(KEY, Observation(Outcome.ok, ttft_s=1.5, output_tps=150.0), 0.0)
+    h = assess(store.stats(KEY, 0.0), PRIORS, store.config, 0.0)
+    assert h.ttft_s == pytest.approx(1.0) and h.output_tps == pytest.approx(100.0)
+
+
+def test_retry_after_opens_until_it_passes() -> None:
+    store = MemorySignalStore()
+    store.record(KEY, Observation(Outcome.rate_limited, retry_after_s=7.0), 10.0)
+    h = assess(store.stats(KEY, 12.0), PRIORS, store.config, 12.0)
+    assert h.state is CircuitState.open and h.cooldown_s == pytest.approx(5.0)
+    assert assess(store.stats(KEY, 17.5), PRIORS, store.config, 17.5).state is CircuitState.closed
+
+
+def test_a_failure_streak_opens_then_half_opens_and_one_probe_goes() -> None:
+    cfg = SignalConfig(open_after=3, open_s=4.0, probe_interval_s=2.0)
+    store = MemorySignalStore(cfg)
+    for t in (0.0, 0.1, 0.2):
+        store.record(KEY, Observation(Outcome.shed), t)
+    assert assess(store.stats(KEY, 1.0), PRIORS, cfg, 1.0).state is CircuitState.open
+    assert assess(store.stats(KEY, 4.3), PRIORS, cfg, 4.3).state is CircuitState.half_open
+    assert store.claim_probe(KEY, 4.3, cfg.probe_interval_s)
+    assert not store.claim_probe(KEY, 4.4, cfg.probe_interval_s)
+    probe = assess(store.stats(KEY, 4.3), PRIORS, cfg, 4.3, probing=True)
+    assert probe.state is CircuitState.closed
+    assert probe.refusal_rate == pytest.approx(0.02)  # judged on priors
+    # The probe fails: open again, for twice as long.
+    store.record(KEY, Observation(Outcome.shed), 4.5)
+    h = assess(store.stats(KEY, 5.0), PRIORS, cfg, 5.0)
+    assert h.state is CircuitState.open and h.cooldown_s == pytest.approx(7.5)
+    # A success closes it.
+    store.record(KEY, Observation(Outcome.ok), 13.0)
+    assert assess(store.stats(KEY, 13.0), PRIORS, cfg, 13.0).state is CircuitState.closed
+
+
+def test_keys_are_bounded() -> None:
+    store = MemorySignalStore(max_keys=3)
+    for i in range(10):
+        store.record(SignalKey("e", f"m{i}", "standard"), Observation(Outcome.ok), 0.0)
+    assert store.stats(SignalKey("e", "m0", "standard"), 0.0).n == 0
+    assert store.stats(SignalKey("e", "m9", "standard"), 0.0).n == 1
+
+
+def test_bad_config_is_refused() -> None:
+    with pytest.raises(ValueError, match="window_s"):
+        SignalConfig(window_s=0)
+    with pytest.raises(ValueError, match="open_after"):
+        SignalConfig(open_after=0)

@@ -1,0 +1,3 @@
+from tiersel.cli import main
+
+raise SystemExit(main())

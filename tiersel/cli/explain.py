@@ -1,0 +1,154 @@
+"""``tiersel explain``: what the policy would choose for a call, and why."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from tiersel.cli.common import add_pricing_args, fail, pricing_from
+from tiersel.clock import FakeClock
+from tiersel.decision import Decision
+from tiersel.errors import NoFeasibleTier, TierselError
+from tiersel.requirements import Call, Requirements
+from tiersel.selector import Selector
+from tiersel.signals import Observation, Outcome, SignalKey
+
+EXIT_INFEASIBLE = 3
+_WHAT_IF_SAMPLES = 100
+
+
+def add_parser(subs: Any) -> None:
+    p = subs.add_parser(
+        "explain", help="show which tier the policy would choose for a call, and why"
+    )
+    p.add_argument("--model", required=True, help="model: short name, full id or router id")
+    p.add_argument("--input-tokens", type=int, required=True, metavar="N")
+    p.add_argument("--cached-input-tokens", type=int, default=0, metavar="N")
+    p.add_argument("--max-tokens", type=int, required=True, metavar="N", help="output token cap")
+    p.add_argument("--expected-output-tokens", type=int, metavar="N")
+    p.add_argument("--deadline", type=float, metavar="S", help="end-to-end deadline, seconds")
+    p.add_argument("--max-ttft", type=float, metavar="S", help="max time to first token, seconds")
+    p.add_argument("--min-tps", type=float, metavar="X", help="min output tokens per second")
+    p.add_argument("--reliability", type=float, metavar="P", help="P(success within deadline)")
+    p.add_argument("--max-cost", type=float, metavar="USD", help="max cost of the call")
+    p.add_argument("--tiers", metavar="T1,T2", help="allowed tiers, comma-separated")
+    p.add_argument("--best-effort", action="store_true", help="choose anyway when nothing fits")
+    p.add_argument(
+        "--shed-rate",
+        action="append",
+        default=[],
+        metavar="TIER=RATE",
+        help="what-if: a tier's shed rate, as if the signals had seen it (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_pricing_args(p)
+    p.set_defaults(run=run)
+
+
+def _shed_rates(items: list[str], tiers: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--shed-rate {item!r}: expected TIER=RATE")
+        try:
+            rate = float(value)
+        except ValueError:
+            raise ValueError(f"--shed-rate {item!r}: {value!r} is not a number") from None
+        if not (math.isfinite(rate) and 0.0 <= rate <= 1.0):
+            raise ValueError(f"--shed-rate {item!r}: the rate must be between 0 and 1")
+        if name not in tiers:
+            raise ValueError(f"--shed-rate {item!r}: unknown tier {name!r}")
+        out[name] = rate
+    return out
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or exc.title
+    return f"{where}: {err['msg']}"
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        pricing = pricing_from(args)
+        prices = pricing.model(args.model)
+        rates = _shed_rates(args.shed_rate, pricing.tiers)
+        call = Call(
+            model=prices.name,
+            input_tokens=args.input_tokens,
+            cached_input_tokens=args.cached_input_tokens,
+            max_output_tokens=args.max_tokens,
+            expected_output_tokens=args.expected_output_tokens,
+        )
+        req = Requirements(
+            deadline_s=args.deadline,
+            max_ttft_s=args.max_ttft,
+            min_output_tps=args.min_tps,
+            reliability=args.reliability,
+            tiers=args.tiers,
+            max_cost_usd=args.max_cost,
+            best_effort=args.best_effort,
+        )
+    except ValidationError as exc:
+        return fail(_one_line(exc))
+    except (TierselError, ValueError) as exc:
+        return fail(str(exc))
+    clock = FakeClock()
+    selector = Selector(pricing=pricing, clock=clock, api_key="")
+    for tier, rate in rates.items():
+        _observe(selector, prices.name, tier, rate, clock.now())
+    try:
+        decision = selector.decide(call, req)
+    except NoFeasibleTier as exc:
+        if args.json:
+            doc = {
+                "feasible": False,
+                "model": prices.name,
+                "reasons": [r.to_dict() for r in exc.reasons],
+            }
+            json.dump(doc, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print(f"no tier of {prices.name} meets the requirements:")
+            for r in exc.reasons:
+                print(f"  {r}")
+        return EXIT_INFEASIBLE
+    if args.json:
+        json.dump({"feasible": True, **decision.to_dict()}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        _print(decision)
+    return 0
+
+
+def _observe(selector: Selector, model: str, tier: str, rate: float, now: float) -> None:
+    """Feed the what-if rate as evenly spread observations, so no streak is longer than needed."""
+    key = SignalKey(selector.endpoint, model, tier)
+    sheds = round(rate * _WHAT_IF_SAMPLES)
+    for i in range(_WHAT_IF_SAMPLES):
+        shed = (i + 1) * sheds // _WHAT_IF_SAMPLES > i * sheds // _WHAT_IF_SAMPLES
+        obs = Observation(Outcome.shed if shed else Outcome.ok)
+        selector.signals.record(key, obs, now)
+
+
+def _print(d: Decision) -> None:
+    print(f"tier:               {d.tier}")
+    print(f"model:              {d.model}")
+    print(f"service_tier:       {d.service_tier or '(none)'}")
+    print(f"plan:               {d.label}")
+    print(
+        f"estimated cost:     ${d.estimated_cost_usd:.6f} (worst case ${d.worst_case_cost_usd:.6f})"
+    )
+    print(f"P(success):         {d.p_success:.4f}")
+    print(f"expected latency:   {d.expected_latency_s:.2f} s")
+    if d.best_effort:
+        print("best effort:        yes (the requirements could not all be met)")
+    print("reasons:")
+    for r in d.reasons:
+        print(f"  {r}")
