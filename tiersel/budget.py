@@ -11,9 +11,11 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from cachetools import LRUCache
+
 from tiersel.requirements import BudgetState
 
-__all__ = ["Ledger", "MemoryLedger", "Reservation"]
+__all__ = ["AsyncLedger", "Ledger", "MemoryLedger", "Reservation"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +48,29 @@ class Ledger(Protocol):
         ...
 
 
+@runtime_checkable
+class AsyncLedger(Protocol):
+    """The async twin of `Ledger`, for budgets kept across a network (same operations, same rules).
+
+    `Selector.asend` awaits it; `Selector.send` needs a `Ledger`.
+    """
+
+    async def state(self, now: float) -> BudgetState: ...
+
+    async def reserve(
+        self, call_id: str, amount_usd: float, now: float, ttl_s: float | None = None
+    ) -> BudgetState | None: ...
+
+    async def settle(self, call_id: str, actual_usd: float, now: float) -> BudgetState: ...
+
+    async def release(self, call_id: str, now: float) -> BudgetState: ...
+
+
 class MemoryLedger:
     """A budget in this process's memory. Thread-safe.
+
+    ``reservation_ttl_s`` is the expiry of a reservation made without a ``ttl_s`` of its own
+    (None: it is held until settled or released).
 
     >>> ledger = MemoryLedger(1.00)
     >>> ledger.reserve("a", 0.75, now=0.0) is not None, ledger.reserve("b", 0.50, now=0.0)
@@ -56,15 +79,26 @@ class MemoryLedger:
     0.9
     """
 
-    def __init__(self, limit_usd: float, *, spent_usd: float = 0.0) -> None:
+    def __init__(
+        self,
+        limit_usd: float,
+        *,
+        spent_usd: float = 0.0,
+        settled_memory: int = 1_000_000,
+        reservation_ttl_s: float | None = None,
+    ) -> None:
         for name, value in (("limit_usd", limit_usd), ("spent_usd", spent_usd)):
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if reservation_ttl_s is not None and not reservation_ttl_s > 0:
+            raise ValueError(f"reservation_ttl_s must be > 0 or None, got {reservation_ttl_s!r}")
         self.limit_usd = float(limit_usd)
+        self.reservation_ttl_s = reservation_ttl_s
         self._spent = float(spent_usd)
         self._held: dict[str, Reservation] = {}
         self._reserved = 0.0
-        self._settled: set[str] = set()
+        # Ids already settled, so a repeated settle charges nothing; bounded, oldest dropped first.
+        self._settled: LRUCache[str, bool] = LRUCache(maxsize=settled_memory)
         self._lock = threading.Lock()
 
     def _expire(self, now: float) -> None:
@@ -96,7 +130,8 @@ class MemoryLedger:
             held = self._reserved - (previous.amount_usd if previous else 0.0)
             if self._spent + held + amount_usd > self.limit_usd:
                 return None
-            expires = now + ttl_s if ttl_s is not None else None
+            ttl = ttl_s if ttl_s is not None else self.reservation_ttl_s
+            expires = now + ttl if ttl is not None else None
             self._held[call_id] = Reservation(call_id, amount_usd, expires)
             self._reserved = held + amount_usd
             return self._state()
@@ -106,13 +141,14 @@ class MemoryLedger:
             raise ValueError(f"actual cost must be a finite amount >= 0, got {actual_usd!r}")
         with self._lock:
             self._expire(now)
-            if call_id in self._settled:
-                return self._state()
             held = self._held.pop(call_id, None)
             if held is not None:
                 self._reserved -= held.amount_usd
+            if call_id in self._settled:
+                # Charged already; a reservation made again under its id is only dropped.
+                return self._state()
             self._spent += actual_usd
-            self._settled.add(call_id)
+            self._settled[call_id] = True
             return self._state()
 
     def release(self, call_id: str, now: float) -> BudgetState:

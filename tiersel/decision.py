@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Decision", "Reason", "Step", "Verdict"]
 
@@ -38,8 +38,7 @@ _TEMPLATES: Mapping[str, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Reason:
+class Reason(NamedTuple):
     """Why one plan (a tier, or a ladder such as ``standard>priority``) was chosen or rejected.
 
     ``code`` is stable and machine-readable; ``str(reason)`` is the sentence for people.
@@ -66,17 +65,17 @@ class Reason:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One attempt of a plan: the tier, the model id to send, and ``service_tier`` if any."""
+class Step(NamedTuple):
+    """One attempt of a plan: the tier, the model id to send, ``service_tier`` if any, its costs
+    for this call, and the body fields and headers that request the tier."""
 
     tier: str
     model: str
     service_tier: str | None
     worst_cost_usd: float
     expected_cost_usd: float
-    body: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    body: Mapping[str, Any] = MappingProxyType({})
+    headers: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from tiersel.signals import CircuitState, Observation, Outcome, SignalKey, TierH
 if TYPE_CHECKING:
     from tiersel.selector import Selector
 
-__all__ = ["AttemptRecord", "CallResult", "Reply"]
+__all__ = ["AttemptRecord", "CallResult", "Reply", "StreamEnd", "stream_flow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +189,7 @@ def call_flow(
 ) -> Flow:
     """The attempts of one call. Raises `NoFeasibleTier` or `BudgetExhausted` before any send."""
     prices = sel.pricing.model(call.model)
-    keys = tuple(SignalKey(call.endpoint, prices.name, t) for t in prices.tiers)
+    keys = sel.signal_keys(prices.name)
     start = yield Now()
     prog = _Progress()
     while True:
@@ -203,11 +203,10 @@ def call_flow(
         stats: list[TierStats] = yield ReadSignals(keys)
         signals: dict[str, TierHealth] = {}
         for key, st in zip(keys, stats, strict=True):
-            spec = sel.pricing.tiers[key.tier]
-            health = sel.assess(st, spec.priors, now)
+            health = sel.assess(key, st, now)
             if health.state is CircuitState.half_open:
                 claimed = yield ClaimProbe(key)
-                health = sel.assess(st, spec.priors, now, probing=claimed)
+                health = sel.assess(key, st, now, probing=claimed)
                 if not claimed:
                     health = _as_open(health, sel.signal_config.probe_interval_s)
             signals[key.tier] = health
@@ -351,6 +350,89 @@ def _redecide(
 def _only_budget(exc: NoFeasibleTier) -> bool:
     codes = {r.code for r in exc.reasons} - {"not_allowed", "not_offered"}
     return codes == {"budget"}
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """How a streamed reply ended, as the stream's wrapper measured it.
+
+    ``outcome`` is ``ok`` when the stream reached its final event (or the caller closed it early),
+    a failure when it broke. ``usage`` is what the stream reported (None if none arrived), or an
+    estimate of what was billed when ``usage_estimated``; times are seconds since the attempt
+    was sent.
+    """
+
+    outcome: Outcome
+    usage: Usage | None
+    elapsed_s: float
+    ttft_s: float | None = None
+    output_tps: float | None = None
+    detail: str = "ok"
+    usage_estimated: bool = False
+
+
+def stream_flow(sel: Selector, result: CallResult, end: StreamEnd) -> Flow:
+    """Complete a call whose reply was a stream (``result.pending_stream``), once it has ended.
+
+    Records the stream's timings into the signals, charges the usage that arrived (the worst case
+    when a complete stream reported none), settles the budget and notifies, as `call_flow` does
+    for a reply that was read whole.
+    """
+    decision = result.decisions[-1]
+    step = decision.plan[0]
+    prices = sel.pricing.model(step.model)
+    key = SignalKey(sel.endpoint, prices.name, step.tier)
+    yield Record(
+        key,
+        Observation(
+            end.outcome,
+            latency_s=end.elapsed_s,
+            ttft_s=end.ttft_s,
+            output_tps=end.output_tps,
+        ),
+    )
+    served = step.tier
+    cost = 0.0
+    if end.usage is not None:
+        served = _served(end.usage, step.tier, prices.tiers)
+        cost = charge(
+            prices,
+            served,
+            end.usage.prompt_tokens,
+            end.usage.cached_tokens,
+            end.usage.completion_tokens,
+        )
+    elif end.outcome is Outcome.ok:
+        cost = step.worst_cost_usd
+    if sel.ledger_enabled:
+        if cost > 0 or end.outcome is Outcome.ok:
+            yield Settle(result.call_id, cost)
+        else:
+            yield Release(result.call_id)
+    status = result.reply.status if result.reply is not None else 0
+    yield Notify(
+        AttemptRecord(
+            result.call_id,
+            result.attempts,
+            prices.name,
+            served,
+            decision,
+            end.outcome,
+            status,
+            end.elapsed_s,
+            cost,
+            end.detail,
+        )
+    )
+    return replace(
+        result,
+        ok=end.outcome is Outcome.ok,
+        cost_usd=cost,
+        usage=end.usage,
+        tier=served,
+        detail=end.detail,
+        pending_stream=False,
+    )
 
 
 def _classify(reply: Reply) -> Classified:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from operator import attrgetter
+from typing import Any, NamedTuple, Protocol
 
 from tiersel.decision import Decision, Reason, Step, Verdict
 from tiersel.errors import NoFeasibleTier
@@ -39,10 +39,17 @@ class Policy(Protocol):
 
 
 _SQRT2 = math.sqrt(2.0)
+_OPEN = CircuitState.open
+_REJECTED = Verdict.rejected
+_COSTLIER = Verdict.costlier
+_CHOSEN = Verdict.chosen
 
 
-@dataclass(frozen=True, slots=True)
-class _Option:
+def _reason(fields: tuple[str, Verdict, str, tuple[Any, ...]]) -> Reason:
+    return tuple.__new__(Reason, fields)
+
+
+class _Option(NamedTuple):
     """One tier's numbers for this call."""
 
     tier: str
@@ -51,19 +58,21 @@ class _Option:
     worst: float
     expected: float
     latency: float  # median end-to-end seconds if served
+    on_time: float  # P(finishing within the deadline | served)
+    served: float  # P(served: neither shed nor failed)
 
 
-@dataclass(frozen=True, slots=True)
-class _Plan:
+class _Plan(NamedTuple):
     options: tuple[_Option, ...]
     p_success: float
     expected_cost: float
     worst_cost: float
     latency: float
+    label: str
 
-    @property
-    def label(self) -> str:
-        return ">".join(o.tier for o in self.options)
+
+# tuple.__new__ skips NamedTuple's Python-level __new__: creation is most of the decision's cost.
+_new = tuple.__new__
 
 
 class CheapestFeasible:
@@ -102,7 +111,8 @@ class CheapestFeasible:
             f" pacing={self.pacing})"
         )
 
-    # The decision path: keep it cheap (benchmarks/decide.py).
+    # The decision path: keep it cheap (benchmarks/decide.py). Object creation dominates here,
+    # so reasons and steps are built with tuple.__new__ and enum members are module constants.
     def __call__(
         self,
         call: Call,
@@ -113,96 +123,120 @@ class CheapestFeasible:
         now: float,
     ) -> Decision:
         reasons: list[Reason] = []
+        add = reasons.append
         allowed = requirements.tiers
         cap = requirements.max_cost_usd
         remaining = budget.remaining_usd if budget is not None else None
         deadline = requirements.deadline_s
         if deadline is not None and deadline <= 0:
-            reasons.append(Reason("*", Verdict.rejected, "no_time"))
-            raise NoFeasibleTier(call.model, reasons)
+            raise NoFeasibleTier(call.model, [_reason(("*", _REJECTED, "no_time", ()))])
+        log_deadline = math.log(deadline) if deadline is not None else 0.0
+        scale = 1.0 / (self.latency_sigma * _SQRT2)
 
         uncached = call.input_tokens - call.cached_input_tokens
         cached = call.cached_input_tokens
         out_max = call.max_output_tokens
-        out_exp = call.output_tokens_for_latency
+        out_exp = call.expected_output_tokens
+        if out_exp is None:
+            out_exp = out_max
+        tiers = prices.tiers
         options: list[_Option] = []
         if allowed is not None:
             for name in allowed:
-                if name not in prices.tiers:
-                    reasons.append(Reason(name, Verdict.rejected, "not_offered"))
-        for name, price in prices.tiers.items():
+                if name not in tiers:
+                    add(_reason((name, _REJECTED, "not_offered", ())))
+        for name, price in tiers.items():
             if allowed is not None and name not in allowed:
-                reasons.append(Reason(name, Verdict.rejected, "not_allowed"))
+                add(_reason((name, _REJECTED, "not_allowed", ())))
                 continue
             health = signals.get(name)
             if health is None:
                 continue
-            if health.state is CircuitState.open:
-                reasons.append(Reason(name, Verdict.rejected, "cooldown", (health.cooldown_s,)))
+            if health.state is _OPEN:
+                add(_reason((name, _REJECTED, "cooldown", (health.cooldown_s,))))
                 continue
             base = uncached * price.input_per_token + cached * price.cached_input_per_token
             worst = base + out_max * price.output_per_token
             if cap is not None and worst > cap:
-                reasons.append(Reason(name, Verdict.rejected, "cost_cap", (worst, cap)))
+                add(_reason((name, _REJECTED, "cost_cap", (worst, cap))))
                 continue
             if remaining is not None and worst > remaining:
-                reasons.append(Reason(name, Verdict.rejected, "budget", (worst, remaining)))
+                add(_reason((name, _REJECTED, "budget", (worst, remaining))))
                 continue
             expected = base + out_exp * price.output_per_token
             latency = health.ttft_s + out_exp / health.output_tps
-            options.append(_Option(name, price, health, worst, expected, latency))
+            if deadline is None:
+                on_time = 1.0
+            else:
+                on_time = 0.5 * (1.0 + math.erf((log_deadline - math.log(latency)) * scale))
+            served = 1.0 - health.refusal_rate - health.error_rate
+            if served < 0.0:
+                served = 0.0
+            options.append(
+                _new(_Option, (name, price, health, worst, expected, latency, on_time, served))
+            )
         if not options:
             raise NoFeasibleTier(call.model, reasons)
 
-        options.sort(key=_by_expected)
-        plans = [self._single(o, deadline) for o in options]
-        if self.ladders and len(options) > 1:
+        options.sort(key=_BY_EXPECTED)
+        plans = [
+            _new(_Plan, ((o,), o.served * o.on_time, o.expected, o.worst, o.latency, o.tier))
+            for o in options
+        ]
+        target = requirements.reliability
+        max_ttft = requirements.max_ttft_s
+        min_tps = requirements.min_output_tps
+        # A ladder costs at least its first step alone, so it can only win where that step alone
+        # falls short on reliability; and it must start cheaper than the best single tier.
+        if self.ladders and len(options) > 1 and (target is not None or requirements.best_effort):
+            best_single = None
+            for plan in plans:
+                if _unmet(plan, target, max_ttft, min_tps) is None:
+                    best_single = plan.expected_cost
+                    break
             for i, first in enumerate(options):
+                if best_single is not None and first.expected >= best_single:
+                    break
+                if target is not None and first.served * first.on_time >= target:
+                    continue
                 for second in options[i + 1 :]:
-                    plan = self._ladder(first, second, deadline)
-                    if plan is not None:
-                        plans.append(plan)
-        plans.sort(key=_plan_order)
+                    ladder = self._ladder(first, second, deadline)
+                    if ladder is not None:
+                        plans.append(ladder)
+            plans.sort(key=_BY_COST)  # stable: singles before ladders on ties
 
         spendable = None
         if self.pacing is not None and budget is not None and budget.remaining_calls:
             keep = self.pacing * options[0].expected * (budget.remaining_calls - 1)
             spendable = max(budget.remaining_usd - keep, options[0].expected)
-        target = requirements.reliability
-        max_ttft = requirements.max_ttft_s
-        min_tps = requirements.min_output_tps
         chosen: _Plan | None = None
         for plan in plans:
-            label = plan.label
-            why = _unmet(plan, target, max_ttft, min_tps)
-            if why is not None:
-                reasons.append(Reason(label, Verdict.rejected, why[0], why[1]))
-            elif chosen is not None:
-                reasons.append(
-                    Reason(
-                        label,
-                        Verdict.costlier,
-                        "costlier",
-                        (plan.expected_cost, chosen.expected_cost),
+            if chosen is not None:
+                add(
+                    _reason(
+                        (
+                            plan.label,
+                            _COSTLIER,
+                            "costlier",
+                            (plan.expected_cost, chosen.expected_cost),
+                        )
                     )
                 )
+                continue
+            why = _unmet(plan, target, max_ttft, min_tps)
+            if why is not None:
+                add(_reason((plan.label, _REJECTED, why[0], why[1])))
             elif spendable is not None and plan.expected_cost > spendable:
-                reasons.append(
-                    Reason(label, Verdict.rejected, "pacing", (plan.expected_cost, spendable))
-                )
+                add(_reason((plan.label, _REJECTED, "pacing", (plan.expected_cost, spendable))))
             else:
                 chosen = plan
-                reasons.append(
-                    Reason(label, Verdict.chosen, "chosen", (plan.expected_cost, plan.p_success))
-                )
+                add(_reason((plan.label, _CHOSEN, "chosen", (plan.expected_cost, plan.p_success))))
         if chosen is not None:
             return _decision(chosen, reasons)
         if not requirements.best_effort:
             raise NoFeasibleTier(call.model, reasons)
         best = max(plans, key=_likeliest)
-        reasons.append(
-            Reason(best.label, Verdict.chosen, "best_effort", (best.expected_cost, best.p_success))
-        )
+        add(_reason((best.label, _CHOSEN, "best_effort", (best.expected_cost, best.p_success))))
         return _decision(best, reasons, best_effort=True)
 
     def _on_time(self, latency: float, deadline: float | None) -> float:
@@ -213,41 +247,34 @@ class CheapestFeasible:
         z = (math.log(deadline) - math.log(latency)) / self.latency_sigma
         return 0.5 * (1.0 + math.erf(z / _SQRT2))
 
-    def _single(self, o: _Option, deadline: float | None) -> _Plan:
-        p = o.health.p_served * self._on_time(o.latency, deadline)
-        return _Plan((o,), p, o.expected, o.worst, o.latency)
-
     def _ladder(self, a: _Option, b: _Option, deadline: float | None) -> _Plan | None:
         """Plan ``a`` then, after a shed, ``b`` in the time left.
 
         The escalated attempt is credited at most ``a``'s own chance of finishing on time: a more
         shed-prone ``a`` then never makes the ladder look better, only dearer.
         """
-        shed_wait = a.health.shed_latency_s
-        left = None if deadline is None else deadline - shed_wait
-        if left is not None and left <= 0:
+        ha = a.health
+        shed_wait = ha.shed_latency_s
+        if deadline is None:
+            on_time_b = 1.0
+        elif deadline - shed_wait <= 0:
             return None
-        ha, hb = a.health, b.health
-        on_time_a = self._on_time(a.latency, deadline)
-        p_b = hb.p_served * self._on_time(b.latency, left)
-        p = ha.p_served * on_time_a + ha.refusal_rate * min(p_b, on_time_a)
+        else:
+            on_time_b = self._on_time(b.latency, deadline - shed_wait)
+        p = a.served * a.on_time + ha.refusal_rate * min(b.served * on_time_b, a.on_time)
         # Weights of "a serves" and "we climb to b". b's own shed rate stays out of the cost on
         # purpose: a more shed-prone b must not make the ladder look cheaper.
-        w_a = ha.p_served
+        w_a = a.served
         w_b = ha.refusal_rate
-        expected = (
-            (w_a * a.expected + w_b * b.expected) / (w_a + w_b) if w_a + w_b > 0 else b.expected
-        )
-        latency = ha.p_served * a.latency + ha.refusal_rate * (shed_wait + b.latency)
-        return _Plan((a, b), p, expected, max(a.worst, b.worst), latency)
+        w = w_a + w_b
+        expected = (w_a * a.expected + w_b * b.expected) / w if w > 0 else b.expected
+        latency = w_a * a.latency + w_b * (shed_wait + b.latency)
+        worst = a.worst if a.worst > b.worst else b.worst
+        return _new(_Plan, ((a, b), p, expected, worst, latency, a.tier + ">" + b.tier))
 
 
-def _by_expected(o: _Option) -> tuple[float, float]:
-    return (o.expected, o.worst)
-
-
-def _plan_order(p: _Plan) -> tuple[float, float, int]:
-    return (p.expected_cost, -p.p_success, len(p.options))
+_BY_EXPECTED = attrgetter("expected", "worst")
+_BY_COST = attrgetter("expected_cost")
 
 
 def _likeliest(p: _Plan) -> tuple[float, float]:
@@ -274,29 +301,22 @@ def _unmet(
     return None
 
 
-def _step(o: _Option) -> Step:
-    spec = o.price.spec
-    st = spec.body.get("service_tier")
-    return Step(
-        tier=spec.name,
-        model=o.price.model_id,
-        service_tier=st if isinstance(st, str) else None,
-        worst_cost_usd=o.worst,
-        expected_cost_usd=o.expected,
-        body=spec.body,
-        headers=spec.headers,
-    )
-
-
 def _decision(plan: _Plan, reasons: list[Reason], *, best_effort: bool = False) -> Decision:
+    steps = tuple(
+        [
+            _new(Step, (tier, model, service_tier, o.worst, o.expected, body, headers))
+            for o in plan.options
+            for tier, model, service_tier, body, headers in (o.price.step_fields,)
+        ]
+    )
     return Decision(
-        plan=tuple(_step(o) for o in plan.options),
-        estimated_cost_usd=plan.expected_cost,
-        worst_case_cost_usd=plan.worst_cost,
-        p_success=plan.p_success,
-        expected_latency_s=plan.latency,
-        reasons=tuple(reasons),
-        best_effort=best_effort,
+        steps,
+        plan.expected_cost,
+        plan.worst_cost,
+        plan.p_success,
+        plan.latency,
+        tuple(reasons),
+        best_effort,
     )
 
 
@@ -342,9 +362,9 @@ class FixedTier:
         if health is not None:
             latency = health.ttft_s + call.output_tokens_for_latency / health.output_tps
             p = health.p_served
-        o = _Option(name, price, health or _NO_HEALTH, worst, expected, latency)
+        o = _Option(name, price, health or _NO_HEALTH, worst, expected, latency, 1.0, p)
         reason = Reason(name, Verdict.chosen, "fixed", (expected, p, repr(self)))
-        return _decision(_Plan((o,), p, expected, worst, latency), [reason])
+        return _decision(_Plan((o,), p, expected, worst, latency, name), [reason])
 
 
 _NO_HEALTH = TierHealth(

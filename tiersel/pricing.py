@@ -8,7 +8,7 @@ USD prices per 1M tokens per tier. ``load_pricing()`` with no argument loads the
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -86,10 +86,23 @@ class TierPrice:
     model_id: str
     source: str
     as_of: str
+    # What a decision's `Step` for this tier holds besides the call's costs (precomputed).
+    step_fields: tuple[Any, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        fields = (spec.name, self.model_id, self.service_tier, spec.body, spec.headers)
+        object.__setattr__(self, "step_fields", fields)
 
     @property
     def tier(self) -> str:
         return self.spec.name
+
+    @property
+    def service_tier(self) -> str | None:
+        """The ``service_tier`` body field this tier sets, if any."""
+        value = self.spec.body.get("service_tier")
+        return value if isinstance(value, str) else None
 
     @property
     def input_per_1m(self) -> float:

@@ -37,9 +37,11 @@ from tiersel.dispatch import (
     Send,
     Settle,
     Sleep,
+    StreamEnd,
     arun,
     call_flow,
     run,
+    stream_flow,
 )
 from tiersel.errors import RequestNotUnderstood
 from tiersel.policy import CheapestFeasible, Policy
@@ -54,7 +56,6 @@ from tiersel.signals import (
     TierStats,
     assess,
 )
-from tiersel.tiers import TierPriors
 
 __all__ = ["FIREWORKS_BASE_URL", "Selector"]
 
@@ -144,6 +145,9 @@ class Selector:
         self._api_key = _Secret(
             api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
         )
+        self._keys: dict[str, tuple[SignalKey, ...]] = {}
+        # Keyed by the price table's (model, tier) pairs, so bounded by the table.
+        self._health_cache: dict[SignalKey, tuple[TierStats, TierHealth]] = {}
         self._own_client: httpx.Client | None = None
         self._own_aclient: httpx.AsyncClient | None = None
 
@@ -160,20 +164,34 @@ class Selector:
     # -- deciding --------------------------------------------------------------------------------
 
     def assess(
-        self, stats: TierStats, priors: TierPriors, now: float, *, probing: bool = False
+        self, key: SignalKey, stats: TierStats, now: float, *, probing: bool = False
     ) -> TierHealth:
-        return assess(stats, priors, self.signal_config, now, probing=probing)
+        """A tier's health from its counters, cached while neither counters nor circuit change."""
+        config = self.signal_config
+        steady = stats.cooldown_until <= now and stats.consecutive_failures < config.open_after
+        if steady and not probing:
+            hit = self._health_cache.get(key)
+            if hit is not None and hit[0] is stats:
+                return hit[1]
+        health = assess(stats, self.pricing.tiers[key.tier].priors, config, now, probing=probing)
+        if steady and not probing:
+            self._health_cache[key] = (stats, health)
+        return health
+
+    def signal_keys(self, model: str) -> tuple[SignalKey, ...]:
+        """The signal keys of every tier of ``model`` at this selector's endpoint."""
+        keys = self._keys.get(model)
+        if keys is None:
+            prices = self.pricing.model(model)
+            keys = tuple(SignalKey(self.endpoint, prices.name, t) for t in prices.tiers)
+            self._keys[model] = keys
+        return keys
 
     def health(self, model: str, now: float | None = None) -> dict[str, TierHealth]:
         """What the signals say now about each tier of ``model`` (half-open tiers as probe-able)."""
-        prices = self.pricing.model(model)
         t = self.clock.now() if now is None else now
-        out: dict[str, TierHealth] = {}
-        tiers = self.pricing.tiers
-        for name in prices.tiers:
-            stats = self.signals.stats(SignalKey(self.endpoint, prices.name, name), t)
-            out[name] = assess(stats, tiers[name].priors, self.signal_config, t, probing=False)
-        return out
+        stats = self.signals.stats
+        return {k.tier: self.assess(k, stats(k, t), t) for k in self.signal_keys(model)}
 
     def decide(
         self,
@@ -354,6 +372,16 @@ class Selector:
         except BaseException:
             self._release_quietly(cid)
             raise
+
+    def finish_stream(self, result: CallResult, end: StreamEnd) -> CallResult:
+        """Complete a call whose reply was a stream (``result.pending_stream``) once it ended.
+
+        Records the stream's timings, charges its usage, settles the budget and notifies
+        ``on_attempt``; returns the call's final `CallResult`. Call it once per stream.
+        """
+        if not result.pending_stream:
+            raise ValueError(f"call {result.call_id} has no pending stream to finish")
+        return run(stream_flow(self, result, end), self._common)
 
     def _guarded(self, go: Callable[[], CallResult], call_id: str) -> CallResult:
         try:

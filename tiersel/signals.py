@@ -14,11 +14,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from cachetools import LRUCache
-
 from tiersel.tiers import TierPriors
 
 __all__ = [
+    "AsyncSignalStore",
     "CircuitState",
     "MemorySignalStore",
     "Observation",
@@ -198,6 +197,20 @@ class SignalStore(Protocol):
         ...
 
 
+@runtime_checkable
+class AsyncSignalStore(Protocol):
+    """The async twin of `SignalStore`, for signals kept across a network (same operations).
+
+    `Selector.asend` awaits it; `Selector.send` needs a `SignalStore`.
+    """
+
+    async def record(self, key: SignalKey, obs: Observation, now: float) -> TierStats: ...
+
+    async def stats(self, key: SignalKey, now: float) -> TierStats: ...
+
+    async def claim_probe(self, key: SignalKey, now: float, interval_s: float) -> bool: ...
+
+
 # -- in-memory store ----------------------------------------------------------------------------
 
 _N, _OK, _SHED, _RL, _ERR, _TO, _TTFT, _TTFT_N, _TPS, _TPS_N = range(10)
@@ -268,19 +281,25 @@ class _Series:
 class MemorySignalStore:
     """Signals in this process's memory: the default store.
 
-    Keys are held in a bounded LRU (``max_keys``), so many models and endpoints cannot grow it
-    without limit. Thread-safe.
+    At most ``max_keys`` keys are kept (the oldest goes first), so many models and endpoints
+    cannot grow it without limit. Thread-safe.
     """
 
     def __init__(self, config: SignalConfig | None = None, *, max_keys: int = 4096) -> None:
         self.config = config or SignalConfig()
         self._width = self.config.window_s / self.config.buckets
-        self._series: LRUCache[SignalKey, _Series] = LRUCache(maxsize=max_keys)
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be >= 1, got {max_keys}")
+        self._max_keys = max_keys
+        # A plain dict, oldest key evicted first: reads stay cheap on the decision path.
+        self._series: dict[SignalKey, _Series] = {}
         self._lock = threading.Lock()
 
     def _get(self, key: SignalKey) -> _Series:
         series = self._series.get(key)
         if series is None:
+            if len(self._series) >= self._max_keys:
+                del self._series[next(iter(self._series))]
             series = self._series[key] = _Series()
         return series
 

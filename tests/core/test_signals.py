@@ -66,7 +66,7 @@ def test_a_failure_streak_opens_then_half_opens_and_one_probe_goes() -> None:
     assert assess(store.stats(KEY, 13.0), PRIORS, cfg, 13.0).state is CircuitState.closed
 
 
-def test_keys_are_bounded() -> None:
+def test_keys_are_bounded_oldest_first() -> None:
     store = MemorySignalStore(max_keys=3)
     for i in range(10):
         store.record(SignalKey("e", f"m{i}", "standard"), Observation(Outcome.ok), 0.0)

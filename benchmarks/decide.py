@@ -1,0 +1,119 @@
+"""How fast is a decision? Times `Selector.decide()` for a realistic call with live signals.
+
+    python benchmarks/decide.py [--n 50000]
+
+Prints decisions per second and the p50 / p99 latency of one decide() call (target on the
+project's 2-core machine: p50 <= 20 us, p99 <= 100 us). Where litellm happens to be installed,
+also times its Router's cost-based choice among three equivalent deployments in the same run and
+prints the ratio (litellm is not a dependency of tiersel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+import tiersel
+from tiersel import Call, FakeClock, Observation, Outcome, Requirements, Selector
+
+
+def live_selector(clock: FakeClock) -> Selector:
+    """A selector whose signals have seen a minute of mixed traffic on all three tiers."""
+    sel = Selector(clock=clock, api_key="")
+    rng = random.Random(7)
+    for i in range(600):
+        clock.advance(0.1)
+        tier, shed = rng.choice([("standard", 0.15), ("priority", 0.01), ("fast", 0.02)])
+        outcome = Outcome.shed if rng.random() < shed else Outcome.ok
+        obs = Observation(
+            outcome,
+            latency_s=rng.uniform(1, 8),
+            ttft_s=rng.uniform(0.2, 1.5),
+            output_tps=rng.uniform(30, 160) if outcome is Outcome.ok else None,
+        )
+        sel.record("kimi-k2p6", tier, obs)
+        if i % 50 == 0:
+            sel.record("kimi-k2p6", "standard", Observation(Outcome.ok))  # keep its circuit closed
+    return sel
+
+
+def time_each(fn: Callable[[], object], n: int) -> list[float]:
+    out = []
+    clock = time.perf_counter_ns
+    gc.disable()
+    try:
+        for _ in range(n):
+            t0 = clock()
+            fn()
+            out.append((clock() - t0) / 1000.0)
+    finally:
+        gc.enable()
+    return out
+
+
+def summary(name: str, samples: list[float]) -> float:
+    q = statistics.quantiles(samples, n=100)
+    p50, p99 = statistics.median(samples), q[98]
+    rate = 1e6 / statistics.fmean(samples)
+    print(f"{name:<34} p50 {p50:7.2f} us   p99 {p99:7.2f} us   {rate:>10,.0f} decisions/s")
+    return p50
+
+
+def litellm_router() -> Callable[[], object] | None:
+    try:
+        import litellm  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    litellm.suppress_debug_info = True
+    model_list = [
+        {
+            "model_name": "kimi",
+            "litellm_params": {
+                "model": f"fireworks_ai/accounts/fireworks/models/kimi-k2p6-{name}",
+                "api_key": "none",
+                "input_cost_per_token": inp,
+                "output_cost_per_token": out,
+            },
+            "model_info": {"id": name, "input_cost_per_token": inp, "output_cost_per_token": out},
+        }
+        for name, inp, out in (("standard", 0.95e-6, 4e-6), ("priority", 1.5e-6, 6e-6), ("fast", 2e-6, 8e-6))
+    ]
+    router = litellm.Router(model_list=model_list, routing_strategy="cost-based-routing")
+    messages = [{"role": "user", "content": "x" * 6000}]
+
+    def pick() -> object:
+        return router.get_available_deployment(model="kimi", messages=messages)
+
+    pick()
+    return pick
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=50_000, help="decisions to time")
+    args = ap.parse_args()
+
+    clock = FakeClock()
+    sel = live_selector(clock)
+    call = Call(model="kimi-k2p6", input_tokens=2000, cached_input_tokens=500, max_output_tokens=400)
+    req = Requirements(deadline_s=20.0, reliability=0.98, max_cost_usd=0.05)
+    first = sel.decide(call, req)
+    print(f"tiersel {tiersel.__version__}: a call to kimi-k2p6 with live signals on 3 tiers")
+    print(f"decision: {first.label} (P(success) {first.p_success:.4f}, ${first.estimated_cost_usd:.6f})")
+    for _ in range(2000):  # warm up
+        sel.decide(call, req)
+    ours = summary("tiersel Selector.decide()", time_each(lambda: sel.decide(call, req), args.n))
+    pick = litellm_router()
+    if pick is None:
+        print("litellm is not installed: no comparison run (pip install litellm to add one)")
+        return
+    theirs = summary("litellm Router cost-based routing", time_each(pick, max(2000, args.n // 10)))
+    print(f"ratio (litellm p50 / tiersel p50): {theirs / ours:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
