@@ -18,20 +18,31 @@ BODY = {
     "max_tokens": 200,
 }
 ANTHROPIC_BODY = {**BODY, "model": "kimi-k2p6"}
-SHED = {"error": {"object": "error", "type": "server_overloaded", "code": "503", "message": "overloaded"}}
+SHED = {
+    "error": {
+        "object": "error",
+        "type": "server_overloaded",
+        "code": "503",
+        "message": "overloaded",
+    }
+}
 
 
 def ok(prompt: int = 120, completion: int = 80, cached: int = 0, **extra: Any) -> httpx.Response:
     usage = {"prompt_tokens": prompt, "completion_tokens": completion}
     if cached:
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
-    return httpx.Response(200, json={"id": "c1", "object": "chat.completion", "choices": [], "usage": usage, **extra})
+    return httpx.Response(
+        200, json={"id": "c1", "object": "chat.completion", "choices": [], "usage": usage, **extra}
+    )
 
 
 class Upstream:
     """A scripted provider: a list of responses, or a function of the request body."""
 
-    def __init__(self, script: list[httpx.Response] | Callable[[dict[str, Any]], httpx.Response]) -> None:
+    def __init__(
+        self, script: list[httpx.Response] | Callable[[dict[str, Any]], httpx.Response]
+    ) -> None:
         self.script = script
         self.seen: list[tuple[dict[str, Any], httpx.Headers]] = []
 
@@ -54,7 +65,9 @@ class Upstream:
 
 
 def selector(upstream: Upstream, clock: FakeClock | None = None, **kw: Any) -> Selector:
-    return Selector(clock=clock or FakeClock(), transport=httpx.MockTransport(upstream), api_key="", **kw)
+    return Selector(
+        clock=clock or FakeClock(), transport=httpx.MockTransport(upstream), api_key="", **kw
+    )
 
 
 def test_a_shed_escalates_within_the_deadline_and_the_cost_is_the_served_tiers() -> None:
@@ -65,7 +78,9 @@ def test_a_shed_escalates_within_the_deadline_and_the_cost_is_the_served_tiers()
     r = sel.send(BODY, requirements=Requirements(deadline_s=30, reliability=0.95))
     assert r.ok and r.attempts == 2 and up.tiers == ["standard", "priority"]
     kimi = sel.pricing.model("kimi-k2p6").tiers["priority"]
-    expected = 600 * kimi.input_per_token + 400 * kimi.cached_input_per_token + 100 * kimi.output_per_token
+    expected = (
+        600 * kimi.input_per_token + 400 * kimi.cached_input_per_token + 100 * kimi.output_per_token
+    )
     assert r.cost_usd == pytest.approx(expected)
     state = ledger.state(0.0)
     assert state.spent_usd == pytest.approx(expected) and state.reserved_usd == 0.0
@@ -75,7 +90,14 @@ def test_a_shed_escalates_within_the_deadline_and_the_cost_is_the_served_tiers()
 
 def test_retry_after_is_honoured_when_no_other_tier_is_allowed() -> None:
     clock = FakeClock()
-    up = Upstream([httpx.Response(429, json={"error": {"code": "rate_limited"}}, headers={"retry-after": "3"}), ok()])
+    up = Upstream(
+        [
+            httpx.Response(
+                429, json={"error": {"code": "rate_limited"}}, headers={"retry-after": "3"}
+            ),
+            ok(),
+        ]
+    )
     sel = selector(up, clock)
     r = sel.send(BODY, requirements=Requirements(tiers=["standard"], deadline_s=60))
     assert r.ok and r.attempts == 2 and up.tiers == ["standard", "standard"]
@@ -100,7 +122,13 @@ def test_final_errors_are_never_retried(status: int) -> None:
 
 
 def test_spend_limit_refusal_is_not_retried() -> None:
-    refusal = {"type": "error", "error": {"type": "rate_limit_error", "details": {"error_code": "enforced_spend_limit_reached"}}}
+    refusal = {
+        "type": "error",
+        "error": {
+            "type": "rate_limit_error",
+            "details": {"error_code": "enforced_spend_limit_reached"},
+        },
+    }
     up = Upstream(lambda body: httpx.Response(429, json=refusal))
     r = selector(up).send(ANTHROPIC_BODY, path="/messages")
     assert not r.ok and r.attempts == 1 and "spend limit" in r.detail
@@ -134,7 +162,11 @@ def test_hint_headers_never_go_upstream_and_priority_never_rides_a_fast_model() 
     up = Upstream(lambda body: ok())
     sel = selector(up)
     body = {**BODY, "service_tier": "priority"}
-    r = sel.send(body, requirements=Requirements(min_output_tps=100), headers={"x-tiersel-deadline": "5", "x-other": "1"})
+    r = sel.send(
+        body,
+        requirements=Requirements(min_output_tps=100),
+        headers={"x-tiersel-deadline": "5", "x-other": "1"},
+    )
     assert r.ok and r.tier == "fast"
     sent, headers = up.seen[0]
     assert sent["model"].endswith("/routers/kimi-k2p6-fast") and "service_tier" not in sent
@@ -161,7 +193,15 @@ def test_a_response_without_usage_is_charged_its_worst_case() -> None:
 
 
 def test_anthropic_usage_is_read() -> None:
-    msg = {"type": "message", "usage": {"input_tokens": 50, "cache_read_input_tokens": 30, "output_tokens": 20, "service_tier": "standard"}}
+    msg = {
+        "type": "message",
+        "usage": {
+            "input_tokens": 50,
+            "cache_read_input_tokens": 30,
+            "output_tokens": 20,
+            "service_tier": "standard",
+        },
+    }
     up = Upstream(lambda body: httpx.Response(200, json=msg))
     r = selector(up).send(ANTHROPIC_BODY, path="/messages")
     assert r.ok and r.usage == tiersel.Usage(80, 30, 20, "standard")
@@ -198,7 +238,9 @@ def test_an_interrupted_call_leaves_nothing_reserved() -> None:
         raise KeyboardInterrupt
 
     ledger = MemoryLedger(1.0)
-    sel = Selector(clock=FakeClock(), transport=httpx.MockTransport(boom), ledger=ledger, api_key="")
+    sel = Selector(
+        clock=FakeClock(), transport=httpx.MockTransport(boom), ledger=ledger, api_key=""
+    )
     with pytest.raises(KeyboardInterrupt):
         sel.send(BODY)
     assert ledger.state(0.0).reserved_usd == 0.0
@@ -219,10 +261,14 @@ async def test_async_send_escalates_the_same_way() -> None:
         return up(request)
 
     ledger = MemoryLedger(1.0)
-    sel = Selector(clock=FakeClock(), async_transport=httpx.MockTransport(handler), ledger=ledger, api_key="")
+    sel = Selector(
+        clock=FakeClock(), async_transport=httpx.MockTransport(handler), ledger=ledger, api_key=""
+    )
     r = await sel.asend(BODY, requirements=Requirements(deadline_s=30, reliability=0.95))
     assert r.ok and r.attempts == 2 and up.tiers == ["standard", "priority"]
-    assert ledger.state(0.0).reserved_usd == 0.0 and ledger.state(0.0).spent_usd == pytest.approx(r.cost_usd)
+    assert ledger.state(0.0).reserved_usd == 0.0 and ledger.state(0.0).spent_usd == pytest.approx(
+        r.cost_usd
+    )
 
 
 def test_a_plain_function_is_a_transport() -> None:
@@ -233,7 +279,13 @@ def test_a_plain_function_is_a_transport() -> None:
 
 def test_shed_signals_steer_the_next_call() -> None:
     clock = FakeClock()
-    up = Upstream(lambda body: httpx.Response(503, json=SHED) if "service_tier" not in body and "/routers/" not in body["model"] else ok())
+    up = Upstream(
+        lambda body: (
+            httpx.Response(503, json=SHED)
+            if "service_tier" not in body and "/routers/" not in body["model"]
+            else ok()
+        )
+    )
     sel = selector(up, clock)
     for _ in range(3):
         assert sel.send(BODY, requirements=Requirements(deadline_s=30)).ok

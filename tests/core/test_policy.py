@@ -16,18 +16,29 @@ CALL = Call(model="kimi-k2p6", input_tokens=2000, max_output_tokens=300)
 
 
 def health(
-    refusal: float = 0.01, tps: float = 50.0, ttft: float = 0.5, state: CircuitState = CircuitState.closed
+    refusal: float = 0.01,
+    tps: float = 50.0,
+    ttft: float = 0.5,
+    state: CircuitState = CircuitState.closed,
 ) -> TierHealth:
     return TierHealth(
-        refusal_rate=refusal, error_rate=0.0, ttft_s=ttft, output_tps=tps, shed_latency_s=0.3,
-        state=state, cooldown_s=3.0 if state is CircuitState.open else 0.0, observed=10,
+        refusal_rate=refusal,
+        error_rate=0.0,
+        ttft_s=ttft,
+        output_tps=tps,
+        shed_latency_s=0.3,
+        state=state,
+        cooldown_s=3.0 if state is CircuitState.open else 0.0,
+        observed=10,
     )
 
 
 CALM = {"standard": health(), "priority": health(0.001), "fast": health(0.005, tps=150, ttft=0.3)}
 
 
-def decide(req: Requirements, signals: dict[str, TierHealth] = CALM, **kw: object) -> tiersel.Decision:
+def decide(
+    req: Requirements, signals: dict[str, TierHealth] = CALM, **kw: object
+) -> tiersel.Decision:
     return CheapestFeasible(**kw)(CALL, req, None, KIMI, signals, 0.0)  # type: ignore[arg-type]
 
 
@@ -70,7 +81,9 @@ def test_cost_cap_and_budget_reject_with_reasons() -> None:
         decide(Requirements(max_cost_usd=std_cost / 2))
     assert {r.code for r in info.value.reasons} == {"cost_cap"}
     budget = tiersel.BudgetState(limit_usd=std_cost * 1.1)
-    d = CheapestFeasible()(CALL, Requirements(min_output_tps=100, best_effort=True), budget, KIMI, CALM, 0.0)
+    d = CheapestFeasible()(
+        CALL, Requirements(min_output_tps=100, best_effort=True), budget, KIMI, CALM, 0.0
+    )
     assert d.best_effort and d.tier == "standard"
     assert any(r.code == "budget" and r.plan == "fast" for r in d.reasons)
 
@@ -79,7 +92,9 @@ def test_tiers_not_offered_or_not_allowed() -> None:
     oss = PRICING.model("gpt-oss-20b")
     call = Call(model="gpt-oss-20b", input_tokens=10, max_output_tokens=10)
     with pytest.raises(NoFeasibleTier) as info:
-        CheapestFeasible()(call, Requirements(tiers=["fast"]), None, oss, {"standard": health()}, 0.0)
+        CheapestFeasible()(
+            call, Requirements(tiers=["fast"]), None, oss, {"standard": health()}, 0.0
+        )
     codes = {(r.plan, r.code) for r in info.value.reasons}
     assert ("fast", "not_offered") in codes and ("standard", "not_allowed") in codes
     assert "no tier of gpt-oss-20b" in str(info.value)
@@ -112,7 +127,10 @@ def test_pacing_keeps_money_for_the_calls_to_come() -> None:
         CheapestFeasible(pacing=1.0)(CALL, Requirements(min_output_tps=100), tight, KIMI, CALM, 0.0)
     assert any(r.code == "pacing" and r.plan == "fast" for r in info.value.reasons)
     # Without pacing the same budget would let this call take fast.
-    assert CheapestFeasible()(CALL, Requirements(min_output_tps=100), tight, KIMI, CALM, 0.0).tier == "fast"
+    assert (
+        CheapestFeasible()(CALL, Requirements(min_output_tps=100), tight, KIMI, CALM, 0.0).tier
+        == "fast"
+    )
 
 
 def test_custom_policy_is_a_plain_callable() -> None:

@@ -30,7 +30,11 @@ healths = st.builds(
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> tuple[Call, Requirements, tiersel.ModelPrices, dict[str, TierHealth], tiersel.BudgetState | None]:
+def scenarios(
+    draw: st.DrawFn,
+) -> tuple[
+    Call, Requirements, tiersel.ModelPrices, dict[str, TierHealth], tiersel.BudgetState | None
+]:
     model = draw(st.sampled_from(MODELS))
     prices = PRICING.model(model)
     inp = draw(st.integers(0, 50_000))
@@ -62,7 +66,9 @@ def scenarios(draw: st.DrawFn) -> tuple[Call, Requirements, tiersel.ModelPrices,
 
 @given(scenarios())
 def test_chosen_plans_are_allowed_offered_capped_and_never_mix_priority_with_fast(
-    s: tuple[Call, Requirements, tiersel.ModelPrices, dict[str, TierHealth], tiersel.BudgetState | None],
+    s: tuple[
+        Call, Requirements, tiersel.ModelPrices, dict[str, TierHealth], tiersel.BudgetState | None
+    ],
 ) -> None:
     call, req, prices, signals, budget = s
     try:
@@ -91,7 +97,9 @@ def test_chosen_plans_are_allowed_offered_capped_and_never_mix_priority_with_fas
 
 @given(scenarios(), st.data())
 def test_a_higher_shed_rate_never_makes_a_tier_more_attractive(
-    s: tuple[Call, Requirements, tiersel.ModelPrices, dict[str, TierHealth], tiersel.BudgetState | None],
+    s: tuple[
+        Call, Requirements, tiersel.ModelPrices, dict[str, TierHealth], tiersel.BudgetState | None
+    ],
     data: st.DataObject,
 ) -> None:
     call, req, prices, signals, budget = s

@@ -6,7 +6,6 @@ import csv
 import os
 import subprocess
 import sys
-import venv
 import zipfile
 from pathlib import Path
 
@@ -49,13 +48,20 @@ def test_every_figure_matches_the_reference_csv(pricing: tiersel.Pricing) -> Non
 def test_covers_every_priority_and_fast_model(pricing: tiersel.Pricing) -> None:
     rows = _csv_rows()
     with_priority = {
-        m[len(MODELS) :] for m, r in rows.items() if m.startswith(MODELS) and r["priority_input_usd_per_1m"]
+        m[len(MODELS) :]
+        for m, r in rows.items()
+        if m.startswith(MODELS) and r["priority_input_usd_per_1m"]
     }
     assert with_priority <= set(pricing.models)
     fast_routers = {m for m in rows if m.startswith("accounts/fireworks/routers/") and "-fast" in m}
     sent = {p.model_id for m in pricing.models.values() for p in m.tiers.values()}
     assert fast_routers <= sent
-    for popular in ("gpt-oss-20b", "deepseek-v3p2", "llama-v3p3-70b-instruct", "qwen3-235b-a22b-instruct-2507"):
+    for popular in (
+        "gpt-oss-20b",
+        "deepseek-v3p2",
+        "llama-v3p3-70b-instruct",
+        "qwen3-235b-a22b-instruct-2507",
+    ):
         assert set(pricing.model(popular).tiers) == {"standard"}
 
 
@@ -99,10 +105,18 @@ models:
 @pytest.mark.parametrize(
     ("models", "key", "problem"),
     [
-        ("  m1: {standard: {input: -1, output: 1}}\n", "models.m1.standard.input", "greater than or equal to 0"),
+        (
+            "  m1: {standard: {input: -1, output: 1}}\n",
+            "models.m1.standard.input",
+            "greater than or equal to 0",
+        ),
         ("  m1: {turbo: {input: 1, output: 1}}\n", "models.m1.turbo", "unknown tier 'turbo'"),
         ("  m1: {standard: {input: 1}}\n", "models.m1.standard.output", "missing field"),
-        ("  m1: {standard: {input: 1, output: 1, colour: red}}\n", "models.m1.standard.colour", "unknown field"),
+        (
+            "  m1: {standard: {input: 1, output: 1, colour: red}}\n",
+            "models.m1.standard.colour",
+            "unknown field",
+        ),
         ("  m1: {standard: {input: .nan, output: 1}}\n", "models.m1.standard.input", "finite"),
     ],
 )
@@ -176,7 +190,18 @@ models:
 def test_the_wheel_ships_the_price_tables(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(ROOT),
+        ],
         check=True,
     )
     (wheel,) = wheels.glob("tiersel-*.whl")
@@ -189,9 +214,18 @@ def test_the_wheel_ships_the_price_tables(tmp_path: Path) -> None:
     deps = [p for p in sys.path if p.endswith("site-packages")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *deps])}
     out = subprocess.run(
-        [sys.executable, "-s", "-c",
-         "import tiersel; p = tiersel.load_pricing(); print(tiersel.__file__); print(p.origin); print(len(p.models))"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-s",
+            "-c",
+            "import tiersel; p = tiersel.load_pricing();"
+            " print(tiersel.__file__); print(p.origin); print(len(p.models))",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert out[0].startswith(str(site))
     assert out[1] == str(site / "tiersel" / "_pricing" / "fireworks.yaml")

@@ -1,0 +1,176 @@
+"""`tiersel prices` and `tiersel explain`, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tiersel.cli import main
+
+TIERSEL = str(Path(sys.executable).with_name("tiersel"))
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TIERSEL, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_prices_table_and_json() -> None:
+    out = run("prices", "--model", "accounts/fireworks/models/kimi-k2p6")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "USD per 1M tokens" in lines[0]
+    assert any(line.split()[:5] == ["kimi-k2p6", "priority", "1.5", "0.22", "6"] for line in lines)
+    assert any("routers/kimi-k2p6-fast" in line for line in lines)
+    doc = json.loads(run("prices", "--json").stdout)
+    tiers = {(r["model"], r["tier"]) for r in doc["prices"]}
+    assert ("kimi-k2p6", "fast") in tiers and ("gpt-oss-20b", "standard") in tiers
+    assert doc["as_of"] == "2026-11"
+
+
+def test_explain_prints_the_decision_and_its_reasons(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "explain",
+            "--model",
+            "kimi-k2p6",
+            "--input-tokens",
+            "2000",
+            "--max-tokens",
+            "300",
+            "--min-tps",
+            "100",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "tier:               fast" in out
+    assert "accounts/fireworks/routers/kimi-k2p6-fast" in out
+    assert "standard: rejected: expected 50 output tokens/s is below min_output_tps 100" in out
+
+
+def test_explain_json_has_the_contract_fields() -> None:
+    out = run(
+        "explain",
+        "--model",
+        "kimi-k2p6",
+        "--input-tokens",
+        "2000",
+        "--cached-input-tokens",
+        "500",
+        "--max-tokens",
+        "300",
+        "--deadline",
+        "30",
+        "--reliability",
+        "0.9",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert {
+        "tier",
+        "model",
+        "service_tier",
+        "estimated_cost_usd",
+        "p_success",
+        "plan",
+        "reasons",
+    } <= set(doc)
+    assert doc["tier"] == "standard" and doc["service_tier"] is None
+
+
+def test_what_if_shed_rate_moves_the_choice() -> None:
+    base = [
+        "explain",
+        "--model",
+        "kimi-k2p6",
+        "--input-tokens",
+        "2000",
+        "--max-tokens",
+        "300",
+        "--deadline",
+        "30",
+        "--reliability",
+        "0.97",
+        "--json",
+    ]
+    calm = json.loads(run(*base).stdout)
+    shedding = json.loads(
+        run(*base, "--shed-rate", "standard=0.5", "--shed-rate", "priority=0.01").stdout
+    )
+    assert calm["plan"][0]["tier"] == "standard"
+    assert shedding["tier"] != "standard" or len(shedding["plan"]) > 1
+    assert any(r["plan"] == "standard" and r["verdict"] == "rejected" for r in shedding["reasons"])
+
+
+def test_no_feasible_tier_exits_3_with_reasons() -> None:
+    args = [
+        "explain",
+        "--model",
+        "gpt-oss-20b",
+        "--input-tokens",
+        "100",
+        "--max-tokens",
+        "50",
+        "--tiers",
+        "fast",
+    ]
+    out = run(*args)
+    assert out.returncode == 3
+    assert "fast: rejected: the model does not offer this tier" in out.stdout
+    doc = json.loads(run(*args, "--json").stdout)
+    assert doc["feasible"] is False and doc["reasons"][0]["code"] == "not_offered"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--reliability", "1.5"], "reliability"),
+        (["--deadline", "nan"], "deadline_s"),
+        (["--shed-rate", "standard"], "expected TIER=RATE"),
+        (["--shed-rate", "turbo=0.1"], "unknown tier 'turbo'"),
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--max-tokens", "ten"], "invalid int value"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args: list[str], needle: str) -> None:
+    base = {"--model": "kimi-k2p6", "--input-tokens": "100", "--max-tokens": "10"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    argv = ["explain", *[x for kv in base.items() for x in kv]]
+    if args[0] == "--shed-rate":
+        argv += args
+    out = run(*argv)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr, out.stderr
+
+
+def test_a_user_price_table(tmp_path: Path) -> None:
+    table = tmp_path / "mine.yaml"
+    table.write_text(
+        'provider: mine\nsource: test\nas_of: "2026-01"\ntiers:\n  standard: {}\nmodels:\n'
+        "  m: {standard: {input: 1, output: 2}}\n"
+    )
+    out = run("prices", "--pricing", str(table), "--json")
+    assert json.loads(out.stdout)["prices"][0]["output_usd_per_1m"] == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(table.read_text().replace("input: 1", "input: -1"))
+    out = run("prices", "--pricing", str(bad))
+    assert out.returncode == 2 and "bad.yaml: models.m.standard.input" in out.stderr
+
+
+def test_the_module_runs_too() -> None:
+    env = {**os.environ}
+    out = subprocess.run(
+        [sys.executable, "-m", "tiersel", "prices", "--model", "gpt-oss-20b"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 0 and "gpt-oss-20b" in out.stdout

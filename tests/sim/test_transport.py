@@ -1,0 +1,197 @@
+"""The in-process transports (httpx and httpx2, sync and async) on a virtual clock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+
+from tiersel import FakeClock, Requirements, Selector
+from tiersel.sim import AsyncSimTransport, SimService, SimTransport
+from tiersel.sim.transport_httpx2 import AsyncSimTransport2, SimTransport2
+
+KIMI = "accounts/fireworks/models/kimi-k2p6"
+BASE = "http://sim.local/inference/v1"
+
+
+def _chat(**extra: Any) -> dict[str, Any]:
+    return {
+        "model": KIMI,
+        "messages": [
+            {"role": "system", "content": "be brief " * 50},
+            {"role": "user", "content": "hi"},
+        ],
+        "max_tokens": 40,
+        **extra,
+    }
+
+
+def test_sync_call_advances_the_fake_clock_by_the_simulated_duration() -> None:
+    clock = FakeClock(1000.0)
+    transport = SimTransport(scenario="calm", clock=clock)
+    with httpx.Client(transport=transport, base_url=BASE) as client:
+        r = client.post("/chat/completions", json=_chat())
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["usage"]["completion_tokens"] == 40
+    assert doc["choices"][0]["finish_reason"] == "length"
+    assert clock.now() - 1000.0 == pytest.approx(float(r.headers["x-sim-duration-s"]), abs=1e-6)
+    assert transport.stats()["by_tier"] == {"standard": {"200": 1}}
+
+
+def test_prompt_tokens_are_estimated_from_the_text_and_prefixes_are_cached() -> None:
+    transport = SimTransport(scenario="calm")
+    with httpx.Client(transport=transport, base_url=BASE) as client:
+        first = client.post("/chat/completions", json=_chat()).json()["usage"]
+        second = client.post("/chat/completions", json=_chat()).json()["usage"]
+    # 450 bytes of system text + 2 of user text at 4 bytes a token, plus 8 per message + 8.
+    assert first["prompt_tokens"] == 113 + 24
+    assert first["prompt_tokens_details"]["cached_tokens"] == 0
+    # The system message is the cached prefix: its 450 bytes, 8 tokens for it and 8 of framing.
+    assert second["prompt_tokens_details"]["cached_tokens"] == 113 + 16
+
+
+def _events(lines: list[tuple[float, str]]) -> list[tuple[float, Any]]:
+    out = []
+    for at, line in lines:
+        if line.startswith("data: ") and line != "data: [DONE]":
+            out.append((at, json.loads(line[6:])))
+    return out
+
+
+def test_sync_stream_chunks_arrive_at_their_times_with_usage_last() -> None:
+    clock = FakeClock()
+    transport = SimTransport(scenario="calm", clock=clock)
+    body = _chat(stream=True, stream_options={"include_usage": True})
+    with (
+        httpx.Client(transport=transport, base_url=BASE) as client,
+        client.stream("POST", "/chat/completions", json=body) as r,
+    ):
+        assert clock.now() == 0.0  # headers come at once; the body is timed
+        ttft = float(r.headers["x-sim-ttft-s"])
+        duration = float(r.headers["x-sim-duration-s"])
+        lines = [(clock.now(), line) for line in r.iter_lines() if line]
+    events = _events(lines)
+    assert events[0][0] == pytest.approx(ttft)
+    assert events[0][1]["choices"][0]["delta"]["role"] == "assistant"
+    times = [at for at, _ in events]
+    assert times == sorted(times) and len(set(times)) > 5
+    assert events[-1][0] == pytest.approx(duration)
+    assert events[-1][1]["choices"] == []
+    assert events[-1][1]["usage"]["completion_tokens"] == 40
+    assert lines[-1][1] == "data: [DONE]"
+    text = "".join(e["choices"][0]["delta"].get("content", "") for _, e in events[:-1])
+    assert len(text.split()) == 40
+
+
+async def test_async_anthropic_stream() -> None:
+    clock = FakeClock()
+    transport = AsyncSimTransport(scenario="calm", clock=clock)
+    body = _chat(stream=True, service_tier="priority")
+    async with (
+        httpx.AsyncClient(transport=transport, base_url=BASE) as client,
+        client.stream("POST", "/messages", json=body) as r,
+    ):
+        lines = [(clock.now(), line) async for line in r.aiter_lines() if line]
+    kinds = [e["type"] for _, e in _events(lines)]
+    assert kinds[:3] == ["message_start", "content_block_start", "content_block_delta"]
+    assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    delta = next(e for _, e in _events(lines) if e["type"] == "message_delta")
+    assert delta["usage"]["output_tokens"] == 40
+    assert delta["usage"]["service_tier"] == "priority"
+    assert delta["delta"]["stop_reason"] == "max_tokens"
+    assert transport.stats()["by_tier"] == {"priority": {"200": 1}}
+
+
+def test_httpx2_sync_transport() -> None:
+    clock = FakeClock()
+    transport = SimTransport2(scenario="calm", clock=clock)
+    with httpx2.Client(transport=transport, base_url=BASE) as client:
+        r = client.post("/messages", json=_chat())
+        with client.stream("POST", "/chat/completions", json=_chat(stream=True)) as s:
+            chunks = [line for line in s.iter_lines() if line]
+    assert r.status_code == 200
+    assert r.json()["usage"]["output_tokens"] == 40
+    assert chunks[-1] == "data: [DONE]"
+    assert clock.now() > 0
+    assert transport.stats()["streamed"] == 1
+
+
+async def test_httpx2_async_transport() -> None:
+    transport = AsyncSimTransport2(scenario="calm")
+    async with httpx2.AsyncClient(transport=transport, base_url=BASE) as client:
+        r = await client.post("/chat/completions", json=_chat())
+        async with client.stream("POST", "/messages", json=_chat(stream=True)) as s:
+            lines = [line async for line in s.aiter_lines() if line]
+    assert r.json()["usage"]["completion_tokens"] == 40
+    assert lines[-1] == 'data: {"type": "message_stop"}'
+
+
+def test_wait_false_reports_latency_without_moving_the_clock() -> None:
+    clock = FakeClock()
+    transport = SimTransport(scenario="calm", clock=clock, wait=False)
+    with httpx.Client(transport=transport, base_url=BASE) as client:
+        r = client.post("/chat/completions", json=_chat())
+    assert clock.now() == 0.0
+    assert float(r.headers["x-sim-duration-s"]) > float(r.headers["x-sim-ttft-s"]) > 0
+
+
+def test_a_broken_stream_ends_with_a_protocol_error(scenario_file: Callable[[str], Path]) -> None:
+    path = scenario_file("errors: {stream_break_rate: 1.0}\n")
+    with (
+        httpx.Client(transport=SimTransport(scenario=path), base_url=BASE) as client,
+        client.stream("POST", "/chat/completions", json=_chat(stream=True)) as r,
+    ):
+        got = []
+        with pytest.raises(httpx.RemoteProtocolError):
+            got.extend(r.iter_lines())
+    assert got and "[DONE]" not in "".join(got)
+    with (
+        httpx2.Client(transport=SimTransport2(scenario=path), base_url=BASE) as client2,
+        client2.stream("POST", "/messages", json=_chat(stream=True)) as r2,
+        pytest.raises(httpx2.RemoteProtocolError),
+    ):
+        list(r2.iter_lines())
+
+
+def test_routes_and_bad_requests() -> None:
+    transport = SimTransport(scenario="calm")
+    with httpx.Client(transport=transport, base_url="http://sim.local") as client:
+        assert client.post("/inference/v1/chat/completions", content=b"{nope").status_code == 400
+        bad = client.post("/inference/v1/messages", json={"model": KIMI})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["object"] == "error"
+        assert "messages" in bad.json()["error"]["message"]
+        assert client.get("/inference/v1/chat/completions").status_code == 405
+        assert client.get("/v1/elsewhere").status_code == 404
+        ids = [m["id"] for m in client.get("/inference/v1/models").json()["data"]]
+        assert KIMI in ids and "accounts/fireworks/routers/kimi-k2p6-fast" in ids
+        assert client.post("/sim/reset", json={"colour": 1}).status_code == 400
+        reset = client.post("/sim/reset", json={"seed": 9, "time_s": 100})
+    assert reset.status_code == 200
+    assert reset.json()["seed"] == 9
+    assert reset.json()["sim_time_s"] == pytest.approx(100.0)
+    assert reset.json()["requests"] == 0
+
+
+def test_selector_escalates_to_priority_during_an_outage() -> None:
+    clock = FakeClock()
+    service = SimService("outage", clock=clock, start_s=100.0)  # inside the 60..240 s outage
+    transport = SimTransport(service)
+    selector = Selector(clock=clock, transport=transport, api_key="sk-sim-test")
+    body = {"model": "kimi-k2p6", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
+    result = selector.send(body, requirements=Requirements(deadline_s=20))
+    assert result.ok and result.tier == "priority"
+    stats = transport.stats()
+    assert stats["by_tier"] == {"priority": {"200": 1}, "standard": {"503": 1}}
+    assert (stats["hinted"], stats["priority_with_router"]) == (0, 0)
+
+
+def test_a_service_and_a_separate_clock_are_refused() -> None:
+    with pytest.raises(ValueError, match="pass the clock to the SimService"):
+        SimTransport(SimService("calm", clock=FakeClock()), clock=FakeClock())

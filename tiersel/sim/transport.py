@@ -1,0 +1,163 @@
+"""In-process httpx transports that answer from the simulated provider: no sockets, no server.
+
+``SimTransport`` (sync) and ``AsyncSimTransport`` plug into ``httpx.Client(transport=...)`` /
+``httpx.AsyncClient(transport=...)``, an SDK's ``http_client``, or ``tiersel.Selector(transport=)``.
+The httpx2 twins are in `tiersel.sim.transport_httpx2`.
+
+Time. Each transport runs a `SimService` on an injected clock (a new `tiersel.FakeClock` by
+default). With ``wait=True`` (the default) it waits out the simulated latency *through that
+clock*: the response returns once its due time has come (``clock.sleep``), and a stream's chunks
+arrive at their due times as it is read. On a `FakeClock` sleeping advances the clock at once, so
+nothing really waits, yet anything reading the same clock (a `Selector` given the same
+`FakeClock`) measures the simulated latencies. With ``wait=False`` nothing waits at all and the
+latencies are only reported, in the ``x-sim-ttft-s`` and ``x-sim-duration-s`` response headers.
+
+On a `FakeClock` concurrent calls do not overlap: each one's wait advances the shared clock. To
+simulate many calls in flight at once on virtual time, drive `tiersel.sim.Provider` directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tiersel.clock import Clock, FakeClock
+from tiersel.pricing import Pricing
+from tiersel.sim.scenarios import Scenario
+from tiersel.sim.service import SimService
+from tiersel.sim.wire import Rendered
+
+__all__ = ["AsyncSimTransport", "SimShell", "SimTransport"]
+
+STREAM_BROKEN = "peer closed connection without sending complete message body (simulated)"
+
+
+class SimShell:
+    """What the sync and async transports (httpx and httpx2) share: the service and its clock."""
+
+    def __init__(
+        self,
+        service: SimService | None = None,
+        *,
+        scenario: Scenario | str | Path = "calm",
+        seed: int = 0,
+        clock: Clock | None = None,
+        time_scale: float = 1.0,
+        pricing: Pricing | None = None,
+        wait: bool = True,
+    ) -> None:
+        if service is None:
+            service = SimService(
+                scenario,
+                seed=seed,
+                clock=clock if clock is not None else FakeClock(),
+                time_scale=time_scale,
+                pricing=pricing,
+            )
+        elif clock is not None and clock is not service.clock:
+            raise ValueError("pass the clock to the SimService, not also to the transport")
+        self.service = service
+        self.wait = wait
+
+    @property
+    def clock(self) -> Clock:
+        return self.service.clock
+
+    def stats(self) -> dict[str, Any]:
+        """What ``GET /sim/stats`` returns: counts by tier, model and status, and red flags."""
+        return self.service.stats()
+
+    def reset(self, *, seed: int | None = None, time_s: float | None = None) -> None:
+        """Forget every request; optionally reseed and move scenario time to ``time_s``."""
+        self.service.reset(seed=seed, time_s=time_s)
+
+    def _answer(self, method: str, path: str, headers: Any, body: bytes) -> tuple[Rendered, float]:
+        start = self.service.clock.now()
+        rendered = self.service.handle(method, path, {k: v for k, v in headers.items()}, body)
+        return rendered, start
+
+    def _delay(self, start: float, due_s: float) -> float:
+        """Clock seconds until ``due_s`` scenario seconds after ``start`` (0 when not waiting)."""
+        if not self.wait:
+            return 0.0
+        return max(0.0, start + due_s * self.service.time_scale - self.service.clock.now())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.service!r}, wait={self.wait})"
+
+
+class _SyncStream(httpx.SyncByteStream):
+    def __init__(self, shell: SimShell, rendered: Rendered, start: float) -> None:
+        self._shell, self._rendered, self._start = shell, rendered, start
+
+    def __iter__(self) -> Iterator[bytes]:
+        for due, data in self._rendered.chunks:
+            self._shell.clock.sleep(self._shell._delay(self._start, due))
+            yield data
+        if self._rendered.broken:
+            raise httpx.RemoteProtocolError(STREAM_BROKEN)
+
+
+class _AsyncStream(httpx.AsyncByteStream):
+    def __init__(self, shell: SimShell, rendered: Rendered, start: float) -> None:
+        self._shell, self._rendered, self._start = shell, rendered, start
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for due, data in self._rendered.chunks:
+            await self._shell.clock.asleep(self._shell._delay(self._start, due))
+            yield data
+        if self._rendered.broken:
+            raise httpx.RemoteProtocolError(STREAM_BROKEN)
+
+
+class SimTransport(SimShell, httpx.BaseTransport):
+    """A sync httpx transport answering from the simulated provider.
+
+    >>> from tiersel import FakeClock
+    >>> clock = FakeClock()
+    >>> client = httpx.Client(transport=SimTransport(scenario="calm", clock=clock),
+    ...                       base_url="http://sim/inference/v1")
+    >>> r = client.post("/chat/completions", json={"model": "accounts/fireworks/models/kimi-k2p6",
+    ...     "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20})
+    >>> r.status_code, r.json()["usage"]["completion_tokens"], clock.now() > 0
+    (200, 20, True)
+    """
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        rendered, start = self._answer(
+            request.method, request.url.path, request.headers, request.read()
+        )
+        self.clock.sleep(self._delay(start, rendered.at_s))
+        if rendered.streamed:
+            return httpx.Response(
+                rendered.status,
+                headers=list(rendered.headers),
+                stream=_SyncStream(self, rendered, start),
+                request=request,
+            )
+        return httpx.Response(
+            rendered.status, headers=list(rendered.headers), content=rendered.body, request=request
+        )
+
+
+class AsyncSimTransport(SimShell, httpx.AsyncBaseTransport):
+    """The async twin of `SimTransport` (waits with ``await clock.asleep``)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        rendered, start = self._answer(
+            request.method, request.url.path, request.headers, await request.aread()
+        )
+        await self.clock.asleep(self._delay(start, rendered.at_s))
+        if rendered.streamed:
+            return httpx.Response(
+                rendered.status,
+                headers=list(rendered.headers),
+                stream=_AsyncStream(self, rendered, start),
+                request=request,
+            )
+        return httpx.Response(
+            rendered.status, headers=list(rendered.headers), content=rendered.body, request=request
+        )
