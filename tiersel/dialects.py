@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -238,7 +239,7 @@ def retry_after_s(headers: Mapping[str, str], *, wall_now: float | None = None) 
             return value
     raw = headers.get("retry-after")
     if raw is None:
-        return None
+        return _exhausted_until(headers, wall_now)
     try:
         value = float(raw)
     except ValueError:
@@ -246,11 +247,50 @@ def retry_after_s(headers: Mapping[str, str], *, wall_now: float | None = None) 
     return value if math.isfinite(value) and value >= 0 else None
 
 
+_LIMIT_FAMILIES = (
+    "anthropic-ratelimit-requests",
+    "anthropic-ratelimit-input-tokens",
+    "anthropic-ratelimit-output-tokens",
+    "anthropic-ratelimit-tokens",
+    "anthropic-priority-input-tokens",
+    "anthropic-priority-output-tokens",
+)
+
+
+def _exhausted_until(headers: Mapping[str, str], wall_now: float | None) -> float | None:
+    """With no Retry-After: the wait until an exhausted rate limit resets, from its headers.
+
+    Anthropic sends ``anthropic-ratelimit-<kind>-remaining`` and ``-reset`` (an RFC 3339 time);
+    a limit with nothing remaining cools the tier down until its reset.
+    """
+    waits = []
+    for family in _LIMIT_FAMILIES:
+        if headers.get(f"{family}-remaining") == "0":
+            reset = headers.get(f"{family}-reset")
+            if reset is not None:
+                wait = _seconds_until_iso(reset, headers.get("date"), wall_now)
+                if wait is not None:
+                    waits.append(wait)
+    return max(waits) if waits else None
+
+
+def _seconds_until_iso(when: str, date: str | None, wall_now: float | None) -> float | None:
+    try:
+        target = datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+    return _until(target, date, wall_now)
+
+
 def _seconds_until(when: str, date: str | None, wall_now: float | None) -> float | None:
     try:
         target = parsedate_to_datetime(when).timestamp()
     except (TypeError, ValueError):
         return None
+    return _until(target, date, wall_now)
+
+
+def _until(target: float, date: str | None, wall_now: float | None) -> float | None:
     # Prefer the server's own Date header as "now", so clocks need not agree.
     reference = wall_now
     if date is not None:
