@@ -37,24 +37,41 @@ from tiersel.signals import (
     TierStats,
 )
 from tiersel.tiers import Tier, TierPriors, TierSpec
+from tiersel.wrap import (
+    HINT_HEADERS,
+    AsyncTierTransport,
+    CallHook,
+    CallRecord,
+    CostBasis,
+    InvalidHint,
+    TierTransport,
+    current_requirements,
+    requirements,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FIREWORKS_BASE_URL",
+    "HINT_HEADERS",
+    "AsyncTierTransport",
     "AttemptRecord",
     "BudgetExhausted",
     "BudgetState",
     "Call",
+    "CallHook",
+    "CallRecord",
     "CallResult",
     "CheapestFeasible",
     "CircuitState",
     "Clock",
+    "CostBasis",
     "CostEstimate",
     "Decision",
     "Dialect",
     "FakeClock",
     "FixedTier",
+    "InvalidHint",
     "Ledger",
     "MemoryLedger",
     "MemorySignalStore",
@@ -81,11 +98,14 @@ __all__ = [
     "TierPriors",
     "TierSpec",
     "TierStats",
+    "TierTransport",
     "TierselError",
     "UnknownModel",
     "Usage",
     "Verdict",
     "__version__",
+    "current_requirements",
     "estimate_costs",
     "load_pricing",
+    "requirements",
 ]

@@ -176,6 +176,7 @@ class _Progress:
     last_reply: Reply | None = None
     last_tier: str | None = None
     tried: set[str] = field(default_factory=set)
+    waited: bool = False
     detail: str = ""
 
 
@@ -190,12 +191,14 @@ def call_flow(
     """The attempts of one call. Raises `NoFeasibleTier` or `BudgetExhausted` before any send."""
     prices = sel.pricing.model(call.model)
     keys = sel.signal_keys(prices.name)
-    start = yield Now()
+    key_of = {k.tier: k for k in keys}
+    start = now = yield Now()
     prog = _Progress()
     while True:
-        now = yield Now()
+        if prog.attempts or prog.waited:
+            now = yield Now()
         req = requirements
-        if requirements.deadline_s is not None:
+        if requirements.deadline_s is not None and now > start:
             left = requirements.deadline_s - (now - start)
             if left <= 0:
                 return _failed(prog, call_id, start, prog.detail or "deadline passed")
@@ -222,6 +225,7 @@ def call_flow(
             if wait is None or prog.attempts >= sel.max_attempts:
                 return _failed(prog, call_id, start, prog.detail or str(exc))
             yield Sleep(wait)
+            prog.waited = True
             continue
         step = decision.plan[0]
         if prog.last_tier == step.tier and prog.attempts > 0:
@@ -243,7 +247,7 @@ def call_flow(
         prog.last_tier = step.tier
         prog.tried.add(step.tier)
         after = yield Now()
-        key = SignalKey(call.endpoint, prices.name, step.tier)
+        key = key_of[step.tier]
         verdict = _classify(reply)
         if reply.streaming and verdict.outcome is Outcome.ok:
             # The stream's wrapper records, charges and notifies once the stream ends.
@@ -289,20 +293,21 @@ def call_flow(
                 yield Settle(call_id, cost)
         elif sel.ledger_enabled:
             yield Release(call_id)
-        yield Notify(
-            AttemptRecord(
-                call_id,
-                prog.attempts,
-                prices.name,
-                served,
-                decision,
-                verdict.outcome,
-                reply.status,
-                after - now,
-                cost,
-                verdict.detail,
+        if sel.on_attempt is not None:
+            yield Notify(
+                AttemptRecord(
+                    call_id,
+                    prog.attempts,
+                    prices.name,
+                    served,
+                    decision,
+                    verdict.outcome,
+                    reply.status,
+                    after - now,
+                    cost,
+                    verdict.detail,
+                )
             )
-        )
         if verdict.outcome is Outcome.ok:
             return CallResult(
                 True,

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import itertools
 import json
 import os
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, cast
 
 import httpx
 
-from tiersel.budget import Ledger
+from tiersel.budget import AsyncLedger, Ledger
 from tiersel.clock import Clock, SystemClock
 from tiersel.decision import Decision
 from tiersel.dialects import (
@@ -43,11 +45,12 @@ from tiersel.dispatch import (
     run,
     stream_flow,
 )
-from tiersel.errors import RequestNotUnderstood
+from tiersel.errors import RequestNotUnderstood, TierselError
 from tiersel.policy import CheapestFeasible, Policy
 from tiersel.pricing import Pricing, load_pricing
 from tiersel.requirements import BudgetState, Call, Requirements
 from tiersel.signals import (
+    AsyncSignalStore,
     MemorySignalStore,
     SignalConfig,
     SignalKey,
@@ -79,9 +82,11 @@ class Selector:
 
     - ``pricing``: a `Pricing` (see `load_pricing`).
     - ``policy``: any callable ``(call, requirements, budget, prices, signals, now) -> Decision``.
-    - ``signals``: a `SignalStore` (default `MemorySignalStore`).
+    - ``signals``: a `SignalStore` (default `MemorySignalStore`), or an `AsyncSignalStore`
+      (e.g. `tiersel.stores.open_async_signal_store`), which only `asend` can use.
     - ``clock``: a `Clock` (`FakeClock` in tests).
     - ``ledger``: a budget `Ledger`; when set, each attempt reserves its worst case first.
+      An `AsyncLedger` works with `asend` only.
     - ``transport`` / ``async_transport``: where `send` / `asend` go (an httpx transport or
       client, or a plain function from ``httpx.Request`` to ``httpx.Response``).
     - ``api_key``: sent as a bearer token when a request has no ``Authorization`` header
@@ -99,10 +104,10 @@ class Selector:
         self,
         pricing: Pricing | None = None,
         policy: Policy | None = None,
-        signals: SignalStore | None = None,
+        signals: SignalStore | AsyncSignalStore | None = None,
         clock: Clock | None = None,
         *,
-        ledger: Ledger | None = None,
+        ledger: Ledger | AsyncLedger | None = None,
         transport: SyncTransport | None = None,
         async_transport: AsyncTransport | None = None,
         base_url: str = FIREWORKS_BASE_URL,
@@ -148,6 +153,7 @@ class Selector:
         self._keys: dict[str, tuple[SignalKey, ...]] = {}
         # Keyed by the price table's (model, tier) pairs, so bounded by the table.
         self._health_cache: dict[SignalKey, tuple[TierStats, TierHealth]] = {}
+        self._urls: dict[str, httpx.URL] = {}
         self._own_client: httpx.Client | None = None
         self._own_aclient: httpx.AsyncClient | None = None
 
@@ -190,7 +196,7 @@ class Selector:
     def health(self, model: str, now: float | None = None) -> dict[str, TierHealth]:
         """What the signals say now about each tier of ``model`` (half-open tiers as probe-able)."""
         t = self.clock.now() if now is None else now
-        stats = self.signals.stats
+        stats = self._sync_signals("health").stats
         return {k.tier: self.assess(k, stats(k, t), t) for k in self.signal_keys(model)}
 
     def decide(
@@ -206,8 +212,9 @@ class Selector:
         """
         now = self.clock.now()
         prices = self.pricing.model(call.model)
-        if budget is None and self.ledger is not None:
-            budget = self.ledger.state(now)
+        ledger = self._sync_ledger("decide")
+        if budget is None and ledger is not None:
+            budget = ledger.state(now)
         return self.policy(
             call,
             requirements if requirements is not None else self.requirements,
@@ -223,7 +230,8 @@ class Selector:
         """Feed one observation into the signals (for callers that dispatch on their own)."""
         prices = self.pricing.model(model)
         t = self.clock.now() if now is None else now
-        return self.signals.record(SignalKey(self.endpoint, prices.name, tier), observation, t)
+        key = SignalKey(self.endpoint, prices.name, tier)
+        return self._sync_signals("record").record(key, observation, t)
 
     def call_for(self, body: Mapping[str, Any], dialect: Dialect) -> tuple[Call, str | None]:
         """The `Call` a request body describes, and the tier its model id implies (router ids)."""
@@ -233,8 +241,15 @@ class Selector:
         prices, implied = self.pricing.resolve(model)
         out = max_output_tokens(body, dialect) or self.default_max_output_tokens
         tokens = estimate_input_tokens(body, bytes_per_token=self.bytes_per_token)
-        call = Call(
-            model=prices.name, input_tokens=tokens, max_output_tokens=out, endpoint=self.endpoint
+        # Every field was checked above (the cap by max_output_tokens, the model by the table):
+        # skip validating them again on the hot path.
+        call = Call.model_construct(
+            model=prices.name,
+            input_tokens=tokens,
+            cached_input_tokens=0,
+            max_output_tokens=out,
+            expected_output_tokens=None,
+            endpoint=self.endpoint,
         )
         return call, implied
 
@@ -282,11 +297,21 @@ class Selector:
             }
         return httpx.Request(
             "POST",
-            self.base_url + path,
+            self._url(path),
             headers=self._headers(headers, effect.headers),
             content=json.dumps(effect.body).encode(),
             extensions=ext,
         )
+
+    def _url(self, path: str) -> httpx.URL:
+        # Parsing a URL costs more than the rest of building a request: parse each one once.
+        full = self.base_url + path
+        url = self._urls.get(full)
+        if url is None:
+            url = httpx.URL(full)
+            if len(self._urls) < 64:
+                self._urls[full] = url
+        return url
 
     def _common(self, effect: Effect) -> Any:
         """Effects that are the same in both shells (memory stores answer at once)."""
@@ -294,7 +319,9 @@ class Selector:
             return self.clock.now()
         if isinstance(effect, ReadSignals):
             now = self.clock.now()
-            return [self.signals.stats(k, now) for k in effect.keys]
+            stats = [self.signals.stats(k, now) for k in effect.keys]
+            # An async store answers with awaitables, which only the async shell awaits.
+            return _awaited(stats) if _is_async(self.signals, "stats") else stats
         if isinstance(effect, ClaimProbe):
             return self.signals.claim_probe(
                 effect.key, self.clock.now(), self.signal_config.probe_interval_s
@@ -334,6 +361,8 @@ class Selector:
         last ``httpx.Response``). Raises `NoFeasibleTier` or `BudgetExhausted` before any send
         when no plan is possible.
         """
+        self._sync_ledger("send")
+        self._sync_signals("send")
         flow, _, cid = self._prepare(body, requirements, path, call_id)
         send = self._sync_sender(transport)
 
@@ -370,7 +399,7 @@ class Selector:
         try:
             return await arun(flow, perform)
         except BaseException:
-            self._release_quietly(cid)
+            await self._arelease_quietly(cid)
             raise
 
     def finish_stream(self, result: CallResult, end: StreamEnd) -> CallResult:
@@ -383,6 +412,12 @@ class Selector:
             raise ValueError(f"call {result.call_id} has no pending stream to finish")
         return run(stream_flow(self, result, end), self._common)
 
+    async def afinish_stream(self, result: CallResult, end: StreamEnd) -> CallResult:
+        """The async twin of `finish_stream`, which also awaits async stores."""
+        if not result.pending_stream:
+            raise ValueError(f"call {result.call_id} has no pending stream to finish")
+        return await arun(stream_flow(self, result, end), self._common)
+
     def _guarded(self, go: Callable[[], CallResult], call_id: str) -> CallResult:
         try:
             return go()
@@ -391,9 +426,32 @@ class Selector:
             raise
 
     def _release_quietly(self, call_id: str) -> None:
-        # Interrupted mid-attempt (cancelled, KeyboardInterrupt): leave no budget reserved.
-        if self.ledger is not None:
+        # Interrupted mid-attempt (cancelled, KeyboardInterrupt): leave no budget reserved. A
+        # reservation that cannot be dropped here (an async ledger, a store that is away) lapses
+        # at its expiry.
+        if self.ledger is None or _is_async(self.ledger, "release"):
+            return
+        with contextlib.suppress(TierselError):
             self.ledger.release(call_id, self.clock.now())
+
+    async def _arelease_quietly(self, call_id: str) -> None:
+        """The async twin of `_release_quietly`, for sync and async ledgers alike."""
+        if self.ledger is None:
+            return
+        with contextlib.suppress(TierselError):
+            released = self.ledger.release(call_id, self.clock.now())
+            if inspect.isawaitable(released):
+                await released
+
+    def _sync_signals(self, what: str) -> SignalStore:
+        if _is_async(self.signals, "stats"):
+            raise TypeError(f"{what}: the signal store {self.signals!r} is async; use asend")
+        return cast(SignalStore, self.signals)
+
+    def _sync_ledger(self, what: str) -> Ledger | None:
+        if self.ledger is not None and _is_async(self.ledger, "reserve"):
+            raise TypeError(f"{what}: the budget ledger {self.ledger!r} is async; use asend")
+        return cast("Ledger | None", self.ledger)
 
     def _sync_sender(
         self, transport: SyncTransport | None
@@ -462,6 +520,22 @@ class _Secret:
         return "_Secret('***')" if self._value else "_Secret(None)"
 
     __str__ = __repr__
+
+
+_ASYNC_METHODS: dict[tuple[type, str], bool] = {}
+
+
+def _is_async(store: object, method: str) -> bool:
+    """Whether ``store``'s ``method`` is a coroutine function (cached by type: it is hot)."""
+    key = (type(store), method)
+    found = _ASYNC_METHODS.get(key)
+    if found is None:
+        found = _ASYNC_METHODS[key] = inspect.iscoroutinefunction(getattr(key[0], method, None))
+    return found
+
+
+async def _awaited(pending: Sequence[Any]) -> list[Any]:
+    return [await p for p in pending]
 
 
 def _lower(headers: httpx.Headers) -> dict[str, str]:

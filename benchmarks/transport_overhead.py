@@ -1,0 +1,253 @@
+"""What does `TierTransport` add to a call? Per-call wall time through it versus a plain transport,
+to the same local server, in the same run, interleaved call by call.
+
+    python benchmarks/transport_overhead.py [--n 2000] [--warmup 200]
+
+The server is a trivial local HTTP server (uvicorn in a subprocess, on loopback) that answers
+``POST .../chat/completions`` at once with a fixed completion (and usage), or with a short SSE
+stream when the body asks for one, so the figures are the client side's cost, not a model's.
+Each round sends one call through a plain ``httpx.Client`` and one through
+``httpx.Client(transport=TierTransport(Selector()))`` (order alternating), for:
+
+- ``httpx``: the request built and sent with httpx directly;
+- ``openai``: the same through the openai SDK (its own overhead is in both arms);
+- ``openai-stream``: a streamed call through the openai SDK, read to its end.
+
+Prints, per case, the median per-call time of each arm, the added microseconds (the difference
+of the medians, and the median of the per-round differences) and the ratio of the medians.
+Target (issue 3): <= 50 us added per call (median) and <= 5% for non-streaming calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+_COMPLETION = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "accounts/fireworks/models/kimi-k2p6",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello!"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 14, "completion_tokens": 3, "total_tokens": 17},
+    }
+).encode()
+
+
+def _chunk(delta: dict[str, Any], usage: dict[str, int] | None = None) -> bytes:
+    doc: dict[str, Any] = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "accounts/fireworks/models/kimi-k2p6",
+        "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": None}],
+    }
+    if usage:
+        doc["usage"] = usage
+    return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+
+_STREAM = (
+    _chunk({"role": "assistant", "content": ""})
+    + b"".join(_chunk({"content": w}) for w in ("Hel", "lo", "!"))
+    + _chunk({}, {"prompt_tokens": 14, "completion_tokens": 3, "total_tokens": 17})
+    + b"data: [DONE]\n\n"
+)
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The trivial server: a fixed completion, or a fixed stream, for any POST."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    streamed = b'"stream":true' in body.replace(b" ", b"")
+    content = _STREAM if streamed else _COMPLETION
+    kind = b"text/event-stream" if streamed else b"application/json"
+    headers = [(b"content-type", kind), (b"content-length", str(len(content)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _serve(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def _start_server() -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--serve", str(port)],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, f"http://127.0.0.1:{port}/inference/v1"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("the benchmark server did not start within 20 s")
+
+
+def _interleaved(
+    plain: Callable[[], object], tiered: Callable[[], object], n: int, warmup: int
+) -> tuple[list[float], list[float]]:
+    for _ in range(warmup):
+        plain()
+        tiered()
+    a: list[float] = []
+    b: list[float] = []
+    clock = time.perf_counter_ns
+    gc.disable()
+    try:
+        for i in range(n):
+            pair = ((plain, a), (tiered, b)) if i % 2 == 0 else ((tiered, b), (plain, a))
+            for fn, out in pair:
+                t0 = clock()
+                fn()
+                out.append((clock() - t0) / 1000.0)
+    finally:
+        gc.enable()
+    return a, b
+
+
+def _attribution(body: dict[str, Any], url: str, n: int) -> None:
+    """Where the added time goes, in process (no network): the core's attempt flow alone
+    (`Selector.send` to a function that answers at once) and the whole transport (its
+    ``handle_request`` over an ``httpx.MockTransport``), each less the fake upstream's own cost."""
+    import httpx
+
+    import tiersel
+    from tiersel.wrap import TierTransport
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"content-type": "application/json"}, content=_COMPLETION
+        )
+
+    mock = httpx.MockTransport(answer)
+    transport = TierTransport(tiersel.Selector(api_key=""), mock)
+    core = tiersel.Selector(api_key="", transport=answer)
+    request = httpx.Client().build_request("POST", url, json=body)
+    request.read()
+    upstream, whole = _interleaved(
+        lambda: mock.handle_request(request), lambda: transport.handle_request(request), n, 200
+    )
+    bare, flow = _interleaved(
+        lambda: answer(request), lambda: core.send(body, path="/chat/completions"), n, 200
+    )
+    in_flow = statistics.median(flow) - statistics.median(bare)
+    in_transport = statistics.median(whole) - statistics.median(upstream)
+    print("in process, median us per call (less the fake upstream's own time):")
+    print(f"  core attempt flow (Selector.send):   {in_flow:7.1f}")
+    print(f"  TierTransport.handle_request, total: {in_transport:7.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000, help="calls per arm per case")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        _serve(args.serve)
+        return 0
+
+    import httpx
+    import openai
+
+    import tiersel
+    from tiersel.wrap import TierTransport
+
+    proc, base = _start_server()
+    try:
+        selector = tiersel.Selector(api_key="")
+        plain_http = httpx.Client()
+        tier_http = httpx.Client(transport=TierTransport(selector))
+        body = {
+            "model": "accounts/fireworks/models/kimi-k2p6",
+            "messages": [{"role": "user", "content": "Say hello in one word."}],
+            "max_tokens": 16,
+        }
+        url = base + "/chat/completions"
+
+        def post(client: httpx.Client) -> Callable[[], object]:
+            return lambda: client.post(url, json=body).raise_for_status()
+
+        def sdk(client: httpx.Client, stream: bool) -> Callable[[], object]:
+            oai = openai.OpenAI(api_key="bench", base_url=base, http_client=client)
+            messages: Any = body["messages"]
+
+            def call() -> object:
+                if stream:
+                    chunks = oai.chat.completions.create(
+                        model=str(body["model"]), messages=messages, max_tokens=16, stream=True
+                    )
+                    return [c for c in chunks]
+                return oai.chat.completions.create(
+                    model=str(body["model"]), messages=messages, max_tokens=16
+                )
+
+            return call
+
+        cases = [
+            ("httpx", post(plain_http), post(tier_http)),
+            ("openai", sdk(plain_http, False), sdk(tier_http, False)),
+            ("openai-stream", sdk(plain_http, True), sdk(tier_http, True)),
+        ]
+        print(f"TierTransport overhead, {args.n} calls per arm, interleaved, server {base}")
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"load average at start: {load:.2f} on {os.cpu_count()} CPUs")
+        head = ("case", "plain p50 us", "tiersel p50 us", "added us", "paired us", "ratio")
+        print(
+            f"{head[0]:15s} {head[1]:>13s} {head[2]:>15s} {head[3]:>9s} {head[4]:>10s}"
+            f" {head[5]:>7s}"
+        )
+        for name, plain, tiered in cases:
+            a, b = _interleaved(plain, tiered, args.n, args.warmup)
+            pa, pb = statistics.median(a), statistics.median(b)
+            paired = statistics.median(y - x for x, y in zip(a, b, strict=True))
+            print(f"{name:15s} {pa:13.1f} {pb:15.1f} {pb - pa:9.1f} {paired:10.1f} {pb / pa:7.3f}")
+        print(
+            "added = difference of the medians; paired = median of the per-round differences."
+            " Target: <= 50 us added and ratio <= 1.05 for the non-streaming cases."
+        )
+        _attribution(body, url, args.n)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

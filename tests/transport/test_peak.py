@@ -1,0 +1,124 @@
+"""Under the ``peak`` scenario, over real HTTP with the openai SDK: calls with tight deadlines
+escalate and succeed, calls with loose deadlines stay on standard, and nothing tiersel-specific
+reaches the provider."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import httpx2
+import openai
+
+import tiersel
+from tests.transport.conftest import MODEL, Recorder
+from tiersel.demo import ScaledClock
+from tiersel.sim.server import RunningServer
+from tiersel.wrap import AsyncTierTransport, CallRecord, requirements
+
+PROMPT = "hello " * 200  # about 300 prompt tokens
+
+
+@dataclass(frozen=True)
+class Done:
+    """One call as the caller saw it. Deadlines are checked on ``record.elapsed_s``, the time
+    tiersel measured from receiving the request to handing back the response (every attempt
+    included): at 20x simulated speed, a busy machine's scheduling delays inside the SDK would
+    otherwise count twenty-fold."""
+
+    tight: bool
+    ok: bool
+    elapsed_s: float
+    deadline_s: float
+    record: CallRecord | None
+
+
+async def _workload(
+    server: RunningServer,
+    clock: ScaledClock,
+    *,
+    n: int,
+    gap_s: float,
+    tight: tuple[float, float, int],
+    loose: tuple[float, int],
+) -> list[Done]:
+    """``n`` calls, alternately tight ``(deadline, reliability, max_tokens)`` and loose
+    ``(deadline, max_tokens)``, one every ``gap_s`` simulated seconds, concurrently."""
+    recorder = Recorder()
+    selector = tiersel.Selector(clock=clock, api_key="")
+    transport = AsyncTierTransport(selector, on_call=recorder)
+    async with httpx2.AsyncClient(transport=transport) as http:
+        client = openai.AsyncOpenAI(
+            api_key="sk-test", base_url=server.openai_base_url, http_client=http
+        )
+        await client.models.list()  # warm up: the SDK's first request pays one-off costs
+        start = clock.now()
+
+        async def one(i: int) -> Done:
+            is_tight = i % 2 == 0
+            deadline, reliability, tokens = tight if is_tight else (loose[0], None, loose[1])
+            await clock.asleep(start + i * gap_s - clock.now())
+            began = clock.now()
+            with requirements(deadline_s=deadline, reliability=reliability):
+                try:
+                    raw = await client.chat.completions.with_raw_response.create(
+                        model=MODEL,
+                        messages=[{"role": "user", "content": PROMPT}],
+                        max_tokens=tokens,
+                    )
+                except openai.APIError:
+                    return Done(is_tight, False, clock.now() - began, deadline, None)
+            call_id = raw.headers["x-tiersel-call-id"]
+            record = next(r for r in recorder.records if r.call_id == call_id)
+            return Done(is_tight, True, clock.now() - began, deadline, record)
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def test_tight_deadlines_escalate_loose_deadlines_stay_on_standard(
+    server: RunningServer, clock: ScaledClock
+) -> None:
+    # Scenario time 0-40 s: the shared pool is half busy, so standard is not shed but slow
+    # (about 25 output tokens/s), too slow for 100 tokens in 3 s; the fast router is not.
+    server.reset(time_s=0.0)
+    done = asyncio.run(
+        _workload(server, clock, n=16, gap_s=2.5, tight=(3.0, 0.9, 100), loose=(300.0, 100))
+    )
+    tight = [d for d in done if d.tight]
+    loose = [d for d in done if not d.tight]
+    for d in tight:
+        assert d.ok and d.record is not None, d
+        assert d.record.tried == ("fast",), d.record.tried
+        assert d.record.elapsed_s <= d.deadline_s, d
+    for d in loose:
+        assert d.ok and d.record is not None, d
+        assert d.record.tried == ("standard",), d.record.tried
+    stats = server.stats()
+    assert stats["by_tier"] == {"fast": {"200": 8}, "standard": {"200": 8}}
+    assert stats["hinted"] == 0
+    assert stats["priority_with_router"] == 0
+
+
+def test_under_peak_shedding_tight_deadlines_climb_and_succeed(
+    server: RunningServer, clock: ScaledClock
+) -> None:
+    # Scenario time 120-180 s: other tenants load the shared pool to 140%; standard is shed
+    # about 90% of the time, priority rarely.
+    server.reset(time_s=120.0)
+    done = asyncio.run(
+        _workload(server, clock, n=24, gap_s=2.5, tight=(8.0, 0.95, 60), loose=(600.0, 100))
+    )
+    tight = [d for d in done if d.tight]
+    for d in tight:
+        assert d.ok and d.record is not None, d
+        assert d.record.elapsed_s <= d.deadline_s, d
+    escalated = [d for d in tight if d.record is not None and d.record.tier != "standard"]
+    assert len(escalated) >= 0.8 * len(tight)
+    # Loose calls succeed too. They start on standard when its circuit is closed, but the core
+    # climbs after a shed (tiersel.dispatch: prefer the tiers a call has not failed on), so
+    # under this much shedding most of them end on priority as well.
+    assert all(d.ok for d in done if not d.tight)
+    stats = server.stats()
+    assert stats["by_status"].get("503", 0) > 0, "the peak should have shed something"
+    assert stats["hinted"] == 0
+    assert stats["priority_with_router"] == 0

@@ -1,0 +1,117 @@
+"""When tiersel gives up on a call, the SDK gets the last error once and does not retry it:
+the attempts are tiersel's alone. Upstream is a fake here, so every failure is certain."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import httpx
+import httpx2
+import openai
+import pytest
+
+import tiersel
+from tests.transport.conftest import MODEL, Recorder
+from tiersel.wrap import TierTransport
+
+SHED = {"error": {"object": "error", "type": "overloaded", "code": "overloaded", "message": "busy"}}
+
+
+class Upstream:
+    """A fake provider: answers every generation call with ``status`` (or raises ``error``)."""
+
+    def __init__(self, status: int = 503, error: Exception | None = None) -> None:
+        self.status = status
+        self.error = error
+        self.bodies: list[dict[str, object]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.bodies.append(json.loads(request.content))
+        if self.error is not None:
+            raise self.error
+        return httpx.Response(self.status, json=SHED)
+
+
+def _selector() -> tiersel.Selector:
+    # A fake clock: the backoffs between attempts pass at once.
+    return tiersel.Selector(clock=tiersel.FakeClock(), api_key="", max_attempts=4)
+
+
+def test_openai_gets_the_last_shed_once(recorder: Recorder) -> None:
+    upstream = Upstream(503)
+    transport = TierTransport(_selector(), httpx.MockTransport(upstream), on_call=recorder)
+    client = openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://provider.test/inference/v1",
+        http_client=httpx2.Client(transport=transport),
+        max_retries=5,
+    )
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8
+        )
+    assert caught.value.status_code == 503
+    assert len(upstream.bodies) == 4  # tiersel's attempts, not multiplied by the SDK's retries
+    headers = caught.value.response.headers
+    assert headers["x-should-retry"] == "false"
+    assert headers["x-tiersel-attempts"] == "4"
+    assert headers["x-tiersel-cost-basis"] == "none"
+    tried = headers["x-tiersel-tried"].split(",")
+    assert tried[0] == "standard" and len(set(tried)) > 1  # it climbed before giving up
+    # Never both a priority service tier and a fast router model in one request.
+    for body in upstream.bodies:
+        assert not ("/routers/" in str(body["model"]) and "service_tier" in body)
+    record = recorder.last
+    assert not record.ok and record.attempts == 4 and record.cost_usd == 0.0
+
+
+def test_anthropic_gets_the_last_error_once() -> None:
+    upstream = Upstream(529)
+    transport = TierTransport(_selector(), httpx.MockTransport(upstream))
+    client = anthropic.Anthropic(
+        api_key="sk-test",
+        base_url="http://provider.test/inference",
+        http_client=httpx2.Client(transport=transport),
+        max_retries=5,
+    )
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        client.messages.create(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.status_code == 529
+    assert len(upstream.bodies) == 4
+
+
+def test_no_response_at_all_becomes_one_gateway_error(recorder: Recorder) -> None:
+    upstream = Upstream(error=httpx.ConnectError("connection refused"))
+    transport = TierTransport(_selector(), httpx.MockTransport(upstream), on_call=recorder)
+    client = openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://provider.test/inference/v1",
+        http_client=httpx.Client(transport=transport),
+        max_retries=5,
+    )
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8
+        )
+    assert caught.value.status_code == 502
+    assert "no response after 4 attempt(s)" in caught.value.message
+    assert len(upstream.bodies) == 4
+    assert recorder.last.detail == "ConnectError"
+
+
+def test_a_final_client_error_is_not_retried() -> None:
+    upstream = Upstream(400)
+    transport = TierTransport(_selector(), httpx.MockTransport(upstream))
+    client = openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://provider.test/inference/v1",
+        http_client=httpx.Client(transport=transport),
+    )
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8
+        )
+    assert len(upstream.bodies) == 1

@@ -1,0 +1,248 @@
+"""Streamed replies: passed on as they come, measured on the way, charged when they end.
+
+The end-to-end tests here use the simulator's in-process transport on a `FakeClock` shared with
+the selector, so simulated latencies are measured exactly and nothing waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import httpx2
+import openai
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tiersel
+from tests.transport.conftest import MODEL, Recorder
+from tiersel.dialects import Dialect
+from tiersel.signals import SignalKey
+from tiersel.sim import AsyncSimTransport, SimTransport
+from tiersel.wrap import AsyncTierTransport, CostBasis, TierTransport
+from tiersel.wrap.streaming import StreamMeter
+
+# -- the meter, on its own ----------------------------------------------------------------------
+
+
+def _sse(doc: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(doc)}\n\n".encode()
+
+
+def _chunk(content: str | None, usage: dict[str, int] | None = None) -> dict[str, Any]:
+    choices = [] if content is None else [{"index": 0, "delta": {"content": content}}]
+    return {"object": "chat.completion.chunk", "choices": choices, "usage": usage}
+
+
+USAGE = {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
+OPENAI_EVENTS = [
+    _sse(_chunk("")),
+    *(_sse(_chunk(w)) for w in ("a", " b", " c", " d")),
+    _sse(_chunk(None, USAGE)),
+    b"data: [DONE]\n\n",
+]
+OPENAI_STREAM = b"".join(OPENAI_EVENTS)
+ANTHROPIC_STREAM = b"".join(
+    [
+        _sse(
+            {
+                "type": "message_start",
+                "message": {"usage": {"input_tokens": 30, "output_tokens": 1}},
+            },
+            "message_start",
+        ),
+        _sse({"type": "content_block_start", "index": 0}, "content_block_start"),
+        *(
+            _sse({"type": "content_block_delta", "delta": {"text": w}}, "content_block_delta")
+            for w in ("a", " b", " c")
+        ),
+        _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+        _sse({"type": "message_delta", "usage": {"output_tokens": 3}}, "message_delta"),
+        _sse({"type": "message_stop"}, "message_stop"),
+    ]
+)
+
+
+def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+def _run(meter: StreamMeter, pieces: list[bytes]) -> bytes:
+    return b"".join(meter.feed(p) for p in pieces) + meter.flush()
+
+
+@given(st.lists(st.integers(min_value=0), max_size=40), st.booleans())
+def test_openai_stream_is_read_whatever_the_chunking(cuts: list[int], crlf: bool) -> None:
+    data = OPENAI_STREAM.replace(b"\n", b"\r\n") if crlf else OPENAI_STREAM
+    clock = tiersel.FakeClock()
+    passed = StreamMeter(Dialect.openai, clock, 0.0)
+    assert _run(passed, _pieces(data, cuts)) == data  # handed on byte for byte
+    dropped = StreamMeter(Dialect.openai, clock, 0.0, drop_usage_only=True)
+    usage_event = OPENAI_EVENTS[-2].replace(b"\n", b"\r\n") if crlf else OPENAI_EVENTS[-2]
+    assert _run(dropped, _pieces(data, cuts)) == data.replace(usage_event, b"")
+    for meter in (passed, dropped):
+        assert meter.finished
+        usage = meter.usage()
+        assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (12, 4)
+        end = meter.end(exhausted=True)
+        assert end.outcome is tiersel.Outcome.ok and not end.usage_estimated
+
+
+@given(st.lists(st.integers(min_value=0), max_size=40))
+def test_anthropic_usage_is_merged_from_start_and_delta(cuts: list[int]) -> None:
+    meter = StreamMeter(Dialect.anthropic, tiersel.FakeClock(), 0.0)
+    assert _run(meter, _pieces(ANTHROPIC_STREAM, cuts)) == ANTHROPIC_STREAM
+    assert meter.finished and meter.content_events == 3
+    usage = meter.usage()
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (30, 3)
+
+
+def test_timings_come_from_the_stream() -> None:
+    clock = tiersel.FakeClock(100.0)
+    meter = StreamMeter(Dialect.openai, clock, sent_at=100.0)
+    clock.advance(0.5)
+    meter.feed(OPENAI_EVENTS[0])  # role only: no token yet
+    clock.advance(0.25)
+    meter.feed(OPENAI_EVENTS[1])  # first token, at 0.75 s
+    for event in OPENAI_EVENTS[2:]:
+        clock.advance(0.1)
+        meter.feed(event)
+    end = meter.end(exhausted=True)
+    assert end.ttft_s == pytest.approx(0.75)
+    # 4 tokens: 3 after the first, in the 0.3 s between the first and the last content chunk.
+    assert end.output_tps == pytest.approx(3 / 0.3)
+    assert end.elapsed_s == pytest.approx(0.75 + 0.5)
+
+
+def test_a_stream_cut_short_is_a_failure_and_its_tokens_are_estimated() -> None:
+    meter = StreamMeter(Dialect.openai, tiersel.FakeClock(), 0.0, input_tokens=lambda: 99)
+    for event in OPENAI_EVENTS[:3]:
+        meter.feed(event)
+    end = meter.end(broke=httpx.RemoteProtocolError("peer closed"))
+    assert end.outcome is tiersel.Outcome.error
+    assert end.detail.startswith("the stream broke: RemoteProtocolError")
+    assert end.usage_estimated and end.usage is not None
+    assert (end.usage.prompt_tokens, end.usage.completion_tokens) == (99, 2)
+
+
+def test_an_error_event_in_the_stream_is_a_failure() -> None:
+    meter = StreamMeter(Dialect.anthropic, tiersel.FakeClock(), 0.0)
+    meter.feed(_sse({"type": "error", "error": {"type": "overloaded_error"}}, "error"))
+    end = meter.end(exhausted=True)
+    assert end.outcome is tiersel.Outcome.shed
+    assert "overloaded_error" in end.detail
+
+
+# -- end to end, on the simulator in process ----------------------------------------------------
+
+
+@pytest.fixture
+def breaking(tmp_path: Path) -> Path:
+    path = tmp_path / "breaking.yaml"
+    path.write_text("name: breaking\nerrors: {stream_break_rate: 1.0}\n", encoding="utf-8")
+    return path
+
+
+def _setup(
+    scenario: str | Path, recorder: Recorder
+) -> tuple[tiersel.Selector, tiersel.MemoryLedger, openai.OpenAI, SimTransport]:
+    clock = tiersel.FakeClock()
+    ledger = tiersel.MemoryLedger(1.0)
+    selector = tiersel.Selector(clock=clock, ledger=ledger, api_key="", max_attempts=1)
+    sim = SimTransport(scenario=scenario, clock=clock)
+    http = httpx.Client(transport=TierTransport(selector, sim, on_call=recorder))
+    client = openai.OpenAI(
+        api_key="sk-test", base_url="http://sim.test/inference/v1", http_client=http
+    )
+    return selector, ledger, client, sim
+
+
+def _stream(client: openai.OpenAI, tokens: int = 40) -> Any:
+    return client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=tokens, stream=True
+    )
+
+
+def test_a_complete_stream_is_measured_and_charged(recorder: Recorder) -> None:
+    _, ledger, client, _ = _setup("calm", recorder)
+    raw = _stream(client)
+    assert recorder.records == []  # nothing is recorded before the stream ends
+    assert ledger.state(0).reserved_usd > 0  # its worst case is held meanwhile
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse())
+    assert len(text.split()) == 40
+    record = recorder.last
+    assert record.ok and record.cost_basis is CostBasis.actual
+    # On the shared fake clock, the measured time to first token is the simulated one.
+    assert record.ttft_s == pytest.approx(float(raw.headers["x-sim-ttft-s"]))
+    state = ledger.state(0)
+    assert state.reserved_usd == 0 and state.spent_usd == pytest.approx(record.cost_usd)
+
+
+def test_a_broken_stream_is_a_failure_and_what_arrived_is_charged(
+    breaking: Path, recorder: Recorder
+) -> None:
+    selector, ledger, client, _ = _setup(breaking, recorder)
+    raw = _stream(client)
+    got = []
+    with pytest.raises(openai.APIConnectionError):
+        for chunk in raw.parse():
+            got.append(chunk.choices[0].delta.content)
+    assert got  # part of the answer came through before the break
+    record = recorder.last
+    assert not record.ok and record.detail.startswith("the stream broke: RemoteProtocolError")
+    assert record.cost_basis is CostBasis.estimate and record.cost_usd > 0
+    assert record.usage is not None and 0 < record.usage.completion_tokens < 40
+    state = ledger.state(0)
+    assert state.reserved_usd == 0 and state.spent_usd == pytest.approx(record.cost_usd)
+    stats = selector.signals.stats(SignalKey("fireworks", "kimi-k2p6", "standard"), 0)
+    assert stats.error == 1 and stats.ok == 0
+
+
+def test_a_stream_closed_early_is_charged_for_what_came(recorder: Recorder) -> None:
+    _, ledger, client, _ = _setup("calm", recorder)
+    stream = _stream(client, tokens=200).parse()
+    next(iter(stream))
+    stream.close()
+    record = recorder.last
+    assert record.ok and record.detail.startswith("closed by the caller")
+    assert record.cost_basis is CostBasis.estimate
+    assert ledger.state(0).spent_usd == pytest.approx(record.cost_usd)
+
+
+def test_an_async_broken_anthropic_stream(breaking: Path, recorder: Recorder) -> None:
+    async def main() -> None:
+        clock = tiersel.FakeClock()
+        selector = tiersel.Selector(clock=clock, api_key="", max_attempts=1)
+        sim = AsyncSimTransport(scenario=breaking, clock=clock)
+        transport = AsyncTierTransport(selector, sim, on_call=recorder)
+        # An httpx2 client (the anthropic SDK takes no other) over an httpx transport.
+        async with httpx2.AsyncClient(transport=transport) as http:
+            client = anthropic.AsyncAnthropic(
+                api_key="sk-test", base_url="http://sim.test/inference", http_client=http
+            )
+            stream = await client.messages.create(
+                model=MODEL,
+                max_tokens=40,
+                messages=[{"role": "user", "content": "hi"}],
+                stream=True,
+            )
+            # The anthropic SDK passes a broken stream's error on as it is: the httpx2 error
+            # (though the transport underneath is httpx's), since the client is httpx2.
+            with pytest.raises(httpx2.RemoteProtocolError):
+                async for _ in stream:
+                    pass
+
+    asyncio.run(main())
+    record = recorder.last
+    assert not record.ok and record.streamed
+    # The input tokens came in message_start; the output is counted from the chunks that came.
+    assert record.usage is not None and record.usage.prompt_tokens > 0
+    assert record.cost_basis is CostBasis.estimate

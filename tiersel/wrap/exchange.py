@@ -1,0 +1,506 @@
+"""One routed call's exchange: the request as tiersel reads it, the request sent upstream for
+each attempt, and the response and record handed back. Shared by `TierTransport` and
+`AsyncTierTransport` (`tiersel.wrap.transport`), which only carry out the I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tiersel.decision import Decision
+from tiersel.dialects import Dialect, dialect_for_path, estimate_input_tokens, parse_json
+from tiersel.dispatch import CallResult, Reply, Send, StreamEnd
+from tiersel.errors import RequestNotUnderstood, TierselError
+from tiersel.requirements import Requirements
+from tiersel.selector import Selector
+from tiersel.wrap.context import current_scope
+from tiersel.wrap.flavours import BytesStream, Flavour, TimeoutErrors, as_flavour
+from tiersel.wrap.hints import InvalidHint, merge_requirements, read_hints, strip_hints
+from tiersel.wrap.record import CallRecord, CostBasis, response_headers
+from tiersel.wrap.streaming import AsyncMeteredStream, MeteredStream, StreamMeter
+
+__all__ = [
+    "Answer",
+    "CallHook",
+    "Exchange",
+    "Route",
+    "aread_body",
+    "no_reply",
+    "read_body",
+    "reply",
+    "reply_headers",
+    "without_hints",
+]
+
+log = logging.getLogger("tiersel.wrap")
+
+CallHook = Callable[[CallRecord], None]
+"""A function handed each call's `CallRecord` when the call ends (for a stream: when it ends)."""
+
+_DROPPED_REQUEST_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+_RECODED_RESPONSE_HEADERS = frozenset({b"content-encoding", b"content-length"})
+_STREAM_RESPONSE_HEADERS = frozenset({b"content-encoding", b"content-length", b"x-should-retry"})
+_NO_RETRY = (b"x-should-retry", b"false")
+
+
+@dataclass(slots=True)
+class Route:
+    """A generation request as tiersel read it."""
+
+    flavour: Flavour
+    url: Any
+    path: str
+    dialect: Dialect
+    headers: Any  # the request's headers (its library's Headers), without hints
+    extensions: Mapping[str, Any]
+    body: dict[str, Any]
+    content: bytes | None  # the body as sent by the caller, while ``body`` is unchanged
+    requirements: Requirements
+    stream: bool
+    drop_usage_only: bool
+    sent_at: float = 0.0
+
+
+class Exchange:
+    """What the sync and async transports share: reading a request, building the upstream
+    request, and the response and record for the caller. No I/O here."""
+
+    __slots__ = ("on_call", "selector")
+
+    def __init__(self, selector: Selector, on_call: CallHook | None) -> None:
+        self.selector = selector
+        self.on_call = on_call
+
+    # -- requests -------------------------------------------------------------------------------
+
+    @staticmethod
+    def generation(request: Any) -> tuple[str, Dialect] | None:
+        """The path and dialect of a generation call to route; None to pass it through."""
+        if request.method != "POST":
+            return None
+        path: str = request.url.path
+        dialect = dialect_for_path(path)
+        return (path, dialect) if dialect is not None else None
+
+    def route(self, request: Any, flavour: Flavour, path: str, dialect: Dialect) -> Route:
+        """Read a generation request (its body already read)."""
+        raw = request.headers.raw
+        hinted, source, kept = read_hints(raw)
+        sel = self.selector
+        req = merge_requirements(sel.requirements, current_scope(), hinted, source)
+        if "tiers" in hinted:
+            self._check_tiers(source["tiers"], hinted["tiers"])
+        sent: bytes = request.content
+        body = parse_json(sent)
+        content: bytes | None = sent
+        if not isinstance(body, dict):
+            raise RequestNotUnderstood(f"POST {path}: the request body is not a JSON object")
+        stream = body.get("stream") is True
+        drop = False
+        if stream and dialect is Dialect.openai:
+            options = body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage") is True):
+                # Usage comes only when asked for; the chunk that brings it is then not passed on.
+                extra = options if isinstance(options, dict) else {}
+                body = {**body, "stream_options": {**extra, "include_usage": True}}
+                content = None
+                drop = True
+        headers = request.headers
+        if kept is not None or any(k.lower() == b"transfer-encoding" for k, _ in raw):
+            base = kept if kept is not None else raw
+            headers = flavour.headers(
+                [(k, v) for k, v in base if k.lower() != b"transfer-encoding"]
+            )
+        return Route(
+            flavour,
+            request.url,
+            path,
+            dialect,
+            headers,
+            request.extensions,
+            body,
+            content,
+            req,
+            stream,
+            drop,
+        )
+
+    def _check_tiers(self, header: str, names: tuple[str, ...]) -> None:
+        known = self.selector.pricing.tiers
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise InvalidHint(
+                header,
+                ",".join(names),
+                f"names unknown tier(s) {', '.join(unknown)} (known: {', '.join(known)})",
+            )
+
+    def upstream(self, route: Route, effect: Send, to: Flavour) -> Any:
+        """The request for one attempt, in the inner transport's library."""
+        if route.content is not None and effect.body == route.body:
+            content = route.content  # the tier asks for no change: send the caller's bytes
+        else:
+            content = json.dumps(effect.body, separators=(",", ":"), ensure_ascii=False).encode()
+        length = str(len(content))
+        if to is route.flavour:
+            url = route.url
+            headers = route.headers.copy()
+            headers["content-length"] = length
+            if effect.headers:
+                headers.update(effect.headers)
+        else:
+            url = str(route.url)
+            headers = [
+                (k, v) for k, v in route.headers.raw if k.lower() not in _DROPPED_REQUEST_HEADERS
+            ]
+            headers.append((b"content-length", length.encode()))
+            headers += [
+                (k.encode("latin-1"), v.encode("latin-1")) for k, v in effect.headers.items()
+            ]
+        # A stream= body skips the client-side re-encoding of a Request(content=...).
+        return to.request(
+            "POST",
+            url,
+            headers=headers,
+            stream=BytesStream(content),
+            extensions=_with_timeout(route.extensions, effect.timeout_s),
+        )
+
+    @staticmethod
+    def is_stream(route: Route, response: Any) -> bool:
+        return (
+            route.stream
+            and 200 <= response.status_code < 300
+            and "text/event-stream" in response.headers.get("content-type", "")
+        )
+
+    # -- responses ------------------------------------------------------------------------------
+
+    def respond(self, route: Route, result: CallResult, *, asynchronous: bool) -> Any:
+        """The response for the caller once the attempt flow has ended."""
+        if result.pending_stream:
+            return self._stream_response(route, result, asynchronous=asynchronous)
+        decision = result.decision
+        answer: Answer | None = result.response
+        upstream = answer.response if answer is not None else None
+        if result.ok:
+            basis = CostBasis.actual if result.usage is not None else CostBasis.worst_case
+        else:
+            basis = CostBasis.none
+        extra = response_headers(
+            call_id=result.call_id,
+            tier=result.tier,
+            model_id=decision.model if decision is not None else None,
+            decisions=result.decisions,
+            cost_usd=result.cost_usd,
+            basis=basis,
+        )
+        if answer is None or answer.content is None:
+            response = self._stand_in(route, result, extra)
+        else:
+            content = answer.content
+            headers = answer.response.headers.raw
+            if _encoded(answer.response):
+                # The body was decoded on the way: say so in its framing headers.
+                headers = [(k, v) for k, v in headers if k.lower() not in _RECODED_RESPONSE_HEADERS]
+                headers.append((b"content-length", str(len(content)).encode()))
+            headers = [*headers, *extra]
+            if not result.ok:
+                headers = [(k, v) for k, v in headers if k.lower() != b"x-should-retry"]
+                headers.append(_NO_RETRY)
+            response = route.flavour.response(
+                answer.response.status_code,
+                headers=headers,
+                stream=BytesStream(content),
+                extensions=_extensions(answer.response),
+            )
+        status = upstream.status_code if upstream is not None else response.status_code
+        self.notify(route, result, basis, status)
+        return response
+
+    def _stand_in(self, route: Route, result: CallResult, extra: list[tuple[bytes, bytes]]) -> Any:
+        """An error response for a call that got no HTTP response at all."""
+        reply = result.reply
+        if result.attempts == 0:
+            status, kind = 503, "no_tier_available"
+            message = f"tiersel: no tier could be tried: {result.detail}"
+        elif reply is not None and reply.timed_out:
+            status, kind = 504, "upstream_timeout"
+            message = f"tiersel: no response after {result.attempts} attempt(s): {result.detail}"
+        else:
+            status, kind = 502, "upstream_unreachable"
+            message = f"tiersel: no response after {result.attempts} attempt(s): {result.detail}"
+        if route.dialect is Dialect.anthropic:
+            body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
+        else:
+            body = {"error": {"object": "error", "type": kind, "code": kind, "message": message}}
+        content = json.dumps(body).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(content)).encode()),
+            *extra,
+            _NO_RETRY,
+        ]
+        return route.flavour.response(status, headers=headers, stream=BytesStream(content))
+
+    def _stream_response(self, route: Route, result: CallResult, *, asynchronous: bool) -> Any:
+        upstream = result.response.response
+        decision = result.decision
+        assert decision is not None  # a stream is only pending after a send
+        sel = self.selector
+        body = route.body
+        meter = StreamMeter(
+            route.dialect,
+            sel.clock,
+            route.sent_at,
+            drop_usage_only=route.drop_usage_only,
+            input_tokens=lambda: estimate_input_tokens(body, bytes_per_token=sel.bytes_per_token),
+        )
+
+        decode = _encoded(upstream)
+
+        def errors(exc: Exception) -> Exception:
+            return as_flavour(exc, route.flavour)
+
+        def report(final: CallResult, end: StreamEnd) -> None:
+            basis = CostBasis.actual
+            if final.usage is None:
+                basis = CostBasis.worst_case if final.ok else CostBasis.none
+            elif end.usage_estimated:
+                basis = CostBasis.estimate
+            self.notify(route, final, basis, upstream.status_code, end=end)
+
+        def ended(end: StreamEnd) -> None:
+            report(sel.finish_stream(result, end), end)
+
+        async def aended(end: StreamEnd) -> None:
+            report(await sel.afinish_stream(result, end), end)
+
+        headers = [
+            (k, v) for k, v in upstream.headers.raw if k.lower() not in _STREAM_RESPONSE_HEADERS
+        ]
+        headers += response_headers(
+            call_id=result.call_id,
+            tier=result.tier,
+            model_id=decision.model,
+            decisions=result.decisions,
+            # The real cost is known only when the stream ends (see the on_call record).
+            cost_usd=decision.plan[0].expected_cost_usd,
+            basis=CostBasis.estimate,
+        )
+        return route.flavour.response(
+            upstream.status_code,
+            headers=headers,
+            stream=(
+                AsyncMeteredStream(upstream, meter, aended, errors, decode=decode)
+                if asynchronous
+                else MeteredStream(upstream, meter, ended, errors, decode=decode)
+            ),
+            extensions=_extensions(upstream),
+        )
+
+    # -- records --------------------------------------------------------------------------------
+
+    def notify(
+        self,
+        route: Route,
+        result: CallResult,
+        basis: CostBasis,
+        status: int,
+        *,
+        end: StreamEnd | None = None,
+    ) -> None:
+        decision = result.decision
+        sel = self.selector
+        elapsed = max(0.0, sel.clock.now() - result.started_at)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "tiersel %s %s: %s, tier %s, %d attempt(s), $%.6f (%s)%s",
+                result.call_id,
+                route.path,
+                "ok" if result.ok else f"failed ({result.detail})",
+                result.tier,
+                result.attempts,
+                result.cost_usd,
+                basis.value,
+                ", streamed" if route.stream else "",
+            )
+        hook = self.on_call
+        if hook is None:
+            return
+        record = CallRecord(
+            call_id=result.call_id,
+            ok=result.ok,
+            path=route.path,
+            model=_model_name(sel, decision),
+            model_id=decision.model if decision is not None else None,
+            tier=result.tier,
+            status=status,
+            attempts=result.attempts,
+            cost_usd=result.cost_usd,
+            cost_basis=basis,
+            estimated_cost_usd=_estimate(decision),
+            requirements=route.requirements,
+            decisions=result.decisions,
+            usage=result.usage,
+            streamed=end is not None,
+            elapsed_s=elapsed,
+            ttft_s=end.ttft_s if end is not None else None,
+            output_tps=end.output_tps if end is not None else None,
+            detail=result.detail,
+        )
+        self._call_hook(hook, record)
+
+    def refused(self, route: Route, call_id: str, exc: TierselError) -> None:
+        """Tell the hook about a call that no tier could take (it raised before any send)."""
+        hook = self.on_call
+        if hook is None:
+            return
+        record = CallRecord(
+            call_id=call_id,
+            ok=False,
+            path=route.path,
+            model=None,
+            model_id=None,
+            tier=None,
+            status=0,
+            attempts=0,
+            cost_usd=0.0,
+            cost_basis=CostBasis.none,
+            estimated_cost_usd=None,
+            requirements=route.requirements,
+            decisions=(),
+            usage=None,
+            streamed=route.stream,
+            elapsed_s=0.0,
+            detail=f"{type(exc).__name__}: {exc}",
+        )
+        self._call_hook(hook, record)
+
+    @staticmethod
+    def _call_hook(hook: CallHook, record: CallRecord) -> None:
+        try:
+            hook(record)
+        except Exception:
+            # A failing metrics hook must not fail the call it reports on.
+            log.exception("tiersel: the on_call hook raised on call %s", record.call_id)
+
+
+def _model_name(sel: Selector, decision: Decision | None) -> str | None:
+    if decision is None:
+        return None
+    return sel.pricing.model(decision.model).name
+
+
+def _estimate(decision: Decision | None) -> float | None:
+    return decision.plan[0].expected_cost_usd if decision is not None else None
+
+
+def _extensions(response: Any) -> dict[str, Any]:
+    ext = response.extensions
+    return {k: ext[k] for k in ("http_version", "reason_phrase") if k in ext}
+
+
+def _with_timeout(extensions: Mapping[str, Any], timeout_s: float | None) -> Mapping[str, Any]:
+    """The request's extensions, its timeouts capped at the time left before the deadline."""
+    if timeout_s is None or not math.isfinite(timeout_s):
+        return extensions
+    current = extensions.get("timeout")
+    if isinstance(current, Mapping):
+        capped = {
+            k: timeout_s if v is None else min(float(v), timeout_s) for k, v in current.items()
+        }
+    else:
+        capped = dict.fromkeys(("connect", "read", "write", "pool"), timeout_s)
+    return {**extensions, "timeout": capped}
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One attempt's upstream response, and its body once read (None for a stream)."""
+
+    response: Any
+    content: bytes | None = None
+
+
+def _encoded(response: Any) -> bool:
+    return any(
+        k.lower() == b"content-encoding" and v.strip().lower() != b"identity"
+        for k, v in response.headers.raw
+    )
+
+
+def read_body(response: Any) -> bytes:
+    """The whole body. Unencoded, straight from the stream: ``Response.read()``'s decoding
+    machinery costs tens of microseconds a call."""
+    if _encoded(response):
+        content: bytes = response.read()
+        return content
+    try:
+        return b"".join(response.stream)
+    finally:
+        response.close()
+
+
+async def aread_body(response: Any) -> bytes:
+    """The async twin of `_read`."""
+    if _encoded(response):
+        content: bytes = await response.aread()
+        return content
+    try:
+        return b"".join([chunk async for chunk in response.stream])
+    finally:
+        await response.aclose()
+
+
+def reply(response: Any, content: bytes | None, elapsed_s: float) -> Reply:
+    """What one attempt got back, for the attempt flow: ``content`` is the body read whole, or
+    None for a stream left to be read by the caller."""
+    if content is None:
+        return Reply(
+            response.status_code,
+            reply_headers(response),
+            None,
+            elapsed_s,
+            True,
+            raw=Answer(response),
+        )
+    return Reply(
+        response.status_code,
+        reply_headers(response),
+        parse_json(content),
+        elapsed_s,
+        raw=Answer(response, content),
+    )
+
+
+def reply_headers(response: Any) -> dict[str, str]:
+    """The response's headers for the attempt flow (`tiersel.dialects.classify` reads several),
+    lower-cased in a plain dict: far cheaper to look up than an httpx ``Headers``."""
+    return {k.lower().decode("latin-1"): v.decode("latin-1") for k, v in response.headers.raw}
+
+
+def no_reply(exc: BaseException, started: float, now: float) -> Reply:
+    """An attempt that got no response: a timeout or another transport error."""
+    if isinstance(exc, TimeoutErrors):
+        return Reply(0, {}, None, now - started, timed_out=True, error="timed out")
+    return Reply(0, {}, None, now - started, error=type(exc).__name__)
+
+
+def without_hints(request: Any, flavour: Flavour) -> Any:
+    """The request without tiersel's hint headers (itself when it has none)."""
+    kept = strip_hints(request.headers.raw)
+    if kept is None:
+        return request
+    return flavour.request(
+        request.method,
+        request.url,
+        headers=kept,
+        stream=request.stream,
+        extensions=request.extensions,
+    )

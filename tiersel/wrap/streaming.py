@@ -1,0 +1,405 @@
+"""Streamed (SSE) replies: passed on as they arrive, measured on the way.
+
+`StreamMeter` reads the events of a chat-completions or messages stream as they pass, with no
+I/O: when the first output token came (time to first token), how fast the rest came (output
+tokens per second), the usage the stream reports (the final chunk's ``usage``, or Anthropic's
+``message_start`` / ``message_delta``), and whether the stream reached its final event
+(``data: [DONE]`` / ``message_stop``). `MeteredStream` and `AsyncMeteredStream` are the thin
+sync and async shells: they hand each chunk on at once and report a `StreamEnd` exactly once,
+when the stream is exhausted, breaks, or is closed.
+
+When tiersel itself asked for usage (``stream_options.include_usage``, which the caller had not
+set), the usage-only chunk the provider then adds is dropped, so the caller gets the chunks it
+asked for and no ``choices: []`` chunk it did not expect. That needs whole events: in that mode
+bytes are handed on event by event (an event is never held longer than it takes to arrive).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import httpx
+
+from tiersel.clock import Clock
+from tiersel.dialects import Dialect, Usage, read_usage
+from tiersel.dispatch import StreamEnd
+from tiersel.signals import Outcome
+from tiersel.wrap.flavours import AsyncStreamBase, SyncStreamBase, TimeoutErrors
+
+__all__ = ["AsyncMeteredStream", "MeteredStream", "StreamMeter"]
+
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_OUTPUT_FIELDS = ("content", "reasoning_content", "tool_calls", "refusal", "function_call")
+_ANTHROPIC_USAGE = (
+    "input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "output_tokens",
+)
+
+
+class StreamMeter:
+    """Reads one SSE stream's events as they pass; pure bookkeeping, no I/O.
+
+    ``sent_at`` is when the attempt was sent, on ``clock``; ``input_tokens`` estimates the
+    prompt, for charging a stream that ended before it reported usage.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_clock",
+        "_drop_usage_only",
+        "_input_tokens",
+        "_usage",
+        "content_events",
+        "dialect",
+        "error",
+        "finished",
+        "first_token_at",
+        "last_token_at",
+        "sent_at",
+    )
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        clock: Clock,
+        sent_at: float,
+        *,
+        drop_usage_only: bool = False,
+        input_tokens: Callable[[], int] | None = None,
+    ) -> None:
+        self.dialect = dialect
+        self._clock = clock
+        self.sent_at = sent_at
+        self._drop_usage_only = drop_usage_only
+        self._input_tokens = input_tokens
+        self._buf = b""
+        self._usage: dict[str, Any] | None = None
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.content_events = 0
+        self.finished = False
+        self.error: tuple[Outcome, str] | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take bytes from upstream; return the bytes to hand on now."""
+        buf = self._buf + chunk if self._buf else chunk
+        pos = 0
+        kept: list[bytes] = []
+        match = _EVENT_END.search(buf, pos)
+        while match is not None:
+            end = match.end()
+            keep = self._event(buf[pos : match.start()])
+            if self._drop_usage_only and keep:
+                kept.append(buf[pos:end])
+            pos = end
+            match = _EVENT_END.search(buf, pos)
+        self._buf = buf[pos:]
+        if not self._drop_usage_only:
+            return chunk
+        return b"".join(kept)
+
+    def flush(self) -> bytes:
+        """What is left at the end of the stream (a last event without its blank line)."""
+        tail, self._buf = self._buf, b""
+        if not tail:
+            return b""
+        keep = self._event(tail)
+        return tail if self._drop_usage_only and keep else b""
+
+    def _event(self, block: bytes) -> bool:
+        """Read one event; False when it is a usage-only chunk to drop."""
+        name: bytes | None = None
+        data: list[bytes] = []
+        for line in block.splitlines():
+            if line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+            elif line.startswith(b"event:"):
+                name = line[6:].strip()
+        if not data:
+            return True
+        payload = data[0] if len(data) == 1 else b"\n".join(data)
+        if self.dialect is Dialect.openai:
+            return self._openai(payload)
+        self._anthropic(name, payload)
+        return True
+
+    def _token(self) -> None:
+        now = self._clock.now()
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.last_token_at = now
+        self.content_events += 1
+
+    def _openai(self, data: bytes) -> bool:
+        if data == b"[DONE]":
+            self.finished = True
+            return True
+        if self.first_token_at is not None and b'"error"' not in data and _no_usage(data):
+            self._token()  # the common case: a content chunk, counted without parsing it
+            return True
+        chunk = _json(data)
+        if chunk is None:
+            return True
+        error = chunk.get("error")
+        if error:
+            self.error = _stream_error(error)
+            return True
+        choices = chunk.get("choices")
+        if _has_output(choices):
+            self._token()
+        if isinstance(chunk.get("usage"), dict):
+            self._usage = chunk
+            if self._drop_usage_only and not choices:
+                return False
+        return True
+
+    def _anthropic(self, name: bytes | None, data: bytes) -> None:
+        if name == b"content_block_delta":
+            self._token()
+            return
+        event = _json(data)
+        if event is None:
+            return
+        kind = event.get("type")
+        if kind == "content_block_delta":
+            self._token()
+        elif kind == "message_start":
+            message = event.get("message")
+            if isinstance(message, dict):
+                self._anthropic_usage(message.get("usage"))
+        elif kind == "message_delta":
+            self._anthropic_usage(event.get("usage"))
+        elif kind == "message_stop":
+            self.finished = True
+        elif kind == "error":
+            self.error = _stream_error(event.get("error"))
+
+    def _anthropic_usage(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        merged = self._usage if self._usage is not None else {}
+        for key, value in usage.items():
+            if value is not None and (key in _ANTHROPIC_USAGE or key == "service_tier"):
+                merged[key] = value
+        self._usage = merged
+
+    def usage(self) -> Usage | None:
+        """The usage the stream has reported so far (None if none)."""
+        if self._usage is None:
+            return None
+        if self.dialect is Dialect.openai:
+            return read_usage(self._usage, Dialect.openai)
+        return read_usage({"usage": self._usage}, Dialect.anthropic)
+
+    def end(self, *, broke: BaseException | None = None, exhausted: bool = False) -> StreamEnd:
+        """How the stream ended: it ``broke`` with an exception, was ``exhausted`` (upstream
+        sent everything), or neither (the caller closed it)."""
+        now = self._clock.now()
+        usage = self.usage()
+        detail = "ok"
+        if self.error is not None:
+            outcome, detail = self.error
+        elif self.finished:
+            outcome = Outcome.ok  # whatever happens after the final event (draining) is no failure
+        elif broke is not None:
+            outcome = Outcome.timeout if isinstance(broke, TimeoutErrors) else Outcome.error
+            detail = f"the stream broke: {type(broke).__name__}"
+        elif exhausted:
+            outcome, detail = Outcome.error, "the stream ended before its final event"
+        else:
+            outcome, detail = Outcome.ok, "closed by the caller before the end of the stream"
+        complete = usage is not None and (self.finished or self.dialect is Dialect.openai)
+        estimated = not complete and (self.content_events > 0 or outcome is Outcome.ok)
+        if estimated:
+            # Whatever was generated is billed: take what the stream reported, estimate the rest
+            # (the prompt from the request, the output from the chunks counted).
+            missing = "reported none" if usage is None else "ended before reporting all of it"
+            usage = self._estimated(usage)
+            detail += f"; usage estimated (the stream {missing})"
+        first = self.first_token_at
+        ttft = first - self.sent_at if first is not None else None
+        return StreamEnd(
+            outcome=outcome,
+            usage=usage,
+            elapsed_s=max(0.0, now - self.sent_at),
+            ttft_s=ttft,
+            output_tps=self._tps(usage),
+            detail=detail,
+            usage_estimated=estimated,
+        )
+
+    def _estimated(self, usage: Usage | None) -> Usage:
+        prompt = usage.prompt_tokens if usage is not None and usage.prompt_tokens else 0
+        if not prompt and self._input_tokens is not None:
+            prompt = self._input_tokens()
+        reported = usage.completion_tokens if usage is not None else 0
+        return Usage(
+            prompt_tokens=prompt,
+            cached_tokens=usage.cached_tokens if usage is not None else 0,
+            completion_tokens=max(reported, self.content_events),
+            served_tier=usage.served_tier if usage is not None else None,
+        )
+
+    def _tps(self, usage: Usage | None) -> float | None:
+        first, last = self.first_token_at, self.last_token_at
+        if first is None or last is None or last <= first:
+            return None
+        tokens = usage.completion_tokens if usage is not None else self.content_events
+        # Tokens after the first, over the time after the first: the generation rate.
+        return (tokens - 1) / (last - first) if tokens > 1 else None
+
+
+def _no_usage(data: bytes) -> bool:
+    # OpenAI-style streams with usage on put "usage": null on every chunk but the last.
+    return b'"usage"' not in data or b'"usage": null' in data or b'"usage":null' in data
+
+
+def _json(data: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _has_output(choices: Any) -> bool:
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and any(delta.get(f) for f in _OUTPUT_FIELDS):
+            return True
+        if choice.get("text"):
+            return True
+    return False
+
+
+def _stream_error(error: Any) -> tuple[Outcome, str]:
+    kind = ""
+    if isinstance(error, dict):
+        kind = str(error.get("type") or error.get("code") or "")
+    shed = "overload" in kind.lower() or "capacity" in kind.lower()
+    return (Outcome.shed if shed else Outcome.error), f"error event in the stream: {kind}".strip()
+
+
+def _same(exc: Exception) -> Exception:
+    return exc
+
+
+class MeteredStream(httpx.SyncByteStream, SyncStreamBase):
+    """A streamed reply's body, handed on chunk by chunk while ``meter`` reads it.
+
+    ``upstream`` is the upstream response (httpx or httpx2); ``on_end`` gets the `StreamEnd`
+    once: when the body is exhausted, when reading it fails, or when it is closed. ``errors``
+    maps an exception from upstream to the one to raise (another library's, say). With
+    ``decode=False`` (a body with no content-encoding) the raw stream is read directly.
+    """
+
+    def __init__(
+        self,
+        upstream: Any,
+        meter: StreamMeter,
+        on_end: Callable[[StreamEnd], None],
+        errors: Callable[[Exception], Exception] = _same,
+        *,
+        decode: bool = True,
+    ) -> None:
+        self._upstream = upstream
+        self._decode = decode
+        self._meter = meter
+        self._on_end: Callable[[StreamEnd], None] | None = on_end
+        self._errors = errors
+        self._chunks: Iterator[bytes] | None = None
+
+    def _end(self, *, broke: BaseException | None = None, exhausted: bool = False) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(self._meter.end(broke=broke, exhausted=exhausted))
+
+    def __iter__(self) -> Iterator[bytes]:
+        meter = self._meter
+        if self._chunks is None:
+            up = self._upstream
+            self._chunks = up.iter_bytes() if self._decode else iter(up.stream)
+        try:
+            # Iterating again (an SDK draining the body after the last event) reads on.
+            for chunk in self._chunks:
+                out = meter.feed(chunk)
+                if out:
+                    yield out
+            tail = meter.flush()
+        except Exception as exc:
+            self._end(broke=exc)
+            mapped = self._errors(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        if tail:
+            yield tail
+        self._end(exhausted=True)
+
+    def close(self) -> None:
+        try:
+            self._upstream.close()
+        finally:
+            self._end()
+
+
+class AsyncMeteredStream(httpx.AsyncByteStream, AsyncStreamBase):
+    """The async twin of `MeteredStream`; ``on_end`` is awaited."""
+
+    def __init__(
+        self,
+        upstream: Any,
+        meter: StreamMeter,
+        on_end: Callable[[StreamEnd], Awaitable[None]],
+        errors: Callable[[Exception], Exception] = _same,
+        *,
+        decode: bool = True,
+    ) -> None:
+        self._upstream = upstream
+        self._decode = decode
+        self._meter = meter
+        self._on_end: Callable[[StreamEnd], Awaitable[None]] | None = on_end
+        self._errors = errors
+        self._chunks: AsyncIterator[bytes] | None = None
+
+    async def _end(self, *, broke: BaseException | None = None, exhausted: bool = False) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            await on_end(self._meter.end(broke=broke, exhausted=exhausted))
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        meter = self._meter
+        if self._chunks is None:
+            up = self._upstream
+            self._chunks = up.aiter_bytes() if self._decode else aiter(up.stream)
+        try:
+            async for chunk in self._chunks:
+                out = meter.feed(chunk)
+                if out:
+                    yield out
+            tail = meter.flush()
+        except Exception as exc:
+            await self._end(broke=exc)
+            mapped = self._errors(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        if tail:
+            yield tail
+        await self._end(exhausted=True)
+
+    async def aclose(self) -> None:
+        try:
+            await self._upstream.aclose()
+        finally:
+            await self._end()

@@ -1,0 +1,239 @@
+"""`TierTransport` / `AsyncTierTransport`: tier selection for any client built on httpx or httpx2.
+
+Mount one on the client an SDK already takes, and every chat-completions or messages call gets a
+tier chosen; nothing at the call sites changes::
+
+    client = openai.OpenAI(
+        base_url="https://api.fireworks.ai/inference/v1",
+        http_client=httpx2.Client(transport=tiersel.TierTransport(tiersel.Selector())),
+    )
+
+Each generation call (``POST .../chat/completions`` or ``POST .../messages``) is decided by the
+selector and sent through the core's one attempt flow (`tiersel.dispatch.call_flow`): escalation
+after a shed, backoff, budget reservation and signals are the core's, not copied here. Every
+other request (embeddings, model lists, ...) is passed through untouched, bar tiersel's hint
+headers, which never go upstream.
+
+The response carries the decision back in ``x-tiersel-*`` headers (tier, model, cost, attempts),
+readable with the SDKs' raw-response APIs. When tiersel has given up on a call, the last error
+response goes back with ``x-should-retry: false``, which both SDKs obey, so they do not multiply
+the attempts with retries of their own. When no attempt got any response (connection errors,
+timeouts), a ``502`` / ``504`` error response stands in for it, for the same reason.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from tiersel.dispatch import Effect, Reply, Send, Sleep, arun, run
+from tiersel.errors import TierselError
+from tiersel.selector import Selector
+from tiersel.wrap.exchange import (
+    CallHook,
+    Exchange,
+    aread_body,
+    no_reply,
+    read_body,
+    reply,
+    without_hints,
+)
+from tiersel.wrap.flavours import (
+    AsyncTransportBase,
+    Flavour,
+    SyncTransportBase,
+    TransportErrors,
+    as_flavour,
+    convert_request,
+    convert_response,
+    flavour_of_request,
+    flavour_of_transport,
+)
+
+__all__ = ["AsyncTierTransport", "TierTransport"]
+
+
+class _Shell:
+    """The parts of both transports that are not about sync or async."""
+
+    def __init__(self, selector: Selector | None, transport: Any, on_call: CallHook | None) -> None:
+        self.selector = selector if selector is not None else Selector()
+        self._exchange = Exchange(self.selector, on_call)
+        self._given = transport
+        self._given_flavour = flavour_of_transport(transport) if transport is not None else None
+        self._defaults: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def on_call(self) -> CallHook | None:
+        return self._exchange.on_call
+
+    def _inner(self, flavour: Flavour, asynchronous: bool) -> tuple[Any, Flavour]:
+        if self._given is not None:
+            return self._given, self._given_flavour or flavour
+        inner = self._defaults.get(flavour.name)
+        if inner is None:
+            with self._lock:
+                inner = self._defaults.get(flavour.name)
+                if inner is None:
+                    make = flavour.async_transport if asynchronous else flavour.sync_transport
+                    inner = self._defaults[flavour.name] = make()
+        return inner, flavour
+
+    def _transports(self) -> list[Any]:
+        given = [self._given] if self._given is not None else []
+        return given + list(self._defaults.values())
+
+    def __repr__(self) -> str:
+        inner = type(self._given).__name__ if self._given is not None else "default"
+        return f"{type(self).__name__}(selector={self.selector!r}, transport={inner})"
+
+
+class TierTransport(_Shell, SyncTransportBase):
+    """A sync transport that chooses a tier for each generation call; mount it on an
+    ``httpx.Client`` or an ``httpx2.Client``.
+
+    - ``selector``: the `Selector` that decides (default: ``Selector()``).
+    - ``transport``: where requests go (default: the real HTTP transport of the client's library).
+    - ``on_call``: a function handed a frozen `CallRecord` as each routed call ends.
+
+    Per-call requirements come from ``tiersel.requirements(...)`` blocks around the call and
+    ``x-tiersel-*`` request headers, over the selector's defaults.
+
+    >>> import httpx2
+    >>> from tiersel import Selector
+    >>> from tiersel.wrap import TierTransport
+    >>> client = httpx2.Client(transport=TierTransport(Selector(api_key="")))
+    >>> client.close()
+    """
+
+    def __init__(
+        self,
+        selector: Selector | None = None,
+        transport: Any = None,
+        *,
+        on_call: CallHook | None = None,
+    ) -> None:
+        super().__init__(selector, transport, on_call)
+        self.selector._sync_signals("TierTransport")
+        self.selector._sync_ledger("TierTransport")
+
+    def handle_request(self, request: Any) -> Any:
+        flavour = flavour_of_request(request)
+        inner, inner_flavour = self._inner(flavour, False)
+        exchange = self._exchange
+        generation = exchange.generation(request)
+        if generation is None:
+            sent = convert_request(
+                without_hints(request, flavour), inner_flavour, asynchronous=False
+            )
+            try:
+                response = inner.handle_request(sent)
+            except TransportErrors as exc:
+                raise as_flavour(exc, flavour) from exc
+            return convert_response(response, flavour, asynchronous=False)
+        request.read()
+        route = exchange.route(request, flavour, *generation)
+        sel = self.selector
+        clock = sel.clock
+        flow, _, call_id = sel._prepare(route.body, route.requirements, route.path, None)
+
+        def send(effect: Send) -> Reply:
+            upstream = exchange.upstream(route, effect, inner_flavour)
+            route.sent_at = started = clock.now()
+            try:
+                response = inner.handle_request(upstream)
+                streamed = exchange.is_stream(route, response)
+                content = None if streamed else read_body(response)
+            except TransportErrors as exc:
+                return no_reply(exc, started, clock.now())
+            return reply(response, content, clock.now() - started)
+
+        def perform(effect: Effect) -> Any:
+            if isinstance(effect, Send):
+                return send(effect)
+            if isinstance(effect, Sleep):
+                return clock.sleep(effect.seconds)
+            return sel._common(effect)
+
+        try:
+            result = run(flow, perform)
+        except TierselError as exc:
+            sel._release_quietly(call_id)
+            exchange.refused(route, call_id, exc)
+            raise
+        except BaseException:
+            sel._release_quietly(call_id)
+            raise
+        return exchange.respond(route, result, asynchronous=False)
+
+    def close(self) -> None:
+        for t in self._transports():
+            t.close()
+
+
+class AsyncTierTransport(_Shell, AsyncTransportBase):
+    """The async twin of `TierTransport`; mount it on an ``httpx.AsyncClient`` or an
+    ``httpx2.AsyncClient``."""
+
+    def __init__(
+        self,
+        selector: Selector | None = None,
+        transport: Any = None,
+        *,
+        on_call: CallHook | None = None,
+    ) -> None:
+        super().__init__(selector, transport, on_call)
+
+    async def handle_async_request(self, request: Any) -> Any:
+        flavour = flavour_of_request(request)
+        inner, inner_flavour = self._inner(flavour, True)
+        exchange = self._exchange
+        generation = exchange.generation(request)
+        if generation is None:
+            sent = convert_request(
+                without_hints(request, flavour), inner_flavour, asynchronous=True
+            )
+            try:
+                response = await inner.handle_async_request(sent)
+            except TransportErrors as exc:
+                raise as_flavour(exc, flavour) from exc
+            return convert_response(response, flavour, asynchronous=True)
+        await request.aread()
+        route = exchange.route(request, flavour, *generation)
+        sel = self.selector
+        clock = sel.clock
+        flow, _, call_id = sel._prepare(route.body, route.requirements, route.path, None)
+
+        async def send(effect: Send) -> Reply:
+            upstream = exchange.upstream(route, effect, inner_flavour)
+            route.sent_at = started = clock.now()
+            try:
+                response = await inner.handle_async_request(upstream)
+                streamed = exchange.is_stream(route, response)
+                content = None if streamed else await aread_body(response)
+            except TransportErrors as exc:
+                return no_reply(exc, started, clock.now())
+            return reply(response, content, clock.now() - started)
+
+        def perform(effect: Effect) -> Any:
+            if isinstance(effect, Send):
+                return send(effect)
+            if isinstance(effect, Sleep):
+                return clock.asleep(effect.seconds)
+            return sel._common(effect)
+
+        try:
+            result = await arun(flow, perform)
+        except TierselError as exc:
+            await sel._arelease_quietly(call_id)
+            exchange.refused(route, call_id, exc)
+            raise
+        except BaseException:
+            await sel._arelease_quietly(call_id)
+            raise
+        return exchange.respond(route, result, asynchronous=True)
+
+    async def aclose(self) -> None:
+        for t in self._transports():
+            await t.aclose()
