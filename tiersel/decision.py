@@ -29,6 +29,10 @@ _TEMPLATES: Mapping[str, str] = {
     "tps": "expected {0:.0f} output tokens/s is below min_output_tps {1:.0f}",
     "reliability": "P(success within deadline) {0:.4f} is below the target {1:.4f}",
     "chosen": "cheapest plan that meets the requirements: expected ${0:.6f}, P(success) {1:.4f}",
+    "chosen_after_wait": (
+        "cheapest plan that meets the requirements, once the tier's cooldown ends in {2:.1f} s:"
+        " expected ${0:.6f}, P(success) {1:.4f}"
+    ),
     "best_effort": (
         "best effort (requirements not met): the likeliest plan within the cost limits,"
         " P(success) {1:.4f}, expected ${0:.6f}"
@@ -85,7 +89,9 @@ class Decision:
     ``tier``, ``model`` and ``service_tier`` say what to send first; ``plan`` holds every step
     (one tier, or a ladder to climb after a shed while the deadline allows). Costs are in USD:
     ``estimated_cost_usd`` is the expected cost of the plan, ``worst_case_cost_usd`` the most it
-    can cost (every output token at the dearest step's price).
+    can cost (every output token at the dearest step's price). ``wait_s`` > 0 means: wait that
+    long for the first tier's cooldown (Retry-After) to end, then send; a call with a deadline
+    may wait out a cooldown on a cheap tier when the deadline leaves room.
     """
 
     plan: tuple[Step, ...]
@@ -95,6 +101,7 @@ class Decision:
     expected_latency_s: float
     reasons: tuple[Reason, ...]
     best_effort: bool = False
+    wait_s: float = 0.0
 
     @property
     def tier(self) -> str:
@@ -126,6 +133,7 @@ class Decision:
             "p_success": self.p_success,
             "expected_latency_s": self.expected_latency_s,
             "best_effort": self.best_effort,
+            "wait_s": self.wait_s,
             "plan": [
                 {
                     "tier": str(s.tier),

@@ -215,7 +215,8 @@ def call_flow(
             signals[key.tier] = health
         budget: BudgetState | None = yield ReadBudget()
         try:
-            decision = _redecide(sel, call, req, budget, prices, signals, now, prog.tried)
+            last = prog.attempts + 1 >= sel.max_attempts
+            decision = _redecide(sel, call, req, budget, prices, signals, now, prog.tried, last)
         except NoFeasibleTier as exc:
             if prog.attempts == 0 and not _cooling(signals):
                 if budget is not None and _only_budget(exc):
@@ -225,6 +226,11 @@ def call_flow(
             if wait is None or prog.attempts >= sel.max_attempts:
                 return _failed(prog, call_id, start, prog.detail or str(exc))
             yield Sleep(wait)
+            prog.waited = True
+            continue
+        if decision.wait_s > 0:
+            # The plan waits out a cooldown on a cheap tier: wait, then decide again.
+            yield Sleep(decision.wait_s)
             prog.waited = True
             continue
         step = decision.plan[0]
@@ -335,14 +341,19 @@ def _redecide(
     signals: Mapping[str, TierHealth],
     now: float,
     tried: set[str],
+    last: bool,
 ) -> Decision:
-    """Decide; after a failure, climb: prefer the tiers this call has not failed on yet.
+    """Decide; after a failure, a call that states a reliability target climbs.
 
-    This is how a ladder is followed: a shed on ``standard`` makes the next decision pick among
-    the dearer tiers, unless none of them fits, when every allowed tier is weighed again (with
-    the signals now showing the failure, and any Retry-After as a cooldown).
+    Climbing means preferring the tiers this call has not failed on yet: a shed on ``standard``
+    makes the next decision pick among the dearer tiers (a ladder's next step), unless none of
+    them fits, when every allowed tier is weighed again (the signals now show the failure, and
+    any Retry-After as a cooldown). A call with no reliability target asked for the cheapest plan,
+    so it is decided afresh: it keeps to the cheap tier, waiting out a cooldown when its deadline
+    leaves room; only its ``last`` allowed attempt climbs, so that no call fails while a dearer
+    tier could still serve it.
     """
-    if tried:
+    if tried and (req.reliability is not None or last):
         allowed = req.tiers if req.tiers is not None else tuple(prices.tiers)
         untried = tuple(t for t in allowed if t not in tried)
         if untried:

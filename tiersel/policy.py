@@ -60,6 +60,7 @@ class _Option(NamedTuple):
     latency: float  # median end-to-end seconds if served
     on_time: float  # P(finishing within the deadline | served)
     served: float  # P(served: neither shed nor failed)
+    wait: float  # seconds to wait for the tier's cooldown to end before sending
 
 
 class _Plan(NamedTuple):
@@ -84,7 +85,8 @@ class CheapestFeasible:
     - ``pacing``: when the budget knows how many calls remain, refuse a plan that would leave
       less than ``pacing`` times what the calls still to come need at this call's cheapest tier
       (None: no pacing). Money then goes to calls whose requirements demand a dearer tier only
-      while the rest can still be served.
+      while the rest can still be served; a best-effort call, too, gets the likeliest plan within
+      what pacing leaves.
 
     >>> from tiersel import Selector, Call, Requirements
     >>> d = Selector().decide(Call(model="kimi-k2p6", input_tokens=800, max_output_tokens=200))
@@ -152,9 +154,13 @@ class CheapestFeasible:
             health = signals.get(name)
             if health is None:
                 continue
+            wait = 0.0
             if health.state is _OPEN:
-                add(_reason((name, _REJECTED, "cooldown", (health.cooldown_s,))))
-                continue
+                # A call with a deadline may wait out a cooldown if it leaves time to finish.
+                if deadline is None or health.cooldown_s >= deadline:
+                    add(_reason((name, _REJECTED, "cooldown", (health.cooldown_s,))))
+                    continue
+                wait = health.cooldown_s
             base = uncached * price.input_per_token + cached * price.cached_input_per_token
             worst = base + out_max * price.output_per_token
             if cap is not None and worst > cap:
@@ -164,7 +170,7 @@ class CheapestFeasible:
                 add(_reason((name, _REJECTED, "budget", (worst, remaining))))
                 continue
             expected = base + out_exp * price.output_per_token
-            latency = health.ttft_s + out_exp / health.output_tps
+            latency = wait + health.ttft_s + out_exp / health.output_tps
             if deadline is None:
                 on_time = 1.0
             else:
@@ -173,7 +179,10 @@ class CheapestFeasible:
             if served < 0.0:
                 served = 0.0
             options.append(
-                _new(_Option, (name, price, health, worst, expected, latency, on_time, served))
+                _new(
+                    _Option,
+                    (name, price, health, worst, expected, latency, on_time, served, wait),
+                )
             )
         if not options:
             raise NoFeasibleTier(call.model, reasons)
@@ -230,12 +239,20 @@ class CheapestFeasible:
                 add(_reason((plan.label, _REJECTED, "pacing", (plan.expected_cost, spendable))))
             else:
                 chosen = plan
-                add(_reason((plan.label, _CHOSEN, "chosen", (plan.expected_cost, plan.p_success))))
+                wait = plan.options[0].wait
+                values = (plan.expected_cost, plan.p_success, wait)
+                add(
+                    _reason(
+                        (plan.label, _CHOSEN, "chosen_after_wait" if wait else "chosen", values)
+                    )
+                )
         if chosen is not None:
             return _decision(chosen, reasons)
         if not requirements.best_effort:
             raise NoFeasibleTier(call.model, reasons)
-        best = max(plans, key=_likeliest)
+        # Best effort stays within what pacing leaves (the cheapest plan always is).
+        within = plans if spendable is None else [p for p in plans if p.expected_cost <= spendable]
+        best = max(within or plans, key=_likeliest)
         add(_reason((best.label, _CHOSEN, "best_effort", (best.expected_cost, best.p_success))))
         return _decision(best, reasons, best_effort=True)
 
@@ -253,6 +270,8 @@ class CheapestFeasible:
         The escalated attempt is credited at most ``a``'s own chance of finishing on time: a more
         shed-prone ``a`` then never makes the ladder look better, only dearer.
         """
+        if a.wait:
+            return None  # waiting out a cooldown is for a tier trusted on its own, not a ladder
         ha = a.health
         shed_wait = ha.shed_latency_s
         if deadline is None:
@@ -286,10 +305,11 @@ def _unmet(
 ) -> tuple[str, tuple[float, ...]] | None:
     if max_ttft is not None:
         first = plan.options[0]
-        if first.health.ttft_s > max_ttft:
-            return "ttft", (first.health.ttft_s, max_ttft)
+        ttft = first.wait + first.health.ttft_s
+        if ttft > max_ttft:
+            return "ttft", (ttft, max_ttft)
         if len(plan.options) > 1:
-            escalated = first.health.shed_latency_s + plan.options[1].health.ttft_s
+            escalated = first.wait + first.health.shed_latency_s + plan.options[1].health.ttft_s
             if escalated > max_ttft:
                 return "ttft", (escalated, max_ttft)
     if min_tps is not None:
@@ -317,6 +337,7 @@ def _decision(plan: _Plan, reasons: list[Reason], *, best_effort: bool = False) 
         plan.latency,
         tuple(reasons),
         best_effort,
+        plan.options[0].wait,
     )
 
 
@@ -362,7 +383,7 @@ class FixedTier:
         if health is not None:
             latency = health.ttft_s + call.output_tokens_for_latency / health.output_tps
             p = health.p_served
-        o = _Option(name, price, health or _NO_HEALTH, worst, expected, latency, 1.0, p)
+        o = _Option(name, price, health or _NO_HEALTH, worst, expected, latency, 1.0, p, 0.0)
         reason = Reason(name, Verdict.chosen, "fixed", (expected, p, repr(self)))
         return _decision(_Plan((o,), p, expected, worst, latency, name), [reason])
 

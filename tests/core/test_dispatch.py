@@ -75,7 +75,7 @@ def test_a_shed_escalates_within_the_deadline_and_the_cost_is_the_served_tiers()
     ledger = MemoryLedger(1.0)
     records: list[tiersel.AttemptRecord] = []
     sel = selector(up, ledger=ledger, on_attempt=records.append)
-    r = sel.send(BODY, requirements=Requirements(deadline_s=30, reliability=0.95))
+    r = sel.send(BODY, requirements=Requirements(deadline_s=30, reliability=0.99))
     assert r.ok and r.attempts == 2 and up.tiers == ["standard", "priority"]
     kimi = sel.pricing.model("kimi-k2p6").tiers["priority"]
     expected = (
@@ -86,6 +86,27 @@ def test_a_shed_escalates_within_the_deadline_and_the_cost_is_the_served_tiers()
     assert state.spent_usd == pytest.approx(expected) and state.reserved_usd == 0.0
     assert [x.outcome for x in records] == [tiersel.Outcome.shed, tiersel.Outcome.ok]
     assert isinstance(r.response, httpx.Response) and r.response.status_code == 200
+
+
+def test_a_loose_call_stays_on_standard_after_a_shed() -> None:
+    clock = FakeClock()
+    up = Upstream([httpx.Response(503, json=SHED), ok()])
+    r = selector(up, clock).send(BODY, requirements=Requirements(deadline_s=600))
+    assert r.ok and up.tiers == ["standard", "standard"]
+    assert clock.now() > 0  # it backed off before trying standard again
+
+
+def test_a_loose_call_waits_out_a_cooldown_rather_than_paying_more() -> None:
+    clock = FakeClock()
+    up = Upstream([httpx.Response(503, json=SHED, headers={"retry-after": "20"}), ok()])
+    r = selector(up, clock).send(BODY, requirements=Requirements(deadline_s=600))
+    assert r.ok and up.tiers == ["standard", "standard"] and clock.now() >= 20
+    assert r.decisions[-1].tier == "standard"
+    # A tight call facing the same cooldown does not wait: it pays for priority.
+    clock2 = FakeClock()
+    up2 = Upstream([httpx.Response(503, json=SHED, headers={"retry-after": "20"}), ok()])
+    r2 = selector(up2, clock2).send(BODY, requirements=Requirements(deadline_s=15))
+    assert r2.ok and up2.tiers == ["standard", "priority"] and clock2.now() < 20
 
 
 def test_retry_after_is_honoured_when_no_other_tier_is_allowed() -> None:
@@ -264,7 +285,7 @@ async def test_async_send_escalates_the_same_way() -> None:
     sel = Selector(
         clock=FakeClock(), async_transport=httpx.MockTransport(handler), ledger=ledger, api_key=""
     )
-    r = await sel.asend(BODY, requirements=Requirements(deadline_s=30, reliability=0.95))
+    r = await sel.asend(BODY, requirements=Requirements(deadline_s=30, reliability=0.99))
     assert r.ok and r.attempts == 2 and up.tiers == ["standard", "priority"]
     assert ledger.state(0.0).reserved_usd == 0.0 and ledger.state(0.0).spent_usd == pytest.approx(
         r.cost_usd
@@ -287,10 +308,15 @@ def test_shed_signals_steer_the_next_call() -> None:
         )
     )
     sel = selector(up, clock)
-    for _ in range(3):
-        assert sel.send(BODY, requirements=Requirements(deadline_s=30)).ok
+    need = Requirements(deadline_s=30, reliability=0.95)
+    firsts = []
+    for _ in range(4):
+        before = len(up.seen)
+        assert sel.send(BODY, requirements=need).ok
+        firsts.append(up.tiers[before])
         clock.advance(0.5)
-    # Standard's circuit is open now: the next call goes straight to priority.
+    # The sheds pile up in the signals (and open standard's circuit): later calls skip standard.
+    assert firsts[0] == "standard" and firsts[-1] == "priority", firsts
     before = len(up.seen)
-    assert sel.send(BODY, requirements=Requirements(deadline_s=30)).ok
+    assert sel.send(BODY, requirements=need).ok
     assert up.tiers[before:] == ["priority"]

@@ -185,7 +185,7 @@ def test_selector_escalates_to_priority_during_an_outage() -> None:
     transport = SimTransport(service)
     selector = Selector(clock=clock, transport=transport, api_key="sk-sim-test")
     body = {"model": "kimi-k2p6", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
-    result = selector.send(body, requirements=Requirements(deadline_s=20))
+    result = selector.send(body, requirements=Requirements(deadline_s=20, reliability=0.9))
     assert result.ok and result.tier == "priority"
     stats = transport.stats()
     assert stats["by_tier"] == {"priority": {"200": 1}, "standard": {"503": 1}}

@@ -114,9 +114,9 @@ def test_under_peak_shedding_tight_deadlines_climb_and_succeed(
         assert d.record.elapsed_s <= d.deadline_s, d
     escalated = [d for d in tight if d.record is not None and d.record.tier != "standard"]
     assert len(escalated) >= 0.8 * len(tight)
-    # Loose calls succeed too. They start on standard when its circuit is closed, but the core
-    # climbs after a shed (tiersel.dispatch: prefer the tiers a call has not failed on), so
-    # under this much shedding most of them end on priority as well.
+    # Loose calls (no reliability target) succeed too: they keep to standard, backing off or
+    # waiting out its cooldowns within their deadline, and only their last allowed attempt
+    # climbs (tiersel.dispatch._redecide), so none fails while priority could serve it.
     assert all(d.ok for d in done if not d.tight)
     stats = server.stats()
     assert stats["by_status"].get("503", 0) > 0, "the peak should have shed something"
