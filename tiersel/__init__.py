@@ -7,7 +7,7 @@
 <Tier.standard: 'standard'>
 """
 
-from tiersel.budget import Ledger, MemoryLedger
+from tiersel.budget import AsyncLedger, Ledger, MemoryLedger, OnExpiry
 from tiersel.clock import Clock, FakeClock, SystemClock
 from tiersel.cost import CostEstimate, estimate_costs
 from tiersel.decision import Decision, Reason, Step, Verdict
@@ -26,6 +26,7 @@ from tiersel.pricing import ModelPrices, Pricing, TierPrice, load_pricing
 from tiersel.requirements import BudgetState, Call, Requirements
 from tiersel.selector import FIREWORKS_BASE_URL, Selector
 from tiersel.signals import (
+    AsyncSignalStore,
     CircuitState,
     MemorySignalStore,
     Observation,
@@ -54,6 +55,8 @@ __version__ = "0.1.0"
 __all__ = [
     "FIREWORKS_BASE_URL",
     "HINT_HEADERS",
+    "AsyncLedger",
+    "AsyncSignalStore",
     "AsyncTierTransport",
     "AttemptRecord",
     "BudgetExhausted",
@@ -78,6 +81,7 @@ __all__ = [
     "ModelPrices",
     "NoFeasibleTier",
     "Observation",
+    "OnExpiry",
     "Outcome",
     "Policy",
     "Pricing",

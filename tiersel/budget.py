@@ -6,6 +6,7 @@ never pass the limit, however many calls run at once.
 
 from __future__ import annotations
 
+import enum
 import math
 import threading
 from dataclasses import dataclass
@@ -15,7 +16,20 @@ from cachetools import LRUCache
 
 from tiersel.requirements import BudgetState
 
-__all__ = ["AsyncLedger", "Ledger", "MemoryLedger", "Reservation"]
+__all__ = ["AsyncLedger", "Ledger", "MemoryLedger", "OnExpiry", "Reservation"]
+
+
+class OnExpiry(str, enum.Enum):
+    """What becomes of a reservation that outlives its expiry (its holder died or hung).
+
+    - ``release`` (the default): the money comes free, as if the call had never been sent.
+    - ``charge``: it is charged in full, as settled at its worst case (a later settle of its id
+      charges nothing). The call may have been billed before its holder died, so this keeps the
+      cap even then, at the price of money that may not have been spent.
+    """
+
+    release = "release"
+    charge = "charge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +84,8 @@ class MemoryLedger:
     """A budget in this process's memory. Thread-safe.
 
     ``reservation_ttl_s`` is the expiry of a reservation made without a ``ttl_s`` of its own
-    (None: it is held until settled or released).
+    (None: it is held until settled or released); ``on_expiry`` says what an expired one becomes
+    (`OnExpiry`).
 
     >>> ledger = MemoryLedger(1.00)
     >>> ledger.reserve("a", 0.75, now=0.0) is not None, ledger.reserve("b", 0.50, now=0.0)
@@ -86,6 +101,7 @@ class MemoryLedger:
         spent_usd: float = 0.0,
         settled_memory: int = 1_000_000,
         reservation_ttl_s: float | None = None,
+        on_expiry: OnExpiry = OnExpiry.release,
     ) -> None:
         for name, value in (("limit_usd", limit_usd), ("spent_usd", spent_usd)):
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -94,6 +110,7 @@ class MemoryLedger:
             raise ValueError(f"reservation_ttl_s must be > 0 or None, got {reservation_ttl_s!r}")
         self.limit_usd = float(limit_usd)
         self.reservation_ttl_s = reservation_ttl_s
+        self.on_expiry = OnExpiry(on_expiry)
         self._spent = float(spent_usd)
         self._held: dict[str, Reservation] = {}
         self._reserved = 0.0
@@ -106,6 +123,9 @@ class MemoryLedger:
         for r in gone:
             del self._held[r.call_id]
             self._reserved -= r.amount_usd
+            if self.on_expiry is OnExpiry.charge and r.call_id not in self._settled:
+                self._spent += r.amount_usd
+                self._settled[r.call_id] = True
         if not self._held:
             self._reserved = 0.0
 

@@ -172,7 +172,10 @@ def circuit_state(stats: TierStats, config: SignalConfig, now: float) -> tuple[C
         return CircuitState.open, stats.cooldown_until - now
     streak = stats.consecutive_failures
     if streak >= config.open_after:
-        open_for = min(config.max_open_s, config.open_s * 2.0 ** (streak - config.open_after))
+        # The exponent is capped: a policy that ignores the circuit (a fixed tier) can run the
+        # streak past 1,024 failures, and 2.0 ** 1024 overflows.
+        doublings = min(streak - config.open_after, 62)
+        open_for = min(config.max_open_s, config.open_s * 2.0**doublings)
         reopen = stats.last_failure_at + open_for
         if now < reopen:
             return CircuitState.open, reopen - now

@@ -1,0 +1,64 @@
+"""What can go wrong with a shared store, and what a store does when its server does not answer."""
+
+from __future__ import annotations
+
+import enum
+
+from tiersel.errors import TierselError
+
+__all__ = ["BudgetConflict", "LedgerFallback", "SignalFallback", "StoreUnavailable"]
+
+
+class LedgerFallback(str, enum.Enum):
+    """What a shared budget does when its server does not answer.
+
+    - ``fail_closed`` (the default): the operation raises `StoreUnavailable`, so no call is sent
+      that the budget has not covered.
+    - ``fail_open``: reservations are granted unchecked and nothing is charged while the server is
+      away (one warning in the log): calls keep flowing, but the cap does not hold meanwhile.
+    """
+
+    fail_closed = "fail_closed"
+    fail_open = "fail_open"
+
+
+class SignalFallback(str, enum.Enum):
+    """What shared overload signals do when their server does not answer.
+
+    - ``local_memory`` (the default): this process keeps its own signals in memory meanwhile
+      (one warning in the log), and goes back to the server once it answers again.
+    - ``fail_closed``: the operation raises `StoreUnavailable`.
+    """
+
+    local_memory = "local_memory"
+    fail_closed = "fail_closed"
+
+
+class StoreUnavailable(TierselError):
+    """A shared store's server did not answer, so the operation may not have taken effect.
+
+    ``store`` is ``"budget"`` or ``"signals"``; ``url`` is the store's URL without its password.
+    """
+
+    def __init__(self, store: str, url: str, cause: BaseException, consequence: str) -> None:
+        self.store = store
+        self.url = url
+        self.cause = cause
+        super().__init__(
+            f"the {store} store at {url} is unreachable ({type(cause).__name__}: {cause});"
+            f" {consequence}"
+        )
+
+
+class BudgetConflict(TierselError, ValueError):
+    """A shared budget already exists under this name with another limit."""
+
+    def __init__(self, name: str, url: str, stored_usd: float, asked_usd: float) -> None:
+        self.name = name
+        self.stored_usd = stored_usd
+        self.asked_usd = asked_usd
+        super().__init__(
+            f"budget {name!r} at {url} already has a limit of ${stored_usd:.6f}, not the"
+            f" ${asked_usd:.6f} asked for: give the same limit, or another budget name"
+            " (?budget=NAME in the store URL)"
+        )

@@ -1,0 +1,54 @@
+-- Shared head of every budget script: one budget, its reservations and settled ids.
+-- KEYS[1] state hash (limit, spent, reserved; integer nano-USD)
+-- KEYS[2] held hash (call id -> nano-USD held)
+-- KEYS[3] expiry zset (call id -> expiry, server ms)
+-- KEYS[4] settled zset (call id -> when settled, server ms)
+-- ARGV[1] the limit the caller expects (nano-USD); the first caller sets it.
+-- ARGV[2] what an expired reservation becomes: 'charge' (charged in full) or 'release' (freed).
+-- Time is the server's, so every worker on every machine sees the same expiries.
+local state, held, expiry, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local limit = tonumber(ARGV[1])
+local stored = redis.call('HGET', state, 'limit')
+if not stored then
+  redis.call('HSET', state, 'limit', ARGV[1])
+elseif tonumber(stored) ~= limit then
+  return '-1 ' .. stored .. ' 0 0'
+end
+local spent = tonumber(redis.call('HGET', state, 'spent') or '0')
+local reserved = tonumber(redis.call('HGET', state, 'reserved') or '0')
+
+local function fmt(x)
+  return string.format('%.0f', x)
+end
+
+-- Drop one reservation; return what it held (0 if none).
+local function drop(id)
+  local amount = redis.call('HGET', held, id)
+  if not amount then
+    return 0
+  end
+  redis.call('HDEL', held, id)
+  redis.call('ZREM', expiry, id)
+  reserved = reserved - tonumber(amount)
+  return tonumber(amount)
+end
+
+-- Reservations past their expiry no longer count: a worker that died holding one pins nothing.
+local charge_expired = ARGV[2] == 'charge'
+local gone = redis.call('ZRANGEBYSCORE', expiry, '-inf', now_ms)
+for _, id in ipairs(gone) do
+  local amount = drop(id)
+  if charge_expired and not redis.call('ZSCORE', settled, id) then
+    spent = spent + amount
+    redis.call('ZADD', settled, now_ms, id)
+  end
+end
+
+-- One string, "ok limit spent reserved" (ok: 1 done, 0 did not fit): cheaper to read than an array.
+local function reply(ok)
+  redis.call('HSET', state, 'spent', fmt(spent), 'reserved', fmt(reserved))
+  return ok .. ' ' .. fmt(limit) .. ' ' .. fmt(spent) .. ' ' .. fmt(reserved)
+end

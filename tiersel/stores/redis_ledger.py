@@ -1,0 +1,303 @@
+"""A budget ledger kept in Redis, shared by every process and machine that names it.
+
+Each operation (state, reserve, settle, release) is one Lua script, so one round trip that is
+atomic on the server and returns the new state. Money is kept in integer nano-dollars, so
+thousands of reservations leave no rounding drift. Reservation expiries run on the server's clock,
+so workers on different machines agree on them; a worker that dies holding a reservation pins
+nothing past its expiry. A settled call id is remembered (for ``settled_keep_s``), so settling it
+again from any process charges nothing.
+
+`RedisLedger` is the sync store and `AsyncRedisLedger` the asyncio one; both share `_LedgerCore`,
+which holds everything but the I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import redis
+import redis.asyncio
+
+from tiersel.budget import OnExpiry
+from tiersel.requirements import BudgetState
+from tiersel.stores.errors import BudgetConflict, LedgerFallback, StoreUnavailable
+from tiersel.stores.redis_connection import LEDGER_RETRIES, UNREACHABLE, lua
+from tiersel.stores.redis_pipeline import AsyncScripts
+
+__all__ = ["AsyncRedisLedger", "RedisLedger"]
+
+log = logging.getLogger("tiersel.stores")
+
+NANOS_PER_USD = 1_000_000_000
+DEFAULT_RESERVATION_TTL_S = 600.0
+DEFAULT_SETTLED_KEEP_S = 7 * 24 * 3600.0
+
+_OPS = ("state", "reserve", "settle", "release")
+
+
+def _nanos(usd: float, what: str) -> int:
+    if not isinstance(usd, (int, float)) or not math.isfinite(usd) or usd < 0:
+        raise ValueError(f"{what} must be a finite amount >= 0, got {usd!r}")
+    return round(usd * NANOS_PER_USD)
+
+
+class _LedgerCore:
+    """Keys, script arguments, replies and the fallback choice: everything but the I/O."""
+
+    def __init__(
+        self,
+        *,
+        limit_usd: float,
+        name: str,
+        prefix: str,
+        reservation_ttl_s: float | None,
+        settled_keep_s: float,
+        on_expiry: OnExpiry,
+        on_unavailable: LedgerFallback,
+        url: str,
+    ) -> None:
+        self.limit_nanos = _nanos(limit_usd, "limit_usd")
+        self.limit_usd = float(limit_usd)
+        if not name:
+            raise ValueError("a budget needs a non-empty name")
+        if reservation_ttl_s is not None and not reservation_ttl_s > 0:
+            raise ValueError(f"reservation_ttl_s must be > 0 or None, got {reservation_ttl_s!r}")
+        if not settled_keep_s > 0:
+            raise ValueError(f"settled_keep_s must be > 0, got {settled_keep_s!r}")
+        self.name = name
+        self.reservation_ttl_s = reservation_ttl_s
+        self.settled_keep_ms = math.ceil(settled_keep_s * 1000)
+        self.on_unavailable = LedgerFallback(on_unavailable)
+        self.on_expiry = OnExpiry(on_expiry)
+        self._head: list[str | int] = [self.limit_nanos, self.on_expiry.value]
+        self.url = url
+        # A hash tag keeps one budget's keys in one slot (Redis Cluster runs a script on one slot).
+        base = f"{prefix}:budget:{{{name}}}"
+        self.keys = [f"{base}:{part}".encode() for part in ("state", "held", "expiry", "settled")]
+        self.last = BudgetState(limit_usd=self.limit_usd)
+        self._warned = False
+
+    def reserve_args(self, call_id: str, amount_usd: float, ttl_s: float | None) -> list[str | int]:
+        ttl = ttl_s if ttl_s is not None else self.reservation_ttl_s
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"ttl_s must be > 0 or None, got {ttl_s!r}")
+        ttl_ms = math.ceil(ttl * 1000) if ttl is not None else 0
+        return [*self.head(), call_id, _nanos(amount_usd, "reservation"), ttl_ms]
+
+    def settle_args(self, call_id: str, actual_usd: float) -> list[str | int]:
+        return [*self.head(), call_id, _nanos(actual_usd, "actual cost"), self.settled_keep_ms]
+
+    def id_args(self, call_id: str) -> list[str | int]:
+        return [*self.head(), call_id]
+
+    def head(self) -> list[str | int]:
+        """The arguments every script starts with: the limit, and what expiry means."""
+        return self._head
+
+    def decode(self, reply: bytes) -> BudgetState | None:
+        """The state a script returned; None when a reservation did not fit."""
+        ok, limit, spent, reserved = (int(v) for v in reply.split())
+        if ok < 0:
+            raise BudgetConflict(
+                self.name, self.url, limit / NANOS_PER_USD, self.limit_nanos / NANOS_PER_USD
+            )
+        self.last = BudgetState(
+            limit_usd=limit / NANOS_PER_USD,
+            spent_usd=spent / NANOS_PER_USD,
+            reserved_usd=max(0, reserved) / NANOS_PER_USD,
+        )
+        return self.last if ok else None
+
+    def unavailable(self, op: str, call_id: str | None, exc: BaseException) -> BudgetState:
+        """Fail closed (raise), or fail open: warn once, and answer with the last state seen."""
+        if self.on_unavailable is LedgerFallback.fail_closed:
+            raise StoreUnavailable("budget", self.url, exc, _consequence(op, call_id)) from exc
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "the budget store at %s is unreachable (%s); on_unavailable=fail_open: calls go"
+                " on unchecked and uncharged until it answers again",
+                self.url,
+                type(exc).__name__,
+            )
+        return self.last
+
+    def __repr__(self) -> str:
+        return (
+            f"budget={self.name!r}, limit_usd={self.limit_usd}, url={self.url!r},"
+            f" on_expiry={self.on_expiry.value}"
+        )
+
+
+def _consequence(op: str, call_id: str | None) -> str:
+    if op == "reserve":
+        return f"call {call_id} was not sent: the budget cannot be checked (fail_closed)"
+    if op == "settle":
+        return (
+            f"the cost of call {call_id} was not charged; its reservation lapses at its expiry"
+            " (fail_closed)"
+        )
+    if op == "release":
+        return f"the reservation of call {call_id} lapses at its expiry instead (fail_closed)"
+    return "the budget cannot be read, so no call is sent (fail_closed)"
+
+
+class RedisLedger:
+    """A `Ledger` in Redis: one budget shared by every process that opens the same name.
+
+    - ``client``: a ``redis.Redis`` (see `tiersel.stores.open_ledger` to build one from a URL).
+    - ``limit_usd``: the budget; the first process sets it, and a process that asks for another
+      limit under the same name gets `BudgetConflict`.
+    - ``name`` / ``prefix``: where it lives (keys ``<prefix>:budget:{<name>}:*``).
+    - ``reservation_ttl_s``: the expiry of a reservation made without a ``ttl_s`` of its own, so a
+      worker that dies holding one does not pin the budget (None: held until settled or
+      released). Longer than any call should take: a call that outlives its reservation is still
+      charged when it settles, but others may have spent its money meanwhile.
+    - ``on_expiry``: what an expired reservation becomes (`tiersel.budget.OnExpiry`): freed (the
+      default), or charged in full so the cap holds even if its dead holder's call was billed.
+    - ``settled_keep_s``: how long settled ids are remembered, so a repeated settle is a no-op.
+    - ``on_unavailable``: a `LedgerFallback`; by default a Redis that does not answer raises
+      `StoreUnavailable` and no call is sent.
+
+    The ``now`` arguments are not used: expiries run on the server's clock.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        limit_usd: float,
+        name: str = "default",
+        prefix: str = "tiersel",
+        reservation_ttl_s: float | None = DEFAULT_RESERVATION_TTL_S,
+        settled_keep_s: float = DEFAULT_SETTLED_KEEP_S,
+        on_expiry: OnExpiry = OnExpiry.release,
+        on_unavailable: LedgerFallback = LedgerFallback.fail_closed,
+        url: str = "redis://",
+    ) -> None:
+        self._core = _LedgerCore(
+            limit_usd=limit_usd,
+            name=name,
+            prefix=prefix,
+            reservation_ttl_s=reservation_ttl_s,
+            settled_keep_s=settled_keep_s,
+            on_expiry=on_expiry,
+            on_unavailable=on_unavailable,
+            url=url,
+        )
+        self.client = client
+        self._scripts = {
+            op: client.register_script(lua("budget_prelude", f"budget_{op}")) for op in _OPS
+        }
+
+    @property
+    def limit_usd(self) -> float:
+        return self._core.limit_usd
+
+    def _run(self, op: str, args: list[str | int], call_id: str | None) -> BudgetState | None:
+        try:
+            reply = self._scripts[op](keys=self._core.keys, args=args)
+        except UNREACHABLE as exc:
+            return self._core.unavailable(op, call_id, exc)
+        return self._core.decode(reply)
+
+    def _run_state(self, op: str, args: list[str | int], call_id: str | None) -> BudgetState:
+        state = self._run(op, args, call_id)
+        assert state is not None  # only a reserve can be refused
+        return state
+
+    def state(self, now: float) -> BudgetState:
+        return self._run_state("state", self._core.head(), None)
+
+    def reserve(
+        self, call_id: str, amount_usd: float, now: float, ttl_s: float | None = None
+    ) -> BudgetState | None:
+        return self._run("reserve", self._core.reserve_args(call_id, amount_usd, ttl_s), call_id)
+
+    def settle(self, call_id: str, actual_usd: float, now: float) -> BudgetState:
+        return self._run_state("settle", self._core.settle_args(call_id, actual_usd), call_id)
+
+    def release(self, call_id: str, now: float) -> BudgetState:
+        return self._run_state("release", self._core.id_args(call_id), call_id)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+    def __repr__(self) -> str:
+        return f"RedisLedger({self._core!r})"
+
+
+class AsyncRedisLedger:
+    """The asyncio twin of `RedisLedger` (an `AsyncLedger`), on a ``redis.asyncio.Redis``."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        limit_usd: float,
+        name: str = "default",
+        prefix: str = "tiersel",
+        reservation_ttl_s: float | None = DEFAULT_RESERVATION_TTL_S,
+        settled_keep_s: float = DEFAULT_SETTLED_KEEP_S,
+        on_expiry: OnExpiry = OnExpiry.release,
+        on_unavailable: LedgerFallback = LedgerFallback.fail_closed,
+        url: str = "redis://",
+    ) -> None:
+        self._core = _LedgerCore(
+            limit_usd=limit_usd,
+            name=name,
+            prefix=prefix,
+            reservation_ttl_s=reservation_ttl_s,
+            settled_keep_s=settled_keep_s,
+            on_expiry=on_expiry,
+            on_unavailable=on_unavailable,
+            url=url,
+        )
+        self.client = client
+        # Concurrent tasks' operations share round trips (each is still one atomic script).
+        self._scripts = AsyncScripts(
+            client,
+            {op: lua("budget_prelude", f"budget_{op}") for op in _OPS},
+            retries=LEDGER_RETRIES,
+        )
+
+    @property
+    def limit_usd(self) -> float:
+        return self._core.limit_usd
+
+    async def _run(self, op: str, args: list[str | int], call_id: str | None) -> BudgetState | None:
+        try:
+            reply = await self._scripts.run(op, self._core.keys, args)
+        except UNREACHABLE as exc:
+            return self._core.unavailable(op, call_id, exc)
+        return self._core.decode(reply)
+
+    async def _run_state(self, op: str, args: list[str | int], call_id: str | None) -> BudgetState:
+        state = await self._run(op, args, call_id)
+        assert state is not None  # only a reserve can be refused
+        return state
+
+    async def state(self, now: float) -> BudgetState:
+        return await self._run_state("state", self._core.head(), None)
+
+    async def reserve(
+        self, call_id: str, amount_usd: float, now: float, ttl_s: float | None = None
+    ) -> BudgetState | None:
+        args = self._core.reserve_args(call_id, amount_usd, ttl_s)
+        return await self._run("reserve", args, call_id)
+
+    async def settle(self, call_id: str, actual_usd: float, now: float) -> BudgetState:
+        args = self._core.settle_args(call_id, actual_usd)
+        return await self._run_state("settle", args, call_id)
+
+    async def release(self, call_id: str, now: float) -> BudgetState:
+        return await self._run_state("release", self._core.id_args(call_id), call_id)
+
+    async def aclose(self) -> None:
+        """Close the client's connections."""
+        await self.client.aclose()
+
+    def __repr__(self) -> str:
+        return f"AsyncRedisLedger({self._core!r})"

@@ -1,0 +1,284 @@
+"""Overload signals kept in Redis, so every process sees which tier is being shed.
+
+The store only keeps counters: each key's window is a Redis hash of per-bucket counts and sums
+(buckets that leave the window are deleted, and an idle key expires), beside a small hash with
+the failure streak, the Retry-After cooldown and the last probe. What the counters mean is
+decided in one place, `tiersel.signals.assess`, exactly as for the in-memory store.
+
+Each operation is one Lua script (one round trip, atomic on the server) running on the server's
+clock; times go back relative to it and are read on the caller's clock (its ``now``), so workers
+whose clocks differ still agree.
+
+When Redis does not answer, the default (`SignalFallback.local_memory`) is to keep signals in this
+process's memory meanwhile, with one warning in the log, and to try Redis again every
+``retry_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from tiersel.signals import (
+    MemorySignalStore,
+    Observation,
+    Outcome,
+    SignalConfig,
+    SignalKey,
+    TierStats,
+)
+from tiersel.stores.errors import SignalFallback, StoreUnavailable
+from tiersel.stores.redis_connection import SIGNAL_RETRIES, UNREACHABLE, lua
+from tiersel.stores.redis_pipeline import AsyncScripts
+
+__all__ = ["AsyncRedisSignalStore", "RedisSignalStore"]
+
+log = logging.getLogger("tiersel.stores")
+
+_SLOT = {
+    Outcome.ok: 1,
+    Outcome.shed: 2,
+    Outcome.rate_limited: 3,
+    Outcome.error: 4,
+    Outcome.timeout: 5,
+}
+_OPS = ("stats", "record", "claim_probe")
+_MAX_CACHED_KEYS = 4096
+
+
+class _SignalsCore:
+    """Keys, script arguments, replies and the fallback: everything but the I/O."""
+
+    def __init__(
+        self,
+        config: SignalConfig | None,
+        *,
+        prefix: str,
+        on_unavailable: SignalFallback,
+        retry_s: float,
+        url: str,
+    ) -> None:
+        self.config = config or SignalConfig()
+        self.prefix = prefix
+        self.on_unavailable = SignalFallback(on_unavailable)
+        if not retry_s > 0:
+            raise ValueError(f"retry_s must be > 0, got {retry_s!r}")
+        self.retry_s = retry_s
+        self.url = url
+        self.local = MemorySignalStore(self.config)
+        self._keys: dict[SignalKey, list[bytes]] = {}
+        c = self.config
+        # An idle key's circuit state outlives its window by the longest an open circuit lasts.
+        self.head: list[str | float | int] = [
+            c.window_s / c.buckets,
+            c.buckets,
+            c.window_s + c.max_open_s,
+        ]
+        self._down_until = -math.inf
+        self._warned = False
+
+    def keys(self, key: SignalKey) -> list[bytes]:
+        found = self._keys.get(key)
+        if found is None:
+            if len(self._keys) >= _MAX_CACHED_KEYS:
+                self._keys.clear()
+            # A hash tag keeps one key's two hashes in one slot (Redis Cluster runs a script on
+            # one slot).
+            base = f"{self.prefix}:signals:{{{key.endpoint}|{key.model}|{key.tier}}}"
+            found = self._keys[key] = [f"{base}:window".encode(), f"{base}:state".encode()]
+        return found
+
+    def record_args(self, obs: Observation) -> list[str | float | int]:
+        ttft = obs.ttft_s if obs.ttft_s is not None and obs.ttft_s >= 0 else -1.0
+        tps = obs.output_tps if obs.output_tps is not None and obs.output_tps > 0 else -1.0
+        wait = obs.retry_after_s if obs.retry_after_s is not None and obs.retry_after_s > 0 else -1
+        failed = 1 if obs.outcome.is_failure else 0
+        return [*self.head, _SLOT[obs.outcome], ttft, tps, wait, failed]
+
+    def probe_args(self, interval_s: float) -> list[str | float | int]:
+        return [*self.head, float(interval_s)]
+
+    def use_local(self, now: float) -> bool:
+        """True while Redis is known to be away (a retry is not due yet)."""
+        return now < self._down_until
+
+    def answered(self) -> None:
+        if self._down_until > -math.inf:
+            self._down_until = -math.inf
+            log.info("the signal store at %s answers again; signals are shared again", self.url)
+
+    def unavailable(self, exc: BaseException, now: float) -> None:
+        """Raise (fail_closed), or switch to local memory until ``retry_s`` has passed."""
+        if self.on_unavailable is SignalFallback.fail_closed:
+            raise StoreUnavailable(
+                "signals", self.url, exc, "the call is not routed (fail_closed)"
+            ) from exc
+        self._down_until = now + self.retry_s
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "the signal store at %s is unreachable (%s); signals are kept in this process's"
+                " memory until it answers again",
+                self.url,
+                type(exc).__name__,
+            )
+
+    def __repr__(self) -> str:
+        return f"url={self.url!r}, prefix={self.prefix!r}, window_s={self.config.window_s}"
+
+
+def _stats(reply: bytes, now: float) -> TierStats:
+    v = reply.split()
+    n, ok, shed, rl, err, to, ttft, ttft_n, tps, tps_n = (float(x) for x in v[:10])
+    cooldown, last_failure = (-math.inf if x in (b"-", "-") else now + float(x) for x in v[11:13])
+    return TierStats(
+        n=round(n),
+        ok=round(ok),
+        shed=round(shed),
+        rate_limited=round(rl),
+        error=round(err),
+        timeout=round(to),
+        ttft_sum=max(0.0, ttft),
+        ttft_n=round(ttft_n),
+        tps_sum=max(0.0, tps),
+        tps_n=round(tps_n),
+        cooldown_until=cooldown,
+        consecutive_failures=int(v[10]),
+        last_failure_at=last_failure,
+    )
+
+
+class RedisSignalStore:
+    """A `SignalStore` in Redis, shared by every process that uses the same ``prefix``.
+
+    - ``client``: a ``redis.Redis`` (see `tiersel.stores.open_signal_store` to build one from a
+      URL).
+    - ``config``: the window and circuit settings (a `SignalConfig`), which every process sharing
+      the store should agree on.
+    - ``on_unavailable``: a `SignalFallback`; by default a Redis that does not answer means this
+      process keeps signals in its own memory (one warning in the log), trying Redis again every
+      ``retry_s`` seconds of its clock.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        config: SignalConfig | None = None,
+        *,
+        prefix: str = "tiersel",
+        on_unavailable: SignalFallback = SignalFallback.local_memory,
+        retry_s: float = 5.0,
+        url: str = "redis://",
+    ) -> None:
+        self._core = _SignalsCore(
+            config, prefix=prefix, on_unavailable=on_unavailable, retry_s=retry_s, url=url
+        )
+        self.config = self._core.config
+        self.client = client
+        self._scripts = {
+            op: client.register_script(lua("signals_prelude", f"signals_{op}")) for op in _OPS
+        }
+
+    def _run(self, op: str, key: SignalKey, args: list[str | float | int], now: float) -> Any:
+        core = self._core
+        if core.use_local(now):
+            return None
+        try:
+            reply = self._scripts[op](keys=core.keys(key), args=args)
+        except UNREACHABLE as exc:
+            core.unavailable(exc, now)
+            return None
+        core.answered()
+        return reply
+
+    def record(self, key: SignalKey, obs: Observation, now: float) -> TierStats:
+        reply = self._run("record", key, self._core.record_args(obs), now)
+        if reply is None:
+            return self._core.local.record(key, obs, now)
+        return _stats(reply, now)
+
+    def stats(self, key: SignalKey, now: float) -> TierStats:
+        reply = self._run("stats", key, self._core.head, now)
+        if reply is None:
+            return self._core.local.stats(key, now)
+        return _stats(reply, now)
+
+    def claim_probe(self, key: SignalKey, now: float, interval_s: float) -> bool:
+        reply = self._run("claim_probe", key, self._core.probe_args(interval_s), now)
+        if reply is None:
+            return self._core.local.claim_probe(key, now, interval_s)
+        return int(reply) == 1
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+    def __repr__(self) -> str:
+        return f"RedisSignalStore({self._core!r})"
+
+
+class AsyncRedisSignalStore:
+    """The asyncio twin of `RedisSignalStore` (an `AsyncSignalStore`)."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        config: SignalConfig | None = None,
+        *,
+        prefix: str = "tiersel",
+        on_unavailable: SignalFallback = SignalFallback.local_memory,
+        retry_s: float = 5.0,
+        url: str = "redis://",
+    ) -> None:
+        self._core = _SignalsCore(
+            config, prefix=prefix, on_unavailable=on_unavailable, retry_s=retry_s, url=url
+        )
+        self.config = self._core.config
+        self.client = client
+        # Concurrent tasks' operations share round trips (each is still one atomic script).
+        self._scripts = AsyncScripts(
+            client,
+            {op: lua("signals_prelude", f"signals_{op}") for op in _OPS},
+            retries=SIGNAL_RETRIES,
+        )
+
+    async def _run(self, op: str, key: SignalKey, args: list[str | float | int], now: float) -> Any:
+        core = self._core
+        if core.use_local(now):
+            return None
+        try:
+            reply = await self._scripts.run(op, core.keys(key), args)
+        except UNREACHABLE as exc:
+            core.unavailable(exc, now)
+            return None
+        core.answered()
+        return reply
+
+    async def record(self, key: SignalKey, obs: Observation, now: float) -> TierStats:
+        reply = await self._run("record", key, self._core.record_args(obs), now)
+        if reply is None:
+            return self._core.local.record(key, obs, now)
+        return _stats(reply, now)
+
+    async def stats(self, key: SignalKey, now: float) -> TierStats:
+        reply = await self._run("stats", key, self._core.head, now)
+        if reply is None:
+            return self._core.local.stats(key, now)
+        return _stats(reply, now)
+
+    async def claim_probe(self, key: SignalKey, now: float, interval_s: float) -> bool:
+        reply = await self._run("claim_probe", key, self._core.probe_args(interval_s), now)
+        if reply is None:
+            return self._core.local.claim_probe(key, now, interval_s)
+        return int(reply) == 1
+
+    async def aclose(self) -> None:
+        """Close the client's connections."""
+        await self.client.aclose()
+
+    def __repr__(self) -> str:
+        return f"AsyncRedisSignalStore({self._core!r})"

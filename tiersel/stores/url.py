@@ -1,0 +1,303 @@
+"""Open a signal store or a budget ledger from a URL: ``memory://`` or ``redis://host:port/db``.
+
+``memory://`` (the default) keeps state in this process; each call opens a new, unshared store.
+``redis://`` (also ``rediss://`` and ``unix://``) shares it between every process and machine
+that opens the same URL; it needs redis-py, the extra ``tiersel[redis]``. The URL may carry
+tiersel's own settings, which win over the keyword arguments:
+
+- ``prefix``: the namespace of every key (default ``tiersel``);
+- ``budget``: the name of the budget a ledger opens;
+- ``reservation_ttl_s``: the expiry of a reservation made without a ttl of its own;
+- ``on_expiry``: ``release`` or ``charge``, what an expired reservation becomes (`OnExpiry`).
+
+Every other query parameter goes to redis-py (e.g. ``socket_timeout``); a password in the URL is
+never shown (messages and reprs show ``***``).
+
+>>> ledger = open_ledger("memory://", limit_usd=5.0)
+>>> ledger.reserve("call-1", 0.5, now=0.0).reserved_usd
+0.5
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from tiersel.budget import AsyncLedger, Ledger, MemoryLedger, OnExpiry
+from tiersel.signals import AsyncSignalStore, MemorySignalStore, SignalConfig, SignalStore
+from tiersel.stores.errors import LedgerFallback, SignalFallback
+from tiersel.stores.memory import AsyncMemoryLedger, AsyncMemorySignalStore
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+__all__ = [
+    "StoreURL",
+    "aclose_store",
+    "close_store",
+    "open_async_ledger",
+    "open_async_signal_store",
+    "open_ledger",
+    "open_signal_store",
+    "parse_store_url",
+]
+
+DEFAULT_URL = "memory://"
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_OWN = ("prefix", "budget", "reservation_ttl_s", "on_expiry")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreURL:
+    """A parsed store URL: the backend, the redis-py URL less tiersel's own settings, and those."""
+
+    backend: str  # "memory" or "redis"
+    public: str  # the URL as given, password masked
+    redis_url: str | None = None
+    prefix: str | None = None
+    budget: str | None = None
+    reservation_ttl_s: float | None = None
+    on_expiry: OnExpiry | None = None
+
+    def __repr__(self) -> str:
+        return f"StoreURL({self.public!r})"
+
+
+def parse_store_url(url: str) -> StoreURL:
+    """Parse a store URL; `ValueError` names the URL (password masked) and the problem."""
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"a store URL must be a non-empty string, got {url!r}")
+    parts = urlsplit(url)
+    public = _mask(url)
+    own: dict[str, str] = {}
+    rest: list[tuple[str, str]] = []
+    for k, v in parse_qsl(parts.query, keep_blank_values=True):
+        if k in _OWN:
+            if k in own:
+                raise ValueError(f"store URL {public!r}: {k} is given twice")
+            own[k] = v
+        else:
+            rest.append((k, v))
+    ttl = _ttl(own.get("reservation_ttl_s"), public)
+    expiry = _expiry(own.get("on_expiry"), public)
+    for k in ("prefix", "budget"):
+        if k in own and not own[k]:
+            raise ValueError(f"store URL {public!r}: {k} must not be empty")
+    if parts.scheme == "memory":
+        if parts.netloc or parts.path not in ("", "/") or rest:
+            raise ValueError(
+                f"store URL {public!r}: memory:// takes no host, path or redis options"
+            )
+        return StoreURL("memory", public, reservation_ttl_s=ttl, on_expiry=expiry)
+    if parts.scheme in _REDIS_SCHEMES:
+        redis_url = urlunsplit(parts._replace(query=urlencode(rest)))
+        return StoreURL(
+            "redis",
+            public,
+            redis_url=redis_url,
+            prefix=own.get("prefix"),
+            budget=own.get("budget"),
+            reservation_ttl_s=ttl,
+            on_expiry=expiry,
+        )
+    raise ValueError(
+        f"store URL {public!r}: unknown scheme {parts.scheme!r};"
+        " use memory:// or redis://host:port/db"
+    )
+
+
+def _ttl(text: str | None, public: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        ttl = float(text)
+    except ValueError:
+        ttl = math.nan
+    if not (math.isfinite(ttl) and ttl > 0):
+        raise ValueError(
+            f"store URL {public!r}: reservation_ttl_s must be a number of seconds > 0, got {text!r}"
+        )
+    return ttl
+
+
+def _expiry(text: str | None, public: str) -> OnExpiry | None:
+    if text is None:
+        return None
+    try:
+        return OnExpiry(text)
+    except ValueError:
+        raise ValueError(
+            f"store URL {public!r}: on_expiry must be release or charge, got {text!r}"
+        ) from None
+
+
+def _mask(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _redis_module(name: str) -> ModuleType:
+    import importlib
+
+    try:
+        return importlib.import_module(f"tiersel.stores.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("redis"):
+            raise
+        raise ImportError("redis:// stores need redis-py: pip install 'tiersel[redis]'") from exc
+
+
+# -- signals ------------------------------------------------------------------------------------
+
+
+def open_signal_store(
+    url: str = DEFAULT_URL,
+    config: SignalConfig | None = None,
+    *,
+    on_unavailable: SignalFallback = SignalFallback.local_memory,
+) -> SignalStore:
+    """The overload signals at ``url`` (see the module's doc), for `Selector(signals=...)`.
+
+    With Redis, ``on_unavailable`` says what happens when it does not answer: by default this
+    process keeps its signals in memory meanwhile and says so once in the log.
+    """
+    where = parse_store_url(url)
+    if where.backend == "memory":
+        return MemorySignalStore(config)
+    return cast(SignalStore, _redis_signals(where, config, on_unavailable, is_async=False))
+
+
+def open_async_signal_store(
+    url: str = DEFAULT_URL,
+    config: SignalConfig | None = None,
+    *,
+    on_unavailable: SignalFallback = SignalFallback.local_memory,
+) -> AsyncSignalStore:
+    """The asyncio twin of `open_signal_store`, for `Selector.asend`."""
+    where = parse_store_url(url)
+    if where.backend == "memory":
+        return AsyncMemorySignalStore(MemorySignalStore(config))
+    return cast(AsyncSignalStore, _redis_signals(where, config, on_unavailable, is_async=True))
+
+
+def _redis_signals(
+    where: StoreURL, config: SignalConfig | None, on_unavailable: SignalFallback, *, is_async: bool
+) -> Any:
+    mod = _redis_module("redis_signals")
+    conn = _redis_module("redis_connection")
+    assert where.redis_url is not None
+    make: Callable[..., Any] = conn.async_client if is_async else conn.sync_client
+    cls = mod.AsyncRedisSignalStore if is_async else mod.RedisSignalStore
+    return cls(
+        make(where.redis_url, retries=conn.SIGNAL_RETRIES),
+        config,
+        prefix=where.prefix or "tiersel",
+        on_unavailable=SignalFallback(on_unavailable),
+        url=where.public,
+    )
+
+
+# -- budget -------------------------------------------------------------------------------------
+
+
+def open_ledger(
+    url: str = DEFAULT_URL,
+    *,
+    limit_usd: float,
+    name: str = "default",
+    reservation_ttl_s: float | None = None,
+    on_expiry: OnExpiry = OnExpiry.release,
+    on_unavailable: LedgerFallback = LedgerFallback.fail_closed,
+) -> Ledger:
+    """The budget ledger at ``url`` (see the module's doc), for `Selector(ledger=...)`.
+
+    - ``limit_usd``: the budget. In Redis the first process to open ``name`` sets it; opening it
+      with another limit raises `BudgetConflict`. A budget in Redis outlives the processes: its
+      spend carries over to whoever opens the same name next.
+    - ``name``: the budget's name when the URL has no ``?budget=``.
+    - ``reservation_ttl_s``: when the URL has no ``?reservation_ttl_s=``, the expiry of a
+      reservation made without a ttl (default: none in memory, 600 s in Redis).
+    - ``on_expiry``: when the URL has no ``?on_expiry=``, what an expired reservation becomes:
+      freed (`OnExpiry.release`), or charged in full (`OnExpiry.charge`), which keeps the cap
+      even when a worker died after its call was billed.
+    - ``on_unavailable``: with Redis, what happens when it does not answer; by default the
+      operation raises `StoreUnavailable`, and no call is sent.
+    """
+    where = parse_store_url(url)
+    ttl = where.reservation_ttl_s or reservation_ttl_s
+    expiry = where.on_expiry or OnExpiry(on_expiry)
+    if where.backend == "memory":
+        return MemoryLedger(limit_usd, reservation_ttl_s=ttl, on_expiry=expiry)
+    store = _redis_ledger(where, limit_usd, name, ttl, expiry, on_unavailable, is_async=False)
+    return cast(Ledger, store)
+
+
+def open_async_ledger(
+    url: str = DEFAULT_URL,
+    *,
+    limit_usd: float,
+    name: str = "default",
+    reservation_ttl_s: float | None = None,
+    on_expiry: OnExpiry = OnExpiry.release,
+    on_unavailable: LedgerFallback = LedgerFallback.fail_closed,
+) -> AsyncLedger:
+    """The asyncio twin of `open_ledger`, for `Selector.asend`."""
+    where = parse_store_url(url)
+    ttl = where.reservation_ttl_s or reservation_ttl_s
+    expiry = where.on_expiry or OnExpiry(on_expiry)
+    if where.backend == "memory":
+        return AsyncMemoryLedger(MemoryLedger(limit_usd, reservation_ttl_s=ttl, on_expiry=expiry))
+    store = _redis_ledger(where, limit_usd, name, ttl, expiry, on_unavailable, is_async=True)
+    return cast(AsyncLedger, store)
+
+
+def _redis_ledger(
+    where: StoreURL,
+    limit_usd: float,
+    name: str,
+    ttl: float | None,
+    on_expiry: OnExpiry,
+    on_unavailable: LedgerFallback,
+    *,
+    is_async: bool,
+) -> Any:
+    mod = _redis_module("redis_ledger")
+    conn = _redis_module("redis_connection")
+    assert where.redis_url is not None
+    make: Callable[..., Any] = conn.async_client if is_async else conn.sync_client
+    cls = mod.AsyncRedisLedger if is_async else mod.RedisLedger
+    return cls(
+        make(where.redis_url, retries=conn.LEDGER_RETRIES),
+        limit_usd=limit_usd,
+        name=where.budget or name,
+        prefix=where.prefix or "tiersel",
+        reservation_ttl_s=ttl if ttl is not None else mod.DEFAULT_RESERVATION_TTL_S,
+        on_expiry=on_expiry,
+        on_unavailable=LedgerFallback(on_unavailable),
+        url=where.public,
+    )
+
+
+# -- closing ------------------------------------------------------------------------------------
+
+
+def close_store(store: object) -> None:
+    """Close a sync store's connections (a no-op for in-memory stores)."""
+    close = getattr(store, "close", None)
+    if callable(close):
+        close()
+
+
+async def aclose_store(store: object) -> None:
+    """Close an async store's connections (a no-op for in-memory stores)."""
+    aclose = getattr(store, "aclose", None)
+    if callable(aclose):
+        await aclose()
