@@ -17,7 +17,8 @@ What happens to a request, in order:
    router tier has its own): 429 with ``Retry-After``.
 3. In a scenario outage window for its tier: the outage's status (503).
 4. Shed (503) with the probability the scenario's curve gives for the tier at the pool's
-   utilisation: background load at ``now`` plus our in-flight requests in that pool / slots.
+   utilisation: background load at ``now`` plus our in-flight requests in that pool / slots
+   (over every replica of the pool: ``slots * replicas``).
    One uniform draw per request decides, compared with each tier's probability, so a request
    that priority would shed standard would shed too (common random numbers).
 5. Rarely, a 500 (``errors.error_rate``).
@@ -392,7 +393,7 @@ class Provider:
             busy = len(ends)
         else:
             busy = sum(1 for e in ends if e > now)
-        return pool.background.at(now) + busy / pool.slots
+        return pool.background.at(now) + busy / (pool.slots * pool.replicas)
 
     def _cached(self, model: str, req: SimRequest, now: float, commit: bool) -> int:
         if req.prefix is None or req.prefix_tokens <= 0:

@@ -9,6 +9,7 @@ A scenario is YAML. Every section is optional; what a file leaves out takes the 
     pools:                          # capacity pools; per model, each pool is separate
       shared:                       # standard and priority traffic of a model
         slots: 64                   # batch slots (see tiersel.sim.latency)
+        replicas: 1                 # copies of the pool serving the model; ours spread over them
         speedup: 1.0                # divides every latency term but the overhead
         background:                 # other tenants' load, as a share of the slots
           points: [[0, 0.5], [60, 0.5], [90, 1.4], [300, 1.4], [330, 0.5]]  # [time_s, load]
@@ -33,7 +34,9 @@ A scenario is YAML. Every section is optional; what a file leaves out takes the 
     echo_service_tier: true         # echo "service_tier" in responses, as the API sometimes does
     shed_retry_after_s: null        # a Retry-After on 503s (the real API's is undocumented)
 
-Load is the busy share of a pool's slots; our own in-flight requests add ``1/slots`` each.
+Load is the busy share of a pool's slots; our own in-flight requests add ``1/(slots*replicas)``
+each (a provider with many replicas barely notices one tenant; latency follows the load per
+replica, as if requests were spread evenly).
 Utilisation above 1 is overload: the pool sheds, as the ``shedding`` curves say.
 """
 
@@ -139,9 +142,10 @@ class LoadCurve(_Strict):
 
 
 class Pool(_Strict):
-    """A capacity pool: its batch slots, its speed, and the load other tenants put on it."""
+    """A capacity pool: its batch slots, its replicas, its speed, and other tenants' load."""
 
     slots: int = Field(64, ge=1)
+    replicas: int = Field(1, ge=1)
     speedup: float = Field(1.0, gt=0)
     background: LoadCurve = LoadCurve(points=((0.0, 0.3),))
 

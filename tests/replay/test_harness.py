@@ -1,0 +1,203 @@
+"""The discrete-event replay: deterministic, honest bookkeeping, an oracle never beaten."""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import cache
+
+import pytest
+
+from tiersel.budget import MemoryLedger
+from tiersel.cost import tier_cost
+from tiersel.pricing import load_pricing
+from tiersel.replay.baselines import POLICY_NAMES, contender
+from tiersel.replay.capacity import sized
+from tiersel.replay.harness import Comparison, ReplayResult, Workload, compare, replay
+from tiersel.replay.metrics import CallRecord
+from tiersel.replay.mix import DEFAULT_MIX
+from tiersel.replay.traces import Trace, shipped_trace
+from tiersel.sim import Scenario, load_scenario
+
+# 900 conversation calls squeezed 2.5x: about 80 s of traffic, reaching into the first busy spell
+# of `peak` (from 60 s) and the outage of `outage` (from 60 s), with a flap of `flapping`.
+SLICE = 900
+SPEEDUP = 2.5
+
+
+@cache
+def conv_slice() -> Trace:
+    return shipped_trace("azure-conv").head(SLICE)
+
+
+@cache
+def scenario(name: str) -> Scenario:
+    sc, _ = sized(load_scenario(name), conv_slice())
+    return sc
+
+
+@cache
+def comparison(name: str, seed: int = 0) -> Comparison:
+    return compare(conv_slice(), scenario=scenario(name), speedup=SPEEDUP, seed=seed)
+
+
+def test_same_seed_same_replay_and_another_seed_differs() -> None:
+    work = Workload.build(conv_slice().head(400).compressed(SPEEDUP), DEFAULT_MIX, seed=5)
+    sc = scenario("flapping")
+    a = replay(work, contender("tiersel"), scenario=sc, seed=5)
+    b = replay(work, contender("tiersel"), scenario=sc, seed=5)
+    assert a.records == b.records
+    assert a.attempts == b.attempts
+    assert a.metrics.cost_usd == b.metrics.cost_usd
+    c = replay(work, contender("tiersel"), scenario=sc, seed=6)
+    assert (c.records, c.attempts) != (a.records, a.attempts)
+    # The replay's own figures are the seeded ones too (only the wall time differs).
+    assert (
+        comparison("flapping").to_dict()["policies"][0]["cost_usd"]
+        == (
+            compare(conv_slice(), scenario=sc, speedup=SPEEDUP, policies=["tiersel"]).to_dict()[
+                "policies"
+            ][0]["cost_usd"]
+        )
+    )
+
+
+@pytest.mark.parametrize("name", ["calm", "peak", "outage", "flapping"])
+def test_the_oracle_is_never_beaten_on_cost_at_its_attainment(name: str) -> None:
+    result = comparison(name)
+    oracle = result.metrics("oracle")
+    assert oracle.attainment >= max(m.attainment for m in result.policies) - 1e-12
+    for m in result.policies:
+        if m.attainment >= oracle.attainment:
+            assert m.cost_usd >= oracle.cost_usd * (1 - 1e-9), m.policy
+    # Every call the oracle sends meets its deadline on the first attempt, as foreseen.
+    records = _result(result, "oracle").records
+    sent = [r for r in records if r.attempts]
+    assert sent and all(r.met and r.attempts == 1 and r.sheds == 0 for r in sent)
+    assert all(r.detail == "no tier would meet the deadline" for r in records if not r.attempts)
+
+
+def test_a_policy_that_ignores_signals_does_worse_under_peak_than_calm() -> None:
+    calm, peak = comparison("calm"), comparison("peak")
+    for name in ("always-standard", "retry-up"):
+        assert peak.metrics(name).attainment < calm.metrics(name).attainment
+    standard_calm = calm.metrics("always-standard")
+    standard_peak = peak.metrics("always-standard")
+    assert standard_peak.shed_attempts > standard_calm.shed_attempts
+    assert standard_peak.attempts_per_call > standard_calm.attempts_per_call
+
+
+def test_costs_are_the_tier_prices_of_what_served() -> None:
+    prices = load_pricing().model("kimi-k2p6")
+    trace = conv_slice().compressed(SPEEDUP)
+    for policy in _result(comparison("peak"), "tiersel"), _result(comparison("peak"), "cooldown"):
+        for r in policy.records:
+            if r.ok:
+                assert r.tier is not None
+                req = trace.requests[r.index]
+                due = tier_cost(prices.tiers[r.tier], req.input_tokens, 0, req.output_tokens)
+                assert r.cost_usd == pytest.approx(due, rel=1e-9)
+            else:
+                assert r.cost_usd == 0.0
+
+
+def test_attempt_log_matches_the_records() -> None:
+    for policy in (
+        _result(comparison("flapping"), "tiersel"),
+        _result(comparison("peak"), "retry-up"),
+    ):
+        per_call = Counter(a.call for a in policy.attempts)
+        for r in policy.records:
+            assert per_call[r.index] == r.attempts
+        sheds = Counter(a.call for a in policy.attempts if a.outcome in ("shed", "rate_limited"))
+        assert all(sheds[r.index] == r.sheds for r in policy.records)
+        times = [a.sent_s for a in policy.attempts]
+        assert times == sorted(times)  # the provider saw time move forward only
+
+
+def test_baselines_behave_as_named() -> None:
+    result = comparison("peak")
+    for tier in ("standard", "priority", "fast"):
+        m = result.metrics(f"always-{tier}")
+        assert dict(m.tier_mix) == {tier: 1.0}
+    records = _result(result, "retry-up").records
+    assert max(r.attempts for r in records) == 2
+    assert all(r.tier == "priority" for r in records if r.ok and r.attempts == 2)
+    # retry-up's second attempt is on priority: never two standard attempts for a call.
+    attempts = _result(result, "retry-up").attempts
+    tiers_by_call: dict[int, list[str]] = {}
+    for a in attempts:
+        tiers_by_call.setdefault(a.call, []).append(a.tier)
+    assert all(t[1:] in ([], ["priority"]) for t in tiers_by_call.values())
+    # cooldown: after a shed on standard, the next calls within 30 s go to priority.
+    cooldown = _result(result, "cooldown").attempts
+    sheds = [a.sent_s for a in cooldown if a.tier == "standard" and a.outcome == "shed"]
+    assert sheds
+    first = sheds[0]
+    later = [a for a in cooldown if first + 1.0 < a.sent_s < first + 29.0]
+    assert later and all(a.tier == "priority" for a in later)
+
+
+def test_tiersel_escalates_tight_calls_when_standard_sheds() -> None:
+    records = _result(comparison("outage"), "tiersel").records
+    # The outage takes standard down from 60 s (scenario time) on; the slice reaches 80 s.
+    late = [r for r in records if r.arrival_s > 62 and r.klass == "interactive"]
+    assert late
+    assert Counter(r.tier for r in late).most_common(1)[0][0] != "standard"
+    assert sum(r.met for r in late) / len(late) > 0.99
+
+
+def test_a_ledger_caps_spend_and_refuses_what_it_cannot_cover() -> None:
+    work = Workload.build(conv_slice().compressed(SPEEDUP), DEFAULT_MIX, seed=1)
+    cap = 1.0
+    ledger = MemoryLedger(cap)
+    seen: list[tuple[float, CallRecord]] = []
+    result = replay(
+        work,
+        contender("tiersel"),
+        scenario=scenario("peak"),
+        seed=1,
+        ledger=ledger,
+        on_call=lambda record, now: seen.append((now, record)),
+    )
+    spent = sum(r.cost_usd for r in result.records)
+    assert spent <= cap + 1e-9
+    assert ledger.state(0.0).spent_usd == pytest.approx(spent)
+    refused = [r for r in result.records if r.detail == "budget"]
+    assert refused and not any(r.ok for r in refused)
+    assert [now for now, _ in seen] == sorted(now for now, _ in seen)
+    assert {r.index for _, r in seen} == set(range(len(work)))
+
+
+def test_every_policy_is_compared_by_default() -> None:
+    result = comparison("calm")
+    assert [m.policy for m in result.policies] == list(POLICY_NAMES)
+    doc = result.to_dict()
+    assert doc["calls"] == SLICE and doc["scenario"] == "calm"
+    assert [p["policy"] for p in doc["policies"]] == list(POLICY_NAMES)
+
+
+def _result(comparison: Comparison, policy: str) -> ReplayResult:
+    return next(r for r in comparison.results if r.policy == policy)
+
+
+def test_a_long_outage_on_a_model_without_priority() -> None:
+    # glm-5p1 offers standard and fast only. always-standard keeps sending standard through the
+    # three-minute outage (its failure streak runs past a thousand): the replay must carry on,
+    # and the oracle must find fast for every call that standard cannot serve.
+    trace = shipped_trace("azure-conv").head(1500)
+    result = compare(
+        trace,
+        scenario="outage",
+        model="glm-5p1",
+        policies=["always-standard", "tiersel", "oracle"],
+    )
+    standard = _result(result, "always-standard")
+    in_outage = [r for r in standard.records if 61 < r.arrival_s < 237]
+    assert len(in_outage) > 500 and not any(r.ok for r in in_outage)
+    assert all(r.attempts == 4 for r in in_outage)
+    oracle, tiersel = result.metrics("oracle"), result.metrics("tiersel")
+    assert oracle.attainment > 0.99 and tiersel.attainment > 0.99
+    assert oracle.attainment >= tiersel.attainment
+    if tiersel.attainment >= oracle.attainment:
+        assert oracle.cost_usd <= tiersel.cost_usd
+    assert set(oracle.tier_mix) == {"standard", "fast"}

@@ -1,0 +1,163 @@
+"""Reading traces: both formats, the shipped slices, and errors that name the input and the line."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tiersel.replay.traces import (
+    SHIPPED_TRACES,
+    TraceError,
+    load_trace,
+    parse_trace,
+    shipped_trace,
+)
+
+# The sha256 of each shipped slice, as stated in tiersel/replay/data/README.md.
+SHIPPED_SHA256 = {
+    "azure-code": "dc3112fc3c56b09f6ab7b78a7bfb8801d7924def14fe2a728f3ea9dffbd34e99",
+    "azure-conv": "bc722df3051a1373a275cc40aeb55c6ff4c81475901b688e23aac794f225dfd0",
+}
+
+
+def test_shipped_traces_are_the_documented_bytes_and_parse_whole() -> None:
+    data = resources.files("tiersel.replay").joinpath("data")
+    readme = data.joinpath("README.md").read_text(encoding="utf-8")
+    assert "CC-BY 4.0" in readme and "Splitwise" in readme and "ISCA 2024" in readme
+    for name, file in SHIPPED_TRACES.items():
+        raw = data.joinpath(file).read_bytes()
+        assert hashlib.sha256(raw).hexdigest() == SHIPPED_SHA256[name]
+        assert SHIPPED_SHA256[name] in readme
+        trace = shipped_trace(name)
+        assert len(trace) == raw.count(b"\n") - 1  # every data row, CRLF endings
+        arrivals = [r.arrival_s for r in trace]
+        assert arrivals[0] == 0.0 and arrivals == sorted(arrivals)
+    code = load_trace("azure-code")
+    assert len(code) == 7000
+    assert (code.requests[0].input_tokens, code.requests[0].output_tokens) == (4808, 10)
+    # 18:17:03.9799600 -> 18:17:04.0319600 (seven fractional digits)
+    assert code.requests[1].arrival_s == pytest.approx(0.052, abs=1e-6)
+    assert code.duration_s == pytest.approx(2275.87, abs=0.01)
+
+
+def test_plain_csv_with_optional_requirements(tmp_path: Path) -> None:
+    path = tmp_path / "mine.csv"
+    path.write_text(
+        "timestamp_s,input_tokens,output_tokens,deadline_s,reliability\n"
+        "100.5,1200,300,10,0.99\n"
+        "101.0,800,50,,\n"
+        "100.0,10,5,60,\n"
+    )
+    trace = load_trace(path)
+    assert trace.name == "mine"
+    got = [
+        (r.arrival_s, r.input_tokens, r.output_tokens, r.deadline_s, r.reliability) for r in trace
+    ]
+    assert got == [
+        (0.0, 10, 5, 60.0, None),
+        (0.5, 1200, 300, 10.0, 0.99),
+        (1.0, 800, 50, None, None),
+    ]
+
+
+def test_plain_csv_may_give_only_reliability() -> None:
+    trace = parse_trace("timestamp_s,input_tokens,output_tokens,reliability\n0,1,1,0.9\n")
+    assert trace.requests[0].reliability == 0.9 and trace.requests[0].deadline_s is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "trace.csv: empty: expected a header line"),
+        ("a,b,c\n1,2,3\n", "trace.csv: line 1: unrecognised header 'a,b,c'"),
+        ("timestamp_s,input_tokens,output_tokens\n", "trace.csv: no requests after the header"),
+        (
+            "timestamp_s,input_tokens,output_tokens\n1,2,3\n2,x,3\n",
+            "trace.csv: line 3: input_tokens 'x' is not a whole number",
+        ),
+        (
+            "timestamp_s,input_tokens,output_tokens\n1,2\n",
+            "trace.csv: line 2: expected 3 fields, found 2",
+        ),
+        (
+            "timestamp_s,input_tokens,output_tokens\nnan,2,3\n",
+            "trace.csv: line 2: timestamp_s 'nan' is not a finite number",
+        ),
+        (
+            "timestamp_s,input_tokens,output_tokens\n1,-2,3\n",
+            "trace.csv: line 2: input_tokens '-2' must be >= 0",
+        ),
+        (
+            "timestamp_s,input_tokens,output_tokens,deadline_s\n1,2,3,0\n",
+            "trace.csv: line 2: deadline_s '0' must be > 0",
+        ),
+        (
+            "timestamp_s,input_tokens,output_tokens,reliability\n1,2,3,1.5\n",
+            "trace.csv: line 2: reliability '1.5' must be in (0, 1]",
+        ),
+        (
+            "timestamp_s,input_tokens,output_tokens,deadline_s,deadline_s\n",
+            "trace.csv: line 1: unrecognised header",
+        ),
+        (
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,10,2\n"
+            "16/11/2023 18:17,10,2\n",
+            "trace.csv: line 3: TIMESTAMP '16/11/2023 18:17' is not of the form",
+        ),
+        (
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-02-30 18:17:03.97,10,2\n",
+            "trace.csv: line 2: TIMESTAMP '2023-02-30 18:17:03.97': day is out of range",
+        ),
+        (
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,10,two\n",
+            "trace.csv: line 2: GeneratedTokens 'two' is not a whole number",
+        ),
+    ],
+)
+def test_bad_input_names_the_file_line_and_problem(text: str, message: str) -> None:
+    with pytest.raises(TraceError) as info:
+        parse_trace(text, name="trace.csv")
+    assert str(info.value).startswith(message)
+
+
+def test_missing_file_and_unknown_shipped_name(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match=r"nope\.csv: no such file"):
+        load_trace(tmp_path / "nope.csv")
+    with pytest.raises(TraceError, match="is a directory"):
+        load_trace(tmp_path)
+    with pytest.raises(TraceError, match="no shipped trace of that name"):
+        shipped_trace("azure-chat")
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0, 1e6, allow_nan=False),
+            st.integers(0, 10**6),
+            st.integers(0, 10**5),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.floats(0.1, 100),
+)
+def test_plain_round_trip_and_compression(
+    rows: list[tuple[float, int, int]], speedup: float
+) -> None:
+    text = "timestamp_s,input_tokens,output_tokens\n" + "".join(
+        f"{t!r},{i},{o}\n" for t, i, o in rows
+    )
+    trace = parse_trace(text)
+    t0 = min(t for t, _, _ in rows)
+    expected = sorted(((t - t0, i, o) for t, i, o in rows), key=lambda r: r[0])
+    assert [(r.arrival_s, r.input_tokens, r.output_tokens) for r in trace] == expected
+    fast = trace.compressed(speedup)
+    assert len(fast) == len(trace)
+    for a, b in zip(trace, fast, strict=True):
+        assert b.arrival_s == pytest.approx(a.arrival_s / speedup)
+        assert (a.input_tokens, a.output_tokens) == (b.input_tokens, b.output_tokens)

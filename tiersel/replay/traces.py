@@ -1,0 +1,286 @@
+"""Request traces to replay: arrival times and token counts, read from a CSV file.
+
+Two formats are read, told apart by their header line:
+
+- the Azure LLM inference trace, ``TIMESTAMP,ContextTokens,GeneratedTokens``, with timestamps such
+  as ``2023-11-16 18:17:03.9799600`` (two slices ship with tiersel: `shipped_trace`);
+- a plain CSV, ``timestamp_s,input_tokens,output_tokens``, optionally followed by ``deadline_s``
+  and/or ``reliability`` (an empty cell means "no requirement": the mix assigns one).
+
+Arrival times are kept relative to the first request. Rows out of time order are sorted (stably).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tiersel.errors import TierselError
+
+__all__ = [
+    "SHIPPED_TRACES",
+    "Trace",
+    "TraceError",
+    "TraceRequest",
+    "load_trace",
+    "parse_trace",
+    "shipped_trace",
+]
+
+SHIPPED_TRACES = {"azure-code": "azure2023_code.csv", "azure-conv": "azure2023_conv.csv"}
+"""Trace names `load_trace` accepts besides file paths, and the packaged files they name."""
+
+_AZURE_HEADER = ("timestamp", "contexttokens", "generatedtokens")
+_PLAIN_HEADER = ("timestamp_s", "input_tokens", "output_tokens")
+_PLAIN_OPTIONAL = ("deadline_s", "reliability")
+_AZURE_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
+
+
+class TraceError(TierselError, ValueError):
+    """A trace could not be read: names the file, the line and the problem."""
+
+    def __init__(self, source: str, line: int | None, problem: str) -> None:
+        self.source = source
+        self.line = line
+        self.problem = problem
+        where = f"{source}: line {line}: " if line is not None else f"{source}: "
+        super().__init__(where + problem)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRequest:
+    """One request of a trace.
+
+    ``arrival_s`` counts from the trace's first arrival; ``deadline_s`` and ``reliability`` are
+    the request's own requirements when the trace states them (None otherwise).
+    """
+
+    arrival_s: float
+    input_tokens: int
+    output_tokens: int
+    deadline_s: float | None = None
+    reliability: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """A named, time-ordered sequence of requests.
+
+    >>> t = parse_trace("timestamp_s,input_tokens,output_tokens\\n10,500,40\\n12,900,80\\n")
+    >>> len(t), t.duration_s, t.compressed(4).duration_s
+    (2, 2.0, 0.5)
+    """
+
+    name: str
+    requests: tuple[TraceRequest, ...]
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def __iter__(self) -> Iterator[TraceRequest]:
+        return iter(self.requests)
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds from the first arrival to the last."""
+        return self.requests[-1].arrival_s if self.requests else 0.0
+
+    def compressed(self, speedup: float) -> Trace:
+        """The same requests arriving ``speedup`` times faster (inter-arrival times divided)."""
+        if not (isinstance(speedup, (int, float)) and math.isfinite(speedup) and speedup > 0):
+            raise ValueError(f"speedup must be a finite number > 0, got {speedup!r}")
+        if speedup == 1:
+            return self
+        reqs = tuple(replace(r, arrival_s=r.arrival_s / speedup) for r in self.requests)
+        return Trace(f"{self.name} x{speedup:g}", reqs)
+
+    def head(self, n: int) -> Trace:
+        """The first ``n`` requests."""
+        return Trace(self.name, self.requests[:n])
+
+
+def shipped_trace(name: str) -> Trace:
+    """One of the traces packaged with tiersel, by name (see `SHIPPED_TRACES`).
+
+    Both are slices of the Azure LLM inference trace 2023 (CC-BY 4.0; Patel et al., "Splitwise:
+    Efficient generative LLM inference using phase splitting", ISCA 2024).
+    """
+    file = SHIPPED_TRACES.get(name)
+    if file is None:
+        known = ", ".join(SHIPPED_TRACES)
+        raise TraceError(name, None, f"no shipped trace of that name (known: {known})")
+    text = (
+        resources.files("tiersel.replay")
+        .joinpath("data")
+        .joinpath(file)
+        .read_text(encoding="utf-8")
+    )
+    return parse_trace(text, name=name)
+
+
+def load_trace(source: str | Path) -> Trace:
+    """Read a trace from a CSV file, or a shipped trace by name (``azure-code``, ``azure-conv``)."""
+    if isinstance(source, str) and source in SHIPPED_TRACES:
+        return shipped_trace(source)
+    path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise TraceError(str(source), None, "no such file") from None
+    except IsADirectoryError:
+        raise TraceError(str(source), None, "is a directory, not a CSV file") from None
+    except UnicodeDecodeError as exc:
+        raise TraceError(str(source), None, f"not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise TraceError(str(source), None, exc.strerror or str(exc)) from None
+    return parse_trace(text, name=path.stem, source=str(source))
+
+
+def parse_trace(text: str, *, name: str = "trace", source: str | None = None) -> Trace:
+    """Parse a trace from CSV text (either format); errors name ``source`` (else ``name``)."""
+    where = source if source is not None else name
+    rows = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
+    header: list[str] | None = None
+    for header in rows:
+        if any(cell.strip() for cell in header):
+            break
+    else:
+        raise TraceError(where, None, "empty: expected a header line")
+    line = rows.line_num
+    columns = tuple(cell.strip().lower() for cell in header)
+    if columns == _AZURE_HEADER:
+        requests = _azure_rows(rows, where)
+    elif columns[:3] == _PLAIN_HEADER and _optional_ok(columns[3:]):
+        requests = _plain_rows(rows, where, columns[3:])
+    else:
+        raise TraceError(
+            where,
+            line,
+            f"unrecognised header {','.join(header)!r}: expected"
+            f" 'TIMESTAMP,ContextTokens,GeneratedTokens' (Azure trace) or"
+            f" 'timestamp_s,input_tokens,output_tokens[,deadline_s][,reliability]'",
+        )
+    if not requests:
+        raise TraceError(where, None, "no requests after the header")
+    requests.sort(key=_by_time)
+    t0 = requests[0][0]
+    return Trace(name, tuple(TraceRequest(t - t0, i, o, d, r) for t, i, o, d, r in requests))
+
+
+_Row = tuple[float, int, int, float | None, float | None]
+_Reader = Any  # csv.reader's type is private to the csv module
+
+
+def _by_time(row: _Row) -> float:
+    return row[0]
+
+
+def _optional_ok(extra: Sequence[str]) -> bool:
+    return len(set(extra)) == len(extra) and all(c in _PLAIN_OPTIONAL for c in extra)
+
+
+def _azure_rows(rows: _Reader, name: str) -> list[_Row]:
+    out: list[_Row] = []
+    # Seconds counted from the first day seen, so float precision stays below a microsecond.
+    day_base: dict[tuple[int, int, int], float] = {}
+    first_day: int | None = None
+    for cells in rows:
+        line = rows.line_num
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != 3:
+            raise TraceError(name, line, f"expected 3 fields, found {len(cells)}")
+        stamp, ctx, gen = (c.strip() for c in cells)
+        m = _AZURE_TIME.match(stamp)
+        if m is None:
+            raise TraceError(
+                name, line, f"TIMESTAMP {stamp!r} is not of the form YYYY-MM-DD HH:MM:SS.fffffff"
+            )
+        y, mo, d, h, mi, s, frac = m.groups()
+        key = (int(y), int(mo), int(d))
+        base = day_base.get(key)
+        if base is None:
+            try:
+                ordinal = datetime.date(*key).toordinal()
+            except ValueError as exc:
+                raise TraceError(name, line, f"TIMESTAMP {stamp!r}: {exc}") from None
+            if first_day is None:
+                first_day = ordinal
+            base = day_base[key] = (ordinal - first_day) * 86400.0
+        hh, mm, ss = int(h), int(mi), int(s)
+        if hh > 23 or mm > 59 or ss > 60:
+            raise TraceError(name, line, f"TIMESTAMP {stamp!r}: time of day out of range")
+        t = base + hh * 3600 + mm * 60 + ss + (int(frac) / 10 ** len(frac) if frac else 0.0)
+        out.append(
+            (
+                t,
+                _count(ctx, "ContextTokens", name, line),
+                _count(gen, "GeneratedTokens", name, line),
+                None,
+                None,
+            )
+        )
+    return out
+
+
+def _plain_rows(rows: _Reader, name: str, extra: Sequence[str]) -> list[_Row]:
+    out: list[_Row] = []
+    width = 3 + len(extra)
+    for cells in rows:
+        line = rows.line_num
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != width:
+            raise TraceError(name, line, f"expected {width} fields, found {len(cells)}")
+        stamp = _number(cells[0], "timestamp_s", name, line)
+        values = dict(zip(extra, cells[3:], strict=True))
+        deadline = reliability = None
+        raw = values.get("deadline_s", "").strip()
+        if raw:
+            deadline = _number(raw, "deadline_s", name, line)
+            if deadline <= 0:
+                raise TraceError(name, line, f"deadline_s {raw!r} must be > 0")
+        raw = values.get("reliability", "").strip()
+        if raw:
+            reliability = _number(raw, "reliability", name, line)
+            if not 0 < reliability <= 1:
+                raise TraceError(name, line, f"reliability {raw!r} must be in (0, 1]")
+        out.append(
+            (
+                stamp,
+                _count(cells[1], "input_tokens", name, line),
+                _count(cells[2], "output_tokens", name, line),
+                deadline,
+                reliability,
+            )
+        )
+    return out
+
+
+def _count(raw: str, column: str, name: str, line: int) -> int:
+    text = raw.strip()
+    try:
+        value = int(text)
+    except ValueError:
+        raise TraceError(name, line, f"{column} {raw!r} is not a whole number") from None
+    if value < 0:
+        raise TraceError(name, line, f"{column} {raw!r} must be >= 0")
+    return value
+
+
+def _number(raw: str, column: str, name: str, line: int) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise TraceError(name, line, f"{column} {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise TraceError(name, line, f"{column} {raw!r} is not a finite number")
+    return value
