@@ -90,14 +90,18 @@ def estimate_input_tokens(body: Mapping[str, Any], *, bytes_per_token: float = 3
 
     ``bytes_per_token=3`` is an estimate for English text (BPE tokenizers average about 4 bytes a
     token); ``bytes_per_token=1`` is an upper bound, since no token is shorter than a byte. Each
-    message adds a few tokens of framing.
+    message adds a few tokens of framing. Tool definitions count whole, as their JSON: a chat
+    template renders their schemas' keys and type names into the prompt, not only their text.
     """
     if not bytes_per_token > 0:
         raise ValueError(f"bytes_per_token must be > 0, got {bytes_per_token!r}")
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise RequestNotUnderstood("the body has no 'messages' list")
-    size = _text_bytes(messages) + _text_bytes(body.get("system")) + _text_bytes(body.get("tools"))
+    tools = body.get("tools")
+    size = _text_bytes(messages) + _text_bytes(body.get("system"))
+    if tools:
+        size += len(json.dumps(tools, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
     framing = 8 * (len(messages) + 1)
     return math.ceil(size / bytes_per_token) + framing
 

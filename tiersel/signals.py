@@ -108,7 +108,7 @@ class SignalConfig:
     prior_weight: float = 5.0
     open_after: int = 3
     open_s: float = 5.0
-    max_open_s: float = 120.0
+    max_open_s: float = 30.0
     probe_interval_s: float = 2.0
 
     def __post_init__(self) -> None:

@@ -1,0 +1,163 @@
+"""Reading batch input: line formats, per-line requirements, and bad lines with their reasons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tiersel.batch.input import BatchRequest, InvalidLine, LineParser, iter_lines, scan_input
+from tiersel.dialects import Dialect, estimate_input_tokens
+from tiersel.pricing import load_pricing
+from tiersel.requirements import Requirements
+from tiersel.selector import Selector
+
+from .conftest import batch_line, body, write_jsonl
+
+PRICING = load_pricing()
+
+
+@pytest.fixture
+def parser() -> LineParser:
+    return LineParser(PRICING, Requirements(deadline_s=30), default_max_tokens=None)
+
+
+def parse(parser: LineParser, doc: object, line: int = 7) -> BatchRequest | InvalidLine:
+    raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return parser.parse(line, raw)
+
+
+def test_openai_batch_line(parser: LineParser) -> None:
+    req = parse(
+        parser,
+        batch_line("req-1", body(1), tiersel={"reliability": 0.99, "tiers": "standard,priority"}),
+    )
+    assert isinstance(req, BatchRequest)
+    assert (req.custom_id, req.line, req.path) == ("req-1", 7, "/chat/completions")
+    assert req.requirements.deadline_s == 30  # the job's default
+    assert req.requirements.reliability == 0.99  # the line's own
+    assert req.requirements.tiers == ("standard", "priority")
+    assert req.body == body(1)
+
+
+def test_bare_body_is_identified_by_its_line_number_and_loses_its_hints(parser: LineParser) -> None:
+    req = parse(parser, {**body(3), "tiersel": {"max_cost_usd": 0.5}}, line=12)
+    assert isinstance(req, BatchRequest)
+    assert req.custom_id == "12"
+    assert "tiersel" not in req.body  # never sent upstream
+    assert req.requirements.max_cost_usd == 0.5
+
+
+def test_anthropic_messages_url(parser: LineParser) -> None:
+    doc = {"model": "kimi-k2p6", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    req = parse(parser, batch_line("a", doc, url="/v1/messages"))
+    assert isinstance(req, BatchRequest) and req.path == "/messages"
+
+
+def test_default_max_tokens_is_written_into_the_body() -> None:
+    p = LineParser(PRICING, Requirements(), default_max_tokens=321)
+    req = p.parse(1, json.dumps(body(1, max_tokens=None)).encode())
+    assert isinstance(req, BatchRequest)
+    assert req.body["max_tokens"] == 321
+    # The selector then reads the cap it will reserve for from the body.
+    call, _ = Selector(api_key="", bytes_per_token=1.0).call_for(req.body, Dialect.openai)
+    assert call.max_output_tokens == 321 and call.input_tokens >= len(b"hello there #1")
+
+
+@pytest.mark.parametrize(
+    ("doc", "custom_id", "reason"),
+    [
+        (b'{"custom_id": "x", "body": {', "7", "invalid JSON: Expecting property name"),
+        (b"\xff\xfe{}", "7", "not UTF-8"),
+        ([1, 2], "7", "expected a JSON object, got an array"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+            "7",
+            "model must be a non-empty string",
+        ),
+        (body(1, model="gpt-9-turbo"), "7", "unknown model 'gpt-9-turbo'"),
+        (body(1, model=42), "7", "model must be a non-empty string, got a number"),
+        (body(1, messages="hi"), "7", "messages must be a non-empty array, got a string"),
+        (body(1, messages=[]), "7", "messages must be a non-empty array, got an empty array"),
+        (body(1, max_tokens="100"), "7", "max_tokens must be a positive integer, got '100'"),
+        (body(1, max_tokens=0), "7", "max_tokens must be a positive integer, got 0"),
+        (
+            body(1, max_tokens=None),
+            "7",
+            "no max_tokens: a hard budget never sends a call unbounded",
+        ),
+        (
+            body(1, max_tokens=10, max_completion_tokens=20),
+            "7",
+            "max_tokens and max_completion_tokens disagree",
+        ),
+        (body(1, n=3), "7", "n: only one choice per line"),
+        (body(1, stream=True), "7", "stream: a batch collects whole responses"),
+        (
+            {**body(1), "tiersel": {"reliability": 2}},
+            "7",
+            "tiersel.reliability: Input should be less than or equal to 1",
+        ),
+        (
+            {**body(1), "tiersel": {"tiers": ["priorty"]}},
+            "7",
+            "tiersel.tiers: unknown tier 'priorty'",
+        ),
+        (
+            {**body(1), "tiersel": {"deadline": 3}},
+            "7",
+            "tiersel.deadline: Extra inputs are not permitted",
+        ),
+        ({**body(1), "tiersel": "fast"}, "7", "tiersel must be a JSON object, got a string"),
+        (batch_line("c-1", body(1), method="GET"), "c-1", "method must be POST, got 'GET'"),
+        (
+            batch_line("c-2", body(1), url="/v1/embeddings"),
+            "c-2",
+            "url '/v1/embeddings' is not a generation endpoint",
+        ),
+        (batch_line("c-3", "hello"), "c-3", "body must be a JSON object, got a string"),
+        (batch_line(7, body(1)), "7", "custom_id must be a non-empty string, got a number"),  # type: ignore[arg-type]
+        (
+            {**batch_line("c-4", body(1)), "extra": 1},
+            "c-4",
+            "unknown field 'extra' in a batch line",
+        ),
+    ],
+)
+def test_bad_lines_say_what_is_wrong(
+    parser: LineParser, doc: object, custom_id: str, reason: str
+) -> None:
+    got = parse(parser, doc)
+    assert isinstance(got, InvalidLine), got
+    assert got.line == 7 and got.custom_id == custom_id
+    assert reason in got.reason, got.reason
+
+
+def test_scan_and_iterate_stream_non_blank_lines(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [body(1), "", "   ", body(2)])
+    with open(path, "ab") as f:
+        f.write(json.dumps(body(3)).encode())  # a last line without a newline
+    scan = scan_input(path)
+    assert scan.lines == 3 and scan.size == path.stat().st_size
+    assert [n for n, _ in iter_lines(path)] == [1, 4, 5]
+    assert scan_input(tmp_path / "in.jsonl").sha256 == scan.sha256
+
+
+def test_the_prompt_bound_counts_tool_schemas_whole() -> None:
+    # Schema keys and type names reach the prompt too, not only the descriptions' text.
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "f",
+                "parameters": {
+                    "type": "object",
+                    "properties": {f"field_{i}": {"type": "string"} for i in range(20)},
+                },
+            },
+        }
+    ]
+    doc = body(1, tools=tools)
+    rendered = len(json.dumps(tools, separators=(",", ":")))
+    assert estimate_input_tokens(doc, bytes_per_token=1.0) >= rendered + len(b"hello there #1")

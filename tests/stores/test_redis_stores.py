@@ -1,0 +1,347 @@
+"""What only the Redis stores do: one round trip per operation, a shared limit, an unreachable
+server (fail closed or fall back, as chosen), passwords kept out of sight, and the `Selector`
+driving them, sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from redis.crc import key_slot
+
+from tests.stores.conftest import free_port, start_redis
+from tiersel import Requirements, Selector
+from tiersel.signals import Observation, Outcome, SignalKey
+from tiersel.stores import (
+    BudgetConflict,
+    LedgerFallback,
+    SignalFallback,
+    StoreUnavailable,
+    open_async_ledger,
+    open_async_signal_store,
+    open_ledger,
+    open_signal_store,
+    parse_store_url,
+)
+from tiersel.stores.redis_ledger import RedisLedger
+
+KEY = SignalKey("fireworks", "kimi-k2p6", "standard")
+BODY = {
+    "model": "accounts/fireworks/models/kimi-k2p6",
+    "messages": [{"role": "user", "content": "hello"}],
+    "max_tokens": 100,
+}
+CANARY = "s3cret-canary-pw"
+
+
+def dead_url(**query: str) -> str:
+    """A Redis URL on a loopback port nobody listens on, with a password to keep hidden."""
+    q = "&".join(f"{k}={v}" for k, v in query.items())
+    return f"redis://:{CANARY}@127.0.0.1:{free_port()}/0" + (f"?{q}" if q else "")
+
+
+def command_calls(client: redis.Redis) -> dict[str, int]:
+    stats: dict[str, Any] = client.info("commandstats")
+    return {name: int(v["calls"]) for name, v in stats.items()}
+
+
+def test_each_budget_operation_is_one_round_trip(redis_url: str, prefix: str) -> None:
+    ledger = open_ledger(f"{redis_url}?prefix={prefix}", limit_usd=1.0)
+    assert isinstance(ledger, RedisLedger)
+    ledger.state(0.0)  # loads the scripts once
+    ledger.reserve("warm", 0.1, 0.0)
+    ledger.settle("warm", 0.1, 0.0)
+    ledger.release("warm", 0.0)
+    sent: list[tuple[Any, ...]] = []
+    execute = ledger.client.execute_command
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        sent.append(args)
+        return execute(*args, **kwargs)
+
+    ledger.client.execute_command = counting  # type: ignore[method-assign]
+    probe = redis.Redis.from_url(redis_url)
+    before = command_calls(probe)["cmdstat_evalsha"]
+    assert ledger.reserve("a", 0.2, 0.0) is not None
+    ledger.settle("a", 0.1, 0.0)
+    ledger.release("b", 0.0)
+    ledger.state(0.0)
+    assert [args[0] for args in sent] == ["EVALSHA"] * 4
+    assert command_calls(probe)["cmdstat_evalsha"] - before == 4
+    probe.close()
+    ledger.close()
+
+
+def test_a_budget_opened_with_another_limit_is_refused(redis_url: str, prefix: str) -> None:
+    url = f"{redis_url}?prefix={prefix}&budget=job-42"
+    first = open_ledger(url, limit_usd=10.0)
+    first.reserve("a", 1.0, 0.0)
+    second = open_ledger(url, limit_usd=20.0)
+    with pytest.raises(BudgetConflict, match=r"'job-42'.*\$10\.000000.*\$20\.000000"):
+        second.reserve("b", 1.0, 0.0)
+    # Nothing changed by the refused operation.
+    assert first.state(0.0).reserved_usd == pytest.approx(1.0)
+
+
+def test_one_budgets_keys_share_a_cluster_slot(redis_url: str, prefix: str) -> None:
+    ledger = open_ledger(f"{redis_url}?prefix={prefix}&budget=x", limit_usd=1.0)
+    assert isinstance(ledger, RedisLedger)
+    assert len({key_slot(k) for k in ledger._core.keys}) == 1
+    store = open_signal_store(f"{redis_url}?prefix={prefix}")
+    store.record(KEY, Observation(Outcome.shed), 0.0)
+    client = redis.Redis.from_url(redis_url)
+    keys = client.keys(f"{prefix}:signals:*")
+    assert len(keys) == 2 and len({key_slot(k) for k in keys}) == 1
+    # Idle signal keys go away on their own.
+    assert all(client.pttl(k) > 0 for k in keys)
+    client.close()
+
+
+# -- an unreachable server ----------------------------------------------------------------------
+
+
+def test_an_unreachable_budget_fails_closed_and_no_call_is_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sent: list[httpx.Request] = []
+    ledger = open_ledger(dead_url(), limit_usd=5.0)
+    sel = Selector(transport=lambda r: sent.append(r) or httpx.Response(200), ledger=ledger)
+    with pytest.raises(StoreUnavailable) as info:
+        sel.send(BODY, requirements=Requirements(deadline_s=30))
+    message = str(info.value)
+    assert sent == []
+    assert "budget store at redis://:***@127.0.0.1" in message and "no call is sent" in message
+    assert "fail_closed" in message
+    for text in (message, repr(ledger), repr(sel), caplog.text):
+        assert CANARY not in text
+
+
+def test_an_unreachable_async_budget_fails_closed_too() -> None:
+    async def go() -> None:
+        sent: list[httpx.Request] = []
+
+        async def transport(request: httpx.Request) -> httpx.Response:
+            sent.append(request)
+            return httpx.Response(200)
+
+        ledger = open_async_ledger(dead_url(), limit_usd=5.0)
+        sel = Selector(async_transport=transport, ledger=ledger)
+        with pytest.raises(StoreUnavailable, match="no call is sent"):
+            await sel.asend(BODY, requirements=Requirements(deadline_s=30))
+        assert sent == []
+
+    asyncio.run(go())
+
+
+def test_a_budget_may_choose_to_fail_open(caplog: pytest.LogCaptureFixture) -> None:
+    ledger = open_ledger(dead_url(), limit_usd=5.0, on_unavailable=LedgerFallback.fail_open)
+    with caplog.at_level(logging.WARNING, logger="tiersel.stores"):
+        assert ledger.reserve("a", 1.0, 0.0) is not None
+        ledger.settle("a", 0.5, 0.0)
+        ledger.state(0.0)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "fail_open" in warnings[0].getMessage()
+    assert CANARY not in caplog.text
+
+
+def test_signals_fall_back_to_memory_and_say_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    store = open_signal_store(dead_url())
+    with caplog.at_level(logging.WARNING, logger="tiersel.stores"):
+        for i in range(3):
+            stats = store.record(KEY, Observation(Outcome.shed), float(i) * 10)
+        assert stats.shed == 3 and store.stats(KEY, 30.0).shed == 3
+        assert store.claim_probe(KEY, 30.0, 1.0) is True
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "unreachable" in warnings[0].getMessage()
+    assert "memory" in warnings[0].getMessage()
+    assert CANARY not in caplog.text
+
+
+def test_signals_may_choose_to_fail_closed() -> None:
+    store = open_signal_store(dead_url(), on_unavailable=SignalFallback.fail_closed)
+    with pytest.raises(StoreUnavailable, match=r"signals store at redis://:\*\*\*@"):
+        store.stats(KEY, 0.0)
+
+
+def test_async_signals_fall_back_to_memory_too() -> None:
+    async def go() -> None:
+        store = open_async_signal_store(dead_url())
+        await store.record(KEY, Observation(Outcome.shed), 0.0)
+        assert (await store.stats(KEY, 0.0)).shed == 1
+
+    asyncio.run(go())
+
+
+def test_signals_go_back_to_redis_once_it_answers(tmp_path: Path) -> None:
+    proc, url = start_redis(tmp_path)
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    store = open_signal_store(url)
+    store.record(KEY, Observation(Outcome.shed), 0.0)
+    proc.terminate()
+    proc.wait(10)
+    # Away: kept locally (the shared count is not visible here any more).
+    assert store.record(KEY, Observation(Outcome.error), 1.0).n == 1
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    back = subprocess.Popen(
+        [binary, "--port", port, "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        client = redis.Redis.from_url(url)
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.02)
+        # Within retry_s (5 s of the caller's clock) it stays local; after that, Redis again.
+        assert store.stats(KEY, 2.0).n == 1
+        store.record(KEY, Observation(Outcome.ok), 7.0)
+        assert client.exists(f"tiersel:signals:{{{KEY.endpoint}|{KEY.model}|{KEY.tier}}}:window")
+        client.close()
+    finally:
+        back.terminate()
+        back.wait(10)
+
+
+# -- URLs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://localhost", "unknown scheme 'http'"),
+        ("memory://somewhere", "memory:// takes no host"),
+        ("redis://h:1/0?reservation_ttl_s=-3", "reservation_ttl_s must be a number"),
+        ("redis://h:1/0?reservation_ttl_s=soon", "reservation_ttl_s must be a number"),
+        ("redis://h:1/0?budget=a&budget=b", "budget is given twice"),
+        ("redis://h:1/0?prefix=", "prefix must not be empty"),
+        ("redis://h:1/0?on_expiry=forget", "on_expiry must be release or charge"),
+        ("", "non-empty string"),
+    ],
+)
+def test_bad_urls_name_the_url_and_the_problem(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_store_url(url)
+
+
+def test_a_password_never_shows_in_url_errors() -> None:
+    with pytest.raises(ValueError) as info:
+        parse_store_url(f"redis://user:{CANARY}@h:1/0?reservation_ttl_s=x")
+    assert CANARY not in str(info.value) and "user:***@h:1" in str(info.value)
+
+
+def test_our_settings_are_taken_out_and_the_rest_goes_to_redis_py() -> None:
+    where = parse_store_url("redis://h:6380/2?budget=b1&socket_timeout=0.5&prefix=p")
+    assert (where.backend, where.budget, where.prefix) == ("redis", "b1", "p")
+    assert where.redis_url == "redis://h:6380/2?socket_timeout=0.5"
+    assert parse_store_url("memory://").backend == "memory"
+
+
+# -- the Selector driving Redis stores ------------------------------------------------------------
+
+
+def completion(request: httpx.Request) -> httpx.Response:
+    body = json.loads(request.content)
+    assert "service_tier" not in body
+    usage = {"prompt_tokens": 50, "completion_tokens": 20}
+    return httpx.Response(200, json={"id": "x", "choices": [], "usage": usage})
+
+
+def test_asend_awaits_async_redis_stores(redis_url: str, prefix: str) -> None:
+    url = f"{redis_url}?prefix={prefix}"
+
+    async def go() -> None:
+        async def transport(request: httpx.Request) -> httpx.Response:
+            return completion(request)
+
+        ledger = open_async_ledger(url, limit_usd=1.0)
+        signals = open_async_signal_store(url)
+        sel = Selector(signals=signals, ledger=ledger, async_transport=transport)
+        results = await asyncio.gather(
+            *(sel.asend(BODY, requirements=Requirements(tiers=["standard"])) for _ in range(10))
+        )
+        assert all(r.ok for r in results)
+        state = await ledger.state(0.0)
+        assert state.reserved_usd == 0.0
+        assert state.spent_usd == pytest.approx(sum(r.cost_usd for r in results), abs=1e-8)
+        with pytest.raises(TypeError, match="async; use asend"):
+            sel.send(BODY)
+        await ledger.aclose()  # type: ignore[attr-defined]
+        await signals.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+    # Another process (a sync store here) sees the same budget and signals.
+    sync_ledger = open_ledger(url, limit_usd=1.0)
+    assert sync_ledger.state(0.0).spent_usd > 0
+    assert open_signal_store(url).stats(KEY, time.monotonic()).ok == 10
+
+
+def test_send_drives_sync_redis_stores(redis_url: str, prefix: str) -> None:
+    url = f"{redis_url}?prefix={prefix}"
+    ledger = open_ledger(url, limit_usd=1.0)
+    sel = Selector(signals=open_signal_store(url), ledger=ledger, transport=completion)
+    result = sel.send(BODY, requirements=Requirements(tiers=["standard"]))
+    assert result.ok
+    assert ledger.state(0.0).spent_usd == pytest.approx(result.cost_usd, abs=1e-9)
+    assert sel.decide(sel.call_for(BODY, sel_dialect())[0]).tier is not None
+
+
+def sel_dialect() -> Any:
+    from tiersel.dialects import dialect_for_path
+
+    return dialect_for_path("/chat/completions")
+
+
+# -- round trips shared by concurrent tasks -------------------------------------------------------
+
+
+def test_a_server_that_lost_its_scripts_gets_them_again(redis_url: str, prefix: str) -> None:
+    url = f"{redis_url}?prefix={prefix}"
+    sync_ledger = open_ledger(url, limit_usd=1.0)
+    sync_ledger.reserve("a", 0.1, 0.0)
+
+    async def go() -> None:
+        ledger = open_async_ledger(url, limit_usd=1.0)
+        await ledger.reserve("b", 0.1, 0.0)
+        client = redis.Redis.from_url(redis_url)
+        client.script_flush()  # as after a restart or a failover
+        client.close()
+        states = await asyncio.gather(*(ledger.reserve(f"c{i}", 0.1, 0.0) for i in range(5)))
+        assert [s is not None for s in states] == [True] * 5
+        await ledger.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+    assert sync_ledger.reserve("d", 0.1, 0.0).reserved_usd == pytest.approx(0.8)
+
+
+def test_one_calls_script_error_reaches_only_that_call(redis_url: str, prefix: str) -> None:
+    """Two tasks' scripts share one round trip; the one that fails fails alone."""
+    other = SignalKey("fireworks", "kimi-k2p6", "priority")
+    client = redis.Redis.from_url(redis_url)
+    client.set(f"{prefix}:signals:{{fireworks|kimi-k2p6|priority}}:window", "not a hash")
+    client.close()
+
+    async def go() -> None:
+        store = open_async_signal_store(f"{redis_url}?prefix={prefix}")
+        results = await asyncio.gather(
+            store.record(KEY, Observation(Outcome.ok), 0.0),
+            store.record(other, Observation(Outcome.ok), 0.0),
+            return_exceptions=True,
+        )
+        assert not isinstance(results[0], BaseException) and results[0].ok == 1
+        assert isinstance(results[1], redis.exceptions.ResponseError)
+        assert "WRONGTYPE" in str(results[1])
+        await store.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(go())

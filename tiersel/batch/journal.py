@@ -1,0 +1,451 @@
+"""A batch job's files on disk: OUT (one row per line), its journal, and the lock between jobs.
+
+- ``OUT`` holds the rows. A row is a line's result; once it is on disk the line is done.
+- ``OUT.journal`` records every reservation before its request leaves (``r``), and how it ended:
+  charged (``s``) or released unbilled (``x``); plus one ``job`` record per run.
+- ``OUT.lock`` is held (``flock``) for as long as a job runs, so two jobs never write one OUT;
+  the kernel drops it when the process dies, even by SIGKILL.
+
+Writes are made durable in groups (one ``fsync`` per file covers every record and row appended
+since the last), and a request is only sent once its reservation is durable, so after a crash the
+journal knows every attempt that may have been billed.
+
+On resume, a line with a row is done and is not sent again. A line without a row whose attempts
+the journal shows was in flight at the crash: each of its charged attempts is carried at the
+charged amount, each still-open reservation at its full amount (the provider may or may not have
+billed that request; the reservation is an upper bound of what it can have cost, so charging it
+keeps the cap whatever happened). The line is then sent again, and its row carries those charges
+in ``cost_usd`` and ``unconfirmed_usd``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tiersel.batch.input import InputScan
+from tiersel.batch.rows import Charges
+from tiersel.errors import TierselError
+
+__all__ = [
+    "DoneLines",
+    "JobFiles",
+    "JobLocked",
+    "JobWriter",
+    "JournalError",
+    "Resumed",
+    "open_job",
+]
+
+JOURNAL_VERSION = 1
+_sync = getattr(os, "fdatasync", os.fsync)
+
+
+class JobLocked(TierselError):
+    """Another job is writing the same OUT."""
+
+
+class JournalError(TierselError):
+    """OUT or its journal cannot be used for this job: names the file and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobFiles:
+    """Where a job's OUT, journal and lock live."""
+
+    out: Path
+    journal: Path
+    lock: Path
+
+    @classmethod
+    def for_out(cls, out: str | os.PathLike[str]) -> JobFiles:
+        path = Path(out)
+        return cls(
+            path, path.with_name(path.name + ".journal"), path.with_name(path.name + ".lock")
+        )
+
+
+class DoneLines:
+    """The line numbers that already have a row: one bit per line."""
+
+    __slots__ = ("_bits", "count")
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+        self.count = 0
+
+    def add(self, line: int) -> bool:
+        """Mark ``line`` done; False if it already was."""
+        byte, bit = divmod(line, 8)
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(byte - len(self._bits) + 1024))
+        mask = 1 << bit
+        if self._bits[byte] & mask:
+            return False
+        self._bits[byte] |= mask
+        self.count += 1
+        return True
+
+    def __contains__(self, line: object) -> bool:
+        if not isinstance(line, int):
+            return False
+        byte, bit = divmod(line, 8)
+        return byte < len(self._bits) and bool(self._bits[byte] & (1 << bit))
+
+
+@dataclass(slots=True)
+class Resumed:
+    """What earlier runs of this job left: done lines, their spend, and charges still unrowed."""
+
+    job: str
+    run: int
+    done: DoneLines = field(default_factory=DoneLines)
+    rows_usd: float = 0.0
+    lost: dict[int, Charges] = field(default_factory=dict)
+
+    @property
+    def lost_usd(self) -> float:
+        return sum(c.cost_usd for c in self.lost.values())
+
+    @property
+    def spent_usd(self) -> float:
+        """Everything earlier runs charged: the rows' costs plus what lines without rows cost."""
+        return self.rows_usd + self.lost_usd
+
+
+class JobWriter:
+    """Appends rows to OUT and records to the journal, and makes them durable in groups.
+
+    ``row``/``record`` buffer; ``durable()`` waits until everything appended before the call is
+    written and synced. One flush at a time runs, in a worker thread, and takes whatever is
+    buffered when it starts, so every waiter that arrives meanwhile is served by the next and
+    many lines share one ``fsync``. Buffers are only ever taken under the I/O lock, so `close`
+    (``flush_now``) after an interrupted flush writes everything once, in order.
+    """
+
+    def __init__(self, out_fd: int, journal_fd: int) -> None:
+        self._out = out_fd
+        self._journal = journal_fd
+        self._rows: list[bytes] = []
+        self._records: list[bytes] = []
+        self._seq = 0  # entries appended
+        self._synced = 0  # entries on disk
+        self._flushing: asyncio.Future[None] | None = None
+        self._broken: BaseException | None = None
+        self._closed = False
+        self._io = threading.Lock()  # one write at a time, by a flush thread or at close
+        self._buffers = threading.Lock()  # appends against a flush thread taking the buffers
+        self.pending_bytes = 0
+
+    @property
+    def broken(self) -> bool:
+        """A write failed: nothing more can be made durable."""
+        return self._broken is not None
+
+    def row(self, data: bytes) -> None:
+        with self._buffers:
+            self._rows.append(data)
+            self.pending_bytes += len(data)
+            self._seq += 1
+
+    def record(self, data: bytes) -> None:
+        with self._buffers:
+            self._records.append(data)
+            self.pending_bytes += len(data)
+            self._seq += 1
+
+    async def durable(self) -> None:
+        """Wait until every row and record appended so far is on disk."""
+        target = self._seq
+        while self._synced < target:
+            if self._broken is not None:
+                raise self._broken
+            if self._flushing is None:
+                self._flushing = asyncio.ensure_future(self._flush())
+            await asyncio.shield(self._flushing)
+
+    async def _flush(self) -> None:
+        try:
+            upto = await asyncio.get_running_loop().run_in_executor(None, self._write_buffered)
+        except BaseException as exc:
+            self._broken = exc
+            raise
+        finally:
+            self._flushing = None
+        self._synced = max(self._synced, upto)
+
+    def _write_buffered(self) -> int:
+        """Take what is buffered, write and sync it; return how many entries are now on disk."""
+        with self._io:
+            with self._buffers:
+                rows, self._rows = self._rows, []
+                records, self._records = self._records, []
+                upto = self._seq
+                self.pending_bytes = 0
+            if self._closed:
+                return upto
+            # The journal first: a row on disk without its records is fine (the row wins on
+            # resume), and so is the reverse (the line is then carried as in flight).
+            if records:
+                _write_all(self._journal, b"".join(records))
+                _sync(self._journal)
+            if rows:
+                _write_all(self._out, b"".join(rows))
+                _sync(self._out)
+            return upto
+
+    def flush_now(self) -> None:
+        """Write and sync what is buffered now, after any flush under way."""
+        self._synced = max(self._synced, self._write_buffered())
+
+    def close(self) -> None:
+        """Write what is buffered (unless a write failed); a later flush writes nothing."""
+        try:
+            if self._broken is None:
+                self.flush_now()
+        finally:
+            with self._io:
+                self._closed = True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+@dataclass(slots=True)
+class OpenJob:
+    """A job's files, open and locked, and what earlier runs left."""
+
+    files: JobFiles
+    writer: JobWriter
+    resumed: Resumed
+    _fds: tuple[int, int, int]
+
+    def close(self) -> None:
+        """Flush what is buffered, then close the files and drop the lock."""
+        try:
+            self.writer.close()
+        finally:
+            for fd in self._fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def open_job(
+    out: str | os.PathLike[str],
+    *,
+    input_path: str | os.PathLike[str],
+    scan: InputScan,
+    budget_usd: float,
+    resume: bool,
+    visit_row: Callable[[dict[str, Any]], None],
+) -> OpenJob:
+    """Lock OUT for this job and open its files; on resume, read what earlier runs left.
+
+    ``visit_row`` sees every row already in OUT (to rebuild the job's counts). Raises `JobLocked`
+    when another job holds OUT, `JournalError` when OUT cannot be used (it has results and
+    ``resume`` is false, or it belongs to a different input).
+    """
+    files = JobFiles.for_out(out)
+    lock_fd = _lock(files)
+    try:
+        resumed = _prepare(files, input_path, scan, budget_usd, resume, visit_row)
+        out_fd = os.open(files.out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        journal_fd = os.open(files.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        _sync_dir(files.out.parent)  # the new files' names survive a power cut too
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    writer = JobWriter(out_fd, journal_fd)
+    header = {
+        "op": "job",
+        "v": JOURNAL_VERSION,
+        "job": resumed.job,
+        "run": resumed.run,
+        "input": str(Path(input_path).resolve()),
+        "input_sha256": scan.sha256,
+        "input_lines": scan.lines,
+        "budget_usd": budget_usd,
+        "carried_usd": resumed.spent_usd,
+        "pid": os.getpid(),
+    }
+    writer.record(json.dumps(header).encode() + b"\n")
+    writer.flush_now()
+    return OpenJob(files, writer, resumed, (out_fd, journal_fd, lock_fd))
+
+
+def _lock(files: JobFiles) -> int:
+    fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        os.close(fd)
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise JobLocked(
+            f"{files.out} is being written by another tiersel batch job{who}; wait for it to"
+            " finish, or choose another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _prepare(
+    files: JobFiles,
+    input_path: str | os.PathLike[str],
+    scan: InputScan,
+    budget_usd: float,
+    resume: bool,
+    visit_row: Callable[[dict[str, Any]], None],
+) -> Resumed:
+    has_rows = _nonempty(files.out)
+    has_journal = _nonempty(files.journal)
+    if not has_rows and not has_journal:
+        return Resumed(job=secrets.token_hex(6), run=1)
+    if not resume:
+        raise JournalError(
+            f"{files.out} already holds this or another job's results; pass --resume to"
+            " continue that job, or choose another --out"
+        )
+    if not has_journal:
+        raise JournalError(
+            f"{files.out} has rows but no journal ({files.journal.name}): it was not written by"
+            " tiersel batch, or its journal was removed, so it cannot be resumed"
+        )
+    header, runs = _read_header(files.journal)
+    if header.get("input_sha256") != scan.sha256:
+        raise JournalError(
+            f"{input_path} is not the input this job started with (its sha256 differs from"
+            f" the one in {files.journal.name}); resume needs the same input file"
+        )
+    resumed = Resumed(job=str(header["job"]), run=runs + 1)
+    _truncate_partial(files.out)
+    with open(files.out, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                row = json.loads(raw)
+                line = row["line"]
+                cost = float(row["cost_usd"])
+            except (ValueError, KeyError, TypeError):
+                raise JournalError(
+                    f"{files.out}: row {number} is not a tiersel batch row"
+                ) from None
+            if not isinstance(line, int) or line < 1:
+                raise JournalError(f"{files.out}: row {number} has no valid line number")
+            if not resumed.done.add(line):
+                raise JournalError(f"{files.out}: line {line} has two rows (row {number})")
+            resumed.rows_usd += cost
+            visit_row(row)
+    _replay(files.journal, resumed)
+    return resumed
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _nonempty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def _truncate_partial(path: Path) -> None:
+    """Cut a last line the crash left half-written (no newline): it was never a whole record."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        end = size
+        while end > 0:
+            step = min(4096, end)
+            f.seek(end - step)
+            chunk = f.read(step)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                end = end - step + cut + 1
+                break
+            end -= step
+        if end != size:
+            f.truncate(end)
+
+
+def _read_header(journal: Path) -> tuple[dict[str, Any], int]:
+    _truncate_partial(journal)
+    first: dict[str, Any] | None = None
+    runs = 0
+    with open(journal, "rb") as f:
+        for raw in f:
+            if raw.startswith(b'{"op": "job"'):
+                runs += 1
+                if first is None:
+                    first = json.loads(raw)
+    if first is None or first.get("v") != JOURNAL_VERSION or "job" not in first:
+        raise JournalError(f"{journal}: not a tiersel batch journal (version {JOURNAL_VERSION})")
+    return first, runs
+
+
+def _replay(journal: Path, resumed: Resumed) -> None:
+    """Charges of the lines without a row, from their attempts' records (see the module doc)."""
+    done = resumed.done
+    held: dict[str, tuple[int, float]] = {}
+    lost: dict[int, list[float]] = {}
+    with open(journal, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                rec = json.loads(raw)
+                op = rec["op"]
+                if op == "r":
+                    line = int(rec["l"])
+                    if line not in done:
+                        held[rec["a"]] = (line, float(rec["usd"]))
+                elif op in ("s", "x"):
+                    hit = held.pop(rec["a"], None)
+                    if hit is not None and op == "s":
+                        acc = lost.setdefault(hit[0], [0.0, 0.0])
+                        acc[0] += float(rec["usd"])
+                        if rec.get("u"):
+                            acc[1] += float(rec["usd"])
+            except (ValueError, KeyError, TypeError):
+                raise JournalError(f"{journal}: record {number} is not a journal record") from None
+    for line, amount in held.values():
+        acc = lost.setdefault(line, [0.0, 0.0])
+        acc[0] += amount
+        acc[1] += amount
+    resumed.lost = {
+        line: Charges(total, unconfirmed) for line, (total, unconfirmed) in lost.items()
+    }
+
+
+def reserve_record(line: int, attempt_id: str, amount_usd: float) -> bytes:
+    """The journal record of a reservation (written before its request is sent)."""
+    return f'{{"op":"r","l":{line},"a":"{attempt_id}","usd":{amount_usd!r}}}\n'.encode()
+
+
+def settle_record(attempt_id: str, amount_usd: float, *, unconfirmed: bool = False) -> bytes:
+    """The journal record of a charge; ``unconfirmed``: charged at the worst case, unknown."""
+    flag = ',"u":1' if unconfirmed else ""
+    return f'{{"op":"s","a":"{attempt_id}","usd":{amount_usd!r}{flag}}}\n'.encode()
+
+
+def release_record(attempt_id: str) -> bytes:
+    """The journal record of a reservation dropped unbilled."""
+    return f'{{"op":"x","a":"{attempt_id}"}}\n'.encode()

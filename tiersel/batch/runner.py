@@ -1,0 +1,424 @@
+"""Run a batch job: every line of IN through the selector, one row each in OUT, under a hard cap.
+
+`arun_batch` is the job (asyncio, up to ``concurrency`` calls in flight); `run_batch` is its sync
+shell. Each valid line goes through `Selector.asend`, the core's one dispatch flow, with the job's
+`JournaledLedger` as the selector's ledger and `DurableTransport` in front of the real transport:
+
+- the cap: each attempt reserves its worst case before it is sent, input counted at one token a
+  byte plus framing (an upper bound; `tiersel.dialects.estimate_input_tokens`) and a chat-template
+  allowance, ``max_tokens`` at the output price, and settles to its real usage after; a line
+  whose call no allowed tier can cover waits while money held by calls in flight may come free,
+  and is recorded ``budget_exhausted`` when none can;
+- pacing: the policy (`CheapestFeasible` with ``pacing=1`` by default) sees how many calls are
+  still to come, so early lines cannot spend what the rest need;
+- nothing lost: see `tiersel.batch.journal`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import os
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
+
+import httpx
+
+from tiersel.batch.input import BatchRequest, InvalidLine, LineParser, iter_lines, scan_input
+from tiersel.batch.journal import OpenJob, open_job
+from tiersel.batch.ledger import CURRENT_LINE, JournaledLedger, LineAccount
+from tiersel.batch.progress import ProgressBar
+from tiersel.batch.rows import Charges, Status, call_row, invalid_row, unsent_row
+from tiersel.batch.sharing import Shard, open_shared_stores
+from tiersel.batch.summary import BatchSummary
+from tiersel.batch.transport import DurableTransport
+from tiersel.budget import Ledger, MemoryLedger
+from tiersel.clock import Clock, SystemClock
+from tiersel.decision import Reason
+from tiersel.dialects import Dialect
+from tiersel.errors import BudgetExhausted, NoFeasibleTier
+from tiersel.policy import CheapestFeasible, Policy
+from tiersel.pricing import Pricing, load_pricing
+from tiersel.requirements import Call, Requirements
+from tiersel.selector import FIREWORKS_BASE_URL, Selector
+from tiersel.signals import AsyncSignalStore, SignalStore
+from tiersel.stores import StoreUnavailable
+
+__all__ = ["DEFAULT_CONCURRENCY", "arun_batch", "run_batch"]
+
+DEFAULT_CONCURRENCY = 64
+INPUT_BYTES_PER_TOKEN = 1.0
+"""No token is shorter than a byte, so counting one token a byte bounds a prompt from above."""
+TEMPLATE_ALLOWANCE_TOKENS = 128
+"""Prompt tokens in no message: what a chat template adds (role markers, a default system prompt,
+tool-use instructions), on top of the per-message framing the selector counts. A short prompt
+would otherwise be billed past its bound."""
+
+_BACKLOG_BYTES = 1 << 20
+
+
+async def arun_batch(
+    input: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    budget_usd: float,
+    transport: Any = None,
+    base_url: str = FIREWORKS_BASE_URL,
+    api_key: str | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    requirements: Requirements | None = None,
+    default_max_tokens: int | None = None,
+    resume: bool = False,
+    pricing: Pricing | None = None,
+    policy: Policy | None = None,
+    signals: SignalStore | AsyncSignalStore | None = None,
+    clock: Clock | None = None,
+    ledger: Ledger | None = None,
+    max_attempts: int = 4,
+    progress: bool | None = None,
+    progress_stream: TextIO | None = None,
+    store: str | None = None,
+    shard: Shard | None = None,
+) -> BatchSummary:
+    """Run the batch job ``input`` -> ``out`` spending at most ``budget_usd``; return its summary.
+
+    - ``transport``: where requests go: an httpx async or sync transport or client, or a
+      function from ``httpx.Request`` to a response (sync ones run in worker threads). Default:
+      a new ``httpx.AsyncClient`` to ``base_url``, with ``api_key`` (or ``$FIREWORKS_API_KEY``).
+    - ``requirements``: the job's defaults for every line; a line's ``tiersel`` object overrides
+      them field by field. Default: no requirement, best effort (a line whose requirements no
+      tier can meet is sent on the likeliest plan the budget and pacing allow).
+    - ``default_max_tokens``: the output cap given to a line that sets none (None: such a line
+      is recorded ``invalid``, never sent unbounded).
+    - ``resume``: continue the job whose rows OUT already holds: lines with a row are not sent
+      again, and the spend of earlier runs counts against ``budget_usd``.
+    - ``policy``: default ``CheapestFeasible(pacing=1.0)``. ``ledger``: default a `MemoryLedger`
+      of ``budget_usd`` holding what earlier runs spent; a ledger passed in (a shared one) must
+      already hold it.
+    - ``progress``: a bar on ``progress_stream`` (stderr); None: only when it is a terminal.
+    - ``store``: a store URL (``redis://...``, see `tiersel.batch.sharing`) holding the budget and
+      signals this job shares with other jobs or shards, instead of ``ledger`` and ``signals``.
+    - ``shard``: run only this `Shard` of the lines, into its own OUT (``out.<i>-of-<n>.jsonl``).
+
+    Raises `tiersel.batch.JobLocked` when another job is writing ``out``, and
+    `tiersel.batch.JournalError` when ``out`` cannot be used (results there and ``resume`` not
+    set, or a different input). Bad lines never raise: they get ``invalid`` rows. See
+    `tiersel.batch` for an example.
+    """
+    if not budget_usd >= 0 or budget_usd == float("inf"):
+        raise ValueError(f"budget_usd must be a finite amount >= 0, got {budget_usd!r}")
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    scan = scan_input(input)
+    lines = scan.lines if shard is None else shard.size(scan.lines)
+    shared = None
+    if store is not None:
+        if ledger is not None or signals is not None:
+            raise ValueError("pass either store= or ledger= and signals=, not both")
+        shared = open_shared_stores(store, budget_usd=budget_usd, out=out, input_sha256=scan.sha256)
+    if shared is not None:
+        ledger, signals = shared.ledger, shared.signals
+    if shard is not None:
+        out = shard.out_path(out)
+    summary = BatchSummary(input=str(input), out=str(out), budget_usd=budget_usd, lines=lines)
+    try:
+        job = open_job(
+            out,
+            input_path=input,
+            scan=scan,
+            budget_usd=budget_usd,
+            resume=resume,
+            visit_row=summary.count_row,
+        )
+    except BaseException:
+        if shared is not None:
+            await shared.aclose()
+        raise
+    summary.run = job.resumed.run
+    started = time.perf_counter()
+    own_client: httpx.AsyncClient | None = None
+    if transport is None:
+        own_client = httpx.AsyncClient(
+            timeout=httpx.Timeout(600.0, connect=30.0),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        )
+        transport = own_client
+    bar = ProgressBar(summary, stream=progress_stream, enabled=progress)
+    durable = DurableTransport(transport, job.writer, threads=concurrency)
+    try:
+        runner = _Runner(
+            job,
+            summary,
+            bar,
+            durable,
+            budget_usd=budget_usd,
+            lines_to_come=lines - job.resumed.done.count,
+            concurrency=concurrency,
+            pricing=pricing if pricing is not None else load_pricing(),
+            policy=policy if policy is not None else CheapestFeasible(pacing=1.0),
+            signals=signals,
+            clock=clock if clock is not None else SystemClock(),
+            ledger=ledger,
+            base_url=base_url,
+            api_key=api_key,
+            max_attempts=max_attempts,
+            requirements=requirements
+            if requirements is not None
+            else Requirements(best_effort=True),
+            default_max_tokens=default_max_tokens,
+        )
+        await runner.run(iter_lines(input) if shard is None else shard.lines(iter_lines(input)))
+    finally:
+        bar.close()
+        await durable.aclose()
+        if own_client is not None:
+            await own_client.aclose()
+        job.close()
+        if shared is not None:
+            await shared.aclose()
+    summary.peak_in_flight = durable.peak_in_flight
+    summary.overrun_usd = runner.ledger.overrun_usd
+    summary.stopped = runner.stop_reason
+    summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+def run_batch(
+    input: str | os.PathLike[str], out: str | os.PathLike[str], **options: Any
+) -> BatchSummary:
+    """The sync shell of `arun_batch` (same arguments): runs the job in a new event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(arun_batch(input, out, **options))
+    raise RuntimeError("run_batch() was called inside a running event loop; await arun_batch()")
+
+
+class _Runner:
+    """One run of a job: reads the lines still to do and keeps ``concurrency`` calls going."""
+
+    def __init__(
+        self,
+        job: OpenJob,
+        summary: BatchSummary,
+        bar: ProgressBar,
+        transport: DurableTransport,
+        *,
+        budget_usd: float,
+        lines_to_come: int,
+        concurrency: int,
+        pricing: Pricing,
+        policy: Policy,
+        signals: SignalStore | AsyncSignalStore | None,
+        clock: Clock,
+        ledger: Ledger | None,
+        base_url: str,
+        api_key: str | None,
+        max_attempts: int,
+        requirements: Requirements,
+        default_max_tokens: int | None,
+    ) -> None:
+        self.job = job
+        self.summary = summary
+        self.bar = bar
+        self.transport = transport
+        self.clock = clock
+        self.to_come = lines_to_come
+        self.concurrency = concurrency
+        # The job's ledger never settles an attempt twice, so the memory ledger need not keep
+        # many settled ids: keeping them all would grow with the input.
+        inner = (
+            ledger
+            if ledger is not None
+            else MemoryLedger(
+                budget_usd,
+                spent_usd=job.resumed.spent_usd,
+                settled_memory=max(1024, 4 * concurrency),
+            )
+        )
+        self.ledger = JournaledLedger(
+            inner,
+            job.writer,
+            remaining_calls=self._remaining_calls,
+            on_change=self._money_moved,
+        )
+        self.selector = _BoundingSelector(
+            pricing,
+            policy,
+            signals,
+            clock,
+            ledger=self.ledger,
+            async_transport=transport,
+            base_url=base_url,
+            max_attempts=max_attempts,
+            bytes_per_token=INPUT_BYTES_PER_TOKEN,
+            api_key=api_key,
+        )
+        self.parser = LineParser(pricing, requirements, default_max_tokens)
+        self.stop_reason: str | None = None
+        self._slots = asyncio.Semaphore(concurrency)
+        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def _remaining_calls(self) -> int:
+        return self.to_come + 1  # the call deciding now, and the lines not yet started
+
+    async def run(self, lines: Iterable[tuple[int, bytes]]) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        resumed = self.job.resumed
+        writer = self.job.writer
+        try:
+            for number, raw in lines:
+                if number in resumed.done:
+                    continue
+                carried = resumed.lost.pop(number, None) or Charges()
+                item = self.parser.parse(number, raw)
+                if isinstance(item, InvalidLine):
+                    self.to_come -= 1
+                    self._write(
+                        invalid_row(item.custom_id, number, item.reason, carried),
+                        Status.invalid,
+                        None,
+                        carried,
+                    )
+                    if writer.pending_bytes > _BACKLOG_BYTES:
+                        await writer.durable()
+                    continue
+                await self._slots.acquire()
+                self.to_come -= 1  # only now: pacing counts this line among those to come
+                task = asyncio.create_task(self._line(item, carried))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.gather(*tasks)
+            await writer.durable()
+        finally:
+            # Interrupted (or a write failed): stop the calls in flight. Their reservations are
+            # released, or charged if their requests may have been billed, and journaled.
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _line(self, req: BatchRequest, carried: Charges) -> None:
+        try:
+            call_id = f"{self.job.resumed.job}:{req.line}:{self.job.resumed.run}"
+            account = self.ledger.open(call_id, req.line, carried)
+            CURRENT_LINE.set(account)  # this task's own context: the transport reads it
+            try:
+                row, status, tier, escalated = await self._send(req, call_id, account)
+            finally:
+                self.ledger.close(call_id, self.clock.now())
+            # The row is made durable with the next group (every send waits for one).
+            self._write(row, status, tier, account.charges, escalated)
+        finally:
+            self._slots.release()
+
+    async def _send(
+        self, req: BatchRequest, call_id: str, account: LineAccount
+    ) -> tuple[bytes, Status, str | None, bool]:
+        while True:
+            if self.stop_reason is not None:
+                return self._unsent(
+                    req, account, Status.budget_exhausted, "stopped", self.stop_reason
+                )
+            try:
+                result = await self.selector.asend(
+                    req.body, requirements=req.requirements, path=req.path, call_id=call_id
+                )
+            except BudgetExhausted as exc:
+                if self.ledger.held > 0:
+                    await self._money_freed(_need(exc.reasons))
+                    continue
+                return self._unsent(
+                    req, account, Status.budget_exhausted, "budget_exhausted", _exhausted(exc)
+                )
+            except NoFeasibleTier as exc:
+                return self._unsent(req, account, Status.failed, "no_feasible_tier", str(exc))
+            except StoreUnavailable:
+                # The shared budget is away: end the job (rerun with --resume once it answers).
+                # This line's reservation stays open in the journal, so a resume carries it.
+                self.ledger.abandon(call_id)
+                raise
+            except Exception as exc:  # one line's failure must not end the job...
+                if self.job.writer.broken:
+                    raise  # ...but a journal that cannot be written must
+                message = f"{type(exc).__name__}: {exc}"
+                return self._unsent(req, account, Status.failed, "error", message)
+            break
+        if account.overrun_usd > 0 and self.stop_reason is None:
+            self.stop_reason = (
+                f"line {req.line} was billed ${account.overrun_usd:.6f} more than its reserved"
+                " upper bound, so the cap could no longer be guaranteed; no further line was sent"
+            )
+        status, row = call_row(req.custom_id, req.line, result, account.charges)
+        escalated = len({d.tier for d in result.decisions}) > 1
+        return row, status, result.tier, escalated
+
+    def _unsent(
+        self, req: BatchRequest, account: LineAccount, status: Status, code: str, message: str
+    ) -> tuple[bytes, Status, str | None, bool]:
+        row = unsent_row(req.custom_id, req.line, status, code, message, account.charges)
+        return row, status, None, False
+
+    def _write(
+        self,
+        row: bytes,
+        status: Status,
+        tier: str | None,
+        charges: Charges,
+        escalated: bool = False,
+    ) -> None:
+        self.job.writer.row(row)
+        self.summary.count(status, tier, charges.cost_usd, charges.unconfirmed_usd, escalated)
+        self.bar.update()
+
+    # -- waiting for money held by calls in flight ----------------------------------------------
+
+    async def _money_freed(self, need_usd: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (need_usd, next(self._order), future))
+        await future
+
+    def _money_moved(self) -> None:
+        """After a charge or release: wake the lines waiting for money that is now free."""
+        waiting = self._waiting
+        if not waiting:
+            return
+        if self.ledger.held == 0:
+            free = float("inf")  # nothing more will come free: every waiter decides now
+        else:
+            free = self.ledger.inner.state(self.clock.now()).remaining_usd
+        while waiting and waiting[0][0] <= free:
+            future = heapq.heappop(waiting)[2]
+            if not future.done():
+                future.set_result(None)
+
+
+class _BoundingSelector(Selector):
+    """A selector whose calls count their prompt at an upper bound, so reservations bound costs."""
+
+    def call_for(self, body: Mapping[str, Any], dialect: Dialect) -> tuple[Call, str | None]:
+        call, implied = super().call_for(body, dialect)
+        bound = call.input_tokens + TEMPLATE_ALLOWANCE_TOKENS
+        return call.model_copy(update={"input_tokens": bound}), implied
+
+
+def _need(reasons: tuple[Reason, ...]) -> float:
+    """The least a call needs free to fit: its cheapest worst case the budget turned down."""
+    worst = [float(r.values[0]) for r in reasons if r.code == "budget" and r.values]
+    return min(worst) if worst else 0.0
+
+
+def _exhausted(exc: BudgetExhausted) -> str:
+    budget = [r for r in exc.reasons if r.code == "budget" and len(r.values) >= 2]
+    if not budget:
+        return f"not sent: {exc}"
+    cheapest = min(budget, key=lambda r: float(r.values[0]))
+    return (
+        f"not sent: the budget cannot cover a call to {exc.model} on any allowed tier"
+        f" (cheapest worst case ${float(cheapest.values[0]):.6f} on {cheapest.plan};"
+        f" ${float(cheapest.values[1]):.6f} left)"
+    )

@@ -1,0 +1,120 @@
+"""One batch job split across workers: shards of its lines, one shared budget and signals.
+
+``tiersel batch IN --out OUT --shard i/n --store redis://...`` on n workers (processes or
+machines): worker i sends every n-th request line of IN, starting with the i-th, and writes its
+own ``OUT`` named ``<stem>.<i>-of-<n><suffix>`` (with its own journal and lock, so ``--resume``
+works per shard). All of them draw on one budget and one picture of overload in the store:
+
+- the budget is named by the URL's ``?budget=NAME``, or else after OUT's file name and the
+  input's fingerprint, so the shards of one job meet and other jobs do not; every shard must be
+  given the same ``--budget-usd`` (another raises `tiersel.stores.BudgetConflict`);
+- it outlives the job: a resumed shard finds the spend already there (nothing is carried twice),
+  and an expired reservation (its worker died) is charged in full, not freed, since its call may
+  have been billed (``?on_expiry=release`` in the URL frees it instead);
+- a store that does not answer stops the job (`tiersel.stores.StoreUnavailable`; no call is sent
+  unbudgeted): rerun with ``--resume`` once it answers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tiersel.budget import Ledger, OnExpiry
+from tiersel.signals import AsyncSignalStore
+from tiersel.stores import (
+    aclose_store,
+    close_store,
+    open_async_signal_store,
+    open_ledger,
+    parse_store_url,
+)
+
+__all__ = ["Shard", "SharedStores", "open_shared_stores"]
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Shard ``index`` of ``count`` (1-based): every ``count``-th request line, from the
+    ``index``-th.
+
+    >>> shard = Shard.parse("2/3")
+    >>> [n for n in range(7) if shard.holds(n)], shard.size(7), shard.out_path("out.jsonl").name
+    ([1, 4], 2, 'out.2-of-3.jsonl')
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not (self.count >= 1 and 1 <= self.index <= self.count):
+            raise ValueError(
+                f"shard {self.index}/{self.count}: want i/n with n >= 1 and 1 <= i <= n"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"i/n"`` -> `Shard`; `ValueError` names the text and the problem."""
+        index, slash, count = text.partition("/")
+        if not (slash and index.strip().isdigit() and count.strip().isdigit()):
+            raise ValueError(f"shard {text!r}: want i/n, e.g. 1/4 (the first of four)")
+        return cls(int(index), int(count))
+
+    def holds(self, ordinal: int) -> bool:
+        """Whether the request line with this 0-based ordinal (blank lines not counted) is ours."""
+        return ordinal % self.count == self.index - 1
+
+    def size(self, lines: int) -> int:
+        """How many of ``lines`` request lines are ours."""
+        whole, rest = divmod(lines, self.count)
+        return whole + (1 if self.index <= rest else 0)
+
+    def lines(self, numbered: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+        """Our lines of ``numbered`` (request lines, in order, with their line numbers)."""
+        for ordinal, item in enumerate(numbered):
+            if self.holds(ordinal):
+                yield item
+
+    def out_path(self, out: str | os.PathLike[str]) -> Path:
+        """This shard's own OUT: ``out.jsonl`` -> ``out.<i>-of-<n>.jsonl``."""
+        path = Path(out)
+        return path.with_name(f"{path.stem}.{self.index}-of-{self.count}{path.suffix}")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass(slots=True)
+class SharedStores:
+    """The budget and signals a job shares with its other shards (or other jobs)."""
+
+    ledger: Ledger
+    signals: AsyncSignalStore
+    budget: str
+
+    async def aclose(self) -> None:
+        close_store(self.ledger)
+        await aclose_store(self.signals)
+
+
+def open_shared_stores(
+    url: str, *, budget_usd: float, out: str | os.PathLike[str], input_sha256: str
+) -> SharedStores | None:
+    """The shared stores at ``url``; None for ``memory://`` (the job keeps its own).
+
+    Checks the budget at once, so a store that does not answer, or a budget of that name with
+    another limit, stops the job before any call (`StoreUnavailable`, `BudgetConflict`).
+    """
+    where = parse_store_url(url)
+    if where.backend == "memory":
+        return None
+    name = where.budget or f"batch-{Path(out).name}-{input_sha256[:12]}"
+    ledger = open_ledger(url, limit_usd=budget_usd, name=name, on_expiry=OnExpiry.charge)
+    try:
+        ledger.state(0.0)
+    except BaseException:
+        close_store(ledger)
+        raise
+    return SharedStores(ledger, open_async_signal_store(url), name)

@@ -1,0 +1,172 @@
+"""What a batch job did: calls by status and tier, spend by tier, escalations, budget left."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tiersel.batch.rows import Status
+
+__all__ = ["BatchSummary", "TierTally"]
+
+
+@dataclass(slots=True)
+class TierTally:
+    """One tier's share of a job: calls that ended on it, by outcome, and what they cost."""
+
+    calls: int = 0
+    ok: int = 0
+    failed: int = 0
+    spent_usd: float = 0.0
+
+
+@dataclass(slots=True)
+class BatchSummary:
+    """A job's totals over all its runs (a resumed job counts the rows earlier runs wrote).
+
+    ``spent_usd`` is the sum of the rows' ``cost_usd``: every charge of every attempt, including
+    those of earlier runs. ``stopped`` says why a job stopped sending before its end, if it did.
+    """
+
+    input: str
+    out: str
+    budget_usd: float
+    lines: int
+    run: int = 1
+    spent_usd: float = 0.0
+    calls_ok: int = 0
+    calls_failed: int = 0
+    calls_budget_exhausted: int = 0
+    calls_invalid: int = 0
+    by_tier: dict[str, TierTally] = field(default_factory=dict)
+    escalations: int = 0
+    unconfirmed_usd: float = 0.0
+    overrun_usd: float = 0.0
+    earlier_rows: int = 0
+    peak_in_flight: int = 0
+    elapsed_s: float = 0.0
+    stopped: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.calls_ok + self.calls_failed + self.calls_budget_exhausted + self.calls_invalid
+
+    @property
+    def remaining_usd(self) -> float:
+        return max(0.0, self.budget_usd - self.spent_usd)
+
+    @property
+    def complete(self) -> bool:
+        """Every line has its row."""
+        return self.rows >= self.lines
+
+    @property
+    def all_ok(self) -> bool:
+        return self.complete and self.calls_ok == self.lines
+
+    def count(
+        self,
+        status: Status,
+        tier: str | None,
+        cost_usd: float,
+        unconfirmed_usd: float = 0.0,
+        escalated: bool = False,
+    ) -> None:
+        """Add one row."""
+        if status is Status.ok:
+            self.calls_ok += 1
+        elif status is Status.failed:
+            self.calls_failed += 1
+        elif status is Status.budget_exhausted:
+            self.calls_budget_exhausted += 1
+        else:
+            self.calls_invalid += 1
+        self.spent_usd += cost_usd
+        self.unconfirmed_usd += unconfirmed_usd
+        if escalated:
+            self.escalations += 1
+        if tier is not None:
+            name = str(tier)
+            tally = self.by_tier.get(name)
+            if tally is None:
+                tally = self.by_tier[name] = TierTally()
+            tally.calls += 1
+            tally.spent_usd += cost_usd
+            if status is Status.ok:
+                tally.ok += 1
+            else:
+                tally.failed += 1
+
+    def count_row(self, row: dict[str, Any]) -> None:
+        """Add a row read back from OUT (on resume)."""
+        self.earlier_rows += 1
+        tier = row.get("tier")
+        self.count(
+            Status(row["status"]),
+            tier if isinstance(tier, str) else None,
+            float(row.get("cost_usd") or 0.0),
+            float(row.get("unconfirmed_usd") or 0.0),
+            bool(row.get("escalated")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The machine-readable summary (``tiersel batch --json``)."""
+        return {
+            "input": self.input,
+            "out": self.out,
+            "lines": self.lines,
+            "rows": self.rows,
+            "complete": self.complete,
+            "run": self.run,
+            "earlier_rows": self.earlier_rows,
+            "budget_usd": self.budget_usd,
+            "spent_usd": self.spent_usd,
+            "remaining_usd": self.remaining_usd,
+            "unconfirmed_usd": self.unconfirmed_usd,
+            "overrun_usd": self.overrun_usd,
+            "calls_ok": self.calls_ok,
+            "calls_failed": self.calls_failed,
+            "calls_budget_exhausted": self.calls_budget_exhausted,
+            "calls_invalid": self.calls_invalid,
+            "escalations": self.escalations,
+            "by_tier": {
+                name: {
+                    "calls": t.calls,
+                    "ok": t.ok,
+                    "failed": t.failed,
+                    "spent_usd": t.spent_usd,
+                }
+                for name, t in sorted(self.by_tier.items())
+            },
+            "peak_in_flight": self.peak_in_flight,
+            "elapsed_s": self.elapsed_s,
+            "stopped": self.stopped,
+        }
+
+    def render(self) -> str:
+        """The summary for people, a few lines."""
+        out = [
+            f"tiersel batch: {self.rows} of {self.lines} lines have a row in {self.out}"
+            + (f" (run {self.run}; {self.earlier_rows} from earlier runs)" if self.run > 1 else ""),
+            f"  ok {self.calls_ok}   failed {self.calls_failed}"
+            f"   budget_exhausted {self.calls_budget_exhausted}   invalid {self.calls_invalid}",
+        ]
+        if self.by_tier:
+            out.append(f"  {'tier':<12}{'calls':>8}{'ok':>8}{'failed':>8}{'spent':>14}")
+            for name, t in sorted(self.by_tier.items(), key=lambda kv: -kv[1].calls):
+                spent = f"${t.spent_usd:.6f}"
+                out.append(f"  {name:<12}{t.calls:>8}{t.ok:>8}{t.failed:>8}{spent:>14}")
+        out.append(f"  escalations {self.escalations} (calls that climbed to a dearer tier)")
+        pct = 100.0 * self.spent_usd / self.budget_usd if self.budget_usd > 0 else 0.0
+        out.append(
+            f"  spent ${self.spent_usd:.6f} of ${self.budget_usd:.6f} ({pct:.1f}%);"
+            f" left ${self.remaining_usd:.6f}"
+        )
+        if self.unconfirmed_usd > 0:
+            out.append(
+                f"  of which ${self.unconfirmed_usd:.6f} charged at the worst case, unconfirmed"
+                " (timed out, or in flight at a crash)"
+            )
+        if self.stopped:
+            out.append(f"  stopped early: {self.stopped}")
+        return "\n".join(out)

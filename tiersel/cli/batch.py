@@ -1,0 +1,237 @@
+"""``tiersel batch``: run a JSONL file of calls under a hard budget, one row per line in OUT.
+
+Exit codes: 0 every line ok; 1 the job ran to its end but some lines are not ok (their rows say
+why); 2 bad arguments, or an input or OUT that cannot be used; 4 another job is writing OUT;
+5 the shared store (``--store``) does not answer, or holds this budget with another limit;
+130 interrupted (the job can be resumed with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from tiersel.batch import JobLocked, JournalError, run_batch
+from tiersel.batch.runner import DEFAULT_CONCURRENCY
+from tiersel.batch.sharing import Shard
+from tiersel.cli.common import add_pricing_args, fail, pricing_from
+from tiersel.clock import Clock, FakeClock
+from tiersel.errors import TierselError
+from tiersel.requirements import Requirements
+from tiersel.selector import FIREWORKS_BASE_URL
+from tiersel.stores import BudgetConflict, StoreUnavailable, parse_store_url
+
+EXIT_OK = 0
+EXIT_NOT_ALL_OK = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 4
+EXIT_STORE = 5
+EXIT_INTERRUPTED = 130
+
+
+def add_parser(subs: Any) -> None:
+    p = subs.add_parser(
+        "batch",
+        help="run a JSONL file of calls under a hard budget, one result row per line",
+        description=(
+            "Send every line of IN (an OpenAI batch line or a bare chat-completion body) through"
+            " the tier selector, never letting committed plus reserved spend pass --budget-usd,"
+            " and write one JSON row per line to OUT."
+        ),
+    )
+    p.add_argument("input", metavar="IN", help="input JSONL file")
+    p.add_argument("--out", required=True, metavar="OUT", help="output JSONL file (one row a line)")
+    p.add_argument(
+        "--budget-usd", required=True, type=float, metavar="X", help="hard cap on spend, USD"
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"calls in flight at once (default {DEFAULT_CONCURRENCY})",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--base-url",
+        metavar="URL",
+        help=f"API base URL (default {FIREWORKS_BASE_URL}, with $FIREWORKS_API_KEY)",
+    )
+    where.add_argument(
+        "--sim",
+        metavar="SCENARIO",
+        help="send to the in-process simulator under SCENARIO (calm, peak, outage, flapping)",
+    )
+    p.add_argument("--sim-seed", type=int, default=0, metavar="N", help="simulator seed")
+    p.add_argument(
+        "--sim-time-scale",
+        type=float,
+        metavar="S",
+        help="with --sim: run on the real clock, one simulated second lasting S seconds"
+        " (default: a virtual clock, no real waiting)",
+    )
+    p.add_argument("--deadline", type=float, metavar="S", help="each call's deadline, seconds")
+    p.add_argument("--reliability", type=float, metavar="P", help="P(success within deadline)")
+    p.add_argument("--tiers", metavar="T1,T2", help="allowed tiers, comma-separated")
+    p.add_argument("--max-cost", type=float, metavar="USD", help="max worst-case cost of one call")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="do not send a line whose requirements no tier can meet (default: best effort)",
+    )
+    p.add_argument(
+        "--default-max-tokens",
+        type=int,
+        metavar="N",
+        help="output cap for lines that set no max_tokens (default: such lines are invalid)",
+    )
+    p.add_argument("--max-attempts", type=int, default=4, metavar="N", help="attempts per call")
+    p.add_argument("--resume", action="store_true", help="continue the job OUT already holds")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="send only every N-th line, from the I-th, into OUT's own shard file"
+        " (OUT.I-of-N.jsonl); run I = 1..N as separate workers",
+    )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="where the budget and overload signals live: memory:// (default, this process) or"
+        " redis://host:port/db[?budget=NAME], shared by every worker that names it",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument(
+        "--progress", dest="progress", action="store_true", default=None, help="always draw a bar"
+    )
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never draw it")
+    add_pricing_args(p)
+    p.set_defaults(run=run)
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    if not (math.isfinite(args.budget_usd) and args.budget_usd >= 0):
+        return f"--budget-usd must be a finite amount >= 0, got {args.budget_usd}"
+    if args.concurrency < 1:
+        return f"--concurrency must be >= 1, got {args.concurrency}"
+    if args.default_max_tokens is not None and args.default_max_tokens < 1:
+        return f"--default-max-tokens must be >= 1, got {args.default_max_tokens}"
+    if args.max_attempts < 1:
+        return f"--max-attempts must be >= 1, got {args.max_attempts}"
+    if args.sim_time_scale is not None and not (args.sim_time_scale > 0 and args.sim):
+        return "--sim-time-scale needs --sim and a value > 0"
+    if not os.path.isfile(args.input):
+        return f"{args.input}: no such input file"
+    for option, value, parse in (
+        ("--shard", args.shard, Shard.parse),
+        ("--store", args.store, parse_store_url),
+    ):
+        try:
+            if value is not None:
+                parse(value)
+        except ValueError as exc:
+            return f"{option}: {exc}"
+    return None
+
+
+def _requirements(args: argparse.Namespace) -> Requirements:
+    return Requirements(
+        deadline_s=args.deadline,
+        reliability=args.reliability,
+        tiers=args.tiers,
+        max_cost_usd=args.max_cost,
+        best_effort=not args.strict,
+    )
+
+
+def _where(args: argparse.Namespace, pricing: Any) -> dict[str, Any]:
+    """Transport, base URL, key and clock: the simulator, a given URL, or Fireworks."""
+    if args.sim:
+        from tiersel.sim import AsyncSimTransport
+
+        # One clock for the simulator and the selector, so both read simulated seconds.
+        clock: Clock
+        if args.sim_time_scale is None:
+            clock = FakeClock()
+        else:
+            from tiersel.demo import ScaledClock
+
+            clock = ScaledClock(args.sim_time_scale)
+        transport = AsyncSimTransport(
+            scenario=args.sim, seed=args.sim_seed, clock=clock, pricing=pricing
+        )
+        return {
+            "transport": transport,
+            "base_url": "http://sim/inference/v1",
+            "api_key": "",
+            "clock": clock,
+        }
+    if args.base_url:
+        return {"base_url": args.base_url}
+    if not os.environ.get("FIREWORKS_API_KEY"):
+        raise ValueError("set FIREWORKS_API_KEY, or pass --base-url URL or --sim SCENARIO")
+    return {"base_url": FIREWORKS_BASE_URL}
+
+
+def run(args: argparse.Namespace) -> int:
+    problem = _check(args)
+    if problem is not None:
+        return fail(problem)
+    try:
+        pricing = pricing_from(args)
+        requirements = _requirements(args)
+        where = _where(args, pricing)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        return fail(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+    except (TierselError, ValueError) as exc:
+        return fail(str(exc))
+    # What is loaded so far (modules, the price table) lives as long as this process: keep the
+    # garbage collector from scanning it again and again during the job (a large share of a
+    # long job's CPU otherwise; benchmarks/batch_throughput.py).
+    gc.freeze()
+    shard = Shard.parse(args.shard) if args.shard is not None else None
+    out = shard.out_path(args.out) if shard is not None else args.out
+    try:
+        summary = run_batch(
+            args.input,
+            args.out,
+            budget_usd=args.budget_usd,
+            concurrency=args.concurrency,
+            requirements=requirements,
+            default_max_tokens=args.default_max_tokens,
+            resume=args.resume,
+            pricing=pricing,
+            max_attempts=args.max_attempts,
+            progress=args.progress,
+            store=args.store,
+            shard=shard,
+            **where,
+        )
+    except JobLocked as exc:
+        return fail(str(exc), EXIT_LOCKED)
+    except (StoreUnavailable, BudgetConflict) as exc:
+        resume = (
+            "; rerun with --resume once it answers" if isinstance(exc, StoreUnavailable) else ""
+        )
+        return fail(f"{exc}{resume}", EXIT_STORE)
+    except (JournalError, OSError) as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            f"tiersel: interrupted; every finished line is in {out}: rerun with --resume\n"
+        )
+        return EXIT_INTERRUPTED
+    if args.json:
+        json.dump(summary.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(summary.render())
+    return EXIT_OK if summary.all_ok else EXIT_NOT_ALL_OK
