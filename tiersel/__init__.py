@@ -7,8 +7,10 @@
 <Tier.standard: 'standard'>
 """
 
+from tiersel.batch import BatchSummary, arun_batch, run_batch
 from tiersel.budget import AsyncLedger, Ledger, MemoryLedger, OnExpiry
-from tiersel.clock import Clock, FakeClock, SystemClock
+from tiersel.call import BudgetState, Call, Requirements
+from tiersel.clock import Clock, FakeClock, ScaledClock, SystemClock
 from tiersel.cost import CostEstimate, estimate_costs
 from tiersel.decision import Decision, Reason, Step, Verdict
 from tiersel.dialects import Dialect, Usage
@@ -23,7 +25,6 @@ from tiersel.errors import (
 )
 from tiersel.policy import CheapestFeasible, FixedTier, Policy, Signals
 from tiersel.pricing import ModelPrices, Pricing, TierPrice, load_pricing
-from tiersel.requirements import BudgetState, Call, Requirements
 from tiersel.selector import FIREWORKS_BASE_URL, Selector
 from tiersel.signals import (
     AsyncSignalStore,
@@ -59,6 +60,7 @@ __all__ = [
     "AsyncSignalStore",
     "AsyncTierTransport",
     "AttemptRecord",
+    "BatchSummary",
     "BudgetExhausted",
     "BudgetState",
     "Call",
@@ -89,6 +91,7 @@ __all__ = [
     "Reason",
     "RequestNotUnderstood",
     "Requirements",
+    "ScaledClock",
     "Selector",
     "SignalConfig",
     "SignalKey",
@@ -108,8 +111,10 @@ __all__ = [
     "Usage",
     "Verdict",
     "__version__",
+    "arun_batch",
     "current_requirements",
     "estimate_costs",
     "load_pricing",
     "requirements",
+    "run_batch",
 ]

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from cachetools import LRUCache
 
-from tiersel.requirements import BudgetState
+from tiersel.call import BudgetState
 
 __all__ = ["AsyncLedger", "Ledger", "MemoryLedger", "OnExpiry", "Reservation"]
 

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "FakeClock", "SystemClock"]
+__all__ = ["Clock", "FakeClock", "ScaledClock", "SystemClock"]
 
 
 @runtime_checkable
@@ -72,3 +72,33 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"FakeClock(now={self._now})"
+
+
+class ScaledClock:
+    """The system's monotonic clock, read in the time of a server running ``1 / scale`` times
+    faster (the simulator's ``--time-scale``): ``now()`` is simulated seconds and ``sleep(s)``
+    waits ``s * scale`` real seconds.
+
+    >>> ScaledClock(0.5).now() > 0
+    True
+    """
+
+    __slots__ = ("scale",)
+
+    def __init__(self, scale: float) -> None:
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale!r}")
+        self.scale = float(scale)
+
+    def now(self) -> float:
+        return time.monotonic() / self.scale
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds * self.scale)
+
+    async def asleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds * self.scale))
+
+    def __repr__(self) -> str:
+        return f"ScaledClock({self.scale})"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tiersel.call import Call
 from tiersel.pricing import ModelPrices, TierPrice
-from tiersel.requirements import Call
 
 __all__ = ["CostEstimate", "charge", "estimate_costs", "tier_cost"]
 

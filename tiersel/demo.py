@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,6 @@ __all__ = [
     "ArmResult",
     "CallOutcome",
     "DemoCall",
-    "ScaledClock",
     "format_report",
     "run_arm",
     "workload",
@@ -53,36 +51,6 @@ ARMS: tuple[tuple[str, Callable[[], Policy]], ...] = (
     ("always priority", lambda: FixedTier("priority")),
 )
 """The demo's arms: a name and the policy each runs with."""
-
-
-class ScaledClock:
-    """The system's monotonic clock, read in the time of a server running ``1 / scale`` times
-    faster (the simulator's ``--time-scale``): ``now()`` is simulated seconds and ``sleep(s)``
-    waits ``s * scale`` real seconds.
-
-    >>> ScaledClock(0.5).now() > 0
-    True
-    """
-
-    __slots__ = ("scale",)
-
-    def __init__(self, scale: float) -> None:
-        if not scale > 0:
-            raise ValueError(f"scale must be > 0, got {scale!r}")
-        self.scale = float(scale)
-
-    def now(self) -> float:
-        return time.monotonic() / self.scale
-
-    def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            time.sleep(seconds * self.scale)
-
-    async def asleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds * self.scale))
-
-    def __repr__(self) -> str:
-        return f"ScaledClock({self.scale})"
 
 
 @dataclass(frozen=True, slots=True)

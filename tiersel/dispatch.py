@@ -15,12 +15,12 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from tiersel.call import BudgetState, Call, Requirements
 from tiersel.cost import charge
 from tiersel.decision import Decision, Step
 from tiersel.dialects import Classified, Dialect, Usage, apply_step, classify, read_usage
 from tiersel.errors import BudgetExhausted, NoFeasibleTier
 from tiersel.pricing import ModelPrices
-from tiersel.requirements import BudgetState, Call, Requirements
 from tiersel.signals import CircuitState, Observation, Outcome, SignalKey, TierHealth, TierStats
 
 if TYPE_CHECKING:

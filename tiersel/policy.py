@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from operator import attrgetter
 from typing import Any, NamedTuple, Protocol
 
+from tiersel.call import BudgetState, Call, Requirements
 from tiersel.decision import Decision, Reason, Step, Verdict
 from tiersel.errors import NoFeasibleTier
 from tiersel.pricing import ModelPrices, TierPrice
-from tiersel.requirements import BudgetState, Call, Requirements
 from tiersel.signals import CircuitState, TierHealth
 
 __all__ = ["CheapestFeasible", "FixedTier", "Policy", "Signals"]

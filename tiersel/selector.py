@@ -13,6 +13,7 @@ from typing import Any, cast
 import httpx
 
 from tiersel.budget import AsyncLedger, Ledger
+from tiersel.call import BudgetState, Call, Requirements
 from tiersel.clock import Clock, SystemClock
 from tiersel.decision import Decision
 from tiersel.dialects import (
@@ -48,7 +49,6 @@ from tiersel.dispatch import (
 from tiersel.errors import RequestNotUnderstood, TierselError
 from tiersel.policy import CheapestFeasible, Policy
 from tiersel.pricing import Pricing, load_pricing
-from tiersel.requirements import BudgetState, Call, Requirements
 from tiersel.signals import (
     AsyncSignalStore,
     MemorySignalStore,

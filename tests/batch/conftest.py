@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from tiersel.budget import MemoryLedger
-from tiersel.requirements import BudgetState
+from tiersel.call import BudgetState
 
 
 def body(

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tiersel.batch.input import BatchRequest, InvalidLine, LineParser, iter_lines, scan_input
+from tiersel.call import Requirements
 from tiersel.dialects import Dialect, estimate_input_tokens
 from tiersel.pricing import load_pricing
-from tiersel.requirements import Requirements
 from tiersel.selector import Selector
 
 from .conftest import batch_line, body, write_jsonl

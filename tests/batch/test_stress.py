@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from tiersel.batch import arun_batch
-from tiersel.demo import ScaledClock
+from tiersel.clock import ScaledClock
 from tiersel.pricing import load_pricing
 from tiersel.sim import AsyncSimTransport, SimService
 

@@ -14,7 +14,7 @@ MODULES = [
     "tiersel.cost",
     "tiersel.policy",
     "tiersel.pricing",
-    "tiersel.requirements",
+    "tiersel.call",
     "tiersel.selector",
 ]
 

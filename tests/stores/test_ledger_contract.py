@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from tests.stores.conftest import Backend
 from tiersel.budget import MemoryLedger, OnExpiry
-from tiersel.requirements import BudgetState
+from tiersel.call import BudgetState
 
 approx = pytest.approx
 

@@ -16,7 +16,7 @@ import httpx2
 import pytest
 
 import tiersel
-from tiersel.demo import ScaledClock
+from tiersel.clock import ScaledClock
 from tiersel.sim.server import RunningServer, serve_in_subprocess
 from tiersel.wrap import AsyncTierTransport, CallRecord, TierTransport
 

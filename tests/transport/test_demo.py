@@ -7,7 +7,8 @@ import pytest
 
 from tests.transport.conftest import MODEL, TIME_SCALE
 from tiersel.cli import main
-from tiersel.demo import ARMS, ScaledClock, format_report, run_demo, workload
+from tiersel.clock import ScaledClock
+from tiersel.demo import ARMS, format_report, run_demo, workload
 from tiersel.sim.server import RunningServer
 
 

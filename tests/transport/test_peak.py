@@ -12,7 +12,7 @@ import openai
 
 import tiersel
 from tests.transport.conftest import MODEL, Recorder
-from tiersel.demo import ScaledClock
+from tiersel.clock import ScaledClock
 from tiersel.sim.server import RunningServer
 from tiersel.wrap import AsyncTierTransport, CallRecord, requirements
 

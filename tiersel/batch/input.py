@@ -21,10 +21,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tiersel.call import Requirements
 from tiersel.dialects import Dialect, dialect_for_path, max_output_tokens
 from tiersel.errors import TierselError
 from tiersel.pricing import Pricing
-from tiersel.requirements import Requirements
 
 __all__ = ["BatchRequest", "InputScan", "InvalidLine", "LineParser", "iter_lines", "scan_input"]
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from tiersel.batch.journal import JobWriter, release_record, reserve_record, settle_record
 from tiersel.batch.rows import Charges
 from tiersel.budget import Ledger
-from tiersel.requirements import BudgetState
+from tiersel.call import BudgetState
 
 __all__ = ["CURRENT_LINE", "JournaledLedger", "LineAccount"]
 

@@ -35,13 +35,13 @@ from tiersel.batch.sharing import Shard, open_shared_stores
 from tiersel.batch.summary import BatchSummary
 from tiersel.batch.transport import DurableTransport
 from tiersel.budget import Ledger, MemoryLedger
+from tiersel.call import Call, Requirements
 from tiersel.clock import Clock, SystemClock
 from tiersel.decision import Reason
 from tiersel.dialects import Dialect
 from tiersel.errors import BudgetExhausted, NoFeasibleTier
 from tiersel.policy import CheapestFeasible, Policy
 from tiersel.pricing import Pricing, load_pricing
-from tiersel.requirements import Call, Requirements
 from tiersel.selector import FIREWORKS_BASE_URL, Selector
 from tiersel.signals import AsyncSignalStore, SignalStore
 from tiersel.stores import StoreUnavailable

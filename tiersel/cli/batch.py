@@ -21,10 +21,10 @@ from pydantic import ValidationError
 from tiersel.batch import JobLocked, JournalError, run_batch
 from tiersel.batch.runner import DEFAULT_CONCURRENCY
 from tiersel.batch.sharing import Shard
+from tiersel.call import Requirements
 from tiersel.cli.common import add_pricing_args, fail, pricing_from
 from tiersel.clock import Clock, FakeClock
 from tiersel.errors import TierselError
-from tiersel.requirements import Requirements
 from tiersel.selector import FIREWORKS_BASE_URL
 from tiersel.stores import BudgetConflict, StoreUnavailable, parse_store_url
 
@@ -161,7 +161,7 @@ def _where(args: argparse.Namespace, pricing: Any) -> dict[str, Any]:
         if args.sim_time_scale is None:
             clock = FakeClock()
         else:
-            from tiersel.demo import ScaledClock
+            from tiersel.clock import ScaledClock
 
             clock = ScaledClock(args.sim_time_scale)
         transport = AsyncSimTransport(

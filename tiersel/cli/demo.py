@@ -90,7 +90,8 @@ def _say(line: str) -> None:
 
 
 def _simulated(args: argparse.Namespace) -> int:
-    from tiersel.demo import ScaledClock, format_report, run_demo, workload
+    from tiersel.clock import ScaledClock
+    from tiersel.demo import format_report, run_demo, workload
     from tiersel.errors import TierselError
     from tiersel.pricing import load_pricing
 

@@ -10,11 +10,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tiersel.call import Call, Requirements
 from tiersel.cli.common import add_pricing_args, fail, pricing_from
 from tiersel.clock import FakeClock
 from tiersel.decision import Decision
 from tiersel.errors import NoFeasibleTier, TierselError
-from tiersel.requirements import Call, Requirements
 from tiersel.selector import Selector
 from tiersel.signals import Observation, Outcome, SignalKey
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from tiersel.call import BudgetState, Call, Requirements
 from tiersel.decision import Decision, Reason, Verdict
 from tiersel.errors import NoFeasibleTier
 from tiersel.policy import CheapestFeasible, FixedTier, Policy, Signals
 from tiersel.pricing import ModelPrices
-from tiersel.requirements import BudgetState, Call, Requirements
 from tiersel.signals import CircuitState, SignalConfig
 
 __all__ = [

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from tiersel.budget import Ledger
+from tiersel.call import Call, Requirements
 from tiersel.clock import FakeClock
 from tiersel.cost import tier_cost
 from tiersel.dialects import Dialect, Usage
@@ -53,7 +54,6 @@ from tiersel.replay.capacity import DEFAULT_TENANT_SHARE, sized
 from tiersel.replay.metrics import AttemptEvent, CallRecord, PolicyMetrics, summarize
 from tiersel.replay.mix import DEFAULT_MIX, Mix
 from tiersel.replay.traces import Trace, TraceRequest
-from tiersel.requirements import Call, Requirements
 from tiersel.signals import MemorySignalStore, Outcome
 from tiersel.sim import Provider, Scenario, SimRequest, SimResult, load_scenario
 

@@ -27,9 +27,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from tiersel.call import Requirements
 from tiersel.errors import TierselError
 from tiersel.replay.traces import TraceRequest
-from tiersel.requirements import Requirements
 
 __all__ = [
     "DEFAULT_MIX",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tiersel.budget import MemoryLedger
-from tiersel.requirements import BudgetState
+from tiersel.call import BudgetState
 from tiersel.signals import MemorySignalStore, Observation, SignalKey, TierStats
 
 __all__ = ["AsyncMemoryLedger", "AsyncMemorySignalStore"]

@@ -20,7 +20,7 @@ import redis
 import redis.asyncio
 
 from tiersel.budget import OnExpiry
-from tiersel.requirements import BudgetState
+from tiersel.call import BudgetState
 from tiersel.stores.errors import BudgetConflict, LedgerFallback, StoreUnavailable
 from tiersel.stores.redis_connection import LEDGER_RETRIES, UNREACHABLE, lua
 from tiersel.stores.redis_pipeline import AsyncScripts

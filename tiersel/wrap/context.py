@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from tiersel.requirements import Requirements
+from tiersel.call import Requirements
 
 __all__ = ["Scope", "current_requirements", "current_scope", "requirements"]
 

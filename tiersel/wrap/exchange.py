@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tiersel.call import Requirements
 from tiersel.decision import Decision
 from tiersel.dialects import Dialect, dialect_for_path, estimate_input_tokens, parse_json
 from tiersel.dispatch import CallResult, Reply, Send, StreamEnd
 from tiersel.errors import RequestNotUnderstood, TierselError
-from tiersel.requirements import Requirements
 from tiersel.selector import Selector
 from tiersel.wrap.context import current_scope
 from tiersel.wrap.flavours import BytesStream, Flavour, TimeoutErrors, as_flavour

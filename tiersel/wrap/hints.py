@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tiersel.call import Requirements
 from tiersel.errors import TierselError
-from tiersel.requirements import Requirements
 from tiersel.wrap.context import Scope
 
 __all__ = ["HINT_HEADERS", "InvalidHint", "merge_requirements", "read_hints", "strip_hints"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from tiersel.call import Requirements
 from tiersel.decision import Decision
 from tiersel.dialects import Usage
-from tiersel.requirements import Requirements
 
 __all__ = ["CallRecord", "CostBasis", "response_headers"]
 
