@@ -1,4 +1,4 @@
-"""The examples in the transport and demo modules' docstrings run and say what they show."""
+"""The examples in the transport modules' docstrings run and say what they show."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["tiersel.wrap.context", "tiersel.wrap.transport", "tiersel.demo"]
+MODULES = ["tiersel.wrap.context", "tiersel.wrap.transport"]
 
 
 @pytest.mark.parametrize("name", MODULES)
