@@ -13,6 +13,7 @@ from operator import attrgetter
 from typing import Any, NamedTuple, Protocol
 
 from tiersel.call import BudgetState, Call, Requirements
+from tiersel.cost import tier_cost
 from tiersel.decision import Decision, Reason, Step, Verdict
 from tiersel.errors import NoFeasibleTier
 from tiersel.pricing import ModelPrices, TierPrice
@@ -43,6 +44,12 @@ _OPEN = CircuitState.open
 _REJECTED = Verdict.rejected
 _COSTLIER = Verdict.costlier
 _CHOSEN = Verdict.chosen
+
+
+def _on_time(log_deadline: float, latency: float, scale: float) -> float:
+    """P(a log-normal latency with this median is within the deadline); ``scale`` is
+    ``1 / (sigma * sqrt 2)``."""
+    return 0.5 * (1.0 + math.erf((log_deadline - math.log(latency)) * scale))
 
 
 def _reason(fields: tuple[str, Verdict, str, tuple[Any, ...]]) -> Reason:
@@ -161,6 +168,7 @@ class CheapestFeasible:
                     add(_reason((name, _REJECTED, "cooldown", (health.cooldown_s,))))
                     continue
                 wait = health.cooldown_s
+            # cost.tier_cost's arithmetic, inlined: this loop is the decision's hot path.
             base = uncached * price.input_per_token + cached * price.cached_input_per_token
             worst = base + out_max * price.output_per_token
             if cap is not None and worst > cap:
@@ -171,10 +179,7 @@ class CheapestFeasible:
                 continue
             expected = base + out_exp * price.output_per_token
             latency = wait + health.ttft_s + out_exp / health.output_tps
-            if deadline is None:
-                on_time = 1.0
-            else:
-                on_time = 0.5 * (1.0 + math.erf((log_deadline - math.log(latency)) * scale))
+            on_time = 1.0 if deadline is None else _on_time(log_deadline, latency, scale)
             served = 1.0 - health.refusal_rate - health.error_rate
             if served < 0.0:
                 served = 0.0
@@ -256,14 +261,6 @@ class CheapestFeasible:
         add(_reason((best.label, _CHOSEN, "best_effort", (best.expected_cost, best.p_success))))
         return _decision(best, reasons, best_effort=True)
 
-    def _on_time(self, latency: float, deadline: float | None) -> float:
-        if deadline is None:
-            return 1.0
-        if deadline <= 0:
-            return 0.0
-        z = (math.log(deadline) - math.log(latency)) / self.latency_sigma
-        return 0.5 * (1.0 + math.erf(z / _SQRT2))
-
     def _ladder(self, a: _Option, b: _Option, deadline: float | None) -> _Plan | None:
         """Plan ``a`` then, after a shed, ``b`` in the time left.
 
@@ -279,7 +276,8 @@ class CheapestFeasible:
         elif deadline - shed_wait <= 0:
             return None
         else:
-            on_time_b = self._on_time(b.latency, deadline - shed_wait)
+            scale = 1.0 / (self.latency_sigma * _SQRT2)
+            on_time_b = _on_time(math.log(deadline - shed_wait), b.latency, scale)
         p = a.served * a.on_time + ha.refusal_rate * min(b.served * on_time_b, a.on_time)
         # Weights of "a serves" and "we climb to b". b's own shed rate stays out of the cost on
         # purpose: a more shed-prone b must not make the ladder look cheaper.
@@ -370,11 +368,7 @@ class FixedTier:
         price = prices.tiers.get(name)
         if price is None:
             raise NoFeasibleTier(call.model, [Reason(self.tier, Verdict.rejected, "not_offered")])
-        uncached = call.input_tokens - call.cached_input_tokens
-        base = (
-            uncached * price.input_per_token
-            + call.cached_input_tokens * price.cached_input_per_token
-        )
+        base = tier_cost(price, call.input_tokens, call.cached_input_tokens, 0)
         worst = base + call.max_output_tokens * price.output_per_token
         expected = base + call.output_tokens_for_latency * price.output_per_token
         health = signals.get(name)

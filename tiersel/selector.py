@@ -52,6 +52,7 @@ from tiersel.pricing import Pricing, load_pricing
 from tiersel.signals import (
     AsyncSignalStore,
     MemorySignalStore,
+    Observation,
     SignalConfig,
     SignalKey,
     SignalStore,
@@ -225,7 +226,7 @@ class Selector:
         )
 
     def record(
-        self, model: str, tier: str, observation: Any, now: float | None = None
+        self, model: str, tier: str, observation: Observation, now: float | None = None
     ) -> TierStats:
         """Feed one observation into the signals (for callers that dispatch on their own)."""
         prices = self.pricing.model(model)
