@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,3 +148,33 @@ def test_a_broken_stream_drops_the_connection(tmp_path: Path) -> None:
         with pytest.raises(httpx.RemoteProtocolError):
             got.extend(r.iter_lines())
         assert got and "data: [DONE]" not in got
+
+
+def test_held_answers_wait_for_release_then_each_takes_its_latency(
+    server: RunningServer, client: httpx.Client
+) -> None:
+    assert server.hold()["held"] == 0
+    answers: list[tuple[int, float]] = []
+
+    def send() -> None:
+        r = client.post("/chat/completions", json=_body())
+        answers.append((r.status_code, time.monotonic()))
+
+    senders = [threading.Thread(target=send) for _ in range(3)]
+    for t in senders:
+        t.start()
+    deadline = time.monotonic() + 10
+    while server.stats()["held"] < 3:
+        assert time.monotonic() < deadline, server.stats()
+        time.sleep(0.01)
+    time.sleep(0.3)  # far longer than a 30-token answer takes at this time scale
+    assert answers == [] and server.stats()["requests"] == 3  # admitted, not answered
+    released_at = time.monotonic()
+    assert server.release()["held"] == 0
+    for t in senders:
+        t.join(timeout=10)
+    assert [status for status, _ in answers] == [200, 200, 200]
+    assert all(at > released_at for _, at in answers)
+    # The gate is open again: a new call is answered without a release.
+    assert client.post("/chat/completions", json=_body()).status_code == 200
+    assert server.stats()["held"] == 0

@@ -92,7 +92,7 @@ def write_input(path: Path, lines: int) -> list[str]:
 
 def batch_worker(
     input_path: Path, out: Path, shard: int, store: str, sim: RunningServer, budget: float,
-    *extra: str,
+    *extra: str, deadline: float = 3,
 ) -> subprocess.Popen[str]:  # fmt: skip
     return subprocess.Popen(
         [
@@ -103,7 +103,7 @@ def batch_worker(
             "--shard", f"{shard}/{SHARDS}",
             "--store", store,
             "--concurrency", "64",
-            "--deadline", "3",
+            "--deadline", repr(deadline),
             "--json", "--no-progress",
             *extra,
         ],
@@ -158,6 +158,14 @@ def finish(proc: subprocess.Popen[str], timeout: float = 60) -> dict[str, Any]:
     return summary
 
 
+def wait_until_held(sim: RunningServer, n: int, workers: list[subprocess.Popen[str]]) -> None:
+    deadline = time.monotonic() + 60
+    while (held := sim.stats()["held"]) < n:
+        assert all(w.poll() is None for w in workers), "a worker ended while the answers were held"
+        assert time.monotonic() < deadline, f"only {held} of {n} calls reached the simulator"
+        time.sleep(0.02)
+
+
 def test_four_workers_with_64_in_flight_share_one_budget_under_peak(
     redis_url: str, prefix: str, peak_sim: RunningServer, tmp_path: Path
 ) -> None:
@@ -169,12 +177,24 @@ def test_four_workers_with_64_in_flight_share_one_budget_under_peak(
     ledger = open_ledger(store, limit_usd=budget)
     peak_sim.reset(time_s=95)  # the busy spell: standard shed about 90% of the time
     before = peak_sim.stats()["requests"]
-    with BudgetWatch(ledger) as watch:
-        workers = [
-            batch_worker(tmp_path / "in.jsonl", tmp_path / "out.jsonl", i, store, peak_sim, budget)
-            for i in range(1, SHARDS + 1)
-        ]
-        summaries = [finish(w) for w in workers]
+    # The simulator holds every answer until all four workers have 64 calls out, so no worker
+    # spends before the last one has started (process start-up times vary a lot under load).
+    # The deadline is long enough that no held call times out meanwhile.
+    peak_sim.hold()
+    try:
+        with BudgetWatch(ledger) as watch:
+            workers = [
+                batch_worker(
+                    tmp_path / "in.jsonl", tmp_path / "out.jsonl", i, store, peak_sim, budget,
+                    deadline=30,
+                )
+                for i in range(1, SHARDS + 1)
+            ]  # fmt: skip
+            wait_until_held(peak_sim, SHARDS * 64, workers)
+            peak_sim.release()
+            summaries = [finish(w) for w in workers]
+    finally:
+        peak_sim.release()
     assert [s["peak_in_flight"] for s in summaries] == [64] * SHARDS
     # Committed plus reserved, sampled from here while they ran, never passed the budget.
     assert watch.samples > 10

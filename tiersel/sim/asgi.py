@@ -1,12 +1,14 @@
 """The simulator as an ASGI application (written against the ASGI spec; no web framework).
 
 Each request goes to `SimService.handle`; this shell only waits until each part is due, on the
-service's clock scaled by its ``time_scale``, and sends it. Streams really stream: every chunk
+service's clock scaled by its ``time_scale`` (and, while the service holds its gate, until it is
+released), and sends it. Streams really stream: every chunk
 is sent at its own time, and a simulated broken stream ends with the connection dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -53,6 +55,11 @@ class SimApp:
         clock, scale = self.service.clock, self.service.time_scale
         start = clock.now()
         rendered = self.service.handle(scope["method"], scope["path"], headers, bytes(body))
+        released = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if self.service.park(scope["path"], lambda: loop.call_soon_threadsafe(released.set)):
+            await released.wait()
+            start = clock.now()  # its simulated latency runs from the release
 
         async def until(due_s: float) -> None:
             await clock.asleep(start + due_s * scale - clock.now())

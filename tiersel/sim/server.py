@@ -133,6 +133,20 @@ class RunningServer:
         doc: dict[str, Any] = response.json()
         return doc
 
+    def hold(self) -> dict[str, Any]:
+        """``POST /sim/hold``: answer no generation request until `release`."""
+        return self._post("/sim/hold")
+
+    def release(self) -> dict[str, Any]:
+        """``POST /sim/release``: answer the held requests, each after its simulated latency."""
+        return self._post("/sim/release")
+
+    def _post(self, path: str) -> dict[str, Any]:
+        response = httpx.post(self.base_url + path, timeout=10)
+        response.raise_for_status()
+        doc: dict[str, Any] = response.json()
+        return doc
+
     def log(self) -> str:
         """Everything the server wrote to stdout and stderr so far."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")

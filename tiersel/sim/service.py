@@ -11,6 +11,10 @@ waiting the returned `Rendered` asks for. Routes:
   seed and scenario time.
 - ``POST /sim/reset``: forget all requests; optional JSON body ``{"seed": N, "time_s": T}``
   reseeds and moves the scenario clock to ``T``.
+- ``POST /sim/hold`` and ``POST /sim/release``: a gate for tests of concurrency. While held, the
+  served app (`tiersel.sim.asgi`) admits generation requests as usual but answers none of them;
+  ``held`` in the stats counts the ones waiting. On release each is answered after its own
+  simulated latency, counted from the release. The in-process transports have no gate.
 
 Scenario time is ``(clock.now() - origin) / time_scale``: with ``time_scale=0.01`` every
 simulated second lasts 10 ms of the clock, so latencies, the scenario's timeline and rate-limit
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -73,6 +77,7 @@ class SimService:
         self._origin = self.clock.now() - start_s * self.time_scale
         self._ids = 0
         self._lock = threading.Lock()
+        self._parked: list[Callable[[], object]] | None = None  # wake-ups while held; None: open
 
     def __repr__(self) -> str:
         return (
@@ -91,7 +96,32 @@ class SimService:
             "scenario": self.provider.scenario.name,
             "seed": self.provider.seed,
             "sim_time_s": round(self.now(), 6),
+            "held": len(self._parked or ()),
         }
+
+    def hold(self) -> None:
+        """Close the gate: answers to generation requests wait until `release`."""
+        with self._lock:
+            if self._parked is None:
+                self._parked = []
+
+    def release(self) -> None:
+        """Open the gate and wake every answer waiting at it."""
+        with self._lock:
+            parked, self._parked = self._parked or [], None
+        for wake in parked:
+            wake()
+
+    def park(self, path: str, wake: Callable[[], object]) -> bool:
+        """Whether the answer to a request on ``path`` must wait at the gate; if so, ``wake`` is
+        called on release."""
+        if path.rstrip("/") not in _DIALECTS:
+            return False
+        with self._lock:
+            if self._parked is None:
+                return False
+            self._parked.append(wake)
+            return True
 
     def reset(self, *, seed: int | None = None, time_s: float | None = None) -> None:
         """Forget every request; optionally reseed and move scenario time to ``time_s``."""
@@ -111,6 +141,12 @@ class SimService:
             return json_response(200, self.stats())
         if path == "/sim/reset" and method == "POST":
             return self._reset(body)
+        if path == "/sim/hold" and method == "POST":
+            self.hold()
+            return json_response(200, self.stats())
+        if path == "/sim/release" and method == "POST":
+            self.release()
+            return json_response(200, self.stats())
         if path == f"{API_PREFIX}/models" and method == "GET":
             return json_response(200, self._models())
         status = 405 if dialect is not None else 404
