@@ -9,10 +9,16 @@ the issue's targets as measured in the same run:
 - tiersel at least 25% cheaper than always-priority, at equal or better attainment;
 - no baseline both cheaper than tiersel and at higher attainment (tiersel on the frontier).
 
-Nothing is fitted here: the policy is tiersel's default, `CheapestFeasible()`, with the default
-signal configuration. ``--what-if-sigma S`` and ``--what-if-max-open S`` add a row ``tiersel*``:
-the same policy with ``latency_sigma=S`` and/or ``SignalConfig(max_open_s=S)``, to weigh a
-change to those defaults (the targets above are always checked on the default row). Run:
+Nothing is fitted here: the policy is tiersel's default, `CheapestFeasible()` (each tier's
+latency spread learned from its own observations, starting from the priors in the price table),
+with the default signal configuration. ``--what-if-sigma S`` and ``--what-if-max-open S`` add a
+row ``tiersel*``: the same policy with one fixed ``latency_sigma=S`` for every tier and/or
+``SignalConfig(max_open_s=S)``, to weigh a change to those defaults (``--what-if-sigma 0.35`` is
+the policy as it was before spreads were learned). ``--what-if-patience S`` makes ``tiersel*``
+wait S seconds and decide again, rather than buy a dearer tier than the model's cheapest, while
+the call's remaining deadline leaves room for that wait and ten times the dearer plan's expected
+latency (a call with a 10 min deadline can sit out a busy spell; an interactive one cannot).
+The targets above are always checked on the default row. Run:
 
     python benchmarks/policy_table.py [--scenario NAME] [--seed N] [--trace NAME] [--speedup K]
 
@@ -22,9 +28,13 @@ It replays about 130,000 calls per policy set; expect a few minutes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
-from tiersel.policy import CheapestFeasible
+from tiersel.call import BudgetState, Call, Requirements
+from tiersel.decision import Decision
+from tiersel.policy import CheapestFeasible, Policy, Signals
+from tiersel.pricing import ModelPrices
 from tiersel.replay.baselines import POLICY_NAMES, Contender
 from tiersel.replay.harness import DEFAULT_SCENARIO, Comparison, compare
 from tiersel.replay.metrics import PolicyMetrics, dominates
@@ -34,6 +44,34 @@ from tiersel.signals import SignalConfig
 ORACLE_GAP_PP = 0.5
 ORACLE_COST_RATIO = 1.15
 PRIORITY_SAVING = 0.25
+
+
+class Patient:
+    """What-if: wait ``hold_s`` and decide again instead of buying a dearer tier than the
+    cheapest, while the remaining deadline leaves that wait plus ten times the dearer plan's
+    expected latency."""
+
+    def __init__(self, inner: Policy, hold_s: float) -> None:
+        self.inner = inner
+        self.hold_s = hold_s
+
+    def __call__(
+        self,
+        call: Call,
+        requirements: Requirements,
+        budget: BudgetState | None,
+        prices: ModelPrices,
+        signals: Signals,
+        now: float,
+    ) -> Decision:
+        d = self.inner(call, requirements, budget, prices, signals, now)
+        cheapest = next(iter(prices.tiers))
+        deadline = requirements.deadline_s
+        if d.tier == cheapest or d.wait_s or deadline is None:
+            return d
+        if deadline < self.hold_s + 10 * d.expected_latency_s:
+            return d
+        return dataclasses.replace(d, wait_s=self.hold_s)
 
 
 def row(m: PolicyMetrics) -> str:
@@ -83,19 +121,19 @@ def main() -> None:
     parser.add_argument("--speedup", action="append", type=float)
     parser.add_argument("--what-if-sigma", type=float, metavar="S")
     parser.add_argument("--what-if-max-open", type=float, metavar="S")
+    parser.add_argument("--what-if-patience", type=float, metavar="S")
     args = parser.parse_args()
     policies: list[str | Contender] = list(POLICY_NAMES)
-    if args.what_if_sigma is not None or args.what_if_max_open is not None:
+    what_if = (args.what_if_sigma, args.what_if_max_open, args.what_if_patience)
+    if any(x is not None for x in what_if):
         config = (
             SignalConfig(max_open_s=args.what_if_max_open)
             if args.what_if_max_open is not None
             else None
         )
-        variant = (
-            CheapestFeasible(latency_sigma=args.what_if_sigma)
-            if args.what_if_sigma is not None
-            else CheapestFeasible()
-        )
+        variant: Policy = CheapestFeasible(latency_sigma=args.what_if_sigma)
+        if args.what_if_patience is not None:
+            variant = Patient(variant, args.what_if_patience)
         policies.append(Contender("tiersel*", variant, signal_config=config))
     for name in args.trace or list(SHIPPED_TRACES):
         trace = shipped_trace(name)

@@ -68,6 +68,7 @@ class _Option(NamedTuple):
     on_time: float  # P(finishing within the deadline | served)
     served: float  # P(served: neither shed nor failed)
     wait: float  # seconds to wait for the tier's cooldown to end before sending
+    scale: float  # 1 / (sigma * sqrt 2) of the latency's log-normal spread (0: no deadline)
 
 
 class _Plan(NamedTuple):
@@ -86,8 +87,11 @@ _new = tuple.__new__
 class CheapestFeasible:
     """The default policy: the cheapest plan that meets the requirements.
 
-    - ``latency_sigma``: spread of the end-to-end latency around its estimate (log-normal), which
-      turns a deadline into a probability of finishing on time.
+    - ``latency_sigma``: the spread (log-standard-deviation) of the end-to-end latency around
+      its estimate, which turns a deadline into a probability of finishing on time. None (the
+      default): each tier's own, from the spreads of its observed TTFT and output rate
+      (`TierHealth.ttft_spread`, `TierHealth.tps_spread`; the tier's prior until observed); a
+      number: that spread for every tier, whatever was observed.
     - ``ladders``: also weigh two-step plans (cheap tier first, escalate after a shed).
     - ``pacing``: when the budget knows how many calls remain, refuse a plan that would leave
       less than ``pacing`` times what the calls still to come need at this call's cheapest tier
@@ -104,10 +108,14 @@ class CheapestFeasible:
     __slots__ = ("ladders", "latency_sigma", "pacing")
 
     def __init__(
-        self, *, latency_sigma: float = 0.35, ladders: bool = True, pacing: float | None = None
+        self,
+        *,
+        latency_sigma: float | None = None,
+        ladders: bool = True,
+        pacing: float | None = None,
     ) -> None:
-        if not latency_sigma > 0:
-            raise ValueError(f"latency_sigma must be > 0, got {latency_sigma!r}")
+        if latency_sigma is not None and not latency_sigma > 0:
+            raise ValueError(f"latency_sigma must be > 0 or None, got {latency_sigma!r}")
         if pacing is not None and not pacing > 0:
             raise ValueError(f"pacing must be > 0, got {pacing!r}")
         self.latency_sigma = latency_sigma
@@ -140,7 +148,8 @@ class CheapestFeasible:
         if deadline is not None and deadline <= 0:
             raise NoFeasibleTier(call.model, [_reason(("*", _REJECTED, "no_time", ()))])
         log_deadline = math.log(deadline) if deadline is not None else 0.0
-        scale = 1.0 / (self.latency_sigma * _SQRT2)
+        sigma = self.latency_sigma
+        fixed_scale = 1.0 / (sigma * _SQRT2) if sigma is not None else 0.0
 
         uncached = call.input_tokens - call.cached_input_tokens
         cached = call.cached_input_tokens
@@ -178,15 +187,27 @@ class CheapestFeasible:
                 add(_reason((name, _REJECTED, "budget", (worst, remaining))))
                 continue
             expected = base + out_exp * price.output_per_token
-            latency = wait + health.ttft_s + out_exp / health.output_tps
-            on_time = 1.0 if deadline is None else _on_time(log_deadline, latency, scale)
+            ttft = health.ttft_s
+            decode = out_exp / health.output_tps
+            latency = wait + ttft + decode
+            if deadline is None:
+                on_time = 1.0
+                scale = 0.0
+            else:
+                # The latency's log-spread: its parts' log-spreads weighted by their shares of
+                # it, added as if TTFT and output rate stray together (a loaded tier is slow in
+                # both), which bounds it from above. A cooldown wait is known: it only dilutes it.
+                scale = fixed_scale or latency / (
+                    (ttft * health.ttft_spread + decode * health.tps_spread) * _SQRT2
+                )
+                on_time = _on_time(log_deadline, latency, scale)
             served = 1.0 - health.refusal_rate - health.error_rate
             if served < 0.0:
                 served = 0.0
             options.append(
                 _new(
                     _Option,
-                    (name, price, health, worst, expected, latency, on_time, served, wait),
+                    (name, price, health, worst, expected, latency, on_time, served, wait, scale),
                 )
             )
         if not options:
@@ -276,8 +297,7 @@ class CheapestFeasible:
         elif deadline - shed_wait <= 0:
             return None
         else:
-            scale = 1.0 / (self.latency_sigma * _SQRT2)
-            on_time_b = _on_time(math.log(deadline - shed_wait), b.latency, scale)
+            on_time_b = _on_time(math.log(deadline - shed_wait), b.latency, b.scale)
         p = a.served * a.on_time + ha.refusal_rate * min(b.served * on_time_b, a.on_time)
         # Weights of "a serves" and "we climb to b". b's own shed rate stays out of the cost on
         # purpose: a more shed-prone b must not make the ladder look cheaper.
@@ -377,7 +397,7 @@ class FixedTier:
         if health is not None:
             latency = health.ttft_s + call.output_tokens_for_latency / health.output_tps
             p = health.p_served
-        o = _Option(name, price, health or _NO_HEALTH, worst, expected, latency, 1.0, p, 0.0)
+        o = _Option(name, price, health or _NO_HEALTH, worst, expected, latency, 1.0, p, 0.0, 0.0)
         reason = Reason(name, Verdict.chosen, "fixed", (expected, p, repr(self)))
         return _decision(_Plan((o,), p, expected, worst, latency, name), [reason])
 

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tiersel.errors import PricingError, UnknownModel
-from tiersel.tiers import TierPriors, TierSpec, tier_name
+from tiersel.tiers import DEFAULT_LOG_SPREAD, TierPriors, TierSpec, tier_name
 
 __all__ = ["ModelPrices", "Pricing", "TierPrice", "bundled_pricing_path", "load_pricing"]
 
@@ -37,6 +37,7 @@ class _PriorsDoc(_Strict):
     ttft_s: float = Field(0.8, gt=0.0)
     output_tps: float = Field(50.0, gt=0.0)
     shed_latency_s: float = Field(0.3, ge=0.0)
+    log_spread: float = Field(DEFAULT_LOG_SPREAD, gt=0.0)
 
 
 class _RequestDoc(_Strict):

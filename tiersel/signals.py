@@ -4,17 +4,22 @@ A `SignalStore` keeps raw counters over a sliding time window (atomic, value-ret
 operations); `assess()` turns a store's counters plus the tier's priors into a `TierHealth` the
 policy reads. Priors weigh in as pseudo-observations, so a tier with no data has sensible
 estimates and nothing divides by zero.
+
+Timings are kept as sums and as sums of logs and squared logs, so `assess` can tell both a tier's
+typical TTFT and output rate and how widely they vary (their log-standard-deviations, shrunk
+toward the tier's prior spread while observations are few).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from tiersel.tiers import TierPriors
+from tiersel.tiers import DEFAULT_LOG_SPREAD, TierPriors
 
 __all__ = [
     "AsyncSignalStore",
@@ -72,7 +77,12 @@ class Observation:
 
 @dataclass(frozen=True, slots=True)
 class TierStats:
-    """Raw counters of one key over the window, and its cooldown and failure streak."""
+    """Raw counters of one key over the window, and its cooldown and failure streak.
+
+    Timings count where measured (a TTFT or output rate above zero), whatever the outcome: a
+    stream abandoned at its deadline is the slow tail the spread must see. ``*_log_sum`` and
+    ``*_log_sq`` are the sums of their natural logs and squared logs.
+    """
 
     n: int = 0
     ok: int = 0
@@ -84,6 +94,10 @@ class TierStats:
     ttft_n: int = 0
     tps_sum: float = 0.0
     tps_n: int = 0
+    ttft_log_sum: float = 0.0
+    ttft_log_sq: float = 0.0
+    tps_log_sum: float = 0.0
+    tps_log_sq: float = 0.0
     cooldown_until: float = float("-inf")
     consecutive_failures: int = 0
     last_failure_at: float = float("-inf")
@@ -130,6 +144,8 @@ class TierHealth:
     state: CircuitState
     cooldown_s: float  # seconds until usable when open, else 0
     observed: int  # attempts in the window
+    ttft_spread: float = DEFAULT_LOG_SPREAD  # standard deviation of log TTFT
+    tps_spread: float = DEFAULT_LOG_SPREAD  # standard deviation of log output rate
 
     @property
     def p_served(self) -> float:
@@ -154,16 +170,32 @@ def assess(
     state, wait = circuit_state(stats, config, now)
     if probing and state is CircuitState.half_open:
         state = CircuitState.closed
+    prior_var = w * priors.log_spread * priors.log_spread
+    # Positional: this runs for every tier on every decision, and keywords cost here.
     return TierHealth(
-        refusal_rate=min(1.0, refusal),
-        error_rate=min(1.0, error),
-        ttft_s=ttft,
-        output_tps=tps,
-        shed_latency_s=priors.shed_latency_s,
-        state=state,
-        cooldown_s=wait,
-        observed=stats.n,
+        min(1.0, refusal),
+        min(1.0, error),
+        ttft,
+        tps,
+        priors.shed_latency_s,
+        state,
+        wait,
+        stats.n,
+        _log_spread(s.ttft_n, s.ttft_log_sum, s.ttft_log_sq, prior_var, w),
+        _log_spread(s.tps_n, s.tps_log_sum, s.tps_log_sq, prior_var, w),
     )
+
+
+def _log_spread(n: int, total: float, squares: float, prior_var: float, w: float) -> float:
+    """The standard deviation of ``n`` logs from their sums, pooled with ``w`` pseudo-observations
+    of the prior's variance (``prior_var`` is ``w`` times it): the prior alone when ``n`` < 2."""
+    if n < 2:
+        return math.sqrt(prior_var / w)
+    deviations = squares - total * total / n
+    # Float drift in a running total can leave a hair below zero.
+    if deviations < 0.0:
+        deviations = 0.0
+    return math.sqrt((deviations + prior_var) / (n - 1 + w))
 
 
 def circuit_state(stats: TierStats, config: SignalConfig, now: float) -> tuple[CircuitState, float]:
@@ -216,7 +248,23 @@ class AsyncSignalStore(Protocol):
 
 # -- in-memory store ----------------------------------------------------------------------------
 
-_N, _OK, _SHED, _RL, _ERR, _TO, _TTFT, _TTFT_N, _TPS, _TPS_N = range(10)
+_SLOTS = 14
+(
+    _N,
+    _OK,
+    _SHED,
+    _RL,
+    _ERR,
+    _TO,
+    _TTFT,
+    _TTFT_N,
+    _TPS,
+    _TPS_N,
+    _TTFT_LOG,
+    _TTFT_LOG_SQ,
+    _TPS_LOG,
+    _TPS_LOG_SQ,
+) = range(_SLOTS)
 _OUTCOME_SLOT = {
     Outcome.ok: _OK,
     Outcome.shed: _SHED,
@@ -242,7 +290,7 @@ class _Series:
 
     def __init__(self) -> None:
         self.buckets: deque[tuple[int, list[float]]] = deque()
-        self.total = [0.0] * 10
+        self.total = [0.0] * _SLOTS
         self.cooldown_until = float("-inf")
         self.consecutive = 0
         self.last_failure_at = float("-inf")
@@ -260,7 +308,7 @@ class _Series:
             self.cached = None
         if not buckets:
             # Clear float drift once the window is empty.
-            self.total = [0.0] * 10
+            self.total = [0.0] * _SLOTS
 
     def snapshot(self) -> TierStats:
         t = self.total
@@ -275,6 +323,10 @@ class _Series:
             ttft_n=round(t[_TTFT_N]),
             tps_sum=max(0.0, t[_TPS]),
             tps_n=round(t[_TPS_N]),
+            ttft_log_sum=t[_TTFT_LOG],
+            ttft_log_sq=max(0.0, t[_TTFT_LOG_SQ]),
+            tps_log_sum=t[_TPS_LOG],
+            tps_log_sq=max(0.0, t[_TPS_LOG_SQ]),
             cooldown_until=self.cooldown_until,
             consecutive_failures=self.consecutive,
             last_failure_at=self.last_failure_at,
@@ -314,17 +366,23 @@ class MemorySignalStore:
             if series.buckets and series.buckets[-1][0] == bucket:
                 counts = series.buckets[-1][1]
             else:
-                counts = [0.0] * 10
+                counts = [0.0] * _SLOTS
                 series.buckets.append((bucket, counts))
-            delta = [0.0] * 10
+            delta = [0.0] * _SLOTS
             delta[_N] = 1.0
             delta[_OUTCOME_SLOT[obs.outcome]] = 1.0
-            if obs.ttft_s is not None and obs.ttft_s >= 0:
+            if obs.ttft_s is not None and obs.ttft_s > 0:
                 delta[_TTFT] = obs.ttft_s
                 delta[_TTFT_N] = 1.0
+                log = math.log(obs.ttft_s)
+                delta[_TTFT_LOG] = log
+                delta[_TTFT_LOG_SQ] = log * log
             if obs.output_tps is not None and obs.output_tps > 0:
                 delta[_TPS] = obs.output_tps
                 delta[_TPS_N] = 1.0
+                log = math.log(obs.output_tps)
+                delta[_TPS_LOG] = log
+                delta[_TPS_LOG_SQ] = log * log
             total = series.total
             for i, v in enumerate(delta):
                 if v:

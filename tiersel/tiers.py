@@ -31,6 +31,9 @@ class Tier(str, enum.Enum):
 
 _BY_NAME = {t.value: t for t in Tier}
 
+DEFAULT_LOG_SPREAD = 0.35
+"""The prior spread of a tier's log TTFT and log output rate, before observations refine it."""
+
 
 def tier_name(name: str) -> str:
     """Return the `Tier` member for a known name, or the name itself for a tier declared in data."""
@@ -39,13 +42,22 @@ def tier_name(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TierPriors:
-    """What the policy assumes about a tier before it has seen traffic on it."""
+    """What the policy assumes about a tier before it has seen traffic on it.
+
+    ``log_spread`` is the standard deviation of log TTFT and of log output rate (so roughly the
+    relative spread of each): how far one call's timings may stray from the tier's typical ones.
+    """
 
     shed_rate: float = 0.02
     error_rate: float = 0.005
     ttft_s: float = 0.8
     output_tps: float = 50.0
     shed_latency_s: float = 0.3
+    log_spread: float = DEFAULT_LOG_SPREAD
+
+    def __post_init__(self) -> None:
+        if not self.log_spread > 0:
+            raise ValueError(f"TierPriors: log_spread must be > 0, got {self.log_spread!r}")
 
 
 @dataclass(frozen=True, slots=True)

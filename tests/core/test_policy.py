@@ -20,6 +20,7 @@ def health(
     tps: float = 50.0,
     ttft: float = 0.5,
     state: CircuitState = CircuitState.closed,
+    spread: float = 0.35,
 ) -> TierHealth:
     return TierHealth(
         refusal_rate=refusal,
@@ -30,6 +31,8 @@ def health(
         state=state,
         cooldown_s=3.0 if state is CircuitState.open else 0.0,
         observed=10,
+        ttft_spread=spread,
+        tps_spread=spread,
     )
 
 
@@ -108,6 +111,30 @@ def test_deadline_and_ttft() -> None:
     assert any(r.code == "ttft" for r in d.reasons)
 
 
+def test_a_tier_s_learned_spread_decides_whether_it_meets_a_tight_deadline() -> None:
+    # 300 tokens on standard: 6.5 s typical, against a 10 s deadline at 98%.
+    tight = Requirements(deadline_s=10.0, reliability=0.98)
+    assert decide(tight).tier == "fast"  # at the prior spread, 6.5 s may well become 10 s
+    steady = {**CALM, "standard": health(spread=0.1)}
+    d = decide(tight, steady)
+    assert d.tier == "standard" and d.p_success >= 0.98
+    # The spread is each tier's: priority, as slow and still at the prior, is not enough.
+    steady_priority = {**CALM, "priority": health(0.001, spread=0.1)}
+    assert decide(tight, steady_priority).tier == "priority"
+    # A fixed latency_sigma overrides what was learned, for every tier.
+    assert decide(tight, steady, latency_sigma=0.35).tier == "fast"
+    assert decide(tight, latency_sigma=0.1).tier == "standard"
+
+
+def test_the_decode_time_s_spread_weighs_by_its_share_of_the_latency() -> None:
+    # Almost all of the 6.5 s is decoding: a wide TTFT spread barely matters, a wide rate one does.
+    tight = Requirements(deadline_s=10.0, reliability=0.98)
+    wide_ttft = dataclasses.replace(health(spread=0.1), ttft_spread=1.0)
+    assert decide(tight, {**CALM, "standard": wide_ttft}).tier == "standard"
+    wide_rate = dataclasses.replace(health(spread=0.1), tps_spread=1.0)
+    assert decide(tight, {**CALM, "standard": wide_rate}).tier == "fast"
+
+
 def test_best_effort_takes_the_likeliest() -> None:
     with pytest.raises(NoFeasibleTier):
         decide(Requirements(deadline_s=1.0, reliability=0.99))
@@ -131,6 +158,11 @@ def test_pacing_keeps_money_for_the_calls_to_come() -> None:
         CheapestFeasible()(CALL, Requirements(min_output_tps=100), tight, KIMI, CALM, 0.0).tier
         == "fast"
     )
+
+
+def test_bad_latency_sigma_is_refused() -> None:
+    with pytest.raises(ValueError, match="latency_sigma"):
+        CheapestFeasible(latency_sigma=0.0)
 
 
 def test_custom_policy_is_a_plain_callable() -> None:

@@ -26,6 +26,8 @@ healths = st.builds(
     state=st.sampled_from([CircuitState.closed] * 4 + [CircuitState.open]),
     cooldown_s=st.floats(0.0, 30.0),
     observed=st.integers(0, 1000),
+    ttft_spread=st.floats(0.01, 2.0),
+    tps_spread=st.floats(0.01, 2.0),
 )
 
 

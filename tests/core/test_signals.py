@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+
 import pytest
 
 from tiersel import MemorySignalStore, Observation, Outcome, SignalConfig, SignalKey, TierPriors
@@ -35,6 +38,39 @@ def test_timings_blend_with_priors() -> None:
     store.record(KEY, Observation(Outcome.ok, ttft_s=1.5, output_tps=150.0), 0.0)
     h = assess(store.stats(KEY, 0.0), PRIORS, store.config, 0.0)
     assert h.ttft_s == pytest.approx(1.0) and h.output_tps == pytest.approx(100.0)
+
+
+def test_the_spread_is_the_prior_until_observations_say_otherwise() -> None:
+    store = MemorySignalStore(SignalConfig(prior_weight=5.0))
+    priors = TierPriors(log_spread=0.3)
+    h = assess(store.stats(KEY, 0.0), priors, store.config, 0.0)
+    assert (h.ttft_spread, h.tps_spread) == (pytest.approx(0.3), pytest.approx(0.3))
+    # One observation shows no spread at all: still the prior.
+    store.record(KEY, Observation(Outcome.ok, ttft_s=0.4, output_tps=40.0), 0.0)
+    h = assess(store.stats(KEY, 0.0), priors, store.config, 0.0)
+    assert (h.ttft_spread, h.tps_spread) == (pytest.approx(0.3), pytest.approx(0.3))
+    # Steady timings pull it down as they accumulate, toward their own spread.
+    spreads = []
+    for i in range(1, 200):
+        rate = 40.0 * (1.02 if i % 2 else 0.98)
+        store.record(KEY, Observation(Outcome.ok, ttft_s=0.4, output_tps=rate), i * 0.1)
+        if i in (5, 50, 199):
+            spreads.append(assess(store.stats(KEY, i * 0.1), priors, store.config, i * 0.1))
+    assert spreads[0].tps_spread > spreads[1].tps_spread > spreads[2].tps_spread
+    logs = [math.log(40.0)] + [math.log(40.0 * (1.02 if i % 2 else 0.98)) for i in range(1, 200)]
+    own = statistics.stdev(logs)
+    assert spreads[2].tps_spread == pytest.approx(
+        math.sqrt((199 * own**2 + 5 * 0.3**2) / (199 + 5))
+    )
+    assert spreads[2].ttft_spread == pytest.approx(math.sqrt(5 * 0.3**2 / (199 + 5)))
+    # A probe judges the tier on its priors, spread included.
+    probe = assess(store.stats(KEY, 20.0), priors, store.config, 20.0, probing=True)
+    assert probe.tps_spread == pytest.approx(0.3)
+
+
+def test_a_prior_spread_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="log_spread"):
+        TierPriors(log_spread=0.0)
 
 
 def test_retry_after_opens_until_it_passes() -> None:

@@ -6,6 +6,8 @@ Redis store fed the same observations must give the policy the same view as the 
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 
 import pytest
@@ -69,10 +71,32 @@ def test_record_counts_outcomes_and_timings_and_returns_the_new_counters(
         1,
         1,
     )
-    assert (after.ttft_sum, after.ttft_n, after.tps_sum, after.tps_n) == (0.5, 2, 80.0, 1)
+    # A zero TTFT or output rate is no measurement: it counts in neither sum.
+    assert (after.ttft_sum, after.ttft_n, after.tps_sum, after.tps_n) == (0.5, 1, 80.0, 1)
+    assert after.ttft_log_sum == approx(math.log(0.5))
+    assert after.ttft_log_sq == approx(math.log(0.5) ** 2)
+    assert after.tps_log_sum == approx(math.log(80.0))
+    assert after.tps_log_sq == approx(math.log(80.0) ** 2)
     assert same(store.stats(KEY, now()), after)
     other = SignalKey("fireworks", "kimi-k2p6", "priority")
     assert store.stats(other, now()) == EMPTY_STATS
+
+
+def test_the_spread_of_timings_is_learned_from_their_logs(backend: Backend) -> None:
+    """Many observations: the window's log-standard-deviations, barely shrunk to the prior."""
+    store = backend.signals(SignalConfig(prior_weight=1.0))
+    ttfts = [0.2 * 1.5 ** (i % 5) for i in range(40)]
+    rates = [30.0 + (i % 3) for i in range(40)]
+    for ttft, rate in zip(ttfts, rates, strict=True):
+        stats = store.record(KEY, Observation(Outcome.ok, ttft_s=ttft, output_tps=rate), now())
+    priors = TierPriors(log_spread=0.35)
+    health = assess(stats, priors, SignalConfig(prior_weight=1.0), now())
+    sd_ttft = statistics.stdev(math.log(x) for x in ttfts)
+    sd_tps = statistics.stdev(math.log(x) for x in rates)
+    # Pooled with one pseudo-observation of the prior's variance.
+    assert health.ttft_spread == approx(math.sqrt((39 * sd_ttft**2 + 0.35**2) / 40))
+    assert health.tps_spread == approx(math.sqrt((39 * sd_tps**2 + 0.35**2) / 40))
+    assert health.tps_spread < 0.1 < health.ttft_spread
 
 
 def test_counts_leave_the_window(backend: Backend) -> None:
@@ -171,3 +195,5 @@ def test_every_backend_gives_the_policy_the_memory_view(
             assert mine.state is theirs.state
             assert mine.refusal_rate == approx(theirs.refusal_rate)
             assert mine.ttft_s == approx(theirs.ttft_s)
+            assert mine.ttft_spread == approx(theirs.ttft_spread)
+            assert mine.tps_spread == approx(theirs.tps_spread)

@@ -1,7 +1,8 @@
 """Overload signals kept in Redis, so every process sees which tier is being shed.
 
 The store only keeps counters: each key's window is a Redis hash of per-bucket counts and sums
-(buckets that leave the window are deleted, and an idle key expires), beside a small hash with
+(of timings, and of their logs and squared logs, as `tiersel.signals.TierStats` holds them;
+buckets that leave the window are deleted, and an idle key expires), beside a small hash with
 the failure streak, the Retry-After cooldown and the last probe. What the counters mean is
 decided in one place, `tiersel.signals.assess`, exactly as for the in-memory store.
 
@@ -93,7 +94,7 @@ class _SignalsCore:
         return found
 
     def record_args(self, obs: Observation) -> list[str | float | int]:
-        ttft = obs.ttft_s if obs.ttft_s is not None and obs.ttft_s >= 0 else -1.0
+        ttft = obs.ttft_s if obs.ttft_s is not None and obs.ttft_s > 0 else -1.0
         tps = obs.output_tps if obs.output_tps is not None and obs.output_tps > 0 else -1.0
         wait = obs.retry_after_s if obs.retry_after_s is not None and obs.retry_after_s > 0 else -1
         failed = 1 if obs.outcome.is_failure else 0
@@ -134,7 +135,8 @@ class _SignalsCore:
 def _stats(reply: bytes, now: float) -> TierStats:
     v = reply.split()
     n, ok, shed, rl, err, to, ttft, ttft_n, tps, tps_n = (float(x) for x in v[:10])
-    cooldown, last_failure = (-math.inf if x in (b"-", "-") else now + float(x) for x in v[11:13])
+    ttft_log, ttft_sq, tps_log, tps_sq = (float(x) for x in v[10:14])
+    cooldown, last_failure = (-math.inf if x in (b"-", "-") else now + float(x) for x in v[15:17])
     return TierStats(
         n=round(n),
         ok=round(ok),
@@ -146,8 +148,12 @@ def _stats(reply: bytes, now: float) -> TierStats:
         ttft_n=round(ttft_n),
         tps_sum=max(0.0, tps),
         tps_n=round(tps_n),
+        ttft_log_sum=ttft_log,
+        ttft_log_sq=max(0.0, ttft_sq),
+        tps_log_sum=tps_log,
+        tps_log_sq=max(0.0, tps_sq),
         cooldown_until=cooldown,
-        consecutive_failures=int(v[10]),
+        consecutive_failures=int(v[14]),
         last_failure_at=last_failure,
     )
 

@@ -8,7 +8,7 @@ local width, nbuckets, keep_s = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(A
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local bucket = math.floor(now / width)
-local SLOTS = 10
+local SLOTS = 14
 
 -- Sum the buckets still inside the window; delete the ones that left it.
 local function totals()
@@ -41,7 +41,7 @@ local function rel(field)
   return string.format('%.17g', tonumber(v) - now)
 end
 
--- One string of 13 fields: the 10 sums, the streak, then the cooldown and the last failure
+-- One string of 17 fields: the 14 sums, the streak, then the cooldown and the last failure
 -- relative to now ('-' when none). Cheaper to read than an array.
 local function reply(sums)
   local out = {}

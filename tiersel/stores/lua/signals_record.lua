@@ -5,13 +5,19 @@ local retry_after, failed = tonumber(ARGV[7]), ARGV[8] == '1'
 local prefix = tostring(bucket) .. ':'
 redis.call('HINCRBY', window, prefix .. '0', 1)
 redis.call('HINCRBY', window, prefix .. slot, 1)
-if ttft >= 0 then
-  redis.call('HINCRBYFLOAT', window, prefix .. '6', ttft)
-  redis.call('HINCRBY', window, prefix .. '7', 1)
+-- A timing adds to its sum and count, and its log to the sums of logs and squared logs.
+local function timing(value, raw, sum_slot, n_slot, log_slot, sq_slot)
+  local log = math.log(value)
+  redis.call('HINCRBYFLOAT', window, prefix .. sum_slot, raw)
+  redis.call('HINCRBY', window, prefix .. n_slot, 1)
+  redis.call('HINCRBYFLOAT', window, prefix .. log_slot, string.format('%.17g', log))
+  redis.call('HINCRBYFLOAT', window, prefix .. sq_slot, string.format('%.17g', log * log))
+end
+if ttft > 0 then
+  timing(ttft, ARGV[5], '6', '7', '10', '11')
 end
 if tps > 0 then
-  redis.call('HINCRBYFLOAT', window, prefix .. '8', tps)
-  redis.call('HINCRBY', window, prefix .. '9', 1)
+  timing(tps, ARGV[6], '8', '9', '12', '13')
 end
 if failed then
   redis.call('HINCRBY', state, 'streak', 1)
