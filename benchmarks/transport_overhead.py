@@ -148,6 +148,8 @@ def _attribution(body: dict[str, Any], url: str, n: int) -> None:
     import httpx
 
     import tiersel
+    import tiersel.dialects
+    import tiersel.signals
     from tiersel.wrap import TierTransport
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -168,9 +170,20 @@ def _attribution(body: dict[str, Any], url: str, n: int) -> None:
     )
     in_flow = statistics.median(flow) - statistics.median(bare)
     in_transport = statistics.median(whole) - statistics.median(upstream)
+    # Two parts of every call that are not the transport's own: the policy's decision (with
+    # the signals read for it) and the one observation recorded into the signals.
+    sel = tiersel.Selector(api_key="")
+    call, _ = sel.call_for(body, tiersel.dialects.Dialect.openai)
+    key = sel.signal_keys(call.model)[0]
+    seen = tiersel.signals.Observation(tiersel.signals.Outcome.ok, latency_s=0.01)
+    decide, record = _interleaved(
+        lambda: sel.decide(call), lambda: sel.record(call.model, key.tier, seen), n, 200
+    )
     print("in process, median us per call (less the fake upstream's own time):")
     print(f"  core attempt flow (Selector.send):   {in_flow:7.1f}")
     print(f"  TierTransport.handle_request, total: {in_transport:7.1f}")
+    print(f"    of which the policy (Selector.decide): {statistics.median(decide):7.1f}")
+    print(f"    and one signals record:                {statistics.median(record):7.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:

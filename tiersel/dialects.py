@@ -76,9 +76,13 @@ def max_output_tokens(body: Mapping[str, Any], dialect: Dialect) -> int | None:
 
 
 def _text_bytes(value: Any) -> int:
+    if value is None:
+        return 0
     if isinstance(value, str):
-        return len(value.encode("utf-8"))
-    if isinstance(value, Mapping):
+        # An ASCII string's length is its size in bytes: no need to encode it.
+        return len(value) if value.isascii() else len(value.encode("utf-8"))
+    # dict first: parsed JSON's, and far cheaper to test for than the Mapping ABC.
+    if isinstance(value, (dict, Mapping)):
         return sum(_text_bytes(v) for k, v in value.items() if k not in ("role", "type"))
     if isinstance(value, (list, tuple)):
         return sum(_text_bytes(v) for v in value)
@@ -135,6 +139,8 @@ class Usage:
 
 
 def _int(value: Any) -> int:
+    if type(value) is int:  # JSON's ints, and never a bool: the common case, tested cheaply
+        return value if value > 0 else 0
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
@@ -151,14 +157,15 @@ def _served_tier(value: Any) -> str | None:
 
 def read_usage(payload: Any, dialect: Dialect) -> Usage | None:
     """Usage from a response body (or a stream's final chunk / message_delta), None if absent."""
-    if not isinstance(payload, Mapping):
+    # Parsed JSON gives dicts: test for dict first, which is far cheaper than the Mapping ABC.
+    if not isinstance(payload, (dict, Mapping)):
         return None
     usage = payload.get("usage")
-    if not isinstance(usage, Mapping):
+    if not isinstance(usage, (dict, Mapping)):
         return None
     if dialect is Dialect.openai:
         details = usage.get("prompt_tokens_details")
-        cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
+        cached = _int(details.get("cached_tokens")) if isinstance(details, (dict, Mapping)) else 0
         return Usage(
             prompt_tokens=_int(usage.get("prompt_tokens")),
             cached_tokens=cached,
@@ -187,6 +194,9 @@ class Classified:
     detail: str
 
 
+_OK = Classified(Outcome.ok, False, None, True, "ok")
+
+
 def classify(
     status: int, headers: Mapping[str, str], payload: Any, *, wall_now: float | None = None
 ) -> Classified:
@@ -195,9 +205,9 @@ def classify(
     503/529/498 are sheds (not billed, retryable); 429 is a rate limit (retryable, unless it is a
     spend-limit refusal); 500/502/504 are retryable errors; other 4xx are final.
     """
-    retry_after = retry_after_s(headers, wall_now=wall_now)
     if 200 <= status < 300:
-        return Classified(Outcome.ok, False, None, True, "ok")
+        return _OK
+    retry_after = retry_after_s(headers, wall_now=wall_now)
     code = _error_code(payload)
     if status in _SHED_STATUSES:
         return Classified(Outcome.shed, True, retry_after, False, f"HTTP {status} {code}".strip())

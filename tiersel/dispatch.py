@@ -191,7 +191,6 @@ def call_flow(
     """The attempts of one call. Raises `NoFeasibleTier` or `BudgetExhausted` before any send."""
     prices = sel.pricing.model(call.model)
     keys = sel.signal_keys(prices.name)
-    key_of = {k.tier: k for k in keys}
     start = now = yield Now()
     prog = _Progress()
     while True:
@@ -213,7 +212,7 @@ def call_flow(
                 if not claimed:
                     health = _as_open(health, sel.signal_config.probe_interval_s)
             signals[key.tier] = health
-        budget: BudgetState | None = yield ReadBudget()
+        budget: BudgetState | None = (yield ReadBudget()) if sel.ledger_enabled else None
         try:
             last = prog.attempts + 1 >= sel.max_attempts
             decision = _redecide(sel, call, req, budget, prices, signals, now, prog.tried, last)
@@ -252,8 +251,9 @@ def call_flow(
         prog.last_reply = reply
         prog.last_tier = step.tier
         prog.tried.add(step.tier)
-        after = yield Now()
-        key = key_of[step.tier]
+        # The attempt's latency is only reported to an on_attempt hook.
+        after = (yield Now()) if sel.on_attempt is not None else now
+        key = _key_of(keys, step.tier)
         verdict = _classify(reply)
         if reply.streaming and verdict.outcome is Outcome.ok:
             # The stream's wrapper records, charges and notifies once the stream ends.
@@ -363,6 +363,13 @@ def _redecide(
     return sel.policy(call, req, budget, prices, signals, now)
 
 
+def _key_of(keys: tuple[SignalKey, ...], tier: str) -> SignalKey:
+    for key in keys:
+        if key.tier == tier:
+            return key
+    raise KeyError(tier)
+
+
 def _only_budget(exc: NoFeasibleTier) -> bool:
     codes = {r.code for r in exc.reasons} - {"not_allowed", "not_offered"}
     return codes == {"budget"}
@@ -456,7 +463,9 @@ def _classify(reply: Reply) -> Classified:
         return Classified(Outcome.timeout, True, None, False, "timed out")
     if reply.error is not None:
         return Classified(Outcome.error, True, None, False, reply.error)
-    return classify(reply.status, reply.headers, reply.payload, wall_now=time.time())
+    # Only an error's Retry-After may need the wall time (an HTTP date).
+    wall = None if 200 <= reply.status < 300 else time.time()
+    return classify(reply.status, reply.headers, reply.payload, wall_now=wall)
 
 
 def _tps(usage: Usage | None, elapsed: float) -> float | None:

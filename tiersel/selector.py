@@ -198,7 +198,15 @@ class Selector:
         """What the signals say now about each tier of ``model`` (half-open tiers as probe-able)."""
         t = self.clock.now() if now is None else now
         stats = self._sync_signals("health").stats
-        return {k.tier: self.assess(k, stats(k, t), t) for k in self.signal_keys(model)}
+        cached = self._health_cache.get
+        out: dict[str, TierHealth] = {}
+        for k in self.signal_keys(model):
+            s = stats(k, t)
+            # `assess`'s cache, looked up inline (this runs for every tier of every decision): an
+            # entry is only kept while steady, and the same counters stay steady as time passes.
+            hit = cached(k)
+            out[k.tier] = hit[1] if hit is not None and hit[0] is s else self.assess(k, s, t)
+        return out
 
     def decide(
         self,
@@ -262,8 +270,10 @@ class Selector:
         requirements: Requirements | None,
         path: str,
         call_id: str | None,
+        dialect: Dialect | None = None,
     ) -> tuple[Any, Dialect, str]:
-        dialect = dialect_for_path(path)
+        if dialect is None:
+            dialect = dialect_for_path(path)
         if dialect is None:
             raise RequestNotUnderstood(f"{path!r} is not a chat-completions or messages path")
         call, implied = self.call_for(body, dialect)
@@ -316,35 +326,53 @@ class Selector:
 
     def _common(self, effect: Effect) -> Any:
         """Effects that are the same in both shells (memory stores answer at once)."""
-        if isinstance(effect, Now):
-            return self.clock.now()
-        if isinstance(effect, ReadSignals):
-            now = self.clock.now()
-            stats = [self.signals.stats(k, now) for k in effect.keys]
-            # An async store answers with awaitables, which only the async shell awaits.
-            return _awaited(stats) if _is_async(self.signals, "stats") else stats
-        if isinstance(effect, ClaimProbe):
-            return self.signals.claim_probe(
-                effect.key, self.clock.now(), self.signal_config.probe_interval_s
-            )
-        if isinstance(effect, Record):
-            return self.signals.record(effect.key, effect.observation, self.clock.now())
-        if isinstance(effect, Notify):
-            if self.on_attempt is not None:
-                self.on_attempt(effect.record)
-            return None
+        # Dispatch on the exact type: a flow yields several effects per call, and a chain of
+        # isinstance tests costs microseconds each time.
+        handler = _EFFECT_HANDLERS.get(type(effect))
+        if handler is None:
+            raise TypeError(f"unknown effect {effect!r}")
+        return handler(self, effect)
+
+    def _now(self, effect: Now) -> float:
+        return self.clock.now()
+
+    def _read_signals(self, effect: ReadSignals) -> Any:
+        now = self.clock.now()
+        stats = [self.signals.stats(k, now) for k in effect.keys]
+        # An async store answers with awaitables, which only the async shell awaits.
+        return _awaited(stats) if _is_async(self.signals, "stats") else stats
+
+    def _claim_probe(self, effect: ClaimProbe) -> Any:
+        return self.signals.claim_probe(
+            effect.key, self.clock.now(), self.signal_config.probe_interval_s
+        )
+
+    def _record(self, effect: Record) -> Any:
+        return self.signals.record(effect.key, effect.observation, self.clock.now())
+
+    def _notify(self, effect: Notify) -> None:
+        if self.on_attempt is not None:
+            self.on_attempt(effect.record)
+
+    def _read_budget(self, effect: ReadBudget) -> Any:
         ledger = self.ledger
-        if isinstance(effect, ReadBudget):
-            return ledger.state(self.clock.now()) if ledger is not None else None
-        if ledger is None:
+        return ledger.state(self.clock.now()) if ledger is not None else None
+
+    def _ledger_for(self, effect: Effect) -> Ledger | AsyncLedger:
+        if self.ledger is None:
             raise RuntimeError(f"{effect!r} needs a ledger")
-        if isinstance(effect, Reserve):
-            return ledger.reserve(effect.call_id, effect.amount_usd, self.clock.now())
-        if isinstance(effect, Settle):
-            return ledger.settle(effect.call_id, effect.amount_usd, self.clock.now())
-        if isinstance(effect, Release):
-            return ledger.release(effect.call_id, self.clock.now())
-        raise TypeError(f"unknown effect {effect!r}")
+        return self.ledger
+
+    def _reserve(self, effect: Reserve) -> Any:
+        ledger = self._ledger_for(effect)
+        return ledger.reserve(effect.call_id, effect.amount_usd, self.clock.now())
+
+    def _settle(self, effect: Settle) -> Any:
+        ledger = self._ledger_for(effect)
+        return ledger.settle(effect.call_id, effect.amount_usd, self.clock.now())
+
+    def _release(self, effect: Release) -> Any:
+        return self._ledger_for(effect).release(effect.call_id, self.clock.now())
 
     def send(
         self,
@@ -503,6 +531,19 @@ class Selector:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+_EFFECT_HANDLERS: dict[type, Callable[[Selector, Any], Any]] = {
+    Now: Selector._now,
+    ReadSignals: Selector._read_signals,
+    ClaimProbe: Selector._claim_probe,
+    Record: Selector._record,
+    Notify: Selector._notify,
+    ReadBudget: Selector._read_budget,
+    Reserve: Selector._reserve,
+    Settle: Selector._settle,
+    Release: Selector._release,
+}
 
 
 class _Secret:

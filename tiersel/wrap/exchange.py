@@ -8,13 +8,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tiersel.call import Requirements
 from tiersel.decision import Decision
-from tiersel.dialects import Dialect, dialect_for_path, estimate_input_tokens, parse_json
+from tiersel.dialects import (
+    HINT_PREFIX,
+    Dialect,
+    dialect_for_path,
+    estimate_input_tokens,
+    parse_json,
+)
 from tiersel.dispatch import CallResult, Reply, Send, StreamEnd
 from tiersel.errors import RequestNotUnderstood, TierselError
 from tiersel.selector import Selector
@@ -28,12 +34,12 @@ __all__ = [
     "Answer",
     "CallHook",
     "Exchange",
+    "ReplyHeaders",
     "Route",
-    "aread_body",
+    "aread_answer",
     "no_reply",
-    "read_body",
+    "read_answer",
     "reply",
-    "reply_headers",
     "without_hints",
 ]
 
@@ -46,6 +52,7 @@ _DROPPED_REQUEST_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 _RECODED_RESPONSE_HEADERS = frozenset({b"content-encoding", b"content-length"})
 _STREAM_RESPONSE_HEADERS = frozenset({b"content-encoding", b"content-length", b"x-should-retry"})
 _NO_RETRY = (b"x-should-retry", b"false")
+_HINT_PREFIX = HINT_PREFIX.encode()
 
 
 @dataclass(slots=True)
@@ -63,6 +70,7 @@ class Route:
     requirements: Requirements
     stream: bool
     drop_usage_only: bool
+    request: Any = None  # the caller's request, when it may go upstream as it is (see `upstream`)
     sent_at: float = 0.0
 
 
@@ -90,7 +98,8 @@ class Exchange:
     def route(self, request: Any, flavour: Flavour, path: str, dialect: Dialect) -> Route:
         """Read a generation request (its body already read)."""
         raw = request.headers.raw
-        hinted, source, kept = read_hints(raw)
+        hints, chunked, length = _scan(raw)
+        hinted, source, kept = read_hints(raw) if hints else ({}, {}, None)
         sel = self.selector
         req = merge_requirements(sel.requirements, current_scope(), hinted, source)
         if "tiers" in hinted:
@@ -111,11 +120,14 @@ class Exchange:
                 content = None
                 drop = True
         headers = request.headers
-        if kept is not None or any(k.lower() == b"transfer-encoding" for k, _ in raw):
+        if kept is not None or chunked:
             base = kept if kept is not None else raw
             headers = flavour.headers(
                 [(k, v) for k, v in base if k.lower() != b"transfer-encoding"]
             )
+        # Without hints, with its own body and a length that frames it, the caller's request
+        # can go upstream as it is for an attempt that changes nothing: no copy to build.
+        pristine = headers is request.headers and content is not None and length == len(sent)
         return Route(
             flavour,
             request.url,
@@ -128,6 +140,7 @@ class Exchange:
             req,
             stream,
             drop,
+            request if pristine else None,
         )
 
     def _check_tiers(self, header: str, names: tuple[str, ...]) -> None:
@@ -142,8 +155,17 @@ class Exchange:
 
     def upstream(self, route: Route, effect: Send, to: Flavour) -> Any:
         """The request for one attempt, in the inner transport's library."""
-        if route.content is not None and effect.body == route.body:
-            content = route.content  # the tier asks for no change: send the caller's bytes
+        timeout_s = effect.timeout_s
+        content = route.content
+        if content is not None and effect.body == route.body:
+            # The tier asks for no change: the caller's bytes, or its very request.
+            if (
+                route.request is not None
+                and to is route.flavour
+                and not effect.headers
+                and (timeout_s is None or not math.isfinite(timeout_s))
+            ):
+                return route.request
         else:
             content = json.dumps(effect.body, separators=(",", ":"), ensure_ascii=False).encode()
         length = str(len(content))
@@ -168,7 +190,7 @@ class Exchange:
             url,
             headers=headers,
             stream=BytesStream(content),
-            extensions=_with_timeout(route.extensions, effect.timeout_s),
+            extensions=_with_timeout(route.extensions, timeout_s),
         )
 
     @staticmethod
@@ -205,7 +227,7 @@ class Exchange:
         else:
             content = answer.content
             headers = answer.response.headers.raw
-            if _encoded(answer.response):
+            if answer.encoded:
                 # The body was decoded on the way: say so in its framing headers.
                 headers = [(k, v) for k, v in headers if k.lower() not in _RECODED_RESPONSE_HEADERS]
                 headers.append((b"content-length", str(len(content)).encode()))
@@ -315,10 +337,14 @@ class Exchange:
         *,
         end: StreamEnd | None = None,
     ) -> None:
+        hook = self.on_call
+        debug = log.isEnabledFor(logging.DEBUG)
+        if hook is None and not debug:
+            return
         decision = result.decision
         sel = self.selector
         elapsed = max(0.0, sel.clock.now() - result.started_at)
-        if log.isEnabledFor(logging.DEBUG):
+        if debug:
             log.debug(
                 "tiersel %s %s: %s, tier %s, %d attempt(s), $%.6f (%s)%s",
                 result.call_id,
@@ -330,7 +356,6 @@ class Exchange:
                 basis.value,
                 ", streamed" if route.stream else "",
             )
-        hook = self.on_call
         if hook is None:
             return
         record = CallRecord(
@@ -422,10 +447,12 @@ def _with_timeout(extensions: Mapping[str, Any], timeout_s: float | None) -> Map
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """One attempt's upstream response, and its body once read (None for a stream)."""
+    """One attempt's upstream response, its body once read (None for a stream), and whether
+    the body was content-encoded on the wire (``content`` is then decoded)."""
 
     response: Any
     content: bytes | None = None
+    encoded: bool = False
 
 
 def _encoded(response: Any) -> bool:
@@ -435,54 +462,84 @@ def _encoded(response: Any) -> bool:
     )
 
 
-def read_body(response: Any) -> bytes:
-    """The whole body. Unencoded, straight from the stream: ``Response.read()``'s decoding
-    machinery costs tens of microseconds a call."""
+def _scan(raw: list[tuple[bytes, bytes]]) -> tuple[bool, bool, int | None]:
+    """In one pass over request headers ``raw``: whether there are hint headers, whether the
+    body is chunked, and the content length they give."""
+    hints = chunked = False
+    length = None
+    for key, value in raw:
+        low = key.lower()
+        if low == b"transfer-encoding":
+            chunked = True
+        elif low == b"content-length":
+            length = int(value) if value.isdigit() else None
+        elif low.startswith(_HINT_PREFIX):
+            hints = True
+    return hints, chunked, length
+
+
+def read_answer(response: Any) -> Answer:
+    """The response with its whole body. Unencoded, straight from the stream:
+    ``Response.read()``'s decoding machinery costs tens of microseconds a call."""
     if _encoded(response):
-        content: bytes = response.read()
-        return content
+        return Answer(response, response.read(), True)
     try:
-        return b"".join(response.stream)
+        return Answer(response, b"".join(response.stream))
     finally:
         response.close()
 
 
-async def aread_body(response: Any) -> bytes:
-    """The async twin of `_read`."""
+async def aread_answer(response: Any) -> Answer:
+    """The async twin of `read_answer`."""
     if _encoded(response):
-        content: bytes = await response.aread()
-        return content
+        return Answer(response, await response.aread(), True)
     try:
-        return b"".join([chunk async for chunk in response.stream])
+        return Answer(response, b"".join([chunk async for chunk in response.stream]))
     finally:
         await response.aclose()
 
 
-def reply(response: Any, content: bytes | None, elapsed_s: float) -> Reply:
-    """What one attempt got back, for the attempt flow: ``content`` is the body read whole, or
-    None for a stream left to be read by the caller."""
-    if content is None:
-        return Reply(
-            response.status_code,
-            reply_headers(response),
-            None,
-            elapsed_s,
-            True,
-            raw=Answer(response),
-        )
-    return Reply(
-        response.status_code,
-        reply_headers(response),
-        parse_json(content),
-        elapsed_s,
-        raw=Answer(response, content),
-    )
+def reply(answer: Answer, elapsed_s: float) -> Reply:
+    """What one attempt got back, for the attempt flow: ``answer.content`` is the body read
+    whole, or None for a stream left to be read by the caller."""
+    response = answer.response
+    headers = ReplyHeaders(response)
+    if answer.content is None:
+        return Reply(response.status_code, headers, None, elapsed_s, True, raw=answer)
+    return Reply(response.status_code, headers, parse_json(answer.content), elapsed_s, raw=answer)
 
 
-def reply_headers(response: Any) -> dict[str, str]:
-    """The response's headers for the attempt flow (`tiersel.dialects.classify` reads several),
-    lower-cased in a plain dict: far cheaper to look up than an httpx ``Headers``."""
-    return {k.lower().decode("latin-1"): v.decode("latin-1") for k, v in response.headers.raw}
+class ReplyHeaders(Mapping[str, str]):
+    """A response's headers for the attempt flow (`tiersel.dialects.classify` reads several on
+    an error), lower-cased in a plain dict, far cheaper to look up than an httpx ``Headers``.
+    The dict is built when first read: a successful reply's headers usually never are."""
+
+    __slots__ = ("_lowered", "_response")
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+        self._lowered: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        lowered = self._lowered
+        if lowered is None:
+            lowered = self._lowered = {
+                k.lower().decode("latin-1"): v.decode("latin-1")
+                for k, v in self._response.headers.raw
+            }
+        return lowered
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __repr__(self) -> str:
+        return f"ReplyHeaders({self._dict()!r})"
 
 
 def no_reply(exc: BaseException, started: float, now: float) -> Reply:

@@ -78,10 +78,14 @@ def response_headers(
     """The ``x-tiersel-*`` headers added to the response handed back to the caller:
     ``-tier``, ``-model``, ``-attempts``, ``-tried`` (each attempt's tier), ``-cost-usd`` and
     ``-cost-basis`` (how the cost is known, a `CostBasis`), ``-call-id``."""
+    if len(decisions) == 1:
+        tried = str(decisions[0].tier)
+    else:
+        tried = ",".join([str(d.tier) for d in decisions])
     out = [
         (b"x-tiersel-call-id", call_id.encode()),
         (b"x-tiersel-attempts", str(len(decisions)).encode()),
-        (b"x-tiersel-tried", ",".join(str(d.tier) for d in decisions).encode()),
+        (b"x-tiersel-tried", tried.encode()),
         (b"x-tiersel-cost-usd", f"{cost_usd:.9f}".encode()),
         (b"x-tiersel-cost-basis", basis.value.encode()),
     ]

@@ -30,11 +30,12 @@ from tiersel.dispatch import Effect, Reply, Send, Sleep, arun, run
 from tiersel.errors import TierselError
 from tiersel.selector import Selector
 from tiersel.wrap.exchange import (
+    Answer,
     CallHook,
     Exchange,
-    aread_body,
+    aread_answer,
     no_reply,
-    read_body,
+    read_answer,
     reply,
     without_hints,
 )
@@ -136,24 +137,29 @@ class TierTransport(_Shell, SyncTransportBase):
         route = exchange.route(request, flavour, *generation)
         sel = self.selector
         clock = sel.clock
-        flow, _, call_id = sel._prepare(route.body, route.requirements, route.path, None)
+        flow, _, call_id = sel._prepare(
+            route.body, route.requirements, route.path, None, route.dialect
+        )
 
         def send(effect: Send) -> Reply:
             upstream = exchange.upstream(route, effect, inner_flavour)
             route.sent_at = started = clock.now()
             try:
                 response = inner.handle_request(upstream)
-                streamed = exchange.is_stream(route, response)
-                content = None if streamed else read_body(response)
+                if exchange.is_stream(route, response):
+                    answer = Answer(response)
+                else:
+                    answer = read_answer(response)
             except TransportErrors as exc:
                 return no_reply(exc, started, clock.now())
-            return reply(response, content, clock.now() - started)
+            return reply(answer, clock.now() - started)
 
         def perform(effect: Effect) -> Any:
-            if isinstance(effect, Send):
-                return send(effect)
-            if isinstance(effect, Sleep):
-                return clock.sleep(effect.seconds)
+            kind = type(effect)
+            if kind is Send:
+                return send(effect)  # type: ignore[arg-type]
+            if kind is Sleep:
+                return clock.sleep(effect.seconds)  # type: ignore[union-attr]
             return sel._common(effect)
 
         try:
@@ -203,24 +209,29 @@ class AsyncTierTransport(_Shell, AsyncTransportBase):
         route = exchange.route(request, flavour, *generation)
         sel = self.selector
         clock = sel.clock
-        flow, _, call_id = sel._prepare(route.body, route.requirements, route.path, None)
+        flow, _, call_id = sel._prepare(
+            route.body, route.requirements, route.path, None, route.dialect
+        )
 
         async def send(effect: Send) -> Reply:
             upstream = exchange.upstream(route, effect, inner_flavour)
             route.sent_at = started = clock.now()
             try:
                 response = await inner.handle_async_request(upstream)
-                streamed = exchange.is_stream(route, response)
-                content = None if streamed else await aread_body(response)
+                if exchange.is_stream(route, response):
+                    answer = Answer(response)
+                else:
+                    answer = await aread_answer(response)
             except TransportErrors as exc:
                 return no_reply(exc, started, clock.now())
-            return reply(response, content, clock.now() - started)
+            return reply(answer, clock.now() - started)
 
         def perform(effect: Effect) -> Any:
-            if isinstance(effect, Send):
-                return send(effect)
-            if isinstance(effect, Sleep):
-                return clock.asleep(effect.seconds)
+            kind = type(effect)
+            if kind is Send:
+                return send(effect)  # type: ignore[arg-type]
+            if kind is Sleep:
+                return clock.asleep(effect.seconds)  # type: ignore[union-attr]
             return sel._common(effect)
 
         try:

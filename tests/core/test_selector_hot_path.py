@@ -1,0 +1,121 @@
+"""What the per-call hot path skips must not change what it does: effects only asked for when
+they matter, response headers read only for an error, usage and token counts as before."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import httpx
+import pytest
+
+from tiersel import FakeClock, MemoryLedger, Selector
+from tiersel.dialects import Dialect, classify, estimate_input_tokens, read_usage
+from tiersel.dispatch import AttemptRecord, Now, ReadBudget, Reserve, Send, Sleep, run
+from tiersel.signals import Outcome
+from tiersel.wrap.exchange import Answer, ReplyHeaders, reply
+
+BODY = {
+    "model": "accounts/fireworks/models/kimi-k2p6",
+    "messages": [{"role": "user", "content": "hello there"}],
+    "max_tokens": 200,
+}
+USAGE = {"prompt_tokens": 120, "completion_tokens": 80}
+
+
+class Untouchable(Mapping[str, str]):
+    """Headers that fail the test when read."""
+
+    def __getitem__(self, key: str) -> str:
+        raise AssertionError(f"header {key!r} was read")
+
+    def __iter__(self) -> Iterator[str]:
+        raise AssertionError("headers were iterated")
+
+    def __len__(self) -> int:
+        raise AssertionError("headers were counted")
+
+
+def test_a_success_is_classified_without_reading_its_headers() -> None:
+    verdict = classify(200, Untouchable(), {"usage": USAGE})
+    assert verdict.outcome is Outcome.ok and not verdict.retryable and verdict.billed
+
+
+def test_an_error_still_reads_retry_after() -> None:
+    verdict = classify(503, {"retry-after": "7"}, None, wall_now=0.0)
+    assert verdict.outcome is Outcome.shed and verdict.retry_after_s == 7.0
+
+
+def test_reply_headers_are_lower_cased_when_first_read() -> None:
+    response = httpx.Response(503, headers=[("Retry-After", "3"), ("X-Request-ID", "abc")])
+    headers = ReplyHeaders(response)
+    assert headers["retry-after"] == "3"
+    assert headers.get("x-request-id") == "abc"
+    assert headers.get("Retry-After") is None
+    assert dict(headers) == {"retry-after": "3", "x-request-id": "abc"}
+    assert len(headers) == 2
+
+
+def test_token_estimates_count_utf8_bytes() -> None:
+    ascii_body = {"messages": [{"role": "user", "content": "abcdef"}]}
+    wide_body = {"messages": [{"role": "user", "content": "ééé"}]}  # 3 characters, 6 bytes
+    assert estimate_input_tokens(ascii_body, bytes_per_token=1) == estimate_input_tokens(
+        wide_body, bytes_per_token=1
+    )
+
+
+def test_usage_ignores_booleans_and_negatives() -> None:
+    usage = read_usage(
+        {"usage": {"prompt_tokens": True, "completion_tokens": -4, "total_tokens": 1}},
+        Dialect.openai,
+    )
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (0, 0)
+
+
+def _effects(selector: Selector) -> list[type]:
+    """Run one call on ``selector``; the types of the effects its flow yielded, in order."""
+    seen: list[type] = []
+    flow, _, _ = selector._prepare(BODY, None, "/chat/completions", None)
+    clock = selector.clock
+    assert isinstance(clock, FakeClock)
+
+    def perform(effect: Any) -> Any:
+        seen.append(type(effect))
+        if isinstance(effect, Send):
+            clock.advance(0.5)  # the attempt takes half a second
+            response = httpx.Response(200, json={"usage": USAGE})
+            return reply(Answer(response, json.dumps({"usage": USAGE}).encode()), 0.5)
+        if isinstance(effect, Sleep):
+            return clock.sleep(effect.seconds)
+        return selector._common(effect)
+
+    result = run(flow, perform)
+    assert result.ok and result.usage is not None
+    return seen
+
+
+def test_without_a_ledger_the_flow_reads_no_budget() -> None:
+    seen = _effects(Selector(clock=FakeClock(), api_key=""))
+    assert ReadBudget not in seen and Reserve not in seen
+    assert seen.count(Now) == 1  # no hook: the attempt's latency is not read
+
+
+def test_with_a_ledger_and_a_hook_the_flow_reads_both() -> None:
+    records: list[AttemptRecord] = []
+    selector = Selector(
+        clock=FakeClock(), api_key="", ledger=MemoryLedger(1.0), on_attempt=records.append
+    )
+    seen = _effects(selector)
+    assert ReadBudget in seen and Reserve in seen
+    assert len(records) == 1
+    assert records[0].latency_s == pytest.approx(0.5)  # from the decision to the reply
+
+
+def test_an_unknown_effect_is_refused() -> None:
+    selector = Selector(clock=FakeClock(), api_key="")
+    with pytest.raises(TypeError, match="unknown effect"):
+        selector._common(Sleep(1.0))  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="needs a ledger"):
+        selector._common(Reserve("call-1", 0.01))

@@ -1,0 +1,131 @@
+"""The request each attempt sends upstream. When the chosen tier changes nothing (no hint
+headers, no deadline to cap the timeouts, the body as the caller sent it), the caller's own
+request goes upstream as it is; otherwise a new one is built, without hints, its framing
+matching its body. Upstream is a fake that keeps every request it receives."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+import tiersel
+from tests.transport.conftest import MODEL, Recorder
+from tiersel.wrap import TierTransport
+
+URL = "http://provider.test/inference/v1/chat/completions"
+SHED = {"error": {"object": "error", "type": "overloaded", "code": "overloaded", "message": "busy"}}
+COMPLETION = {
+    "id": "c1",
+    "object": "chat.completion",
+    "model": MODEL,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+}
+
+
+class Upstream:
+    """Answers with the given statuses in turn (the last one repeats); keeps each request."""
+
+    def __init__(self, *statuses: int) -> None:
+        self.statuses = list(statuses) or [200]
+        self.requests: list[httpx.Request] = []
+        self.contents: list[bytes] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        self.contents.append(request.read())
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        return httpx.Response(status, json=COMPLETION if status == 200 else SHED)
+
+
+def _client(upstream: Upstream, recorder: Recorder | None = None) -> httpx.Client:
+    selector = tiersel.Selector(clock=tiersel.FakeClock(), api_key="", max_attempts=4)
+    return httpx.Client(
+        transport=TierTransport(selector, httpx.MockTransport(upstream), on_call=recorder)
+    )
+
+
+def _body(**extra: Any) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 8,
+        **extra,
+    }
+
+
+def _framed(request: httpx.Request, content: bytes) -> None:
+    assert request.headers["content-length"] == str(len(content))
+    assert not any(k.lower().startswith("x-tiersel-") for k in request.headers)
+
+
+def test_an_unchanged_call_sends_the_callers_request_itself(recorder: Recorder) -> None:
+    upstream = Upstream(200)
+    with _client(upstream, recorder) as client:
+        request = client.build_request("POST", URL, json=_body())
+        response = client.send(request)
+    assert response.status_code == 200
+    assert response.headers["x-tiersel-tier"] == "standard"
+    assert upstream.requests == [request]  # no copy was built
+    assert json.loads(upstream.contents[0]) == _body()
+    _framed(upstream.requests[0], upstream.contents[0])
+    assert recorder.last.ok and recorder.last.usage is not None
+
+
+def test_the_callers_request_can_be_sent_again_after_a_shed() -> None:
+    upstream = Upstream(503, 200)
+    with _client(upstream) as client:
+        request = client.build_request("POST", URL, json=_body())
+        response = client.send(request)
+    assert response.status_code == 200
+    assert response.headers["x-tiersel-attempts"] == "2"
+    # Whatever each attempt sent, its body is whole and its framing matches it.
+    assert len(upstream.contents) == 2
+    for sent, content in zip(upstream.requests, upstream.contents, strict=True):
+        assert json.loads(content)["messages"] == _body()["messages"]
+        _framed(sent, content)
+
+
+@pytest.mark.parametrize(
+    ("headers", "extra", "why"),
+    [
+        ({"x-tiersel-max-cost": "1"}, {}, "a hint header must not go upstream"),
+        ({"x-tiersel-deadline": "30"}, {}, "a deadline caps the request's timeouts"),
+        ({"x-tiersel-tiers": "priority"}, {}, "priority changes the body"),
+        ({}, {"stream": True}, "a stream is asked for its usage"),
+    ],
+)
+def test_a_request_that_changes_is_built_anew(
+    headers: dict[str, str], extra: dict[str, Any], why: str
+) -> None:
+    upstream = Upstream(200)
+    with _client(upstream) as client:
+        request = client.build_request("POST", URL, json=_body(**extra), headers=headers)
+        client.send(request).read()
+    sent = upstream.requests[0]
+    assert sent is not request, why
+    _framed(sent, upstream.contents[0])
+    body = json.loads(upstream.contents[0])
+    if "x-tiersel-deadline" in headers:
+        assert all(v <= 30 for v in sent.extensions["timeout"].values())
+    if "x-tiersel-tiers" in headers:
+        assert body["service_tier"] == "priority"
+    if extra:
+        assert body["stream_options"] == {"include_usage": True}
+
+
+def test_a_chunked_request_is_sent_with_a_length() -> None:
+    upstream = Upstream(200)
+    content = json.dumps(_body()).encode()
+    with _client(upstream) as client:
+        request = client.build_request("POST", URL, content=iter([content]))
+        assert request.headers["transfer-encoding"] == "chunked"
+        assert client.send(request).status_code == 200
+    sent = upstream.requests[0]
+    assert sent is not request
+    assert "transfer-encoding" not in sent.headers
+    _framed(sent, upstream.contents[0])
+    assert upstream.contents[0] == content
