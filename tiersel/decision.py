@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -146,3 +146,32 @@ class Decision:
             ],
             "reasons": [r.to_dict() for r in self.reasons],
         }
+
+
+_SETTERS = tuple(Decision.__dict__[f.name].__set__ for f in fields(Decision))
+_new_object = object.__new__
+
+
+def new_decision(
+    plan: tuple[Step, ...],
+    estimated_cost_usd: float,
+    worst_case_cost_usd: float,
+    p_success: float,
+    expected_latency_s: float,
+    reasons: tuple[Reason, ...],
+    best_effort: bool,
+    wait_s: float,
+) -> Decision:
+    """``Decision(...)`` for the policy's hot path: the same object, built without the frozen
+    dataclass's per-field ``object.__setattr__`` calls (its slots are set directly)."""
+    d: Decision = _new_object(Decision)
+    p, e, w, s, lat, r, b, ws = _SETTERS
+    p(d, plan)
+    e(d, estimated_cost_usd)
+    w(d, worst_case_cost_usd)
+    s(d, p_success)
+    lat(d, expected_latency_s)
+    r(d, reasons)
+    b(d, best_effort)
+    ws(d, wait_s)
+    return d

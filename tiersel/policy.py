@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Protocol
 
 from tiersel.call import BudgetState, Call, Requirements
 from tiersel.cost import tier_cost
-from tiersel.decision import Decision, Reason, Step, Verdict
+from tiersel.decision import Decision, Reason, Step, Verdict, new_decision
 from tiersel.errors import NoFeasibleTier
 from tiersel.pricing import ModelPrices, TierPrice
 from tiersel.signals import CircuitState, TierHealth
@@ -40,16 +40,12 @@ class Policy(Protocol):
 
 
 _SQRT2 = math.sqrt(2.0)
+_erf = math.erf
+_log = math.log
 _OPEN = CircuitState.open
 _REJECTED = Verdict.rejected
 _COSTLIER = Verdict.costlier
 _CHOSEN = Verdict.chosen
-
-
-def _on_time(log_deadline: float, latency: float, scale: float) -> float:
-    """P(a log-normal latency with this median is within the deadline); ``scale`` is
-    ``1 / (sigma * sqrt 2)``."""
-    return 0.5 * (1.0 + math.erf((log_deadline - math.log(latency)) * scale))
 
 
 def _reason(fields: tuple[str, Verdict, str, tuple[Any, ...]]) -> Reason:
@@ -200,7 +196,7 @@ class CheapestFeasible:
                 scale = fixed_scale or latency / (
                     (ttft * health.ttft_spread + decode * health.tps_spread) * _SQRT2
                 )
-                on_time = _on_time(log_deadline, latency, scale)
+                on_time = 0.5 * (1.0 + _erf((log_deadline - _log(latency)) * scale))
             served = 1.0 - health.refusal_rate - health.error_rate
             if served < 0.0:
                 served = 0.0
@@ -238,6 +234,10 @@ class CheapestFeasible:
                     ladder = self._ladder(first, second, deadline)
                     if ladder is not None:
                         plans.append(ladder)
+                        # Dearer second steps only make this ladder dearer: stop at one that meets
+                        # the requirements.
+                        if _unmet(ladder, target, max_ttft, min_tps) is None:
+                            break
             plans.sort(key=_BY_COST)  # stable: singles before ladders on ties
 
         spendable = None
@@ -297,7 +297,7 @@ class CheapestFeasible:
         elif deadline - shed_wait <= 0:
             return None
         else:
-            on_time_b = _on_time(math.log(deadline - shed_wait), b.latency, b.scale)
+            on_time_b = 0.5 * (1.0 + _erf((_log((deadline - shed_wait) / b.latency)) * b.scale))
         p = a.served * a.on_time + ha.refusal_rate * min(b.served * on_time_b, a.on_time)
         # Weights of "a serves" and "we climb to b". b's own shed rate stays out of the cost on
         # purpose: a more shed-prone b must not make the ladder look cheaper.
@@ -347,7 +347,7 @@ def _decision(plan: _Plan, reasons: list[Reason], *, best_effort: bool = False) 
             for tier, model, service_tier, body, headers in (o.price.step_fields,)
         ]
     )
-    return Decision(
+    return new_decision(
         steps,
         plan.expected_cost,
         plan.worst_cost,
