@@ -220,6 +220,8 @@ class CheapestFeasible:
         # A ladder costs at least its first step alone, so it can only win where that step alone
         # falls short on reliability; and it must start cheaper than the best single tier.
         if self.ladders and len(options) > 1 and (target is not None or requirements.best_effort):
+            # Best effort under pacing may fall back to the likeliest of all plans: weigh them all.
+            every_ladder = requirements.best_effort and self.pacing is not None
             best_single = None
             for plan in plans:
                 if _unmet(plan, target, max_ttft, min_tps) is None:
@@ -236,7 +238,7 @@ class CheapestFeasible:
                         plans.append(ladder)
                         # Dearer second steps only make this ladder dearer: stop at one that meets
                         # the requirements.
-                        if _unmet(ladder, target, max_ttft, min_tps) is None:
+                        if not every_ladder and _unmet(ladder, target, max_ttft, min_tps) is None:
                             break
             plans.sort(key=_BY_COST)  # stable: singles before ladders on ties
 

@@ -180,3 +180,34 @@ def test_decision_is_frozen_and_serialisable() -> None:
     doc = d.to_dict()
     assert doc["tier"] == "standard" and doc["plan"][0]["model"] == d.model
     assert all({"plan", "verdict", "code", "message"} <= set(r) for r in doc["reasons"])
+
+
+def test_a_ladder_climbs_past_a_second_step_too_slow_to_help() -> None:
+    # Standard is shed half the time; priority is far too slow for the deadline, fast is quick.
+    signals = {
+        "standard": health(0.5),
+        "priority": health(0.001, tps=5.0),
+        "fast": health(0.005, tps=150, ttft=0.3),
+    }
+    d = decide(Requirements(deadline_s=20, reliability=0.9), signals)
+    assert d.label == "standard>fast"
+    verdicts = {r.plan: (r.verdict, r.code) for r in d.reasons}
+    assert verdicts["standard>priority"] == (Verdict.rejected, "reliability")
+    assert verdicts["fast"] == (Verdict.costlier, "costlier")
+
+
+def test_once_a_ladder_meets_the_requirements_dearer_second_steps_are_not_weighed() -> None:
+    signals = {**CALM, "standard": health(0.2)}
+    d = decide(Requirements(deadline_s=30, reliability=0.99), signals)
+    assert d.label == "standard>priority"
+    assert "standard>fast" not in {r.plan for r in d.reasons}
+    # Best effort under pacing may fall back to the likeliest plan of all: then all are weighed.
+    paced = CheapestFeasible(pacing=1.0)(
+        CALL,
+        Requirements(deadline_s=30, reliability=0.99, best_effort=True),
+        tiersel.BudgetState(limit_usd=1.0, remaining_calls=10),
+        KIMI,
+        signals,
+        0.0,
+    )
+    assert "standard>fast" in {r.plan for r in paced.reasons}

@@ -125,3 +125,27 @@ def test_a_higher_shed_rate_never_makes_a_tier_more_attractive(
     before, after = uses(signals), uses(worse)
     if after:
         assert before, f"{tier} chosen only after its shed rate rose to {more}"
+
+
+@given(scenarios(), st.data())
+def test_no_subset_of_the_tiers_offers_a_cheaper_plan_that_meets_the_requirements(
+    s: tuple[
+        Call, Requirements, tiersel.ModelPrices, dict[str, TierHealth], tiersel.BudgetState | None
+    ],
+    data: st.DataObject,
+) -> None:
+    # The policy prunes the plans it weighs (ladders it cannot need); restricting the tiers to a
+    # pair, so that pair's ladder is weighed for sure, must never find a cheaper plan.
+    call, req, prices, signals, budget = s
+    offered = [t for t in prices.tiers if req.tiers is None or t in req.tiers]
+    assume(len(offered) >= 2)
+    pair = data.draw(st.lists(st.sampled_from(offered), min_size=2, max_size=2, unique=True))
+    narrowed = req.model_copy(update={"tiers": pair})
+    try:
+        within_pair = POLICY(call, narrowed, budget, prices, signals, 0.0)
+    except NoFeasibleTier:
+        return
+    assume(not within_pair.best_effort)
+    best = POLICY(call, req, budget, prices, signals, 0.0)
+    assert not best.best_effort
+    assert best.estimated_cost_usd <= within_pair.estimated_cost_usd * (1 + 1e-9) + 1e-15
