@@ -16,6 +16,10 @@ PRICING = tiersel.load_pricing()
 MODELS = sorted(PRICING.models)
 POLICY = CheapestFeasible()
 
+Drawn = tuple[
+    Call, Requirements, tiersel.ModelPrices, dict[str, TierHealth], tiersel.BudgetState | None
+]
+
 healths = st.builds(
     TierHealth,
     refusal_rate=st.floats(0.0, 0.9),
@@ -32,11 +36,7 @@ healths = st.builds(
 
 
 @st.composite
-def scenarios(
-    draw: st.DrawFn,
-) -> tuple[
-    Call, Requirements, tiersel.ModelPrices, dict[str, TierHealth], tiersel.BudgetState | None
-]:
+def scenarios(draw: st.DrawFn) -> Drawn:
     model = draw(st.sampled_from(MODELS))
     prices = PRICING.model(model)
     inp = draw(st.integers(0, 50_000))
@@ -68,9 +68,7 @@ def scenarios(
 
 @given(scenarios())
 def test_chosen_plans_are_allowed_offered_capped_and_never_mix_priority_with_fast(
-    s: tuple[
-        Call, Requirements, tiersel.ModelPrices, dict[str, TierHealth], tiersel.BudgetState | None
-    ],
+    s: Drawn,
 ) -> None:
     call, req, prices, signals, budget = s
     try:
@@ -103,9 +101,7 @@ def test_chosen_plans_are_allowed_offered_capped_and_never_mix_priority_with_fas
 
 @given(scenarios(), st.data())
 def test_a_higher_shed_rate_never_makes_a_tier_more_attractive(
-    s: tuple[
-        Call, Requirements, tiersel.ModelPrices, dict[str, TierHealth], tiersel.BudgetState | None
-    ],
+    s: Drawn,
     data: st.DataObject,
 ) -> None:
     call, req, prices, signals, budget = s
@@ -129,9 +125,7 @@ def test_a_higher_shed_rate_never_makes_a_tier_more_attractive(
 
 @given(scenarios(), st.data())
 def test_no_subset_of_the_tiers_offers_a_cheaper_plan_that_meets_the_requirements(
-    s: tuple[
-        Call, Requirements, tiersel.ModelPrices, dict[str, TierHealth], tiersel.BudgetState | None
-    ],
+    s: Drawn,
     data: st.DataObject,
 ) -> None:
     # The policy prunes the plans it weighs (ladders it cannot need); restricting the tiers to a
