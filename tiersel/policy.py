@@ -341,16 +341,16 @@ def _unmet(
     return None
 
 
+def _step(o: _Option) -> Step:
+    tier, model, service_tier, body, headers = o.price.step_fields
+    return _new(Step, (tier, model, service_tier, o.worst, o.expected, body, headers))
+
+
 def _decision(plan: _Plan, reasons: list[Reason], *, best_effort: bool = False) -> Decision:
-    steps = tuple(
-        [
-            _new(Step, (tier, model, service_tier, o.worst, o.expected, body, headers))
-            for o in plan.options
-            for tier, model, service_tier, body, headers in (o.price.step_fields,)
-        ]
-    )
+    options = plan.options  # one tier, or a two-step ladder
+    first = _step(options[0])
     return new_decision(
-        steps,
+        (first,) if len(options) == 1 else (first, _step(options[1])),
         plan.expected_cost,
         plan.worst_cost,
         plan.p_success,
