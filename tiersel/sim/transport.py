@@ -88,29 +88,66 @@ class SimShell:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.service!r}, wait={self.wait})"
 
+    # The transports of both libraries answer through these: ``lib`` is the ``httpx`` or
+    # ``httpx2`` module, ``stream`` that library's byte stream over the chunks.
+
+    def _sync_response(self, lib: Any, stream: Any, request: Any, body: bytes) -> Any:
+        rendered, start = self._answer(request.method, request.url.path, request.headers, body)
+        self.clock.sleep(self._delay(start, rendered.at_s))
+        if rendered.streamed:
+            return self._response(
+                lib, request, rendered, stream(self._chunks(lib, rendered, start))
+            )
+        return self._response(lib, request, rendered, None)
+
+    async def _async_response(self, lib: Any, stream: Any, request: Any, body: bytes) -> Any:
+        rendered, start = self._answer(request.method, request.url.path, request.headers, body)
+        await self.clock.asleep(self._delay(start, rendered.at_s))
+        if rendered.streamed:
+            chunks = self._achunks(lib, rendered, start)
+            return self._response(lib, request, rendered, stream(chunks))
+        return self._response(lib, request, rendered, None)
+
+    @staticmethod
+    def _response(lib: Any, request: Any, rendered: Rendered, stream: Any) -> Any:
+        headers = list(rendered.headers)
+        if stream is not None:
+            return lib.Response(rendered.status, headers=headers, stream=stream, request=request)
+        return lib.Response(
+            rendered.status, headers=headers, content=rendered.body, request=request
+        )
+
+    def _chunks(self, lib: Any, rendered: Rendered, start: float) -> Iterator[bytes]:
+        """A streamed body's chunks, each at its due time; a broken stream ends in ``lib``'s
+        protocol error, as a dropped connection does."""
+        for due, data in rendered.chunks:
+            self.clock.sleep(self._delay(start, due))
+            yield data
+        if rendered.broken:
+            raise lib.RemoteProtocolError(STREAM_BROKEN)
+
+    async def _achunks(self, lib: Any, rendered: Rendered, start: float) -> AsyncIterator[bytes]:
+        for due, data in rendered.chunks:
+            await self.clock.asleep(self._delay(start, due))
+            yield data
+        if rendered.broken:
+            raise lib.RemoteProtocolError(STREAM_BROKEN)
+
 
 class _SyncStream(httpx.SyncByteStream):
-    def __init__(self, shell: SimShell, rendered: Rendered, start: float) -> None:
-        self._shell, self._rendered, self._start = shell, rendered, start
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
 
     def __iter__(self) -> Iterator[bytes]:
-        for due, data in self._rendered.chunks:
-            self._shell.clock.sleep(self._shell._delay(self._start, due))
-            yield data
-        if self._rendered.broken:
-            raise httpx.RemoteProtocolError(STREAM_BROKEN)
+        return self._chunks
 
 
 class _AsyncStream(httpx.AsyncByteStream):
-    def __init__(self, shell: SimShell, rendered: Rendered, start: float) -> None:
-        self._shell, self._rendered, self._start = shell, rendered, start
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for due, data in self._rendered.chunks:
-            await self._shell.clock.asleep(self._shell._delay(self._start, due))
-            yield data
-        if self._rendered.broken:
-            raise httpx.RemoteProtocolError(STREAM_BROKEN)
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
 
 
 class SimTransport(SimShell, httpx.BaseTransport):
@@ -127,37 +164,14 @@ class SimTransport(SimShell, httpx.BaseTransport):
     """
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        rendered, start = self._answer(
-            request.method, request.url.path, request.headers, request.read()
-        )
-        self.clock.sleep(self._delay(start, rendered.at_s))
-        if rendered.streamed:
-            return httpx.Response(
-                rendered.status,
-                headers=list(rendered.headers),
-                stream=_SyncStream(self, rendered, start),
-                request=request,
-            )
-        return httpx.Response(
-            rendered.status, headers=list(rendered.headers), content=rendered.body, request=request
-        )
+        response: httpx.Response = self._sync_response(httpx, _SyncStream, request, request.read())
+        return response
 
 
 class AsyncSimTransport(SimShell, httpx.AsyncBaseTransport):
     """The async twin of `SimTransport` (waits with ``await clock.asleep``)."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        rendered, start = self._answer(
-            request.method, request.url.path, request.headers, await request.aread()
-        )
-        await self.clock.asleep(self._delay(start, rendered.at_s))
-        if rendered.streamed:
-            return httpx.Response(
-                rendered.status,
-                headers=list(rendered.headers),
-                stream=_AsyncStream(self, rendered, start),
-                request=request,
-            )
-        return httpx.Response(
-            rendered.status, headers=list(rendered.headers), content=rendered.body, request=request
-        )
+        body = await request.aread()
+        response: httpx.Response = await self._async_response(httpx, _AsyncStream, request, body)
+        return response
