@@ -395,13 +395,10 @@ class Selector:
         flow, _, cid = self._prepare(body, requirements, path, call_id)
         send = self._sync_sender(transport)
 
-        def perform(effect: Effect) -> Any:
-            if isinstance(effect, Send):
-                return _reply_sync(send, self._request(path, headers, effect), self.clock)
-            if isinstance(effect, Sleep):
-                return self.clock.sleep(effect.seconds)
-            return self._common(effect)
-
+        perform = self._performer(
+            lambda e: _reply_sync(send, self._request(path, headers, e), self.clock),
+            self.clock.sleep,
+        )
         return self._guarded(lambda: run(flow, perform), cid)
 
     async def asend(
@@ -418,18 +415,32 @@ class Selector:
         flow, _, cid = self._prepare(body, requirements, path, call_id)
         send = self._async_sender(transport)
 
-        def perform(effect: Effect) -> Any:
-            if isinstance(effect, Send):
-                return _reply_async(send, self._request(path, headers, effect), self.clock)
-            if isinstance(effect, Sleep):
-                return self.clock.asleep(effect.seconds)
-            return self._common(effect)
-
+        perform = self._performer(
+            lambda e: _reply_async(send, self._request(path, headers, e), self.clock),
+            self.clock.asleep,
+        )
         try:
             return await arun(flow, perform)
         except BaseException:
             await self._arelease_quietly(cid)
             raise
+
+    def _performer(
+        self, send: Callable[[Send], Any], sleep: Callable[[float], Any]
+    ) -> Callable[[Effect], Any]:
+        """What carries out one call's effects for `run` / `arun`: ``send`` and ``sleep`` are the
+        shell's own (sync, or returning awaitables); every other effect is the selector's."""
+        common = self._common
+
+        def perform(effect: Effect) -> Any:
+            kind = type(effect)
+            if kind is Send:
+                return send(effect)  # type: ignore[arg-type]
+            if kind is Sleep:
+                return sleep(effect.seconds)  # type: ignore[union-attr]
+            return common(effect)
+
+        return perform
 
     def finish_stream(self, result: CallResult, end: StreamEnd) -> CallResult:
         """Complete a call whose reply was a stream (``result.pending_stream``) once it ended.

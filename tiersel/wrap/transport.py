@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from tiersel.dispatch import Effect, Reply, Send, Sleep, arun, run
+from tiersel.dispatch import Reply, Send, arun, run
 from tiersel.errors import TierselError
 from tiersel.selector import Selector
 from tiersel.wrap.exchange import (
@@ -154,16 +154,8 @@ class TierTransport(_Shell, SyncTransportBase):
                 return no_reply(exc, started, clock.now())
             return reply(answer, clock.now() - started)
 
-        def perform(effect: Effect) -> Any:
-            kind = type(effect)
-            if kind is Send:
-                return send(effect)  # type: ignore[arg-type]
-            if kind is Sleep:
-                return clock.sleep(effect.seconds)  # type: ignore[union-attr]
-            return sel._common(effect)
-
         try:
-            result = run(flow, perform)
+            result = run(flow, sel._performer(send, clock.sleep))
         except TierselError as exc:
             sel._release_quietly(call_id)
             exchange.refused(route, call_id, exc)
@@ -226,16 +218,8 @@ class AsyncTierTransport(_Shell, AsyncTransportBase):
                 return no_reply(exc, started, clock.now())
             return reply(answer, clock.now() - started)
 
-        def perform(effect: Effect) -> Any:
-            kind = type(effect)
-            if kind is Send:
-                return send(effect)  # type: ignore[arg-type]
-            if kind is Sleep:
-                return clock.asleep(effect.seconds)  # type: ignore[union-attr]
-            return sel._common(effect)
-
         try:
-            result = await arun(flow, perform)
+            result = await arun(flow, sel._performer(send, clock.asleep))
         except TierselError as exc:
             await sel._arelease_quietly(call_id)
             exchange.refused(route, call_id, exc)
