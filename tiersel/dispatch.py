@@ -214,8 +214,7 @@ def call_flow(
             signals[key.tier] = health
         budget: BudgetState | None = (yield ReadBudget()) if sel.ledger_enabled else None
         try:
-            last = prog.attempts + 1 >= sel.max_attempts
-            decision = _redecide(sel, call, req, budget, prices, signals, now, prog.tried, last)
+            decision = _redecide(sel, call, req, budget, prices, signals, now, prog)
         except NoFeasibleTier as exc:
             if prog.attempts == 0 and not _cooling(signals):
                 if budget is not None and _only_budget(exc):
@@ -340,20 +339,27 @@ def _redecide(
     prices: ModelPrices,
     signals: Mapping[str, TierHealth],
     now: float,
-    tried: set[str],
-    last: bool,
+    prog: _Progress,
 ) -> Decision:
-    """Decide; after a failure, a call that states a reliability target climbs.
+    """Decide; after a failure, decide afresh while attempts are to spare, then climb.
 
-    Climbing means preferring the tiers this call has not failed on yet: a shed on ``standard``
-    makes the next decision pick among the dearer tiers (a ladder's next step), unless none of
-    them fits, when every allowed tier is weighed again (the signals now show the failure, and
-    any Retry-After as a cooldown). A call with no reliability target asked for the cheapest plan,
-    so it is decided afresh: it keeps to the cheap tier, waiting out a cooldown when its deadline
-    leaves room; only its ``last`` allowed attempt climbs, so that no call fails while a dearer
-    tier could still serve it.
+    A failed attempt is recorded before this runs, so the next decision sees it. In the first
+    half of its attempts a call takes the cheapest plan that meets its requirements from here on:
+    after one shed on ``standard``, standard-then-priority is usually still that plan when the
+    deadline leaves room, and a shed answer costs nothing but its fraction of a second. Climbing
+    means preferring the tiers this call has not failed on yet (a ladder's next step), unless none
+    of them fits, when every allowed tier is weighed again. A call that states a reliability
+    target climbs in the second half of its attempts, so its last tries go to dearer tiers rather
+    than to one more draw on the cheap one. A call with no reliability target asked for the
+    cheapest plan: it keeps to the cheap tier, waiting out a cooldown when its deadline leaves
+    room; only its last allowed attempt climbs, so that no call fails while a dearer tier could
+    still serve it.
     """
-    if tried and (req.reliability is not None or last):
+    tried = prog.tried
+    if not tried:
+        return sel.policy(call, req, budget, prices, signals, now)
+    made, most = prog.attempts, sel.max_attempts
+    if made + 1 >= most or (req.reliability is not None and 2 * made >= most):
         allowed = req.tiers if req.tiers is not None else tuple(prices.tiers)
         untried = tuple(t for t in allowed if t not in tried)
         if untried:

@@ -71,12 +71,14 @@ def selector(upstream: Upstream, clock: FakeClock | None = None, **kw: Any) -> S
 
 
 def test_a_shed_escalates_within_the_deadline_and_the_cost_is_the_served_tiers() -> None:
-    up = Upstream([httpx.Response(503, json=SHED), ok(prompt=1000, completion=100, cached=400)])
+    # Four attempts: the first half may try the cheap tier again, the second half climbs.
+    shed = httpx.Response(503, json=SHED)
+    up = Upstream([shed, shed, ok(prompt=1000, completion=100, cached=400)])
     ledger = MemoryLedger(1.0)
     records: list[tiersel.AttemptRecord] = []
     sel = selector(up, ledger=ledger, on_attempt=records.append)
     r = sel.send(BODY, requirements=Requirements(deadline_s=30, reliability=0.99))
-    assert r.ok and r.attempts == 2 and up.tiers == ["standard", "priority"]
+    assert r.ok and r.attempts == 3 and up.tiers == ["standard", "standard", "priority"]
     kimi = sel.pricing.model("kimi-k2p6").tiers["priority"]
     expected = (
         600 * kimi.input_per_token + 400 * kimi.cached_input_per_token + 100 * kimi.output_per_token
@@ -84,8 +86,26 @@ def test_a_shed_escalates_within_the_deadline_and_the_cost_is_the_served_tiers()
     assert r.cost_usd == pytest.approx(expected)
     state = ledger.state(0.0)
     assert state.spent_usd == pytest.approx(expected) and state.reserved_usd == 0.0
-    assert [x.outcome for x in records] == [tiersel.Outcome.shed, tiersel.Outcome.ok]
+    assert [x.outcome for x in records] == [tiersel.Outcome.shed] * 2 + [tiersel.Outcome.ok]
     assert isinstance(r.response, httpx.Response) and r.response.status_code == 200
+
+
+def test_after_one_shed_a_call_with_room_tries_the_cheap_tier_again() -> None:
+    # The decision after a shed is made afresh: with the deadline's room, standard-then-priority
+    # is still the cheapest plan that meets 0.99, so the second attempt goes to standard.
+    clock = FakeClock()
+    up = Upstream([httpx.Response(503, json=SHED), ok()])
+    r = selector(up, clock).send(BODY, requirements=Requirements(deadline_s=30, reliability=0.99))
+    assert r.ok and up.tiers == ["standard", "standard"] and r.tier == "standard"
+    assert [d.label for d in r.decisions] == ["standard>priority", "standard>priority"]
+    assert clock.now() > 0  # it backed off before trying standard again
+
+
+def test_with_two_attempts_a_call_climbs_after_its_first_shed() -> None:
+    up = Upstream([httpx.Response(503, json=SHED), ok()])
+    sel = selector(up, max_attempts=2)
+    r = sel.send(BODY, requirements=Requirements(deadline_s=30, reliability=0.99))
+    assert r.ok and up.tiers == ["standard", "priority"]
 
 
 def test_a_loose_call_stays_on_standard_after_a_shed() -> None:
@@ -276,7 +296,7 @@ def test_api_key_is_sent_but_never_shown() -> None:
 
 
 async def test_async_send_escalates_the_same_way() -> None:
-    up = Upstream([httpx.Response(503, json=SHED), ok()])
+    up = Upstream([httpx.Response(503, json=SHED), httpx.Response(503, json=SHED), ok()])
 
     async def handler(request: httpx.Request) -> httpx.Response:
         return up(request)
@@ -286,7 +306,7 @@ async def test_async_send_escalates_the_same_way() -> None:
         clock=FakeClock(), async_transport=httpx.MockTransport(handler), ledger=ledger, api_key=""
     )
     r = await sel.asend(BODY, requirements=Requirements(deadline_s=30, reliability=0.99))
-    assert r.ok and r.attempts == 2 and up.tiers == ["standard", "priority"]
+    assert r.ok and r.attempts == 3 and up.tiers == ["standard", "standard", "priority"]
     assert ledger.state(0.0).reserved_usd == 0.0 and ledger.state(0.0).spent_usd == pytest.approx(
         r.cost_usd
     )
