@@ -61,7 +61,7 @@ def test_same_seed_same_replay_and_another_seed_differs() -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["calm", "peak", "outage", "flapping"])
+@pytest.mark.parametrize("name", ["calm", "busy", "peak", "outage", "flapping"])
 def test_the_oracle_is_never_beaten_on_cost_at_its_attainment(name: str) -> None:
     result = comparison(name)
     oracle = result.metrics("oracle")

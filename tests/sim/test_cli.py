@@ -12,7 +12,7 @@ from tiersel.cli.sim import main
 def test_scenarios_lists_the_bundled_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["scenarios", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert {"calm", "peak", "outage", "flapping"} <= set(listed)
+    assert {"calm", "busy", "peak", "outage", "flapping"} <= set(listed)
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,9 @@ def _replay(scenario: str, seed: int, calls: list[tuple[SimRequest, float]]) -> 
     return [*out, provider.stats()]
 
 
-@given(arrivals, st.integers(0, 2**32), st.sampled_from(["calm", "peak", "flapping", "outage"]))
+@given(
+    arrivals, st.integers(0, 2**32), st.sampled_from(["calm", "busy", "peak", "flapping", "outage"])
+)
 def test_same_seed_same_answers(
     calls: list[tuple[SimRequest, float]], seed: int, scenario: str
 ) -> None:
@@ -86,6 +88,14 @@ def test_peak_sheds_standard_heavily_and_priority_rarely() -> None:
     assert fast == 0.0
     before = [i * 1.0 for i in range(55)]  # 0 .. 55 s: background load 0.5
     assert _shed_rate("peak", KIMI, None, before) == 0.0
+
+
+def test_busy_sheds_standard_only_in_its_busy_minute() -> None:
+    busy = [280 + i * 0.25 for i in range(160)]  # 280 s .. 320 s: background load 1.4
+    assert _shed_rate("busy", KIMI, None, busy) > 0.8
+    assert _shed_rate("busy", KIMI, "priority", busy) < 0.1
+    quiet = [t + i * 0.5 for t in (0, 370, 600) for i in range(400)]  # load 0.5 throughout
+    assert _shed_rate("busy", KIMI, None, quiet) == 0.0
 
 
 def test_outage_takes_standard_down_and_leaves_priority_and_fast_up() -> None:

@@ -13,7 +13,7 @@ from tiersel.sim.scenarios import LoadCurve
 
 def test_bundled_scenarios_load() -> None:
     names = list_scenarios()
-    assert {"calm", "peak", "outage", "flapping"} <= set(names)
+    assert {"calm", "busy", "peak", "outage", "flapping"} <= set(names)
     assert all(names.values()), "every bundled scenario says what it is"
     for name in names:
         scenario = load_scenario(name)
@@ -113,5 +113,5 @@ def test_unreadable_and_malformed_files(
     missing = tmp_path / "missing.yaml"
     with pytest.raises(ScenarioError, match=r"missing\.yaml: cannot read"):
         load_scenario(missing)
-    with pytest.raises(ScenarioError, match=r"no such scenario \(bundled: calm, flapping"):
+    with pytest.raises(ScenarioError, match=r"no such scenario \(bundled: busy, calm, flapping"):
         load_scenario("stormy")

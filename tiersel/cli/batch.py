@@ -67,7 +67,7 @@ def add_parser(subs: Any) -> None:
     where.add_argument(
         "--sim",
         metavar="SCENARIO",
-        help="send to the in-process simulator under SCENARIO (calm, peak, outage, flapping)",
+        help="send to the in-process simulator under SCENARIO (calm, busy, peak, outage, flapping)",
     )
     p.add_argument("--sim-seed", type=int, default=0, metavar="N", help="simulator seed")
     p.add_argument(

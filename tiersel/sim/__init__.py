@@ -38,8 +38,8 @@ Served two ways, both through `SimService` (HTTP routing, scenario clock, ``time
   (`tiersel.sim.server`); ``GET /sim/stats``, ``POST /sim/reset``. Needs ``tiersel[sim]``.
 
 Endpoints: ``POST /inference/v1/chat/completions`` (OpenAI) and ``POST /inference/v1/messages``
-(Anthropic), streaming or not. Scenarios: `load_scenario`, `list_scenarios` (``calm``, ``peak``,
-``outage``, ``flapping``). The latency model and its calibration: `tiersel.sim.latency`.
+(Anthropic), streaming or not. Scenarios: `load_scenario`, `list_scenarios` (``calm``, ``busy``,
+``peak``, ``outage``, ``flapping``). The latency model and its calibration: `tiersel.sim.latency`.
 """
 
 from tiersel.sim.latency import LatencyParams

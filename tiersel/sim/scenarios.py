@@ -371,7 +371,8 @@ def list_scenarios() -> dict[str, str]:
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
-    """A bundled scenario by name (``calm``, ``peak``, ``outage``, ``flapping``), or a YAML file.
+    """A bundled scenario by name (``calm``, ``busy``, ``peak``, ``outage``,
+    ``flapping``), or a YAML file.
 
     Raises `ScenarioError` naming the file, the key path and the problem.
     """
