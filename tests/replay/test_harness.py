@@ -201,3 +201,23 @@ def test_a_long_outage_on_a_model_without_priority() -> None:
     if tiersel.attainment >= oracle.attainment:
         assert oracle.cost_usd <= tiersel.cost_usd
     assert set(oracle.tier_mix) == {"standard", "fast"}
+
+
+def test_the_default_scenario_sheds_standard_at_times_and_tiersel_rides_it() -> None:
+    # The code trace's first ~7 minutes at its own pace, under the default scenario (`busy`):
+    # other tenants overload the shared pool from 270 s to 330 s, ramping over 30 s either side.
+    trace = shipped_trace("azure-code").head(1300)
+    assert trace.duration_s > 400
+    names = ["always-standard", "always-priority", "tiersel", "oracle"]
+    c = compare(trace, policies=names)
+    assert c.scenario == "busy"
+    runs = {r.policy: r for r in c.results}
+    sheds = [a.sent_s for a in runs["always-standard"].attempts if a.outcome == "shed"]
+    # Shed in the busy minute (and when the bursty trace itself fills the pool), not throughout.
+    assert sum(270 <= t <= 330 for t in sheds) > 50
+    assert not [t for t in sheds if t < 180], "the first three minutes are calm"
+    tiersel, oracle = c.metrics("tiersel"), c.metrics("oracle")
+    priority = c.metrics("always-priority")
+    assert c.metrics("always-standard").attainment < 1.0
+    assert tiersel.attainment >= oracle.attainment - 0.005
+    assert oracle.cost_usd <= tiersel.cost_usd < priority.cost_usd
