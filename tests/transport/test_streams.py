@@ -7,6 +7,7 @@ the selector, so simulated latencies are measured exactly and nothing waits.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 from pathlib import Path
@@ -215,6 +216,115 @@ def test_a_stream_closed_early_is_charged_for_what_came(recorder: Recorder) -> N
     assert record.ok and record.detail.startswith("closed by the caller")
     assert record.cost_basis is CostBasis.estimate
     assert ledger.state(0).spent_usd == pytest.approx(record.cost_usd)
+
+
+URL = "http://sim.test/inference/v1/chat/completions"
+STREAM_BODY = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 200,
+    "stream": True,
+}
+
+
+def _plain(
+    recorder: Recorder,
+) -> tuple[tiersel.MemoryLedger, httpx.Client]:
+    clock = tiersel.FakeClock()
+    ledger = tiersel.MemoryLedger(1.0)
+    selector = tiersel.Selector(clock=clock, ledger=ledger, api_key="", max_attempts=1)
+    sim = SimTransport(scenario="calm", clock=clock)
+    return ledger, httpx.Client(transport=TierTransport(selector, sim, on_call=recorder))
+
+
+def test_a_stream_dropped_unclosed_is_settled_at_the_next_call(recorder: Recorder) -> None:
+    # A plain httpx caller reads one chunk of a streamed reply, then drops the response without
+    # closing it (an SDK's stream closes itself when dropped: generators are closed on collection).
+    ledger, http = _plain(recorder)
+    response = http.send(http.build_request("POST", URL, json=STREAM_BODY), stream=True)
+    assert next(response.iter_bytes())
+    del response
+    gc.collect()
+    # Nothing is reported from the garbage collector itself; the worst case is still held.
+    assert recorder.records == [] and ledger.state(0).reserved_usd > 0
+    http.post(URL, json={**STREAM_BODY, "max_tokens": 5})
+    dropped, complete = recorder.records
+    assert dropped.ok and dropped.streamed
+    assert dropped.detail.startswith("dropped by the caller, unclosed")
+    assert dropped.cost_basis is CostBasis.estimate and dropped.cost_usd > 0
+    assert complete.ok and complete.cost_basis is CostBasis.actual
+    state = ledger.state(0)
+    assert state.reserved_usd == 0
+    assert state.spent_usd == pytest.approx(dropped.cost_usd + complete.cost_usd)
+    # A stream that ended is never reported again, however it is dropped and whenever drained.
+    ended = http.send(http.build_request("POST", URL, json=STREAM_BODY), stream=True)
+    ended.read()
+    del ended
+    gc.collect()
+    http.close()
+    assert len(recorder.records) == 3 and ledger.state(0).reserved_usd == 0
+
+
+def test_a_stream_dropped_unread_is_settled_when_the_transport_closes(
+    recorder: Recorder,
+) -> None:
+    ledger, http = _plain(recorder)
+    response = http.send(http.build_request("POST", URL, json=STREAM_BODY), stream=True)
+    del response
+    gc.collect()  # httpx's response and its bound stream refer to each other: a cycle
+    assert recorder.records == [] and ledger.state(0).reserved_usd > 0
+    http.close()
+    assert recorder.last.detail.startswith("dropped by the caller")
+    # Nothing came but the prompt was sent: it is charged, estimated.
+    assert recorder.last.cost_basis is CostBasis.estimate
+    assert ledger.state(0).reserved_usd == 0 and ledger.state(0).spent_usd > 0
+
+
+def test_an_sdk_stream_closed_by_the_garbage_collector_is_reported_after_it(
+    recorder: Recorder,
+) -> None:
+    # The openai SDK's stream closes its response when it is collected. Dropped in a reference
+    # cycle, that happens inside a collection, which may run while this thread holds the
+    # ledger's lock: the end is queued (as a dropped stream) and reported at the next call.
+    _, ledger, client, _ = _setup("calm", recorder)
+    stream = _stream(client, tokens=200).parse()
+    next(iter(stream))
+    cycle: dict[str, Any] = {"stream": stream}
+    cycle["self"] = cycle
+    del stream, cycle
+    gc.collect()
+    assert recorder.records == [] and ledger.state(0).reserved_usd > 0
+    for _ in _stream(client, tokens=5).parse():
+        pass
+    dropped, complete = recorder.records  # reported once, after the collection
+    assert dropped.detail.startswith("dropped by the caller") and complete.detail == "ok"
+    assert ledger.state(0).reserved_usd == 0
+
+
+def test_an_async_stream_dropped_unclosed_is_settled_at_the_next_call(recorder: Recorder) -> None:
+    async def main() -> tiersel.MemoryLedger:
+        clock = tiersel.FakeClock()
+        ledger = tiersel.MemoryLedger(1.0)
+        selector = tiersel.Selector(clock=clock, ledger=ledger, api_key="", max_attempts=1)
+        sim = AsyncSimTransport(scenario="calm", clock=clock)
+        transport = AsyncTierTransport(selector, sim, on_call=recorder)
+        async with httpx.AsyncClient(transport=transport) as http:
+            request = http.build_request("POST", URL, json=STREAM_BODY)
+            response = await http.send(request, stream=True)
+            del response
+            gc.collect()
+            assert recorder.records == [] and ledger.state(0).reserved_usd > 0
+            await http.post(URL, json={**STREAM_BODY, "max_tokens": 5})
+            assert len(recorder.records) == 2  # settled on the way in, not at the close
+        return ledger
+
+    ledger = asyncio.run(main())
+    dropped, complete = recorder.records
+    assert dropped.detail.startswith("dropped by the caller") and dropped.streamed
+    assert complete.ok and complete.streamed
+    state = ledger.state(0)
+    assert state.reserved_usd == 0
+    assert state.spent_usd == pytest.approx(dropped.cost_usd + complete.cost_usd)
 
 
 def test_an_async_broken_anthropic_stream(breaking: Path, recorder: Recorder) -> None:

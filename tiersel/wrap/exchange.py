@@ -28,7 +28,7 @@ from tiersel.wrap.context import current_scope
 from tiersel.wrap.flavours import BytesStream, Flavour, TimeoutErrors, as_flavour
 from tiersel.wrap.hints import InvalidHint, merge_requirements, read_hints, strip_hints
 from tiersel.wrap.record import CallRecord, CostBasis, response_headers
-from tiersel.wrap.streaming import AsyncMeteredStream, MeteredStream, StreamMeter
+from tiersel.wrap.streaming import Abandoned, AsyncMeteredStream, MeteredStream, StreamMeter
 
 __all__ = [
     "Answer",
@@ -78,11 +78,12 @@ class Exchange:
     """What the sync and async transports share: reading a request, building the upstream
     request, and the response and record for the caller. No I/O here."""
 
-    __slots__ = ("on_call", "selector")
+    __slots__ = ("abandoned", "on_call", "selector")
 
     def __init__(self, selector: Selector, on_call: CallHook | None) -> None:
         self.selector = selector
         self.on_call = on_call
+        self.abandoned = Abandoned()
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -319,9 +320,13 @@ class Exchange:
             upstream.status_code,
             headers=headers,
             stream=(
-                AsyncMeteredStream(upstream, meter, aended, errors, decode=decode)
+                AsyncMeteredStream(
+                    upstream, meter, aended, errors, decode=decode, abandoned=self.abandoned
+                )
                 if asynchronous
-                else MeteredStream(upstream, meter, ended, errors, decode=decode)
+                else MeteredStream(
+                    upstream, meter, ended, errors, decode=decode, abandoned=self.abandoned
+                )
             ),
             extensions=_extensions(upstream),
         )

@@ -8,6 +8,12 @@ tokens per second), the usage the stream reports (the final chunk's ``usage``, o
 sync and async shells: they hand each chunk on at once and report a `StreamEnd` exactly once,
 when the stream is exhausted, breaks, or is closed.
 
+A stream the caller drops without closing it is reported too, but not from the garbage
+collector (which may run while this very thread holds the ledger's or the signals' lock): its
+end is put on an `Abandoned` queue, which the transport settles at its next call or on close.
+An SDK's stream dropped in a reference cycle is collected with the body under it, and so
+reported the same way (the body's own watch runs before the SDK's generator closes it).
+
 When tiersel itself asked for usage (``stream_options.include_usage``, which the caller had not
 set), the usage-only chunk the provider then adds is dropped, so the caller gets the chunks it
 asked for and no ``choices: []`` chunk it did not expect. That needs whole events: in that mode
@@ -17,7 +23,10 @@ bytes are handed on event by event (an event is never held longer than it takes 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -29,7 +38,9 @@ from tiersel.dispatch import StreamEnd
 from tiersel.signals import Outcome
 from tiersel.wrap.flavours import AsyncStreamBase, SyncStreamBase, TimeoutErrors
 
-__all__ = ["AsyncMeteredStream", "MeteredStream", "StreamMeter"]
+__all__ = ["Abandoned", "AsyncMeteredStream", "MeteredStream", "StreamMeter"]
+
+log = logging.getLogger("tiersel.wrap")
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _OUTPUT_FIELDS = ("content", "reasoning_content", "tool_calls", "refusal", "function_call")
@@ -197,9 +208,15 @@ class StreamMeter:
             return read_usage(self._usage, Dialect.openai)
         return read_usage({"usage": self._usage}, Dialect.anthropic)
 
-    def end(self, *, broke: BaseException | None = None, exhausted: bool = False) -> StreamEnd:
+    def end(
+        self,
+        *,
+        broke: BaseException | None = None,
+        exhausted: bool = False,
+        abandoned: bool = False,
+    ) -> StreamEnd:
         """How the stream ended: it ``broke`` with an exception, was ``exhausted`` (upstream
-        sent everything), or neither (the caller closed it)."""
+        sent everything), or neither (the caller closed it, or dropped it: ``abandoned``)."""
         now = self._clock.now()
         usage = self.usage()
         detail = "ok"
@@ -212,6 +229,8 @@ class StreamMeter:
             detail = f"the stream broke: {type(broke).__name__}"
         elif exhausted:
             outcome, detail = Outcome.error, "the stream ended before its final event"
+        elif abandoned:
+            outcome, detail = Outcome.ok, "dropped by the caller, unclosed, before the end"
         else:
             outcome, detail = Outcome.ok, "closed by the caller before the end of the stream"
         complete = usage is not None and (self.finished or self.dialect is Dialect.openai)
@@ -294,6 +313,51 @@ def _same(exc: Exception) -> Exception:
     return exc
 
 
+class Abandoned:
+    """Ends of streams dropped unclosed, waiting for a safe point to be reported.
+
+    The collector only appends (a deque's append takes no lock of ours); `drain` and `adrain`
+    report each end, through the stream's own ``on_end``, at the transport's next call or close.
+    """
+
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[Callable[[StreamEnd], Any], StreamMeter]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def watch(
+        self, stream: object, meter: StreamMeter, pending: list[Callable[[StreamEnd], Any]]
+    ) -> Any:
+        """Queue ``meter``'s end if ``stream`` is collected while its ``on_end`` is still
+        ``pending`` (a one-item list the stream empties when it reports its end itself)."""
+        return weakref.finalize(stream, self._dropped, pending, meter)
+
+    def _dropped(self, pending: list[Callable[[StreamEnd], Any]], meter: StreamMeter) -> None:
+        if pending:
+            self._queue.append((pending.pop(), meter))
+
+    def drain(self) -> None:
+        queue = self._queue
+        while queue:
+            on_end, meter = queue.popleft()
+            try:
+                on_end(meter.end(abandoned=True))
+            except Exception:  # not the current call's failure: say so and go on
+                log.warning("tiersel: could not settle a dropped stream", exc_info=True)
+
+    async def adrain(self) -> None:
+        queue = self._queue
+        while queue:
+            on_end, meter = queue.popleft()
+            try:
+                await on_end(meter.end(abandoned=True))
+            except Exception:
+                log.warning("tiersel: could not settle a dropped stream", exc_info=True)
+
+
 class MeteredStream(httpx.SyncByteStream, SyncStreamBase):
     """A streamed reply's body, handed on chunk by chunk while ``meter`` reads it.
 
@@ -311,18 +375,26 @@ class MeteredStream(httpx.SyncByteStream, SyncStreamBase):
         errors: Callable[[Exception], Exception] = _same,
         *,
         decode: bool = True,
+        abandoned: Abandoned | None = None,
     ) -> None:
         self._upstream = upstream
         self._decode = decode
         self._meter = meter
-        self._on_end: Callable[[StreamEnd], None] | None = on_end
+        # The one claim on on_end, shared with the watch: whoever pops it reports the end.
+        self._pending: list[Callable[[StreamEnd], None]] = [on_end]
         self._errors = errors
         self._chunks: Iterator[bytes] | None = None
+        self._abandoned = abandoned
+        self._watch = abandoned.watch(self, meter, self._pending) if abandoned is not None else None
 
     def _end(self, *, broke: BaseException | None = None, exhausted: bool = False) -> None:
-        on_end, self._on_end = self._on_end, None
-        if on_end is not None:
-            on_end(self._meter.end(broke=broke, exhausted=exhausted))
+        try:
+            on_end = self._pending.pop()
+        except IndexError:  # reported already
+            return
+        if self._watch is not None:
+            self._watch.detach()
+        on_end(self._meter.end(broke=broke, exhausted=exhausted))
 
     def __iter__(self) -> Iterator[bytes]:
         meter = self._meter
@@ -364,18 +436,24 @@ class AsyncMeteredStream(httpx.AsyncByteStream, AsyncStreamBase):
         errors: Callable[[Exception], Exception] = _same,
         *,
         decode: bool = True,
+        abandoned: Abandoned | None = None,
     ) -> None:
         self._upstream = upstream
         self._decode = decode
         self._meter = meter
-        self._on_end: Callable[[StreamEnd], Awaitable[None]] | None = on_end
+        self._pending: list[Callable[[StreamEnd], Awaitable[None]]] = [on_end]
         self._errors = errors
         self._chunks: AsyncIterator[bytes] | None = None
+        self._watch = abandoned.watch(self, meter, self._pending) if abandoned is not None else None
 
     async def _end(self, *, broke: BaseException | None = None, exhausted: bool = False) -> None:
-        on_end, self._on_end = self._on_end, None
-        if on_end is not None:
-            await on_end(self._meter.end(broke=broke, exhausted=exhausted))
+        try:
+            on_end = self._pending.pop()
+        except IndexError:
+            return
+        if self._watch is not None:
+            self._watch.detach()
+        await on_end(self._meter.end(broke=broke, exhausted=exhausted))
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         meter = self._meter

@@ -123,6 +123,8 @@ class TierTransport(_Shell, SyncTransportBase):
         flavour = flavour_of_request(request)
         inner, inner_flavour = self._inner(flavour, False)
         exchange = self._exchange
+        if exchange.abandoned:
+            exchange.abandoned.drain()
         generation = exchange.generation(request)
         if generation is None:
             sent = convert_request(
@@ -166,6 +168,7 @@ class TierTransport(_Shell, SyncTransportBase):
         return exchange.respond(route, result, asynchronous=False)
 
     def close(self) -> None:
+        self._exchange.abandoned.drain()
         for t in self._transports():
             t.close()
 
@@ -187,6 +190,8 @@ class AsyncTierTransport(_Shell, AsyncTransportBase):
         flavour = flavour_of_request(request)
         inner, inner_flavour = self._inner(flavour, True)
         exchange = self._exchange
+        if exchange.abandoned:
+            await exchange.abandoned.adrain()
         generation = exchange.generation(request)
         if generation is None:
             sent = convert_request(
@@ -230,5 +235,6 @@ class AsyncTierTransport(_Shell, AsyncTransportBase):
         return exchange.respond(route, result, asynchronous=True)
 
     async def aclose(self) -> None:
+        await self._exchange.abandoned.adrain()
         for t in self._transports():
             await t.aclose()
