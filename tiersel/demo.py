@@ -221,12 +221,15 @@ def format_report(
         if first.reliability is not None:
             need += f" at {first.reliability:g}"
         tiers = ", ".join(f"{t} {n}" for t, n in chosen.tiers(kind).most_common()) or "none"
-        climbed = sum(1 for o in of_kind if o.record is not None and len(o.record.tried) > 1)
+        tried = [o.record.tried for o in of_kind if o.record is not None]
+        climbed = sum(1 for t in tried if len(set(t)) > 1)
+        retried = sum(1 for t in tried if len(t) > 1 and len(set(t)) == 1)
         elapsed = sorted(o.elapsed_s for o in of_kind if o.ok)
         median = f"{elapsed[len(elapsed) // 2]:.1f} {unit}" if elapsed else "-"
         cost = sum(o.cost_usd for o in of_kind) / len(of_kind)
         lines.append(
-            f"  {kind:11s} ({need}): {tiers}; {climbed} climbed after a shed;"
+            f"  {kind:11s} ({need}): {tiers}; {retried} retried on the same tier,"
+            f" {climbed} climbed to a dearer one;"
             f" median {median}; ${cost:.5f} a call"
         )
     lines.append("")
