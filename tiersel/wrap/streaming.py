@@ -384,7 +384,6 @@ class MeteredStream(httpx.SyncByteStream, SyncStreamBase):
         self._pending: list[Callable[[StreamEnd], None]] = [on_end]
         self._errors = errors
         self._chunks: Iterator[bytes] | None = None
-        self._abandoned = abandoned
         self._watch = abandoned.watch(self, meter, self._pending) if abandoned is not None else None
 
     def _end(self, *, broke: BaseException | None = None, exhausted: bool = False) -> None:
