@@ -28,7 +28,7 @@ import re
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -41,6 +41,8 @@ from tiersel.wrap.flavours import AsyncStreamBase, SyncStreamBase, TimeoutErrors
 __all__ = ["Abandoned", "AsyncMeteredStream", "MeteredStream", "StreamMeter"]
 
 log = logging.getLogger("tiersel.wrap")
+
+_R = TypeVar("_R")
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _OUTPUT_FIELDS = ("content", "reasoning_content", "tool_calls", "refusal", "function_call")
@@ -358,20 +360,15 @@ class Abandoned:
                 log.warning("tiersel: could not settle a dropped stream", exc_info=True)
 
 
-class MeteredStream(httpx.SyncByteStream, SyncStreamBase):
-    """A streamed reply's body, handed on chunk by chunk while ``meter`` reads it.
-
-    ``upstream`` is the upstream response (httpx or httpx2); ``on_end`` gets the `StreamEnd`
-    once: when the body is exhausted, when reading it fails, or when it is closed. ``errors``
-    maps an exception from upstream to the one to raise (another library's, say). With
-    ``decode=False`` (a body with no content-encoding) the raw stream is read directly.
-    """
+class _Metered(Generic[_R]):
+    """What both stream shells hold: the upstream body, the meter, and the one claim on
+    ``on_end`` that they share with the `Abandoned` watch (whoever takes it reports the end)."""
 
     def __init__(
         self,
         upstream: Any,
         meter: StreamMeter,
-        on_end: Callable[[StreamEnd], None],
+        on_end: Callable[[StreamEnd], _R],
         errors: Callable[[Exception], Exception] = _same,
         *,
         decode: bool = True,
@@ -380,20 +377,40 @@ class MeteredStream(httpx.SyncByteStream, SyncStreamBase):
         self._upstream = upstream
         self._decode = decode
         self._meter = meter
-        # The one claim on on_end, shared with the watch: whoever pops it reports the end.
-        self._pending: list[Callable[[StreamEnd], None]] = [on_end]
+        self._pending: list[Callable[[StreamEnd], _R]] = [on_end]
         self._errors = errors
-        self._chunks: Iterator[bytes] | None = None
         self._watch = abandoned.watch(self, meter, self._pending) if abandoned is not None else None
 
-    def _end(self, *, broke: BaseException | None = None, exhausted: bool = False) -> None:
+    def _claim(
+        self, broke: BaseException | None, exhausted: bool
+    ) -> tuple[Callable[[StreamEnd], _R], StreamEnd] | None:
+        """``on_end`` and the end to give it, or None when the end was reported already."""
         try:
             on_end = self._pending.pop()
-        except IndexError:  # reported already
-            return
+        except IndexError:
+            return None
         if self._watch is not None:
             self._watch.detach()
-        on_end(self._meter.end(broke=broke, exhausted=exhausted))
+        return on_end, self._meter.end(broke=broke, exhausted=exhausted)
+
+
+class MeteredStream(_Metered[None], httpx.SyncByteStream, SyncStreamBase):
+    """A streamed reply's body, handed on chunk by chunk while ``meter`` reads it.
+
+    ``upstream`` is the upstream response (httpx or httpx2); ``on_end`` gets the `StreamEnd`
+    once: when the body is exhausted, when reading it fails, or when it is closed (or, through
+    ``abandoned``, after it is dropped unclosed). ``errors`` maps an exception from upstream to
+    the one to raise (another library's, say). With ``decode=False`` (a body with no
+    content-encoding) the raw stream is read directly.
+    """
+
+    _chunks: Iterator[bytes] | None = None
+
+    def _end(self, *, broke: BaseException | None = None, exhausted: bool = False) -> None:
+        claimed = self._claim(broke, exhausted)
+        if claimed is not None:
+            on_end, end = claimed
+            on_end(end)
 
     def __iter__(self) -> Iterator[bytes]:
         meter = self._meter
@@ -424,35 +441,16 @@ class MeteredStream(httpx.SyncByteStream, SyncStreamBase):
             self._end()
 
 
-class AsyncMeteredStream(httpx.AsyncByteStream, AsyncStreamBase):
+class AsyncMeteredStream(_Metered[Awaitable[None]], httpx.AsyncByteStream, AsyncStreamBase):
     """The async twin of `MeteredStream`; ``on_end`` is awaited."""
 
-    def __init__(
-        self,
-        upstream: Any,
-        meter: StreamMeter,
-        on_end: Callable[[StreamEnd], Awaitable[None]],
-        errors: Callable[[Exception], Exception] = _same,
-        *,
-        decode: bool = True,
-        abandoned: Abandoned | None = None,
-    ) -> None:
-        self._upstream = upstream
-        self._decode = decode
-        self._meter = meter
-        self._pending: list[Callable[[StreamEnd], Awaitable[None]]] = [on_end]
-        self._errors = errors
-        self._chunks: AsyncIterator[bytes] | None = None
-        self._watch = abandoned.watch(self, meter, self._pending) if abandoned is not None else None
+    _chunks: AsyncIterator[bytes] | None = None
 
     async def _end(self, *, broke: BaseException | None = None, exhausted: bool = False) -> None:
-        try:
-            on_end = self._pending.pop()
-        except IndexError:
-            return
-        if self._watch is not None:
-            self._watch.detach()
-        await on_end(self._meter.end(broke=broke, exhausted=exhausted))
+        claimed = self._claim(broke, exhausted)
+        if claimed is not None:
+            on_end, end = claimed
+            await on_end(end)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         meter = self._meter
