@@ -112,18 +112,5 @@ def invalid_row(custom_id: str, line: int, reason: str, charges: Charges = Charg
 
     ``charges`` are non-zero only for a line an earlier run sent (with other settings) and lost.
     """
-    return _dump(
-        {
-            "custom_id": custom_id,
-            "line": line,
-            "status": Status.invalid.value,
-            "tier": None,
-            "model": None,
-            "attempts": 0,
-            "usage": None,
-            "cost_usd": charges.cost_usd,
-            "unconfirmed_usd": charges.unconfirmed_usd,
-            "response": None,
-            "error": {"code": "invalid_line", "message": f"line {line}: {reason}"},
-        }
-    )
+    message = f"line {line}: {reason}"
+    return unsent_row(custom_id, line, Status.invalid, "invalid_line", message, charges)
