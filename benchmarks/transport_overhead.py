@@ -6,16 +6,28 @@ to the same local server, in the same run, interleaved call by call.
 The server is a trivial local HTTP server (uvicorn in a subprocess, on loopback) that answers
 ``POST .../chat/completions`` at once with a fixed completion (and usage), or with a short SSE
 stream when the body asks for one, so the figures are the client side's cost, not a model's.
-Each round sends one call through a plain ``httpx.Client`` and one through
-``httpx.Client(transport=TierTransport(Selector()))`` (order alternating), for:
+Each round sends one call through each arm, in an order that rotates from round to round:
+
+- ``plain``: a plain ``httpx.Client``;
+- ``tiersel``: ``httpx.Client(transport=TierTransport(Selector()))``;
+- ``floor-read`` and ``floor-report``: two reference transports, not tiersel, that do only what
+  any transport choosing a tier per call cannot avoid. ``floor-read`` parses the request body
+  (a tier cannot be chosen without the model), forwards the request unchanged, reads the whole
+  response and parses it (the cost needs the usage), and hands the same response back.
+  ``floor-report`` also reports, as the issue asks: it hands back a response carrying two
+  ``x-tiersel-*`` headers. Neither decides anything, records a signal or reserves budget. Their
+  added time is a floor, measured in the same run, under any ``TierTransport``'s.
+
+The cases:
 
 - ``httpx``: the request built and sent with httpx directly;
 - ``openai``: the same through the openai SDK (its own overhead is in both arms);
 - ``openai-stream``: a streamed call through the openai SDK, read to its end.
 
-Prints, per case, the median per-call time of each arm, the added microseconds (the difference
-of the medians, and the median of the per-round differences) and the ratio of the medians.
-Target (issue 3): <= 50 us added per call (median) and <= 5% for non-streaming calls.
+Prints, per case and arm, the median per-call time, the added microseconds over ``plain`` (the
+difference of the medians, and the median of the per-round differences) and the ratio of the
+medians. Target (issue 3): <= 50 us added per call (median) and <= 5% for non-streaming calls.
+The floor arms run in the non-streaming cases only.
 """
 
 from __future__ import annotations
@@ -122,23 +134,80 @@ def _start_server() -> tuple[subprocess.Popen[bytes], str]:
 def _interleaved(
     plain: Callable[[], object], tiered: Callable[[], object], n: int, warmup: int
 ) -> tuple[list[float], list[float]]:
+    a, b = _rounds([plain, tiered], n, warmup)
+    return a, b
+
+
+def _rounds(arms: list[Callable[[], object]], n: int, warmup: int) -> list[list[float]]:
+    """Per-call microseconds of each arm: ``n`` rounds of one call per arm, the order rotating
+    from round to round so that no arm always follows another."""
     for _ in range(warmup):
-        plain()
-        tiered()
-    a: list[float] = []
-    b: list[float] = []
+        for fn in arms:
+            fn()
+    times: list[list[float]] = [[] for _ in arms]
+    order = list(range(len(arms)))
     clock = time.perf_counter_ns
     gc.disable()
     try:
         for i in range(n):
-            pair = ((plain, a), (tiered, b)) if i % 2 == 0 else ((tiered, b), (plain, a))
-            for fn, out in pair:
+            shift = i % len(arms)
+            for k in order[shift:] + order[:shift]:
+                fn, out = arms[k], times[k]
                 t0 = clock()
                 fn()
                 out.append((clock() - t0) / 1000.0)
     finally:
         gc.enable()
-    return a, b
+    return times
+
+
+def _floor_transport(report: bool) -> Any:
+    """A reference transport (see the module's docstring): the unavoidable part of choosing a
+    tier per call, and nothing else. ``report``: also hand back two decision headers (the cost
+    at standard's price from the shipped table: the figure is a stand-in, its arithmetic is not)."""
+    import httpx
+
+    import tiersel
+    from tiersel.cost import charge
+
+    prices = tiersel.Selector(api_key="").pricing
+
+    class Floor(httpx.BaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.HTTPTransport()
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            model = json.loads(request.content)["model"]
+            response = self.inner.handle_request(request)
+            stream = response.stream
+            try:
+                content = b"".join(stream)  # type: ignore[arg-type]
+            finally:
+                stream.close()
+            usage = json.loads(content)["usage"]
+            if not report:
+                response.stream = httpx.ByteStream(content)
+                return response
+            cost = charge(
+                prices.model(model),
+                "standard",
+                usage["prompt_tokens"],
+                0,
+                usage["completion_tokens"],
+            )
+            headers = [
+                *response.headers.raw,
+                (b"x-tiersel-model", model.encode()),
+                (b"x-tiersel-cost-usd", f"{cost:.8f}".encode()),
+            ]
+            return httpx.Response(
+                response.status_code, headers=headers, stream=httpx.ByteStream(content)
+            )
+
+        def close(self) -> None:
+            self.inner.close()
+
+    return Floor()
 
 
 def _attribution(body: dict[str, Any], url: str, n: int) -> None:
@@ -205,8 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     proc, base = _start_server()
     try:
         selector = tiersel.Selector(api_key="")
-        plain_http = httpx.Client()
-        tier_http = httpx.Client(transport=TierTransport(selector))
+        clients = {
+            "plain": httpx.Client(),
+            "tiersel": httpx.Client(transport=TierTransport(selector)),
+            "floor-read": httpx.Client(transport=_floor_transport(report=False)),
+            "floor-report": httpx.Client(transport=_floor_transport(report=True)),
+        }
         body = {
             "model": "accounts/fireworks/models/kimi-k2p6",
             "messages": [{"role": "user", "content": "Say hello in one word."}],
@@ -233,27 +306,31 @@ def main(argv: list[str] | None = None) -> int:
 
             return call
 
+        everyone = list(clients)
         cases = [
-            ("httpx", post(plain_http), post(tier_http)),
-            ("openai", sdk(plain_http, False), sdk(tier_http, False)),
-            ("openai-stream", sdk(plain_http, True), sdk(tier_http, True)),
+            ("httpx", everyone, post),
+            ("openai", everyone, lambda c: sdk(c, False)),
+            ("openai-stream", ["plain", "tiersel"], lambda c: sdk(c, True)),
         ]
         print(f"TierTransport overhead, {args.n} calls per arm, interleaved, server {base}")
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"load average at start: {load:.2f} on {os.cpu_count()} CPUs")
-        head = ("case", "plain p50 us", "tiersel p50 us", "added us", "paired us", "ratio")
+        head = ("case", "arm", "p50 us", "added us", "paired us", "ratio")
         print(
-            f"{head[0]:15s} {head[1]:>13s} {head[2]:>15s} {head[3]:>9s} {head[4]:>10s}"
-            f" {head[5]:>7s}"
+            f"{head[0]:14s} {head[1]:13s} {head[2]:>9s} {head[3]:>9s} {head[4]:>10s} {head[5]:>7s}"
         )
-        for name, plain, tiered in cases:
-            a, b = _interleaved(plain, tiered, args.n, args.warmup)
-            pa, pb = statistics.median(a), statistics.median(b)
-            paired = statistics.median(y - x for x, y in zip(a, b, strict=True))
-            print(f"{name:15s} {pa:13.1f} {pb:15.1f} {pb - pa:9.1f} {paired:10.1f} {pb / pa:7.3f}")
+        for name, arms, make in cases:
+            times = _rounds([make(clients[arm]) for arm in arms], args.n, args.warmup)
+            base_times = times[0]
+            pa = statistics.median(base_times)
+            print(f"{name:14s} {arms[0]:13s} {pa:9.1f}")
+            for arm, got in zip(arms[1:], times[1:], strict=True):
+                pb = statistics.median(got)
+                paired = statistics.median(y - x for x, y in zip(base_times, got, strict=True))
+                print(f"{'':14s} {arm:13s} {pb:9.1f} {pb - pa:9.1f} {paired:10.1f} {pb / pa:7.3f}")
         print(
-            "added = difference of the medians; paired = median of the per-round differences."
-            " Target: <= 50 us added and ratio <= 1.05 for the non-streaming cases."
+            "added = difference of the medians over plain; paired = median of the per-round"
+            " differences. Target: <= 50 us added and ratio <= 1.05 for the non-streaming cases."
         )
         _attribution(body, url, args.n)
     finally:
