@@ -187,8 +187,14 @@ def call_flow(
     call: Call,
     requirements: Requirements,
     call_id: str,
+    max_wait_s: float | None = None,
 ) -> Flow:
-    """The attempts of one call. Raises `NoFeasibleTier` or `BudgetExhausted` before any send."""
+    """The attempts of one call. Raises `NoFeasibleTier` or `BudgetExhausted` before any send.
+
+    A call with a deadline never waits past it. ``max_wait_s`` bounds each wait of a call with
+    no deadline for a tier's cooldown (a Retry-After, an open circuit): a longer one ends the
+    call with its last error instead.
+    """
     prices = sel.pricing.model(call.model)
     keys = sel.signal_keys(prices.name)
     start = now = yield Now()
@@ -216,11 +222,12 @@ def call_flow(
         try:
             decision = _redecide(sel, call, req, budget, prices, signals, now, prog)
         except NoFeasibleTier as exc:
-            if prog.attempts == 0 and not _cooling(signals):
+            waitable = _waitable(signals, exc)
+            if prog.attempts == 0 and not _cooling(waitable):
                 if budget is not None and _only_budget(exc):
                     raise BudgetExhausted(call.model, exc.reasons) from None
                 raise
-            wait = _shortest_cooldown(signals, req)
+            wait = _shortest_cooldown(waitable, req, max_wait_s)
             if wait is None or prog.attempts >= sel.max_attempts:
                 return _failed(prog, call_id, start, prog.detail or str(exc))
             yield Sleep(wait)
@@ -493,11 +500,25 @@ def _as_open(health: TierHealth, wait: float) -> TierHealth:
     return replace(health, state=CircuitState.open, cooldown_s=wait)
 
 
+# Rejections that no wait can lift: waiting out such a tier's cooldown would be for nothing.
+_BARRED = frozenset({"cost_cap", "budget", "not_allowed", "not_offered"})
+
+
+def _waitable(signals: Mapping[str, TierHealth], exc: NoFeasibleTier) -> Mapping[str, TierHealth]:
+    """The tiers whose rejection a wait might lift (those not rejected for cost or by name)."""
+    barred = {r.plan for r in exc.reasons if r.code in _BARRED}
+    if not barred:
+        return signals
+    return {name: h for name, h in signals.items() if name not in barred}
+
+
 def _cooling(signals: Mapping[str, TierHealth]) -> bool:
     return any(h.state is CircuitState.open for h in signals.values())
 
 
-def _shortest_cooldown(signals: Mapping[str, TierHealth], req: Requirements) -> float | None:
+def _shortest_cooldown(
+    signals: Mapping[str, TierHealth], req: Requirements, max_wait_s: float | None = None
+) -> float | None:
     waits = [
         h.cooldown_s
         for name, h in signals.items()
@@ -507,6 +528,8 @@ def _shortest_cooldown(signals: Mapping[str, TierHealth], req: Requirements) -> 
         return None
     wait = min(waits) + 1e-3
     if req.deadline_s is not None and wait >= req.deadline_s:
+        return None
+    if req.deadline_s is None and max_wait_s is not None and wait > max_wait_s:
         return None
     return wait
 

@@ -166,6 +166,17 @@ class CheapestFeasible:
             health = signals.get(name)
             if health is None:
                 continue
+            # cost.tier_cost's arithmetic, inlined: this loop is the decision's hot path.
+            base = uncached * price.input_per_token + cached * price.cached_input_per_token
+            worst = base + out_max * price.output_per_token
+            # Cost first: a tier the call cannot afford is rejected for that, not for a cooldown
+            # it would be pointless to wait out.
+            if cap is not None and worst > cap:
+                add(_reason((name, _REJECTED, "cost_cap", (worst, cap))))
+                continue
+            if remaining is not None and worst > remaining:
+                add(_reason((name, _REJECTED, "budget", (worst, remaining))))
+                continue
             wait = 0.0
             if health.state is _OPEN:
                 # A call with a deadline may wait out a cooldown if it leaves time to finish.
@@ -173,15 +184,6 @@ class CheapestFeasible:
                     add(_reason((name, _REJECTED, "cooldown", (health.cooldown_s,))))
                     continue
                 wait = health.cooldown_s
-            # cost.tier_cost's arithmetic, inlined: this loop is the decision's hot path.
-            base = uncached * price.input_per_token + cached * price.cached_input_per_token
-            worst = base + out_max * price.output_per_token
-            if cap is not None and worst > cap:
-                add(_reason((name, _REJECTED, "cost_cap", (worst, cap))))
-                continue
-            if remaining is not None and worst > remaining:
-                add(_reason((name, _REJECTED, "budget", (worst, remaining))))
-                continue
             expected = base + out_exp * price.output_per_token
             ttft = health.ttft_s
             decode = out_exp / health.output_tps

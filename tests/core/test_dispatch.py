@@ -255,6 +255,33 @@ def test_budget_exhausted_before_any_send() -> None:
     assert up.seen == []
 
 
+@pytest.mark.parametrize("deadline", [None, 30.0, 90.0])
+def test_a_tier_cooling_down_does_not_hide_that_no_tier_is_affordable(
+    deadline: float | None,
+) -> None:
+    # One shed puts standard on a 60 s cooldown. A later call no tier can afford must be refused
+    # at once for its budget, not made to wait out (or fail on) a cooldown it could never use.
+    clock = FakeClock()
+    up = Upstream([httpx.Response(503, json=SHED, headers={"retry-after": "60"}), ok()])
+    ledger = MemoryLedger(0.05)
+    sel = selector(up, clock, ledger=ledger)
+    first = sel.send(BODY, requirements=Requirements(tiers=["standard"], deadline_s=5))
+    assert not first.ok and sel.health(BODY["model"])["standard"].state.value == "open"
+    big = {**BODY, "max_tokens": 100_000}
+    sent, started = len(up.seen), clock.now()
+    with pytest.raises(tiersel.BudgetExhausted) as caught:
+        sel.send(big, requirements=Requirements(deadline_s=deadline))
+    assert {r.code for r in caught.value.reasons} - {"not_allowed", "not_offered"} == {"budget"}
+    assert len(up.seen) == sent and clock.now() == started
+    assert ledger.state(clock.now()).reserved_usd == 0
+    # The same with a cost cap instead of a budget: NoFeasibleTier at once, naming the cap.
+    with pytest.raises(tiersel.NoFeasibleTier) as capped:
+        sel.send(BODY, requirements=Requirements(deadline_s=deadline, max_cost_usd=1e-6))
+    assert "cost_cap" in {r.code for r in capped.value.reasons}
+    assert "cooldown" not in {r.code for r in capped.value.reasons}
+    assert clock.now() == started
+
+
 def test_no_feasible_tier_before_any_send() -> None:
     up = Upstream(lambda body: ok())
     with pytest.raises(tiersel.NoFeasibleTier):
