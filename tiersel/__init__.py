@@ -17,6 +17,7 @@ from tiersel.dialects import Dialect, Usage
 from tiersel.dispatch import AttemptRecord, CallResult
 from tiersel.errors import (
     BudgetExhausted,
+    ConflictingRequirements,
     NoFeasibleTier,
     PricingError,
     RequestNotUnderstood,
@@ -70,6 +71,7 @@ __all__ = [
     "CheapestFeasible",
     "CircuitState",
     "Clock",
+    "ConflictingRequirements",
     "CostBasis",
     "CostEstimate",
     "Decision",

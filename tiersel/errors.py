@@ -56,3 +56,8 @@ class BudgetExhausted(NoFeasibleTier):
 
 class RequestNotUnderstood(TierselError, ValueError):
     """A request body tiersel was asked to route is not a chat-completions or messages body."""
+
+
+class ConflictingRequirements(TierselError, ValueError):
+    """A call's requirements, merged from the selector's defaults and the enclosing
+    ``tiersel.requirements(...)`` blocks, contradict each other (each was valid on its own)."""

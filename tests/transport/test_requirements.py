@@ -188,3 +188,20 @@ def test_a_hint_that_conflicts_with_the_block_names_the_header(
     client = _client(calm, tiersel.Selector(api_key=""), recorder)
     with requirements(deadline_s=2), pytest.raises(InvalidHint, match="x-tiersel-max-ttft"):
         _ask(client, extra_headers={"x-tiersel-max-ttft": "5"})
+
+
+def test_a_block_that_conflicts_with_the_selectors_requirements_is_a_clear_error(
+    calm: RunningServer, recorder: Recorder
+) -> None:
+    # Each is valid alone; together the time to first token outlasts the deadline.
+    selector = tiersel.Selector(api_key="", requirements=tiersel.Requirements(deadline_s=2))
+    client = _client(calm, selector, recorder)
+    with requirements(max_ttft_s=5), pytest.raises(tiersel.ConflictingRequirements) as caught:
+        _ask(client)
+    message = str(caught.value)
+    assert message == (
+        "the requirements block (max_ttft_s=5) and the selector's requirements (deadline_s=2.0)"
+        " conflict: max_ttft_s (5.0) cannot exceed deadline_s (2.0)"
+    )
+    assert isinstance(caught.value, tiersel.TierselError)
+    assert calm.stats()["requests"] == 0

@@ -115,3 +115,44 @@ def test_a_final_client_error_is_not_retried() -> None:
             model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8
         )
     assert len(upstream.bodies) == 1
+
+
+class RetryAfter:
+    """A fake provider whose standard tier sheds with ``Retry-After: 60`` until ``healthy``."""
+
+    def __init__(self, sheds: int) -> None:
+        self.sheds = sheds
+        self.bodies: list[dict[str, object]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.bodies.append(json.loads(request.content))
+        if len(self.bodies) <= self.sheds:
+            return httpx.Response(503, json=SHED, headers={"retry-after": "60"})
+        usage = {"prompt_tokens": 10, "completion_tokens": 2}
+        return httpx.Response(200, json={"id": "c", "choices": [], "usage": usage})
+
+
+@pytest.mark.parametrize(("timeout", "waits"), [(5.0, False), (120.0, True), (None, True)])
+def test_a_call_without_a_deadline_waits_no_longer_than_its_clients_timeout(
+    timeout: float | None, waits: bool
+) -> None:
+    # Only standard may serve, and it asks for 60 s: a client that waits 5 s for an answer gets
+    # the shed at once rather than a minute's silence; one that would wait 120 s (or for ever)
+    # has the cooldown waited out, and the call served.
+    clock = tiersel.FakeClock()
+    upstream = RetryAfter(sheds=1)
+    selector = tiersel.Selector(clock=clock, api_key="")
+    transport = TierTransport(selector, httpx.MockTransport(upstream))
+    client = httpx.Client(transport=transport, timeout=timeout)
+    with tiersel.requirements(tiers=("standard",)):
+        response = client.post(
+            "http://provider.test/inference/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
+        )
+    if waits:
+        assert response.status_code == 200 and response.headers["x-tiersel-attempts"] == "2"
+        assert clock.now() >= 60
+    else:
+        assert response.status_code == 503 and response.headers["x-should-retry"] == "false"
+        assert response.headers["x-tiersel-attempts"] == "1" and clock.now() < 5
+    assert len(upstream.bodies) == (2 if waits else 1)

@@ -22,7 +22,7 @@ from tiersel.dialects import (
     parse_json,
 )
 from tiersel.dispatch import CallResult, Reply, Send, StreamEnd
-from tiersel.errors import RequestNotUnderstood, TierselError
+from tiersel.errors import BudgetExhausted, NoFeasibleTier, RequestNotUnderstood, TierselError
 from tiersel.selector import Selector
 from tiersel.wrap.context import current_scope
 from tiersel.wrap.flavours import BytesStream, Flavour, TimeoutErrors, as_flavour
@@ -31,12 +31,14 @@ from tiersel.wrap.record import CallRecord, CostBasis, response_headers
 from tiersel.wrap.streaming import Abandoned, AsyncMeteredStream, MeteredStream, StreamMeter
 
 __all__ = [
+    "REFUSALS",
     "Answer",
     "CallHook",
     "Exchange",
     "ReplyHeaders",
     "Route",
     "aread_answer",
+    "longest_timeout",
     "no_reply",
     "read_answer",
     "reply",
@@ -53,6 +55,20 @@ _RECODED_RESPONSE_HEADERS = frozenset({b"content-encoding", b"content-length"})
 _STREAM_RESPONSE_HEADERS = frozenset({b"content-encoding", b"content-length", b"x-should-retry"})
 _NO_RETRY = (b"x-should-retry", b"false")
 _HINT_PREFIX = HINT_PREFIX.encode()
+
+
+REFUSALS = ("auto", "raise", "respond")
+"""How a transport hands back a call tiersel refuses (a bad hint, an unknown model, no feasible
+tier, an exhausted budget): ``raise`` the `TierselError` from the transport; ``respond`` with an
+HTTP error response the SDK raises as its own error, never retried; ``auto``: respond to the
+anthropic SDK (known by its User-Agent; it turns any exception a transport raises into a retried
+"Connection error"), raise to everyone else."""
+
+_REFUSAL_STATUS: tuple[tuple[type[TierselError], int, str], ...] = (
+    (BudgetExhausted, 402, "budget_exhausted"),
+    (NoFeasibleTier, 422, "no_feasible_tier"),
+    (TierselError, 400, "invalid_request_error"),
+)
 
 
 @dataclass(slots=True)
@@ -78,11 +94,16 @@ class Exchange:
     """What the sync and async transports share: reading a request, building the upstream
     request, and the response and record for the caller. No I/O here."""
 
-    __slots__ = ("abandoned", "on_call", "selector")
+    __slots__ = ("abandoned", "on_call", "refusals", "selector")
 
-    def __init__(self, selector: Selector, on_call: CallHook | None) -> None:
+    def __init__(
+        self, selector: Selector, on_call: CallHook | None, refusals: str = "auto"
+    ) -> None:
+        if refusals not in REFUSALS:
+            raise ValueError(f"refusals must be one of {', '.join(REFUSALS)}; got {refusals!r}")
         self.selector = selector
         self.on_call = on_call
+        self.refusals = refusals
         self.abandoned = Abandoned()
 
     # -- requests -------------------------------------------------------------------------------
@@ -95,6 +116,20 @@ class Exchange:
         path: str = request.url.path
         dialect = dialect_for_path(path)
         return (path, dialect) if dialect is not None else None
+
+    def refuse_passthrough(self, request: Any, flavour: Flavour) -> Any:
+        """None for a request to pass through (not routed); for one that must not go upstream,
+        its refusal response, or the refusal raised (see `REFUSALS`)."""
+        refused = _passthrough_refusal(request)
+        if refused is None:
+            return None
+        return self.refuse(request, flavour, Dialect.openai, refused)
+
+    def refuse(self, request: Any, flavour: Flavour, dialect: Dialect, exc: TierselError) -> Any:
+        """The refusal response for ``request``, or ``exc`` raised (see `REFUSALS`)."""
+        if self.responds_to_refusals(request):
+            return self.refusal(flavour, dialect, exc)
+        raise exc
 
     def route(self, request: Any, flavour: Flavour, path: str, dialect: Dialect) -> Route:
         """Read a generation request (its body already read)."""
@@ -246,6 +281,32 @@ class Exchange:
         self.notify(route, result, basis, status)
         return response
 
+    def responds_to_refusals(self, request: Any) -> bool:
+        """Whether a refusal of ``request`` goes back as a response rather than raised."""
+        mode = self.refusals
+        if mode == "auto":
+            # The anthropic SDK's User-Agent is its client class's name: "Anthropic/Python 2.x",
+            # "AsyncAnthropic/Python 2.x", ...
+            agent: str = request.headers.get("user-agent", "")
+            return "Anthropic/Python" in agent
+        return mode == "respond"
+
+    @staticmethod
+    def refusal(flavour: Flavour, dialect: Dialect, exc: TierselError) -> Any:
+        """The error response for a call tiersel refused before sending it: 402 for an
+        exhausted budget, 422 when no tier meets the requirements, 400 for the rest (a bad hint,
+        an unknown model, a body that is not a generation request). It says
+        ``x-should-retry: false`` and names the error class in ``x-tiersel-error``."""
+        status, kind = next((s, k) for t, s, k in _REFUSAL_STATUS if isinstance(exc, t))
+        content = _error_body(dialect, kind, f"tiersel: {exc}")
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(content)).encode()),
+            (b"x-tiersel-error", type(exc).__name__.encode()),
+            _NO_RETRY,
+        ]
+        return flavour.response(status, headers=headers, stream=BytesStream(content))
+
     def _stand_in(self, route: Route, result: CallResult, extra: list[tuple[bytes, bytes]]) -> Any:
         """An error response for a call that got no HTTP response at all."""
         reply = result.reply
@@ -258,11 +319,7 @@ class Exchange:
         else:
             status, kind = 502, "upstream_unreachable"
             message = f"tiersel: no response after {result.attempts} attempt(s): {result.detail}"
-        if route.dialect is Dialect.anthropic:
-            body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
-        else:
-            body = {"error": {"object": "error", "type": kind, "code": kind, "message": message}}
-        content = json.dumps(body).encode()
+        content = _error_body(route.dialect, kind, message)
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(content)).encode()),
@@ -421,6 +478,38 @@ class Exchange:
             log.exception("tiersel: the on_call hook raised on call %s", record.call_id)
 
 
+def _passthrough_refusal(request: Any) -> TierselError | None:
+    """Why a request passed through must not go upstream, if it must not: a body in memory
+    asking for ``service_tier`` on a fast router model (a legacy ``/completions`` call, say).
+    tiersel never sends that combination, not even as the caller gave it."""
+    if request.method != "POST":
+        return None
+    try:
+        content: bytes = request.content
+    except Exception:  # a streamed body, not read: tiersel does not buffer it to look
+        return None
+    if b"/routers/" not in content or b"service_tier" not in content:
+        return None
+    body = parse_json(content)
+    model = body.get("model") if isinstance(body, dict) else None
+    if isinstance(model, str) and "/routers/" in model and "service_tier" in body:
+        return RequestNotUnderstood(
+            f"POST {request.url.path}: the body asks for service_tier"
+            f" {body['service_tier']!r} on the fast router model {model!r}; the two do not"
+            " combine, so tiersel does not send it"
+        )
+    return None
+
+
+def _error_body(dialect: Dialect, kind: str, message: str) -> bytes:
+    """An error body in the dialect's own shape, so that the SDK shows ``message``."""
+    if dialect is Dialect.anthropic:
+        body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
+    else:
+        body = {"error": {"object": "error", "type": kind, "code": kind, "message": message}}
+    return json.dumps(body).encode()
+
+
 def _model_name(sel: Selector, decision: Decision | None) -> str | None:
     if decision is None:
         return None
@@ -434,6 +523,17 @@ def _estimate(decision: Decision | None) -> float | None:
 def _extensions(response: Any) -> dict[str, Any]:
     ext = response.extensions
     return {k: ext[k] for k in ("http_version", "reason_phrase") if k in ext}
+
+
+def longest_timeout(extensions: Mapping[str, Any]) -> float | None:
+    """The longest of a request's finite timeouts (connect, read, write, pool), if any: a call
+    with no deadline never waits longer than this between attempts, as its client would not
+    wait that long for an answer either."""
+    current = extensions.get("timeout")
+    if not isinstance(current, Mapping):
+        return None
+    finite = [float(v) for v in current.values() if v is not None and math.isfinite(float(v))]
+    return max(finite) if finite else None
 
 
 def _with_timeout(extensions: Mapping[str, Any], timeout_s: float | None) -> Mapping[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tiersel.call import Requirements
-from tiersel.errors import TierselError
+from tiersel.errors import ConflictingRequirements, TierselError
 from tiersel.wrap.context import Scope
 
 __all__ = ["HINT_HEADERS", "InvalidHint", "merge_requirements", "read_hints", "strip_hints"]
@@ -147,7 +147,12 @@ def merge_requirements(
         headers = sorted(source.values())
         if headers:
             return _raise(" / ".join(headers), _shown(hinted), problem)
-        raise
+        given = _shown(scope.fields) if scope is not None else ""
+        defaults = _shown({n: getattr(base, n) for n in base.model_fields_set})
+        raise ConflictingRequirements(
+            f"the requirements block ({given}) and the selector's requirements ({defaults})"
+            f" conflict: {f'{name}: ' if name else ''}{problem}"
+        ) from None
 
 
 def _raise(header: str, value: Any, problem: str) -> Requirements:

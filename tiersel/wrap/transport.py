@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from tiersel.dialects import Dialect
 from tiersel.dispatch import Reply, Send, arun, run
 from tiersel.errors import TierselError
 from tiersel.selector import Selector
@@ -34,6 +35,7 @@ from tiersel.wrap.exchange import (
     CallHook,
     Exchange,
     aread_answer,
+    longest_timeout,
     no_reply,
     read_answer,
     reply,
@@ -57,9 +59,11 @@ __all__ = ["AsyncTierTransport", "TierTransport"]
 class _Shell:
     """The parts of both transports that are not about sync or async."""
 
-    def __init__(self, selector: Selector | None, transport: Any, on_call: CallHook | None) -> None:
+    def __init__(
+        self, selector: Selector | None, transport: Any, on_call: CallHook | None, refusals: str
+    ) -> None:
         self.selector = selector if selector is not None else Selector()
-        self._exchange = Exchange(self.selector, on_call)
+        self._exchange = Exchange(self.selector, on_call, refusals)
         self._given = transport
         self._given_flavour = flavour_of_transport(transport) if transport is not None else None
         self._defaults: dict[str, Any] = {}
@@ -81,6 +85,24 @@ class _Shell:
                     inner = self._defaults[flavour.name] = make()
         return inner, flavour
 
+    def _open(self, request: Any, flavour: Flavour, generation: tuple[str, Dialect]) -> Any:
+        """A generation call's route, attempt flow and id; for a call refused before any
+        attempt, its refusal response (or the refusal raised, as ``refusals`` says)."""
+        exchange = self._exchange
+        try:
+            route = exchange.route(request, flavour, *generation)
+            flow, _, call_id = self.selector._prepare(
+                route.body,
+                route.requirements,
+                route.path,
+                None,
+                route.dialect,
+                longest_timeout(route.extensions),
+            )
+        except TierselError as exc:
+            return exchange.refuse(request, flavour, generation[1], exc)
+        return route, flow, call_id
+
     def _transports(self) -> list[Any]:
         given = [self._given] if self._given is not None else []
         return given + list(self._defaults.values())
@@ -97,6 +119,11 @@ class TierTransport(_Shell, SyncTransportBase):
     - ``selector``: the `Selector` that decides (default: ``Selector()``).
     - ``transport``: where requests go (default: the real HTTP transport of the client's library).
     - ``on_call``: a function handed a frozen `CallRecord` as each routed call ends.
+    - ``refusals``: how a call tiersel refuses before sending it (a bad hint, an unknown model,
+      no feasible tier, an exhausted budget) comes back: ``"raise"`` its `TierselError`,
+      ``"respond"`` with an HTTP error (400, 402 or 422, ``x-should-retry: false``, the message
+      in the error body), or ``"auto"`` (the default): respond to the anthropic SDK, which would
+      retry any exception a transport raises and report it as a connection error; raise otherwise.
 
     Per-call requirements come from ``tiersel.requirements(...)`` blocks around the call and
     ``x-tiersel-*`` request headers, over the selector's defaults.
@@ -114,8 +141,9 @@ class TierTransport(_Shell, SyncTransportBase):
         transport: Any = None,
         *,
         on_call: CallHook | None = None,
+        refusals: str = "auto",
     ) -> None:
-        super().__init__(selector, transport, on_call)
+        super().__init__(selector, transport, on_call, refusals)
         self.selector._sync_signals("TierTransport")
         self.selector._sync_ledger("TierTransport")
 
@@ -127,6 +155,9 @@ class TierTransport(_Shell, SyncTransportBase):
             exchange.abandoned.drain()
         generation = exchange.generation(request)
         if generation is None:
+            refused = exchange.refuse_passthrough(request, flavour)
+            if refused is not None:
+                return refused
             sent = convert_request(
                 without_hints(request, flavour), inner_flavour, asynchronous=False
             )
@@ -136,12 +167,12 @@ class TierTransport(_Shell, SyncTransportBase):
                 raise as_flavour(exc, flavour) from exc
             return convert_response(response, flavour, asynchronous=False)
         request.read()
-        route = exchange.route(request, flavour, *generation)
+        opened = self._open(request, flavour, generation)
+        if not isinstance(opened, tuple):
+            return opened  # a refusal
+        route, flow, call_id = opened
         sel = self.selector
         clock = sel.clock
-        flow, _, call_id = sel._prepare(
-            route.body, route.requirements, route.path, None, route.dialect
-        )
 
         def send(effect: Send) -> Reply:
             upstream = exchange.upstream(route, effect, inner_flavour)
@@ -161,7 +192,7 @@ class TierTransport(_Shell, SyncTransportBase):
         except TierselError as exc:
             sel._release_quietly(call_id)
             exchange.refused(route, call_id, exc)
-            raise
+            return exchange.refuse(request, flavour, route.dialect, exc)
         except BaseException:
             sel._release_quietly(call_id)
             raise
@@ -183,8 +214,9 @@ class AsyncTierTransport(_Shell, AsyncTransportBase):
         transport: Any = None,
         *,
         on_call: CallHook | None = None,
+        refusals: str = "auto",
     ) -> None:
-        super().__init__(selector, transport, on_call)
+        super().__init__(selector, transport, on_call, refusals)
 
     async def handle_async_request(self, request: Any) -> Any:
         flavour = flavour_of_request(request)
@@ -194,6 +226,9 @@ class AsyncTierTransport(_Shell, AsyncTransportBase):
             await exchange.abandoned.adrain()
         generation = exchange.generation(request)
         if generation is None:
+            refused = exchange.refuse_passthrough(request, flavour)
+            if refused is not None:
+                return refused
             sent = convert_request(
                 without_hints(request, flavour), inner_flavour, asynchronous=True
             )
@@ -203,12 +238,12 @@ class AsyncTierTransport(_Shell, AsyncTransportBase):
                 raise as_flavour(exc, flavour) from exc
             return convert_response(response, flavour, asynchronous=True)
         await request.aread()
-        route = exchange.route(request, flavour, *generation)
+        opened = self._open(request, flavour, generation)
+        if not isinstance(opened, tuple):
+            return opened  # a refusal
+        route, flow, call_id = opened
         sel = self.selector
         clock = sel.clock
-        flow, _, call_id = sel._prepare(
-            route.body, route.requirements, route.path, None, route.dialect
-        )
 
         async def send(effect: Send) -> Reply:
             upstream = exchange.upstream(route, effect, inner_flavour)
@@ -228,7 +263,7 @@ class AsyncTierTransport(_Shell, AsyncTransportBase):
         except TierselError as exc:
             await sel._arelease_quietly(call_id)
             exchange.refused(route, call_id, exc)
-            raise
+            return exchange.refuse(request, flavour, route.dialect, exc)
         except BaseException:
             await sel._arelease_quietly(call_id)
             raise
