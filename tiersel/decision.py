@@ -22,8 +22,9 @@ _TEMPLATES: Mapping[str, str] = {
     "not_allowed": "not among the allowed tiers",
     "cooldown": "avoided: cooling down for {0:.1f} s more",
     "no_time": "no time left before the deadline",
-    "cost_cap": "worst-case cost ${0:.6f} exceeds max_cost_usd ${1:.6f}",
-    "budget": "worst-case cost ${0:.6f} exceeds the remaining budget ${1:.6f}",
+    # A limit is shown to its own precision: a cap of $0.0000001 must not read "$0.000000".
+    "cost_cap": "worst-case cost ${0:.6f} exceeds max_cost_usd ${1:.6g}",
+    "budget": "worst-case cost ${0:.6f} exceeds the remaining budget ${1:.6g}",
     "pacing": "expected cost ${0:.6f} exceeds ${1:.6f}, what pacing leaves for this call",
     "ttft": "expected time to first token {0:.2f} s exceeds max_ttft_s {1:.2f}",
     "tps": "expected {0:.0f} output tokens/s is below min_output_tps {1:.0f}",

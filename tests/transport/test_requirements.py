@@ -163,6 +163,7 @@ def test_hint_headers_set_requirements_and_never_go_upstream(
     [
         ("x-tiersel-deadline", "soon", "is not a number"),
         ("x-tiersel-deadline", "-5", "greater than 0"),
+        ("x-tiersel-deadline", "1_0", "is not a number"),
         ("x-tiersel-reliability", "1.5", "less than or equal to 1"),
         ("x-tiersel-max-cost", "nan", "must be finite"),
         ("x-tiersel-tiers", " , ", "at least one tier"),
@@ -178,7 +179,8 @@ def test_a_bad_hint_is_a_clear_error_naming_the_header(
     with pytest.raises(InvalidHint, match=problem) as caught:
         _ask(client, extra_headers={header: value})
     assert caught.value.header == header
-    assert str(caught.value).startswith(f"request header {header}: ")
+    # The value is quoted as it was sent (stripped): "-5", not the "-5.0" it parsed to.
+    assert str(caught.value).startswith(f"request header {header}: {value.strip()!r} ")
     assert calm.stats()["requests"] == 0  # nothing was sent
 
 
@@ -205,3 +207,14 @@ def test_a_block_that_conflicts_with_the_selectors_requirements_is_a_clear_error
     )
     assert isinstance(caught.value, tiersel.TierselError)
     assert calm.stats()["requests"] == 0
+
+
+def test_a_tiny_cost_cap_is_shown_to_its_own_precision() -> None:
+    selector = tiersel.Selector(api_key="")
+    call, _ = selector.call_for(
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
+        tiersel.Dialect.openai,
+    )
+    with pytest.raises(tiersel.NoFeasibleTier) as caught:
+        selector.decide(call, tiersel.Requirements(max_cost_usd=1e-7))
+    assert "exceeds max_cost_usd $1e-07" in str(caught.value)

@@ -106,6 +106,8 @@ def _parse(header: str, field: str, text: str) -> Any:
             return False
         raise InvalidHint(header, text, "must be true or false")
     try:
+        if "_" in text:  # float() takes "1_0" for 10; a header value should not
+            raise ValueError(text)
         number = float(text)
     except ValueError:
         raise InvalidHint(header, text, f"is not a number: expected {_UNITS[field]}") from None
@@ -156,7 +158,10 @@ def merge_requirements(
 
 
 def _raise(header: str, value: Any, problem: str) -> Requirements:
-    text = ",".join(value) if isinstance(value, tuple) else str(value)
+    if isinstance(value, tuple):
+        text = ",".join(value)
+    else:
+        text = f"{value:g}" if isinstance(value, float) else str(value)
     raise InvalidHint(header, text, f"is not valid: {problem}")
 
 
