@@ -23,10 +23,12 @@ from tiersel.signals import Outcome
 
 __all__ = [
     "HINT_PREFIX",
+    "TOKEN_LIMIT",
     "Classified",
     "Dialect",
     "Usage",
     "apply_step",
+    "check_token_count",
     "classify",
     "dialect_for_path",
     "estimate_input_tokens",
@@ -37,6 +39,10 @@ __all__ = [
 
 HINT_PREFIX = "x-tiersel-"
 """Request headers with this prefix are tiersel's own hints: read, then never sent upstream."""
+
+TOKEN_LIMIT = 2**53
+"""The largest token count tiersel accepts: the largest integer a float holds exactly. Costs and
+latencies are computed in floats, and far larger counts overflow them; no real call comes near."""
 
 _SHED_STATUSES = frozenset({503, 529, 498})
 _RETRYABLE_ERRORS = frozenset({500, 502, 504})
@@ -64,15 +70,42 @@ def strip_hints(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def max_output_tokens(body: Mapping[str, Any], dialect: Dialect) -> int | None:
-    """The call's output cap, as the body states it (None when it states none)."""
+    """The call's output cap, as the body states it (None when it states none).
+
+    Raises `RequestNotUnderstood` naming the field when the cap is not a positive integer of at
+    most `TOKEN_LIMIT`.
+    """
     fields = _CHAT_OUTPUT_FIELDS if dialect is Dialect.openai else ("max_tokens",)
     for name in fields:
         value = body.get(name)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise RequestNotUnderstood(f"{name} must be a positive integer, got {value!r}")
-            return value
+            return check_token_count(name, value)
     return None
+
+
+def check_token_count(name: str, value: int) -> int:
+    """``value``, if it is at most `TOKEN_LIMIT`; else `RequestNotUnderstood` naming ``name``.
+
+    >>> check_token_count("max_tokens", 10**400)
+    Traceback (most recent call last):
+    ...
+    tiersel.errors.RequestNotUnderstood: max_tokens must be at most ... got a 401-digit number
+    """
+    if value > TOKEN_LIMIT:
+        raise RequestNotUnderstood(
+            f"{name} must be at most {TOKEN_LIMIT} (2**53), got {_describe_int(value)}"
+        )
+    return value
+
+
+def _describe_int(value: int) -> str:
+    """An integer as an error message shows it: its digits, or how many there are when many."""
+    if value.bit_length() > 14_000:  # str() refuses past 4300 digits; this is about 4200
+        return "a number of more than 4000 digits"
+    text = str(abs(value))
+    return str(value) if len(text) <= 30 else f"a {len(text)}-digit number"
 
 
 def _text_bytes(value: Any) -> int:

@@ -589,7 +589,18 @@ def _is_async(store: object, method: str) -> bool:
 
 
 async def _awaited(pending: Sequence[Any]) -> list[Any]:
-    return [await p for p in pending]
+    done: list[Any] = []
+    try:
+        for p in pending:
+            done.append(await p)
+    finally:
+        # Cancelled or failed part way: close the reads never started, or each would warn
+        # "coroutine ... was never awaited" when collected.
+        for p in pending[len(done) + 1 :]:
+            close = getattr(p, "close", None)
+            if close is not None:
+                close()
+    return done
 
 
 def _lower(headers: httpx.Headers) -> dict[str, str]:

@@ -9,7 +9,7 @@ import pytest
 
 from tiersel.batch.input import BatchRequest, InvalidLine, LineParser, iter_lines, scan_input
 from tiersel.call import Requirements
-from tiersel.dialects import Dialect, estimate_input_tokens
+from tiersel.dialects import TOKEN_LIMIT, Dialect, estimate_input_tokens
 from tiersel.pricing import load_pricing
 from tiersel.selector import Selector
 
@@ -161,3 +161,62 @@ def test_the_prompt_bound_counts_tool_schemas_whole() -> None:
     doc = body(1, tools=tools)
     rendered = len(json.dumps(tools, separators=(",", ":")))
     assert estimate_input_tokens(doc, bytes_per_token=1.0) >= rendered + len(b"hello there #1")
+
+
+@pytest.mark.parametrize(
+    ("url", "field"),
+    [
+        ("/v1/chat/completions", "max_tokens"),
+        ("/v1/chat/completions", "max_completion_tokens"),
+        ("/v1/messages", "max_tokens"),
+    ],
+)
+def test_an_output_cap_too_large_for_a_float_makes_an_invalid_line(
+    parser: LineParser, url: str, field: str
+) -> None:
+    doc = {"model": "kimi-k2p6", "messages": [{"role": "user", "content": "hi"}], field: 10**400}
+    got = parse(parser, batch_line("big", doc, url=url))
+    assert isinstance(got, InvalidLine), got
+    assert (got.line, got.custom_id) == (7, "big")
+    assert got.reason == f"{field} must be at most {TOKEN_LIMIT} (2**53), got a 401-digit number"
+
+
+def test_a_messages_line_capped_only_by_max_completion_tokens_is_invalid(
+    parser: LineParser,
+) -> None:
+    """/v1/messages has no max_completion_tokens: such a line states no cap its API honours, so
+    it must not be sent as if it were capped."""
+    for value in (10, 10**400):
+        doc = {"model": "kimi-k2p6", "messages": [{"role": "user", "content": "hi"}]}
+        got = parse(
+            parser, batch_line("m", {**doc, "max_completion_tokens": value}, url="/v1/messages")
+        )
+        assert isinstance(got, InvalidLine), got
+        assert got.reason == (
+            "max_completion_tokens is not a /v1/messages field: set max_tokens instead"
+        )
+
+
+def test_a_number_with_more_digits_than_python_reads_makes_an_invalid_line(
+    parser: LineParser,
+) -> None:
+    raw = (
+        json.dumps(body(1)).encode().replace(b'"max_tokens": 50', b'"max_tokens": 1' + b"0" * 5000)
+    )
+    got = parser.parse(7, raw)
+    assert isinstance(got, InvalidLine), got
+    assert got.reason.startswith("invalid JSON: a number with more than 4300 digits"), got.reason
+
+
+def test_a_default_output_cap_too_large_for_a_float_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"default_max_tokens must be at most 9007199254740992 "):
+        LineParser(PRICING, Requirements(), default_max_tokens=10**400)
+
+
+def test_unknown_job_wide_tiers_are_refused_up_front() -> None:
+    with pytest.raises(ValueError) as info:
+        LineParser(PRICING, Requirements(tiers="standrd,priority"), default_max_tokens=None)
+    assert str(info.value) == (
+        "tiers: unknown tier 'standrd' (known: standard, priority, fast, fast_us, spot,"
+        " ultrafast, us)"
+    )

@@ -136,6 +136,18 @@ def test_no_feasible_tier_exits_3_with_reasons() -> None:
         (["--shed-rate", "turbo=0.1"], "unknown tier 'turbo'"),
         (["--model", "nope"], "unknown model 'nope'"),
         (["--max-tokens", "ten"], "invalid int value"),
+        (
+            ["--max-tokens", "1" + "0" * 320],
+            "--max-tokens must be at most 9007199254740992 (2**53), got a 321-digit number",
+        ),
+        (["--input-tokens", "1" + "0" * 320], "--input-tokens must be at most 9007199254740992"),
+        (["--cached-input-tokens", str(2**53 + 1)], "--cached-input-tokens must be at most"),
+        (["--expected-output-tokens", "1" + "0" * 400], "--expected-output-tokens must be at"),
+        (
+            ["--tiers", "bogus"],
+            "--tiers: unknown tier 'bogus' (known: standard, priority, fast, fast_us, spot,",
+        ),
+        (["--tiers", "standrd,priority"], "--tiers: unknown tier 'standrd' (known: standard"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args: list[str], needle: str) -> None:
@@ -174,3 +186,46 @@ def test_the_module_runs_too() -> None:
         timeout=60,
     )
     assert out.returncode == 0 and "gpt-oss-20b" in out.stdout
+
+
+def test_explain_json_never_holds_infinity(tmp_path: Path) -> None:
+    """A price so high that a call's cost overflows a float is refused with the table's file and
+    key, never printed as `Infinity` (which is not JSON)."""
+    table = tmp_path / "dear.yaml"
+    bundled = (Path(__file__).resolve().parents[2] / "pricing" / "fireworks.yaml").read_text()
+    table.write_text(
+        bundled.replace(
+            "kimi-k2p6:\n    standard: {input: 0.95, output: 4,",
+            "kimi-k2p6:\n    standard: {input: 0.95, output: 1.7e+308,",
+        )
+    )
+    args = ["--model", "kimi-k2p6", "--input-tokens", "100", "--max-tokens", "10000000", "--json"]
+    out = run("explain", "--pricing", str(table), *args)
+    assert out.returncode == 2, out.stdout
+    assert out.stderr == (
+        f"tiersel: error: {table}: models.kimi-k2p6.standard.output: input should be less than"
+        " or equal to 100000 (got 1.7e+308)\n"
+    )
+    assert "Infinity" not in out.stdout
+
+
+def test_explain_json_refuses_to_print_a_non_finite_number(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tiersel.decision import Decision
+
+    real = Decision.to_dict
+
+    def overflowing(self: Decision) -> dict[str, object]:
+        return {**real(self), "estimated_cost_usd": float("inf")}
+
+    monkeypatch.setattr(Decision, "to_dict", overflowing)
+    code = main(
+        ["explain", "--model", "kimi-k2p6", "--input-tokens", "9", "--max-tokens", "9", "--json"]
+    )
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err == (
+        "tiersel: error: --json: estimated_cost_usd is not a finite number; the call or the"
+        " price table is out of range\n"
+    )

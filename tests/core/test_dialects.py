@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tiersel.dialects import classify, retry_after_s
+from tiersel.dialects import TOKEN_LIMIT, Dialect, classify, max_output_tokens, retry_after_s
+from tiersel.errors import RequestNotUnderstood
 from tiersel.signals import Outcome
 
 DATE = "Fri, 27 Nov 2026 03:00:00 GMT"
@@ -61,3 +62,28 @@ def test_classification(status: int, payload: object, outcome: Outcome, retryabl
     c = classify(status, {}, payload)
     assert (c.outcome, c.retryable) == (outcome, retryable)
     assert c.billed == (status == 200)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "field"),
+    [
+        (Dialect.openai, "max_tokens"),
+        (Dialect.openai, "max_completion_tokens"),
+        (Dialect.anthropic, "max_tokens"),
+    ],
+)
+def test_an_output_cap_too_large_for_a_float_is_refused_naming_the_field(
+    dialect: Dialect, field: str
+) -> None:
+    body = {"model": "m", "messages": [], field: 10**400}
+    with pytest.raises(RequestNotUnderstood) as info:
+        max_output_tokens(body, dialect)
+    assert str(info.value) == (
+        f"{field} must be at most {TOKEN_LIMIT} (2**53), got a 401-digit number"
+    )
+
+
+def test_an_output_cap_up_to_the_limit_is_read_as_it_is() -> None:
+    assert max_output_tokens({"max_tokens": TOKEN_LIMIT}, Dialect.openai) == TOKEN_LIMIT
+    with pytest.raises(RequestNotUnderstood, match=f"got {TOKEN_LIMIT + 1}$"):
+        max_output_tokens({"max_tokens": TOKEN_LIMIT + 1}, Dialect.anthropic)

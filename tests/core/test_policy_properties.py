@@ -77,8 +77,10 @@ def test_chosen_plans_are_allowed_offered_capped_and_never_mix_priority_with_fas
         assert exc.reasons
         return
     if signals[d.plan[0].tier].state is CircuitState.open:
-        # Only a call with a deadline waits out a cooldown, and only one that ends in time.
-        assert req.deadline_s is not None and 0 < d.wait_s < req.deadline_s
+        # Only a call with a deadline waits out a cooldown, the cooldown's own length, and only
+        # one that ends in time (a cooldown that has just run out, 0 s, is no wait at all).
+        assert req.deadline_s is not None
+        assert d.wait_s == signals[d.plan[0].tier].cooldown_s < req.deadline_s
     else:
         assert d.wait_s == 0.0
     for step in d.plan:

@@ -230,3 +230,197 @@ def test_the_wheel_ships_the_price_tables(tmp_path: Path) -> None:
     assert out[0].startswith(str(site))
     assert out[1] == str(site / "tiersel" / "_pricing" / "fireworks.yaml")
     assert int(out[2]) == len(load_pricing().models)
+
+
+# -- overlays: where a bad value came from, and what an overlay keeps -----------------------------
+
+GOOD_OVERLAY = "models:\n  kimi-k2p6:\n    standard: {input: 1, output: 4}\n"
+BAD_OVERLAY = "models:\n  kimi-k2p6:\n    standard: {input: -3, output: 1}\n"
+
+
+def test_an_error_names_the_file_the_bad_value_came_from(tmp_path: Path) -> None:
+    base = _write(tmp_path, HEAD + "  m1: {standard: {input: -2, output: 1}}\n")
+    good = tmp_path / "good.yaml"
+    good.write_text("models:\n  m2: {standard: {input: 1, output: 2}}\n")
+    with pytest.raises(PricingError) as info:
+        load_pricing(base, overlay=good)
+    assert str(info.value).startswith(f"{base}: models.m1.standard.input: "), info.value
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_OVERLAY)
+    later = tmp_path / "later.yaml"
+    later.write_text("models:\n  mymodel: {standard: {input: 1, output: 2}}\n")
+    with pytest.raises(PricingError) as info:
+        load_pricing(overlay=[bad, later])
+    assert str(info.value).startswith(f"{bad}: models.kimi-k2p6.standard.input: "), info.value
+    assert info.value.file == str(bad)
+
+
+def test_a_file_name_with_a_plus_is_named_whole(tmp_path: Path) -> None:
+    bad = tmp_path / "my+disc.yaml"
+    bad.write_text(BAD_OVERLAY)
+    with pytest.raises(PricingError) as info:
+        load_pricing(overlay=bad)
+    assert info.value.file == str(bad)
+    assert str(info.value).startswith(f"{bad}: models.kimi-k2p6.standard.input")
+
+
+def test_an_overlay_that_replaces_a_price_entry_is_blamed_for_what_it_lacks(tmp_path: Path) -> None:
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("models:\n  kimi-k2p6:\n    standard: {input: 0.8}\n")
+    with pytest.raises(PricingError) as info:
+        load_pricing(overlay=partial)
+    assert str(info.value) == f"{partial}: models.kimi-k2p6.standard.output: missing field"
+
+
+def test_an_overlay_of_a_tiers_priors_keeps_how_the_tier_is_requested(tmp_path: Path) -> None:
+    over = tmp_path / "priors.yaml"
+    over.write_text("tiers:\n  priority:\n    priors:\n      shed_rate: 0.01\n")
+    base = load_pricing()
+    merged = load_pricing(overlay=over)
+    tier = merged.tiers["priority"]
+    assert dict(tier.body) == {"service_tier": "priority"}
+    assert tier.description == base.tiers["priority"].description
+    assert tier.priors.shed_rate == 0.01
+    assert tier.priors.ttft_s == base.tiers["priority"].priors.ttft_s  # not reset to a default
+    kimi = merged.model("kimi-k2p6").tiers["priority"]
+    assert kimi.service_tier == "priority"
+    # A tier the overlay declares whole, new, is taken as it is.
+    over.write_text("tiers:\n  flex: {request: {body: {service_tier: flex}}}\n")
+    assert dict(load_pricing(overlay=over).tiers["flex"].body) == {"service_tier": "flex"}
+
+
+def test_an_overlay_may_still_change_how_a_tier_is_requested(tmp_path: Path) -> None:
+    over = tmp_path / "headers.yaml"
+    over.write_text("tiers:\n  priority:\n    request: {headers: {x-lane: fast}}\n")
+    tier = load_pricing(overlay=over).tiers["priority"]
+    assert dict(tier.headers) == {"x-lane": "fast"}
+    assert dict(tier.body) == {"service_tier": "priority"}
+
+
+# -- ids that collide ----------------------------------------------------------------------------
+
+ROUTED = HEAD.replace("models:\n", "  fast: {request: {model: router}}\nmodels:\n")
+
+
+@pytest.mark.parametrize(
+    ("models", "problem"),
+    [
+        (
+            "  m1: {standard: {input: 1, output: 1},"
+            " fast: {input: 2, output: 2, router: acme/m2}}\n"
+            "  acme/m2: {standard: {input: 1, output: 1}}\n",
+            "models.m1.fast.router: 'acme/m2' is already the id of model acme/m2",
+        ),
+        (
+            "  acme/m2: {standard: {input: 1, output: 1}}\n"
+            "  m1: {standard: {input: 1, output: 1},"
+            " fast: {input: 2, output: 2, router: acme/m2}}\n",
+            "models.m1.fast.router: 'acme/m2' is already the id of model acme/m2",
+        ),
+        (
+            "  m1: {standard: {input: 1, output: 1}, fast: {input: 2, output: 2, router: r/x}}\n"
+            "  m2: {standard: {input: 1, output: 1}, fast: {input: 2, output: 2, router: r/x}}\n",
+            "models.m2.fast.router: 'r/x' is already the router of model m1 (fast)",
+        ),
+        (
+            "  m1: {standard: {input: 1, output: 1}, fast: {input: 2, output: 2, router: m1}}\n",
+            "models.m1.fast.router: 'm1' is the model's own id, not a router's",
+        ),
+        (
+            "  m1: {standard: {input: 1, output: 1}}\n  x/m1: {standard: {input: 1, output: 1}}\n",
+            "models.x/m1: 'x/m1' is already the id of model m1",
+        ),
+    ],
+)
+def test_an_id_that_names_two_things_is_refused(tmp_path: Path, models: str, problem: str) -> None:
+    path = _write(
+        tmp_path, ROUTED.replace("source: test\n", "source: test\nmodel_prefix: x/\n") + models
+    )
+    with pytest.raises(PricingError) as info:
+        load_pricing(path)
+    assert str(info.value) == f"{path}: {problem}"
+
+
+def test_a_router_overlay_that_takes_another_models_id_is_refused(tmp_path: Path) -> None:
+    over = tmp_path / "collide.yaml"
+    over.write_text(
+        "models:\n  kimi-k2p6:\n    fast:\n      router: accounts/fireworks/models/glm-5p2\n"
+        "      input: 2\n      output: 8\n"
+    )
+    with pytest.raises(PricingError) as info:
+        load_pricing(overlay=over)
+    assert str(info.value) == (
+        f"{over}: models.kimi-k2p6.fast.router: 'accounts/fireworks/models/glm-5p2' is already"
+        " the id of model glm-5p2"
+    )
+
+
+# -- values --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("output: 1.7e+308", "models.m1.standard.output", "less than or equal to 100000"),
+        ("output: 100000.5", "models.m1.standard.output", "less than or equal to 100000"),
+        ("output: true", "models.m1.standard.output", "input should be a valid number (got True)"),
+        ('output: "4"', "models.m1.standard.output", "input should be a valid number (got '4')"),
+        ("output: 1, cached_input: yes", "models.m1.standard.cached_input", "valid number"),
+    ],
+)
+def test_prices_must_be_numbers_within_reason(
+    tmp_path: Path, text: str, key: str, problem: str
+) -> None:
+    path = _write(tmp_path, HEAD + f"  m1: {{standard: {{input: 1, {text}}}}}\n")
+    with pytest.raises(PricingError) as info:
+        load_pricing(path)
+    assert str(info.value).startswith(f"{path}: {key}: ") and problem in str(info.value), info.value
+
+
+def test_numbers_in_exponent_form_are_numbers(tmp_path: Path) -> None:
+    path = _write(tmp_path, HEAD + "  m1: {standard: {input: 1e-1, output: 2E+1}}\n")
+    price = load_pricing(path).model("m1").tiers["standard"]
+    assert (price.input_per_1m, price.output_per_1m) == (pytest.approx(0.1), pytest.approx(20))
+
+
+@pytest.mark.parametrize("schema", ["2", "0", "true", '"1"'])
+def test_an_unknown_schema_version_is_refused(tmp_path: Path, schema: str) -> None:
+    path = _write(
+        tmp_path, f"schema: {schema}\n" + HEAD + "  m1: {standard: {input: 1, output: 1}}\n"
+    )
+    with pytest.raises(PricingError) as info:
+        load_pricing(path)
+    assert str(info.value).startswith(f"{path}: schema: unsupported schema version"), info.value
+
+
+def test_the_highest_price_and_token_count_still_cost_a_finite_amount(tmp_path: Path) -> None:
+    from tiersel.dialects import TOKEN_LIMIT
+
+    path = _write(tmp_path, HEAD + "  m1: {standard: {input: 100000, output: 100000}}\n")
+    sel = tiersel.Selector(pricing=load_pricing(path), clock=tiersel.FakeClock(), api_key="")
+    call = tiersel.Call(model="m1", input_tokens=TOKEN_LIMIT, max_output_tokens=TOKEN_LIMIT)
+    d = sel.decide(call, tiersel.Requirements(best_effort=True))
+    assert d.worst_case_cost_usd == pytest.approx(2 * TOKEN_LIMIT * 0.1)
+
+
+@pytest.mark.parametrize(
+    ("priors", "key", "problem"),
+    [
+        (
+            "output_tps: 1.0e-300",
+            "tiers.standard.priors.output_tps",
+            "greater than or equal to 0.001",
+        ),
+        ("ttft_s: 1.0e+308", "tiers.standard.priors.ttft_s", "less than or equal to 86400"),
+        ("shed_latency_s: 1.0e+308", "tiers.standard.priors.shed_latency_s", "less than or equal"),
+        ('shed_rate: "0.1"', "tiers.standard.priors.shed_rate", "valid number (got '0.1')"),
+    ],
+)
+def test_priors_that_would_make_a_latency_infinite_are_refused(
+    tmp_path: Path, priors: str, key: str, problem: str
+) -> None:
+    text = HEAD.replace("standard: {request: {}}", f"standard: {{priors: {{{priors}}}}}")
+    path = _write(tmp_path, text + "  m1: {standard: {input: 1, output: 1}}\n")
+    with pytest.raises(PricingError) as info:
+        load_pricing(path)
+    assert str(info.value).startswith(f"{path}: {key}: ") and problem in str(info.value), info.value

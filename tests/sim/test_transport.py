@@ -196,3 +196,9 @@ def test_selector_escalates_to_priority_during_an_outage() -> None:
 def test_a_service_and_a_separate_clock_are_refused() -> None:
     with pytest.raises(ValueError, match="pass the clock to the SimService"):
         SimTransport(SimService("calm", clock=FakeClock()), clock=FakeClock())
+
+
+@pytest.mark.parametrize("scale", [float("inf"), float("nan"), 0.0, -1.0])
+def test_a_time_scale_that_is_not_a_finite_positive_number_is_refused(scale: float) -> None:
+    with pytest.raises(ValueError, match="time_scale must be a finite number > 0"):
+        SimService("calm", clock=FakeClock(), time_scale=scale)

@@ -283,6 +283,21 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         (["--shard", "5/4"], "--shard: shard 5/4: want i/n with n >= 1 and 1 <= i <= n"),
         (["--shard", "two"], "--shard: shard 'two': want i/n"),
         (["--store", "mongodb://h"], "--store: store URL 'mongodb://h': unknown scheme"),
+        (
+            ["--store", "redis://127.0.0.1:notaport/0"],
+            "--store: store URL 'redis://127.0.0.1:notaport/0': the port 'notaport' is not a"
+            " number from 0 to 65535",
+        ),
+        (
+            ["--store", "redis://127.0.0.1:6379/abc"],
+            "--store: store URL 'redis://127.0.0.1:6379/abc': the database 'abc' is not a number"
+            " (redis://host:port/DB, DB from 0)",
+        ),
+        (
+            ["--store", "redis://127.0.0.1:6379/0?reservation_ttl=60"],
+            "--store: store URL 'redis://127.0.0.1:6379/0?reservation_ttl=60': unknown setting"
+            " 'reservation_ttl' (did you mean 'reservation_ttl_s'?)",
+        ),
     ],
 )
 def test_bad_shard_or_store_is_one_line_and_exit_2(
@@ -320,3 +335,20 @@ def test_shards_given_different_budgets_are_refused(
                     "--store", store)  # fmt: skip
     assert code == 5
     assert "budget 'b'" in err and "limit of $1.000000" in err
+
+
+def test_a_database_the_server_does_not_have_is_one_line_and_exit_2(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_input(tmp_path / "in.jsonl", 3)
+    store = redis_url.rsplit("/", 1)[0].replace("redis://", "redis://:pw-canary@") + "/99999"
+    code, err = cli(capsys, str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "o.jsonl"),
+                    "--budget-usd", "1", "--base-url", "http://127.0.0.1:9/v1",
+                    "--store", store)  # fmt: skip
+    assert code == 2, err
+    masked = store.replace(":pw-canary@", ":***@")
+    assert err == (
+        f"tiersel: error: --store: store URL {masked!r}: the server has no database 99999"
+        " (DB index is out of range)\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]

@@ -25,6 +25,7 @@ from tiersel.stores import (
     BudgetConflict,
     LedgerFallback,
     SignalFallback,
+    StoreMisconfigured,
     StoreUnavailable,
     open_async_ledger,
     open_async_signal_store,
@@ -228,11 +229,87 @@ def test_signals_go_back_to_redis_once_it_answers(tmp_path: Path) -> None:
         ("redis://h:1/0?prefix=", "prefix must not be empty"),
         ("redis://h:1/0?on_expiry=forget", "on_expiry must be release or charge"),
         ("", "non-empty string"),
+        ("redis://h:notaport/0", "the port 'notaport' is not a number from 0 to 65535"),
+        ("redis://h:70000/0", "the port '70000' is not a number from 0 to 65535"),
+        ("redis://[::1]:x/0", "the port 'x' is not a number from 0 to 65535"),
+        ("redis://h:1/abc", "the database 'abc' is not a number"),
+        ("redis://h:1/-1", "the database '-1' is not a number"),
+        ("redis://h:1/0/1", "the database '0/1' is not a number"),
+        ("redis://h:1?db=x", "the database 'x' is not a number"),
+        ("redis://h:1/0?reservation_ttl=60", "unknown setting 'reservation_ttl' \\(did you mean"),
+        ("redis://h:1/0?sockettimeout=1", "unknown setting 'sockettimeout' \\(did you mean"),
+        ("redis://h:1/0?retry=3", "unknown setting 'retry'"),
+        ("redis://h:1/0?socket_timeout=soon", "invalid value for 'socket_timeout'"),
+        ("redis://h:1/0?max_connections=many", "invalid value for 'max_connections'"),
+        ("unix:///tmp/r.sock?db=two", "the database 'two' is not a number"),
+        ("redis://[::1/0", "not a URL"),
     ],
 )
 def test_bad_urls_name_the_url_and_the_problem(url: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         parse_store_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://h:1/7",
+        "redis://h/",
+        "redis://h",
+        "rediss://user:pw@h:6380/15?ssl_cert_reqs=none",
+        "redis://h:1/0?socket_timeout=0.5&max_connections=8&client_name=w1&protocol=3",
+        "unix:///tmp/r.sock?db=3",
+    ],
+)
+def test_good_urls_are_taken(url: str) -> None:
+    where = parse_store_url(url)
+    assert where.backend == "redis" and where.redis_url is not None
+    redis.connection.parse_url(where.redis_url)  # what redis-py is given, it reads
+
+
+def test_a_unix_socket_url_keeps_its_slashes() -> None:
+    where = parse_store_url("unix:///tmp/r.sock?db=3&budget=b")
+    assert where.redis_url == "unix:///tmp/r.sock?db=3" and where.budget == "b"
+    assert redis.connection.parse_url(where.redis_url)["path"] == "/tmp/r.sock"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://user:{CANARY}@h:notaport/0",
+        f"redis://:{CANARY}@h:1/abc",
+        f"redis://h:1/0?password={CANARY}&reservation_ttl_s=x",
+        f"redis://h:1/0?ssl_password={CANARY}&colour=red",
+    ],
+)
+def test_a_password_never_shows_in_the_errors_of_malformed_urls(url: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_store_url(url)
+    assert CANARY not in str(info.value) and "***" in str(info.value), info.value
+
+
+@pytest.mark.parametrize("kind", ["ledger", "async-ledger", "signals", "async-signals"])
+def test_a_database_the_server_does_not_have_is_named(redis_url: str, kind: str) -> None:
+    url = redis_url.rsplit("/", 1)[0].replace("redis://", f"redis://:{CANARY}@") + "/99999"
+    masked = url.replace(CANARY, "***")
+    expected = f"store URL {masked!r}: the server has no database 99999 (DB index is out of range)"
+    key = SignalKey("fireworks", "kimi-k2p6", "standard")
+    with pytest.raises(StoreMisconfigured) as info:
+        if kind == "ledger":
+            open_ledger(url, limit_usd=1.0).state(0.0)
+        elif kind == "signals":
+            open_signal_store(url).stats(key, 0.0)
+        else:
+
+            async def go() -> None:
+                if kind == "async-ledger":
+                    await open_async_ledger(url, limit_usd=1.0).state(0.0)
+                else:
+                    await open_async_signal_store(url).stats(key, 0.0)
+
+            asyncio.run(go())
+    assert str(info.value) == expected
+    assert isinstance(info.value, ValueError) and CANARY not in str(info.value)
 
 
 def test_a_password_never_shows_in_url_errors() -> None:

@@ -24,7 +24,7 @@ cap and pacing, `tiersel.batch.journal` for crash safety and resume, `tiersel.ba
 the line format and `tiersel.batch.rows` for the row format.
 """
 
-from tiersel.batch.journal import JobLocked, JournalError
+from tiersel.batch.journal import JobLocked, JobWriteError, JournalError
 from tiersel.batch.rows import Status
 from tiersel.batch.runner import DEFAULT_CONCURRENCY, arun_batch, run_batch
 from tiersel.batch.summary import BatchSummary, TierTally
@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "BatchSummary",
     "JobLocked",
+    "JobWriteError",
     "JournalError",
     "Status",
     "TierTally",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tiersel.call import Requirements
-from tiersel.dialects import Dialect, dialect_for_path, max_output_tokens
+from tiersel.dialects import Dialect, check_token_count, dialect_for_path, max_output_tokens
 from tiersel.errors import TierselError
 from tiersel.pricing import Pricing
 
@@ -99,7 +100,7 @@ class LineParser:
     a model the price table knows, a ``messages`` array, a positive integer output cap.
 
     - ``defaults``: the job's requirements, which a line's ``tiersel`` object overrides field by
-      field.
+      field. Tiers it names that the price table does not declare raise `ValueError`.
     - ``default_max_tokens``: the output cap written into a body that states none; None rejects
       such a line, since a hard budget never sends a call unbounded.
 
@@ -117,8 +118,16 @@ class LineParser:
     def __init__(
         self, pricing: Pricing, defaults: Requirements, default_max_tokens: int | None
     ) -> None:
-        if default_max_tokens is not None and default_max_tokens < 1:
-            raise ValueError(f"default_max_tokens must be >= 1, got {default_max_tokens}")
+        if default_max_tokens is not None:
+            if default_max_tokens < 1:
+                raise ValueError(f"default_max_tokens must be >= 1, got {default_max_tokens}")
+            check_token_count("default_max_tokens", default_max_tokens)
+        if defaults.tiers is not None:
+            # A job-wide tier no table declares would fail, or be silently dropped from, every line.
+            try:
+                pricing.check_tiers(defaults.tiers)
+            except ValueError as exc:
+                raise ValueError(f"tiers: {exc}") from None
         self._pricing = pricing
         self._job = defaults
         self._defaults = defaults.model_dump(exclude_defaults=True)
@@ -131,6 +140,12 @@ class LineParser:
             return InvalidLine(line, str(line), "not UTF-8 text")
         except json.JSONDecodeError as exc:
             return InvalidLine(line, str(line), f"invalid JSON: {exc.msg} (column {exc.colno})")
+        except ValueError:
+            # The only other refusal of json.loads: an integer longer than Python converts.
+            limit = sys.get_int_max_str_digits()
+            return InvalidLine(
+                line, str(line), f"invalid JSON: a number with more than {limit} digits"
+            )
         if not isinstance(doc, dict):
             return InvalidLine(line, str(line), f"expected a JSON object, got {_kind(doc)}")
         try:
@@ -171,7 +186,7 @@ class LineParser:
         if not isinstance(messages, list) or not messages:
             raise _Bad(custom_id, f"messages must be a non-empty array, got {_kind(messages)}")
         requirements = self._requirements(custom_id, hints)
-        self._cap_output(custom_id, body)
+        self._cap_output(custom_id, body, dialect)
         if body.get("stream"):
             raise _Bad(custom_id, "stream: a batch collects whole responses; remove 'stream'")
         n = body.get("n", 1)
@@ -204,16 +219,19 @@ class LineParser:
             where = ".".join(str(p) for p in err["loc"])
             raise _Bad(custom_id, f"tiersel.{where}: {err['msg']}") from None
         if req.tiers is not None:
-            known = self._pricing.tiers
-            for name in req.tiers:
-                if name not in known:
-                    raise _Bad(
-                        custom_id,
-                        f"tiersel.tiers: unknown tier {name!r} (known: {', '.join(known)})",
-                    )
+            try:
+                self._pricing.check_tiers(req.tiers)
+            except ValueError as exc:
+                raise _Bad(custom_id, f"tiersel.tiers: {exc}") from None
         return req
 
-    def _cap_output(self, custom_id: str, body: dict[str, Any]) -> None:
+    def _cap_output(self, custom_id: str, body: dict[str, Any], dialect: Dialect) -> None:
+        if dialect is Dialect.anthropic and body.get("max_completion_tokens") is not None:
+            # The messages API reads max_tokens alone: this cap would bind nothing upstream.
+            raise _Bad(
+                custom_id,
+                "max_completion_tokens is not a /v1/messages field: set max_tokens instead",
+            )
         caps = [body[k] for k in _OUTPUT_CAPS if body.get(k) is not None]
         if len(caps) > 1 and caps[0] != caps[1]:
             raise _Bad(custom_id, "max_tokens and max_completion_tokens disagree; set one")

@@ -16,6 +16,11 @@ charged amount, each still-open reservation at its full amount (the provider may
 billed that request; the reservation is an upper bound of what it can have cost, so charging it
 keeps the cap whatever happened). The line is then sent again, and its row carries those charges
 in ``cost_usd`` and ``unconfirmed_usd``.
+
+A write that fails (a full disk, an I/O error) raises `JobWriteError`, naming the file, and
+nothing more is written: the files end with whole records and rows (and perhaps a half-written
+last line, which a resume cuts), so once the cause is mended ``--resume`` carries the spend over
+exactly as after a crash.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ __all__ = [
     "DoneLines",
     "JobFiles",
     "JobLocked",
+    "JobWriteError",
     "JobWriter",
     "JournalError",
     "Resumed",
@@ -56,6 +62,23 @@ class JobLocked(TierselError):
 
 class JournalError(TierselError):
     """OUT or its journal cannot be used for this job: names the file and the problem."""
+
+
+class JobWriteError(TierselError, OSError):
+    """A write to OUT or its journal failed (a full disk, an I/O error): the job cannot go on.
+
+    ``path`` is the file, ``cause`` the `OSError` (whose ``errno`` this error carries too). What
+    was on disk before stays valid: once the cause is mended, ``--resume`` finishes the job with
+    its spend carried over exactly.
+    """
+
+    def __init__(self, path: Path, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror, str(path))
+        self.path = path
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.cause}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +134,7 @@ class Resumed:
     done: DoneLines = field(default_factory=DoneLines)
     rows_usd: float = 0.0
     lost: dict[int, Charges] = field(default_factory=dict)
+    open_usd: float = 0.0  # of lost: reservations still open at the crash (requests in flight)
 
     @property
     def lost_usd(self) -> float:
@@ -129,12 +153,14 @@ class JobWriter:
     written and synced. One flush at a time runs, in a worker thread, and takes whatever is
     buffered when it starts, so every waiter that arrives meanwhile is served by the next and
     many lines share one ``fsync``. Buffers are only ever taken under the I/O lock, so `close`
-    (``flush_now``) after an interrupted flush writes everything once, in order.
+    (``flush_now``) after an interrupted flush writes everything once, in order. Once a write
+    fails, ``durable()`` raises its `JobWriteError` to every waiter and nothing more is written.
     """
 
-    def __init__(self, out_fd: int, journal_fd: int) -> None:
+    def __init__(self, out_fd: int, journal_fd: int, files: JobFiles | None = None) -> None:
         self._out = out_fd
         self._journal = journal_fd
+        self._files = files  # for the messages of failed writes
         self._rows: list[bytes] = []
         self._records: list[bytes] = []
         self._seq = 0  # entries appended
@@ -168,7 +194,8 @@ class JobWriter:
         target = self._seq
         while self._synced < target:
             if self._broken is not None:
-                raise self._broken
+                # Without the tracebacks of the waiters it was raised to before.
+                raise self._broken.with_traceback(None)
             if self._flushing is None:
                 self._flushing = asyncio.ensure_future(self._flush())
             await asyncio.shield(self._flushing)
@@ -196,12 +223,18 @@ class JobWriter:
             # The journal first: a row on disk without its records is fine (the row wins on
             # resume), and so is the reverse (the line is then carried as in flight).
             if records:
-                _write_all(self._journal, b"".join(records))
-                _sync(self._journal)
+                self._put(self._journal, b"".join(records), "journal")
             if rows:
-                _write_all(self._out, b"".join(rows))
-                _sync(self._out)
+                self._put(self._out, b"".join(rows), "out")
             return upto
+
+    def _put(self, fd: int, data: bytes, which: str) -> None:
+        try:
+            _write_all(fd, data)
+            _sync(fd)
+        except OSError as exc:
+            path = getattr(self._files, which) if self._files is not None else Path(which)
+            raise JobWriteError(path, exc) from exc
 
     def flush_now(self) -> None:
         """Write and sync what is buffered now, after any flush under way."""
@@ -251,39 +284,45 @@ def open_job(
     budget_usd: float,
     resume: bool,
     visit_row: Callable[[dict[str, Any]], None],
+    check: Callable[[Resumed], None] | None = None,
 ) -> OpenJob:
     """Lock OUT for this job and open its files; on resume, read what earlier runs left.
 
-    ``visit_row`` sees every row already in OUT (to rebuild the job's counts). Raises `JobLocked`
-    when another job holds OUT, `JournalError` when OUT cannot be used (it has results and
-    ``resume`` is false, or it belongs to a different input).
+    ``visit_row`` sees every row already in OUT (to rebuild the job's counts); ``check`` sees
+    what earlier runs left before this run is recorded, and may raise to refuse it. Raises
+    `JobLocked` when another job holds OUT, `JournalError` when OUT cannot be used (it has
+    results and ``resume`` is false, it belongs to a different input or budget, or it is gone
+    while its journal remains), `JobWriteError` when the journal cannot be written.
     """
     files = JobFiles.for_out(out)
-    lock_fd = _lock(files)
+    fds = [_lock(files)]
     try:
         resumed = _prepare(files, input_path, scan, budget_usd, resume, visit_row)
-        out_fd = os.open(files.out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        journal_fd = os.open(files.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if check is not None:
+            check(resumed)
+        fds.append(os.open(files.out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+        fds.append(os.open(files.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
         _sync_dir(files.out.parent)  # the new files' names survive a power cut too
+        writer = JobWriter(fds[1], fds[2], files)
+        header = {
+            "op": "job",
+            "v": JOURNAL_VERSION,
+            "job": resumed.job,
+            "run": resumed.run,
+            "input": str(Path(input_path).resolve()),
+            "input_sha256": scan.sha256,
+            "input_lines": scan.lines,
+            "budget_usd": budget_usd,
+            "carried_usd": resumed.spent_usd,
+            "pid": os.getpid(),
+        }
+        writer.record(json.dumps(header).encode() + b"\n")
+        writer.flush_now()
     except BaseException:
-        os.close(lock_fd)
+        for fd in reversed(fds):  # the lock last: no other job gets OUT while it is open here
+            os.close(fd)
         raise
-    writer = JobWriter(out_fd, journal_fd)
-    header = {
-        "op": "job",
-        "v": JOURNAL_VERSION,
-        "job": resumed.job,
-        "run": resumed.run,
-        "input": str(Path(input_path).resolve()),
-        "input_sha256": scan.sha256,
-        "input_lines": scan.lines,
-        "budget_usd": budget_usd,
-        "carried_usd": resumed.spent_usd,
-        "pid": os.getpid(),
-    }
-    writer.record(json.dumps(header).encode() + b"\n")
-    writer.flush_now()
-    return OpenJob(files, writer, resumed, (out_fd, journal_fd, lock_fd))
+    return OpenJob(files, writer, resumed, (fds[1], fds[2], fds[0]))
 
 
 def _lock(files: JobFiles) -> int:
@@ -313,6 +352,17 @@ def _prepare(
 ) -> Resumed:
     has_rows = _nonempty(files.out)
     has_journal = _nonempty(files.journal)
+    if has_journal and not files.out.exists():
+        # OUT is created before the journal's first record, so it was removed: its rows are
+        # gone, and the journal holds charges, not results.
+        earlier = Resumed(job="", run=0)
+        _replay(files.journal, earlier)
+        raise JournalError(
+            f"{files.out} is missing but its journal {files.journal.name} exists: the journal"
+            f" records what earlier runs spent (${earlier.spent_usd:.6f}), not their results, so"
+            " OUT cannot be rebuilt from it; put OUT back and rerun with --resume, or choose"
+            " another --out"
+        )
     if not has_rows and not has_journal:
         return Resumed(job=secrets.token_hex(6), run=1)
     if not resume:
@@ -330,6 +380,16 @@ def _prepare(
         raise JournalError(
             f"{input_path} is not the input this job started with (its sha256 differs from"
             f" the one in {files.journal.name}); resume needs the same input file"
+        )
+    started = header.get("budget_usd")
+    if isinstance(started, (int, float)) and started != budget_usd:
+        # Refused either way: lines already recorded budget_exhausted would not get more money,
+        # and a shared store keeps the first limit (BudgetConflict).
+        raise JournalError(
+            f"{files.out} is a job started with --budget-usd {float(started)!r}, not"
+            f" {float(budget_usd)!r}: a resumed job keeps the budget it started with (what it"
+            f" spent so far counts against it); resume with --budget-usd {float(started)!r},"
+            " or choose another --out for a new job"
         )
     resumed = Resumed(job=str(header["job"]), run=runs + 1)
     _truncate_partial(files.out)
@@ -410,6 +470,8 @@ def _replay(journal: Path, resumed: Resumed) -> None:
     lost: dict[int, list[float]] = {}
     with open(journal, "rb") as f:
         for number, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):
+                break  # a last record a crash cut short: never a whole record
             try:
                 rec = json.loads(raw)
                 op = rec["op"]
@@ -430,6 +492,7 @@ def _replay(journal: Path, resumed: Resumed) -> None:
         acc = lost.setdefault(line, [0.0, 0.0])
         acc[0] += amount
         acc[1] += amount
+        resumed.open_usd += amount
     resumed.lost = {
         line: Charges(total, unconfirmed) for line, (total, unconfirmed) in lost.items()
     }

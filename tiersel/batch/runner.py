@@ -21,17 +21,18 @@ import heapq
 import itertools
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 
 from tiersel.batch.input import BatchRequest, InvalidLine, LineParser, iter_lines, scan_input
-from tiersel.batch.journal import OpenJob, open_job
+from tiersel.batch.journal import JobFiles, OpenJob, Resumed, open_job
 from tiersel.batch.ledger import CURRENT_LINE, JournaledLedger, LineAccount
 from tiersel.batch.progress import ProgressBar
 from tiersel.batch.rows import Charges, Status, call_row, invalid_row, unsent_row
-from tiersel.batch.sharing import Shard, open_shared_stores
+from tiersel.batch.sharing import Shard, SharedStores, open_shared_stores
 from tiersel.batch.summary import BatchSummary
 from tiersel.batch.transport import DurableTransport
 from tiersel.budget import Ledger, MemoryLedger
@@ -93,19 +94,27 @@ async def arun_batch(
     - ``default_max_tokens``: the output cap given to a line that sets none (None: such a line
       is recorded ``invalid``, never sent unbounded).
     - ``resume``: continue the job whose rows OUT already holds: lines with a row are not sent
-      again, and the spend of earlier runs counts against ``budget_usd``.
+      again, and the spend of earlier runs counts against ``budget_usd``, which must be the
+      budget the job started with.
     - ``policy``: default ``CheapestFeasible(pacing=1.0)``. ``ledger``: default a `MemoryLedger`
       of ``budget_usd`` holding what earlier runs spent; a ledger passed in (a shared one) must
       already hold it.
     - ``progress``: a bar on ``progress_stream`` (stderr); None: only when it is a terminal.
     - ``store``: a store URL (``redis://...``, see `tiersel.batch.sharing`) holding the budget and
       signals this job shares with other jobs or shards, instead of ``ledger`` and ``signals``.
+      On resume it must still hold what earlier runs spent; if it lost that, the job's own
+      budget is charged it again, and a budget shared wider raises
+      `tiersel.batch.sharing.StoreLostState`.
     - ``shard``: run only this `Shard` of the lines, into its own OUT (``out.<i>-of-<n>.jsonl``).
 
-    Raises `tiersel.batch.JobLocked` when another job is writing ``out``, and
+    Raises `tiersel.batch.JobLocked` when another job is writing ``out``;
     `tiersel.batch.JournalError` when ``out`` cannot be used (results there and ``resume`` not
-    set, or a different input). Bad lines never raise: they get ``invalid`` rows. See
-    `tiersel.batch` for an example.
+    set, a different input or budget, ``out`` gone while its journal remains); and, stopping
+    the job at once (no further line is started, calls in flight are cancelled),
+    `tiersel.batch.JobWriteError` when ``out`` or its journal cannot be written, or
+    `tiersel.stores.StoreUnavailable` when the shared store does not answer. After those two the
+    job can be resumed. Bad lines never raise: they get ``invalid`` rows. See `tiersel.batch`
+    for an example.
     """
     if not budget_usd >= 0 or budget_usd == float("inf"):
         raise ValueError(f"budget_usd must be a finite amount >= 0, got {budget_usd!r}")
@@ -117,12 +126,20 @@ async def arun_batch(
     if store is not None:
         if ledger is not None or signals is not None:
             raise ValueError("pass either store= or ledger= and signals=, not both")
-        shared = open_shared_stores(store, budget_usd=budget_usd, out=out, input_sha256=scan.sha256)
-    if shared is not None:
-        ledger, signals = shared.ledger, shared.signals
+        shared = open_shared_stores(
+            store,
+            budget_usd=budget_usd,
+            out=out,
+            input_sha256=scan.sha256,
+            sharded=shard is not None,
+        )
     if shard is not None:
         out = shard.out_path(out)
     summary = BatchSummary(input=str(input), out=str(out), budget_usd=budget_usd, lines=lines)
+    check = None
+    if shared is not None:
+        ledger, signals = shared.ledger, shared.signals
+        check = _store_check(shared, summary, JobFiles.for_out(out).journal)
     try:
         job = open_job(
             out,
@@ -131,6 +148,7 @@ async def arun_batch(
             budget_usd=budget_usd,
             resume=resume,
             visit_row=summary.count_row,
+            check=check,
         )
     except BaseException:
         if shared is not None:
@@ -185,6 +203,23 @@ async def arun_batch(
     return summary
 
 
+def _store_check(
+    shared: SharedStores, summary: BatchSummary, journal: Path
+) -> Callable[[Resumed], None]:
+    """Before a run is recorded: the shared budget must hold what earlier runs spent (a store
+    that lost its data would otherwise let the job spend it again)."""
+
+    def check(resumed: Resumed) -> None:
+        summary.store_restored_usd = shared.restore_spend(
+            resumed.spent_usd,
+            resumed.open_usd,
+            journal=journal,
+            charge_id=f"{resumed.job}:{resumed.run}:restored",
+        )
+
+    return check
+
+
 def run_batch(
     input: str | os.PathLike[str], out: str | os.PathLike[str], **options: Any
 ) -> BatchSummary:
@@ -192,8 +227,10 @@ def run_batch(
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(arun_batch(input, out, **options))
-    raise RuntimeError("run_batch() was called inside a running event loop; await arun_batch()")
+        pass  # none: run the job below, outside this handler (its errors are not "during" it)
+    else:
+        raise RuntimeError("run_batch() was called inside a running event loop; await arun_batch()")
+    return asyncio.run(arun_batch(input, out, **options))
 
 
 class _Runner:
@@ -258,6 +295,7 @@ class _Runner:
         )
         self.parser = LineParser(pricing, requirements, default_max_tokens)
         self.stop_reason: str | None = None
+        self.failure: Exception | None = None  # the first error that ends the job
         self._slots = asyncio.Semaphore(concurrency)
         self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
@@ -269,8 +307,16 @@ class _Runner:
         tasks: set[asyncio.Task[None]] = set()
         resumed = self.job.resumed
         writer = self.job.writer
+
+        def ended(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            if not task.cancelled():
+                task.exception()  # retrieved: the first one is in self.failure, raised below
+
         try:
             for number, raw in lines:
+                if self.failure is not None:
+                    break
                 if number in resumed.done:
                     continue
                 carried = resumed.lost.pop(number, None) or Charges()
@@ -287,22 +333,30 @@ class _Runner:
                         await writer.durable()
                     continue
                 await self._slots.acquire()
+                if self.failure is not None:
+                    break  # a line failed while this one waited for its slot
                 self.to_come -= 1  # only now: pacing counts this line among those to come
                 task = asyncio.create_task(self._line(item, carried))
                 tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            while tasks:
+                task.add_done_callback(ended)
+            while tasks and self.failure is None:
                 await asyncio.gather(*tasks)
-            await writer.durable()
+            if self.failure is None:
+                await writer.durable()
         finally:
-            # Interrupted (or a write failed): stop the calls in flight. Their reservations are
-            # released, or charged if their requests may have been billed, and journaled.
+            # Interrupted, or a line failed: stop the calls in flight. Their reservations are
+            # released, or charged if their requests may have been billed, and journaled (if
+            # the journal can still be written; if not, a resume carries them as in flight).
             for task in tasks:
                 task.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+        if self.failure is not None:
+            raise self.failure
 
     async def _line(self, req: BatchRequest, carried: Charges) -> None:
+        # What escapes here ends the job (`_send` turns one line's failures into its row): a
+        # write to OUT or the journal that failed, a shared store that does not answer.
         try:
             call_id = f"{self.job.resumed.job}:{req.line}:{self.job.resumed.run}"
             account = self.ledger.open(call_id, req.line, carried)
@@ -313,6 +367,10 @@ class _Runner:
                 self.ledger.close(call_id, self.clock.now())
             # The row is made durable with the next group (every send waits for one).
             self._write(row, status, tier, account.charges, escalated)
+        except Exception as exc:
+            if self.failure is None:
+                self.failure = exc  # set before the slot is freed: no further line starts
+            raise
         finally:
             self._slots.release()
 

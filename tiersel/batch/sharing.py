@@ -12,17 +12,24 @@ works per shard). All of them draw on one budget and one picture of overload in 
   and an expired reservation (its worker died) is charged in full, not freed, since its call may
   have been billed (``?on_expiry=release`` in the URL frees it instead);
 - a store that does not answer stops the job (`tiersel.stores.StoreUnavailable`; no call is sent
-  unbudgeted): rerun with ``--resume`` once it answers.
+  unbudgeted): rerun with ``--resume`` once it answers;
+- a store that lost its data (flushed, or restarted without persistence) is caught when a job
+  resumes: the store then holds less than the job's journal shows the job spent. A budget that is
+  the job's alone (no ``--shard``, no ``?budget=NAME``) is charged the difference again, so the
+  cap holds as if nothing was lost; a budget shared with other shards or jobs cannot be rebuilt
+  from one journal, so the job is refused (`StoreLostState`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tiersel.budget import Ledger, OnExpiry
+from tiersel.errors import TierselError
 from tiersel.signals import AsyncSignalStore
 from tiersel.stores import (
     aclose_store,
@@ -32,7 +39,18 @@ from tiersel.stores import (
     parse_store_url,
 )
 
-__all__ = ["Shard", "SharedStores", "open_shared_stores"]
+__all__ = ["Shard", "SharedStores", "StoreLostState", "open_shared_stores"]
+
+log = logging.getLogger("tiersel.batch")
+
+# Redis keeps money in whole nano-dollars, rounding each charge: what a store holds may fall
+# short of a journal's float sum by that much, which is no loss.
+_ROUNDING_USD = 1e-6
+
+
+class StoreLostState(TierselError):
+    """A shared budget holds less than a resumed job's journal shows the job spent: the store lost
+    its data, and other shards or jobs share the budget, so it cannot be rebuilt from here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +106,61 @@ class Shard:
 
 @dataclass(slots=True)
 class SharedStores:
-    """The budget and signals a job shares with its other shards (or other jobs)."""
+    """The budget and signals a job shares with its other shards (or other jobs).
+
+    ``own``: the budget is this job's alone (no shards, and named after the job, not by
+    ``?budget=``). ``on_expiry``: what the store makes of a reservation past its expiry.
+    """
 
     ledger: Ledger
     signals: AsyncSignalStore
     budget: str
+    url: str = ""
+    own: bool = False
+    on_expiry: OnExpiry = OnExpiry.charge
+
+    def restore_spend(
+        self, spent_usd: float, open_usd: float, *, journal: Path, charge_id: str
+    ) -> float:
+        """Make the budget hold what this job's journal shows the job spent; return what it had
+        lost and was charged again (0.0 when nothing was lost).
+
+        ``spent_usd``: everything the journal shows charged, ``open_usd`` of it reservations
+        still open when the last run ended (which the store may have freed at their expiry, if
+        it frees expired ones). Raises `StoreLostState` when the budget lost money and is not
+        this job's alone.
+        """
+        if spent_usd <= 0:
+            return 0.0
+        state = self.ledger.state(0.0)
+        held = state.spent_usd + state.reserved_usd
+        least = spent_usd - (open_usd if self.on_expiry is OnExpiry.release else 0.0)
+        if held >= least - _ROUNDING_USD * (1.0 + spent_usd):
+            return 0.0
+        if not self.own:
+            raise StoreLostState(
+                f"the shared budget {self.budget!r} at {self.url} holds ${held:.6f}, less than"
+                f" the ${spent_usd:.6f} that {journal} shows this job spent: the store lost its"
+                " data (flushed, or restarted without persistence). Other shards or jobs share"
+                " this budget and their spend is not in this journal, so it cannot be rebuilt"
+                " from here: restore the store's data, then rerun with --resume"
+            )
+        # The budget is this job's alone, so the journal knows all it spent: charge the
+        # difference (one atomic charge, under an id of this run's, so it is never made twice).
+        missing = spent_usd - held
+        self.ledger.settle(charge_id, missing, 0.0)
+        log.warning(
+            "the budget %r at %s held $%.6f, less than the $%.6f that %s shows this job spent:"
+            " the store lost its data (flushed, or restarted without persistence); the"
+            " $%.6f missing was charged to it again",
+            self.budget,
+            self.url,
+            held,
+            spent_usd,
+            journal,
+            missing,
+        )
+        return missing
 
     async def aclose(self) -> None:
         close_store(self.ledger)
@@ -100,9 +168,16 @@ class SharedStores:
 
 
 def open_shared_stores(
-    url: str, *, budget_usd: float, out: str | os.PathLike[str], input_sha256: str
+    url: str,
+    *,
+    budget_usd: float,
+    out: str | os.PathLike[str],
+    input_sha256: str,
+    sharded: bool = False,
 ) -> SharedStores | None:
     """The shared stores at ``url``; None for ``memory://`` (the job keeps its own).
+
+    ``sharded``: the job is one shard of several (the budget is then not this job's alone).
 
     Checks the budget at once, so a store that does not answer, or a budget of that name with
     another limit, stops the job before any call (`StoreUnavailable`, `BudgetConflict`).
@@ -111,10 +186,14 @@ def open_shared_stores(
     if where.backend == "memory":
         return None
     name = where.budget or f"batch-{Path(out).name}-{input_sha256[:12]}"
-    ledger = open_ledger(url, limit_usd=budget_usd, name=name, on_expiry=OnExpiry.charge)
+    on_expiry = where.on_expiry or OnExpiry.charge  # the URL's wins, as in open_ledger
+    ledger = open_ledger(url, limit_usd=budget_usd, name=name, on_expiry=on_expiry)
     try:
         ledger.state(0.0)
     except BaseException:
         close_store(ledger)
         raise
-    return SharedStores(ledger, open_async_signal_store(url), name)
+    own = where.budget is None and not sharded
+    return SharedStores(
+        ledger, open_async_signal_store(url), name, where.public, own=own, on_expiry=on_expiry
+    )

@@ -26,6 +26,8 @@ class BatchSummary:
 
     ``spent_usd`` is the sum of the rows' ``cost_usd``: every charge of every attempt, including
     those of earlier runs. ``stopped`` says why a job stopped sending before its end, if it did.
+    ``store_restored_usd``: what a shared store had lost of this job's spend when it resumed, and
+    was charged again (see `tiersel.batch.sharing`).
     """
 
     input: str
@@ -46,6 +48,7 @@ class BatchSummary:
     peak_in_flight: int = 0
     elapsed_s: float = 0.0
     stopped: str | None = None
+    store_restored_usd: float = 0.0
 
     @property
     def rows(self) -> int:
@@ -141,6 +144,7 @@ class BatchSummary:
             "peak_in_flight": self.peak_in_flight,
             "elapsed_s": self.elapsed_s,
             "stopped": self.stopped,
+            "store_restored_usd": self.store_restored_usd,
         }
 
     def render(self) -> str:
@@ -166,6 +170,11 @@ class BatchSummary:
             out.append(
                 f"  of which ${self.unconfirmed_usd:.6f} charged at the worst case, unconfirmed"
                 " (timed out, or in flight at a crash)"
+            )
+        if self.store_restored_usd > 0:
+            out.append(
+                f"  the shared store had lost ${self.store_restored_usd:.6f} of this job's spend"
+                " (flushed, or restarted without persistence): charged to it again from the journal"
             )
         if self.stopped:
             out.append(f"  stopped early: {self.stopped}")

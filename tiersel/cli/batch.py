@@ -2,8 +2,10 @@
 
 Exit codes: 0 every line ok; 1 the job ran to its end but some lines are not ok (their rows say
 why); 2 bad arguments, or an input or OUT that cannot be used; 4 another job is writing OUT;
-5 the shared store (``--store``) does not answer, or holds this budget with another limit;
-130 interrupted (the job can be resumed with ``--resume``).
+5 the shared store (``--store``) does not answer, holds this budget with another limit, or lost
+the spend of a shared budget; 6 OUT or its journal could not be written (a full disk): the job
+stopped at once, and can be resumed with ``--resume``; 130 interrupted (the job can be resumed
+with ``--resume``).
 """
 
 from __future__ import annotations
@@ -18,21 +20,23 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tiersel.batch import JobLocked, JournalError, run_batch
+from tiersel.batch import JobLocked, JobWriteError, JournalError, run_batch
 from tiersel.batch.runner import DEFAULT_CONCURRENCY
-from tiersel.batch.sharing import Shard
+from tiersel.batch.sharing import Shard, StoreLostState
 from tiersel.call import Requirements
-from tiersel.cli.common import add_pricing_args, fail, pricing_from
+from tiersel.cli.common import add_pricing_args, check_positive, check_tiers, fail, pricing_from
 from tiersel.clock import Clock, FakeClock
+from tiersel.dialects import check_token_count
 from tiersel.errors import TierselError
 from tiersel.selector import FIREWORKS_BASE_URL
-from tiersel.stores import BudgetConflict, StoreUnavailable, parse_store_url
+from tiersel.stores import BudgetConflict, StoreMisconfigured, StoreUnavailable, parse_store_url
 
 EXIT_OK = 0
 EXIT_NOT_ALL_OK = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 4
 EXIT_STORE = 5
+EXIT_WRITE = 6
 EXIT_INTERRUPTED = 130
 
 
@@ -125,8 +129,11 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--default-max-tokens must be >= 1, got {args.default_max_tokens}"
     if args.max_attempts < 1:
         return f"--max-attempts must be >= 1, got {args.max_attempts}"
-    if args.sim_time_scale is not None and not (args.sim_time_scale > 0 and args.sim):
-        return "--sim-time-scale needs --sim and a value > 0"
+    if args.sim_time_scale is not None:
+        if not args.sim:
+            return "--sim-time-scale needs --sim"
+        if problem := check_positive("--sim-time-scale", args.sim_time_scale):
+            return problem
     if not os.path.isfile(args.input):
         return f"{args.input}: no such input file"
     for option, value, parse in (
@@ -187,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         pricing = pricing_from(args)
         requirements = _requirements(args)
+        check_tiers("--tiers", requirements.tiers, pricing)
+        if args.default_max_tokens is not None:
+            check_token_count("--default-max-tokens", args.default_max_tokens)
         where = _where(args, pricing)
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -222,6 +232,15 @@ def run(args: argparse.Namespace) -> int:
             "; rerun with --resume once it answers" if isinstance(exc, StoreUnavailable) else ""
         )
         return fail(f"{exc}{resume}", EXIT_STORE)
+    except StoreLostState as exc:
+        return fail(str(exc), EXIT_STORE)
+    except JobWriteError as exc:
+        return fail(
+            f"{exc}; the rows written so far are kept: make room, then rerun with --resume",
+            EXIT_WRITE,
+        )
+    except StoreMisconfigured as exc:
+        return fail(f"--store: {exc}")
     except (JournalError, OSError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Iterable
 
 from tiersel.pricing import Pricing, load_pricing
 
@@ -31,3 +33,23 @@ def fail(message: str, code: int = EXIT_USAGE) -> int:
     """Print a one-line error to stderr and return the exit code."""
     sys.stderr.write(f"tiersel: error: {message.splitlines()[0] if message else 'failed'}\n")
     return code
+
+
+def check_positive(option: str, value: float) -> str | None:
+    """Why ``value`` cannot be ``option``, which takes a finite number > 0 (a time scale, say);
+    None when it can. (``inf`` would make a scaled clock sleep forever.)"""
+    if math.isfinite(value) and value > 0:
+        return None
+    return f"{option} must be a finite number > 0, got {value}"
+
+
+def check_tiers(option: str, tiers: Iterable[str] | None, pricing: Pricing) -> None:
+    """Raise `ValueError` ("OPTION: unknown tier ...") when ``tiers`` names a tier the price table
+    does not declare: a job-wide tier list with a typo would otherwise drop it silently, or fail
+    every call."""
+    if tiers is None:
+        return
+    try:
+        pricing.check_tiers(tiers)
+    except ValueError as exc:
+        raise ValueError(f"{option}: {exc}") from None

@@ -6,14 +6,16 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import ValidationError
 
 from tiersel.call import Call, Requirements
-from tiersel.cli.common import add_pricing_args, fail, pricing_from
+from tiersel.cli.common import add_pricing_args, check_tiers, fail, pricing_from
 from tiersel.clock import FakeClock
 from tiersel.decision import Decision
+from tiersel.dialects import check_token_count
 from tiersel.errors import NoFeasibleTier, TierselError
 from tiersel.selector import Selector
 from tiersel.signals import Observation, Outcome, SignalKey
@@ -79,6 +81,14 @@ def run(args: argparse.Namespace) -> int:
         pricing = pricing_from(args)
         prices = pricing.model(args.model)
         rates = _shed_rates(args.shed_rate, pricing.tiers)
+        for option, count in (
+            ("--input-tokens", args.input_tokens),
+            ("--cached-input-tokens", args.cached_input_tokens),
+            ("--max-tokens", args.max_tokens),
+            ("--expected-output-tokens", args.expected_output_tokens),
+        ):
+            if count is not None:
+                check_token_count(option, count)
         call = Call(
             model=prices.name,
             input_tokens=args.input_tokens,
@@ -95,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             max_cost_usd=args.max_cost,
             best_effort=args.best_effort,
         )
+        check_tiers("--tiers", req.tiers, pricing)
     except ValidationError as exc:
         return fail(_one_line(exc))
     except (TierselError, ValueError) as exc:
@@ -112,19 +123,45 @@ def run(args: argparse.Namespace) -> int:
                 "model": prices.name,
                 "reasons": [r.to_dict() for r in exc.reasons],
             }
-            json.dump(doc, sys.stdout, indent=2)
-            sys.stdout.write("\n")
-        else:
-            print(f"no tier of {prices.name} meets the requirements:")
-            for r in exc.reasons:
-                print(f"  {r}")
+            return _print_json(doc, EXIT_INFEASIBLE)
+        print(f"no tier of {prices.name} meets the requirements:")
+        for r in exc.reasons:
+            print(f"  {r}")
         return EXIT_INFEASIBLE
     if args.json:
-        json.dump({"feasible": True, **decision.to_dict()}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        _print(decision)
+        return _print_json({"feasible": True, **decision.to_dict()}, 0)
+    _print(decision)
     return 0
+
+
+def _print_json(doc: dict[str, Any], code: int) -> int:
+    """Print ``doc`` as strict JSON (never ``NaN`` or ``Infinity``, which are not JSON)."""
+    try:
+        text = json.dumps(doc, indent=2, allow_nan=False)
+    except ValueError:
+        where = _not_finite(doc) or "a value"
+        return fail(
+            f"--json: {where} is not a finite number; the call or the price table is out of range"
+        )
+    sys.stdout.write(text + "\n")
+    return code
+
+
+def _not_finite(value: Any, path: str = "") -> str | None:
+    """The key path of the first NaN or infinity in ``value`` (None if there is none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "the value"
+    if isinstance(value, dict):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _not_finite(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def _observe(selector: Selector, model: str, tier: str, rate: float, now: float) -> None:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from tiersel.cli.common import fail
+from tiersel.cli.common import check_positive, fail
 
 
 def add_parser(subs: Any) -> None:
@@ -58,8 +58,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         return fail(f"--port must be between 0 and 65535, got {args.port}")
-    if not args.time_scale > 0:
-        return fail(f"--time-scale must be > 0, got {args.time_scale}")
+    if problem := check_positive("--time-scale", args.time_scale):
+        return fail(problem)
     if not is_loopback(args.host):
         return fail(f"--host {args.host!r} is not a loopback address; the simulator binds loopback")
     try:

@@ -25,6 +25,7 @@ and ``x-sim-duration-s`` diagnostic headers stay in scenario seconds.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -67,8 +68,8 @@ class SimService:
         pricing: Pricing | None = None,
         start_s: float = 0.0,
     ) -> None:
-        if not time_scale > 0:
-            raise ValueError(f"time_scale must be > 0, got {time_scale!r}")
+        if not (math.isfinite(time_scale) and time_scale > 0):
+            raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
         if start_s < 0:
             raise ValueError(f"start_s must be >= 0, got {start_s!r}")
         self.provider = Provider(scenario, seed=seed, pricing=pricing)

@@ -9,7 +9,13 @@ opens the same URL shares one budget and one picture of overload. The Redis stor
 are in `tiersel.stores.redis_ledger` and `tiersel.stores.redis_signals`.
 """
 
-from tiersel.stores.errors import BudgetConflict, LedgerFallback, SignalFallback, StoreUnavailable
+from tiersel.stores.errors import (
+    BudgetConflict,
+    LedgerFallback,
+    SignalFallback,
+    StoreMisconfigured,
+    StoreUnavailable,
+)
 from tiersel.stores.memory import AsyncMemoryLedger, AsyncMemorySignalStore
 from tiersel.stores.url import (
     StoreURL,
@@ -28,6 +34,7 @@ __all__ = [
     "BudgetConflict",
     "LedgerFallback",
     "SignalFallback",
+    "StoreMisconfigured",
     "StoreURL",
     "StoreUnavailable",
     "aclose_store",

@@ -6,7 +6,13 @@ import enum
 
 from tiersel.errors import TierselError
 
-__all__ = ["BudgetConflict", "LedgerFallback", "SignalFallback", "StoreUnavailable"]
+__all__ = [
+    "BudgetConflict",
+    "LedgerFallback",
+    "SignalFallback",
+    "StoreMisconfigured",
+    "StoreUnavailable",
+]
 
 
 class LedgerFallback(str, enum.Enum):
@@ -62,3 +68,16 @@ class BudgetConflict(TierselError, ValueError):
             f" ${asked_usd:.6f} asked for: give the same limit, or another budget name"
             " (?budget=NAME in the store URL)"
         )
+
+
+class StoreMisconfigured(TierselError, ValueError):
+    """A shared store's server answered, and refused what its URL asks for (a database it does
+    not have, say): a mistake in the URL, which waiting will not mend.
+
+    ``url`` is the store's URL without its password.
+    """
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        self.problem = problem
+        super().__init__(f"store URL {url!r}: {problem}")

@@ -7,7 +7,9 @@ Only this module and the ``redis_*`` stores import redis-py, the optional extra
 from __future__ import annotations
 
 import functools
+import inspect
 from importlib import resources
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -16,13 +18,18 @@ import redis.backoff
 import redis.exceptions
 import redis.retry
 
+from tiersel.stores.errors import StoreMisconfigured
+
 __all__ = [
     "LEDGER_RETRIES",
     "SIGNAL_RETRIES",
     "UNREACHABLE",
     "async_client",
+    "check_refusal",
     "lua",
+    "settings_for",
     "sync_client",
+    "url_options",
 ]
 
 # Budget operations are idempotent by call id, so one lost in flight may be sent again;
@@ -70,3 +77,46 @@ def lua(*names: str) -> str:
     """The text of the bundled Lua files ``names``, joined (a shared prelude, then the body)."""
     folder = resources.files("tiersel.stores") / "lua"
     return "\n".join((folder / f"{name}.lua").read_text(encoding="utf-8") for name in names)
+
+
+# What a URL's query cannot set: tiersel builds these itself (a retry policy), or they take
+# Python objects that a query string cannot give.
+_NOT_FROM_A_URL = frozenset({"retry", "connection_class", "cache_factory"})
+
+
+@functools.cache
+def settings_for(scheme: str) -> frozenset[str]:
+    """The query parameters redis-py takes in a ``scheme://`` URL: its connection's settings, and
+    the pool's (``max_connections``). Any other one would reach redis-py as a keyword it does not
+    know, and fail as a `TypeError` at the first call."""
+    connection = {
+        "rediss": redis.connection.SSLConnection,
+        "unix": redis.connection.UnixDomainSocketConnection,
+    }.get(scheme, redis.connection.Connection)
+    names: set[str] = set()
+    for cls in (*connection.__mro__, redis.connection.ConnectionPool):
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                names.add(p.name)
+    return frozenset(names - _NOT_FROM_A_URL)
+
+
+def url_options(url: str) -> dict[str, Any]:
+    """The settings redis-py reads from ``url``; `ValueError` when it cannot read one's value."""
+    try:
+        return dict(redis.connection.parse_url(url))  # type: ignore[no-untyped-call]
+    except (TypeError, ValueError) as exc:
+        text = str(exc).removesuffix(".").removesuffix(" in connection URL")
+        raise ValueError(text[:1].lower() + text[1:]) from None
+
+
+def check_refusal(exc: redis.exceptions.ResponseError, client: Any, url: str) -> None:
+    """Raise `StoreMisconfigured` when ``exc`` is the server refusing the URL's database (it has
+    no such one: a mistake in the URL, not a failure to retry); return for any other error."""
+    text = str(exc)
+    if "DB index" in text or "SELECT is not allowed" in text:
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        raise StoreMisconfigured(url, f"the server has no database {db} ({text})") from None

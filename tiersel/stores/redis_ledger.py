@@ -18,11 +18,12 @@ import math
 
 import redis
 import redis.asyncio
+import redis.exceptions
 
 from tiersel.budget import OnExpiry
 from tiersel.call import BudgetState
 from tiersel.stores.errors import BudgetConflict, LedgerFallback, StoreUnavailable
-from tiersel.stores.redis_connection import LEDGER_RETRIES, UNREACHABLE, lua
+from tiersel.stores.redis_connection import LEDGER_RETRIES, UNREACHABLE, check_refusal, lua
 from tiersel.stores.redis_pipeline import AsyncScripts
 
 __all__ = ["AsyncRedisLedger", "RedisLedger"]
@@ -200,6 +201,9 @@ class RedisLedger:
             reply = self._scripts[op](keys=self._core.keys, args=args)
         except UNREACHABLE as exc:
             return self._core.unavailable(op, call_id, exc)
+        except redis.exceptions.ResponseError as exc:
+            check_refusal(exc, self.client, self._core.url)
+            raise
         return self._core.decode(reply)
 
     def _run_state(self, op: str, args: list[str | int], call_id: str | None) -> BudgetState:
@@ -272,6 +276,9 @@ class AsyncRedisLedger:
             reply = await self._scripts.run(op, self._core.keys, args)
         except UNREACHABLE as exc:
             return self._core.unavailable(op, call_id, exc)
+        except redis.exceptions.ResponseError as exc:
+            check_refusal(exc, self.client, self._core.url)
+            raise
         return self._core.decode(reply)
 
     async def _run_state(self, op: str, args: list[str | int], call_id: str | None) -> BudgetState:

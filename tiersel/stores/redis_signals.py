@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.exceptions
 
 from tiersel.signals import (
     MemorySignalStore,
@@ -33,7 +34,7 @@ from tiersel.signals import (
     TierStats,
 )
 from tiersel.stores.errors import SignalFallback, StoreUnavailable
-from tiersel.stores.redis_connection import SIGNAL_RETRIES, UNREACHABLE, lua
+from tiersel.stores.redis_connection import SIGNAL_RETRIES, UNREACHABLE, check_refusal, lua
 from tiersel.stores.redis_pipeline import AsyncScripts
 
 __all__ = ["AsyncRedisSignalStore", "RedisSignalStore"]
@@ -198,6 +199,9 @@ class RedisSignalStore:
         except UNREACHABLE as exc:
             core.unavailable(exc, now)
             return None
+        except redis.exceptions.ResponseError as exc:
+            check_refusal(exc, self.client, core.url)
+            raise
         core.answered()
         return reply
 
@@ -261,6 +265,9 @@ class AsyncRedisSignalStore:
         except UNREACHABLE as exc:
             core.unavailable(exc, now)
             return None
+        except redis.exceptions.ResponseError as exc:
+            check_refusal(exc, self.client, core.url)
+            raise
         core.answered()
         return reply
 

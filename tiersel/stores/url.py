@@ -10,8 +10,9 @@ tiersel's own settings, which win over the keyword arguments:
 - ``reservation_ttl_s``: the expiry of a reservation made without a ttl of its own;
 - ``on_expiry``: ``release`` or ``charge``, what an expired reservation becomes (`OnExpiry`).
 
-Every other query parameter goes to redis-py (e.g. ``socket_timeout``); a password in the URL is
-never shown (messages and reprs show ``***``).
+Every other query parameter goes to redis-py (e.g. ``socket_timeout``), which must know it; the
+port and the database (``/DB`` or ``?db=``) must be numbers. A password in the URL (or in
+``?password=``) is never shown (messages and reprs show ``***``).
 
 >>> ledger = open_ledger("memory://", limit_usd=5.0)
 >>> ledger.reserve("call-1", 0.5, now=0.0).reserved_usd
@@ -20,11 +21,13 @@ never shown (messages and reprs show ``***``).
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit
 
 from tiersel.budget import AsyncLedger, Ledger, MemoryLedger, OnExpiry
 from tiersel.signals import AsyncSignalStore, MemorySignalStore, SignalConfig, SignalStore
@@ -48,6 +51,7 @@ __all__ = [
 DEFAULT_URL = "memory://"
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _OWN = ("prefix", "budget", "reservation_ttl_s", "on_expiry")
+_SECRET_QUERY = re.compile(r"((?:^|&)(?:ssl_)?password=)[^&]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +74,11 @@ def parse_store_url(url: str) -> StoreURL:
     """Parse a store URL; `ValueError` names the URL (password masked) and the problem."""
     if not isinstance(url, str) or not url:
         raise ValueError(f"a store URL must be a non-empty string, got {url!r}")
-    parts = urlsplit(url)
-    public = _mask(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # not shown: it cannot be split, so neither can its password
+        raise ValueError(f"the store URL is not a URL ({exc})") from None
+    public = _mask(parts)
     own: dict[str, str] = {}
     rest: list[tuple[str, str]] = []
     for k, v in parse_qsl(parts.query, keep_blank_values=True):
@@ -93,7 +100,10 @@ def parse_store_url(url: str) -> StoreURL:
             )
         return StoreURL("memory", public, reservation_ttl_s=ttl, on_expiry=expiry)
     if parts.scheme in _REDIS_SCHEMES:
-        redis_url = urlunsplit(parts._replace(query=urlencode(rest)))
+        redis_url = _unsplit(parts._replace(query=urlencode(rest)))
+        problem = _redis_problem(parts, rest, redis_url)
+        if problem is not None:
+            raise ValueError(f"store URL {public!r}: {problem}")
         return StoreURL(
             "redis",
             public,
@@ -134,14 +144,63 @@ def _expiry(text: str | None, public: str) -> OnExpiry | None:
         ) from None
 
 
-def _mask(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+def _redis_problem(parts: SplitResult, rest: list[tuple[str, str]], redis_url: str) -> str | None:
+    """What redis-py would choke on in a redis URL, at the first call rather than here."""
+    if parts.scheme != "unix":
+        try:
+            parts.port  # noqa: B018 -- reading it checks it
+        except ValueError:
+            return f"the port {_port_text(parts.netloc)!r} is not a number from 0 to 65535"
+        db = unquote(parts.path)[1:]
+        if db and not _is_index(db):
+            return f"the database {db!r} is not a number (redis://host:port/DB, DB from 0)"
+    for key, value in rest:
+        if key == "db" and not _is_index(value):
+            return f"the database {value!r} is not a number (?db=N, N from 0)"
+    try:
+        conn = _redis_module("redis_connection")
+    except ImportError:
+        return None  # opening the store says how to install redis-py
+    known = conn.settings_for(parts.scheme)
+    for key, _ in rest:
+        if key not in known:
+            near = difflib.get_close_matches(key, [*_OWN, *sorted(known)], n=1, cutoff=0.8)
+            hint = f"did you mean {near[0]!r}?" if near else f"tiersel's own: {', '.join(_OWN)}"
+            return f"unknown setting {key!r} ({hint})"
+    try:
+        conn.url_options(redis_url)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _is_index(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _port_text(netloc: str) -> str:
+    host = netloc.rpartition("@")[2]
+    if host.startswith("["):  # [IPv6]:port
+        host = host.partition("]")[2]
+    return host.rpartition(":")[2]
+
+
+def _mask(parts: SplitResult) -> str:
+    """The URL with any password, in its user part or its query, shown as ``***``."""
+    userinfo, at, host = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    query = _SECRET_QUERY.sub(r"\1***", parts.query)
+    return _unsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _unsplit(parts: SplitResult) -> str:
+    # Not urlunsplit: it drops the "//" of a URL with no host, and redis-py needs unix:///path.
+    url = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    if parts.query:
+        url += f"?{parts.query}"
+    return url + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def _redis_module(name: str) -> ModuleType:

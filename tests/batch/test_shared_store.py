@@ -1,0 +1,203 @@
+"""``tiersel batch --store redis://...`` against a real redis-server on loopback: the store going
+away mid-job, and a store that lost its data (flushed, or restarted without persistence) met by a
+resumed job."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.stores.conftest import start_redis
+from tiersel.batch.input import scan_input
+from tiersel.stores import open_ledger
+
+from .conftest import batch_line, body, write_jsonl
+
+TIERSEL = [sys.executable, "-m", "tiersel"]
+
+
+def whole_rows(out: Path) -> list[dict[str, Any]]:
+    """OUT's rows (a last line a SIGKILL cut short is not a row)."""
+    if not out.exists():
+        return []
+    return [json.loads(line) for line in out.read_bytes().split(b"\n")[:-1]]
+
+
+def job_spent(out: Path) -> float:
+    """What the journal's last run carried in."""
+    with open(f"{out}.journal", "rb") as f:
+        heads = [json.loads(line) for line in f if line.startswith(b'{"op": "job"')]
+    return float(heads[-1]["carried_usd"])
+
+
+def store_spent(url: str, src: Path, out: Path, budget: float) -> float:
+    """What the job's own budget in the store (named after OUT and the input) has spent."""
+    name = f"batch-{out.name}-{scan_input(src).sha256[:12]}"
+    ledger = open_ledger(url, limit_usd=budget, name=name)
+    try:
+        state = ledger.state(0.0)
+    finally:
+        ledger.close()  # type: ignore[attr-defined]
+    assert state.reserved_usd == 0.0
+    return state.spent_usd
+
+
+def wait_for_rows(job: subprocess.Popen[str], out: Path, n: int) -> None:
+    deadline = time.monotonic() + 60
+    while len(whole_rows(out)) < n:
+        assert job.poll() is None, job.communicate()[1]
+        assert time.monotonic() < deadline, f"fewer than {n} rows after 60 s"
+        time.sleep(0.01)
+
+
+def test_the_store_going_away_ends_the_job_at_once_with_one_line(tmp_path: Path) -> None:
+    server, url = start_redis(tmp_path)
+    src = write_jsonl(
+        tmp_path / "in.jsonl", [batch_line(f"q-{i}", body(i, max_tokens=40)) for i in range(2000)]
+    )
+    out = tmp_path / "out.jsonl"
+    args = [*TIERSEL, "batch", str(src), "--out", str(out), "--budget-usd", "5", "--sim", "calm"]
+    args += ["--concurrency", "16", "--json", "--store"]
+    job = subprocess.Popen(
+        [*args, url, "--sim-time-scale", "0.02"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_rows(job, out, 20)
+        server.terminate()  # no persistence: what it held is gone
+        server.wait(10)
+        stopped = time.monotonic()
+        stdout, stderr = job.communicate(timeout=60)
+        took = time.monotonic() - stopped
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert job.returncode == 5, stderr
+    assert stdout == ""
+    # One line, and before it at most the signal store's one warning (it falls back to memory):
+    # no "Task exception was never retrieved", no "coroutine ... was never awaited".
+    *warned, error = stderr.splitlines()
+    assert warned in (
+        [],
+        [
+            f"the signal store at {url} is unreachable (ConnectionError); signals"
+            " are kept in this process's memory until it answers again"
+        ],
+    ), stderr
+    assert error.startswith(f"tiersel: error: the budget store at {url} is unreachable"), stderr
+    assert error.endswith("; rerun with --resume once it answers"), stderr
+    assert took < 20, took
+    done_before = len(whole_rows(out))
+    assert done_before < 2000
+
+    # A new, empty store: the resumed job puts back what its journal shows it spent, and ends
+    # with the store holding exactly what the rows cost.
+    (tmp_path / "again").mkdir()
+    server, url = start_redis(tmp_path / "again")
+    try:
+        done = subprocess.run([*args, url, "--resume"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout)
+        rows = whole_rows(out)
+        assert sorted(r["custom_id"] for r in rows) == sorted(f"q-{i}" for i in range(2000))
+        assert summary["store_restored_usd"] == pytest.approx(job_spent(out), abs=1e-6)
+        spent = sum(r["cost_usd"] for r in rows)
+        assert store_spent(url, src, out, 5.0) == pytest.approx(spent, abs=1e-6)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_a_resumed_job_whose_store_was_flushed_stays_within_its_budget(tmp_path: Path) -> None:
+    server, url = start_redis(tmp_path)
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [batch_line(f"r{i}", body(i, max_tokens=400)) for i in range(300)],
+    )
+    out = tmp_path / "out.jsonl"
+    budget = 0.3
+    args = [*TIERSEL, "batch", str(src), "--out", str(out), "--budget-usd", repr(budget)]
+    args += ["--sim", "peak", "--store", url, "--json"]
+    try:
+        job = subprocess.Popen(
+            [*args, "--sim-time-scale", "0.02", "--concurrency", "16"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_rows(job, out, 15)  # type: ignore[arg-type]
+            job.send_signal(signal.SIGKILL)
+            job.wait(10)
+        finally:
+            if job.poll() is None:
+                job.kill()
+                job.wait()
+        client = redis.Redis.from_url(url)
+        client.flushall()  # as a restart of a Redis without persistence would
+        client.close()
+        done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=120)
+        assert done.returncode in (0, 1), done.stderr
+        summary = json.loads(done.stdout)
+        rows = whole_rows(out)
+        spent = sum(r["cost_usd"] for r in rows)
+        assert sorted(r["custom_id"] for r in rows) == sorted(f"r{i}" for i in range(300))
+        assert summary["spent_usd"] == pytest.approx(spent, abs=1e-9)
+        assert spent <= budget + 1e-9, summary
+        assert summary["calls_budget_exhausted"] > 0  # the cap bound, and held
+        assert summary["store_restored_usd"] == pytest.approx(job_spent(out), abs=1e-6)
+        assert summary["store_restored_usd"] > 0
+        assert store_spent(url, src, out, budget) == pytest.approx(spent, abs=1e-6)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_a_shard_whose_store_was_flushed_is_refused_and_its_files_are_untouched(
+    tmp_path: Path,
+) -> None:
+    server, url = start_redis(tmp_path)
+    src = write_jsonl(tmp_path / "in.jsonl", [body(i, max_tokens=30) for i in range(40)])
+    out = tmp_path / "out.jsonl"
+    shard_out = tmp_path / "out.1-of-2.jsonl"
+    args = [*TIERSEL, "batch", str(src), "--out", str(out), "--budget-usd", "1", "--sim", "calm"]
+    args += ["--shard", "1/2", "--store", url, "--json"]
+    try:
+        first = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert first.returncode == 0, first.stderr
+        spent = json.loads(first.stdout)["spent_usd"]
+        # The store still holds the spend: a resume is no false alarm.
+        again = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["store_restored_usd"] == 0.0
+        client = redis.Redis.from_url(url)
+        client.flushall()
+        client.close()
+        files = {p: p.read_bytes() for p in (shard_out, Path(f"{shard_out}.journal"))}
+        lost = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=60)
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert (lost.returncode, lost.stdout) == (5, ""), lost.stderr
+    name = f"batch-out.jsonl-{scan_input(src).sha256[:12]}"
+    assert lost.stderr == (
+        f"tiersel: error: the shared budget {name!r} at {url} holds $0.000000, less than the"
+        f" ${spent:.6f} that {shard_out}.journal shows this job spent: the store lost its data"
+        " (flushed, or restarted without persistence). Other shards or jobs share this budget"
+        " and their spend is not in this journal, so it cannot be rebuilt from here: restore"
+        " the store's data, then rerun with --resume\n"
+    )
+    assert {p: p.read_bytes() for p in files} == files
