@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from tiersel.batch.input import scan_input
+from tiersel.batch.journal import OpenJob, open_job
 from tiersel.budget import MemoryLedger
 from tiersel.call import BudgetState
 
@@ -36,6 +38,18 @@ def batch_line(custom_id: str, doc: Mapping[str, Any], **extra: Any) -> dict[str
         "body": doc,
         **extra,
     }
+
+
+def open_new_job(src: Path, out: Path, budget_usd: float = 1.0) -> OpenJob:
+    """Open OUT for a new job over ``src``, as `run_batch` would (to hold it, or to see it fail)."""
+    return open_job(
+        out,
+        input_path=src,
+        scan=scan_input(src),
+        budget_usd=budget_usd,
+        resume=False,
+        visit_row=lambda r: None,
+    )
 
 
 def write_jsonl(path: Path, lines: Iterable[Any]) -> Path:

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tiersel.batch.input import scan_input
-from tiersel.batch.journal import open_job
 from tiersel.cli import main
 
-from .conftest import batch_line, body, read_rows, write_jsonl
+from .conftest import batch_line, body, open_new_job, read_rows, write_jsonl
 
 TIERSEL = [sys.executable, "-m", "tiersel"]
 
@@ -156,14 +154,7 @@ def test_exit_4_while_another_job_holds_out(
 ) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", lines(2))
     out = tmp_path / "out.jsonl"
-    held = open_job(
-        out,
-        input_path=src,
-        scan=scan_input(src),
-        budget_usd=1.0,
-        resume=False,
-        visit_row=lambda r: None,
-    )
+    held = open_new_job(src, out)
     try:
         code = main(
             ["batch", str(src), "--out", str(out), "--budget-usd", "1", "--sim", "calm", "--resume"]

@@ -12,8 +12,6 @@ import httpx
 import pytest
 
 from tiersel.batch import JobLocked, JournalError, Status, arun_batch, run_batch
-from tiersel.batch.input import scan_input
-from tiersel.batch.journal import open_job
 from tiersel.batch.runner import TEMPLATE_ALLOWANCE_TOKENS
 from tiersel.clock import FakeClock
 from tiersel.cost import tier_cost
@@ -21,7 +19,16 @@ from tiersel.dialects import estimate_input_tokens
 from tiersel.policy import CheapestFeasible
 from tiersel.pricing import load_pricing
 
-from .conftest import CappedLedger, always_ok, batch_line, body, ok_response, read_rows, write_jsonl
+from .conftest import (
+    CappedLedger,
+    always_ok,
+    batch_line,
+    body,
+    ok_response,
+    open_new_job,
+    read_rows,
+    write_jsonl,
+)
 
 PRICING = load_pricing()
 KIMI = PRICING.model("kimi-k2p6")
@@ -236,10 +243,7 @@ def test_sync_transports_and_the_async_api(tmp_path: Path) -> None:
 def test_out_is_locked_reused_only_on_resume_and_only_for_its_input(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", [body(i) for i in range(3)])
     out = tmp_path / "out.jsonl"
-    scan = scan_input(src)
-    held = open_job(
-        out, input_path=src, scan=scan, budget_usd=1.0, resume=False, visit_row=lambda r: None
-    )
+    held = open_new_job(src, out)
     try:
         with pytest.raises(
             JobLocked, match=r"being written by another tiersel batch job \(pid \d+\)"

@@ -21,12 +21,11 @@ import pytest
 
 import tiersel.batch.journal as journal
 from tiersel.batch import JobWriteError, run_batch
-from tiersel.batch.input import scan_input
-from tiersel.batch.journal import DoneLines, Resumed, _replay, _truncate_partial, open_job
+from tiersel.batch.journal import DoneLines, Resumed, _replay, _truncate_partial
 from tiersel.clock import FakeClock
 from tiersel.sim import AsyncSimTransport
 
-from .conftest import CappedLedger, batch_line, body, read_rows, write_jsonl
+from .conftest import CappedLedger, batch_line, body, open_new_job, read_rows, write_jsonl
 
 TIERSEL = [sys.executable, "-m", "tiersel"]
 LINES = 400
@@ -194,11 +193,4 @@ def test_a_journal_that_cannot_take_its_first_record_leaves_nothing_locked(
         with pytest.raises(
             JobWriteError, match=r"cannot write .*out\.jsonl\.journal: \[Errno 28\]"
         ):
-            open_job(
-                out,
-                input_path=src,
-                scan=scan_input(src),
-                budget_usd=1.0,
-                resume=False,
-                visit_row=lambda r: None,
-            )
+            open_new_job(src, out)
