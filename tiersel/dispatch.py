@@ -187,11 +187,12 @@ def call_flow(
     call: Call,
     requirements: Requirements,
     call_id: str,
-    max_wait_s: float | None = None,
+    max_wait: Callable[[], float | None] | None = None,
 ) -> Flow:
     """The attempts of one call. Raises `NoFeasibleTier` or `BudgetExhausted` before any send.
 
-    A call with a deadline never waits past it. ``max_wait_s`` bounds each wait of a call with
+    A call with a deadline never waits past it. ``max_wait()`` (seconds, asked only when a wait
+    comes up, since it is seldom needed) bounds each wait of a call with
     no deadline for a tier's cooldown (a Retry-After, an open circuit): a longer one ends the
     call with its last error instead.
     """
@@ -227,7 +228,7 @@ def call_flow(
                 if budget is not None and _only_budget(exc):
                     raise BudgetExhausted(call.model, exc.reasons) from None
                 raise
-            wait = _shortest_cooldown(waitable, req, max_wait_s)
+            wait = _shortest_cooldown(waitable, req, max_wait)
             if wait is None or prog.attempts >= sel.max_attempts:
                 return _failed(prog, call_id, start, prog.detail or str(exc))
             yield Sleep(wait)
@@ -517,7 +518,9 @@ def _cooling(signals: Mapping[str, TierHealth]) -> bool:
 
 
 def _shortest_cooldown(
-    signals: Mapping[str, TierHealth], req: Requirements, max_wait_s: float | None = None
+    signals: Mapping[str, TierHealth],
+    req: Requirements,
+    max_wait: Callable[[], float | None] | None = None,
 ) -> float | None:
     waits = [
         h.cooldown_s
@@ -529,8 +532,10 @@ def _shortest_cooldown(
     wait = min(waits) + 1e-3
     if req.deadline_s is not None and wait >= req.deadline_s:
         return None
-    if req.deadline_s is None and max_wait_s is not None and wait > max_wait_s:
-        return None
+    if req.deadline_s is None and max_wait is not None:
+        bound = max_wait()
+        if bound is not None and wait > bound:
+            return None
     return wait
 
 

@@ -271,7 +271,7 @@ class Selector:
         path: str,
         call_id: str | None,
         dialect: Dialect | None = None,
-        max_wait_s: float | None = None,
+        max_wait: Callable[[], float | None] | None = None,
     ) -> tuple[Any, Dialect, str]:
         if dialect is None:
             dialect = dialect_for_path(path)
@@ -282,7 +282,7 @@ class Selector:
         if implied is not None and req.tiers is None:
             req = req.model_copy(update={"tiers": (implied,)})
         cid = call_id or f"call-{next(_ids)}"
-        return call_flow(self, body, dialect, call, req, cid, max_wait_s), dialect, cid
+        return call_flow(self, body, dialect, call, req, cid, max_wait), dialect, cid
 
     def _headers(
         self, headers: Mapping[str, str] | None, step_headers: Mapping[str, str]

@@ -97,7 +97,7 @@ class _Shell:
                 route.path,
                 None,
                 route.dialect,
-                longest_timeout(route.extensions),
+                lambda: longest_timeout(route.extensions),
             )
         except TierselError as exc:
             return exchange.refuse(request, flavour, generation[1], exc)
