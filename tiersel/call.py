@@ -11,7 +11,8 @@ __all__ = ["BudgetState", "Call", "Requirements"]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    # defer_build: each model builds its validator on first use, not at `import tiersel`.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, defer_build=True)
 
 
 class Call(_Frozen):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from typing import Protocol, runtime_checkable
@@ -34,6 +33,8 @@ class SystemClock:
             time.sleep(seconds)
 
     async def asleep(self, seconds: float) -> None:
+        import asyncio  # here, not at import: `import tiersel` does not load asyncio
+
         await asyncio.sleep(max(0.0, seconds))
 
     def __repr__(self) -> str:
@@ -68,7 +69,16 @@ class FakeClock:
         self.advance(max(0.0, seconds))
 
     async def asleep(self, seconds: float) -> None:
-        self.advance(max(0.0, seconds))
+        """On a `tiersel.virtual_time.VirtualTimeLoop` driven by this clock, wait ``seconds`` of
+        virtual time (concurrent waits overlap; the loop moves the clock). Anywhere else, advance
+        the clock at once: simple for one task, but concurrent sleeps then add up."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if getattr(loop, "clock", None) is self:
+            await asyncio.sleep(seconds)
+        else:
+            self.advance(max(0.0, seconds))
 
     def __repr__(self) -> str:
         return f"FakeClock(now={self._now})"
@@ -98,6 +108,8 @@ class ScaledClock:
             time.sleep(seconds * self.scale)
 
     async def asleep(self, seconds: float) -> None:
+        import asyncio
+
         await asyncio.sleep(max(0.0, seconds * self.scale))
 
     def __repr__(self) -> str:

@@ -7,7 +7,17 @@ from dataclasses import dataclass
 from tiersel.call import Call
 from tiersel.pricing import ModelPrices, TierPrice
 
-__all__ = ["CostEstimate", "charge", "estimate_costs", "tier_cost"]
+__all__ = ["BILLING_DECIMALS", "CostEstimate", "billed", "charge", "estimate_costs", "tier_cost"]
+
+BILLING_DECIMALS = 10
+"""Prices are quoted to at most four decimals of a dollar per million tokens, so every bill is a
+whole multiple of $1e-10: a cost shown to 10 decimals loses nothing but float noise."""
+
+
+def billed(usd: float) -> float:
+    """``usd`` as a bill shows it: rounded to `BILLING_DECIMALS` (``0.0029372999999999995`` is
+    ``0.0029373``). Sums kept by the ledger stay exact; only what is shown is rounded."""
+    return round(usd, BILLING_DECIMALS)
 
 
 @dataclass(frozen=True, slots=True)

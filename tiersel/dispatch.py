@@ -224,11 +224,16 @@ def call_flow(
             decision = _redecide(sel, call, req, budget, prices, signals, now, prog)
         except NoFeasibleTier as exc:
             waitable = _waitable(signals, exc)
-            if prog.attempts == 0 and not _cooling(waitable):
-                if budget is not None and _only_budget(exc):
+            cooling = _cooling(waitable)
+            wait = _shortest_cooldown(waitable, req, call, max_wait) if cooling else None
+            if prog.attempts == 0 and wait is None:
+                # Nothing sent and no cooldown worth waiting out. When money alone bars the
+                # tiers that could serve in time, the budget is what stops the call: a batch then
+                # waits for reservations in flight to settle, or records the line unaffordable.
+                if budget is not None and _only_budget(exc, cooldowns_too_long=cooling):
                     raise BudgetExhausted(call.model, exc.reasons) from None
-                raise
-            wait = _shortest_cooldown(waitable, req, max_wait)
+                if not cooling:
+                    raise
             if wait is None or prog.attempts >= sel.max_attempts:
                 return _failed(prog, call_id, start, prog.detail or str(exc))
             yield Sleep(wait)
@@ -384,8 +389,14 @@ def _key_of(keys: tuple[SignalKey, ...], tier: str) -> SignalKey:
     raise KeyError(tier)
 
 
-def _only_budget(exc: NoFeasibleTier) -> bool:
-    codes = {r.code for r in exc.reasons} - {"not_allowed", "not_offered"}
+def _only_budget(exc: NoFeasibleTier, *, cooldowns_too_long: bool = False) -> bool:
+    """Whether the budget is all that bars the call: every tier not excluded by name was
+    rejected for its cost against the money left (or, with ``cooldowns_too_long``, for a cooldown
+    the call cannot wait out)."""
+    ignored = {"not_allowed", "not_offered"}
+    if cooldowns_too_long:
+        ignored.add("cooldown")
+    codes = {r.code for r in exc.reasons} - ignored
     return codes == {"budget"}
 
 
@@ -520,17 +531,24 @@ def _cooling(signals: Mapping[str, TierHealth]) -> bool:
 def _shortest_cooldown(
     signals: Mapping[str, TierHealth],
     req: Requirements,
+    call: Call,
     max_wait: Callable[[], float | None] | None = None,
 ) -> float | None:
+    """The shortest cooldown worth waiting out: with a deadline, one that leaves the tier its
+    expected time to serve the call (a wait that ends too late to finish is no wait at all)."""
+    deadline = req.deadline_s
+    out = call.output_tokens_for_latency
     waits = [
         h.cooldown_s
         for name, h in signals.items()
-        if h.state is CircuitState.open and (req.tiers is None or name in req.tiers)
+        if h.state is CircuitState.open
+        and (req.tiers is None or name in req.tiers)
+        and (deadline is None or h.cooldown_s + h.ttft_s + out / h.output_tps < deadline)
     ]
     if not waits:
         return None
     wait = min(waits) + 1e-3
-    if req.deadline_s is not None and wait >= req.deadline_s:
+    if deadline is not None and wait >= deadline:
         return None
     if req.deadline_s is None and max_wait is not None:
         bound = max_wait()

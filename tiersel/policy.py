@@ -178,15 +178,16 @@ class CheapestFeasible:
                 add(_reason((name, _REJECTED, "budget", (worst, remaining))))
                 continue
             wait = 0.0
+            ttft = health.ttft_s
+            decode = out_exp / health.output_tps
             if health.state is _OPEN:
-                # A call with a deadline may wait out a cooldown if it leaves time to finish.
-                if deadline is None or health.cooldown_s >= deadline:
+                # A call with a deadline may wait out a cooldown if it leaves the tier its
+                # expected time to finish; a wait that ends too late is no plan.
+                if deadline is None or health.cooldown_s + ttft + decode >= deadline:
                     add(_reason((name, _REJECTED, "cooldown", (health.cooldown_s,))))
                     continue
                 wait = health.cooldown_s
             expected = base + out_exp * price.output_per_token
-            ttft = health.ttft_s
-            decode = out_exp / health.output_tps
             latency = wait + ttft + decode
             if deadline is None:
                 on_time = 1.0

@@ -7,6 +7,7 @@ USD prices per 1M tokens per tier. ``load_pricing()`` with no argument loads the
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Iterable, Mapping
@@ -15,7 +16,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from tiersel.errors import PricingError, UnknownModel
@@ -40,7 +40,8 @@ _Number = Annotated[float, Strict()]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # defer_build: the table's models build their validators when a table is first read.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
 
 
 class _PriorsDoc(_Strict):
@@ -304,16 +305,22 @@ def load_pricing(
     return _build(raw, origin, sources)
 
 
-class _Loader(yaml.SafeLoader):
+@functools.cache
+def _loader() -> type[Any]:
     """PyYAML's safe loader, reading ``1e-3`` and ``2E+1`` as numbers (as YAML 1.2 does), not as
-    the strings YAML 1.1 makes of exponents without a dot: prices must be numbers."""
+    the strings YAML 1.1 makes of exponents without a dot: prices must be numbers. Built on first
+    use, so ``import tiersel`` does not load yaml."""
+    import yaml
 
+    class Loader(yaml.SafeLoader):
+        pass
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
+    return Loader
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -321,8 +328,10 @@ def _read(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PricingError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+    import yaml
+
     try:
-        data = yaml.load(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

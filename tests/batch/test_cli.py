@@ -90,7 +90,7 @@ def test_exit_1_when_lines_are_not_all_ok_and_the_summary_says_why(
         (["--budget-usd", "1", "--sim-time-scale", "0.1"], "--sim-time-scale needs --sim"),
         (
             ["--budget-usd", "1", "--reliability", "1.5"],
-            "reliability: Input should be less than or equal to 1",
+            "--reliability 1.5: must be less than or equal to 1",
         ),
         (["--budget-usd", "1", "--sim", "no-such-scenario"], "no-such-scenario"),
     ],

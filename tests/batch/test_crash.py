@@ -1,9 +1,12 @@
-"""A running ``tiersel batch`` killed with SIGKILL at random points, then resumed, loses nothing.
+"""A running ``tiersel batch`` killed with SIGKILL at points the test picks, then resumed, loses
+nothing.
 
-Each kill lands wherever the job happens to be: between lines, with requests in flight whose
-reservations are journaled but not yet settled, or mid-write. After the last resume OUT has
-every input id exactly once, the spend equals the sum of the rows' costs and stays within the
-budget, and each resume carried over exactly what the files said had been spent.
+The job sends to a simulator server whose gate (``/sim/hold``) the test controls: once OUT has
+the rows the test waits for, it holds the server and kills the job only when a request is held,
+so every kill lands with the job alive and requests in flight whose reservations are journaled
+but not yet settled (it cannot race the job's end). After the last resume OUT has every input id
+exactly once, the spend equals the sum of the rows' costs and stays within the budget, and each
+resume carried over exactly what the files said had been spent.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tiersel.batch.journal import DoneLines, Resumed, _replay
+from tiersel.sim.server import RunningServer, serve_in_subprocess
 
 from .conftest import batch_line, body, read_rows, write_jsonl
 
 LINES = 800
 BUDGET = "0.30"  # not enough for every line: the budget runs out before the input does
+KILLS_BEFORE = 150  # rows: the budget lasts for more lines than this
 
 
 def rows_on_disk(out: Path) -> int:
@@ -43,7 +49,20 @@ def spent_on_disk(out: Path) -> float:
     return sum(r["cost_usd"] for r in rows) + resumed.lost_usd
 
 
-def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
+def test_sigkill_at_chosen_points_then_resume(tmp_path: Path) -> None:
+    with serve_in_subprocess("peak", seed=5, time_scale=0.01) as server:
+        crash_and_resume(tmp_path, server)
+
+
+def wait_until(what: str, ready: Callable[[], bool], job: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while not ready():
+        assert job.poll() is None, f"the job ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within 60 s"
+        time.sleep(0.005)
+
+
+def crash_and_resume(tmp_path: Path, server: RunningServer) -> None:
     rng = random.Random(20261127)
     docs = [
         batch_line(f"id-{i}", body(i, max_tokens=80, text="q" * rng.randint(50, 600)))
@@ -61,25 +80,25 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
         str(out),
         "--budget-usd",
         BUDGET,
-        "--sim",
-        "peak",
-        "--sim-seed",
-        "5",
+        "--base-url",
+        server.openai_base_url,
         "--concurrency",
         "16",
         "--json",
         "--resume",
     ]
-    kills = sorted(rng.sample(range(10, LINES - 100), 3))
+    # Kill points, in rows on disk: all before the budget runs out (after that lines end
+    # budget_exhausted without a request, and the gate could not keep the job alive).
+    kills = sorted(rng.sample(range(10, KILLS_BEFORE), 3))
     carried: list[tuple[float, float]] = []
     done_after_kill: list[set[int]] = []
     for at in kills:
         job = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            deadline = time.monotonic() + 60
-            while rows_on_disk(out) < at and job.poll() is None:
-                assert time.monotonic() < deadline
-                time.sleep(0.005)
+            server.release()
+            wait_until(f"{at} rows", lambda at=at: rows_on_disk(out) >= at, job)
+            server.hold()
+            wait_until("a held request", lambda: server.stats()["held"] > 0, job)
             job.send_signal(signal.SIGKILL)
             job.wait(timeout=10)
         finally:
@@ -89,6 +108,7 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
         assert job.returncode == -signal.SIGKILL, job.stderr.read() if job.stderr else ""
         carried.append((spent_on_disk(out), _last_header(out)["carried_usd"]))
         done_after_kill.append({r["line"] for r in read_rows(out)})
+    server.release()
     done = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert done.returncode in (0, 1), done.stderr
     summary = json.loads(done.stdout)

@@ -68,7 +68,16 @@ def test_default_max_tokens_is_written_into_the_body() -> None:
 @pytest.mark.parametrize(
     ("doc", "custom_id", "reason"),
     [
-        (b'{"custom_id": "x", "body": {', "7", "invalid JSON: Expecting property name"),
+        (
+            b'{"custom_id": "x", "body": {',
+            "7",
+            "invalid JSON: the line ends at column 28 before its JSON value does (cut off?)",
+        ),
+        (
+            b'{"custom_id": "x", "body": {]}',
+            "7",
+            "Expecting property name enclosed in double quotes (column 29)",
+        ),
         (b"\xff\xfe{}", "7", "not UTF-8"),
         ([1, 2], "7", "expected a JSON object, got an array"),
         (

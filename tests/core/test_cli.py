@@ -130,8 +130,10 @@ def test_no_feasible_tier_exits_3_with_reasons() -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--reliability", "1.5"], "reliability"),
-        (["--deadline", "nan"], "deadline_s"),
+        (["--reliability", "1.5"], "--reliability 1.5: must be less than or equal to 1"),
+        (["--deadline", "nan"], "--deadline nan: must be a finite number"),
+        (["--deadline", "-5"], "--deadline -5: must be greater than 0"),
+        (["--deadline", "5", "--max-ttft", "9"], "--max-ttft (9.0) cannot exceed --deadline (5.0)"),
         (["--shed-rate", "standard"], "expected TIER=RATE"),
         (["--shed-rate", "turbo=0.1"], "unknown tier 'turbo'"),
         (["--model", "nope"], "unknown model 'nope'"),

@@ -16,6 +16,7 @@ MODULES = [
     "tiersel.pricing",
     "tiersel.call",
     "tiersel.selector",
+    "tiersel.virtual_time",
 ]
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from tiersel.sim.latency import LatencyParams, derive_coefficients
 
-REPO = Path(__file__).resolve().parents[2]
-SPLITWISE = REPO.parent / "shared" / "traces" / "splitwise_perf_model.csv"
+# A copy kept in the repository, with its source and licence: tests/data/README.md.
+SPLITWISE = Path(__file__).resolve().parents[1] / "data" / "splitwise_perf_model.csv"
 
 
 def test_defaults_match_the_splitwise_profile() -> None:

@@ -135,11 +135,12 @@ class LineParser:
 
     def parse(self, line: int, raw: bytes) -> BatchRequest | InvalidLine:
         try:
-            doc = json.loads(raw.decode("utf-8"))
+            text = raw.decode("utf-8")
+            doc = json.loads(text)
         except UnicodeDecodeError:
             return InvalidLine(line, str(line), "not UTF-8 text")
         except json.JSONDecodeError as exc:
-            return InvalidLine(line, str(line), f"invalid JSON: {exc.msg} (column {exc.colno})")
+            return InvalidLine(line, str(line), _json_problem(exc, text))
         except ValueError:
             # The only other refusal of json.loads: an integer longer than Python converts.
             limit = sys.get_int_max_str_digits()
@@ -277,3 +278,14 @@ def _kind(value: Any) -> str:
     if isinstance(value, list):
         return "an array" if value else "an empty array"
     return "an object"
+
+
+def _json_problem(exc: json.JSONDecodeError, text: str) -> str:
+    """What is wrong with a line's JSON, at the column of the line where it goes wrong (the
+    decoder counts lines, and sees the line's own newline as a second one)."""
+    if exc.pos >= len(text.rstrip()):
+        return (
+            f"invalid JSON: the line ends at column {len(text.rstrip())} before its JSON value"
+            " does (cut off?)"
+        )
+    return f"invalid JSON: {exc.msg} (column {exc.pos + 1})"

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -295,6 +294,12 @@ def open_job(
     while its journal remains), `JobWriteError` when the journal cannot be written.
     """
     files = JobFiles.for_out(out)
+    if files.out.is_dir():
+        raise JournalError(f"{files.out} is a folder: OUT names the file to write the rows to")
+    if not files.out.parent.is_dir():
+        raise JournalError(
+            f"{files.out}: the folder {files.out.parent} does not exist; create it first"
+        )
     fds = [_lock(files)]
     try:
         resumed = _prepare(files, input_path, scan, budget_usd, resume, visit_row)
@@ -326,6 +331,13 @@ def open_job(
 
 
 def _lock(files: JobFiles) -> int:
+    try:
+        import fcntl  # POSIX: imported here so that tiersel imports everywhere
+    except ImportError:
+        raise JournalError(
+            "tiersel batch locks OUT with fcntl.flock, which this platform does not have"
+            " (a POSIX system is needed for batch jobs)"
+        ) from None
     fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -4,7 +4,9 @@ Every row has ``custom_id``, ``line``, ``status``, ``tier``, ``attempts``, ``usa
 and either ``response`` (``{"status_code", "body"}``) or ``error`` (``{"code", "message"}``).
 ``cost_usd`` is everything the line was charged against the budget, over all its attempts and
 runs; ``unconfirmed_usd`` is the part charged at the worst case because whether the provider
-billed it is unknown (an attempt that timed out, or was in flight when a job crashed).
+billed it is unknown (an attempt that timed out, or was in flight when a job crashed). Both are
+shown to the provider's billing precision (`tiersel.cost.billed`). ``tiers_tried`` lists each
+attempt's tier (empty for a line never sent) and ``escalated`` says whether they differ.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from tiersel.cost import billed
 from tiersel.dispatch import CallResult
 
 __all__ = ["Charges", "Status", "call_row", "invalid_row", "unsent_row"]
@@ -67,8 +70,8 @@ def call_row(
             if usage is not None
             else None
         ),
-        "cost_usd": charges.cost_usd,
-        "unconfirmed_usd": charges.unconfirmed_usd,
+        "cost_usd": billed(charges.cost_usd),
+        "unconfirmed_usd": billed(charges.unconfirmed_usd),
     }
     if result.ok and reply is not None:
         row["response"] = {"status_code": reply.status, "body": reply.payload}
@@ -98,9 +101,12 @@ def unsent_row(
             "tier": None,
             "model": None,
             "attempts": 0,
+            "tiers_tried": [],
+            "escalated": False,
+            "best_effort": False,
             "usage": None,
-            "cost_usd": charges.cost_usd,
-            "unconfirmed_usd": charges.unconfirmed_usd,
+            "cost_usd": billed(charges.cost_usd),
+            "unconfirmed_usd": billed(charges.unconfirmed_usd),
             "response": None,
             "error": {"code": code, "message": message},
         }

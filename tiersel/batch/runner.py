@@ -37,7 +37,7 @@ from tiersel.batch.summary import BatchSummary
 from tiersel.batch.transport import DurableTransport
 from tiersel.budget import Ledger, MemoryLedger
 from tiersel.call import Call, Requirements
-from tiersel.clock import Clock, SystemClock
+from tiersel.clock import Clock, FakeClock, SystemClock
 from tiersel.decision import Reason
 from tiersel.dialects import Dialect
 from tiersel.errors import BudgetExhausted, NoFeasibleTier
@@ -46,6 +46,7 @@ from tiersel.pricing import Pricing, load_pricing
 from tiersel.selector import FIREWORKS_BASE_URL, Selector
 from tiersel.signals import AsyncSignalStore, SignalStore
 from tiersel.stores import StoreUnavailable
+from tiersel.virtual_time import run_virtual
 
 __all__ = ["DEFAULT_CONCURRENCY", "arun_batch", "run_batch"]
 
@@ -223,13 +224,18 @@ def _store_check(
 def run_batch(
     input: str | os.PathLike[str], out: str | os.PathLike[str], **options: Any
 ) -> BatchSummary:
-    """The sync shell of `arun_batch` (same arguments): runs the job in a new event loop."""
+    """The sync shell of `arun_batch` (same arguments): runs the job in a new event loop, a
+    `tiersel.virtual_time.VirtualTimeLoop` when ``clock`` is a `FakeClock` (the simulator's
+    virtual time: concurrent calls overlap as they would in real time)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         pass  # none: run the job below, outside this handler (its errors are not "during" it)
     else:
         raise RuntimeError("run_batch() was called inside a running event loop; await arun_batch()")
+    clock = options.get("clock")
+    if isinstance(clock, FakeClock):
+        return run_virtual(arun_batch(input, out, **options), clock)
     return asyncio.run(arun_batch(input, out, **options))
 
 
@@ -323,6 +329,7 @@ class _Runner:
                 item = self.parser.parse(number, raw)
                 if isinstance(item, InvalidLine):
                     self.to_come -= 1
+                    self.summary.invalid(number, item.reason)
                     self._write(
                         invalid_row(item.custom_id, number, item.reason, carried),
                         Status.invalid,
@@ -390,6 +397,7 @@ class _Runner:
                 if self.ledger.held > 0:
                     await self._money_freed(_need(exc.reasons))
                     continue
+                self.summary.unaffordable(*_cheapest_refused(exc.reasons))
                 return self._unsent(
                     req, account, Status.budget_exhausted, "budget_exhausted", _exhausted(exc)
                 )
@@ -466,8 +474,13 @@ class _BoundingSelector(Selector):
 
 def _need(reasons: tuple[Reason, ...]) -> float:
     """The least a call needs free to fit: its cheapest worst case the budget turned down."""
-    worst = [float(r.values[0]) for r in reasons if r.code == "budget" and r.values]
-    return min(worst) if worst else 0.0
+    return _cheapest_refused(reasons)[0]
+
+
+def _cheapest_refused(reasons: tuple[Reason, ...]) -> tuple[float, str | None]:
+    """The cheapest worst case the budget turned down, and its tier (0 and None if none)."""
+    refused = [(float(r.values[0]), r.plan) for r in reasons if r.code == "budget" and r.values]
+    return min(refused) if refused else (0.0, None)
 
 
 def _exhausted(exc: BudgetExhausted) -> str:
@@ -475,8 +488,13 @@ def _exhausted(exc: BudgetExhausted) -> str:
     if not budget:
         return f"not sent: {exc}"
     cheapest = min(budget, key=lambda r: float(r.values[0]))
+    cooling = [r for r in exc.reasons if r.code == "cooldown" and r.values]
+    also = "".join(
+        f"; {r.plan} cooling down for {float(r.values[0]):.1f} s, past the line's deadline"
+        for r in cooling
+    )
     return (
-        f"not sent: the budget cannot cover a call to {exc.model} on any allowed tier"
-        f" (cheapest worst case ${float(cheapest.values[0]):.6f} on {cheapest.plan};"
-        f" ${float(cheapest.values[1]):.6f} left)"
+        f"not sent: the budget cannot cover a call to {exc.model} on any tier that could serve"
+        f" it in time (cheapest worst case ${float(cheapest.values[0]):.6f} on {cheapest.plan};"
+        f" ${float(cheapest.values[1]):.6f} left{also})"
     )

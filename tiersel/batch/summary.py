@@ -6,8 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tiersel.batch.rows import Status
+from tiersel.cost import billed
 
-__all__ = ["BatchSummary", "TierTally"]
+__all__ = ["INVALID_SHOWN", "BatchSummary", "TierTally"]
+
+INVALID_SHOWN = 5
+"""Invalid lines the summary names (each row in OUT says what is wrong with its line)."""
 
 
 @dataclass(slots=True)
@@ -27,7 +31,8 @@ class BatchSummary:
     ``spent_usd`` is the sum of the rows' ``cost_usd``: every charge of every attempt, including
     those of earlier runs. ``stopped`` says why a job stopped sending before its end, if it did.
     ``store_restored_usd``: what a shared store had lost of this job's spend when it resumed, and
-    was charged again (see `tiersel.batch.sharing`).
+    was charged again (see `tiersel.batch.sharing`). ``least_needed_usd``: the least worst case a
+    line of this run was refused for (``budget_exhausted``): the money left was less than that.
     """
 
     input: str
@@ -49,6 +54,9 @@ class BatchSummary:
     elapsed_s: float = 0.0
     stopped: str | None = None
     store_restored_usd: float = 0.0
+    least_needed_usd: float | None = None
+    least_needed_tier: str | None = None
+    invalid_lines: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -84,8 +92,10 @@ class BatchSummary:
             self.calls_budget_exhausted += 1
         else:
             self.calls_invalid += 1
+        # As the row shows it (billing precision), so the summary is the sum of OUT's rows.
+        cost_usd = billed(cost_usd)
         self.spent_usd += cost_usd
-        self.unconfirmed_usd += unconfirmed_usd
+        self.unconfirmed_usd += billed(unconfirmed_usd)
         if escalated:
             self.escalations += 1
         if tier is not None:
@@ -99,6 +109,17 @@ class BatchSummary:
                 tally.ok += 1
             else:
                 tally.failed += 1
+
+    def invalid(self, line: int, reason: str) -> None:
+        """Note an invalid line of this run (the first `INVALID_SHOWN` are named in `render`)."""
+        if len(self.invalid_lines) < INVALID_SHOWN:
+            self.invalid_lines.append((line, reason))
+
+    def unaffordable(self, need_usd: float, tier: str | None) -> None:
+        """Note a line refused for want of money: it needed ``need_usd`` free on ``tier``."""
+        if need_usd > 0 and (self.least_needed_usd is None or need_usd < self.least_needed_usd):
+            self.least_needed_usd = need_usd
+            self.least_needed_tier = tier
 
     def count_row(self, row: dict[str, Any]) -> None:
         """Add a row read back from OUT (on resume)."""
@@ -123,9 +144,9 @@ class BatchSummary:
             "run": self.run,
             "earlier_rows": self.earlier_rows,
             "budget_usd": self.budget_usd,
-            "spent_usd": self.spent_usd,
-            "remaining_usd": self.remaining_usd,
-            "unconfirmed_usd": self.unconfirmed_usd,
+            "spent_usd": billed(self.spent_usd),
+            "remaining_usd": billed(self.remaining_usd),
+            "unconfirmed_usd": billed(self.unconfirmed_usd),
             "overrun_usd": self.overrun_usd,
             "calls_ok": self.calls_ok,
             "calls_failed": self.calls_failed,
@@ -137,7 +158,7 @@ class BatchSummary:
                     "calls": t.calls,
                     "ok": t.ok,
                     "failed": t.failed,
-                    "spent_usd": t.spent_usd,
+                    "spent_usd": billed(t.spent_usd),
                 }
                 for name, t in sorted(self.by_tier.items())
             },
@@ -145,6 +166,9 @@ class BatchSummary:
             "elapsed_s": self.elapsed_s,
             "stopped": self.stopped,
             "store_restored_usd": self.store_restored_usd,
+            "least_needed_usd": self.least_needed_usd,
+            "least_needed_tier": self.least_needed_tier,
+            "invalid_lines": [{"line": n, "reason": r} for n, r in self.invalid_lines],
         }
 
     def render(self) -> str:
@@ -155,6 +179,15 @@ class BatchSummary:
             f"  ok {self.calls_ok}   failed {self.calls_failed}"
             f"   budget_exhausted {self.calls_budget_exhausted}   invalid {self.calls_invalid}",
         ]
+        for n, reason in self.invalid_lines:
+            out.append(f"  invalid line {n}: {reason}")
+        shown = len(self.invalid_lines)
+        if self.calls_invalid > shown:
+            more = self.calls_invalid - shown
+            out.append(
+                f"  {'and ' if shown else ''}{more} invalid lines"
+                f"{' more' if shown else ''}: their rows in {self.out} say why"
+            )
         if self.by_tier:
             out.append(f"  {'tier':<12}{'calls':>8}{'ok':>8}{'failed':>8}{'spent':>14}")
             for name, t in sorted(self.by_tier.items(), key=lambda kv: -kv[1].calls):
@@ -166,6 +199,13 @@ class BatchSummary:
             f"  spent ${self.spent_usd:.6f} of ${self.budget_usd:.6f} ({pct:.1f}%);"
             f" left ${self.remaining_usd:.6f}"
         )
+        if self.calls_budget_exhausted and self.least_needed_usd is not None:
+            on = f" on {self.least_needed_tier}" if self.least_needed_tier else ""
+            out.append(
+                f"  why left: {self.calls_budget_exhausted} lines were not sent for want of money;"
+                f" the cheapest needed ${self.least_needed_usd:.6f}{on} (its worst case) on a tier"
+                " that could serve it in time"
+            )
         if self.unconfirmed_usd > 0:
             out.append(
                 f"  of which ${self.unconfirmed_usd:.6f} charged at the worst case, unconfirmed"

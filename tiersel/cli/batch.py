@@ -24,7 +24,14 @@ from tiersel.batch import JobLocked, JobWriteError, JournalError, run_batch
 from tiersel.batch.runner import DEFAULT_CONCURRENCY
 from tiersel.batch.sharing import Shard, StoreLostState
 from tiersel.call import Requirements
-from tiersel.cli.common import add_pricing_args, check_positive, check_tiers, fail, pricing_from
+from tiersel.cli.common import (
+    add_pricing_args,
+    check_positive,
+    check_tiers,
+    fail,
+    invalid_flag,
+    pricing_from,
+)
 from tiersel.clock import Clock, FakeClock
 from tiersel.dialects import check_token_count
 from tiersel.errors import TierselError
@@ -40,10 +47,10 @@ EXIT_WRITE = 6
 EXIT_INTERRUPTED = 130
 
 
-def add_parser(subs: Any) -> None:
+def add_parser(subs: Any, help: str) -> None:
     p = subs.add_parser(
         "batch",
-        help="run a JSONL file of calls under a hard budget, one result row per line",
+        help=help,
         description=(
             "Send every line of IN (an OpenAI batch line or a bare chat-completion body) through"
             " the tier selector, never letting committed plus reserved spend pass --budget-usd,"
@@ -199,8 +206,7 @@ def run(args: argparse.Namespace) -> int:
             check_token_count("--default-max-tokens", args.default_max_tokens)
         where = _where(args, pricing)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        return fail(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+        return fail(invalid_flag(exc))
     except (TierselError, ValueError) as exc:
         return fail(str(exc))
     # What is loaded so far (modules, the price table) lives as long as this process: keep the

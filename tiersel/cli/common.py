@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Iterable
+
+from pydantic import ValidationError
 
 from tiersel.pricing import Pricing, load_pricing
 
@@ -23,6 +26,37 @@ def add_pricing_args(p: argparse.ArgumentParser) -> None:
         default=[],
         help="a partial price table laid over the base one (repeatable)",
     )
+
+
+# The command-line flag of each field of `Call` and `Requirements`, for error messages.
+FLAGS = {
+    "deadline_s": "--deadline",
+    "max_ttft_s": "--max-ttft",
+    "min_output_tps": "--min-tps",
+    "reliability": "--reliability",
+    "tiers": "--tiers",
+    "max_cost_usd": "--max-cost",
+    "input_tokens": "--input-tokens",
+    "cached_input_tokens": "--cached-input-tokens",
+    "max_output_tokens": "--max-tokens",
+    "expected_output_tokens": "--expected-output-tokens",
+}
+
+
+def invalid_flag(exc: ValidationError) -> str:
+    """A validation error of a value given on the command line, in the command line's words:
+    ``--deadline -5: must be greater than 0``."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    msg = str(err["msg"]).replace("Input should be", "must be").removeprefix("Value error, ")
+    flag = FLAGS.get(loc[0]) if loc else None
+    if flag is None:  # a rule across fields: name the flags it is about
+        for field, option in FLAGS.items():
+            msg = re.sub(rf"\b{field}\b", option, msg)
+        return f"{'.'.join(loc) or 'the options'}: {msg}" if loc else msg
+    value = err.get("input")
+    shown = f"{value:g}" if isinstance(value, float) else value
+    return f"{flag} {shown}: {msg}"
 
 
 def pricing_from(args: argparse.Namespace) -> Pricing:

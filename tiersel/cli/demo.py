@@ -18,10 +18,10 @@ EXIT_USAGE = 2
 _SIM_API_KEY = "sk-simulator"  # the simulator accepts any key; this one is no secret
 
 
-def add_parser(subs: Any) -> None:
+def add_parser(subs: Any, help: str) -> None:
     p = subs.add_parser(
         "demo",
-        help="run a mixed workload with tiersel, always-standard and always-priority, side by side",
+        help=help,
         description=(
             "Send a mixed workload (interactive calls with tight deadlines, background calls with"
             " loose ones) through the openai SDK three ways: with tiersel choosing tiers, always"

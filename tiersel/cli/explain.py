@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tiersel.call import Call, Requirements
-from tiersel.cli.common import add_pricing_args, check_tiers, fail, pricing_from
+from tiersel.cli.common import add_pricing_args, check_tiers, fail, invalid_flag, pricing_from
 from tiersel.clock import FakeClock
 from tiersel.decision import Decision
 from tiersel.dialects import check_token_count
@@ -24,10 +24,8 @@ EXIT_INFEASIBLE = 3
 _WHAT_IF_SAMPLES = 100
 
 
-def add_parser(subs: Any) -> None:
-    p = subs.add_parser(
-        "explain", help="show which tier the policy would choose for a call, and why"
-    )
+def add_parser(subs: Any, help: str) -> None:
+    p = subs.add_parser("explain", help=help)
     p.add_argument("--model", required=True, help="model: short name, full id or router id")
     p.add_argument("--input-tokens", type=int, required=True, metavar="N")
     p.add_argument("--cached-input-tokens", type=int, default=0, metavar="N")
@@ -70,12 +68,6 @@ def _shed_rates(items: list[str], tiers: Any) -> dict[str, float]:
     return out
 
 
-def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or exc.title
-    return f"{where}: {err['msg']}"
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         pricing = pricing_from(args)
@@ -107,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         )
         check_tiers("--tiers", req.tiers, pricing)
     except ValidationError as exc:
-        return fail(_one_line(exc))
+        return fail(invalid_flag(exc))
     except (TierselError, ValueError) as exc:
         return fail(str(exc))
     clock = FakeClock()

@@ -11,8 +11,17 @@ from tiersel.cli.common import add_pricing_args, fail, pricing_from
 from tiersel.errors import TierselError
 
 
-def add_parser(subs: Any) -> None:
-    p = subs.add_parser("prices", help="show the price table, per model and tier")
+def add_parser(subs: Any, help: str) -> None:
+    p = subs.add_parser(
+        "prices",
+        help=help,
+        description=(
+            "Print the price table: for each model and tier, the USD price per million input,"
+            " cached input and output tokens, and the tier's priors (shed and error rates, time"
+            " to first token, output tokens/s). --model shows one model; --pricing and"
+            " --overlay read another table or lay your own figures over the bundled one."
+        ),
+    )
     p.add_argument("--model", help="only this model (short name, full id or router id)")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_pricing_args(p)

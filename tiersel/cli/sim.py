@@ -16,8 +16,8 @@ from typing import Any
 from tiersel.cli.common import check_positive, fail
 
 
-def add_parser(subs: Any) -> None:
-    p = subs.add_parser("sim", help="run the simulated Fireworks provider (no API key needed)")
+def add_parser(subs: Any, help: str) -> None:
+    p = subs.add_parser("sim", help=help)
     p.set_defaults(run=lambda _args: fail("choose a sim command: serve or scenarios"))
     sim = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND")
 
@@ -25,7 +25,10 @@ def add_parser(subs: Any) -> None:
         "serve",
         help="serve the simulator over HTTP on loopback",
         description="Serve the simulated provider: POST /inference/v1/chat/completions and "
-        "/inference/v1/messages, GET /sim/stats, POST /sim/reset.",
+        "/inference/v1/messages; GET /sim/stats (what it saw); POST /sim/reset (forget every "
+        "request; optional JSON body {seed, time_s}); POST /sim/hold (answer no generation request "
+        "until released) and POST /sim/release (answer the held ones, each after its simulated "
+        "latency).",
     )
     serve.add_argument(
         "--port", type=int, default=8787, help="TCP port; 0 picks a free one (default 8787)"
@@ -92,11 +95,11 @@ def run_scenarios(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tiersel.sim``: the ``sim`` subcommands alone."""
-    from tiersel.cli import _Parser
+    from tiersel.cli import COMMANDS, Parser
 
-    parser = _Parser(prog="python -m tiersel.sim", description="The simulated Fireworks provider.")
-    holder = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    add_parser(holder)
+    parser = Parser(prog="python -m tiersel.sim", description="The simulated Fireworks provider.")
+    holder = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    add_parser(holder, COMMANDS["sim"])
     args = parser.parse_args(["sim", *(sys.argv[1:] if argv is None else argv)])
     code: int = args.run(args)
     return code

@@ -19,10 +19,10 @@ from tiersel.replay.mix import DEFAULT_MIX, Mix, parse_mix
 from tiersel.replay.traces import SHIPPED_TRACES, load_trace
 
 
-def add_parser(subs: Any) -> None:
+def add_parser(subs: Any, help: str) -> None:
     p = subs.add_parser(
         "simulate",
-        help="replay a request trace through each policy against the simulated provider",
+        help=help,
         description=(
             "Replay a request trace (the Azure LLM trace CSV, or timestamp_s,input_tokens,"
             "output_tokens[,deadline_s][,reliability]) against the simulated provider on a"

@@ -5,7 +5,8 @@ the two have the same transport API but distinct classes, and a client checks th
 and its stream are its own library's. A `Flavour` holds one library's classes; byte streams here
 subclass both libraries' stream classes, so one object serves either client.
 
-httpx2 needs Python 3.11+; on 3.10 only httpx clients can mount tiersel.
+httpx2 is optional (the ``demo`` and ``dev`` extras bring it): without it only httpx clients can
+mount tiersel, and ``import tiersel`` never loads it (the wrapper loads on first use).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 else:
     try:
         import httpx2
-    except ImportError:  # Python 3.10: httpx2 requires 3.11+
+    except ImportError:  # a core install: httpx2 is an optional extra
         httpx2 = None
 
 __all__ = [
@@ -72,11 +73,19 @@ if httpx2 is not None:
     HTTPX2 = HTTPX if httpx2 is httpx else Flavour(httpx2)
 
 # Byte streams subclass both libraries' stream classes: each client checks for its own.
+# Without httpx2 (a core install) the second pair of bases is two empty, distinct classes: one
+# class named twice in a class's bases is a TypeError.
 if TYPE_CHECKING or (httpx2 is not None and httpx2 is not httpx):
     SyncStreamBase = httpx2.SyncByteStream
     AsyncStreamBase = httpx2.AsyncByteStream
 else:
-    SyncStreamBase = AsyncStreamBase = object
+
+    class SyncStreamBase:
+        __slots__ = ()
+
+    class AsyncStreamBase:
+        __slots__ = ()
+
 
 # Transports: at run time a subclass of httpx2's base transport only, because the anthropic SDK
 # refuses anything with an httpx class in its MRO; httpx clients take any object with the
