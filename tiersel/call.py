@@ -28,12 +28,20 @@ class Call(_Frozen):
     max_output_tokens: int = Field(gt=0)
     expected_output_tokens: int | None = Field(None, ge=0)
     endpoint: str = "fireworks"
+    max_input_tokens: int | None = Field(None, ge=0)
+    """An upper bound of the prompt tokens the provider can bill (`input_tokens` is an estimate):
+    worst-case costs, and so budget reservations, use it when set."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Call:
         if self.cached_input_tokens > self.input_tokens:
             raise ValueError(
                 f"cached_input_tokens ({self.cached_input_tokens}) cannot exceed "
+                f"input_tokens ({self.input_tokens})"
+            )
+        if self.max_input_tokens is not None and self.max_input_tokens < self.input_tokens:
+            raise ValueError(
+                f"max_input_tokens ({self.max_input_tokens}) cannot be below "
                 f"input_tokens ({self.input_tokens})"
             )
         if (
@@ -45,6 +53,11 @@ class Call(_Frozen):
                 f"max_output_tokens ({self.max_output_tokens})"
             )
         return self
+
+    @property
+    def input_tokens_bound(self) -> int:
+        """The prompt tokens worst-case costs count: `max_input_tokens` when set."""
+        return self.max_input_tokens if self.max_input_tokens is not None else self.input_tokens
 
     @property
     def output_tokens_for_latency(self) -> int:

@@ -42,7 +42,8 @@ def tier_cost(
 
 
 def estimate_costs(call: Call, prices: ModelPrices) -> dict[str, CostEstimate]:
-    """Worst-case and expected cost of ``call`` on every tier the model offers.
+    """Worst-case and expected cost of ``call`` on every tier the model offers (the worst case
+    counts the prompt at its bound, ``call.input_tokens_bound``).
 
     >>> from tiersel import load_pricing
     >>> p = load_pricing().model("kimi-k2p6")
@@ -58,9 +59,10 @@ def estimate_costs(call: Call, prices: ModelPrices) -> dict[str, CostEstimate]:
     )
     for name, price in prices.tiers.items():
         base = tier_cost(price, call.input_tokens, call.cached_input_tokens, 0)
+        bound = tier_cost(price, call.input_tokens_bound, call.cached_input_tokens, 0)
         out[name] = CostEstimate(
             tier=name,
-            worst_usd=base + call.max_output_tokens * price.output_per_token,
+            worst_usd=bound + call.max_output_tokens * price.output_per_token,
             expected_usd=base + expected_out * price.output_per_token,
         )
     return out

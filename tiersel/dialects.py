@@ -23,6 +23,8 @@ from tiersel.signals import Outcome
 
 __all__ = [
     "HINT_PREFIX",
+    "IMAGE_TOKENS_BOUND",
+    "TEMPLATE_TOKENS_BOUND",
     "TOKEN_LIMIT",
     "Classified",
     "Dialect",
@@ -32,6 +34,8 @@ __all__ = [
     "classify",
     "dialect_for_path",
     "estimate_input_tokens",
+    "input_token_bound",
+    "input_tokens",
     "max_output_tokens",
     "read_usage",
     "strip_hints",
@@ -108,39 +112,127 @@ def _describe_int(value: int) -> str:
     return str(value) if len(text) <= 30 else f"a {len(text)}-digit number"
 
 
-def _text_bytes(value: Any) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, str):
-        # An ASCII string's length is its size in bytes: no need to encode it.
-        return len(value) if value.isascii() else len(value.encode("utf-8"))
-    # dict first: parsed JSON's, and far cheaper to test for than the Mapping ABC.
-    if isinstance(value, (dict, Mapping)):
-        return sum(_text_bytes(v) for k, v in value.items() if k not in ("role", "type"))
-    if isinstance(value, (list, tuple)):
-        return sum(_text_bytes(v) for v in value)
-    return 0
+IMAGE_TOKENS_BOUND = 16_384
+"""Prompt tokens one image may cost at most, for the input bound: Qwen2-VL-style encoders spend a
+token per 28x28-pixel patch, up to 12,845,056 pixels (16,384 patches) by default. An image part's
+own bytes (a URL or base64 data) are not counted against the bound; this is, per image."""
+
+TEMPLATE_TOKENS_BOUND = 128
+"""Prompt tokens in no message: what a chat template adds (role markers, a default system prompt,
+tool-use instructions), on top of the message's own bytes."""
+
+_IMAGE_TYPES = frozenset({"image_url", "image", "input_image"})
+_UNCOUNTED_KEYS = ("role", "type")
+
+
+def _utf8_len(text: str) -> int:
+    # An ASCII string's length is its size in bytes: no need to encode it. A lone surrogate
+    # ("\ud800", which JSON allows) counts as the 3 bytes it would take.
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _measure(root: Any) -> tuple[int, int, int]:
+    """``(text, bound, images)`` of a request's messages (or system prompt, or tools):
+
+    - ``text``: UTF-8 bytes of its string values, but roles and part types (the estimate's basis);
+    - ``bound``: UTF-8 bytes of everything a chat template could render from it (keys, values,
+      numbers, punctuation), image data left out: at least one byte per token for BPE tokenizers;
+    - ``images``: how many image parts it holds.
+
+    Walks with a stack of its own, so nesting of any depth is no `RecursionError`.
+    """
+    text = bound = images = 0
+    stack = [root]
+    pop, push = stack.pop, stack.append
+    while stack:
+        value = pop()
+        if isinstance(value, str):
+            n = _utf8_len(value)
+            text += n
+            bound += n + 2
+        elif isinstance(value, (dict, Mapping)):
+            if value.get("type") in _IMAGE_TYPES:
+                images += 1
+                continue
+            bound += 2
+            for k, v in value.items():
+                bound += (_utf8_len(k) if isinstance(k, str) else len(str(k))) + 4
+                if k in _UNCOUNTED_KEYS and isinstance(v, str):
+                    bound += _utf8_len(v) + 2
+                else:
+                    push(v)
+        elif isinstance(value, (list, tuple)):
+            bound += 2 + len(value)
+            stack.extend(value)
+        elif isinstance(value, bool) or value is None:
+            bound += 5
+        elif isinstance(value, int):
+            bound += len(_describe_int(value)) if value.bit_length() > 14_000 else len(str(value))
+        elif isinstance(value, float):
+            bound += len(repr(value))
+        else:
+            bound += len(str(value))
+    return text, bound, images
+
+
+def _json_bytes(value: Any) -> int:
+    """UTF-8 bytes of ``value`` as compact JSON (escapes included: tool schemas are rendered as
+    JSON); for what ``json`` cannot write (nesting too deep, odd types), every byte of it counted
+    as a 6-byte escape."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    except (RecursionError, ValueError, TypeError):
+        return 6 * _measure(value)[1]
+    return _utf8_len(text)
 
 
 def estimate_input_tokens(body: Mapping[str, Any], *, bytes_per_token: float = 3.0) -> int:
     """Estimate a body's prompt tokens from the size of its text, without a tokenizer.
 
     ``bytes_per_token=3`` is an estimate for English text (BPE tokenizers average about 4 bytes a
-    token); ``bytes_per_token=1`` is an upper bound, since no token is shorter than a byte. Each
-    message adds a few tokens of framing. Tool definitions count whole, as their JSON: a chat
-    template renders their schemas' keys and type names into the prompt, not only their text.
+    token); ``bytes_per_token=1`` counts a token a byte. Each message adds a few tokens of
+    framing. Tool definitions count whole, as their JSON: a chat template renders their schemas'
+    keys and type names into the prompt, not only their text. For a bound the provider cannot
+    bill past, see `input_token_bound`.
     """
+    return input_tokens(body, bytes_per_token=bytes_per_token)[0]
+
+
+def input_token_bound(body: Mapping[str, Any]) -> int:
+    """Prompt tokens the provider can bill at most for ``body``: one a byte of everything in its
+    messages, system prompt and tools (no BPE token is shorter than a byte), `IMAGE_TOKENS_BOUND`
+    an image part, and `TEMPLATE_TOKENS_BOUND` for the chat template's own text.
+
+    >>> input_token_bound({"messages": [{"role": "user", "content": "1 2 3"}]})
+    181
+    """
+    return input_tokens(body)[1]
+
+
+def input_tokens(body: Mapping[str, Any], *, bytes_per_token: float = 3.0) -> tuple[int, int]:
+    """``(estimate, bound)`` of a body's prompt tokens, in one walk (see `estimate_input_tokens`
+    and `input_token_bound`). Raises `RequestNotUnderstood` without a ``messages`` list."""
     if not bytes_per_token > 0:
         raise ValueError(f"bytes_per_token must be > 0, got {bytes_per_token!r}")
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise RequestNotUnderstood("the body has no 'messages' list")
+    text, bound, images = _measure(messages)
+    system = body.get("system")
+    if system is not None:
+        t, b, i = _measure(system)
+        text, bound, images = text + t, bound + b, images + i
     tools = body.get("tools")
-    size = _text_bytes(messages) + _text_bytes(body.get("system"))
     if tools:
-        size += len(json.dumps(tools, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        b = _json_bytes(tools)
+        text += b  # rendered whole, as JSON
+        bound += b
     framing = 8 * (len(messages) + 1)
-    return math.ceil(size / bytes_per_token) + framing
+    estimate = math.ceil(text / bytes_per_token) + framing
+    ceiling = bound + framing + images * IMAGE_TOKENS_BOUND + TEMPLATE_TOKENS_BOUND
+    return estimate, max(estimate, ceiling)
 
 
 def apply_step(body: Mapping[str, Any], step: Step) -> dict[str, Any]:

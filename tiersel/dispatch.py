@@ -18,8 +18,16 @@ from typing import TYPE_CHECKING, Any
 from tiersel.call import BudgetState, Call, Requirements
 from tiersel.cost import charge
 from tiersel.decision import Decision, Step
-from tiersel.dialects import Classified, Dialect, Usage, apply_step, classify, read_usage
-from tiersel.errors import BudgetExhausted, NoFeasibleTier
+from tiersel.dialects import (
+    Classified,
+    Dialect,
+    Usage,
+    apply_step,
+    classify,
+    max_output_tokens,
+    read_usage,
+)
+from tiersel.errors import BudgetExhausted, NoFeasibleTier, RequestNotUnderstood
 from tiersel.pricing import ModelPrices
 from tiersel.signals import CircuitState, Observation, Outcome, SignalKey, TierHealth, TierStats
 
@@ -78,6 +86,8 @@ class CallResult:
     detail: str = ""
     pending_stream: bool = False
     started_at: float = 0.0
+    max_tokens_set: int | None = None
+    """The output cap tiersel put in a body that stated none (under a budget), else None."""
 
     @property
     def decision(self) -> Decision | None:
@@ -171,6 +181,7 @@ Flow = Generator[Effect, Any, CallResult]
 
 @dataclass(slots=True)
 class _Progress:
+    cap: int | None = None  # the output cap tiersel sets (see _output_cap)
     decisions: list[Decision] = field(default_factory=list)
     attempts: int = 0
     last_reply: Reply | None = None
@@ -198,8 +209,9 @@ def call_flow(
     """
     prices = sel.pricing.model(call.model)
     keys = sel.signal_keys(prices.name)
+    cap = _output_cap(sel, body, dialect, call)
     start = now = yield Now()
-    prog = _Progress()
+    prog = _Progress(cap)
     while True:
         if prog.attempts or prog.waited:
             now = yield Now()
@@ -258,6 +270,8 @@ def call_flow(
                 return _failed(prog, call_id, start, "budget exhausted before a retry")
         prog.decisions.append(decision)
         send_body = apply_step(body, step)
+        if cap is not None:
+            send_body["max_tokens"] = cap
         reply: Reply = yield Send(step, send_body, step.headers, req.deadline_s)
         prog.attempts += 1
         prog.last_reply = reply
@@ -281,6 +295,7 @@ def call_flow(
                 "streaming",
                 pending_stream=True,
                 started_at=start,
+                max_tokens_set=cap,
             )
         usage = read_usage(reply.payload, dialect) if verdict.outcome is Outcome.ok else None
         yield Record(
@@ -338,6 +353,7 @@ def call_flow(
                 call_id,
                 "ok",
                 started_at=start,
+                max_tokens_set=cap,
             )
         prog.detail = verdict.detail
         if not verdict.retryable or prog.attempts >= sel.max_attempts:
@@ -387,6 +403,25 @@ def _key_of(keys: tuple[SignalKey, ...], tier: str) -> SignalKey:
         if key.tier == tier:
             return key
     raise KeyError(tier)
+
+
+def _output_cap(sel: Selector, body: Mapping[str, Any], dialect: Dialect, call: Call) -> int | None:
+    """The ``max_tokens`` to put in a body that states no output cap, or None to send it as it is.
+
+    Under a budget, a reservation bounds a call's cost only if its output is bounded: a body with
+    no cap is sent with the one its reservation assumed (``call.max_output_tokens``, the
+    selector's ``default_max_output_tokens``), or refused when the selector's
+    ``unbounded_output`` is ``"refuse"``. Without a budget the body goes as the caller wrote it.
+    """
+    if not sel.ledger_enabled or max_output_tokens(body, dialect) is not None:
+        return None
+    if sel.unbounded_output == "refuse":
+        raise RequestNotUnderstood(
+            "the request sets no max_tokens: under a budget tiersel needs an output cap to bound"
+            " its cost (set max_tokens, or Selector(unbounded_output='cap') to have tiersel set"
+            f" {call.max_output_tokens})"
+        )
+    return call.max_output_tokens
 
 
 def _only_budget(exc: NoFeasibleTier, *, cooldowns_too_long: bool = False) -> bool:
@@ -569,6 +604,7 @@ def _failed(prog: _Progress, call_id: str, start: float, detail: str) -> CallRes
         call_id,
         detail,
         started_at=start,
+        max_tokens_set=prog.cap,
     )
 
 

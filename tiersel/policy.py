@@ -149,6 +149,9 @@ class CheapestFeasible:
 
         uncached = call.input_tokens - call.cached_input_tokens
         cached = call.cached_input_tokens
+        # The worst case counts the prompt at its bound (what the provider can bill at most).
+        bound = call.max_input_tokens
+        extra_in = bound - call.input_tokens if bound is not None else 0
         out_max = call.max_output_tokens
         out_exp = call.expected_output_tokens
         if out_exp is None:
@@ -168,7 +171,7 @@ class CheapestFeasible:
                 continue
             # cost.tier_cost's arithmetic, inlined: this loop is the decision's hot path.
             base = uncached * price.input_per_token + cached * price.cached_input_per_token
-            worst = base + out_max * price.output_per_token
+            worst = base + extra_in * price.input_per_token + out_max * price.output_per_token
             # Cost first: a tier the call cannot afford is rejected for that, not for a cooldown
             # it would be pointless to wait out.
             if cap is not None and worst > cap:
@@ -394,7 +397,8 @@ class FixedTier:
         if price is None:
             raise NoFeasibleTier(call.model, [Reason(self.tier, Verdict.rejected, "not_offered")])
         base = tier_cost(price, call.input_tokens, call.cached_input_tokens, 0)
-        worst = base + call.max_output_tokens * price.output_per_token
+        bound = tier_cost(price, call.input_tokens_bound, call.cached_input_tokens, 0)
+        worst = bound + call.max_output_tokens * price.output_per_token
         expected = base + call.output_tokens_for_latency * price.output_per_token
         health = signals.get(name)
         latency = 0.0

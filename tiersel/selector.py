@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import itertools
 import json
 import os
+import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -19,7 +19,7 @@ from tiersel.decision import Decision
 from tiersel.dialects import (
     Dialect,
     dialect_for_path,
-    estimate_input_tokens,
+    input_tokens,
     max_output_tokens,
     parse_json,
     strip_hints,
@@ -61,7 +61,7 @@ from tiersel.signals import (
     assess,
 )
 
-__all__ = ["FIREWORKS_BASE_URL", "Selector"]
+__all__ = ["FIREWORKS_BASE_URL", "Selector", "new_call_id"]
 
 FIREWORKS_BASE_URL = "https://api.fireworks.ai/inference/v1"
 
@@ -72,7 +72,15 @@ AsyncTransport = (
     | Callable[[httpx.Request], Awaitable[httpx.Response]]
 )
 
-_ids = itertools.count(1)
+
+def new_call_id() -> str:
+    """A call id no other process, or this one after a restart, will make: 96 random bits.
+
+    A shared ledger keys reservations and settlements by call id, so ids from a per-process
+    counter (``call-1``, ``call-2``, ...) would let two processes overwrite each other's
+    reservations, and a restarted one be charged nothing for ids settled before.
+    """
+    return f"call-{secrets.token_hex(12)}"
 
 
 class Selector:
@@ -90,6 +98,10 @@ class Selector:
       An `AsyncLedger` works with `asend` only.
     - ``transport`` / ``async_transport``: where `send` / `asend` go (an httpx transport or
       client, or a plain function from ``httpx.Request`` to ``httpx.Response``).
+    - ``default_max_output_tokens``: the output cap assumed for a body that states none (4096).
+      Under a budget such a body is sent with that cap as ``max_tokens`` (reported in the
+      ``x-tiersel-max-tokens`` response header), so its reservation bounds what it can cost;
+      ``unbounded_output="refuse"`` refuses it instead (`RequestNotUnderstood`).
     - ``api_key``: sent as a bearer token when a request has no ``Authorization`` header
       (defaults to ``$FIREWORKS_API_KEY``); never logged, shown or stored elsewhere.
 
@@ -119,6 +131,7 @@ class Selector:
         backoff_s: float = 0.2,
         default_max_output_tokens: int = 4096,
         bytes_per_token: float = 3.0,
+        unbounded_output: str = "cap",
         on_attempt: Callable[[AttemptRecord], None] | None = None,
         api_key: str | None = None,
     ) -> None:
@@ -126,6 +139,10 @@ class Selector:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if backoff_s < 0:
             raise ValueError(f"backoff_s must be >= 0, got {backoff_s}")
+        if unbounded_output not in ("cap", "refuse"):
+            raise ValueError(
+                f"unbounded_output must be 'cap' or 'refuse', got {unbounded_output!r}"
+            )
         if default_max_output_tokens < 1:
             raise ValueError(
                 f"default_max_output_tokens must be >= 1, got {default_max_output_tokens}"
@@ -147,6 +164,7 @@ class Selector:
         self.backoff_s = backoff_s
         self.default_max_output_tokens = default_max_output_tokens
         self.bytes_per_token = bytes_per_token
+        self.unbounded_output = unbounded_output
         self.on_attempt = on_attempt
         self._api_key = _Secret(
             api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
@@ -249,7 +267,7 @@ class Selector:
             raise RequestNotUnderstood("the body has no 'model' string")
         prices, implied = self.pricing.resolve(model)
         out = max_output_tokens(body, dialect) or self.default_max_output_tokens
-        tokens = estimate_input_tokens(body, bytes_per_token=self.bytes_per_token)
+        tokens, bound = input_tokens(body, bytes_per_token=self.bytes_per_token)
         # Every field was checked above (the cap by max_output_tokens, the model by the table):
         # skip validating them again on the hot path.
         call = Call.model_construct(
@@ -259,6 +277,7 @@ class Selector:
             max_output_tokens=out,
             expected_output_tokens=None,
             endpoint=self.endpoint,
+            max_input_tokens=bound,
         )
         return call, implied
 
@@ -281,7 +300,7 @@ class Selector:
         req = requirements if requirements is not None else self.requirements
         if implied is not None and req.tiers is None:
             req = req.model_copy(update={"tiers": (implied,)})
-        cid = call_id or f"call-{next(_ids)}"
+        cid = call_id or new_call_id()
         return call_flow(self, body, dialect, call, req, cid, max_wait), dialect, cid
 
     def _headers(

@@ -33,7 +33,7 @@ from tiersel.batch import arun_batch
 from tiersel.batch.journal import DoneLines, JobWriter, Resumed, _replay
 from tiersel.batch.ledger import CURRENT_LINE, JournaledLedger, LineAccount
 from tiersel.clock import FakeClock
-from tiersel.dialects import estimate_input_tokens
+from tiersel.dialects import input_token_bound
 from tiersel.pricing import load_pricing
 
 from .conftest import CappedLedger, batch_line, read_rows, write_jsonl
@@ -263,7 +263,7 @@ def scripted_provider(
         on_call()
         for _ in range(yields):
             await asyncio.sleep(0)
-        bound = estimate_input_tokens(sent, bytes_per_token=1.0)
+        bound = input_token_bound(sent)
         if kind == "timeout":
             raise httpx.ReadTimeout("scripted", request=request)
         if kind == "read_error":

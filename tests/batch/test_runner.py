@@ -12,10 +12,9 @@ import httpx
 import pytest
 
 from tiersel.batch import JobLocked, JournalError, Status, arun_batch, run_batch
-from tiersel.batch.runner import TEMPLATE_ALLOWANCE_TOKENS
 from tiersel.clock import FakeClock
 from tiersel.cost import tier_cost
-from tiersel.dialects import estimate_input_tokens
+from tiersel.dialects import input_token_bound
 from tiersel.policy import CheapestFeasible
 from tiersel.pricing import load_pricing
 
@@ -36,8 +35,7 @@ KIMI = PRICING.model("kimi-k2p6")
 
 def worst(doc: dict[str, Any], tier: str) -> float:
     """A line's reservation on ``tier``: input at its bound, all of max_tokens."""
-    bound = estimate_input_tokens(doc, bytes_per_token=1.0) + TEMPLATE_ALLOWANCE_TOKENS
-    return tier_cost(KIMI.tiers[tier], bound, 0, doc["max_tokens"])
+    return tier_cost(KIMI.tiers[tier], input_token_bound(doc), 0, doc["max_tokens"])
 
 
 def job(
@@ -126,10 +124,8 @@ def test_pacing_keeps_money_for_the_lines_to_come(tmp_path: Path) -> None:
         where.mkdir()
         ledger = CappedLedger(budget)
         # Every call billed its full reservation: the prompt at its bound, all of max_tokens.
-        bound = estimate_input_tokens(urgent[0]["body"], bytes_per_token=1.0)
-        transport = httpx.MockTransport(
-            lambda r: ok_response(r, prompt_tokens=bound + TEMPLATE_ALLOWANCE_TOKENS)
-        )
+        bound = input_token_bound(urgent[0]["body"])
+        transport = httpx.MockTransport(lambda r: ok_response(r, prompt_tokens=bound))
         out = job(
             where,
             urgent + relaxed,

@@ -4,9 +4,10 @@
 shell. Each valid line goes through `Selector.asend`, the core's one dispatch flow, with the job's
 `JournaledLedger` as the selector's ledger and `DurableTransport` in front of the real transport:
 
-- the cap: each attempt reserves its worst case before it is sent, input counted at one token a
-  byte plus framing (an upper bound; `tiersel.dialects.estimate_input_tokens`) and a chat-template
-  allowance, ``max_tokens`` at the output price, and settles to its real usage after; a line
+- the cap: each attempt reserves its worst case before it is sent, the prompt at its bound (one
+  token a byte of the messages, an allowance per image and for the chat template:
+  `tiersel.dialects.input_token_bound`), ``max_tokens`` at the output price, and settles to its
+  real usage after; a line
   whose call no allowed tier can cover waits while money held by calls in flight may come free,
   and is recorded ``budget_exhausted`` when none can;
 - pacing: the policy (`CheapestFeasible` with ``pacing=1`` by default) sees how many calls are
@@ -51,13 +52,6 @@ from tiersel.virtual_time import run_virtual
 __all__ = ["DEFAULT_CONCURRENCY", "arun_batch", "run_batch"]
 
 DEFAULT_CONCURRENCY = 64
-INPUT_BYTES_PER_TOKEN = 1.0
-"""No token is shorter than a byte, so counting one token a byte bounds a prompt from above."""
-TEMPLATE_ALLOWANCE_TOKENS = 128
-"""Prompt tokens in no message: what a chat template adds (role markers, a default system prompt,
-tool-use instructions), on top of the per-message framing the selector counts. A short prompt
-would otherwise be billed past its bound."""
-
 _BACKLOG_BYTES = 1 << 20
 
 
@@ -296,7 +290,6 @@ class _Runner:
             async_transport=transport,
             base_url=base_url,
             max_attempts=max_attempts,
-            bytes_per_token=INPUT_BYTES_PER_TOKEN,
             api_key=api_key,
         )
         self.parser = LineParser(pricing, requirements, default_max_tokens)
@@ -464,12 +457,13 @@ class _Runner:
 
 
 class _BoundingSelector(Selector):
-    """A selector whose calls count their prompt at an upper bound, so reservations bound costs."""
+    """Plans each line's prompt at its bound, not only reserves it: pacing then keeps for the
+    lines to come what they may be billed at most, so a job whose prompts tokenize densely still
+    reaches its last line."""
 
     def call_for(self, body: Mapping[str, Any], dialect: Dialect) -> tuple[Call, str | None]:
         call, implied = super().call_for(body, dialect)
-        bound = call.input_tokens + TEMPLATE_ALLOWANCE_TOKENS
-        return call.model_copy(update={"input_tokens": bound}), implied
+        return call.model_copy(update={"input_tokens": call.input_tokens_bound}), implied
 
 
 def _need(reasons: tuple[Reason, ...]) -> float:

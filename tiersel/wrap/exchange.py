@@ -257,6 +257,7 @@ class Exchange:
             decisions=result.decisions,
             cost_usd=result.cost_usd,
             basis=basis,
+            max_tokens_set=result.max_tokens_set,
         )
         if answer is None or answer.content is None:
             response = self._stand_in(route, result, extra)
@@ -372,6 +373,7 @@ class Exchange:
             # The real cost is known only when the stream ends (see the on_call record).
             cost_usd=decision.plan[0].expected_cost_usd,
             basis=CostBasis.estimate,
+            max_tokens_set=result.max_tokens_set,
         )
         return route.flavour.response(
             upstream.status_code,

@@ -74,10 +74,12 @@ def response_headers(
     decisions: tuple[Decision, ...],
     cost_usd: float,
     basis: CostBasis,
+    max_tokens_set: int | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The ``x-tiersel-*`` headers added to the response handed back to the caller:
     ``-tier``, ``-model``, ``-attempts``, ``-tried`` (each attempt's tier), ``-cost-usd`` and
-    ``-cost-basis`` (how the cost is known, a `CostBasis`), ``-call-id``."""
+    ``-cost-basis`` (how the cost is known, a `CostBasis`), ``-call-id``; and ``-max-tokens``
+    when tiersel capped the output of a request that set no cap (under a budget)."""
     if len(decisions) == 1:
         tried = str(decisions[0].tier)
     else:
@@ -93,4 +95,6 @@ def response_headers(
         out.append((b"x-tiersel-tier", str(tier).encode()))
     if model_id is not None:
         out.append((b"x-tiersel-model", model_id.encode()))
+    if max_tokens_set is not None:
+        out.append((b"x-tiersel-max-tokens", str(max_tokens_set).encode()))
     return out
