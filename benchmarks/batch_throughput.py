@@ -3,21 +3,25 @@
     python benchmarks/batch_throughput.py [--lines 20000] [--memory 20000,200000]
                                           [--concurrency 64] [--scenario calm]
 
-Runs ``tiersel.batch.arun_batch`` on a generated input against the in-process simulator on a
-virtual clock (`tiersel.sim.AsyncSimTransport` on a `FakeClock`, the job run by
-`tiersel.virtual_time.run_virtual`: simulated latency passes at once, and concurrent calls
-overlap in virtual time as they would in real time), so the figures are the runner's own cost
-plus the simulator's. Each job runs in a fresh subprocess; each prints:
+Runs ``tiersel.batch.arun_batch`` on a generated input against the in-process simulator
+(`tiersel.sim.AsyncSimTransport`), each job in a fresh subprocess, on the virtual-time loop
+(`tiersel.virtual_time.run_virtual` over a `FakeClock`). Every job goes through the whole path:
+reading and validating lines, the policy, the ledger and its journal (fsynced), the transport,
+the simulator, and one row per line in OUT. It prints:
 
-- calls/s: lines through the runner per wall-clock second (target on the project's 2-core
-  machine: >= 1,000), and per CPU second of the process (the same figure with the other load on
-  a shared machine taken out); measured as ``tiersel batch`` runs (``gc.freeze()`` once the
-  modules and the price table are loaded) and as a plain library call (the collector untouched);
+- the runner's throughput: lines per wall-clock second with the simulator answering at once
+  (``wait=False``: no simulated latency, so the figure is the runner's own cost plus the
+  simulator's; target on the project's 2-core machine: >= 1,000), and per CPU second of the
+  process (the same figure with the other load on a shared machine taken out); measured as
+  ``tiersel batch`` runs (``gc.freeze()`` once the modules and the price table are loaded) and as
+  a plain library call (the collector untouched);
+- the same job with the simulated latency, on virtual time: calls in flight overlap as they would
+  in real time, and the virtual seconds the job spans are printed beside its wall time. Here each
+  line's reservation must reach the disk before the line is sent, and virtual time stands still
+  while a write is under way (it takes no simulated time), so the wall time is bounded by one
+  journal fsync per instant at which lines start;
 - peak memory (``ru_maxrss``) and the baseline after imports, for each input size in
   ``--memory`` (target: the peak does not grow with the input).
-
-Every job goes through the whole path: reading and validating lines, the policy, the ledger and
-its journal (fsynced), the transport, the simulator, and one row per line in OUT.
 """
 
 from __future__ import annotations
@@ -60,7 +64,9 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
-def worker(src: Path, out: Path, concurrency: int, scenario: str, freeze: bool) -> dict[str, float]:
+def worker(
+    src: Path, out: Path, concurrency: int, scenario: str, freeze: bool, wait: bool
+) -> dict[str, float]:
     """One job in this process; returns its figures."""
     from tiersel import FakeClock, load_pricing
     from tiersel.batch import arun_batch
@@ -69,7 +75,7 @@ def worker(src: Path, out: Path, concurrency: int, scenario: str, freeze: bool) 
 
     pricing = load_pricing()
     clock = FakeClock()
-    transport = AsyncSimTransport(scenario=scenario, clock=clock, pricing=pricing)
+    transport = AsyncSimTransport(scenario=scenario, clock=clock, pricing=pricing, wait=wait)
     if freeze:
         gc.freeze()  # as tiersel batch does
     baseline = rss_mb()
@@ -104,12 +110,19 @@ def worker(src: Path, out: Path, concurrency: int, scenario: str, freeze: bool) 
 
 
 def run_job(
-    lines: int, concurrency: int, scenario: str, where: Path, *, freeze: bool = True
+    lines: int,
+    concurrency: int,
+    scenario: str,
+    where: Path,
+    *,
+    freeze: bool = True,
+    wait: bool = False,
 ) -> dict[str, float]:
     src = where / f"in-{lines}.jsonl"
     out = where / f"out-{lines}.jsonl"
     write_input(src, lines)
-    argv = [__file__, "--worker", str(src), str(out), str(concurrency), scenario, str(freeze)]
+    argv = [__file__, "--worker", str(src), str(out), str(concurrency), scenario]
+    argv += [str(freeze), str(wait)]
     done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=True)
     for path in (src, out, Path(f"{out}.journal"), Path(f"{out}.lock")):
         path.unlink(missing_ok=True)
@@ -119,8 +132,10 @@ def run_job(
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        src, out, concurrency, scenario, freeze = sys.argv[2:7]
-        figures = worker(Path(src), Path(out), int(concurrency), scenario, freeze == "True")
+        src, out, concurrency, scenario, freeze, wait = sys.argv[2:8]
+        figures = worker(
+            Path(src), Path(out), int(concurrency), scenario, freeze == "True", wait == "True"
+        )
         print(json.dumps(figures))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -135,17 +150,23 @@ def main() -> None:
         where = Path(d)
         jobs = {args.lines: run_job(args.lines, args.concurrency, args.scenario, where)}
         plain = run_job(args.lines, args.concurrency, args.scenario, where, freeze=False)
+        timed = run_job(args.lines, args.concurrency, args.scenario, where, wait=True)
         for n in sizes:
             if n not in jobs:
                 jobs[n] = run_job(n, args.concurrency, args.scenario, where)
     print(f"throughput, {args.lines:,} lines, concurrency {args.concurrency}, {args.scenario}:")
+    print("  the runner (the simulator answering at once):")
     for label, t in (("as tiersel batch runs", jobs[args.lines]), ("library, gc as is", plain)):
         print(
-            f"  {label:<22} {t['calls_per_s']:>6,.0f} calls/s ({t['wall_s']:.1f} s wall,"
-            f" {t['virtual_s']:,.0f} s of virtual time),"
+            f"    {label:<22} {t['calls_per_s']:>6,.0f} calls/s ({t['wall_s']:.1f} s wall),"
             f" {t['calls_per_cpu_s']:>6,.0f} calls per CPU second ({t['cpu_s']:.1f} s CPU)"
             "  [target >= 1,000 calls/s]"
         )
+    print(
+        f"  with the simulated latency, on virtual time: {timed['calls_per_s']:,.0f} calls/s"
+        f" ({timed['wall_s']:.1f} s wall for {timed['virtual_s']:,.0f} s of virtual time),"
+        f" {timed['calls_per_cpu_s']:,.0f} calls per CPU second ({timed['cpu_s']:.1f} s CPU)"
+    )
     print("memory (peak RSS of the job's process; baseline: after imports, before the job):")
     for n in sizes:
         m = jobs[n]

@@ -112,6 +112,7 @@ class MemoryLedger:
         self.reservation_ttl_s = reservation_ttl_s
         self.on_expiry = OnExpiry(on_expiry)
         self._spent = float(spent_usd)
+        self._overrun = 0.0
         self._held: dict[str, Reservation] = {}
         self._reserved = 0.0
         # Ids already settled, so a repeated settle charges nothing; bounded, oldest dropped first.
@@ -131,7 +132,10 @@ class MemoryLedger:
 
     def _state(self) -> BudgetState:
         return BudgetState(
-            limit_usd=self.limit_usd, spent_usd=self._spent, reserved_usd=max(0.0, self._reserved)
+            limit_usd=self.limit_usd,
+            spent_usd=self._spent,
+            reserved_usd=max(0.0, self._reserved),
+            overrun_usd=self._overrun,
         )
 
     def state(self, now: float) -> BudgetState:
@@ -167,6 +171,8 @@ class MemoryLedger:
             if call_id in self._settled:
                 # Charged already; a reservation made again under its id is only dropped.
                 return self._state()
+            if held is not None and actual_usd > held.amount_usd:
+                self._overrun += actual_usd - held.amount_usd
             self._spent += actual_usd
             self._settled[call_id] = True
             return self._state()

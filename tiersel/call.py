@@ -120,16 +120,19 @@ class BudgetState:
     """A budget as the policy sees it at one instant.
 
     ``remaining_calls`` (when known, as in a batch) lets a pacing policy keep money for the calls
-    still to come.
+    still to come. ``overrun_usd``: what calls were charged beyond what they had reserved (a
+    provider billing past the bound); it is in ``spent_usd`` too, and while spent passes the
+    limit no reservation is granted.
     """
 
     limit_usd: float
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
     remaining_calls: int | None = None
+    overrun_usd: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("limit_usd", "spent_usd", "reserved_usd"):
+        for name in ("limit_usd", "spent_usd", "reserved_usd", "overrun_usd"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"BudgetState.{name} must be a finite number >= 0, got {value!r}")

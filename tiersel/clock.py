@@ -72,13 +72,15 @@ class FakeClock:
         """On a `tiersel.virtual_time.VirtualTimeLoop` driven by this clock, wait ``seconds`` of
         virtual time (concurrent waits overlap; the loop moves the clock). Anywhere else, advance
         the clock at once: simple for one task, but concurrent sleeps then add up."""
+        if seconds <= 0:
+            return  # nothing to wait for: no yield to the loop either
         import asyncio
 
         loop = asyncio.get_running_loop()
         if getattr(loop, "clock", None) is self:
             await asyncio.sleep(seconds)
         else:
-            self.advance(max(0.0, seconds))
+            self.advance(seconds)
 
     def __repr__(self) -> str:
         return f"FakeClock(now={self._now})"

@@ -18,7 +18,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from tiersel.decision import Step
-from tiersel.errors import RequestNotUnderstood
+from tiersel.errors import RequestNotUnderstood, shown
 from tiersel.signals import Outcome
 
 __all__ = [
@@ -84,7 +84,7 @@ def max_output_tokens(body: Mapping[str, Any], dialect: Dialect) -> int | None:
         value = body.get(name)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise RequestNotUnderstood(f"{name} must be a positive integer, got {value!r}")
+                raise RequestNotUnderstood(f"{name} must be a positive integer, got {shown(value)}")
             return check_token_count(name, value)
     return None
 
@@ -159,8 +159,8 @@ def _measure(root: Any) -> tuple[int, int, int]:
             bound += 2
             for k, v in value.items():
                 bound += (_utf8_len(k) if isinstance(k, str) else len(str(k))) + 4
-                if k in _UNCOUNTED_KEYS and isinstance(v, str):
-                    bound += _utf8_len(v) + 2
+                if k in _UNCOUNTED_KEYS:  # a role or a part's type: rendered, but not text
+                    bound += _utf8_len(v) + 2 if isinstance(v, str) else _json_bytes(v)
                 else:
                     push(v)
         elif isinstance(value, (list, tuple)):
@@ -188,6 +188,27 @@ def _json_bytes(value: Any) -> int:
     return _utf8_len(text)
 
 
+def _text_bytes(root: Any) -> int:
+    """UTF-8 bytes of the string values in ``root``, but roles and part types (`_measure`'s
+    ``text`` alone, for the estimate: a lighter walk, as deep as it likes)."""
+    size = 0
+    stack = [root]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        value = pop()
+        if isinstance(value, str):
+            size += _utf8_len(value)
+        elif isinstance(value, dict):
+            if value.get("type") in _IMAGE_TYPES:
+                continue
+            extend(v for k, v in value.items() if k not in _UNCOUNTED_KEYS)
+        elif isinstance(value, list):
+            extend(value)
+        elif isinstance(value, (Mapping, tuple)):
+            extend(value.values() if isinstance(value, Mapping) else value)
+    return size
+
+
 def estimate_input_tokens(body: Mapping[str, Any], *, bytes_per_token: float = 3.0) -> int:
     """Estimate a body's prompt tokens from the size of its text, without a tokenizer.
 
@@ -197,7 +218,16 @@ def estimate_input_tokens(body: Mapping[str, Any], *, bytes_per_token: float = 3
     keys and type names into the prompt, not only their text. For a bound the provider cannot
     bill past, see `input_token_bound`.
     """
-    return input_tokens(body, bytes_per_token=bytes_per_token)[0]
+    if not bytes_per_token > 0:
+        raise ValueError(f"bytes_per_token must be > 0, got {bytes_per_token!r}")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise RequestNotUnderstood("the body has no 'messages' list")
+    size = _text_bytes(messages) + _text_bytes(body.get("system"))
+    tools = body.get("tools")
+    if tools:
+        size += _json_bytes(tools)
+    return math.ceil(size / bytes_per_token) + 8 * (len(messages) + 1)
 
 
 def input_token_bound(body: Mapping[str, Any]) -> int:
@@ -248,7 +278,7 @@ def apply_step(body: Mapping[str, Any], step: Step) -> dict[str, Any]:
         out[key] = value
     if "service_tier" in out and "/routers/" in str(out["model"]):
         raise RequestNotUnderstood(
-            f"refusing to send router model {out['model']!r} with a service_tier"
+            f"refusing to send router model {shown(out['model'])} with a service_tier"
         )
     return out
 
@@ -446,5 +476,5 @@ def parse_json(content: bytes) -> Any:
         return None
     try:
         return json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         return None

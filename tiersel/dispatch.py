@@ -88,6 +88,8 @@ class CallResult:
     started_at: float = 0.0
     max_tokens_set: int | None = None
     """The output cap tiersel put in a body that stated none (under a budget), else None."""
+    budget_stopped: bool = False
+    """The budget could not cover a retry, so the call stopped after a failed attempt."""
 
     @property
     def decision(self) -> Decision | None:
@@ -267,7 +269,8 @@ def call_flow(
             if held is None:
                 if prog.attempts == 0:
                     raise BudgetExhausted(call.model, decision.reasons)
-                return _failed(prog, call_id, start, "budget exhausted before a retry")
+                stopped = _failed(prog, call_id, start, "budget exhausted before a retry")
+                return replace(stopped, budget_stopped=True)
         prog.decisions.append(decision)
         send_body = apply_step(body, step)
         if cap is not None:

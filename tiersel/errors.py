@@ -9,6 +9,13 @@ if TYPE_CHECKING:
     from tiersel.decision import Reason
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters: a value a client
+    sent may be megabytes long, and the message may be sent back to it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}...{text[-8:]} ({len(text)} chars)"
+
+
 class TierselError(Exception):
     """Base class of every error tiersel raises."""
 
@@ -33,7 +40,12 @@ class UnknownModel(TierselError, KeyError):
         super().__init__(model)
 
     def __str__(self) -> str:
-        return f"unknown model {self.model!r}: not in the price table {self.table}"
+        # The table by file name only: this message may reach a remote client (a refusal's
+        # body), which has no business knowing where the server keeps its files.
+        names = "+".join(
+            part.replace("\\", "/").rsplit("/", 1)[-1] for part in self.table.split("+")
+        )
+        return f"unknown model {shown(self.model)}: not in the price table {names}"
 
 
 class NoFeasibleTier(TierselError):

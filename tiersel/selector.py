@@ -46,7 +46,7 @@ from tiersel.dispatch import (
     run,
     stream_flow,
 )
-from tiersel.errors import RequestNotUnderstood, TierselError
+from tiersel.errors import RequestNotUnderstood, TierselError, shown
 from tiersel.policy import CheapestFeasible, Policy
 from tiersel.pricing import Pricing, load_pricing
 from tiersel.signals import (
@@ -295,7 +295,7 @@ class Selector:
         if dialect is None:
             dialect = dialect_for_path(path)
         if dialect is None:
-            raise RequestNotUnderstood(f"{path!r} is not a chat-completions or messages path")
+            raise RequestNotUnderstood(f"{shown(path)} is not a chat-completions or messages path")
         call, implied = self.call_for(body, dialect)
         req = requirements if requirements is not None else self.requirements
         if implied is not None and req.tiers is None:
@@ -593,6 +593,11 @@ class _Secret:
         return "_Secret('***')" if self._value else "_Secret(None)"
 
     __str__ = __repr__
+
+    def __reduce__(self) -> tuple[type[_Secret], tuple[None]]:
+        # Never written out: a pickled (or deep-copied) Selector comes back without its key, so
+        # its requests go with their own credentials only (give it api_key= again).
+        return (_Secret, (None,))
 
 
 _ASYNC_METHODS: dict[tuple[type, str], bool] = {}

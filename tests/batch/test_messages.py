@@ -95,3 +95,19 @@ def test_the_summary_names_the_first_invalid_lines(
     assert f"invalid line {INVALID_SHOWN + 2}:" not in text
     assert f"and 3 invalid lines more: their rows in {out} say why" in text
     assert {r["status"] for r in read_rows(out) if r["line"] == 2} == {"ok"}
+
+
+def test_a_line_nested_past_what_json_reads_is_invalid_and_the_job_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deep = b'{"custom_id": "deep", "body": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    src = write_jsonl(tmp_path / "in.jsonl", [deep, batch_line("ok", body(0))])
+    out = tmp_path / "o.jsonl"
+    assert batch(str(src), "--out", str(out)) == 1
+    rows = {r["line"]: r for r in read_rows(out)}
+    assert rows[1]["status"] == "invalid"
+    assert rows[1]["error"]["message"] == "line 1: invalid JSON: nested too deeply to read"
+    assert rows[2]["status"] == "ok"
+    assert "Traceback" not in capsys.readouterr().err
+    # A resume reads the same OUT back without tripping on the line either.
+    assert batch(str(src), "--out", str(out), "--resume") == 1

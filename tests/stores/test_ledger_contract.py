@@ -56,6 +56,22 @@ def test_a_settled_call_is_never_charged_twice_across_processes(backend: Backend
     assert first.state(now()) == state
 
 
+def test_a_charge_past_its_reservation_is_recorded_and_stops_new_reservations(
+    backend: Backend,
+) -> None:
+    ledger = backend.ledger(1.0)
+    ledger.reserve("a", 0.6, now())
+    ledger.reserve("b", 0.3, now())
+    # The provider billed "a" past its bound: the excess is charged and recorded as overrun.
+    after = ledger.settle("a", 0.9, now())
+    assert (after.spent_usd, after.overrun_usd) == (approx(0.9), approx(0.3))
+    after = ledger.settle("b", 0.3, now())
+    assert (after.spent_usd, after.overrun_usd) == (approx(1.2), approx(0.3))
+    # Spent is past the cap: nothing more is granted, however small.
+    assert ledger.reserve("c", 1e-9, now()) is None
+    assert ledger.state(now()).overrun_usd == approx(0.3)
+
+
 def test_release_drops_without_charging_and_unknown_ids_are_harmless(backend: Backend) -> None:
     ledger = backend.ledger(2.0)
     ledger.reserve("a", 1.5, now())

@@ -352,3 +352,42 @@ def test_a_database_the_server_does_not_have_is_one_line_and_exit_2(
         " (DB index is out of range)\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+# -- wrapper processes sharing one budget ----------------------------------------------------------
+
+
+def test_four_wrapper_processes_and_a_restarted_one_share_one_budget(
+    redis_url: str, prefix: str
+) -> None:
+    """One process sends, stops, and starts again (a restart: it once reused the call ids its
+    first run had settled, and was charged nothing); then four processes at once, each sending
+    openai SDK calls through `AsyncTierTransport` on one Redis budget, until it runs out. The
+    provider's bill stays within the cap and equals what the ledger charged: no process settled,
+    released or overwrote another's reservation."""
+    budget = 0.10
+    store = f"{redis_url}?prefix={prefix}"
+    with serve_in_subprocess("calm", time_scale=0.01) as sim:
+
+        def worker(n: int) -> dict[str, Any]:
+            return run_worker("budget_worker.py", sim.openai_base_url, store, str(budget), str(n))
+
+        first = worker(4)
+        billed_first = sim.stats()["billed_usd"]
+        restarted = worker(4)
+        billed_restarted = sim.stats()["billed_usd"]
+        crowd: list[dict[str, Any]] = []
+        threads = [threading.Thread(target=lambda: crowd.append(worker(40))) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        billed = sim.stats()["billed_usd"]
+    state = open_ledger(store, limit_usd=budget, name="shared").state(time.monotonic())
+    assert first == restarted == {"served": 4}
+    assert billed_restarted > billed_first > 0  # the restarted process's calls were charged
+    assert len(crowd) == 4 and sum(r.get("served", 0) for r in crowd) > 0
+    assert sum(r.get("refused", 0) for r in crowd) > 0  # the budget ran out
+    assert billed <= budget + 1e-9
+    assert state.spent_usd == pytest.approx(billed, abs=1e-9)
+    assert state.reserved_usd == 0

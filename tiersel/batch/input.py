@@ -141,6 +141,8 @@ class LineParser:
             return InvalidLine(line, str(line), "not UTF-8 text")
         except json.JSONDecodeError as exc:
             return InvalidLine(line, str(line), _json_problem(exc, text))
+        except RecursionError:
+            return InvalidLine(line, str(line), "invalid JSON: nested too deeply to read")
         except ValueError:
             # The only other refusal of json.loads: an integer longer than Python converts.
             limit = sys.get_int_max_str_digits()

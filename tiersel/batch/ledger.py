@@ -136,7 +136,7 @@ class JournaledLedger:
         remaining = state.remaining_calls
         if self._remaining_calls is not None:
             remaining = max(0, self._remaining_calls())
-        return BudgetState(state.limit_usd, state.spent_usd, reserved, remaining)
+        return BudgetState(state.limit_usd, state.spent_usd, reserved, remaining, state.overrun_usd)
 
     def reserve(
         self, call_id: str, amount_usd: float, now: float, ttl_s: float | None = None

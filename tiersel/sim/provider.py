@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tiersel.cost import tier_cost
 from tiersel.dialects import Dialect
 from tiersel.errors import UnknownModel
 from tiersel.pricing import ModelPrices, Pricing, load_pricing
@@ -197,8 +198,20 @@ class Provider:
                 priority_with_router=result.priority_with_router,
                 downgraded=result.downgraded,
                 streamed=request.stream,
+                billed_usd=self._bill(result),
             )
             return result
+
+    def _bill(self, result: SimResult) -> float:
+        """What the provider bills for ``result``: a served request's tokens at its tier's price."""
+        if result.kind is not ResultKind.served or result.model is None or result.tier is None:
+            return 0.0
+        price = self.pricing.model(result.model).tiers.get(result.tier)
+        if price is None:
+            return 0.0
+        return tier_cost(
+            price, result.prompt_tokens, result.cached_tokens, result.completion_tokens
+        )
 
     def preview(self, request: SimRequest, now: float, *, key: str | None = None) -> SimResult:
         """What `admit` would answer now, without changing any state (for an oracle)."""

@@ -21,6 +21,7 @@ class SimStats:
         "_by_model",
         "_by_status",
         "_by_tier",
+        "billed_usd",
         "hinted",
         "priority_downgraded",
         "priority_with_router",
@@ -34,6 +35,7 @@ class SimStats:
         self.priority_with_router = 0
         self.priority_downgraded = 0
         self.streamed = 0
+        self.billed_usd = 0.0
         self._by_status: Counter[int] = Counter()
         self._by_tier: dict[str, Counter[int]] = {}
         self._by_model: dict[str, Counter[int]] = {}
@@ -48,9 +50,11 @@ class SimStats:
         priority_with_router: bool = False,
         downgraded: bool = False,
         streamed: bool = False,
+        billed_usd: float = 0.0,
     ) -> None:
         """Count one request. ``tier`` is the tier that served or refused it (None: unparsed)."""
         self.requests += 1
+        self.billed_usd += billed_usd
         self.hinted += hinted
         self.priority_with_router += priority_with_router
         self.priority_downgraded += downgraded
@@ -78,4 +82,5 @@ class SimStats:
             "priority_with_router": self.priority_with_router,
             "priority_downgraded": self.priority_downgraded,
             "streamed": self.streamed,
+            "billed_usd": round(self.billed_usd, 10),
         }

@@ -12,8 +12,9 @@ nothing really waits, yet anything reading the same clock (a `Selector` given th
 `FakeClock`) measures the simulated latencies. With ``wait=False`` nothing waits at all and the
 latencies are only reported, in the ``x-sim-ttft-s`` and ``x-sim-duration-s`` response headers.
 
-On a `FakeClock` concurrent calls do not overlap: each one's wait advances the shared clock. To
-simulate many calls in flight at once on virtual time, drive `tiersel.sim.Provider` directly.
+Concurrent calls on a `FakeClock` overlap in virtual time as they would in real time when the
+code runs on `tiersel.virtual_time.run_virtual` (``run_batch`` and ``tiersel batch --sim`` do);
+on any other event loop each call's wait advances the shared clock in turn, so waits add up.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def parse_request(dialect: Dialect, content: bytes, headers: Mapping[str, str]) 
     """The `SimRequest` a generation body describes. Raises `BadRequest` saying what is wrong."""
     try:
         body = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")

@@ -98,7 +98,7 @@ class _LedgerCore:
 
     def decode(self, reply: bytes) -> BudgetState | None:
         """The state a script returned; None when a reservation did not fit."""
-        ok, limit, spent, reserved = (int(v) for v in reply.split())
+        ok, limit, spent, reserved, overrun = (int(v) for v in reply.split())
         if ok < 0:
             raise BudgetConflict(
                 self.name, self.url, limit / NANOS_PER_USD, self.limit_nanos / NANOS_PER_USD
@@ -107,6 +107,7 @@ class _LedgerCore:
             limit_usd=limit / NANOS_PER_USD,
             spent_usd=spent / NANOS_PER_USD,
             reserved_usd=max(0, reserved) / NANOS_PER_USD,
+            overrun_usd=max(0, overrun) / NANOS_PER_USD,
         )
         return self.last if ok else None
 

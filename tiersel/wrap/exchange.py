@@ -22,7 +22,13 @@ from tiersel.dialects import (
     parse_json,
 )
 from tiersel.dispatch import CallResult, Reply, Send, StreamEnd
-from tiersel.errors import BudgetExhausted, NoFeasibleTier, RequestNotUnderstood, TierselError
+from tiersel.errors import (
+    BudgetExhausted,
+    NoFeasibleTier,
+    RequestNotUnderstood,
+    TierselError,
+    shown,
+)
 from tiersel.selector import Selector
 from tiersel.wrap.context import current_scope
 from tiersel.wrap.flavours import BytesStream, Flavour, TimeoutErrors, as_flavour
@@ -120,7 +126,7 @@ class Exchange:
     def refuse_passthrough(self, request: Any, flavour: Flavour) -> Any:
         """None for a request to pass through (not routed); for one that must not go upstream,
         its refusal response, or the refusal raised (see `REFUSALS`)."""
-        refused = _passthrough_refusal(request)
+        refused = _passthrough_refusal(request, budgeted=self.selector.ledger_enabled)
         if refused is None:
             return None
         return self.refuse(request, flavour, Dialect.openai, refused)
@@ -203,7 +209,7 @@ class Exchange:
             ):
                 return route.request
         else:
-            content = json.dumps(effect.body, separators=(",", ":"), ensure_ascii=False).encode()
+            content = _dump(effect.body)
         length = str(len(content))
         if to is route.flavour:
             url = route.url
@@ -259,7 +265,7 @@ class Exchange:
             basis=basis,
             max_tokens_set=result.max_tokens_set,
         )
-        if answer is None or answer.content is None:
+        if answer is None or answer.content is None or result.budget_stopped:
             response = self._stand_in(route, result, extra)
         else:
             content = answer.content
@@ -309,10 +315,19 @@ class Exchange:
         return flavour.response(status, headers=headers, stream=BytesStream(content))
 
     def _stand_in(self, route: Route, result: CallResult, extra: list[tuple[bytes, bytes]]) -> Any:
-        """An error response for a call that got no HTTP response at all."""
+        """An error response for a call tiersel ended without an answer to hand back: none came,
+        no tier could be tried, or the budget could not cover a retry. Its status is never one a
+        provider sends for overload (503), so a caller cannot take tiersel's refusal for a shed."""
         reply = result.reply
-        if result.attempts == 0:
-            status, kind = 503, "no_tier_available"
+        if result.budget_stopped:
+            last = f"HTTP {reply.status}" if reply is not None and reply.status else "no response"
+            status, kind = 402, "budget_exhausted"
+            message = (
+                f"tiersel: the budget cannot cover another attempt after {result.attempts}"
+                f" failed attempt(s) (the last: {last})"
+            )
+        elif result.attempts == 0:
+            status, kind = 422, "no_tier_available"
             message = f"tiersel: no tier could be tried: {result.detail}"
         elif reply is not None and reply.timed_out:
             status, kind = 504, "upstream_timeout"
@@ -343,7 +358,8 @@ class Exchange:
             input_tokens=lambda: estimate_input_tokens(body, bytes_per_token=sel.bytes_per_token),
         )
 
-        decode = _encoded(upstream)
+        # A body read already is served from memory (decoded, if it was encoded on the wire).
+        decode = _encoded(upstream) or _already_read(upstream)
 
         def errors(exc: Exception) -> Exception:
             return as_flavour(exc, route.flavour)
@@ -480,12 +496,21 @@ class Exchange:
             log.exception("tiersel: the on_call hook raised on call %s", record.call_id)
 
 
-def _passthrough_refusal(request: Any) -> TierselError | None:
-    """Why a request passed through must not go upstream, if it must not: a body in memory
-    asking for ``service_tier`` on a fast router model (a legacy ``/completions`` call, say).
-    tiersel never sends that combination, not even as the caller gave it."""
+def _passthrough_refusal(request: Any, *, budgeted: bool) -> TierselError | None:
+    """Why a request passed through must not go upstream, if it must not:
+
+    - under a budget, any POST tiersel does not route (the Responses API, text completions,
+      embeddings, ...): it cannot reserve or charge what it cannot price, so it fails closed;
+    - a body in memory asking for ``service_tier`` on a fast router model (a legacy
+      ``/completions`` call, say): tiersel never sends that combination, not even as given.
+    """
     if request.method != "POST":
         return None
+    if budgeted:
+        return RequestNotUnderstood(
+            f"POST {request.url.path}: tiersel prices only chat completions and messages, so"
+            " under a budget it does not send a request it can neither reserve nor charge"
+        )
     try:
         content: bytes = request.content
     except Exception:  # a streamed body, not read: tiersel does not buffer it to look
@@ -497,8 +522,8 @@ def _passthrough_refusal(request: Any) -> TierselError | None:
     if isinstance(model, str) and "/routers/" in model and "service_tier" in body:
         return RequestNotUnderstood(
             f"POST {request.url.path}: the body asks for service_tier"
-            f" {body['service_tier']!r} on the fast router model {model!r}; the two do not"
-            " combine, so tiersel does not send it"
+            f" {shown(body['service_tier'])} on the fast router model {shown(model)};"
+            " the two do not combine, so tiersel does not send it"
         )
     return None
 
@@ -562,6 +587,20 @@ class Answer:
     encoded: bool = False
 
 
+def _dump(body: Any) -> bytes:
+    """A body as compact JSON bytes: UTF-8 as it is, or with ``\\u`` escapes when a string holds
+    a lone surrogate (JSON carries it escaped; UTF-8 cannot)."""
+    try:
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _already_read(response: Any) -> bool:
+    """Whether ``response``'s body was read before tiersel saw it (its stream is spent)."""
+    return getattr(response, "is_stream_consumed", False) is True
+
+
 def _encoded(response: Any) -> bool:
     return any(
         k.lower() == b"content-encoding" and v.strip().lower() != b"identity"
@@ -587,9 +626,11 @@ def _scan(raw: list[tuple[bytes, bytes]]) -> tuple[bool, bool, int | None]:
 
 def read_answer(response: Any) -> Answer:
     """The response with its whole body. Unencoded, straight from the stream:
-    ``Response.read()``'s decoding machinery costs tens of microseconds a call."""
-    if _encoded(response):
-        return Answer(response, response.read(), True)
+    ``Response.read()``'s decoding machinery costs tens of microseconds a call. A response an
+    inner transport has read already (a logging wrapper does) is taken as it is: its stream is
+    spent, and reading a spent stream again would wait on a finished connection."""
+    if _encoded(response) or _already_read(response):
+        return Answer(response, response.read(), _encoded(response))
     try:
         return Answer(response, b"".join(response.stream))
     finally:
@@ -598,8 +639,8 @@ def read_answer(response: Any) -> Answer:
 
 async def aread_answer(response: Any) -> Answer:
     """The async twin of `read_answer`."""
-    if _encoded(response):
-        return Answer(response, await response.aread(), True)
+    if _encoded(response) or _already_read(response):
+        return Answer(response, await response.aread(), _encoded(response))
     try:
         return Answer(response, b"".join([chunk async for chunk in response.stream]))
     finally:

@@ -1,5 +1,5 @@
 -- Shared head of every budget script: one budget, its reservations and settled ids.
--- KEYS[1] state hash (limit, spent, reserved; integer nano-USD)
+-- KEYS[1] state hash (limit, spent, reserved, overrun; integer nano-USD)
 -- KEYS[2] held hash (call id -> nano-USD held)
 -- KEYS[3] expiry zset (call id -> expiry, server ms)
 -- KEYS[4] settled zset (call id -> when settled, server ms)
@@ -15,10 +15,12 @@ local stored = redis.call('HGET', state, 'limit')
 if not stored then
   redis.call('HSET', state, 'limit', ARGV[1])
 elseif tonumber(stored) ~= limit then
-  return '-1 ' .. stored .. ' 0 0'
+  return '-1 ' .. stored .. ' 0 0 0'
 end
 local spent = tonumber(redis.call('HGET', state, 'spent') or '0')
 local reserved = tonumber(redis.call('HGET', state, 'reserved') or '0')
+-- Charged past reservations: what providers billed beyond the bounds reserved for them.
+local overrun = tonumber(redis.call('HGET', state, 'overrun') or '0')
 
 local function fmt(x)
   return string.format('%.0f', x)
@@ -47,8 +49,9 @@ for _, id in ipairs(gone) do
   end
 end
 
--- One string, "ok limit spent reserved" (ok: 1 done, 0 did not fit): cheaper to read than an array.
+-- One string, "ok limit spent reserved overrun" (ok: 1 done, 0 did not fit): cheaper to read
+-- than an array.
 local function reply(ok)
-  redis.call('HSET', state, 'spent', fmt(spent), 'reserved', fmt(reserved))
-  return ok .. ' ' .. fmt(limit) .. ' ' .. fmt(spent) .. ' ' .. fmt(reserved)
+  redis.call('HSET', state, 'spent', fmt(spent), 'reserved', fmt(reserved), 'overrun', fmt(overrun))
+  return ok .. ' ' .. fmt(limit) .. ' ' .. fmt(spent) .. ' ' .. fmt(reserved) .. ' ' .. fmt(overrun)
 end

@@ -1,7 +1,10 @@
 -- ARGV[3] call id, ARGV[4] actual cost (nano-USD), ARGV[5] how long settled ids are kept (ms)
 local id, actual, keep_ms = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-drop(id)
+local had = drop(id)
 if not redis.call('ZSCORE', settled, id) then
+  if had > 0 and actual > had then
+    overrun = overrun + (actual - had)
+  end
   spent = spent + actual
   redis.call('ZADD', settled, now_ms, id)
   redis.call('ZREMRANGEBYSCORE', settled, '-inf', now_ms - keep_ms)
