@@ -71,7 +71,8 @@ class FakeClock:
     async def asleep(self, seconds: float) -> None:
         """On a `tiersel.virtual_time.VirtualTimeLoop` driven by this clock, wait ``seconds`` of
         virtual time (concurrent waits overlap; the loop moves the clock). Anywhere else, advance
-        the clock at once: simple for one task, but concurrent sleeps then add up."""
+        the clock at once and let the other tasks run: simple for one task, but concurrent sleeps
+        then add up."""
         if seconds <= 0:
             return  # nothing to wait for: no yield to the loop either
         import asyncio
@@ -81,6 +82,7 @@ class FakeClock:
             await asyncio.sleep(seconds)
         else:
             self.advance(seconds)
+            await asyncio.sleep(0)
 
     def __repr__(self) -> str:
         return f"FakeClock(now={self._now})"

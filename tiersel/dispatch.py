@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tiersel.call import BudgetState, Call, Requirements
 from tiersel.cost import charge
-from tiersel.decision import Decision, Step
+from tiersel.decision import Decision, Reason, Step
 from tiersel.dialects import (
     Classified,
     Dialect,
@@ -191,6 +191,9 @@ class _Progress:
     tried: set[str] = field(default_factory=set)
     waited: bool = False
     detail: str = ""
+    money_waited: float = 0.0  # seconds spent waiting for reservations in flight to settle
+    money_polls: int = 0
+    refused: tuple[Reason, ...] = ()  # the budget's refusal that started those waits
 
 
 def call_flow(
@@ -211,7 +214,8 @@ def call_flow(
     """
     prices = sel.pricing.model(call.model)
     keys = sel.signal_keys(prices.name)
-    cap = _output_cap(sel, body, dialect, call)
+    cap = ceiling = _output_cap(sel, body, dialect, call)
+    sized = cap is not None and sel.unbounded_output == "share"
     start = now = yield Now()
     prog = _Progress(cap)
     while True:
@@ -234,6 +238,10 @@ def call_flow(
                     health = _as_open(health, sel.signal_config.probe_interval_s)
             signals[key.tier] = health
         budget: BudgetState | None = (yield ReadBudget()) if sel.ledger_enabled else None
+        if sized and ceiling is not None and budget is not None and prog.attempts == 0:
+            # The cap is the call's share of the money left now, fixed once a request is sent.
+            cap = _shared_cap(ceiling, budget, prices, call, req)
+            call = call.model_copy(update={"max_output_tokens": cap})
         try:
             decision = _redecide(sel, call, req, budget, prices, signals, now, prog)
         except NoFeasibleTier as exc:
@@ -242,10 +250,19 @@ def call_flow(
             wait = _shortest_cooldown(waitable, req, call, max_wait) if cooling else None
             if prog.attempts == 0 and wait is None:
                 # Nothing sent and no cooldown worth waiting out. When money alone bars the
-                # tiers that could serve in time, the budget is what stops the call: a batch then
-                # waits for reservations in flight to settle, or records the line unaffordable.
+                # tiers that could serve in time, the budget is what stops the call, unless money
+                # in flight (other calls' reservations) would cover it once they settle.
                 if budget is not None and _only_budget(exc, cooldowns_too_long=cooling):
-                    raise BudgetExhausted(call.model, exc.reasons) from None
+                    need = min(float(r.values[0]) for r in exc.reasons if r.code == "budget")
+                    pause = _money_wait(sel, need, budget, req, max_wait, prog)
+                    if pause is None:
+                        raise BudgetExhausted(call.model, exc.reasons) from None
+                    prog.refused = exc.reasons
+                    yield Sleep(pause)
+                    continue
+                if prog.refused:
+                    # It waited for money, and now time bars it: the budget stopped it.
+                    raise BudgetExhausted(call.model, prog.refused) from None
                 if not cooling:
                     raise
             if wait is None or prog.attempts >= sel.max_attempts:
@@ -268,7 +285,13 @@ def call_flow(
             held = yield Reserve(call_id, step.worst_cost_usd)
             if held is None:
                 if prog.attempts == 0:
-                    raise BudgetExhausted(call.model, decision.reasons)
+                    # Another call reserved first: wait for money in flight as above.
+                    assert budget is not None
+                    pause = _money_wait(sel, step.worst_cost_usd, budget, req, max_wait, prog)
+                    if pause is None:
+                        raise BudgetExhausted(call.model, prog.refused or decision.reasons)
+                    yield Sleep(pause)
+                    continue
                 stopped = _failed(prog, call_id, start, "budget exhausted before a retry")
                 return replace(stopped, budget_stopped=True)
         prog.decisions.append(decision)
@@ -411,20 +434,83 @@ def _key_of(keys: tuple[SignalKey, ...], tier: str) -> SignalKey:
 def _output_cap(sel: Selector, body: Mapping[str, Any], dialect: Dialect, call: Call) -> int | None:
     """The ``max_tokens`` to put in a body that states no output cap, or None to send it as it is.
 
-    Under a budget, a reservation bounds a call's cost only if its output is bounded: a body with
-    no cap is sent with the one its reservation assumed (``call.max_output_tokens``, the
-    selector's ``default_max_output_tokens``), or refused when the selector's
-    ``unbounded_output`` is ``"refuse"``. Without a budget the body goes as the caller wrote it.
+    Under a budget, a reservation bounds a call's cost only if its output is bounded, so a body
+    with no cap gets one, as the selector's ``unbounded_output`` says: ``"share"`` sizes it to
+    the call's share of the money left (`_shared_cap`, at most ``default_max_output_tokens``,
+    which this returns as the ceiling); ``"cap"`` sends ``default_max_output_tokens``
+    (``call.max_output_tokens``); ``"refuse"`` refuses the call. Without a budget the body goes
+    as the caller wrote it.
     """
     if not sel.ledger_enabled or max_output_tokens(body, dialect) is not None:
         return None
     if sel.unbounded_output == "refuse":
         raise RequestNotUnderstood(
             "the request sets no max_tokens: under a budget tiersel needs an output cap to bound"
-            " its cost (set max_tokens, or Selector(unbounded_output='cap') to have tiersel set"
-            f" {call.max_output_tokens})"
+            " its cost (set max_tokens, or Selector(unbounded_output='share') to have tiersel"
+            " set one)"
         )
     return call.max_output_tokens
+
+
+OUTPUT_SHARE = 0.25
+"""The share of the money left that a call with no output cap may reserve (``"share"``)."""
+OUTPUT_FLOOR = 256
+"""The least output cap ``"share"`` sets: below it a call waits for money or is refused."""
+
+
+def _shared_cap(
+    ceiling: int, budget: BudgetState, prices: ModelPrices, call: Call, req: Requirements
+) -> int:
+    """The output cap for a call that states none: the most tokens `OUTPUT_SHARE` of the money
+    left buys on the allowed tier with the cheapest output, after the prompt's bound, between
+    `OUTPUT_FLOOR` and ``ceiling``. Each call in flight takes a share of what the ones before it
+    left, so many calls at once each get a smaller cap rather than most being refused."""
+    allowed = [p for name, p in prices.tiers.items() if req.tiers is None or name in req.tiers]
+    if not allowed:
+        return ceiling
+    price = min(allowed, key=lambda p: p.output_per_token)
+    if price.output_per_token <= 0:
+        return ceiling
+    share = budget.remaining_usd * OUTPUT_SHARE - call.input_tokens_bound * price.input_per_token
+    affordable = int(share / price.output_per_token) if share > 0 else 0
+    return max(min(ceiling, OUTPUT_FLOOR), min(ceiling, affordable))
+
+
+_FIRST_POLL_S = 0.05
+
+
+def _money_wait(
+    sel: Selector,
+    need: float,
+    budget: BudgetState,
+    req: Requirements,
+    max_wait: Callable[[], float | None] | None,
+    prog: _Progress,
+) -> float | None:
+    """How long a call the budget turned down waits before it looks again, or None to refuse.
+
+    It waits only while other calls hold reservations whose settling would free enough (their
+    bound is what they reserved; what they are billed is usually far less), within the
+    selector's ``budget_wait_s``, the client's timeout (``max_wait()``) and half the time its
+    deadline leaves. Polls start at 50 ms and double up to 1 s. Each wait is recorded in ``prog``.
+    """
+    if budget.reserved_usd <= 0 or need > budget.limit_usd - budget.spent_usd:
+        return None  # nothing in flight, or not enough even once all of it comes back
+    bound = sel.budget_wait_s
+    if req.deadline_s is not None:
+        bound = min(bound, prog.money_waited + req.deadline_s / 2)
+    elif max_wait is not None:
+        timeout = max_wait()
+        if timeout is not None:
+            bound = min(bound, timeout)
+    room = bound - prog.money_waited
+    if room < _FIRST_POLL_S:
+        return None  # too little time left for a look that could change anything
+    pause: float = min(_FIRST_POLL_S * 2.0 ** min(prog.money_polls, 5), 1.0, room)
+    prog.money_waited += pause
+    prog.money_polls += 1
+    prog.waited = True
+    return pause
 
 
 def _only_budget(exc: NoFeasibleTier, *, cooldowns_too_long: bool = False) -> bool:

@@ -83,6 +83,18 @@ def new_call_id() -> str:
     return f"call-{secrets.token_hex(12)}"
 
 
+def _sendable(body: Any) -> Mapping[str, Any]:
+    """``body`` if it can go upstream as JSON; a Python object can hold what a parsed request
+    cannot (a cycle, NaN, a set), which would hang the token count or break the send."""
+    if not isinstance(body, Mapping):
+        raise RequestNotUnderstood(f"the body must be a JSON object, got {shown(body)}")
+    try:
+        json.dumps(body, allow_nan=False)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise RequestNotUnderstood(f"the body cannot be sent as JSON: {shown(str(exc))}") from None
+    return body
+
+
 class Selector:
     """Chooses a tier for each call and sends it.
 
@@ -99,9 +111,16 @@ class Selector:
     - ``transport`` / ``async_transport``: where `send` / `asend` go (an httpx transport or
       client, or a plain function from ``httpx.Request`` to ``httpx.Response``).
     - ``default_max_output_tokens``: the output cap assumed for a body that states none (4096).
-      Under a budget such a body is sent with that cap as ``max_tokens`` (reported in the
-      ``x-tiersel-max-tokens`` response header), so its reservation bounds what it can cost;
-      ``unbounded_output="refuse"`` refuses it instead (`RequestNotUnderstood`).
+    - ``unbounded_output``: under a budget, what a body with no output cap is sent with, so that
+      its reservation bounds what it can cost (the cap set is reported in the
+      ``x-tiersel-max-tokens`` response header): ``"share"`` (the default), what a quarter of
+      the money left buys, at least 256 tokens and at most ``default_max_output_tokens``;
+      ``"cap"``, ``default_max_output_tokens`` itself; ``"refuse"``, no send
+      (`RequestNotUnderstood`).
+    - ``budget_wait_s``: how long a call the budget turns down while other calls hold
+      reservations waits for them to settle before `BudgetExhausted` (30 s; never past half the
+      time its deadline leaves, nor the client's timeout; 0 refuses at once). A reservation is
+      a call's worst case, so money in flight usually comes back.
     - ``api_key``: sent as a bearer token when a request has no ``Authorization`` header
       (defaults to ``$FIREWORKS_API_KEY``); never logged, shown or stored elsewhere.
 
@@ -131,7 +150,8 @@ class Selector:
         backoff_s: float = 0.2,
         default_max_output_tokens: int = 4096,
         bytes_per_token: float = 3.0,
-        unbounded_output: str = "cap",
+        unbounded_output: str = "share",
+        budget_wait_s: float = 30.0,
         on_attempt: Callable[[AttemptRecord], None] | None = None,
         api_key: str | None = None,
     ) -> None:
@@ -139,10 +159,12 @@ class Selector:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if backoff_s < 0:
             raise ValueError(f"backoff_s must be >= 0, got {backoff_s}")
-        if unbounded_output not in ("cap", "refuse"):
+        if unbounded_output not in ("share", "cap", "refuse"):
             raise ValueError(
-                f"unbounded_output must be 'cap' or 'refuse', got {unbounded_output!r}"
+                f"unbounded_output must be 'share', 'cap' or 'refuse', got {unbounded_output!r}"
             )
+        if not budget_wait_s >= 0:
+            raise ValueError(f"budget_wait_s must be >= 0, got {budget_wait_s!r}")
         if default_max_output_tokens < 1:
             raise ValueError(
                 f"default_max_output_tokens must be >= 1, got {default_max_output_tokens}"
@@ -165,6 +187,7 @@ class Selector:
         self.default_max_output_tokens = default_max_output_tokens
         self.bytes_per_token = bytes_per_token
         self.unbounded_output = unbounded_output
+        self.budget_wait_s = budget_wait_s
         self.on_attempt = on_attempt
         self._api_key = _Secret(
             api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
@@ -262,6 +285,8 @@ class Selector:
 
     def call_for(self, body: Mapping[str, Any], dialect: Dialect) -> tuple[Call, str | None]:
         """The `Call` a request body describes, and the tier its model id implies (router ids)."""
+        if not isinstance(body, Mapping):
+            raise RequestNotUnderstood(f"the body must be a JSON object, got {shown(body)}")
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise RequestNotUnderstood("the body has no 'model' string")
@@ -412,7 +437,7 @@ class Selector:
         """
         self._sync_ledger("send")
         self._sync_signals("send")
-        flow, _, cid = self._prepare(body, requirements, path, call_id)
+        flow, _, cid = self._prepare(_sendable(body), requirements, path, call_id)
         send = self._sync_sender(transport)
 
         perform = self._performer(
@@ -432,7 +457,7 @@ class Selector:
         call_id: str | None = None,
     ) -> CallResult:
         """The async twin of `send`."""
-        flow, _, cid = self._prepare(body, requirements, path, call_id)
+        flow, _, cid = self._prepare(_sendable(body), requirements, path, call_id)
         send = self._async_sender(transport)
 
         perform = self._performer(

@@ -15,6 +15,7 @@ import pytest
 import tiersel
 from tiersel.clock import FakeClock
 from tiersel.dialects import input_token_bound
+from tiersel.dispatch import OUTPUT_FLOOR
 from tiersel.selector import new_call_id
 from tiersel.sim import AsyncSimTransport, load_scenario
 from tiersel.wrap import AsyncTierTransport
@@ -51,11 +52,16 @@ async def sdk_calls(transport: AsyncTierTransport, n: int, content: str, **creat
     return sum(served)
 
 
-def test_calls_without_max_tokens_stay_within_the_cap(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unbounded_output", ["share", "cap"])
+def test_calls_without_max_tokens_stay_within_the_cap(
+    tmp_path: Path, unbounded_output: str
+) -> None:
     clock = FakeClock()
     sim = AsyncSimTransport(scenario=long_output_scenario(tmp_path), clock=clock)
     ledger = tiersel.MemoryLedger(BUDGET)
-    sel = tiersel.Selector(clock=clock, ledger=ledger, api_key="")
+    sel = tiersel.Selector(
+        clock=clock, ledger=ledger, api_key="", unbounded_output=unbounded_output
+    )
     seen: list[dict[str, Any]] = []
 
     async def recording(request: httpx.Request) -> httpx.Response:
@@ -67,8 +73,11 @@ def test_calls_without_max_tokens_stay_within_the_cap(tmp_path: Path) -> None:
     state = ledger.state(clock.now())
     assert state.spent_usd <= BUDGET and state.reserved_usd == 0
     assert served > 0
-    # Every request went out with the cap its reservation assumed.
-    assert seen and {body["max_tokens"] for body in seen} == {sel.default_max_output_tokens}
+    caps = {body["max_tokens"] for body in seen}
+    if unbounded_output == "cap":  # every request went out with the cap its reservation assumed
+        assert caps == {sel.default_max_output_tokens}
+    else:  # a share of the money left: smaller as it runs out, never past the default
+        assert min(caps) == OUTPUT_FLOOR and max(caps) == sel.default_max_output_tokens
 
 
 def test_the_cap_tiersel_sets_is_reported_and_can_be_refused(tmp_path: Path) -> None:

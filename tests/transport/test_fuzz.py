@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 from typing import Any
 
@@ -54,13 +55,18 @@ ODD_VALUES: list[Any] = [
 ODD_HEADER_VALUES = ["", "-5", "nan", "inf", "1e400", "0", "abc", "1_0", "standard,bogus", " 3 "]
 
 
+def odd(rng: random.Random) -> Any:
+    """One of `ODD_VALUES`, a copy: a mutation must not change the list (or make a cycle)."""
+    return copy.deepcopy(rng.choice(ODD_VALUES))
+
+
 def mutate(rng: random.Random, body: dict[str, Any]) -> Any:
     doc: Any = copy.deepcopy(body)
     for _ in range(rng.randint(1, 4)):
         kind = rng.randrange(6)
         if kind == 0 and isinstance(doc, dict):  # a top-level field gets an odd value
-            doc[rng.choice([*doc.keys(), "service_tier", "max_completion_tokens", "system"])] = (
-                rng.choice(ODD_VALUES)
+            doc[rng.choice([*doc.keys(), "service_tier", "max_completion_tokens", "system"])] = odd(
+                rng
             )
         elif kind == 1 and isinstance(doc, dict):  # a field goes
             if doc:
@@ -74,14 +80,14 @@ def mutate(rng: random.Random, body: dict[str, Any]) -> Any:
                         ODD_VALUES
                     )
                 else:
-                    msgs.append(rng.choice(ODD_VALUES))
+                    msgs.append(odd(rng))
         elif kind == 3:  # the whole body is something else
-            doc = rng.choice(ODD_VALUES)
+            doc = odd(rng)
         elif kind == 4 and isinstance(doc, dict):  # priority on a fast router
             doc["model"] = "accounts/fireworks/routers/kimi-k3-fast"
             doc["service_tier"] = "priority"
         elif kind == 5 and isinstance(doc, dict):
-            doc["messages"] = rng.choice(ODD_VALUES)
+            doc["messages"] = odd(rng)
     return doc
 
 
@@ -141,3 +147,98 @@ def test_mutated_requests_get_an_answer_or_a_clear_refusal(budget: float | None)
     if ledger is not None:
         state = ledger.state(0.0)
         assert state.spent_usd <= budget and state.reserved_usd == 0  # type: ignore[operator]
+
+
+def test_mutated_bodies_through_selector_send_and_the_simulator() -> None:
+    """`Selector.send` refuses with a `TierselError` or sends; the simulator answers every body
+    it is sent with a status, never a 500 of its own making."""
+    from tiersel.clock import FakeClock
+    from tiersel.sim import SimTransport
+
+    rng = random.Random(11)
+    clock = FakeClock()
+    sim = SimTransport(scenario="calm", clock=clock)
+    sel = tiersel.Selector(api_key="", clock=clock, transport=sim, ledger=tiersel.MemoryLedger(1.0))
+    sent = refused = 0
+    with httpx.Client(transport=sim) as raw_client:
+        for _ in range(1000):
+            doc = mutate(rng, SEED_BODY)
+            try:
+                result = sel.send(doc)  # type: ignore[arg-type]
+            except TierselError:
+                refused += 1
+            else:
+                sent += 1
+                assert result.reply is not None
+            response = raw_client.post(
+                "http://sim/inference/v1/chat/completions", content=encode(rng, doc)
+            )
+            assert response.status_code != 500, response.text
+    assert sent > 50 and refused > 50, (sent, refused)
+    state = sel.ledger.state(clock.now())  # type: ignore[union-attr]
+    assert state.reserved_usd == 0
+
+
+def test_mutated_lines_through_a_batch_job(tmp_path: Any) -> None:
+    """Every line of a batch of mutated ones gets its row: sent, or invalid with its reason."""
+    from tiersel.batch import run_batch
+    from tiersel.clock import FakeClock
+    from tiersel.sim import AsyncSimTransport
+
+    rng = random.Random(5)
+    src = tmp_path / "in.jsonl"
+    with open(src, "wb") as f:
+        for i in range(2000):
+            doc = mutate(rng, SEED_BODY)
+            line: Any = {"custom_id": f"c{i}", "body": doc} if rng.random() < 0.8 else doc
+            raw = encode(rng, line).replace(b"\n", b" ")
+            f.write(raw + b"\n")
+    clock = FakeClock()
+    summary = run_batch(
+        src,
+        tmp_path / "out.jsonl",
+        budget_usd=0.5,
+        transport=AsyncSimTransport(scenario="calm", clock=clock),
+        clock=clock,
+        api_key="",
+        progress=False,
+    )
+    assert summary.complete and summary.rows == summary.lines
+    assert summary.calls_ok > 50 and summary.calls_invalid > 50
+    assert summary.spent_usd <= 0.5
+    with open(tmp_path / "out.jsonl", encoding="utf-8") as f:
+        for raw_row in f:
+            row = json.loads(raw_row)
+            if row["status"] == "invalid":
+                assert row["error"]["message"].startswith(f"line {row['line']}: ")
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ("cyclic", "Circular reference"),
+        (
+            {"model": "accounts/fireworks/models/kimi-k3", "messages": [], "temperature": math.nan},
+            "Out of range float",
+        ),
+        ({"model": "accounts/fireworks/models/kimi-k3", "messages": [{1, 2}]}, "set"),
+        (["not", "an", "object"], "must be a JSON object"),
+    ],
+)
+def test_selector_send_refuses_a_body_json_cannot_carry(body: Any, problem: str) -> None:
+    """A Python body can hold what a parsed request cannot; it is refused before any send (a
+    cycle once hung the token count)."""
+    from tiersel.clock import FakeClock
+    from tiersel.errors import RequestNotUnderstood
+    from tiersel.sim import SimTransport
+
+    if body == "cyclic":
+        body = {"model": "accounts/fireworks/models/kimi-k3", "messages": []}
+        body["messages"].append({"role": "user", "content": body})
+    clock = FakeClock()
+    sim = SimTransport(scenario="calm", clock=clock)
+    sel = tiersel.Selector(api_key="", clock=clock, transport=sim, ledger=tiersel.MemoryLedger(1.0))
+    with pytest.raises(RequestNotUnderstood, match=problem):
+        sel.send(body)
+    assert sim.stats()["requests"] == 0
+    assert sel.ledger.state(clock.now()).reserved_usd == 0  # type: ignore[union-attr]

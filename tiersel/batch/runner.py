@@ -291,6 +291,7 @@ class _Runner:
             base_url=base_url,
             max_attempts=max_attempts,
             api_key=api_key,
+            budget_wait_s=0.0,  # the job waits for money in flight itself (see _money_freed)
         )
         self.parser = LineParser(pricing, requirements, default_max_tokens)
         self.stop_reason: str | None = None

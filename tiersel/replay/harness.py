@@ -381,11 +381,12 @@ class _Engine:
                 self._oracle_plan(flight, 1)
                 return
             requirements = flight.requirements
+        call = self._call(flight)
         flight.flow = call_flow(
             self.selector,
-            self.body,
+            {**self.body, "max_tokens": call.max_output_tokens},  # the caller sized it
             Dialect.openai,
-            self._call(flight),
+            call,
             requirements,
             f"call-{flight.index}",
         )

@@ -23,8 +23,9 @@ What happens to a request, in order:
    that priority would shed standard would shed too (common random numbers).
 5. Rarely, a 500 (``errors.error_rate``).
 6. Served: latency from `tiersel.sim.latency`; completion tokens = ``max_tokens`` (or the
-   scenario's ``default_max_tokens``); cached tokens = the prefix's tokens if the same prompt
-   prefix (everything before the last message) reached this model within ``cache_ttl_s``.
+   scenario's ``default_max_tokens``), at most the scenario's ``answer_tokens`` (where a model
+   stops on its own); cached tokens = the prefix's tokens if the same prompt prefix (everything
+   before the last message) reached this model within ``cache_ttl_s``.
 """
 
 from __future__ import annotations
@@ -266,6 +267,8 @@ class Provider:
         group = tier if uses_router else SHARED_POOL
         limit = self.scenario.rate_limit.for_model(mp.model_id)
         completion = req.max_tokens or self.scenario.default_max_tokens
+        if self.scenario.answer_tokens is not None:
+            completion = min(completion, self.scenario.answer_tokens)
         base = SimResult(
             status=0,
             kind=ResultKind.served,
@@ -326,7 +329,7 @@ class Provider:
             prompt_tokens=req.prompt_tokens,
             cached_tokens=cached,
             completion_tokens=completion,
-            finish_reason="length" if req.max_tokens is not None else "stop",
+            finish_reason="length" if completion == req.max_tokens else "stop",
             utilisation=u,
             shed_probability=p_shed,
             stream_breaks=req.stream and u_break < self.scenario.errors.stream_break_rate,

@@ -30,6 +30,7 @@ A scenario is YAML. Every section is optional; what a file leaves out takes the 
     latency: {overhead_ms: 150}     # any field of tiersel.sim.latency.LatencyParams
     errors: {error_rate: 0.0, stream_break_rate: 0.0}
     default_max_tokens: 256         # completion length when a request sets no max_tokens
+    answer_tokens: null             # where a model stops on its own (null: it fills max_tokens)
     cache_ttl_s: 300                # how long a prompt prefix stays cached
     echo_service_tier: true         # echo "service_tier" in responses, as the API sometimes does
     shed_retry_after_s: null        # a Retry-After on 503s (the real API's is undocumented)
@@ -253,6 +254,7 @@ class Scenario(_Strict):
     latency: Latency = Latency()
     errors: Errors = Errors()
     default_max_tokens: int = Field(256, ge=1)
+    answer_tokens: int | None = Field(None, ge=1)
     cache_ttl_s: float = Field(300.0, ge=0)
     echo_service_tier: bool = True
     shed_retry_after_s: float | None = Field(None, ge=0)
