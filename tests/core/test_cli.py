@@ -51,6 +51,20 @@ def test_explain_prints_the_decision_and_its_reasons(capsys: pytest.CaptureFixtu
     assert "tier:               fast" in out
     assert "accounts/fireworks/routers/kimi-k2p6-fast" in out
     assert "standard: rejected: expected 50 output tokens/s is below min_output_tps 100" in out
+    assert "worst case counts:  2000 input tokens (--input-tokens) and all 300" in out
+
+
+def test_explain_says_which_prompt_bound_the_worst_case_counts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["explain", "--model", "kimi-k3", "--input-tokens", "2000", "--max-tokens", "200"]
+    assert main([*argv, "--tiers", "standard"]) == 0
+    estimate = capsys.readouterr().out
+    assert main([*argv, "--tiers", "standard", "--max-input-tokens", "6000"]) == 0
+    bound = capsys.readouterr().out
+    assert "worst case counts:  6000 input tokens (--max-input-tokens)" in bound
+    # kimi-k3 standard: $3 / M input, $15 / M output.
+    assert "(worst case $0.009000)" in estimate and "(worst case $0.021000)" in bound
 
 
 def test_explain_json_has_the_contract_fields() -> None:
@@ -150,6 +164,7 @@ def test_no_feasible_tier_exits_3_with_reasons() -> None:
             "--tiers: unknown tier 'bogus' (known: standard, priority, fast, fast_us, spot,",
         ),
         (["--tiers", "standrd,priority"], "--tiers: unknown tier 'standrd' (known: standard"),
+        (["--max-input-tokens", "99"], "--max-input-tokens (99) cannot be below --input-tokens"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args: list[str], needle: str) -> None:

@@ -29,6 +29,14 @@ def add_parser(subs: Any, help: str) -> None:
     p.add_argument("--model", required=True, help="model: short name, full id or router id")
     p.add_argument("--input-tokens", type=int, required=True, metavar="N")
     p.add_argument("--cached-input-tokens", type=int, default=0, metavar="N")
+    p.add_argument(
+        "--max-input-tokens",
+        type=int,
+        metavar="N",
+        help="the most prompt tokens the provider could bill, which the worst case counts"
+        " (default: --input-tokens; a request sent through tiersel counts one token a UTF-8"
+        " byte of what its chat template could render)",
+    )
     p.add_argument("--max-tokens", type=int, required=True, metavar="N", help="output token cap")
     p.add_argument("--expected-output-tokens", type=int, metavar="N")
     p.add_argument("--deadline", type=float, metavar="S", help="end-to-end deadline, seconds")
@@ -76,13 +84,20 @@ def run(args: argparse.Namespace) -> int:
         for option, count in (
             ("--input-tokens", args.input_tokens),
             ("--cached-input-tokens", args.cached_input_tokens),
+            ("--max-input-tokens", args.max_input_tokens),
             ("--max-tokens", args.max_tokens),
             ("--expected-output-tokens", args.expected_output_tokens),
         ):
             if count is not None:
                 check_token_count(option, count)
+        if args.max_input_tokens is not None and args.max_input_tokens < args.input_tokens:
+            raise ValueError(
+                f"--max-input-tokens ({args.max_input_tokens}) cannot be below --input-tokens"
+                f" ({args.input_tokens})"
+            )
         call = Call(
             model=prices.name,
+            max_input_tokens=args.max_input_tokens,
             input_tokens=args.input_tokens,
             cached_input_tokens=args.cached_input_tokens,
             max_output_tokens=args.max_tokens,
@@ -123,6 +138,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         return _print_json({"feasible": True, **decision.to_dict()}, 0)
     _print(decision)
+    print(
+        f"worst case counts:  {call.input_tokens_bound} input tokens"
+        f" ({'--max-input-tokens' if args.max_input_tokens is not None else '--input-tokens'})"
+        f" and all {call.max_output_tokens} output tokens (--max-tokens)"
+    )
     return 0
 
 
