@@ -47,7 +47,7 @@ def write_input(path: Path, lines: int) -> None:
                 "method": "POST",
                 "url": "/v1/chat/completions",
                 "body": {
-                    "model": "kimi-k2p6",
+                    "model": "kimi-k3",
                     "messages": [
                         {"role": "system", "content": "You are terse."},
                         {"role": "user", "content": f"Summarise item {i}: " + "lorem ipsum " * 20},

@@ -42,9 +42,9 @@ def live_selector(clock: FakeClock) -> Selector:
             ttft_s=rng.uniform(0.2, 1.5),
             output_tps=rng.uniform(30, 160) if outcome is Outcome.ok else None,
         )
-        sel.record("kimi-k2p6", tier, obs)
+        sel.record("kimi-k3", tier, obs)
         if i % 50 == 0:
-            sel.record("kimi-k2p6", "standard", Observation(Outcome.ok))  # keep its circuit closed
+            sel.record("kimi-k3", "standard", Observation(Outcome.ok))  # keep its circuit closed
     return sel
 
 
@@ -89,7 +89,7 @@ def time_litellm(n: int) -> list[float] | None:
         {
             "model_name": "kimi",
             "litellm_params": {
-                "model": f"fireworks_ai/accounts/fireworks/models/kimi-k2p6-{name}",
+                "model": f"fireworks_ai/accounts/fireworks/models/kimi-k3-{name}",
                 "api_key": "none",
                 "input_cost_per_token": inp,
                 "output_cost_per_token": out,
@@ -128,12 +128,10 @@ def main() -> None:
 
     clock = FakeClock()
     sel = live_selector(clock)
-    call = Call(
-        model="kimi-k2p6", input_tokens=2000, cached_input_tokens=500, max_output_tokens=400
-    )
+    call = Call(model="kimi-k3", input_tokens=2000, cached_input_tokens=500, max_output_tokens=400)
     req = Requirements(deadline_s=20.0, reliability=0.98, max_cost_usd=0.05)
     first = sel.decide(call, req)
-    print(f"tiersel {tiersel.__version__}: a call to kimi-k2p6 with live signals on 3 tiers")
+    print(f"tiersel {tiersel.__version__}: a call to kimi-k3 with live signals on 3 tiers")
     print(
         f"decision: {first.label} (P(success) {first.p_success:.4f},"
         f" ${first.estimated_cost_usd:.6f})"

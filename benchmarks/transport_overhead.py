@@ -49,7 +49,7 @@ _COMPLETION = json.dumps(
         "id": "chatcmpl-bench",
         "object": "chat.completion",
         "created": 1,
-        "model": "accounts/fireworks/models/kimi-k2p6",
+        "model": "accounts/fireworks/models/kimi-k3",
         "choices": [
             {
                 "index": 0,
@@ -67,7 +67,7 @@ def _chunk(delta: dict[str, Any], usage: dict[str, int] | None = None) -> bytes:
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",
         "created": 1,
-        "model": "accounts/fireworks/models/kimi-k2p6",
+        "model": "accounts/fireworks/models/kimi-k3",
         "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": None}],
     }
     if usage:
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             "floor-report": httpx.Client(transport=_floor_transport(report=True)),
         }
         body = {
-            "model": "accounts/fireworks/models/kimi-k2p6",
+            "model": "accounts/fireworks/models/kimi-k3",
             "messages": [{"role": "user", "content": "Say hello in one word."}],
             "max_tokens": 16,
         }

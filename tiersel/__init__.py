@@ -2,7 +2,7 @@
 
 >>> import tiersel
 >>> sel = tiersel.Selector()
->>> call = tiersel.Call(model="kimi-k2p6", input_tokens=1500, max_output_tokens=300)
+>>> call = tiersel.Call(model="kimi-k3", input_tokens=1500, max_output_tokens=300)
 >>> sel.decide(call, tiersel.Requirements(deadline_s=30)).tier
 <Tier.standard: 'standard'>
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         PricingError,
         RequestNotUnderstood,
         TierselError,
+        TierselWarning,
         UnknownModel,
     )
     from tiersel.policy import CheapestFeasible, FixedTier, Policy, Signals
@@ -92,6 +93,7 @@ _LAZY = {
     "PricingError": "tiersel.errors",
     "RequestNotUnderstood": "tiersel.errors",
     "TierselError": "tiersel.errors",
+    "TierselWarning": "tiersel.errors",
     "UnknownModel": "tiersel.errors",
     "CheapestFeasible": "tiersel.policy",
     "FixedTier": "tiersel.policy",
@@ -203,6 +205,7 @@ __all__ = [
     "TierStats",
     "TierTransport",
     "TierselError",
+    "TierselWarning",
     "UnknownModel",
     "Usage",
     "Verdict",

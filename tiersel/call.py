@@ -18,7 +18,7 @@ class _Frozen(BaseModel):
 class Call(_Frozen):
     """One generation call, as the policy sees it: a model and token counts.
 
-    >>> Call(model="kimi-k2p6", input_tokens=1200, max_output_tokens=400).max_output_tokens
+    >>> Call(model="kimi-k3", input_tokens=1200, max_output_tokens=400).max_output_tokens
     400
     """
 

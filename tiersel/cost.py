@@ -46,10 +46,10 @@ def estimate_costs(call: Call, prices: ModelPrices) -> dict[str, CostEstimate]:
     counts the prompt at its bound, ``call.input_tokens_bound``).
 
     >>> from tiersel import load_pricing
-    >>> p = load_pricing().model("kimi-k2p6")
-    >>> c = Call(model="kimi-k2p6", input_tokens=1_000_000, max_output_tokens=1)
+    >>> p = load_pricing().model("kimi-k3")
+    >>> c = Call(model="kimi-k3", input_tokens=1_000_000, max_output_tokens=1)
     >>> round(estimate_costs(c, p)["priority"].worst_usd, 6)
-    1.500006
+    3.750019
     """
     out: dict[str, CostEstimate] = {}
     expected_out = (

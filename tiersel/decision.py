@@ -20,8 +20,10 @@ class Verdict(str, enum.Enum):
 _TEMPLATES: Mapping[str, str] = {
     "not_offered": "the model does not offer this tier",
     "not_allowed": "not among the allowed tiers",
+    "opt_in": "opt-in: chosen only when the allowed tiers name it",
     "cooldown": "avoided: cooling down for {0:.1f} s more",
     "no_time": "no time left before the deadline",
+    "unpriced": "the price table has no price for this model",
     # A limit is shown to its own precision: a cap of $0.0000001 must not read "$0.000000".
     "cost_cap": "worst-case cost ${0:.6f} exceeds max_cost_usd ${1:.6g}",
     "budget": "worst-case cost ${0:.6f} exceeds the remaining budget ${1:.6g}",

@@ -415,7 +415,7 @@ def _redecide(
         return sel.policy(call, req, budget, prices, signals, now)
     made, most = prog.attempts, sel.max_attempts
     if made + 1 >= most or (req.reliability is not None and 2 * made >= most):
-        allowed = req.tiers if req.tiers is not None else tuple(prices.tiers)
+        allowed = req.tiers if req.tiers is not None else prices.default_tiers
         untried = tuple(t for t in allowed if t not in tried)
         if untried:
             with contextlib.suppress(NoFeasibleTier):
@@ -465,7 +465,8 @@ def _shared_cap(
     left buys on the allowed tier with the cheapest output, after the prompt's bound, between
     `OUTPUT_FLOOR` and ``ceiling``. Each call in flight takes a share of what the ones before it
     left, so many calls at once each get a smaller cap rather than most being refused."""
-    allowed = [p for name, p in prices.tiers.items() if req.tiers is None or name in req.tiers]
+    names = prices.default_tiers if req.tiers is None else req.tiers
+    allowed = [p for name, p in prices.tiers.items() if name in names]
     if not allowed:
         return ceiling
     price = min(allowed, key=lambda p: p.output_per_token)
@@ -517,7 +518,7 @@ def _only_budget(exc: NoFeasibleTier, *, cooldowns_too_long: bool = False) -> bo
     """Whether the budget is all that bars the call: every tier not excluded by name was
     rejected for its cost against the money left (or, with ``cooldowns_too_long``, for a cooldown
     the call cannot wait out)."""
-    ignored = {"not_allowed", "not_offered"}
+    ignored = {"not_allowed", "not_offered", "opt_in"}
     if cooldowns_too_long:
         ignored.add("cooldown")
     codes = {r.code for r in exc.reasons} - ignored
@@ -637,7 +638,7 @@ def _as_open(health: TierHealth, wait: float) -> TierHealth:
 
 
 # Rejections that no wait can lift: waiting out such a tier's cooldown would be for nothing.
-_BARRED = frozenset({"cost_cap", "budget", "not_allowed", "not_offered"})
+_BARRED = frozenset({"cost_cap", "budget", "not_allowed", "not_offered", "opt_in"})
 
 
 def _waitable(signals: Mapping[str, TierHealth], exc: NoFeasibleTier) -> Mapping[str, TierHealth]:

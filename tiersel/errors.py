@@ -31,12 +31,18 @@ class PricingError(TierselError, ValueError):
         super().__init__(where + problem)
 
 
-class UnknownModel(TierselError, KeyError):
-    """The model id is in no loaded price table."""
+class TierselWarning(UserWarning):
+    """Something a user should know that does not stop the call: a retired model, a stale price
+    table, a model sent unpriced. Each is warned once per process and table."""
 
-    def __init__(self, model: str, table: str) -> None:
+
+class UnknownModel(TierselError, KeyError):
+    """The model id is in no loaded price table; ``closest`` holds the nearest ids it has."""
+
+    def __init__(self, model: str, table: str, closest: Sequence[str] = ()) -> None:
         self.model = model
         self.table = table
+        self.closest = tuple(closest)
         super().__init__(model)
 
     def __str__(self) -> str:
@@ -45,7 +51,8 @@ class UnknownModel(TierselError, KeyError):
         names = "+".join(
             part.replace("\\", "/").rsplit("/", 1)[-1] for part in self.table.split("+")
         )
-        return f"unknown model {shown(self.model)}: not in the price table {names}"
+        hint = f" (closest: {', '.join(self.closest)})" if self.closest else ""
+        return f"unknown model {shown(self.model)}: not in the price table {names}{hint}"
 
 
 class NoFeasibleTier(TierselError):

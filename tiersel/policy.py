@@ -96,7 +96,7 @@ class CheapestFeasible:
       what pacing leaves.
 
     >>> from tiersel import Selector, Call, Requirements
-    >>> d = Selector().decide(Call(model="kimi-k2p6", input_tokens=800, max_output_tokens=200))
+    >>> d = Selector().decide(Call(model="kimi-k3", input_tokens=800, max_output_tokens=200))
     >>> d.tier
     <Tier.standard: 'standard'>
     """
@@ -157,14 +157,20 @@ class CheapestFeasible:
         if out_exp is None:
             out_exp = out_max
         tiers = prices.tiers
+        if not tiers:
+            raise NoFeasibleTier(call.model, [_reason(("*", _REJECTED, "unpriced", ()))])
         options: list[_Option] = []
         if allowed is not None:
             for name in allowed:
                 if name not in tiers:
                     add(_reason((name, _REJECTED, "not_offered", ())))
         for name, price in tiers.items():
-            if allowed is not None and name not in allowed:
-                add(_reason((name, _REJECTED, "not_allowed", ())))
+            if allowed is not None:
+                if name not in allowed:
+                    add(_reason((name, _REJECTED, "not_allowed", ())))
+                    continue
+            elif price.spec.opt_in:
+                add(_reason((name, _REJECTED, "opt_in", ())))
                 continue
             health = signals.get(name)
             if health is None:

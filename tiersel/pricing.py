@@ -7,9 +7,12 @@ USD prices per 1M tokens per tier. ``load_pricing()`` with no argument loads the
 
 from __future__ import annotations
 
+import datetime
+import difflib
 import functools
 import itertools
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +21,27 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
-from tiersel.errors import PricingError, UnknownModel
+from tiersel.errors import PricingError, TierselWarning, UnknownModel
 from tiersel.tiers import DEFAULT_LOG_SPREAD, TierPriors, TierSpec, tier_name
 
 __all__ = ["ModelPrices", "Pricing", "TierPrice", "bundled_pricing_path", "load_pricing"]
 
 _PER_TOKEN = 1e-6
-_SCHEMA = 1  # the table format this module reads
+_SCHEMAS = (1, 2)  # the table formats this module reads (2 adds each model's lifecycle and ids)
+_STALE_AFTER = datetime.timedelta(days=90)  # a table older than this warns once
+# The keys of a model's entry that describe the model; every other key is a tier's price.
+_MODEL_KEYS = frozenset(
+    {
+        "status",
+        "deprecation_date",
+        "successor",
+        "max_input_tokens",
+        "max_output_tokens",
+        "source",
+        "aliases",
+        "corrected",
+    }
+)
 # USD per 1M tokens: hundreds of times any real price, and low enough that no call's cost, up to
 # `tiersel.dialects.TOKEN_LIMIT` tokens, can overflow a float (an infinite cost would reach JSON
 # output as `Infinity`, which is not JSON).
@@ -62,8 +79,13 @@ class _RequestDoc(_Strict):
 
 class _TierDoc(_Strict):
     description: str = ""
+    source: str = ""
     request: _RequestDoc = Field(default_factory=_RequestDoc)
     priors: _PriorsDoc = Field(default_factory=_PriorsDoc)
+    # A router tier that also sets service_tier (Fireworks' US-only routers sell priority).
+    priority_on_router: bool = False
+    # Chosen only when a call's or job's tiers name it (preemptible or region-bound capacity).
+    opt_in: bool = False
 
 
 class _PriceDoc(_Strict):
@@ -71,26 +93,44 @@ class _PriceDoc(_Strict):
     output: _Number = Field(ge=0.0, le=_MAX_PRICE_PER_1M)
     cached_input: _Number | None = Field(None, ge=0.0, le=_MAX_PRICE_PER_1M)
     router: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+    deprecation_date: datetime.date | None = None
+    successor: str | None = None
     source: str | None = None
     as_of: str | None = None
 
 
+class _ModelDoc(_Strict):
+    status: Literal["current", "legacy", "retired"] = "current"
+    deprecation_date: datetime.date | None = None
+    successor: str | None = None
+    max_input_tokens: int | None = Field(None, gt=0)
+    max_output_tokens: int | None = Field(None, gt=0)
+    source: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+    corrected: str | None = None
+    tiers: dict[str, _PriceDoc] = Field(default_factory=dict)
+
+
 class _TableDoc(_Strict):
-    schema_: Any = Field(_SCHEMA, alias="schema")
+    schema_: Any = Field(_SCHEMAS[-1], alias="schema")
     provider: str
     source: str
     as_of: str
+    built_from: dict[str, str] | None = None
     currency: Literal["USD"] = "USD"
     model_prefix: str = ""
+    id_prefixes: list[str] = Field(default_factory=list)
     cached_input_ratio: _Number = Field(0.5, ge=0.0, le=1.0)
     tiers: dict[str, _TierDoc]
-    models: dict[str, dict[str, _PriceDoc]]
+    models: dict[str, _ModelDoc]
 
     @field_validator("schema_")
     @classmethod
     def _known_schema(cls, v: Any) -> int:
-        if type(v) is not int or v != _SCHEMA:
-            raise ValueError(f"unsupported schema version {v!r} (this tiersel reads {_SCHEMA})")
+        if type(v) is not int or v not in _SCHEMAS:
+            known = " and ".join(map(str, _SCHEMAS))
+            raise ValueError(f"unsupported schema version {v!r} (this tiersel reads {known})")
         return v
 
 
@@ -108,6 +148,7 @@ class TierPrice:
     model_id: str
     source: str
     as_of: str
+    aliases: tuple[str, ...] = ()  # other ids that name this model on this tier
     # What a decision's `Step` for this tier holds besides the call's costs (precomputed).
     step_fields: tuple[Any, ...] = field(init=False, repr=False, compare=False)
 
@@ -141,43 +182,97 @@ class TierPrice:
 
 @dataclass(frozen=True, slots=True)
 class ModelPrices:
-    """Every tier a model offers, cheapest-first by output price."""
+    """A model: every tier it sells today, its lifecycle, and the ids that name it.
+
+    ``status`` is ``current``, ``legacy`` (a size-class price with no current source) or
+    ``retired`` (its deprecation date has passed: it still resolves, and warns once naming its
+    ``successor``). ``tiers`` holds the tiers on sale; a tier whose own deprecation date has
+    passed (an old fast router) is in ``retired_tiers``, and its id resolves to the model.
+    A model with no tiers is known but unpriced: it is sent as written, never under a budget.
+    """
 
     name: str
     model_id: str
     tiers: Mapping[str, TierPrice]
+    status: str = "current"
+    deprecation_date: datetime.date | None = None
+    successor: str | None = None
+    aliases: tuple[str, ...] = ()
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    source: str = ""
+    retired_tiers: Mapping[str, TierPrice] = field(default_factory=lambda: MappingProxyType({}))
+    # The tiers a call may use when it names none: every tier on sale but the opt-in ones.
+    default_tiers: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        chosen = tuple(n for n, tp in self.tiers.items() if not tp.spec.opt_in)
+        object.__setattr__(self, "default_tiers", chosen)
 
     def offers(self, tier: str) -> bool:
         return tier in self.tiers
+
+    @property
+    def priced(self) -> bool:
+        return bool(self.tiers)
+
+    @property
+    def retired(self) -> bool:
+        return self.status == "retired"
+
+    def ids(self) -> tuple[str, ...]:
+        """Every id that names this model (its own, its aliases, its tiers' router ids)."""
+        out = dict.fromkeys((self.model_id, self.name, *self.aliases))
+        for tp in (*self.tiers.values(), *self.retired_tiers.values()):
+            out.update(dict.fromkeys((tp.model_id, *tp.aliases)))
+        return tuple(out)
 
 
 class Pricing:
     """A loaded price table: tiers (as data) and per-model, per-tier prices.
 
+    ``today`` (default: the date it is loaded) decides which models and tiers are retired.
+
     >>> pricing = load_pricing()
-    >>> pricing.model("kimi-k2p6").tiers["fast"].model_id
-    'accounts/fireworks/routers/kimi-k2p6-fast'
+    >>> pricing.model("kimi-k3").tiers["fast"].model_id
+    'accounts/fireworks/routers/kimi-k3-fast'
+    >>> pricing.resolve("fireworks_ai/kimi-k3-fast")[1]
+    'fast'
     """
 
     __slots__ = (
         "_by_id",
         "_doc",
         "_sources",
+        "_warned",
         "as_of",
+        "built_from",
+        "id_prefixes",
         "models",
         "origin",
         "provider",
         "source",
         "tiers",
+        "today",
     )
 
-    def __init__(self, doc: _TableDoc, origin: str, sources: _Sources | None = None) -> None:
+    def __init__(
+        self,
+        doc: _TableDoc,
+        origin: str,
+        sources: _Sources | None = None,
+        today: datetime.date | None = None,
+    ) -> None:
         self._doc = doc
         self.origin = origin
         self._sources = sources if sources is not None else _Sources(origin)
+        self._warned: set[str] = set()
+        self.today = today if today is not None else datetime.date.today()
         self.provider = doc.provider
         self.source = doc.source
         self.as_of = doc.as_of
+        self.built_from: Mapping[str, str] = MappingProxyType(dict(doc.built_from or {}))
+        self.id_prefixes = tuple(doc.id_prefixes)
         self.tiers: Mapping[str, TierSpec] = MappingProxyType(
             {
                 name: TierSpec(
@@ -187,56 +282,105 @@ class Pricing:
                     headers=MappingProxyType(dict(t.request.headers)),
                     uses_router=t.request.model == "router",
                     priors=TierPriors(**t.priors.model_dump()),
+                    opt_in=t.opt_in,
                 )
                 for name, t in doc.tiers.items()
             }
         )
         models: dict[str, ModelPrices] = {}
-        by_id: dict[str, tuple[ModelPrices, str]] = {}
-        for name, entries in doc.models.items():
-            model_id = _model_id(name, doc.model_prefix)
-            prices: dict[str, TierPrice] = {}
-            for tname, p in entries.items():
-                spec = self.tiers[tname]
-                sent_id = p.router if spec.uses_router and p.router else model_id
-                cached = (
-                    p.cached_input
-                    if p.cached_input is not None
-                    else (p.input * doc.cached_input_ratio)
-                )
-                prices[tname] = TierPrice(
-                    spec=spec,
-                    input_per_token=p.input * _PER_TOKEN,
-                    cached_input_per_token=cached * _PER_TOKEN,
-                    output_per_token=p.output * _PER_TOKEN,
-                    model_id=sent_id,
-                    source=p.source or doc.source,
-                    as_of=p.as_of or doc.as_of,
-                )
-            mp = ModelPrices(name=name, model_id=model_id, tiers=MappingProxyType(prices))
-            models[name] = mp
-            for key in {name, model_id}:
-                by_id[key] = (mp, "standard")
-            for tname, tp in prices.items():
-                if tp.model_id != model_id:
-                    by_id[tp.model_id] = (mp, tname)
+        for name, entry in doc.models.items():
+            models[name] = self._model(name, entry)
         self.models: Mapping[str, ModelPrices] = MappingProxyType(models)
-        self._by_id = by_id
+        self._by_id = _index(models.values())
+
+    def _model(self, name: str, entry: _ModelDoc) -> ModelPrices:
+        doc, today = self._doc, self.today
+        model_id = _model_id(name, doc.model_prefix)
+        live: dict[str, TierPrice] = {}
+        gone: dict[str, TierPrice] = {}
+        for tname, p in entry.tiers.items():
+            spec = self.tiers[tname]
+            sent_id = p.router if spec.uses_router and p.router else model_id
+            cached = (
+                p.cached_input if p.cached_input is not None else (p.input * doc.cached_input_ratio)
+            )
+            tp = TierPrice(
+                spec=spec,
+                input_per_token=p.input * _PER_TOKEN,
+                cached_input_per_token=cached * _PER_TOKEN,
+                output_per_token=p.output * _PER_TOKEN,
+                model_id=sent_id,
+                source=p.source or entry.source or doc.source,
+                as_of=p.as_of or doc.as_of,
+                aliases=tuple(p.aliases),
+            )
+            retired = p.deprecation_date is not None and p.deprecation_date <= today
+            (gone if retired else live)[tname] = tp
+        status = entry.status
+        if entry.deprecation_date is not None and entry.deprecation_date <= today:
+            status = "retired"
+        return ModelPrices(
+            name=name,
+            model_id=model_id,
+            tiers=MappingProxyType(live),
+            status=status,
+            deprecation_date=entry.deprecation_date,
+            successor=entry.successor,
+            aliases=tuple(entry.aliases),
+            max_input_tokens=entry.max_input_tokens,
+            max_output_tokens=entry.max_output_tokens,
+            source=entry.source or doc.source,
+            retired_tiers=MappingProxyType(gone),
+        )
 
     def model(self, model: str) -> ModelPrices:
-        """Prices for a model, by short name, full id or router id."""
-        hit = self._by_id.get(model)
-        if hit is None:
-            raise UnknownModel(model, self.origin)
-        return hit[0]
+        """Prices for a model, by any id that names it (see `resolve`)."""
+        return self.resolve(model)[0]
 
     def resolve(self, model: str) -> tuple[ModelPrices, str | None]:
-        """The model an id names, and the tier it implies if it is a router id (else None)."""
+        """The model an id names, and the tier it implies if it is a router id (else None).
+
+        Any id resolves: the short name (``kimi-k3``), the full id, an alias (``kimi-latest``),
+        a router id (``accounts/fireworks/routers/kimi-k3-fast``) or its slug (``kimi-k3-fast``),
+        each also with LiteLLM's provider prefix (``fireworks_ai/``). A retired model resolves
+        and warns once, naming its successor; a retired router's id resolves to its model.
+        Raises `UnknownModel` naming the closest known ids.
+        """
         hit = self._by_id.get(model)
         if hit is None:
-            raise UnknownModel(model, self.origin)
-        mp, tier = hit
-        return mp, (tier if model not in (mp.name, mp.model_id) else None)
+            hit = self._by_id.get(self._unprefixed(model))
+            if hit is None:
+                raise self.unknown(model)
+        mp = hit[0]
+        if mp.status == "retired" or hit[2]:
+            self._warn_retired(model, mp, hit[2])
+        return mp, hit[1]
+
+    def unknown(self, model: str) -> UnknownModel:
+        """The error for an id this table does not know, naming the closest ids it does."""
+        bare = self._unprefixed(model) if isinstance(model, str) else ""
+        closest = difflib.get_close_matches(bare, list(self._by_id), n=3, cutoff=0.6)
+        return UnknownModel(model, self.origin, closest)
+
+    def _unprefixed(self, model: str) -> str:
+        for prefix in self.id_prefixes:
+            if model.startswith(prefix):
+                return model[len(prefix) :]
+        return model
+
+    def _warn_retired(self, model: str, mp: ModelPrices, tier: str | None) -> None:
+        key = f"{mp.name}:{tier or ''}"
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        if tier:
+            what = f"{model!r} ({tier} of {mp.name}) is retired; it is sent as {mp.model_id!r}"
+        else:
+            when = f" on {mp.deprecation_date}" if mp.deprecation_date else ""
+            what = f"model {mp.name!r} was retired{when}"
+            if mp.successor:
+                what += f"; its successor is {mp.successor!r}"
+        warnings.warn(f"{what} (price table {self.as_of})", TierselWarning, stacklevel=3)
 
     def check_tiers(self, names: Iterable[str]) -> None:
         """Raise `ValueError` naming the first of ``names`` this table declares no tier for.
@@ -255,10 +399,26 @@ class Pricing:
         sources = self._sources.copy()
         raw = _merge(self._raw(), other._raw(), other._sources.base, sources)
         sources.extend(other._sources)
-        return _build(raw, f"{self.origin}+{other.origin}", sources)
+        return _build(raw, f"{self.origin}+{other.origin}", sources, self.today)
+
+    def stale(self) -> bool:
+        """Whether the table is older than 90 days on ``today``."""
+        try:
+            built = datetime.date.fromisoformat(self.as_of)
+        except ValueError:  # "2026-11": a month
+            try:
+                built = datetime.date.fromisoformat(f"{self.as_of}-01")
+            except ValueError:
+                return False
+        return self.today - built > _STALE_AFTER
 
     def _raw(self) -> dict[str, Any]:
-        return self._doc.model_dump(by_alias=True, exclude_none=True)
+        raw = self._doc.model_dump(by_alias=True, exclude_none=True)
+        raw["models"] = {
+            name: {**{k: v for k, v in m.items() if k != "tiers"}, **m.get("tiers", {})}
+            for name, m in raw["models"].items()
+        }
+        return raw
 
     def __repr__(self) -> str:
         return (
@@ -282,14 +442,20 @@ def bundled_pricing_path() -> Path:
 
 
 def load_pricing(
-    path: str | Path | None = None, *, overlay: str | Path | Iterable[str | Path] | None = None
+    path: str | Path | None = None,
+    *,
+    overlay: str | Path | Iterable[str | Path] | None = None,
+    today: datetime.date | None = None,
 ) -> Pricing:
     """Load a price table (the bundled Fireworks one when ``path`` is None), then any overlays.
 
     An overlay is a partial table laid over the base. A model's price for a tier is replaced
-    whole, so ``models: {kimi-k2p6: {standard: {input: 0.8, output: 3.5}}}`` changes one price;
+    whole, so ``models: {kimi-k3: {standard: {input: 0.8, output: 3.5}}}`` changes one price;
     a tier the base declares is merged into field by field, so ``tiers: {priority: {priors:
     {shed_rate: 0.01}}}`` changes that prior alone and keeps how the tier is requested.
+
+    ``today`` (default: today) decides which models are retired; a table older than 90 days
+    on that date warns once (`TierselWarning`).
 
     Raises `PricingError` naming the file the bad value came from, the key path and the problem.
     """
@@ -302,7 +468,25 @@ def load_pricing(
         for p in paths:
             raw = _merge(raw, _read(Path(p)), str(p), sources)
             origin += f"+{p}"
-    return _build(raw, origin, sources)
+    table = _build(raw, origin, sources, today)
+    if table.stale():
+        _warn_stale(table)
+    return table
+
+
+_stale_warned: set[str] = set()
+
+
+def _warn_stale(table: Pricing) -> None:
+    if table.origin in _stale_warned:
+        return
+    _stale_warned.add(table.origin)
+    warnings.warn(
+        f"the price table {Path(table.origin.split('+')[0]).name} is from {table.as_of}, more than"
+        " 90 days ago: prices and models may have changed (rebuild it, or lay an overlay over it)",
+        TierselWarning,
+        stacklevel=3,
+    )
 
 
 @functools.cache
@@ -345,7 +529,7 @@ def _read(path: Path) -> dict[str, Any]:
 class _Sources:
     """Which file set each part of a merged table, so an error names the file its value came from.
 
-    A part is a key path (``("models", "kimi-k2p6", "standard")``). The file of a key path is
+    A part is a key path (``("models", "kimi-k3", "standard")``). The file of a key path is
     the one that last set it, a part of it, or a part holding it; the base file when no overlay
     touched it.
     """
@@ -423,19 +607,39 @@ def _model_id(name: str, prefix: str) -> str:
     return name if "/" in name else prefix + name
 
 
-def _build(raw: dict[str, Any], origin: str, sources: _Sources) -> Pricing:
+def _split_models(raw: dict[str, Any]) -> dict[str, Any]:
+    """A table's raw models with each entry's tier prices under ``tiers`` (a file writes them
+    beside the model's own keys: ``kimi-k3: {status: current, standard: {...}}``)."""
+    models = raw.get("models")
+    if not isinstance(models, dict):
+        return raw
+    split: dict[str, Any] = {}
+    for name, entry in models.items():
+        if isinstance(entry, dict):
+            meta = {k: v for k, v in entry.items() if k in _MODEL_KEYS}
+            meta["tiers"] = {k: v for k, v in entry.items() if k not in _MODEL_KEYS}
+            split[name] = meta
+        else:
+            split[name] = entry
+    return {**raw, "models": split}
+
+
+def _build(
+    raw: dict[str, Any], origin: str, sources: _Sources, today: datetime.date | None = None
+) -> Pricing:
     def refuse(loc: tuple[str, ...], problem: str) -> PricingError:
         return PricingError(sources.file_of(loc), ".".join(loc), problem)
 
     try:
-        doc = _TableDoc.model_validate(raw)
+        doc = _TableDoc.model_validate(_split_models(raw))
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise refuse(tuple(str(p) for p in err["loc"]), _problem(err)) from None
-    for name, entries in doc.models.items():
-        if not entries:
-            raise refuse(("models", name), "a model needs at least one tier")
-        for tname, price in entries.items():
+        loc = tuple(str(p) for p in err["loc"])
+        if len(loc) > 3 and loc[0] == "models" and loc[2] == "tiers":
+            loc = loc[:2] + loc[3:]  # written beside the model's own keys
+        raise refuse(loc, _problem(err)) from None
+    for name, entry in doc.models.items():
+        for tname, price in entry.tiers.items():
             spec = doc.tiers.get(tname)
             if spec is None:
                 known = ", ".join(doc.tiers)
@@ -447,34 +651,79 @@ def _build(raw: dict[str, Any], origin: str, sources: _Sources) -> Pricing:
                 )
     for tname, t in doc.tiers.items():
         if t.request.model == "router" and "service_tier" in t.request.body:
+            if not t.priority_on_router:
+                raise refuse(
+                    ("tiers", tname, "request"),
+                    "a router tier must not also set service_tier"
+                    " (unless the tier says priority_on_router: true)",
+                )
+        elif t.priority_on_router:
             raise refuse(
-                ("tiers", tname, "request"), "a router tier must not also set service_tier"
+                ("tiers", tname, "priority_on_router"),
+                "only a tier that sends a router id with service_tier may say so",
             )
     _check_ids(doc, refuse)
-    return Pricing(doc, origin, sources)
+    return Pricing(doc, origin, sources, today)
 
 
 def _check_ids(doc: _TableDoc, refuse: Any) -> None:
-    """Every id a table resolves (model names, model ids, router ids) names one model and tier:
-    a router id that is also another model's id would silently take that model over."""
+    """Every id a table resolves (model names, model ids, aliases, router ids) names one model
+    and tier: a router id that is also another model's id would silently take that model over.
+    Tiers of one model may share a router id only where one of them is `priority_on_router`."""
     owner: dict[str, str] = {}
+
+    def claim(key: str, loc: tuple[str, ...], what: str) -> None:
+        if key in owner:
+            raise refuse(loc, f"{key!r} is already {owner[key]}")
+        owner[key] = what
+
     for name in doc.models:
         for model_id in dict.fromkeys((name, _model_id(name, doc.model_prefix))):
-            if model_id in owner:
-                raise refuse(("models", name), f"{model_id!r} is already {owner[model_id]}")
-            owner[model_id] = f"the id of model {name}"
-    for name, entries in doc.models.items():
+            claim(model_id, ("models", name), f"the id of model {name}")
+    for name, entry in doc.models.items():
+        for alias in entry.aliases:
+            claim(alias, ("models", name, "aliases"), f"an alias of model {name}")
+    for name, entry in doc.models.items():
         own = {name, _model_id(name, doc.model_prefix)}
-        for tname, price in entries.items():
+        for tname, price in entry.tiers.items():
+            for alias in price.aliases:
+                claim(alias, ("models", name, tname, "aliases"), f"an alias of {name} ({tname})")
             router = price.router
-            if router is None or doc.tiers[tname].request.model != "router":
+            tier = doc.tiers[tname]
+            if router is None or tier.request.model != "router" or tier.priority_on_router:
                 continue
             loc = ("models", name, tname, "router")
             if router in own:
                 raise refuse(loc, f"{router!r} is the model's own id, not a router's")
-            if router in owner:
-                raise refuse(loc, f"{router!r} is already {owner[router]}")
-            owner[router] = f"the router of model {name} ({tname})"
+            claim(router, loc, f"the router of model {name} ({tname})")
+
+
+_Hit = tuple["ModelPrices", "str | None", "str | None"]
+
+
+def _index(models: Iterable[ModelPrices]) -> dict[str, _Hit]:
+    """Every id to (model, the tier it implies or None, the retired tier it named or None).
+
+    Router ids of tiers on sale imply their tier; a retired tier's id names its model (the map
+    gives the model as every retired router's successor). A router's last path part (its slug,
+    as LiteLLM's short keys write it) resolves too, where no other id has it.
+    """
+    by_id: dict[str, _Hit] = {}
+    slugs: dict[str, _Hit] = {}
+    for mp in models:
+        for key in (mp.name, mp.model_id, *mp.aliases):
+            by_id[key] = (mp, None, None)
+        for tiers, live in ((mp.tiers, True), (mp.retired_tiers, False)):
+            for tname, tp in tiers.items():
+                if tp.model_id == mp.model_id:
+                    continue
+                hit: _Hit = (mp, tname, None) if live else (mp, None, tname)
+                for key in (tp.model_id, *tp.aliases):
+                    by_id.setdefault(key, hit)
+                slugs.setdefault(tp.model_id.rsplit("/", 1)[-1], hit)
+    for slug, hit in slugs.items():
+        by_id.setdefault(slug, hit)
+    return by_id
 
 
 def _problem(err: Any) -> str:

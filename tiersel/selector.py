@@ -126,10 +126,10 @@ class Selector:
 
     >>> from tiersel import Call, Requirements
     >>> sel = Selector()
-    >>> d = sel.decide(Call(model="kimi-k2p6", input_tokens=2000, max_output_tokens=500),
+    >>> d = sel.decide(Call(model="kimi-k3", input_tokens=2000, max_output_tokens=500),
     ...                Requirements(min_output_tps=100))
     >>> d.tier, d.model
-    (<Tier.fast: 'fast'>, 'accounts/fireworks/routers/kimi-k2p6-fast')
+    (<Tier.fast: 'fast'>, 'accounts/fireworks/routers/kimi-k3-fast')
     """
 
     def __init__(

@@ -65,7 +65,8 @@ class TierSpec:
     """How a tier is requested, and its priors.
 
     ``body`` fields are set in the request body; ``uses_router`` means the model id is replaced by
-    the model's router id for this tier; ``headers`` are added to the request.
+    the model's router id for this tier; ``headers`` are added to the request; an ``opt_in`` tier
+    is chosen only when a call's allowed tiers name it.
     """
 
     name: str
@@ -74,6 +75,9 @@ class TierSpec:
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     uses_router: bool = False
     priors: TierPriors = field(default_factory=TierPriors)
+    # Chosen only when the allowed tiers name it: spot capacity is preemptible, a US-only router
+    # is a data-residency choice, flex is slow. Neither is a choice to make for a user unasked.
+    opt_in: bool = False
 
     @property
     def sets_service_tier(self) -> bool:

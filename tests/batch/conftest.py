@@ -20,7 +20,7 @@ def body(
 ) -> dict[str, Any]:
     """A chat-completion body for line ``i``."""
     doc: dict[str, Any] = {
-        "model": "kimi-k2p6",
+        "model": "kimi-k3",
         "messages": [{"role": "user", "content": f"{text} #{i}"}],
     }
     if max_tokens is not None:

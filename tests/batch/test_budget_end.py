@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tiersel.batch import run_batch
 from tiersel.call import Requirements
 from tiersel.clock import FakeClock
@@ -17,11 +19,15 @@ LINES = 300
 BUDGET = 0.50
 
 
+@pytest.mark.filterwarnings("ignore:model .kimi-k2p6. was retired")
 def test_the_budget_is_spent_and_unaffordable_lines_say_so(tmp_path: Path) -> None:
     text = "lorem ipsum dolor sit amet " * 300  # about 2,000 tokens
     src = write_jsonl(
         tmp_path / "in.jsonl",
-        (batch_line(f"r{i}", body(i, max_tokens=256, text=text)) for i in range(LINES)),
+        (
+            batch_line(f"r{i}", body(i, max_tokens=256, text=text, model="kimi-k2p6"))
+            for i in range(LINES)
+        ),
     )
     out = tmp_path / "out.jsonl"
     clock = FakeClock()

@@ -216,7 +216,7 @@ def test_over_real_http_against_the_simulator_server(tmp_path: Path) -> None:
     from tiersel.sim.server import serve_in_subprocess
 
     anthropic = {
-        "model": "kimi-k2p6",
+        "model": "kimi-k3",
         "max_tokens": 24,
         "messages": [{"role": "user", "content": "hi"}],
     }

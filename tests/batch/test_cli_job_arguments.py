@@ -21,13 +21,13 @@ TIERSEL = [sys.executable, "-m", "tiersel"]
     [
         (
             ["--tiers", "standrd,priority"],
-            "--tiers: unknown tier 'standrd' (known: standard, priority, fast, fast_us, spot,"
-            " ultrafast, us)",
+            "--tiers: unknown tier 'standrd' (known: standard, priority, fast, fast_us, flex,"
+            " spot, ultrafast, us, us_priority)",
         ),
         (
             ["--tiers", "standard,bogus"],
-            "--tiers: unknown tier 'bogus' (known: standard, priority, fast, fast_us, spot,"
-            " ultrafast, us)",
+            "--tiers: unknown tier 'bogus' (known: standard, priority, fast, fast_us, flex,"
+            " spot, ultrafast, us, us_priority)",
         ),
         (["--sim-time-scale", "nan"], "--sim-time-scale must be a finite number > 0, got nan"),
         (["--sim-time-scale", "-1"], "--sim-time-scale must be a finite number > 0, got -1.0"),

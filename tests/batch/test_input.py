@@ -50,7 +50,7 @@ def test_bare_body_is_identified_by_its_line_number_and_loses_its_hints(parser: 
 
 
 def test_anthropic_messages_url(parser: LineParser) -> None:
-    doc = {"model": "kimi-k2p6", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    doc = {"model": "kimi-k3", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
     req = parse(parser, batch_line("a", doc, url="/v1/messages"))
     assert isinstance(req, BatchRequest) and req.path == "/messages"
 
@@ -183,7 +183,7 @@ def test_the_prompt_bound_counts_tool_schemas_whole() -> None:
 def test_an_output_cap_too_large_for_a_float_makes_an_invalid_line(
     parser: LineParser, url: str, field: str
 ) -> None:
-    doc = {"model": "kimi-k2p6", "messages": [{"role": "user", "content": "hi"}], field: 10**400}
+    doc = {"model": "kimi-k3", "messages": [{"role": "user", "content": "hi"}], field: 10**400}
     got = parse(parser, batch_line("big", doc, url=url))
     assert isinstance(got, InvalidLine), got
     assert (got.line, got.custom_id) == (7, "big")
@@ -196,7 +196,7 @@ def test_a_messages_line_capped_only_by_max_completion_tokens_is_invalid(
     """/v1/messages has no max_completion_tokens: such a line states no cap its API honours, so
     it must not be sent as if it were capped."""
     for value in (10, 10**400):
-        doc = {"model": "kimi-k2p6", "messages": [{"role": "user", "content": "hi"}]}
+        doc = {"model": "kimi-k3", "messages": [{"role": "user", "content": "hi"}]}
         got = parse(
             parser, batch_line("m", {**doc, "max_completion_tokens": value}, url="/v1/messages")
         )
@@ -226,6 +226,6 @@ def test_unknown_job_wide_tiers_are_refused_up_front() -> None:
     with pytest.raises(ValueError) as info:
         LineParser(PRICING, Requirements(tiers="standrd,priority"), default_max_tokens=None)
     assert str(info.value) == (
-        "tiers: unknown tier 'standrd' (known: standard, priority, fast, fast_us, spot,"
-        " ultrafast, us)"
+        "tiers: unknown tier 'standrd' (known: standard, priority, fast, fast_us, flex,"
+        " spot, ultrafast, us, us_priority)"
     )

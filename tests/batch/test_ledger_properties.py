@@ -220,7 +220,7 @@ def scripted_jobs(draw: st.DrawFn) -> dict[str, Any]:
     for i in range(n):
         text = "x" * draw(st.integers(0, 300))
         doc = {
-            "model": "kimi-k2p6",
+            "model": "kimi-k3",
             "messages": [{"role": "user", "content": text}],
             "max_tokens": draw(st.integers(1, 300)),
         }

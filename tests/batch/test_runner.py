@@ -30,7 +30,7 @@ from .conftest import (
 )
 
 PRICING = load_pricing()
-KIMI = PRICING.model("kimi-k2p6")
+KIMI = PRICING.model("kimi-k3")
 
 
 def worst(doc: dict[str, Any], tier: str) -> float:
@@ -53,7 +53,7 @@ def test_every_line_gets_one_row_and_bad_lines_do_not_stop_the_job(tmp_path: Pat
     lines: list[Any] = [batch_line(f"r{i}", body(i)) for i in range(5)]
     lines[2:2] = [
         "{oops",
-        {"model": "kimi-k2p6"},
+        {"model": "kimi-k3"},
         body(9, model="no-such-model"),
         body(10, max_tokens="9"),
     ]
@@ -102,7 +102,7 @@ def test_budget_exhausted_lines_are_not_sent_and_the_job_ends_cleanly(tmp_path: 
     assert len(ok) > 10
     for r in exhausted:
         assert r["cost_usd"] == 0 and r["attempts"] == 0
-        assert "budget cannot cover a call to kimi-k2p6" in r["error"]["message"]
+        assert "budget cannot cover a call to kimi-k3" in r["error"]["message"]
     assert sum(sent.values()) == len(ok)  # an exhausted line was never sent
     assert summary.spent_usd <= budget and summary.complete
     assert ledger.state(0.0).reserved_usd == 0

@@ -28,7 +28,7 @@ def test_six_hundred_in_flight_under_peak_never_pass_the_cap(tmp_path: Path) -> 
     service = SimService("peak", seed=3, clock=clock, start_s=95, pricing=pricing)
     transport = AsyncSimTransport(service)
     # A budget that runs out before the input does: about 900 calls at their worst case.
-    budget = 0.35
+    budget = 1.25
     ledger = CappedLedger(budget)
     summary = asyncio.run(
         arun_batch(

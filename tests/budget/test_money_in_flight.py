@@ -160,5 +160,6 @@ def test_sixty_calls_with_no_max_tokens_share_five_cents(tmp_path: Path) -> None
     served, state, caps = run()
     assert old_served <= 2 and old_state.spent_usd < 0.5 * 0.05
     assert state.spent_usd <= 0.05 and state.reserved_usd == 0
-    assert served >= 20 and state.spent_usd >= 0.9 * 0.05, (served, state)
+    # A 200-token answer costs about $0.003 on kimi-k3's standard tier: $0.05 pays for about 16.
+    assert served >= 12 and state.spent_usd >= 0.9 * 0.05, (served, state)
     assert len(caps) > 1 and all(256 <= int(c) <= 4096 for c in caps)

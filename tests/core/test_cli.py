@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import tiersel
 from tiersel.cli import main
 
 TIERSEL = str(Path(sys.executable).with_name("tiersel"))
@@ -20,16 +21,18 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_prices_table_and_json() -> None:
-    out = run("prices", "--model", "accounts/fireworks/models/kimi-k2p6")
+    out = run("prices", "--model", "accounts/fireworks/models/kimi-k3")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert "USD per 1M tokens" in lines[0]
-    assert any(line.split()[:5] == ["kimi-k2p6", "priority", "1.5", "0.22", "6"] for line in lines)
-    assert any("routers/kimi-k2p6-fast" in line for line in lines)
+    assert any(
+        line.split()[:5] == ["kimi-k3", "priority", "3.75", "0.375", "18.75"] for line in lines
+    )
+    assert any("routers/kimi-k3-fast" in line for line in lines)
     doc = json.loads(run("prices", "--json").stdout)
     tiers = {(r["model"], r["tier"]) for r in doc["prices"]}
-    assert ("kimi-k2p6", "fast") in tiers and ("gpt-oss-20b", "standard") in tiers
-    assert doc["as_of"] == "2026-11"
+    assert ("kimi-k3", "fast") in tiers and ("gpt-oss-20b", "standard") in tiers
+    assert doc["as_of"] == tiersel.load_pricing().as_of
 
 
 def test_explain_prints_the_decision_and_its_reasons(capsys: pytest.CaptureFixture[str]) -> None:
@@ -37,7 +40,7 @@ def test_explain_prints_the_decision_and_its_reasons(capsys: pytest.CaptureFixtu
         [
             "explain",
             "--model",
-            "kimi-k2p6",
+            "kimi-k3",
             "--input-tokens",
             "2000",
             "--max-tokens",
@@ -49,7 +52,7 @@ def test_explain_prints_the_decision_and_its_reasons(capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert code == 0
     assert "tier:               fast" in out
-    assert "accounts/fireworks/routers/kimi-k2p6-fast" in out
+    assert "accounts/fireworks/routers/kimi-k3-fast" in out
     assert "standard: rejected: expected 50 output tokens/s is below min_output_tps 100" in out
     assert "worst case counts:  2000 input tokens (--input-tokens) and all 300" in out
 
@@ -71,7 +74,7 @@ def test_explain_json_has_the_contract_fields() -> None:
     out = run(
         "explain",
         "--model",
-        "kimi-k2p6",
+        "kimi-k3",
         "--input-tokens",
         "2000",
         "--cached-input-tokens",
@@ -102,7 +105,7 @@ def test_what_if_shed_rate_moves_the_choice() -> None:
     base = [
         "explain",
         "--model",
-        "kimi-k2p6",
+        "kimi-k3",
         "--input-tokens",
         "2000",
         "--max-tokens",
@@ -161,14 +164,14 @@ def test_no_feasible_tier_exits_3_with_reasons() -> None:
         (["--expected-output-tokens", "1" + "0" * 400], "--expected-output-tokens must be at"),
         (
             ["--tiers", "bogus"],
-            "--tiers: unknown tier 'bogus' (known: standard, priority, fast, fast_us, spot,",
+            "--tiers: unknown tier 'bogus' (known: standard, priority, fast, fast_us, flex,",
         ),
         (["--tiers", "standrd,priority"], "--tiers: unknown tier 'standrd' (known: standard"),
         (["--max-input-tokens", "99"], "--max-input-tokens (99) cannot be below --input-tokens"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args: list[str], needle: str) -> None:
-    base = {"--model": "kimi-k2p6", "--input-tokens": "100", "--max-tokens": "10"}
+    base = {"--model": "kimi-k3", "--input-tokens": "100", "--max-tokens": "10"}
     for flag, value in zip(args[::2], args[1::2], strict=True):
         base[flag] = value
     argv = ["explain", *[x for kv in base.items() for x in kv]]
@@ -210,17 +213,15 @@ def test_explain_json_never_holds_infinity(tmp_path: Path) -> None:
     key, never printed as `Infinity` (which is not JSON)."""
     table = tmp_path / "dear.yaml"
     bundled = (Path(__file__).resolve().parents[2] / "pricing" / "fireworks.yaml").read_text()
-    table.write_text(
-        bundled.replace(
-            "kimi-k2p6:\n    standard: {input: 0.95, output: 4,",
-            "kimi-k2p6:\n    standard: {input: 0.95, output: 1.7e+308,",
-        )
-    )
-    args = ["--model", "kimi-k2p6", "--input-tokens", "100", "--max-tokens", "10000000", "--json"]
+    at = bundled.index("\n  kimi-k3:\n")
+    standard = "standard: {input: 3, cached_input: 0.3, output: 15}"
+    dear = "standard: {input: 3, cached_input: 0.3, output: 1.7e+308}"
+    table.write_text(bundled[:at] + bundled[at:].replace(standard, dear, 1))
+    args = ["--model", "kimi-k3", "--input-tokens", "100", "--max-tokens", "10000000", "--json"]
     out = run("explain", "--pricing", str(table), *args)
     assert out.returncode == 2, out.stdout
     assert out.stderr == (
-        f"tiersel: error: {table}: models.kimi-k2p6.standard.output: input should be less than"
+        f"tiersel: error: {table}: models.kimi-k3.standard.output: input should be less than"
         " or equal to 100000 (got 1.7e+308)\n"
     )
     assert "Infinity" not in out.stdout
@@ -238,7 +239,7 @@ def test_explain_json_refuses_to_print_a_non_finite_number(
 
     monkeypatch.setattr(Decision, "to_dict", overflowing)
     code = main(
-        ["explain", "--model", "kimi-k2p6", "--input-tokens", "9", "--max-tokens", "9", "--json"]
+        ["explain", "--model", "kimi-k3", "--input-tokens", "9", "--max-tokens", "9", "--json"]
     )
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""

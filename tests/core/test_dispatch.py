@@ -13,11 +13,11 @@ import tiersel
 from tiersel import FakeClock, MemoryLedger, Requirements, Selector
 
 BODY = {
-    "model": "accounts/fireworks/models/kimi-k2p6",
+    "model": "accounts/fireworks/models/kimi-k3",
     "messages": [{"role": "user", "content": "hello there"}],
     "max_tokens": 200,
 }
-ANTHROPIC_BODY = {**BODY, "model": "kimi-k2p6"}
+ANTHROPIC_BODY = {**BODY, "model": "kimi-k3"}
 SHED = {
     "error": {
         "object": "error",
@@ -79,7 +79,7 @@ def test_a_shed_escalates_within_the_deadline_and_the_cost_is_the_served_tiers()
     sel = selector(up, ledger=ledger, on_attempt=records.append)
     r = sel.send(BODY, requirements=Requirements(deadline_s=30, reliability=0.99))
     assert r.ok and r.attempts == 3 and up.tiers == ["standard", "standard", "priority"]
-    kimi = sel.pricing.model("kimi-k2p6").tiers["priority"]
+    kimi = sel.pricing.model("kimi-k3").tiers["priority"]
     expected = (
         600 * kimi.input_per_token + 400 * kimi.cached_input_per_token + 100 * kimi.output_per_token
     )
@@ -195,7 +195,7 @@ def test_transport_errors_and_timeouts_are_retried_and_recorded() -> None:
     sel = Selector(clock=FakeClock(), transport=httpx.MockTransport(flaky), api_key="")
     r = sel.send(BODY)
     assert r.ok and r.attempts == 3
-    stats = sel.signals.stats(tiersel.SignalKey("fireworks", "kimi-k2p6", r.tier), 0.0)
+    stats = sel.signals.stats(tiersel.SignalKey("fireworks", "kimi-k3", r.tier), 0.0)
     assert stats.error + stats.timeout + stats.ok >= 1
 
 
@@ -210,7 +210,7 @@ def test_hint_headers_never_go_upstream_and_priority_never_rides_a_fast_model() 
     )
     assert r.ok and r.tier == "fast"
     sent, headers = up.seen[0]
-    assert sent["model"].endswith("/routers/kimi-k2p6-fast") and "service_tier" not in sent
+    assert sent["model"].endswith("/routers/kimi-k3-fast") and "service_tier" not in sent
     assert "x-tiersel-deadline" not in headers and headers["x-other"] == "1"
 
 
@@ -219,7 +219,7 @@ def test_the_served_tier_in_the_response_is_what_is_billed() -> None:
     up = Upstream(lambda body: ok(prompt=1000, completion=100, service_tier="default"))
     sel = selector(up)
     r = sel.send(BODY, requirements=Requirements(tiers=["priority"]))
-    std = sel.pricing.model("kimi-k2p6").tiers["standard"]
+    std = sel.pricing.model("kimi-k3").tiers["standard"]
     assert r.tier == "standard"
     assert r.cost_usd == pytest.approx(1000 * std.input_per_token + 100 * std.output_per_token)
 
@@ -271,7 +271,9 @@ def test_a_tier_cooling_down_does_not_hide_that_no_tier_is_affordable(
     sent, started = len(up.seen), clock.now()
     with pytest.raises(tiersel.BudgetExhausted) as caught:
         sel.send(big, requirements=Requirements(deadline_s=deadline))
-    assert {r.code for r in caught.value.reasons} - {"not_allowed", "not_offered"} == {"budget"}
+    assert {r.code for r in caught.value.reasons} - {"not_allowed", "not_offered", "opt_in"} == {
+        "budget"
+    }
     assert len(up.seen) == sent and clock.now() == started
     assert ledger.state(clock.now()).reserved_usd == 0
     # The same with a cost cap instead of a budget: NoFeasibleTier at once, naming the cap.

@@ -11,8 +11,8 @@ from tiersel import Call, CheapestFeasible, NoFeasibleTier, Requirements, Verdic
 from tiersel.signals import CircuitState, TierHealth
 
 PRICING = tiersel.load_pricing()
-KIMI = PRICING.model("kimi-k2p6")
-CALL = Call(model="kimi-k2p6", input_tokens=2000, max_output_tokens=300)
+KIMI = PRICING.model("kimi-k3")
+CALL = Call(model="kimi-k3", input_tokens=2000, max_output_tokens=300)
 
 
 def health(
@@ -48,7 +48,7 @@ def decide(
 def test_no_requirements_means_the_cheapest_tier() -> None:
     d = decide(Requirements())
     assert d.tier == tiersel.Tier.standard and d.service_tier is None
-    assert d.model == "accounts/fireworks/models/kimi-k2p6"
+    assert d.model == "accounts/fireworks/models/kimi-k3"
     chosen = [r for r in d.reasons if r.verdict is Verdict.chosen]
     assert [r.plan for r in chosen] == ["standard"]
     assert {r.plan for r in d.reasons} >= {"standard", "priority", "fast"}
@@ -57,7 +57,7 @@ def test_no_requirements_means_the_cheapest_tier() -> None:
 def test_speed_requirement_buys_fast() -> None:
     d = decide(Requirements(min_output_tps=100))
     assert d.tier == "fast" and d.service_tier is None
-    assert d.model == "accounts/fireworks/routers/kimi-k2p6-fast"
+    assert d.model == "accounts/fireworks/routers/kimi-k3-fast"
     assert any(r.code == "tps" and r.plan == "standard" for r in d.reasons)
 
 
@@ -82,7 +82,7 @@ def test_cost_cap_and_budget_reject_with_reasons() -> None:
     std_cost = decide(Requirements()).worst_case_cost_usd
     with pytest.raises(NoFeasibleTier) as info:
         decide(Requirements(max_cost_usd=std_cost / 2))
-    assert {r.code for r in info.value.reasons} == {"cost_cap"}
+    assert {r.code for r in info.value.reasons} - {"opt_in"} == {"cost_cap"}
     budget = tiersel.BudgetState(limit_usd=std_cost * 1.1)
     d = CheapestFeasible()(
         CALL, Requirements(min_output_tps=100, best_effort=True), budget, KIMI, CALM, 0.0

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import csv
+import datetime
+import hashlib
+import json
 import os
 import subprocess
 import sys
+import warnings
 import zipfile
+from collections import Counter
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 import tiersel
 from tiersel import PricingError, UnknownModel, load_pricing
@@ -17,6 +24,8 @@ from tiersel import PricingError, UnknownModel, load_pricing
 DATA = Path(__file__).resolve().parents[1] / "data"
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = "accounts/fireworks/models/"
+ROUTERS = "accounts/fireworks/routers/"
+KEY = "fireworks_ai/"  # LiteLLM's provider prefix
 
 
 @pytest.fixture(scope="module")
@@ -24,65 +33,187 @@ def pricing() -> tiersel.Pricing:
     return load_pricing()
 
 
-def _csv_rows() -> dict[str, dict[str, str]]:
-    with open(DATA / "fireworks_prices.csv", newline="") as f:
-        return {r["model_id"]: r for r in csv.DictReader(f)}
+def _overlay() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "pricing" / "fireworks_overlay.yaml").read_text())
+    return doc
 
 
-def test_every_figure_matches_the_reference_csv(pricing: tiersel.Pricing) -> None:
-    rows = _csv_rows()
+@pytest.fixture(scope="module")
+def price_map() -> dict[str, Any]:
+    """LiteLLM's price map from the pinned litellm (a dev dependency), checked against its pin."""
+    pin = _overlay()["map"]
+    dist = metadata.distribution(pin["package"])
+    assert dist.version == pin["version"], "install the pinned litellm: pip install -e '.[dev]'"
+    data = Path(str(dist.locate_file(pin["file"]))).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == pin["sha256"]
+    doc: dict[str, Any] = json.loads(data)
+    return doc
+
+
+def test_a_rebuild_from_the_pinned_map_and_the_overlay_is_the_committed_table() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "pricing" / "build_fireworks.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "up to date" in done.stdout
+
+
+def test_the_table_agrees_with_the_map_wherever_both_price_a_model_and_tier(
+    pricing: tiersel.Pricing, price_map: dict[str, Any]
+) -> None:
+    corrected = set(_overlay()["corrections"])
     checked = 0
-    for model in pricing.models.values():
-        for tier, price in model.tiers.items():
-            row = rows[price.model_id if price.model_id != model.model_id else model.model_id]
-            prefix = "priority_" if tier == "priority" else ""
-            assert price.input_per_1m == pytest.approx(float(row[prefix + "input_usd_per_1m"]))
-            assert price.output_per_1m == pytest.approx(float(row[prefix + "output_usd_per_1m"]))
-            cached = row[prefix + "cached_input_usd_per_1m"]
-            expected_cached = float(cached) if cached else 0.5 * price.input_per_1m
-            assert price.cached_input_per_1m == pytest.approx(expected_cached)
+    for mp in pricing.models.values():
+        if mp.name in corrected:
+            continue
+        for tier, tp in {**mp.tiers, **mp.retired_tiers}.items():
+            entry = price_map[KEY + tp.model_id]
+            sfx = "_priority" if tier.endswith("priority") else ""
+            assert tp.input_per_1m == pytest.approx(entry[f"input_cost_per_token{sfx}"] * 1e6)
+            assert tp.output_per_1m == pytest.approx(entry[f"output_cost_per_token{sfx}"] * 1e6)
+            cached = entry.get(f"cache_read_input_token_cost{sfx}")
+            want = cached * 1e6 if cached is not None else 0.5 * tp.input_per_1m
+            assert tp.cached_input_per_1m == pytest.approx(want), (mp.name, tier)
             checked += 1
-    assert checked > 60
+    # LiteLLM's short keys (fireworks_ai/kimi-k3, fireworks_ai/kimi-k3-fast) price what they name.
+    for key, entry in price_map.items():
+        if not key.startswith(KEY) or key.startswith(KEY + "accounts/"):
+            continue
+        if entry.get("mode") != "chat" or "input_cost_per_token" not in entry:
+            continue
+        mp, _ = pricing.resolve(key)
+        if mp.name in corrected:
+            continue
+        short = key[len(KEY) :]
+        full = next(p + short for p in (MODELS, ROUTERS) if KEY + p + short in price_map)
+        (tp,) = [
+            tp
+            for name, tp in {**mp.tiers, **mp.retired_tiers}.items()
+            if tp.model_id == full and not name.endswith("priority")
+        ]
+        assert tp.input_per_1m == pytest.approx(entry["input_cost_per_token"] * 1e6), key
+        checked += 1
+    assert checked > 300
 
 
-def test_covers_every_priority_and_fast_model(pricing: tiersel.Pricing) -> None:
-    rows = _csv_rows()
-    with_priority = {
-        m[len(MODELS) :]
-        for m, r in rows.items()
-        if m.startswith(MODELS) and r["priority_input_usd_per_1m"]
+def test_every_chat_model_of_the_map_resolves_with_its_status_and_dates(
+    pricing: tiersel.Pricing, price_map: dict[str, Any]
+) -> None:
+    chat = {
+        k: v
+        for k, v in price_map.items()
+        if k.startswith(KEY + "accounts/") and v.get("mode") == "chat"
     }
-    assert with_priority <= set(pricing.models)
-    fast_routers = {m for m in rows if m.startswith("accounts/fireworks/routers/") and "-fast" in m}
-    sent = {p.model_id for m in pricing.models.values() for p in m.tiers.values()}
-    assert fast_routers <= sent
-    for popular in (
-        "gpt-oss-20b",
-        "deepseek-v3p2",
-        "llama-v3p3-70b-instruct",
-        "qwen3-235b-a22b-instruct-2507",
-    ):
-        assert set(pricing.model(popular).tiers) == {"standard"}
+    assert len(pricing.models) >= 250
+    for key, entry in chat.items():
+        mp, tier = pricing.resolve(key)
+        assert mp.status in ("current", "legacy", "retired")
+        if "deprecation_date" in entry and tier is None and mp.model_id == key[len(KEY) :]:
+            assert str(mp.deprecation_date) == entry["deprecation_date"], key
+    statuses = Counter(mp.status for mp in pricing.models.values())
+    assert statuses["current"] >= 40 and statuses["legacy"] >= 150 and statuses["retired"] >= 10
+    assert pricing.model("kimi-k3").status == "current"
+    assert pricing.model("llama-v2-70b-chat").status == "legacy"
+    assert pricing.built_from["version"] == _overlay()["map"]["version"]
+
+
+@pytest.mark.parametrize(
+    ("given", "model", "tier"),
+    [
+        ("kimi-k3", "kimi-k3", None),
+        (MODELS + "kimi-k3", "kimi-k3", None),
+        (KEY + MODELS + "kimi-k3", "kimi-k3", None),
+        (KEY + "kimi-k3", "kimi-k3", None),
+        (KEY + "kimi-latest", "kimi-k3", None),
+        (MODELS + "kimi-k2p5", "kimi-k2p5", None),
+        ("accounts/fireworks/routers/kimi-k3-fast", "kimi-k3", "fast"),
+        (KEY + "kimi-k3-fast", "kimi-k3", "fast"),
+        (MODELS + "kimi-k3-spot", "kimi-k3", "spot"),
+        ("accounts/fireworks/routers/kimi-k3-us", "kimi-k3", "us"),
+        # A retired router (and its first name) resolves to its model, the map's successor.
+        ("accounts/fireworks/routers/kimi-k2p6-turbo", "kimi-k2p6", None),
+        ("accounts/fireworks/routers/kimi-k2p6-fast", "kimi-k2p6", None),
+    ],
+)
+@pytest.mark.filterwarnings("ignore::tiersel.TierselWarning")
+def test_every_id_a_user_may_write_resolves(
+    pricing: tiersel.Pricing, given: str, model: str, tier: str | None
+) -> None:
+    mp, implied = pricing.resolve(given)
+    assert (mp.name, implied) == (model, tier)
+
+
+def test_an_unknown_id_names_the_closest_known_ids(pricing: tiersel.Pricing) -> None:
+    with pytest.raises(UnknownModel) as info:
+        pricing.model("kimi-k3x")
+    assert "closest: kimi-k3" in str(info.value)
+    with pytest.raises(UnknownModel, match="no-such-model"):
+        pricing.model("no-such-model")
+
+
+def test_a_retired_model_warns_once_naming_its_successor() -> None:
+    table = load_pricing()
+    with pytest.warns(tiersel.TierselWarning, match="'glm-5p2' was retired on 2026-09-25; its su"):
+        table.model("glm-5p2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table.model("glm-5p2")  # once
+
+
+def test_a_model_retires_on_its_deprecation_date(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        HEAD.replace('"2026-01"', '"2026-03-01"')
+        + "  m1: {deprecation_date: 2026-04-01, successor: m2, standard: {input: 1, output: 1}}\n"
+        + "  m2: {standard: {input: 1, output: 1}}\n",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        before = load_pricing(path, today=datetime.date(2026, 3, 31))
+        assert before.model("m1").status == "current"
+    after = load_pricing(path, today=datetime.date(2026, 4, 1))
+    with pytest.warns(tiersel.TierselWarning, match="'m1' was retired on 2026-04-01; its succ"):
+        assert after.model("m1").retired
+
+
+def test_a_table_older_than_90_days_warns_once(tmp_path: Path) -> None:
+    path = _write(tmp_path, HEAD + "  m1: {standard: {input: 1, output: 1}}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_pricing(path, today=datetime.date(2026, 3, 1))
+    with pytest.warns(tiersel.TierselWarning, match="is from 2026-01, more than 90 days ago"):
+        load_pricing(path, today=datetime.date(2026, 6, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_pricing(path, today=datetime.date(2026, 6, 1))
 
 
 def test_tiers_say_how_they_are_requested(pricing: tiersel.Pricing) -> None:
     assert dict(pricing.tiers["standard"].body) == {}
     assert dict(pricing.tiers["priority"].body) == {"service_tier": "priority"}
-    assert pricing.tiers["fast"].uses_router
-    kimi = pricing.model("kimi-k2p6")
-    assert kimi.tiers["fast"].model_id == "accounts/fireworks/routers/kimi-k2p6-fast"
-    assert kimi.tiers["priority"].model_id == MODELS + "kimi-k2p6"
-    assert "fireworks.ai/pricing" in pricing.source
-    assert pricing.as_of == "2026-11"
+    assert pricing.tiers["fast"].uses_router and not pricing.tiers["fast"].opt_in
+    assert pricing.tiers["spot"].opt_in and pricing.tiers["us"].opt_in
+    us = pricing.tiers["us_priority"]
+    assert us.uses_router and dict(us.body) == {"service_tier": "priority"}
+    kimi = pricing.model("kimi-k3")
+    assert kimi.tiers["fast"].model_id == "accounts/fireworks/routers/kimi-k3-fast"
+    assert kimi.tiers["priority"].model_id == MODELS + "kimi-k3"
+    assert kimi.default_tiers == ("standard", "priority", "fast")
+    assert "LiteLLM" in pricing.source
 
 
-def test_model_ids_resolve_with_or_without_prefix(pricing: tiersel.Pricing) -> None:
-    assert pricing.model("kimi-k2p6") is pricing.model(MODELS + "kimi-k2p6")
-    model, tier = pricing.resolve("accounts/fireworks/routers/kimi-k2p6-fast")
-    assert (model.name, tier) == ("kimi-k2p6", "fast")
-    assert pricing.resolve("kimi-k2p6")[1] is None
-    with pytest.raises(UnknownModel, match="no-such-model"):
-        pricing.model("no-such-model")
+def test_opt_in_tiers_are_chosen_only_when_named() -> None:
+    from tiersel.clock import FakeClock
+
+    sel = tiersel.Selector(clock=FakeClock(), api_key="")
+    call = tiersel.Call(model="kimi-k3", input_tokens=100, max_output_tokens=100)
+    plain = sel.decide(call)
+    assert plain.tier == "standard"
+    assert {r.plan for r in plain.reasons if r.code == "opt_in"} == {"spot", "us", "us_priority"}
+    assert sel.decide(call, tiersel.Requirements(tiers="standard,spot")).tier == "spot"
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -282,11 +413,12 @@ def test_an_overlay_of_a_tiers_priors_keeps_how_the_tier_is_requested(tmp_path: 
     assert tier.description == base.tiers["priority"].description
     assert tier.priors.shed_rate == 0.01
     assert tier.priors.ttft_s == base.tiers["priority"].priors.ttft_s  # not reset to a default
-    kimi = merged.model("kimi-k2p6").tiers["priority"]
+    kimi = merged.model("kimi-k3").tiers["priority"]
     assert kimi.service_tier == "priority"
     # A tier the overlay declares whole, new, is taken as it is.
-    over.write_text("tiers:\n  flex: {request: {body: {service_tier: flex}}}\n")
-    assert dict(load_pricing(overlay=over).tiers["flex"].body) == {"service_tier": "flex"}
+    over.write_text("tiers:\n  background: {request: {body: {service_tier: background}}}\n")
+    tiers = load_pricing(overlay=over).tiers
+    assert dict(tiers["background"].body) == {"service_tier": "background"}
 
 
 def test_an_overlay_may_still_change_how_a_tier_is_requested(tmp_path: Path) -> None:
@@ -383,7 +515,7 @@ def test_numbers_in_exponent_form_are_numbers(tmp_path: Path) -> None:
     assert (price.input_per_1m, price.output_per_1m) == (pytest.approx(0.1), pytest.approx(20))
 
 
-@pytest.mark.parametrize("schema", ["2", "0", "true", '"1"'])
+@pytest.mark.parametrize("schema", ["3", "0", "true", '"1"'])
 def test_an_unknown_schema_version_is_refused(tmp_path: Path, schema: str) -> None:
     path = _write(
         tmp_path, f"schema: {schema}\n" + HEAD + "  m1: {standard: {input: 1, output: 1}}\n"

@@ -47,7 +47,7 @@ def test_requirements_are_immutable_and_split_tiers() -> None:
     ],
 )
 def test_bad_calls_are_named(fields: dict[str, object], needle: str) -> None:
-    base: dict[str, object] = {"model": "kimi-k2p6", "input_tokens": 10, "max_output_tokens": 100}
+    base: dict[str, object] = {"model": "kimi-k3", "input_tokens": 10, "max_output_tokens": 100}
     with pytest.raises(ValidationError, match=needle):
         Call(**{**base, **fields})  # type: ignore[arg-type]
 

@@ -17,7 +17,7 @@ from tiersel.signals import Outcome
 from tiersel.wrap.exchange import Answer, ReplyHeaders, reply
 
 BODY = {
-    "model": "accounts/fireworks/models/kimi-k2p6",
+    "model": "accounts/fireworks/models/kimi-k3",
     "messages": [{"role": "user", "content": "hello there"}],
     "max_tokens": 200,
 }

@@ -10,7 +10,7 @@ import pytest
 from tiersel import MemorySignalStore, Observation, Outcome, SignalConfig, SignalKey, TierPriors
 from tiersel.signals import CircuitState, assess
 
-KEY = SignalKey("fireworks", "kimi-k2p6", "standard")
+KEY = SignalKey("fireworks", "kimi-k3", "standard")
 PRIORS = TierPriors(shed_rate=0.02, error_rate=0.0, ttft_s=0.5, output_tps=50.0)
 
 

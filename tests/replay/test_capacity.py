@@ -11,7 +11,7 @@ from tiersel.replay.capacity import busy_slots, sized
 from tiersel.replay.traces import parse_trace, shipped_trace
 from tiersel.sim import Provider, SimRequest, load_scenario
 
-KIMI = "accounts/fireworks/models/kimi-k2p6"
+KIMI = "accounts/fireworks/models/kimi-k3"
 
 
 @pytest.mark.parametrize("replicas", [1, 4])

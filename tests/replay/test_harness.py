@@ -87,7 +87,7 @@ def test_a_policy_that_ignores_signals_does_worse_under_peak_than_calm() -> None
 
 
 def test_costs_are_the_tier_prices_of_what_served() -> None:
-    prices = load_pricing().model("kimi-k2p6")
+    prices = load_pricing().model("kimi-k3")
     trace = conv_slice().compressed(SPEEDUP)
     for policy in _result(comparison("peak"), "tiersel"), _result(comparison("peak"), "cooldown"):
         for r in policy.records:

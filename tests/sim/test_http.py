@@ -14,8 +14,8 @@ import pytest
 
 from tiersel.sim.server import RunningServer, serve_in_subprocess
 
-KIMI = "accounts/fireworks/models/kimi-k2p6"
-KIMI_FAST = "accounts/fireworks/routers/kimi-k2p6-fast"
+KIMI = "accounts/fireworks/models/kimi-k3"
+KIMI_FAST = "accounts/fireworks/routers/kimi-k3-fast"
 LIMITED = "accounts/fireworks/models/gpt-oss-120b"
 SCALE = 0.01
 

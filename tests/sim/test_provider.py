@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from tiersel.sim import Provider, ResultKind, SimRequest
 
-KIMI = "accounts/fireworks/models/kimi-k2p6"
-KIMI_FAST = "accounts/fireworks/routers/kimi-k2p6-fast"
+KIMI = "accounts/fireworks/models/kimi-k3"
+KIMI_FAST = "accounts/fireworks/routers/kimi-k3-fast"
 NO_PRIORITY = "accounts/fireworks/models/gpt-oss-20b"  # has no priority tier
 
 requests = st.builds(
@@ -125,6 +125,20 @@ def test_priority_on_a_router_model_is_a_400() -> None:
     assert stats["by_status"] == {"400": 1}
 
 
+def test_priority_on_a_us_only_router_is_the_us_priority_tier() -> None:
+    """Fireworks sells priority on its US-only routers (the table's us_priority): served, and
+    billed at that tier's price; not counted as priority on a fast model."""
+    provider = Provider("calm")
+    us = "accounts/fireworks/routers/kimi-k3-us"
+    r = provider.admit(SimRequest(us, 100, 10, service_tier="priority"), 1.0)
+    assert (r.status, r.tier) == (200, "us_priority")
+    plain = provider.admit(SimRequest(us, 100, 10), 2.0)
+    assert (plain.status, plain.tier) == (200, "us")
+    stats = provider.stats()
+    assert stats["priority_with_router"] == 0
+    assert stats["by_tier"] == {"us_priority": {"200": 1}, "us": {"200": 1}}
+
+
 def test_priority_on_a_model_without_priority_is_served_and_counted_as_standard() -> None:
     provider = Provider("calm")
     r = provider.admit(SimRequest(NO_PRIORITY, 100, 10, service_tier="priority"), 1.0)
@@ -137,7 +151,7 @@ def test_priority_on_a_model_without_priority_is_served_and_counted_as_standard(
 def test_unknown_models_and_short_names_are_404() -> None:
     provider = Provider("calm")
     assert provider.admit(SimRequest("accounts/fireworks/models/nope", 10), 0).status == 404
-    short = provider.admit(SimRequest("kimi-k2p6", 10), 0)
+    short = provider.admit(SimRequest("kimi-k3", 10), 0)
     assert short.status == 404
     assert KIMI in (short.message or "")
     bad_tier = provider.admit(SimRequest(KIMI, 10, service_tier="flex"), 0)

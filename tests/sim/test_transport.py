@@ -15,7 +15,7 @@ from tiersel import FakeClock, Requirements, Selector
 from tiersel.sim import AsyncSimTransport, SimService, SimTransport
 from tiersel.sim.transport_httpx2 import AsyncSimTransport2, SimTransport2
 
-KIMI = "accounts/fireworks/models/kimi-k2p6"
+KIMI = "accounts/fireworks/models/kimi-k3"
 BASE = "http://sim.local/inference/v1"
 
 
@@ -170,7 +170,7 @@ def test_routes_and_bad_requests() -> None:
         assert client.get("/inference/v1/chat/completions").status_code == 405
         assert client.get("/v1/elsewhere").status_code == 404
         ids = [m["id"] for m in client.get("/inference/v1/models").json()["data"]]
-        assert KIMI in ids and "accounts/fireworks/routers/kimi-k2p6-fast" in ids
+        assert KIMI in ids and "accounts/fireworks/routers/kimi-k3-fast" in ids
         assert client.post("/sim/reset", json={"colour": 1}).status_code == 400
         reset = client.post("/sim/reset", json={"seed": 9, "time_s": 100})
     assert reset.status_code == 200
@@ -184,7 +184,7 @@ def test_selector_escalates_to_priority_during_an_outage() -> None:
     service = SimService("outage", clock=clock, start_s=100.0)  # inside the 60..240 s outage
     transport = SimTransport(service)
     selector = Selector(clock=clock, transport=transport, api_key="sk-sim-test")
-    body = {"model": "kimi-k2p6", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
+    body = {"model": "kimi-k3", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
     result = selector.send(body, requirements=Requirements(deadline_s=20, reliability=0.9))
     assert result.ok and result.tier == "priority"
     stats = transport.stats()

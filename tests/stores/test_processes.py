@@ -82,7 +82,7 @@ def write_input(path: Path, lines: int) -> list[str]:
     with path.open("w") as f:
         for k, cid in enumerate(ids):
             body = {
-                "model": "accounts/fireworks/models/kimi-k2p6",
+                "model": "accounts/fireworks/models/kimi-k3",
                 "messages": [{"role": "user", "content": f"hi {k}"}],
                 "max_tokens": 64,
             }
@@ -170,9 +170,9 @@ def test_four_workers_with_64_in_flight_share_one_budget_under_peak(
     redis_url: str, prefix: str, peak_sim: RunningServer, tmp_path: Path
 ) -> None:
     ids = write_input(tmp_path / "in.jsonl", SHARDS * PER_SHARD)
-    # Room for 4 x 64 worst-case reservations at once (about $0.12), not for every line (about
-    # $0.25): every worker keeps 64 calls in flight, and the money runs out before the lines do.
-    budget = 0.13
+    # Room for 4 x 64 worst-case reservations at once (about $0.44), not for every line (about
+    # $0.9): every worker keeps 64 calls in flight, and the money runs out before the lines do.
+    budget = 0.48
     store = f"{redis_url}?prefix={prefix}&budget=job"
     ledger = open_ledger(store, limit_usd=budget)
     peak_sim.reset(time_s=95)  # the busy spell: standard shed about 90% of the time

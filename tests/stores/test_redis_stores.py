@@ -35,9 +35,9 @@ from tiersel.stores import (
 )
 from tiersel.stores.redis_ledger import RedisLedger
 
-KEY = SignalKey("fireworks", "kimi-k2p6", "standard")
+KEY = SignalKey("fireworks", "kimi-k3", "standard")
 BODY = {
-    "model": "accounts/fireworks/models/kimi-k2p6",
+    "model": "accounts/fireworks/models/kimi-k3",
     "messages": [{"role": "user", "content": "hello"}],
     "max_tokens": 100,
 }
@@ -293,7 +293,7 @@ def test_a_database_the_server_does_not_have_is_named(redis_url: str, kind: str)
     url = redis_url.rsplit("/", 1)[0].replace("redis://", f"redis://:{CANARY}@") + "/99999"
     masked = url.replace(CANARY, "***")
     expected = f"store URL {masked!r}: the server has no database 99999 (DB index is out of range)"
-    key = SignalKey("fireworks", "kimi-k2p6", "standard")
+    key = SignalKey("fireworks", "kimi-k3", "standard")
     with pytest.raises(StoreMisconfigured) as info:
         if kind == "ledger":
             open_ledger(url, limit_usd=1.0).state(0.0)
@@ -404,9 +404,9 @@ def test_a_server_that_lost_its_scripts_gets_them_again(redis_url: str, prefix: 
 
 def test_one_calls_script_error_reaches_only_that_call(redis_url: str, prefix: str) -> None:
     """Two tasks' scripts share one round trip; the one that fails fails alone."""
-    other = SignalKey("fireworks", "kimi-k2p6", "priority")
+    other = SignalKey("fireworks", "kimi-k3", "priority")
     client = redis.Redis.from_url(redis_url)
-    client.set(f"{prefix}:signals:{{fireworks|kimi-k2p6|priority}}:window", "not a hash")
+    client.set(f"{prefix}:signals:{{fireworks|kimi-k3|priority}}:window", "not a hash")
     client.close()
 
     async def go() -> None:

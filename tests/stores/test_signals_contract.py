@@ -29,7 +29,7 @@ from tiersel.signals import (
 from tiersel.tiers import TierPriors
 
 approx = pytest.approx
-KEY = SignalKey("fireworks", "kimi-k2p6", "standard")
+KEY = SignalKey("fireworks", "kimi-k3", "standard")
 # A short window, so expiry can be seen without a long wait.
 SHORT = SignalConfig(window_s=0.8, buckets=4, open_after=2, open_s=0.5, max_open_s=1.0)
 
@@ -78,7 +78,7 @@ def test_record_counts_outcomes_and_timings_and_returns_the_new_counters(
     assert after.tps_log_sum == approx(math.log(80.0))
     assert after.tps_log_sq == approx(math.log(80.0) ** 2)
     assert same(store.stats(KEY, now()), after)
-    other = SignalKey("fireworks", "kimi-k2p6", "priority")
+    other = SignalKey("fireworks", "kimi-k3", "priority")
     assert store.stats(other, now()) == EMPTY_STATS
 
 

@@ -21,7 +21,7 @@ from tiersel.sim.server import RunningServer, serve_in_subprocess
 from tiersel.wrap import AsyncTierTransport, CallRecord, TierTransport
 
 TIME_SCALE = 0.05
-MODEL = "accounts/fireworks/models/kimi-k2p6"
+MODEL = "accounts/fireworks/models/kimi-k3"
 CANARY_KEY = "sk-canary-7f3c9e21-DO-NOT-LEAK"
 
 

@@ -150,7 +150,7 @@ def test_nesting_of_any_depth_is_a_clear_refusal_or_is_counted() -> None:
     )
     assert call.max_input_tokens is not None and call.max_input_tokens >= 900
     # 100,000 levels is past what JSON parsing reaches: a refusal naming the body, no traceback.
-    content = b'{"model": "kimi-k2p6", "messages": [{"role": "user", "content": ' + b"[" * 100_000
+    content = b'{"model": "kimi-k3", "messages": [{"role": "user", "content": ' + b"[" * 100_000
     content += b"]" * 100_000 + b"}], " + b'"max_tokens": 5}'
     never = httpx.MockTransport(lambda r: httpx.Response(500))
     with (

@@ -78,7 +78,7 @@ def test_a_passed_through_body_asking_priority_on_a_fast_router_never_goes_upstr
     spy = Spy()
     http = httpx2.Client(transport=TierTransport(tiersel.Selector(api_key=""), spy))
     client = openai.OpenAI(api_key="sk-test", base_url=calm.openai_base_url, http_client=http)
-    router = "accounts/fireworks/routers/kimi-k2p6-fast"
+    router = "accounts/fireworks/routers/kimi-k3-fast"
     # The legacy completions endpoint is not routed; the combination is refused all the same.
     with pytest.raises(tiersel.RequestNotUnderstood) as caught:
         client.completions.create(

@@ -67,7 +67,7 @@ def _anthropic(server: RunningServer, transport: TierTransport) -> anthropic.Ant
             anthropic.UnprocessableEntityError,
             422,
             "NoFeasibleTier",
-            "no tier of kimi-k2p6 meets the requirements",
+            "no tier of kimi-k3 meets the requirements",
         ),
     ],
 )
@@ -100,7 +100,7 @@ def test_an_exhausted_budget_is_a_402_and_leaves_nothing_reserved(calm: RunningS
     with pytest.raises(anthropic.APIStatusError) as caught:
         _anthropic(calm, transport).messages.create(model=MODEL, max_tokens=8, messages=HI)
     assert caught.value.status_code == 402
-    assert "the budget cannot cover a call to kimi-k2p6" in caught.value.message
+    assert "the budget cannot cover a call to kimi-k3" in caught.value.message
     assert caught.value.response.headers["x-tiersel-error"] == "BudgetExhausted"
     assert transport.requests == 1
     assert calm.stats()["requests"] == 0

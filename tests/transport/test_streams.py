@@ -203,7 +203,7 @@ def test_a_broken_stream_is_a_failure_and_what_arrived_is_charged(
     assert record.usage is not None and 0 < record.usage.completion_tokens < 40
     state = ledger.state(0)
     assert state.reserved_usd == 0 and state.spent_usd == pytest.approx(record.cost_usd)
-    stats = selector.signals.stats(SignalKey("fireworks", "kimi-k2p6", "standard"), 0)
+    stats = selector.signals.stats(SignalKey("fireworks", "kimi-k3", "standard"), 0)
     assert stats.error == 1 and stats.ok == 0
 
 

@@ -4,7 +4,7 @@
 >>> from tiersel import FakeClock
 >>> from tiersel.sim import AsyncSimTransport
 >>> work = pathlib.Path(tempfile.mkdtemp())
->>> line = {"custom_id": "q1", "body": {"model": "kimi-k2p6", "max_tokens": 64,
+>>> line = {"custom_id": "q1", "body": {"model": "kimi-k3", "max_tokens": 64,
 ...                                     "messages": [{"role": "user", "content": "Hello"}]}}
 >>> with open(work / "in.jsonl", "w") as f:
 ...     print(json.dumps(line), file=f)

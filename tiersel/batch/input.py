@@ -106,11 +106,11 @@ class LineParser:
 
     >>> from tiersel import Requirements, load_pricing
     >>> parser = LineParser(load_pricing(), Requirements(), default_max_tokens=None)
-    >>> parser.parse(3, b'{"model": "kimi-k2p6", "messages": [{"role": "user", "content": "hi"}]}')
+    >>> parser.parse(3, b'{"model": "kimi-k3", "messages": [{"role": "user", "content": "hi"}]}')
     ... # doctest: +NORMALIZE_WHITESPACE
     InvalidLine(line=3, custom_id='3', reason='no max_tokens: a hard budget never sends a call
     unbounded; set max_tokens in the body or give the job a default (--default-max-tokens N)')
-    >>> parser.parse(4, b'{"model": "kimi-k2p6", "max_tokens": 9, "messages": [{"role": "user",'
+    >>> parser.parse(4, b'{"model": "kimi-k3", "max_tokens": 9, "messages": [{"role": "user",'
     ...              b' "content": "hi"}], "tiersel": {"deadline_s": 5}}').requirements.deadline_s
     5.0
     """

@@ -64,13 +64,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = sys.argv[1:]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    try:
-        code: int = args.run(args)
-    except BrokenPipeError:
-        # The reader went away (`tiersel prices | head`): not an error of ours.
-        sys.stderr.close()
-        return EXIT_OK
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            code: int = args.run(args)
+        except BrokenPipeError:
+            # The reader went away (`tiersel prices | head`): not an error of ours.
+            sys.stderr.close()
+            return EXIT_OK
     return code
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one line, as the CLI's errors are (`tiersel: warning: ...`), not Python's
+    file-and-source-line form."""
+    print(f"tiersel: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def add_parser(subs: Any, help: str) -> None:
         metavar="S",
         help="simulated seconds the workload's calls are spread over (default 300)",
     )
-    p.add_argument("--model", default="kimi-k2p6", help="model (default kimi-k2p6)")
+    p.add_argument("--model", default="kimi-k3", help="model (default kimi-k3)")
     p.add_argument(
         "--live",
         action="store_true",

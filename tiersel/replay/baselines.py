@@ -73,8 +73,8 @@ class Ladder:
     priority".
 
     >>> from tiersel import load_pricing
-    >>> prices = load_pricing().model("kimi-k2p6")
-    >>> call = Call(model="kimi-k2p6", input_tokens=100, max_output_tokens=10)
+    >>> prices = load_pricing().model("kimi-k3")
+    >>> call = Call(model="kimi-k3", input_tokens=100, max_output_tokens=10)
     >>> Ladder(("standard", "priority"))(call, Requirements(), None, prices, {}, 0.0).label
     'standard>priority'
     >>> Ladder(("standard", "priority"))(
@@ -102,7 +102,7 @@ class Ladder:
         now: float,
     ) -> Decision:
         allowed = requirements.tiers
-        order = self.order if self.order is not None else allowed or tuple(prices.tiers)
+        order = self.order if self.order is not None else allowed or prices.default_tiers
         steps: list[Decision] = []
         for name in order:
             if name in prices.tiers and (allowed is None or name in allowed):

@@ -80,7 +80,7 @@ ORACLE_OFFSETS_S = (0.0, 0.4, 1.0, 2.0)
 """When, after its arrival, a retrying client sends a call's n-th attempt: each shed answers in
 0.2 s and the backoff doubles from 0.2 s (the `Selector` defaults, as always-standard does)."""
 
-DEFAULT_MODEL = "kimi-k2p6"
+DEFAULT_MODEL = "kimi-k3"
 """The model every replayed call asks for unless told (it offers standard, priority and fast)."""
 
 
@@ -336,7 +336,7 @@ class _Engine:
         self.attempts: list[AttemptEvent] = []
         self.body: Mapping[str, Any] = {"model": self.prices.model_id, "messages": []}
         # Tiers in the order the oracle tries them for a call: cheapest first.
-        self.tiers = tuple(self.prices.tiers)
+        self.tiers = self.prices.default_tiers
 
     def run(self) -> tuple[tuple[CallRecord, ...], tuple[AttemptEvent, ...]]:
         work = self.work

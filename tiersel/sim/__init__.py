@@ -6,7 +6,7 @@ The pure model (no I/O, no clock: time is passed in; deterministic for a seed)::
 
     provider = Provider("peak", seed=7)          # a bundled scenario name or a YAML path
     req = SimRequest(
-        model="accounts/fireworks/models/kimi-k2p6",   # full id, or a router id for fast
+        model="accounts/fireworks/models/kimi-k3",   # full id, or a router id for fast
         prompt_tokens=1500, max_tokens=300,            # completion = max_tokens
         service_tier="priority",                       # or None
     )

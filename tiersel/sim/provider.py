@@ -158,7 +158,7 @@ class Provider:
     """The simulated provider for one scenario and seed. Thread-safe; time is passed in.
 
     >>> p = Provider("calm", seed=1)
-    >>> r = p.admit(SimRequest("accounts/fireworks/models/kimi-k2p6", 1000, max_tokens=100), 0.0)
+    >>> r = p.admit(SimRequest("accounts/fireworks/models/kimi-k3", 1000, max_tokens=100), 0.0)
     >>> r.status, r.tier, r.completion_tokens
     (200, 'standard', 100)
     """
@@ -357,6 +357,10 @@ class Provider:
             )
         if implied is not None:
             if st == "priority":
+                # Only where the table sells priority on this router (a US-only router).
+                both = f"{implied}_priority"
+                if both in mp.tiers and mp.tiers[both].model_id == req.model:
+                    return mp, both, True, False
                 return _rejected(
                     req,
                     400,

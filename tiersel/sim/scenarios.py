@@ -26,7 +26,7 @@ A scenario is YAML. Every section is optional; what a file leaves out takes the 
       prompt_tokens_per_s: 20000    # limit, each router tier has its own (PROVIDERS.md)
       generated_tokens_per_s: 2000
       burst_s: 1.0                  # bucket size, in seconds of the rate
-      models: {accounts/fireworks/models/kimi-k2p6: {generated_tokens_per_s: 500}}
+      models: {accounts/fireworks/models/kimi-k3: {generated_tokens_per_s: 500}}
     latency: {overhead_ms: 150}     # any field of tiersel.sim.latency.LatencyParams
     errors: {error_rate: 0.0, stream_break_rate: 0.0}
     default_max_tokens: 256         # completion length when a request sets no max_tokens

@@ -158,7 +158,7 @@ class SimTransport(SimShell, httpx.BaseTransport):
     >>> clock = FakeClock()
     >>> client = httpx.Client(transport=SimTransport(scenario="calm", clock=clock),
     ...                       base_url="http://sim/inference/v1")
-    >>> r = client.post("/chat/completions", json={"model": "accounts/fireworks/models/kimi-k2p6",
+    >>> r = client.post("/chat/completions", json={"model": "accounts/fireworks/models/kimi-k3",
     ...     "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20})
     >>> r.status_code, r.json()["usage"]["completion_tokens"], clock.now() > 0
     (200, 20, True)

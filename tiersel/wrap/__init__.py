@@ -10,7 +10,7 @@ takes, and every chat-completions or messages call gets a tier chosen by the `Se
         http_client=httpx2.Client(transport=tiersel.TierTransport(tiersel.Selector())),
     )
     with tiersel.requirements(deadline_s=10, reliability=0.99):
-        reply = client.chat.completions.create(model="kimi-k2p6", messages=[...])
+        reply = client.chat.completions.create(model="kimi-k3", messages=[...])
 
 - Requirements per call, from (each overriding the one before, field by field) the selector's
   defaults, the innermost ``tiersel.requirements(...)`` block (a context variable: per thread,

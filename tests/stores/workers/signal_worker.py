@@ -13,7 +13,7 @@ from tiersel import Call, Requirements, Selector
 from tiersel.stores import close_store, open_signal_store
 
 BODY = {
-    "model": "accounts/fireworks/models/kimi-k2p6",
+    "model": "accounts/fireworks/models/kimi-k3",
     "messages": [{"role": "user", "content": "summarise the news in one line"}],
     "max_tokens": 100,
 }
@@ -35,7 +35,7 @@ def send(base_url: str, store_url: str, n: int) -> None:
 def decide(store_url: str) -> None:
     store = open_signal_store(store_url)
     sel = Selector(signals=store, api_key="")
-    call = Call(model="kimi-k2p6", input_tokens=500, max_output_tokens=200)
+    call = Call(model="kimi-k3", input_tokens=500, max_output_tokens=200)
     decision = sel.decide(call, Requirements(deadline_s=20, reliability=0.95))
     close_store(store)
     plan = [step.tier.value for step in decision.plan]
