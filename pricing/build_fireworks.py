@@ -174,7 +174,10 @@ class Catalogue:
         if "deprecation_date" in entry:
             out["deprecation_date"] = str(entry["deprecation_date"])
         if "successor_model" in entry:
-            out["successor"] = self.short(str(entry["successor_model"])[len(self.key_prefix) :])
+            # An id of the map ("fireworks_ai/accounts/fireworks/models/glm-5p3"), or a name
+            # the map gives as it is ("Nemotron Super VL").
+            successor = str(entry["successor_model"]).removeprefix(self.key_prefix)
+            out["successor"] = self.short(successor)
         return out
 
     def status(self, entry: dict[str, Any]) -> str:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         TierselError,
         TierselWarning,
         UnknownModel,
+        UnpricedModel,
     )
     from tiersel.policy import CheapestFeasible, FixedTier, Policy, Signals
     from tiersel.pricing import ModelPrices, Pricing, TierPrice, load_pricing
@@ -95,6 +96,7 @@ _LAZY = {
     "TierselError": "tiersel.errors",
     "TierselWarning": "tiersel.errors",
     "UnknownModel": "tiersel.errors",
+    "UnpricedModel": "tiersel.errors",
     "CheapestFeasible": "tiersel.policy",
     "FixedTier": "tiersel.policy",
     "Policy": "tiersel.policy",
@@ -207,6 +209,7 @@ __all__ = [
     "TierselError",
     "TierselWarning",
     "UnknownModel",
+    "UnpricedModel",
     "Usage",
     "Verdict",
     "__version__",

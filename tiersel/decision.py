@@ -83,6 +83,7 @@ class Step(NamedTuple):
     expected_cost_usd: float
     body: Mapping[str, Any] = MappingProxyType({})
     headers: Mapping[str, str] = MappingProxyType({})
+    base_url: str | None = None  # the scheme and host the tier is served from, if its own
 
 
 @dataclass(frozen=True, slots=True)

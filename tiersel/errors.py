@@ -45,14 +45,38 @@ class UnknownModel(TierselError, KeyError):
         self.closest = tuple(closest)
         super().__init__(model)
 
-    def __str__(self) -> str:
+    @property
+    def table_name(self) -> str:
         # The table by file name only: this message may reach a remote client (a refusal's
         # body), which has no business knowing where the server keeps its files.
-        names = "+".join(
+        return "+".join(
             part.replace("\\", "/").rsplit("/", 1)[-1] for part in self.table.split("+")
         )
+
+    def __str__(self) -> str:
         hint = f" (closest: {', '.join(self.closest)})" if self.closest else ""
-        return f"unknown model {shown(self.model)}: not in the price table {names}{hint}"
+        return f"unknown model {shown(self.model)}: not in the price table {self.table_name}{hint}"
+
+
+class UnpricedModel(UnknownModel):
+    """Under a budget, a call to a model the price table cannot price (unknown, or known with
+    no price) is not sent: every call is reserved before it goes, and this one cannot be."""
+
+    def __init__(
+        self, model: str, table: str, closest: Sequence[str] = (), *, known: bool = False
+    ) -> None:
+        super().__init__(model, table, closest)
+        self.known = known
+
+    def __str__(self) -> str:
+        if self.known:
+            what = f"model {shown(self.model)} has no price in the price table {self.table_name}"
+        else:
+            what = super().__str__()
+        return (
+            f"{what}; under a budget every call is reserved before it is sent, so it is not"
+            " sent (price the model with an overlay to route it)"
+        )
 
 
 class NoFeasibleTier(TierselError):

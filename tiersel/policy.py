@@ -354,8 +354,8 @@ def _unmet(
 
 
 def _step(o: _Option) -> Step:
-    tier, model, service_tier, body, headers = o.price.step_fields
-    return _new(Step, (tier, model, service_tier, o.worst, o.expected, body, headers))
+    tier, model, service_tier, body, headers, base_url = o.price.step_fields
+    return _new(Step, (tier, model, service_tier, o.worst, o.expected, body, headers, base_url))
 
 
 def _decision(plan: _Plan, reasons: list[Reason], *, best_effort: bool = False) -> Decision:

@@ -75,6 +75,25 @@ class _RequestDoc(_Strict):
     body: dict[str, Any] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     model: Literal["router"] | None = None
+    # A tier served from its own host (Fireworks' US-only fast variant): the scheme, host and
+    # port the request goes to; its path is kept.
+    base_url: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _origin(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if not parts.hostname or not (
+            parts.scheme == "https" or (parts.scheme == "http" and loopback)
+        ):
+            # An API key goes with the request: only over TLS, but to a server on this machine.
+            raise ValueError(f"must be an https:// URL (http:// only on loopback), got {v!r}")
+        return f"{parts.scheme}://{parts.netloc}"
 
 
 class _TierDoc(_Strict):
@@ -154,7 +173,14 @@ class TierPrice:
 
     def __post_init__(self) -> None:
         spec = self.spec
-        fields = (spec.name, self.model_id, self.service_tier, spec.body, spec.headers)
+        fields = (
+            spec.name,
+            self.model_id,
+            self.service_tier,
+            spec.body,
+            spec.headers,
+            spec.base_url,
+        )
         object.__setattr__(self, "step_fields", fields)
 
     @property
@@ -280,6 +306,7 @@ class Pricing:
                     description=t.description,
                     body=MappingProxyType(dict(t.request.body)),
                     headers=MappingProxyType(dict(t.request.headers)),
+                    base_url=t.request.base_url,
                     uses_router=t.request.model == "router",
                     priors=TierPriors(**t.priors.model_dump()),
                     opt_in=t.opt_in,

@@ -60,6 +60,7 @@ from tiersel.signals import (
     TierStats,
     assess,
 )
+from tiersel.tiers import moved
 
 __all__ = ["FIREWORKS_BASE_URL", "Selector", "new_call_id"]
 
@@ -353,15 +354,15 @@ class Selector:
             }
         return httpx.Request(
             "POST",
-            self._url(path),
+            self._url(path, effect.step.base_url),
             headers=self._headers(headers, effect.headers),
             content=json.dumps(effect.body).encode(),
             extensions=ext,
         )
 
-    def _url(self, path: str) -> httpx.URL:
+    def _url(self, path: str, origin: str | None = None) -> httpx.URL:
         # Parsing a URL costs more than the rest of building a request: parse each one once.
-        full = self.base_url + path
+        full = (moved(self.base_url, origin) if origin else self.base_url) + path
         url = self._urls.get(full)
         if url is None:
             url = httpx.URL(full)

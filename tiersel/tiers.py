@@ -78,7 +78,23 @@ class TierSpec:
     # Chosen only when the allowed tiers name it: spot capacity is preemptible, a US-only router
     # is a data-residency choice, flex is slow. Neither is a choice to make for a user unasked.
     opt_in: bool = False
+    # Where the tier is served, when not where the call is addressed: a scheme and host
+    # (``https://us.api.fireworks.ai``) that replace the request's; its path is kept.
+    base_url: str | None = None
 
     @property
     def sets_service_tier(self) -> bool:
         return "service_tier" in self.body
+
+
+def moved(url: str, origin: str) -> str:
+    """``url`` sent to ``origin`` instead (a tier's `TierSpec.base_url`): its scheme, host and
+    port replaced, its path and query kept.
+
+    >>> moved("https://api.fireworks.ai/inference/v1/chat/completions", "https://us.api.fireworks.ai")
+    'https://us.api.fireworks.ai/inference/v1/chat/completions'
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts, to = urlsplit(url), urlsplit(origin)
+    return urlunsplit((to.scheme, to.netloc, parts.path, parts.query, parts.fragment))

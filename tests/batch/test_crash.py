@@ -26,7 +26,7 @@ from tiersel.sim.server import RunningServer, serve_in_subprocess
 from .conftest import batch_line, body, read_rows, write_jsonl
 
 LINES = 800
-BUDGET = "0.30"  # not enough for every line: the budget runs out before the input does
+BUDGET = "1.10"  # not enough for every line: the budget runs out before the input does
 KILLS_BEFORE = 150  # rows: the budget lasts for more lines than this
 
 

@@ -126,6 +126,16 @@ def test_default_max_tokens_is_written_into_the_body() -> None:
             "url '/v1/embeddings' is not a generation endpoint",
         ),
         (batch_line("c-3", "hello"), "c-3", "body must be a JSON object, got a string"),
+        (
+            batch_line("c-5", body(1, model="accounts/fireworks/routers/auto")),
+            "c-5",
+            "has no price in the price table fireworks.yaml; under a budget every call",
+        ),
+        (
+            batch_line("c-6", body(1, model="kimi-k3x")),
+            "c-6",
+            "unknown model 'kimi-k3x': not in the price table fireworks.yaml (closest: kimi-k3",
+        ),
         (batch_line(7, body(1)), "7", "custom_id must be a non-empty string, got a number"),  # type: ignore[arg-type]
         (
             {**batch_line("c-4", body(1)), "extra": 1},

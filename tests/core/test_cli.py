@@ -21,18 +21,38 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_prices_table_and_json() -> None:
-    out = run("prices", "--model", "accounts/fireworks/models/kimi-k3")
+    out = run("prices", "--model", "fireworks_ai/kimi-latest")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert "USD per 1M tokens" in lines[0]
-    assert any(
-        line.split()[:5] == ["kimi-k3", "priority", "3.75", "0.375", "18.75"] for line in lines
-    )
-    assert any("routers/kimi-k3-fast" in line for line in lines)
+    assert "USD per 1M tokens" in lines[0] and "litellm 1.110.2" in lines[0]
+    assert lines[1] == "model:      kimi-k3 (current)"
+    assert "kimi-latest" in lines[2] and "accounts/fireworks/routers/kimi-k3-fast" in lines[2]
+    rows = {line.split()[1]: line.split() for line in lines if line.startswith("kimi-k3 ")}
+    assert rows["priority"][2:6] == ["3.75", "0.375", "18.75", "1.25x"]
+    assert rows["fast"][5:7] == ["1.5x", "model=accounts/fireworks/routers/kimi-k3-fast"]
+    assert rows["spot"][-1] == "(opt-in)"
     doc = json.loads(run("prices", "--json").stdout)
     tiers = {(r["model"], r["tier"]) for r in doc["prices"]}
-    assert ("kimi-k3", "fast") in tiers and ("gpt-oss-20b", "standard") in tiers
+    assert ("kimi-k3", "fast") in tiers and ("glm-5p3", "priority") in tiers
     assert doc["as_of"] == tiersel.load_pricing().as_of
+
+
+def test_prices_lists_current_models_and_all_with_their_status() -> None:
+    table = tiersel.load_pricing()
+    current = json.loads(run("prices", "--json").stdout)
+    everything = json.loads(run("prices", "--all", "--json").stdout)
+    assert {m["status"] for m in current["models"]} == {"current"}
+    assert len(current["models"]) == current["catalogue"]["current"] >= 40
+    assert len(everything["models"]) == len(table.models) >= 250
+    statuses = {m["model"]: m for m in everything["models"]}
+    assert statuses["kimi-k2p6"]["status"] == "retired"
+    assert statuses["kimi-k2p6"]["deprecation_date"] == "2026-09-25"
+    assert statuses["glm-5p2"]["successor"] == "glm-5p3"
+    assert statuses["llama-v2-70b-chat"]["status"] == "legacy"
+    text = run("prices").stdout.splitlines()
+    assert "current shown (--all for every model)" in text[0]
+    assert not any(line.startswith("kimi-k2p6 ") for line in text)
+    assert any(line.startswith("kimi-k2p6 ") for line in run("prices", "--all").stdout.splitlines())
 
 
 def test_explain_prints_the_decision_and_its_reasons(capsys: pytest.CaptureFixture[str]) -> None:

@@ -224,6 +224,17 @@ def test_the_served_tier_in_the_response_is_what_is_billed() -> None:
     assert r.cost_usd == pytest.approx(1000 * std.input_per_token + 100 * std.output_per_token)
 
 
+def test_a_response_that_names_no_tier_is_billed_at_the_tier_it_was_sent_at() -> None:
+    # Fireworks reports no served tier: an accepted priority request was served at priority.
+    up = Upstream(lambda body: ok(prompt=1000, completion=100))
+    sel = selector(up)
+    r = sel.send(BODY, requirements=Requirements(tiers=["priority"]))
+    pri = sel.pricing.model("kimi-k3").tiers["priority"]
+    assert up.seen[0][0]["service_tier"] == "priority"
+    assert r.tier == "priority"
+    assert r.cost_usd == pytest.approx(1000 * pri.input_per_token + 100 * pri.output_per_token)
+
+
 def test_a_response_without_usage_is_charged_its_worst_case() -> None:
     up = Upstream(lambda body: httpx.Response(200, json={"id": "x", "choices": []}))
     ledger = MemoryLedger(1.0)

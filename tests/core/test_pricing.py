@@ -61,6 +61,7 @@ def test_a_rebuild_from_the_pinned_map_and_the_overlay_is_the_committed_table() 
     assert "up to date" in done.stdout
 
 
+@pytest.mark.filterwarnings("ignore::tiersel.TierselWarning")  # retired ids
 def test_the_table_agrees_with_the_map_wherever_both_price_a_model_and_tier(
     pricing: tiersel.Pricing, price_map: dict[str, Any]
 ) -> None:
@@ -99,6 +100,7 @@ def test_the_table_agrees_with_the_map_wherever_both_price_a_model_and_tier(
     assert checked > 300
 
 
+@pytest.mark.filterwarnings("ignore::tiersel.TierselWarning")  # retired ids
 def test_every_chat_model_of_the_map_resolves_with_its_status_and_dates(
     pricing: tiersel.Pricing, price_map: dict[str, Any]
 ) -> None:

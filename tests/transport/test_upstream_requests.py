@@ -129,3 +129,54 @@ def test_a_chunked_request_is_sent_with_a_length() -> None:
     assert "transfer-encoding" not in sent.headers
     _framed(sent, upstream.contents[0])
     assert upstream.contents[0] == content
+
+
+def test_a_tier_served_from_its_own_host_goes_there_with_its_path_and_host_header(
+    tmp_path: Any,
+) -> None:
+    """A tier's request form may be a base URL (Fireworks serves its US-only fast variant from
+    us.api.fireworks.ai): the wrapper and `Selector.send` send that tier's attempts to its host,
+    with the caller's path and a Host header that matches; other tiers go where they were sent."""
+    overlay = tmp_path / "us.yaml"
+    overlay.write_text(
+        "tiers:\n"
+        "  fast_us: {opt_in: true, request: {model: router, base_url: 'https://us.provider.test'}}\n"
+        "models:\n"
+        "  kimi-k3:\n"
+        "    fast_us: {router: accounts/fireworks/routers/kimi-k3-fast-us, input: 5, output: 25}\n"
+    )
+    pricing = tiersel.load_pricing(overlay=overlay)
+    upstream = Upstream(200)
+    selector = tiersel.Selector(clock=tiersel.FakeClock(), api_key="", pricing=pricing)
+    http = httpx.Client(transport=TierTransport(selector, httpx.MockTransport(upstream)))
+    with tiersel.requirements(tiers="fast_us"):
+        assert http.post(URL, json=_body()).status_code == 200
+    assert http.post(URL, json=_body()).status_code == 200  # standard: where it was sent
+    moved, stayed = upstream.requests
+    assert str(moved.url) == "https://us.provider.test/inference/v1/chat/completions"
+    assert moved.headers["host"] == "us.provider.test"
+    assert json.loads(upstream.contents[0])["model"].endswith("/routers/kimi-k3-fast-us")
+    assert str(stayed.url) == URL and stayed.headers["host"] == "provider.test"
+    # The same through Selector.send, whose base URL has its own path.
+    direct = tiersel.Selector(
+        clock=tiersel.FakeClock(),
+        api_key="",
+        pricing=pricing,
+        transport=httpx.MockTransport(upstream),
+        base_url="https://provider.test/inference/v1",
+    )
+    result = direct.send(_body(), requirements=tiersel.Requirements(tiers="fast_us"))
+    assert result.ok and result.tier == "fast_us"
+    assert str(upstream.requests[-1].url) == (
+        "https://us.provider.test/inference/v1/chat/completions"
+    )
+
+
+def test_a_tier_base_url_must_be_https_except_on_loopback(tmp_path: Any) -> None:
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text("tiers:\n  eu: {request: {base_url: 'http://eu.provider.test'}}\n")
+    with pytest.raises(tiersel.PricingError) as info:
+        tiersel.load_pricing(overlay=overlay)
+    assert "tiers.eu.request.base_url: must be an https:// URL" in str(info.value)
+    overlay.write_text("tiers:\n  eu: {request: {base_url: 'http://127.0.0.1:8080/ignored'}}\n")
+    assert tiersel.load_pricing(overlay=overlay).tiers["eu"].base_url == "http://127.0.0.1:8080"

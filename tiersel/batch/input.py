@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from tiersel.call import Requirements
 from tiersel.dialects import Dialect, check_token_count, dialect_for_path, max_output_tokens
-from tiersel.errors import TierselError
+from tiersel.errors import TierselError, UnpricedModel
 from tiersel.pricing import Pricing
 
 __all__ = ["BatchRequest", "InputScan", "InvalidLine", "LineParser", "iter_lines", "scan_input"]
@@ -206,9 +206,12 @@ class LineParser:
         if not isinstance(model, str) or not model:
             raise _Bad(custom_id, f"model must be a non-empty string, got {_kind(model)}")
         try:
-            self._pricing.resolve(model)
+            prices, _ = self._pricing.resolve(model)
         except TierselError as exc:
             raise _Bad(custom_id, str(exc)) from None
+        if not prices.priced:
+            # A job is budgeted: a line it cannot reserve for is not sent.
+            raise _Bad(custom_id, str(UnpricedModel(model, self._pricing.origin, known=True)))
 
     def _requirements(self, custom_id: str, hints: Any) -> Requirements:
         if hints is None or hints == {}:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +28,13 @@ from tiersel.errors import (
     NoFeasibleTier,
     RequestNotUnderstood,
     TierselError,
+    TierselWarning,
+    UnknownModel,
+    UnpricedModel,
     shown,
 )
 from tiersel.selector import Selector
+from tiersel.tiers import moved
 from tiersel.wrap.context import current_scope
 from tiersel.wrap.flavours import BytesStream, Flavour, TimeoutErrors, as_flavour
 from tiersel.wrap.hints import InvalidHint, merge_requirements, read_hints, strip_hints
@@ -57,6 +62,7 @@ CallHook = Callable[[CallRecord], None]
 """A function handed each call's `CallRecord` when the call ends (for a stream: when it ends)."""
 
 _DROPPED_REQUEST_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+_MOVED_DROPPED = _DROPPED_REQUEST_HEADERS | {b"host"}  # a tier served from its own host
 _RECODED_RESPONSE_HEADERS = frozenset({b"content-encoding", b"content-length"})
 _STREAM_RESPONSE_HEADERS = frozenset({b"content-encoding", b"content-length", b"x-should-retry"})
 _NO_RETRY = (b"x-should-retry", b"false")
@@ -100,7 +106,7 @@ class Exchange:
     """What the sync and async transports share: reading a request, building the upstream
     request, and the response and record for the caller. No I/O here."""
 
-    __slots__ = ("abandoned", "on_call", "refusals", "selector")
+    __slots__ = ("abandoned", "on_call", "refusals", "selector", "unpriced_warned")
 
     def __init__(
         self, selector: Selector, on_call: CallHook | None, refusals: str = "auto"
@@ -111,6 +117,7 @@ class Exchange:
         self.on_call = on_call
         self.refusals = refusals
         self.abandoned = Abandoned()
+        self.unpriced_warned: set[str] = set()
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -136,6 +143,34 @@ class Exchange:
         if self.responds_to_refusals(request):
             return self.refusal(flavour, dialect, exc)
         raise exc
+
+    def unrouted(self, route: Route) -> bool:
+        """Whether ``route``'s model is one the price table cannot price (unknown, or known with
+        no price), so the call goes as written: with no budget, yes (warned once per model);
+        under a budget it is refused (`UnpricedModel`), since it cannot be reserved for."""
+        model = route.body.get("model")
+        if not isinstance(model, str) or not model:
+            return False  # the selector refuses it, saying why
+        pricing = self.selector.pricing
+        try:
+            if pricing.model(model).priced:
+                return False
+            closest: tuple[str, ...] = ()
+            known = True
+        except UnknownModel as exc:
+            closest, known = exc.closest, False
+        if self.selector.ledger_enabled:
+            raise UnpricedModel(model, pricing.origin, closest, known=known)
+        if model not in self.unpriced_warned:
+            self.unpriced_warned.add(model)
+            what = "has no price in" if known else "is not in"
+            warnings.warn(
+                f"model {shown(model)} {what} the price table: its calls are sent as written,"
+                " with no tier chosen and nothing charged",
+                TierselWarning,
+                stacklevel=2,
+            )
+        return True
 
     def route(self, request: Any, flavour: Flavour, path: str, dialect: Dialect) -> Route:
         """Read a generation request (its body already read)."""
@@ -199,12 +234,14 @@ class Exchange:
         """The request for one attempt, in the inner transport's library."""
         timeout_s = effect.timeout_s
         content = route.content
+        origin = effect.step.base_url
         if content is not None and effect.body == route.body:
             # The tier asks for no change: the caller's bytes, or its very request.
             if (
                 route.request is not None
                 and to is route.flavour
                 and not effect.headers
+                and origin is None
                 and (timeout_s is None or not math.isfinite(timeout_s))
             ):
                 return route.request
@@ -212,16 +249,19 @@ class Exchange:
             content = _dump(effect.body)
         length = str(len(content))
         if to is route.flavour:
-            url = route.url
+            url = route.url if origin is None else moved(str(route.url), origin)
             headers = route.headers.copy()
             headers["content-length"] = length
             if effect.headers:
                 headers.update(effect.headers)
+            if origin is not None:
+                headers["host"] = _netloc(origin)
         else:
-            url = str(route.url)
-            headers = [
-                (k, v) for k, v in route.headers.raw if k.lower() not in _DROPPED_REQUEST_HEADERS
-            ]
+            url = str(route.url) if origin is None else moved(str(route.url), origin)
+            dropped = _DROPPED_REQUEST_HEADERS if origin is None else _MOVED_DROPPED
+            headers = [(k, v) for k, v in route.headers.raw if k.lower() not in dropped]
+            if origin is not None:
+                headers.append((b"host", _netloc(origin).encode("ascii")))
             headers.append((b"content-length", length.encode()))
             headers += [
                 (k.encode("latin-1"), v.encode("latin-1")) for k, v in effect.headers.items()
@@ -585,6 +625,11 @@ class Answer:
     response: Any
     content: bytes | None = None
     encoded: bool = False
+
+
+def _netloc(origin: str) -> str:
+    """The Host header for a tier's `base_url` (``https://us.api.fireworks.ai`` -> its host)."""
+    return origin.split("://", 1)[1]
 
 
 def _dump(body: Any) -> bytes:

@@ -87,10 +87,13 @@ class _Shell:
 
     def _open(self, request: Any, flavour: Flavour, generation: tuple[str, Dialect]) -> Any:
         """A generation call's route, attempt flow and id; for a call refused before any
-        attempt, its refusal response (or the refusal raised, as ``refusals`` says)."""
+        attempt, its refusal response (or the refusal raised, as ``refusals`` says); None for a
+        call to a model the table cannot price, sent as written when no budget is set."""
         exchange = self._exchange
         try:
             route = exchange.route(request, flavour, *generation)
+            if exchange.unrouted(route):
+                return None
             flow, _, call_id = self.selector._prepare(
                 route.body,
                 route.requirements,
@@ -158,16 +161,11 @@ class TierTransport(_Shell, SyncTransportBase):
             refused = exchange.refuse_passthrough(request, flavour)
             if refused is not None:
                 return refused
-            sent = convert_request(
-                without_hints(request, flavour), inner_flavour, asynchronous=False
-            )
-            try:
-                response = inner.handle_request(sent)
-            except TransportErrors as exc:
-                raise as_flavour(exc, flavour) from exc
-            return convert_response(response, flavour, asynchronous=False)
+            return self._pass(request, flavour, inner, inner_flavour)
         request.read()
         opened = self._open(request, flavour, generation)
+        if opened is None:
+            return self._pass(request, flavour, inner, inner_flavour)
         if not isinstance(opened, tuple):
             return opened  # a refusal
         route, flow, call_id = opened
@@ -197,6 +195,17 @@ class TierTransport(_Shell, SyncTransportBase):
             sel._release_quietly(call_id)
             raise
         return exchange.respond(route, result, asynchronous=False)
+
+    @staticmethod
+    def _pass(request: Any, flavour: Flavour, inner: Any, inner_flavour: Flavour) -> Any:
+        """Send ``request`` as written (less tiersel's hint headers): a call tiersel does not
+        route."""
+        sent = convert_request(without_hints(request, flavour), inner_flavour, asynchronous=False)
+        try:
+            response = inner.handle_request(sent)
+        except TransportErrors as exc:
+            raise as_flavour(exc, flavour) from exc
+        return convert_response(response, flavour, asynchronous=False)
 
     def close(self) -> None:
         self._exchange.abandoned.drain()
@@ -229,16 +238,11 @@ class AsyncTierTransport(_Shell, AsyncTransportBase):
             refused = exchange.refuse_passthrough(request, flavour)
             if refused is not None:
                 return refused
-            sent = convert_request(
-                without_hints(request, flavour), inner_flavour, asynchronous=True
-            )
-            try:
-                response = await inner.handle_async_request(sent)
-            except TransportErrors as exc:
-                raise as_flavour(exc, flavour) from exc
-            return convert_response(response, flavour, asynchronous=True)
+            return await self._pass(request, flavour, inner, inner_flavour)
         await request.aread()
         opened = self._open(request, flavour, generation)
+        if opened is None:
+            return await self._pass(request, flavour, inner, inner_flavour)
         if not isinstance(opened, tuple):
             return opened  # a refusal
         route, flow, call_id = opened
@@ -268,6 +272,17 @@ class AsyncTierTransport(_Shell, AsyncTransportBase):
             await sel._arelease_quietly(call_id)
             raise
         return exchange.respond(route, result, asynchronous=True)
+
+    @staticmethod
+    async def _pass(request: Any, flavour: Flavour, inner: Any, inner_flavour: Flavour) -> Any:
+        """Send ``request`` as written (less tiersel's hint headers): a call tiersel does not
+        route."""
+        sent = convert_request(without_hints(request, flavour), inner_flavour, asynchronous=True)
+        try:
+            response = await inner.handle_async_request(sent)
+        except TransportErrors as exc:
+            raise as_flavour(exc, flavour) from exc
+        return convert_response(response, flavour, asynchronous=True)
 
     async def aclose(self) -> None:
         await self._exchange.abandoned.adrain()
