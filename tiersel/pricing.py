@@ -168,6 +168,7 @@ class TierPrice:
     source: str
     as_of: str
     aliases: tuple[str, ...] = ()  # other ids that name this model on this tier
+    deprecation_date: datetime.date | None = None  # of this tier's own id (an old router)
     # What a decision's `Step` for this tier holds besides the call's costs (precomputed).
     step_fields: tuple[Any, ...] = field(init=False, repr=False, compare=False)
 
@@ -340,6 +341,7 @@ class Pricing:
                 source=p.source or entry.source or doc.source,
                 as_of=p.as_of or doc.as_of,
                 aliases=tuple(p.aliases),
+                deprecation_date=p.deprecation_date,
             )
             retired = p.deprecation_date is not None and p.deprecation_date <= today
             (gone if retired else live)[tname] = tp

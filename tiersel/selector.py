@@ -111,7 +111,8 @@ class Selector:
       An `AsyncLedger` works with `asend` only.
     - ``transport`` / ``async_transport``: where `send` / `asend` go (an httpx transport or
       client, or a plain function from ``httpx.Request`` to ``httpx.Response``).
-    - ``default_max_output_tokens``: the output cap assumed for a body that states none (4096).
+    - ``default_max_output_tokens``: the output cap assumed for a body that states none (4096,
+      or the model's own output limit from the price table when that is smaller).
     - ``unbounded_output``: under a budget, what a body with no output cap is sent with, so that
       its reservation bounds what it can cost (the cap set is reported in the
       ``x-tiersel-max-tokens`` response header): ``"share"`` (the default), what a quarter of
@@ -292,7 +293,11 @@ class Selector:
         if not isinstance(model, str) or not model:
             raise RequestNotUnderstood("the body has no 'model' string")
         prices, implied = self.pricing.resolve(model)
-        out = max_output_tokens(body, dialect) or self.default_max_output_tokens
+        out = max_output_tokens(body, dialect)
+        if out is None:  # at most what the model can write, when the table says
+            limit = prices.max_output_tokens
+            out = self.default_max_output_tokens
+            out = min(out, limit) if limit else out
         tokens, bound = input_tokens(body, bytes_per_token=self.bytes_per_token)
         # Every field was checked above (the cap by max_output_tokens, the model by the table):
         # skip validating them again on the hot path.

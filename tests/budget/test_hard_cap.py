@@ -152,3 +152,27 @@ def test_call_ids_are_unique_across_selectors() -> None:
     ids = {new_call_id() for _ in range(10_000)}
     assert len(ids) == 10_000
     assert all(i.startswith("call-") and len(i) == 29 for i in ids)
+
+
+def test_a_body_with_no_cap_is_capped_at_most_at_the_models_own_output_limit(
+    tmp_path: Path,
+) -> None:
+    """deepseek-v3 writes at most 8,192 tokens (the table's max_output_tokens): a reservation
+    for more would hold money no answer can cost."""
+    clock = FakeClock()
+    sim = AsyncSimTransport(scenario=long_output_scenario(tmp_path), clock=clock)
+    sel = tiersel.Selector(
+        clock=clock,
+        ledger=tiersel.MemoryLedger(BUDGET),
+        api_key="",
+        unbounded_output="cap",
+        default_max_output_tokens=100_000,
+    )
+    assert sel.pricing.model("deepseek-v3").max_output_tokens == 8192
+
+    async def one(model: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=AsyncTierTransport(sel, sim)) as http:
+            body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            return await http.post("http://sim/inference/v1/chat/completions", json=body)
+
+    assert asyncio.run(one("deepseek-v3")).headers["x-tiersel-max-tokens"] == "8192"

@@ -267,3 +267,64 @@ def test_explain_json_refuses_to_print_a_non_finite_number(
         "tiersel: error: --json: estimated_cost_usd is not a finite number; the call or the"
         " price table is out of range\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        ("fireworks_ai/accounts/fireworks/models/kimi-k3", "accounts/fireworks/models/kimi-k3"),
+        ("fireworks_ai/kimi-k3", "accounts/fireworks/models/kimi-k3"),
+        ("fireworks_ai/kimi-latest", "accounts/fireworks/models/kimi-k3"),
+        ("accounts/fireworks/models/kimi-k2p5", "accounts/fireworks/models/kimi-k2p5"),
+        ("accounts/fireworks/routers/kimi-k2p6-turbo", "accounts/fireworks/models/kimi-k2p6"),
+    ],
+)
+def test_explain_resolves_every_id_a_user_may_write(given: str, sent: str) -> None:
+    out = run("explain", "--model", given, "--input-tokens", "2000", "--max-tokens", "200")
+    assert out.returncode == 0, out.stderr
+    assert f"model:              {sent}\n" in out.stdout
+    if "k2p6" in given:  # retired: said once, as one line each, naming what is sent
+        assert (
+            "tiersel: warning: 'accounts/fireworks/routers/kimi-k2p6-turbo' (fast of" in out.stderr
+        )
+
+
+def test_explain_offers_spot_and_flex_only_where_the_table_prices_them() -> None:
+    args = ("explain", "--model", "kimi-k3", "--input-tokens", "2000", "--max-tokens", "200")
+    plain = run(*args)
+    assert "spot: rejected: opt-in: chosen only when the allowed tiers name it" in plain.stdout
+    assert "flex" not in plain.stdout  # not priced for kimi-k3: not offered, not mentioned
+    named = run(*args, "--tiers", "flex,spot")
+    assert named.returncode == 0 and "tier:               spot\n" in named.stdout
+    assert "flex: rejected: the model does not offer this tier" in named.stdout
+    only_flex = run(*args, "--tiers", "flex")
+    assert only_flex.returncode == 3
+    assert (
+        "flex: rejected: the model does not offer this tier" in only_flex.stdout + only_flex.stderr
+    )
+
+
+def test_prices_all_json_dates_every_model_and_router_the_map_dates() -> None:
+    from importlib import metadata
+
+    import yaml
+
+    overlay = Path(__file__).resolve().parents[2] / "pricing" / "fireworks_overlay.yaml"
+    pin = yaml.safe_load(overlay.read_text())["map"]
+    dist = metadata.distribution(pin["package"])
+    price_map = json.loads(Path(str(dist.locate_file(pin["file"]))).read_text())
+    dated = {
+        k.removeprefix("fireworks_ai/"): v["deprecation_date"]
+        for k, v in price_map.items()
+        if k.startswith("fireworks_ai/accounts/") and v.get("mode") == "chat"
+        if "deprecation_date" in v
+    }
+    doc = json.loads(run("prices", "--all", "--json").stdout)
+    listed: dict[str, str | None] = {}
+    for m in doc["models"]:
+        listed[m["model_id"]] = m["deprecation_date"]
+        for t in m["tiers"] + m["retired_tiers"]:
+            if t["model_id"] != m["model_id"]:
+                listed[t["model_id"]] = t["deprecation_date"]
+    assert len(dated) >= 20
+    assert {k: listed.get(k) for k in dated} == dated

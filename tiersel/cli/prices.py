@@ -117,6 +117,7 @@ def _tier_doc(pricing: Pricing, m: ModelPrices, name: str, price: TierPrice) -> 
         "aliases": list(price.aliases),
         "request": _request_form(pricing, price),
         "opt_in": pricing.tiers[name].opt_in,
+        "deprecation_date": str(price.deprecation_date) if price.deprecation_date else None,
         "as_of": price.as_of,
     }
 
@@ -218,4 +219,7 @@ def _print_model(d: dict[str, Any]) -> None:
         print()
         _print_rows(rows, with_status=False)
     for t in d["retired_tiers"]:
-        print(f"retired:    {t['tier']} ({t['model_id']}): its id is sent as {d['model_id']}")
+        print(
+            f"retired:    {t['tier']} ({t['model_id']}, {t['deprecation_date']}):"
+            f" its id is sent as {d['model_id']}"
+        )
