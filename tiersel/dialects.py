@@ -269,17 +269,21 @@ def apply_step(body: Mapping[str, Any], step: Step) -> dict[str, Any]:
     """A copy of ``body`` that asks for ``step``'s tier: its model id and ``service_tier``.
 
     tiersel owns these two fields: a caller's own ``service_tier`` is replaced, so a fast router
-    model is never sent with a priority tier.
+    model is never sent with a priority tier. The price table allows a router tier to set
+    ``service_tier`` only where the provider sells both together (Fireworks' US-only ``-us``
+    routers); this check stands behind it, whatever the table says.
     """
     out = dict(body)
     out["model"] = step.model
     out.pop("service_tier", None)
     for key, value in step.body.items():
         out[key] = value
-    if "service_tier" in out and "/routers/" in str(out["model"]):
-        raise RequestNotUnderstood(
-            f"refusing to send router model {shown(out['model'])} with a service_tier"
-        )
+    if "service_tier" in out:
+        model = str(out["model"])
+        if "/routers/" in model and not model.endswith("-us"):
+            raise RequestNotUnderstood(
+                f"refusing to send router model {shown(model)} with a service_tier"
+            )
     return out
 
 

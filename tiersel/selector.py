@@ -293,6 +293,11 @@ class Selector:
         if not isinstance(model, str) or not model:
             raise RequestNotUnderstood("the body has no 'model' string")
         prices, implied = self.pricing.resolve(model)
+        if implied is not None and body.get("service_tier") == "priority":
+            # A router sold with priority too (a US-only one): the caller asked for both.
+            both = f"{implied}_priority"
+            if both in prices.tiers and prices.tiers[both].model_id == model:
+                implied = both
         out = max_output_tokens(body, dialect)
         if out is None:  # at most what the model can write, when the table says
             limit = prices.max_output_tokens

@@ -92,7 +92,10 @@ def test_chosen_plans_are_allowed_offered_capped_and_never_mix_priority_with_fas
         assert req.tiers is None or step.tier in req.tiers
         assert step.model == prices.tiers[step.tier].model_id
         body = apply_step({"model": call.model, "messages": [], "service_tier": "priority"}, step)
-        assert not ("/routers/" in body["model"] and "service_tier" in body)
+        # Priority rides no router but a US-only one (Fireworks sells that pair: us_priority).
+        if "/routers/" in body["model"] and not body["model"].endswith("-us"):
+            assert "service_tier" not in body
+        assert ("service_tier" in body) == (step.tier in ("priority", "us_priority"))
         if req.max_cost_usd is not None:
             assert step.worst_cost_usd <= req.max_cost_usd + 1e-12
         if budget is not None:

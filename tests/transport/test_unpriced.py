@@ -4,6 +4,7 @@ standard price is routed, charged and recorded; a model the table cannot price g
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import httpx2
@@ -92,3 +93,35 @@ def test_under_a_budget_an_unpriced_model_is_refused_and_never_sent(
     assert spy.requests == []
     state = ledger.state(0.0)
     assert state.spent_usd == 0 and state.reserved_usd == 0
+
+
+def test_a_us_only_router_goes_with_priority_when_asked_or_chosen(calm: RunningServer) -> None:
+    """Fireworks sells priority on its US-only routers: the one router tier that may carry a
+    service_tier. Asked for by the caller (router id and service_tier) or allowed by name, it
+    goes upstream as both; the simulator serves it as us_priority, never as priority on a fast
+    model."""
+    spy = Spy()
+    client = client_for(calm, tiersel.Selector(api_key=""), spy)
+    us = "accounts/fireworks/routers/kimi-k3-us"
+    asked = client.chat.completions.with_raw_response.create(
+        model=us, messages=MESSAGES, max_tokens=20, extra_body={"service_tier": "priority"}
+    )
+    assert asked.headers["x-tiersel-tier"] == "us_priority"
+    with tiersel.requirements(tiers="us_priority"):
+        chosen = client.chat.completions.with_raw_response.create(
+            model="kimi-k3", messages=MESSAGES, max_tokens=20
+        )
+    assert chosen.headers["x-tiersel-tier"] == "us_priority"
+    plain = client.chat.completions.with_raw_response.create(
+        model=us, messages=MESSAGES, max_tokens=20
+    )
+    assert plain.headers["x-tiersel-tier"] == "us"
+    sent = [json.loads(r.read()) for r in spy.requests]
+    assert [(b["model"], b.get("service_tier")) for b in sent] == [
+        (us, "priority"),
+        (us, "priority"),
+        (us, None),
+    ]
+    stats = calm.stats()
+    assert stats["by_tier"]["us_priority"] == {"200": 2} and stats["by_tier"]["us"] == {"200": 1}
+    assert stats["priority_with_router"] == 0
