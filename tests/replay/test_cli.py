@@ -119,3 +119,26 @@ def test_bad_trace_row_names_the_file_and_line(tmp_path: Path) -> None:
     )
     done = simulate("--trace", str(tmp_path / "absent.csv"))
     assert done.returncode == 2 and "absent.csv: no such file" in done.stderr
+
+
+def test_json_reports_each_predicting_policys_calibration(small_trace: Path) -> None:
+    """policies[].calibration: the ECE and bins of predicted P(success) against success within
+    the deadline, for every policy that predicts (the oracle predicts nothing)."""
+    done = simulate("--trace", str(small_trace), "--scenario", "flapping", "--json")
+    assert done.returncode == 0, done.stderr
+    for p in json.loads(done.stdout)["policies"]:
+        c = p["calibration"]
+        if p["policy"] == "oracle":
+            assert c is None
+            continue
+        assert 0.0 <= c["ece"] <= 1.0
+        bins = c["bins"]
+        assert sum(b["calls"] for b in bins) == p["calls"]  # every call here was sent
+        for b in bins:
+            assert b["lo"] < b["hi"] and b["lo"] <= b["predicted"] <= b["hi"]
+            assert 0.0 <= b["observed"] <= 1.0
+        # The ECE is the calls-weighted gap of its bins.
+        gap = sum(b["calls"] * abs(b["predicted"] - b["observed"]) for b in bins)
+        assert c["ece"] == pytest.approx(gap / p["calls"])
+    text = simulate("--trace", str(small_trace), "--scenario", "flapping").stdout
+    assert " ECE " in text

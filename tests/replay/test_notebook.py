@@ -38,7 +38,7 @@ def test_notebook_executes_and_draws_every_figure(monkeypatch: pytest.MonkeyPatc
         for o in c.outputs
         if o.output_type == "display_data" and "image/png" in o.data
     ]
-    assert len(figures) == 4
+    assert len(figures) == 5
     text = "".join(o.get("text", "") for c in code for o in c.outputs if o.output_type == "stream")
     for policy in (
         "tiersel",
@@ -50,3 +50,4 @@ def test_notebook_executes_and_draws_every_figure(monkeypatch: pytest.MonkeyPatc
     ):
         assert policy in text
     assert "notebook ran in" in text
+    assert "tiersel          ECE 0." in text and "oracle           ECE - (predicts nothing)" in text

@@ -146,7 +146,7 @@ def _print(result: Comparison) -> None:
     print()
     header = (
         f"{'policy':<16} {'attainment':>10} {'cost USD':>10} {'USD/met call':>12}"
-        f" {'p50 s':>7} {'p99 s':>7} {'attempts':>8}  tier mix"
+        f" {'p50 s':>7} {'p99 s':>7} {'attempts':>8} {'ECE':>6}  tier mix"
     )
     print(header)
     for m in result.policies:
@@ -158,7 +158,9 @@ def _row(m: PolicyMetrics) -> str:
     p50 = f"{m.latency_p50_s:.2f}" if m.latency_p50_s is not None else "-"
     p99 = f"{m.latency_p99_s:.2f}" if m.latency_p99_s is not None else "-"
     mix = " ".join(f"{t} {share:.0%}" for t, share in m.tier_mix.items()) or "-"
+    # How far the policy's P(success) was from what happened ("-": it predicts nothing).
+    ece = f"{m.calibration.ece:.4f}" if m.calibration is not None else "-"
     return (
         f"{m.policy:<16} {m.attainment:>10.2%} {m.cost_usd:>10.4f} {per:>12}"
-        f" {p50:>7} {p99:>7} {m.attempts_per_call:>8.2f}  {mix}"
+        f" {p50:>7} {p99:>7} {m.attempts_per_call:>8.2f} {ece:>6}  {mix}"
     )

@@ -417,7 +417,10 @@ class _Engine:
                 done = _StreamDone(result, stream.end)
                 self._push(stream.sent_at + stream.end.elapsed_s, flight, done)
                 return
-            self._finish(flight, result.ok, result.tier, result.cost_usd, result.detail)
+            # The oracle knows each outcome before it sends: it predicts nothing.
+            oracle = self.who.oracle
+            predicted = result.decisions[0].p_success if result.decisions and not oracle else None
+            self._finish(flight, result.ok, result.tier, result.cost_usd, result.detail, predicted)
         except BudgetExhausted:
             self._finish(flight, False, None, 0.0, "budget")
         except NoFeasibleTier as exc:
@@ -542,6 +545,7 @@ class _Engine:
         tier: str | None,
         cost: float,
         detail: str,
+        predicted: float | None = None,
     ) -> None:
         now = self.clock.now()
         req = flight.request
@@ -561,6 +565,7 @@ class _Engine:
             sheds=flight.sheds,
             tier=tier if ok else None,
             detail="" if ok else detail,
+            predicted=predicted,
         )
         self.records[flight.index] = record
         if self.on_call is not None:

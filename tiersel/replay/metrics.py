@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -19,9 +20,12 @@ from typing import Any
 
 __all__ = [
     "AttemptEvent",
+    "Calibration",
+    "CalibrationBin",
     "CallRecord",
     "PolicyMetrics",
     "TimeBin",
+    "calibration",
     "dominates",
     "pareto_front",
     "percentile",
@@ -35,7 +39,9 @@ class CallRecord:
     """How one call of the trace went under one policy.
 
     ``latency_s`` runs from arrival to the end of the serving attempt (None when nothing served
-    it); ``tier`` is the tier that served it; ``detail`` says why it failed, when it did.
+    it); ``tier`` is the tier that served it; ``detail`` says why it failed, when it did;
+    ``predicted`` is the P(success) of the call's first decision (None for a call that was never
+    sent, or a policy that predicts nothing).
     """
 
     index: int
@@ -50,6 +56,7 @@ class CallRecord:
     sheds: int
     tier: str | None
     detail: str = ""
+    predicted: float | None = None  # the policy's P(success) for it, when the policy says one
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +87,7 @@ class PolicyMetrics:
     tier_mix: Mapping[str, float]
     attainment_by_class: Mapping[str, float]
     replay_wall_s: float
+    calibration: Calibration | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values; NaN never appears (None instead)."""
@@ -98,6 +106,7 @@ class PolicyMetrics:
             "tier_mix": dict(self.tier_mix),
             "attainment_by_class": dict(self.attainment_by_class),
             "replay_wall_s": self.replay_wall_s,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
         }
 
 
@@ -141,7 +150,80 @@ def summarize(policy: str, records: Sequence[CallRecord], replay_wall_s: float) 
         tier_mix={t: n / len(served) for t, n in sorted(tiers.items())},
         attainment_by_class={k: m / n for k, (m, n) in sorted(by_class.items())},
         replay_wall_s=replay_wall_s,
+        calibration=calibration(records),
     )
+
+
+# Bin edges for calibration: predictions crowd near 1, so the bins narrow there.
+CALIBRATION_EDGES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationBin:
+    """Calls whose predicted P(success) fell in (``lo``, ``hi``] (the first bin includes 0):
+    their mean prediction and the share that succeeded within their deadline."""
+
+    lo: float
+    hi: float
+    calls: int
+    predicted: float
+    observed: float
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """How well a policy's P(success) predicted what happened: the expected calibration error
+    (the calls-weighted mean of |predicted - observed| over the bins) and the bins."""
+
+    ece: float
+    bins: tuple[CalibrationBin, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ece": self.ece,
+            "bins": [
+                {
+                    "lo": b.lo,
+                    "hi": b.hi,
+                    "calls": b.calls,
+                    "predicted": b.predicted,
+                    "observed": b.observed,
+                }
+                for b in self.bins
+            ],
+        }
+
+
+def calibration(records: Sequence[CallRecord]) -> Calibration | None:
+    """The calibration of the records' predictions against their outcomes (met or not); None
+    when no record carries a prediction. Empty bins are left out.
+
+    >>> recs = [CallRecord(i, 0.0, "c", 1.0, True, i % 10 != 0, 0.5, 0.0, 1, 0, "standard",
+    ...                    predicted=0.95) for i in range(100)]
+    >>> c = calibration(recs)
+    >>> round(c.ece, 6), [(b.lo, b.hi, b.calls, round(b.observed, 2)) for b in c.bins]
+    (0.05, [(0.9, 0.95, 100, 0.9)])
+    """
+    edges = CALIBRATION_EDGES
+    sums = [[0, 0.0, 0] for _ in edges[1:]]  # calls, sum of predictions, successes
+    for r in records:
+        if r.predicted is None:
+            continue
+        i = max(0, bisect.bisect_left(edges, r.predicted) - 1)
+        tally = sums[min(i, len(sums) - 1)]
+        tally[0] += 1
+        tally[1] += r.predicted
+        tally[2] += r.met
+    total = sum(int(t[0]) for t in sums)
+    if not total:
+        return None
+    bins = tuple(
+        CalibrationBin(edges[i], edges[i + 1], int(n), p / n, m / n)
+        for i, (n, p, m) in enumerate(sums)
+        if n
+    )
+    ece = sum(b.calls * abs(b.predicted - b.observed) for b in bins) / total
+    return Calibration(ece, bins)
 
 
 def dominates(a: PolicyMetrics, b: PolicyMetrics) -> bool:
