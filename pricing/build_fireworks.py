@@ -63,16 +63,28 @@ def main(argv: list[str] | None = None) -> int:
     overlay = yaml.safe_load(OVERLAY.read_text(encoding="utf-8"))
     try:
         map_path = args.map or installed_map(overlay["map"])
+        if args.date is not None and not args.date:
+            raise BuildError("--date is empty (give YYYY-MM-DD, or leave it out for today)")
         date = args.date or (committed_date(args.out) if args.check else None)
         text = build(read_map(map_path, overlay["map"]), overlay, date or today())
     except BuildError as exc:
         print(f"build_fireworks: error: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        same = args.out.is_file() and args.out.read_text(encoding="utf-8") == text
+        if not args.out.is_file():
+            print(f"{args.out}: missing (no table to compare with a rebuild)")
+            return 1
+        same = args.out.read_text(encoding="utf-8") == text
         print(f"{args.out}: {'up to date' if same else 'differs from a rebuild'}")
         return 0 if same else 1
-    args.out.write_text(text, encoding="utf-8")
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(
+            f"build_fireworks: error: cannot write {args.out}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 2
     print(f"wrote {args.out}")
     return 0
 

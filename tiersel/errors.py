@@ -79,6 +79,28 @@ class UnpricedModel(UnknownModel):
         )
 
 
+class RetiredTier(UnknownModel):
+    """The id names a tier the provider has retired and whose model id is no stand-in for it
+    (a US-only or spot router: sending the global model would drop what the id asked for)."""
+
+    def __init__(
+        self, model: str, tier: str, name: str, date: object, successor: str | None
+    ) -> None:
+        super().__init__(model, "")
+        self.tier = tier
+        self.name = name
+        self.date = date
+        self.successor = successor
+
+    def __str__(self) -> str:
+        when = f" on {self.date}" if self.date else ""
+        instead = f"; its successor is {self.successor!r}" if self.successor else ""
+        return (
+            f"{shown(self.model)} ({self.tier} of {self.name}) was retired{when}{instead};"
+            f" it is not sent as {self.name}, which is not {self.tier} capacity"
+        )
+
+
 class NoFeasibleTier(TierselError):
     """No plan meets the call's requirements; ``reasons`` says why each tier was rejected."""
 

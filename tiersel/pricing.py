@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
-from tiersel.errors import PricingError, TierselWarning, UnknownModel
+from tiersel.errors import PricingError, RetiredTier, TierselWarning, UnknownModel
 from tiersel.tiers import DEFAULT_LOG_SPREAD, TierPriors, TierSpec, tier_name
 
 __all__ = ["ModelPrices", "Pricing", "TierPrice", "bundled_pricing_path", "load_pricing"]
@@ -169,6 +169,7 @@ class TierPrice:
     as_of: str
     aliases: tuple[str, ...] = ()  # other ids that name this model on this tier
     deprecation_date: datetime.date | None = None  # of this tier's own id (an old router)
+    successor: str | None = None  # what the provider names in its place, once retired
     # What a decision's `Step` for this tier holds besides the call's costs (precomputed).
     step_fields: tuple[Any, ...] = field(init=False, repr=False, compare=False)
 
@@ -342,6 +343,7 @@ class Pricing:
                 as_of=p.as_of or doc.as_of,
                 aliases=tuple(p.aliases),
                 deprecation_date=p.deprecation_date,
+                successor=p.successor,
             )
             retired = p.deprecation_date is not None and p.deprecation_date <= today
             (gone if retired else live)[tname] = tp
@@ -380,10 +382,15 @@ class Pricing:
             hit = self._by_id.get(self._unprefixed(model))
             if hit is None:
                 raise self.unknown(model)
-        mp = hit[0]
-        if mp.status == "retired" or hit[2]:
-            self._warn_retired(model, mp, hit[2])
-        return mp, hit[1]
+        mp, implied, gone = hit
+        if gone is not None and self.tiers[gone].opt_in:
+            # A retired US-only (or spot) router: its model id is another place and kind of
+            # capacity, so it is never sent in its stead.
+            tp = mp.retired_tiers[gone]
+            raise RetiredTier(model, gone, mp.name, tp.deprecation_date, tp.successor)
+        if mp.status == "retired" or gone:
+            self._warn_retired(model, mp, gone)
+        return mp, implied
 
     def unknown(self, model: str) -> UnknownModel:
         """The error for an id this table does not know, naming the closest ids it does."""
@@ -752,7 +759,8 @@ def _index(models: Iterable[ModelPrices]) -> dict[str, _Hit]:
                 hit: _Hit = (mp, tname, None) if live else (mp, None, tname)
                 for key in (tp.model_id, *tp.aliases):
                     by_id.setdefault(key, hit)
-                slugs.setdefault(tp.model_id.rsplit("/", 1)[-1], hit)
+                    if "/routers/" in key:
+                        slugs.setdefault(key.rsplit("/", 1)[-1], hit)
     for slug, hit in slugs.items():
         by_id.setdefault(slug, hit)
     return by_id

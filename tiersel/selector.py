@@ -46,7 +46,7 @@ from tiersel.dispatch import (
     run,
     stream_flow,
 )
-from tiersel.errors import RequestNotUnderstood, TierselError, shown
+from tiersel.errors import ConflictingRequirements, RequestNotUnderstood, TierselError, shown
 from tiersel.policy import CheapestFeasible, Policy
 from tiersel.pricing import Pricing, load_pricing
 from tiersel.signals import (
@@ -263,7 +263,10 @@ class Selector:
         ``budget`` defaults to the ledger's state when the selector has one.
         """
         now = self.clock.now()
-        prices = self.pricing.model(call.model)
+        prices, implied = self.pricing.resolve(call.model)
+        if implied is not None:  # a router id: the call is for that tier, as `send` treats it
+            base = requirements if requirements is not None else self.requirements
+            requirements = pinned(base, implied)
         ledger = self._sync_ledger("decide")
         if budget is None and ledger is not None:
             budget = ledger.state(now)
@@ -333,9 +336,7 @@ class Selector:
         if dialect is None:
             raise RequestNotUnderstood(f"{shown(path)} is not a chat-completions or messages path")
         call, implied = self.call_for(body, dialect)
-        req = requirements if requirements is not None else self.requirements
-        if implied is not None and req.tiers is None:
-            req = req.model_copy(update={"tiers": (implied,)})
+        req = pinned(requirements if requirements is not None else self.requirements, implied)
         cid = call_id or new_call_id()
         return call_flow(self, body, dialect, call, req, cid, max_wait), dialect, cid
 
@@ -707,3 +708,16 @@ async def _reply_async(
         clock.now() - started,
         raw=response,
     )
+
+
+def pinned(req: Requirements, implied: str | None) -> Requirements:
+    """``req`` for a call whose model id names a tier (a router id): that tier alone. Allowed
+    tiers that leave it out contradict the id (``--model kimi-k3-us --tiers spot``)."""
+    if implied is None:
+        return req
+    if req.tiers is not None and implied not in req.tiers:
+        raise ConflictingRequirements(
+            f"the model id names the {implied} tier, but the allowed tiers are"
+            f" {', '.join(req.tiers)}"
+        )
+    return req.model_copy(update={"tiers": (implied,)})

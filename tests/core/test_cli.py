@@ -328,3 +328,49 @@ def test_prices_all_json_dates_every_model_and_router_the_map_dates() -> None:
                 listed[t["model_id"]] = t["deprecation_date"]
     assert len(dated) >= 20
     assert {k: listed.get(k) for k in dated} == dated
+
+
+@pytest.mark.parametrize(
+    ("given", "tier", "sent"),
+    [
+        ("kimi-k3-us", "us", "accounts/fireworks/routers/kimi-k3-us"),
+        (
+            "accounts/fireworks/models/kimi-k3-spot",
+            "spot",
+            "accounts/fireworks/routers/kimi-k3-spot",
+        ),
+        (
+            "accounts/fireworks/routers/kimi-k3-fast",
+            "fast",
+            "accounts/fireworks/routers/kimi-k3-fast",
+        ),
+    ],
+)
+def test_explain_of_a_router_id_decides_for_its_tier_as_send_does(
+    given: str, tier: str, sent: str
+) -> None:
+    args = ("explain", "--model", given, "--input-tokens", "2000", "--max-tokens", "200")
+    out = run(*args)
+    assert out.returncode == 0, out.stderr
+    assert (
+        f"tier:               {tier}\n" in out.stdout
+        and f"model:              {sent}\n" in out.stdout
+    )
+    clash = run(*args, "--tiers", "standard")
+    assert clash.returncode == 2
+    assert f"the model id names the {tier} tier, but the allowed tiers are standard" in clash.stderr
+
+
+def test_a_retired_us_only_router_is_refused_naming_its_successor() -> None:
+    out = run("explain", "--model", "accounts/fireworks/routers/glm-5p3-flash-us",
+              "--input-tokens", "10", "--max-tokens", "10")  # fmt: skip
+    assert out.returncode == 2
+    assert "(us of glm-5p3-flash) was retired on 2026-11-07" in out.stderr
+    assert "its successor is 'deepseek-v4p1-flash-1017-us'" in out.stderr
+    # A retired fast router still resolves (the map names its model as successor), by slug too.
+    turbo = run(
+        "explain", "--model", "kimi-k2p6-turbo", "--input-tokens", "10", "--max-tokens", "10"
+    )
+    assert (
+        turbo.returncode == 0 and "'kimi-k2p6-turbo' (fast of kimi-k2p6) is retired" in turbo.stderr
+    )

@@ -125,3 +125,15 @@ def test_a_us_only_router_goes_with_priority_when_asked_or_chosen(calm: RunningS
     stats = calm.stats()
     assert stats["by_tier"]["us_priority"] == {"200": 2} and stats["by_tier"]["us"] == {"200": 1}
     assert stats["priority_with_router"] == 0
+
+
+def test_a_retired_us_only_router_is_refused_not_sent_to_the_global_model(
+    calm: RunningServer,
+) -> None:
+    spy = Spy()
+    client = client_for(calm, tiersel.Selector(api_key=""), spy)
+    with pytest.raises(tiersel.TierselError, match=r"\(us of glm-5p3-flash\) was retired"):
+        client.chat.completions.create(
+            model="accounts/fireworks/routers/glm-5p3-flash-us", messages=MESSAGES, max_tokens=20
+        )
+    assert spy.requests == []

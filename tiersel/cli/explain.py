@@ -16,7 +16,7 @@ from tiersel.cli.common import add_pricing_args, check_tiers, fail, invalid_flag
 from tiersel.clock import FakeClock
 from tiersel.decision import Decision
 from tiersel.dialects import check_token_count
-from tiersel.errors import NoFeasibleTier, TierselError
+from tiersel.errors import ConflictingRequirements, NoFeasibleTier, TierselError
 from tiersel.selector import Selector
 from tiersel.signals import Observation, Outcome, SignalKey
 
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 f" ({args.input_tokens})"
             )
         call = Call(
-            model=prices.name,
+            model=args.model,  # a router id names its tier: decide pins it
             max_input_tokens=args.max_input_tokens,
             input_tokens=args.input_tokens,
             cached_input_tokens=args.cached_input_tokens,
@@ -123,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         _observe(selector, prices.name, tier, rate, clock.now())
     try:
         decision = selector.decide(call, req)
+    except ConflictingRequirements as exc:  # --tiers that leave out the tier the id names
+        return fail(str(exc))
     except NoFeasibleTier as exc:
         if args.json:
             doc = {

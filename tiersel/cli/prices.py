@@ -97,6 +97,8 @@ def _request_form(pricing: Pricing, price: TierPrice) -> dict[str, Any]:
         form["body"] = dict(spec.body)
     if spec.headers:
         form["headers"] = dict(spec.headers)
+    if spec.base_url:
+        form["base_url"] = spec.base_url
     return form
 
 
@@ -152,6 +154,7 @@ def _how(request: dict[str, Any], opt_in: bool) -> str:
     parts = [f"model={request['model']}"] if "model" in request else []
     parts += [f"{k}={v}" for k, v in request.get("body", {}).items()]
     parts += [f"{k}: {v}" for k, v in request.get("headers", {}).items()]
+    parts += [f"at {request['base_url']}"] if "base_url" in request else []
     how = ", ".join(parts) or "(default)"
     return f"{how} (opt-in)" if opt_in else how
 

@@ -27,6 +27,7 @@ from tiersel.errors import (
     BudgetExhausted,
     NoFeasibleTier,
     RequestNotUnderstood,
+    RetiredTier,
     TierselError,
     TierselWarning,
     UnknownModel,
@@ -157,6 +158,8 @@ class Exchange:
                 return False
             closest: tuple[str, ...] = ()
             known = True
+        except RetiredTier:
+            raise  # a retired US-only or spot router: refused, never sent in another's stead
         except UnknownModel as exc:
             closest, known = exc.closest, False
         if self.selector.ledger_enabled:
