@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from tiersel.call import BudgetState, Call, Requirements
     from tiersel.clock import Clock, FakeClock, ScaledClock, SystemClock
     from tiersel.cost import CostEstimate, estimate_costs
-    from tiersel.decision import Decision, Reason, Step, Verdict
+    from tiersel.decision import Decision, Reason, ReasonCode, Step, Verdict
     from tiersel.dialects import Dialect, Usage
     from tiersel.dispatch import AttemptRecord, CallResult
     from tiersel.errors import (
@@ -83,6 +83,7 @@ _LAZY = {
     "estimate_costs": "tiersel.cost",
     "Decision": "tiersel.decision",
     "Reason": "tiersel.decision",
+    "ReasonCode": "tiersel.decision",
     "Step": "tiersel.decision",
     "Verdict": "tiersel.decision",
     "Dialect": "tiersel.dialects",
@@ -191,6 +192,7 @@ __all__ = [
     "Pricing",
     "PricingError",
     "Reason",
+    "ReasonCode",
     "RequestNotUnderstood",
     "Requirements",
     "RetiredTier",

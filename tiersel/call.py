@@ -67,6 +67,10 @@ class Call(_Frozen):
         return self.max_output_tokens
 
 
+MIN_DEADLINE_S = 0.001
+"""The shortest deadline `Requirements` accepts, in seconds."""
+
+
 class Requirements(_Frozen):
     """What a call needs. Every field is optional; None means "no requirement".
 
@@ -78,18 +82,23 @@ class Requirements(_Frozen):
     - ``max_cost_usd``: the most one call may cost, at its worst case.
     - ``best_effort``: when no plan meets the requirements, choose the likeliest to succeed
       within the cost limits instead of raising `NoFeasibleTier`.
+    - ``max_attempts``: the most attempts the call may make (None: the selector's
+      ``max_attempts``); the policy plans its schedule within them.
+
+    A deadline shorter than `MIN_DEADLINE_S` is refused: no call can be served in it.
 
     >>> Requirements(deadline_s=10, reliability=0.99).deadline_s
     10.0
     """
 
-    deadline_s: float | None = Field(None, gt=0.0)
+    deadline_s: float | None = Field(None, ge=MIN_DEADLINE_S, allow_inf_nan=False)
     max_ttft_s: float | None = Field(None, gt=0.0)
     min_output_tps: float | None = Field(None, gt=0.0)
     reliability: float | None = Field(None, gt=0.0, le=1.0)
     tiers: tuple[str, ...] | None = None
     max_cost_usd: float | None = Field(None, ge=0.0)
     best_effort: bool = False
+    max_attempts: int | None = Field(None, ge=1)
 
     @field_validator("tiers", mode="before")
     @classmethod

@@ -8,13 +8,43 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-__all__ = ["Decision", "Reason", "Step", "Verdict"]
+__all__ = ["Decision", "Reason", "ReasonCode", "Step", "Verdict"]
 
 
 class Verdict(str, enum.Enum):
     chosen = "chosen"
     rejected = "rejected"
-    costlier = "costlier"  # met the requirements, but a cheaper plan did too
+    costlier = "costlier"  # not needed: a cheaper plan meets the requirements
+
+
+class ReasonCode(str, enum.Enum):
+    """Why a tier or a schedule was chosen or rejected: the stable, machine-readable part of a
+    `Reason` (members compare equal to their names, ``ReasonCode.budget == "budget"``)."""
+
+    # candidates: a tier is weighed for this call, or why not
+    not_offered = "not_offered"
+    not_allowed = "not_allowed"
+    opt_in = "opt_in"
+    unpriced = "unpriced"
+    cost_cap = "cost_cap"
+    budget = "budget"
+    cooldown = "cooldown"
+    tps = "tps"
+    ttft = "ttft"
+    no_time = "no_time"
+    # feasibility: a priced schedule against the requirements
+    reliability = "reliability"
+    pacing = "pacing"
+    # choice
+    chosen = "chosen"
+    chosen_after_wait = "chosen_after_wait"
+    best_effort = "best_effort"
+    likeliest = "likeliest"
+    costlier = "costlier"
+    fixed = "fixed"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 _TEMPLATES: Mapping[str, str] = {
@@ -40,7 +70,14 @@ _TEMPLATES: Mapping[str, str] = {
         "best effort (requirements not met): the likeliest plan within the cost limits,"
         " P(success) {1:.4f}, expected ${0:.6f}"
     ),
-    "costlier": "meets the requirements, but expected ${0:.6f} is more than the chosen ${1:.6f}",
+    "likeliest": (
+        "no reliability asked and no plan reaches {2:.2f}: the likeliest plan within the cost"
+        " limits, P(success) {1:.4f}, expected ${0:.6f}"
+    ),
+    "costlier": (
+        "not needed: the chosen plan meets the requirements at an expected ${1:.6f}, less than"
+        " ${0:.6f} on this tier"
+    ),
     "fixed": "chosen by policy {2}: expected ${0:.6f}, P(success) {1:.4f}",
 }
 
@@ -53,7 +90,7 @@ class Reason(NamedTuple):
 
     plan: str
     verdict: Verdict
-    code: str
+    code: str  # a `ReasonCode` (a custom policy may use its own)
     values: tuple[Any, ...] = ()
 
     @property
@@ -67,14 +104,22 @@ class Reason(NamedTuple):
         return {
             "plan": self.plan,
             "verdict": self.verdict.value,
-            "code": self.code,
+            "code": str(self.code),
             "message": self.message,
         }
 
 
 class Step(NamedTuple):
     """One attempt of a plan: the tier, the model id to send, ``service_tier`` if any, its costs
-    for this call, and the body fields and headers that request the tier."""
+    for this call, the body fields and headers that request the tier, and its place in the
+    schedule.
+
+    ``start_s`` is when the attempt is sent, in seconds after the decision (after the failures
+    before it, their backoff and any cooldown), ``budget_s`` the time it has before the deadline
+    (None: no deadline), ``p_reach`` the probability that the call gets to it (every attempt
+    before it refused or failed fast), ``p_ok`` the probability that the call gets to it and it
+    succeeds in time. A plan's ``p_ok`` sum to its ``p_success``.
+    """
 
     tier: str
     model: str
@@ -84,18 +129,24 @@ class Step(NamedTuple):
     body: Mapping[str, Any] = MappingProxyType({})
     headers: Mapping[str, str] = MappingProxyType({})
     base_url: str | None = None  # the scheme and host the tier is served from, if its own
+    start_s: float = 0.0
+    budget_s: float | None = None
+    p_reach: float = 1.0
+    p_ok: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The policy's answer for one call.
 
-    ``tier``, ``model`` and ``service_tier`` say what to send first; ``plan`` holds every step
-    (one tier, or a ladder to climb after a shed while the deadline allows). Costs are in USD:
-    ``estimated_cost_usd`` is the expected cost of the plan, ``worst_case_cost_usd`` the most it
-    can cost (every output token at the dearest step's price). ``wait_s`` > 0 means: wait that
-    long for the first tier's cooldown (Retry-After) to end, then send; a call with a deadline
-    may wait out a cooldown on a cheap tier when the deadline leaves room.
+    ``tier``, ``model`` and ``service_tier`` say what to send first; ``plan`` is the schedule:
+    every attempt the call will make while attempts before it are refused or fail fast, each with
+    its start and its probability (see `Step`, and `tiersel.schedule` for the model). Costs are
+    in USD: ``estimated_cost_usd`` is what the call is expected to be billed once served,
+    ``worst_case_cost_usd`` the most one attempt can cost (every output token at the dearest
+    step's price; attempts run one at a time). ``p_success`` is the probability that some attempt
+    succeeds within the deadline. ``wait_s`` > 0 means: wait that long for the first tier's
+    cooldown (Retry-After) to end, then send.
     """
 
     plan: tuple[Step, ...]
@@ -121,7 +172,8 @@ class Decision:
 
     @property
     def label(self) -> str:
-        return ">".join(s.tier for s in self.plan)
+        """The schedule's tiers, repeats counted: ``standard*3>priority``."""
+        return run_label([s.tier for s in self.plan])
 
     def explain(self) -> str:
         """The reasons, one per line."""
@@ -145,11 +197,27 @@ class Decision:
                     "service_tier": s.service_tier,
                     "worst_cost_usd": s.worst_cost_usd,
                     "expected_cost_usd": s.expected_cost_usd,
+                    "start_s": s.start_s,
+                    "budget_s": s.budget_s,
+                    "p_reach": s.p_reach,
+                    "p_ok": s.p_ok,
                 }
                 for s in self.plan
             ],
             "reasons": [r.to_dict() for r in self.reasons],
         }
+
+
+def run_label(tiers: list[str]) -> str:
+    """Tiers in order, a run of one tier written once with its count: ``standard*2>fast``."""
+    parts: list[str] = []
+    run = 0
+    for i, tier in enumerate(tiers):
+        run += 1
+        if i + 1 == len(tiers) or tiers[i + 1] != tier:
+            parts.append(tier if run == 1 else f"{tier}*{run}")
+            run = 0
+    return ">".join(parts)
 
 
 _SETTERS = tuple(Decision.__dict__[f.name].__set__ for f in fields(Decision))

@@ -9,7 +9,6 @@ way httpx drives its auth flows.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, replace
@@ -29,7 +28,15 @@ from tiersel.dialects import (
 )
 from tiersel.errors import BudgetExhausted, NoFeasibleTier, RequestNotUnderstood
 from tiersel.pricing import ModelPrices
-from tiersel.signals import CircuitState, Observation, Outcome, SignalKey, TierHealth, TierStats
+from tiersel.signals import (
+    CircuitState,
+    Observation,
+    Outcome,
+    SignalKey,
+    TierHealth,
+    TierStats,
+    circuit_state,
+)
 
 if TYPE_CHECKING:
     from tiersel.selector import Selector
@@ -73,7 +80,11 @@ class AttemptRecord:
 
 @dataclass(frozen=True, slots=True)
 class CallResult:
-    """How a call ended: the last reply, every decision taken, what it cost."""
+    """How a call ended: the last reply, each attempt's decision and step, what it cost.
+
+    ``decisions[i]`` is the decision attempt *i* followed (the same one for the attempts of one
+    schedule), ``steps[i]`` the step of its plan that attempt sent.
+    """
 
     ok: bool
     reply: Reply | None
@@ -90,10 +101,21 @@ class CallResult:
     """The output cap tiersel put in a body that stated none (under a budget), else None."""
     budget_stopped: bool = False
     """The budget could not cover a retry, so the call stopped after a failed attempt."""
+    steps: tuple[Step, ...] = ()
 
     @property
     def decision(self) -> Decision | None:
         return self.decisions[-1] if self.decisions else None
+
+    @property
+    def step(self) -> Step | None:
+        """The step the last attempt sent."""
+        return self.steps[-1] if self.steps else None
+
+    @property
+    def tried(self) -> tuple[str, ...]:
+        """The tier of each attempt, in order."""
+        return tuple(str(s.tier) for s in self.steps)
 
     @property
     def response(self) -> Any:
@@ -185,15 +207,30 @@ Flow = Generator[Effect, Any, CallResult]
 class _Progress:
     cap: int | None = None  # the output cap tiersel sets (see _output_cap)
     decisions: list[Decision] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
     attempts: int = 0
     last_reply: Reply | None = None
     last_tier: str | None = None
-    tried: set[str] = field(default_factory=set)
     waited: bool = False
     detail: str = ""
     money_waited: float = 0.0  # seconds spent waiting for reservations in flight to settle
     money_polls: int = 0
     refused: tuple[Reason, ...] = ()  # the budget's refusal that started those waits
+
+
+_PLANNED = frozenset({Outcome.shed, Outcome.rate_limited, Outcome.error})
+"""Failures a schedule plans for: answered fast, so its next attempt follows as planned."""
+_LATE_S = 0.5
+"""How far behind its schedule a call may be and still follow it rather than plan again."""
+
+
+@dataclass(slots=True)
+class _Following:
+    """The schedule a call is following: its decision, the next attempt, when it was decided."""
+
+    decision: Decision
+    index: int
+    decided_at: float
 
 
 def call_flow(
@@ -207,6 +244,12 @@ def call_flow(
 ) -> Flow:
     """The attempts of one call. Raises `NoFeasibleTier` or `BudgetExhausted` before any send.
 
+    The decision's plan is the schedule the call follows: each attempt at its planned start,
+    the next one after a failure the schedule planned for (a shed, a rate limit, a server error,
+    each answered fast). It plans again, with the same policy and from the time and attempts
+    left, when something new is known: a Retry-After, a tier's circuit opening, a timeout, a
+    failure that took longer than planned, or a schedule run out while attempts remain.
+
     A call with a deadline never waits past it. ``max_wait()`` (seconds, asked only when a wait
     comes up, since it is seldom needed) bounds each wait of a call with
     no deadline for a tier's cooldown (a Retry-After, an open circuit): a longer one ends the
@@ -216,8 +259,12 @@ def call_flow(
     keys = sel.signal_keys(prices.name)
     cap = ceiling = _output_cap(sel, body, dialect, call)
     sized = cap is not None and sel.unbounded_output == "share"
+    most = requirements.max_attempts or sel.max_attempts
+    if requirements.max_attempts is None and most != getattr(sel.policy, "max_attempts", most):
+        requirements = requirements.model_copy(update={"max_attempts": most})
     start = now = yield Now()
     prog = _Progress(cap)
+    following: _Following | None = None
     while True:
         if prog.attempts or prog.waited:
             now = yield Now()
@@ -227,60 +274,80 @@ def call_flow(
             if left <= 0:
                 return _failed(prog, call_id, start, prog.detail or "deadline passed")
             req = requirements.model_copy(update={"deadline_s": left})
-        stats: list[TierStats] = yield ReadSignals(keys)
-        signals: dict[str, TierHealth] = {}
-        for key, st in zip(keys, stats, strict=True):
-            health = sel.assess(key, st, now)
-            if health.state is CircuitState.half_open:
-                claimed = yield ClaimProbe(key)
-                health = sel.assess(key, st, now, probing=claimed)
-                if not claimed:
-                    health = _as_open(health, sel.signal_config.probe_interval_s)
-            signals[key.tier] = health
-        budget: BudgetState | None = (yield ReadBudget()) if sel.ledger_enabled else None
-        if sized and ceiling is not None and budget is not None and prog.attempts == 0:
-            # The cap is the call's share of the money left now, fixed once a request is sent.
-            cap = _shared_cap(ceiling, budget, prices, call, req)
-            call = call.model_copy(update={"max_output_tokens": cap})
-        try:
-            decision = _redecide(sel, call, req, budget, prices, signals, now, prog)
-        except NoFeasibleTier as exc:
-            waitable = _waitable(signals, exc)
-            cooling = _cooling(waitable)
-            wait = _shortest_cooldown(waitable, req, call, max_wait) if cooling else None
-            if prog.attempts == 0 and wait is None:
-                # Nothing sent and no cooldown worth waiting out. When money alone bars the
-                # tiers that could serve in time, the budget is what stops the call, unless money
-                # in flight (other calls' reservations) would cover it once they settle.
-                if budget is not None and _only_budget(exc, cooldowns_too_long=cooling):
-                    need = min(float(r.values[0]) for r in exc.reasons if r.code == "budget")
-                    pause = _money_wait(sel, need, budget, req, max_wait, prog)
-                    if pause is None:
-                        raise BudgetExhausted(call.model, exc.reasons) from None
-                    prog.refused = exc.reasons
-                    yield Sleep(pause)
-                    continue
-                if prog.refused:
-                    # It waited for money, and now time bars it: the budget stopped it.
-                    raise BudgetExhausted(call.model, prog.refused) from None
-                if not cooling:
-                    raise
-            if wait is None or prog.attempts >= sel.max_attempts:
-                return _failed(prog, call_id, start, prog.detail or str(exc))
-            yield Sleep(wait)
-            prog.waited = True
-            continue
-        if decision.wait_s > 0:
-            # The plan waits out a cooldown on a cheap tier: wait, then decide again.
-            yield Sleep(decision.wait_s)
-            prog.waited = True
-            continue
-        step = decision.plan[0]
-        if prog.last_tier == step.tier and prog.attempts > 0:
-            # Same tier again (its circuit is still closed): back off first, within the deadline.
-            backoff = sel.backoff_s * (2 ** (prog.attempts - 1))
-            if req.deadline_s is None or backoff < req.deadline_s / 2:
-                yield Sleep(backoff)
+        if following is not None:
+            at, following = following, None
+            decision = at.decision
+            step = decision.plan[at.index]
+            due = at.decided_at + step.start_s
+            if now > due + _LATE_S:
+                continue  # behind the schedule: plan again from here
+            if due > now:
+                yield Sleep(due - now)
+                prog.waited = True
+                following = at
+                continue
+        else:
+            if prog.attempts:
+                req = req.model_copy(update={"max_attempts": most - prog.attempts})
+            stats: list[TierStats] = yield ReadSignals(keys)
+            signals: dict[str, TierHealth] = {}
+            for key, st in zip(keys, stats, strict=True):
+                health = sel.assess(key, st, now)
+                if health.state is CircuitState.half_open:
+                    claimed = yield ClaimProbe(key)
+                    health = sel.assess(key, st, now, probing=claimed)
+                    if not claimed:
+                        health = _as_open(health, sel.signal_config.probe_interval_s)
+                signals[key.tier] = health
+            budget: BudgetState | None = (yield ReadBudget()) if sel.ledger_enabled else None
+            if sized and ceiling is not None and budget is not None and prog.attempts == 0:
+                # The cap is the call's share of the money left now, fixed once a request is sent.
+                cap = _shared_cap(ceiling, budget, prices, call, req)
+                call = call.model_copy(update={"max_output_tokens": cap})
+            try:
+                decision = sel.policy(call, req, budget, prices, signals, now)
+            except NoFeasibleTier as exc:
+                waitable = _waitable(signals, exc)
+                cooling = _cooling(waitable)
+                wait = _shortest_cooldown(waitable, req, call, max_wait) if cooling else None
+                if prog.attempts == 0 and wait is None:
+                    # Nothing sent and no cooldown worth waiting out. When money alone bars the
+                    # tiers that could serve in time, the budget is what stops the call, unless
+                    # money in flight (other calls' reservations) would cover it once they
+                    # settle.
+                    if budget is not None and _only_budget(exc, cooldowns_too_long=cooling):
+                        need = min(float(r.values[0]) for r in exc.reasons if r.code == "budget")
+                        pause = _money_wait(sel, need, budget, req, max_wait, prog)
+                        if pause is None:
+                            raise BudgetExhausted(call.model, exc.reasons) from None
+                        prog.refused = exc.reasons
+                        yield Sleep(pause)
+                        continue
+                    if prog.refused:
+                        # It waited for money, and now time bars it: the budget stopped it.
+                        raise BudgetExhausted(call.model, prog.refused) from None
+                    if not cooling:
+                        raise
+                if wait is None or prog.attempts >= most:
+                    return _failed(prog, call_id, start, prog.detail or str(exc))
+                yield Sleep(wait)
+                prog.waited = True
+                continue
+            if decision.wait_s > 0:
+                # The schedule starts once a tier's cooldown ends: wait, then plan again (the
+                # tier may then be probed, or have recovered).
+                yield Sleep(decision.wait_s)
+                prog.waited = True
+                continue
+            step = decision.plan[0]
+            at = _Following(decision, 0, now)
+            if prog.last_tier == step.tier and prog.attempts > 0:
+                # Planned afresh onto the tier that just failed (a policy that plans one
+                # attempt at a time): back off first, within the deadline.
+                backoff = sel.backoff_s * (2 ** (prog.attempts - 1))
+                if req.deadline_s is None or backoff < req.deadline_s / 2:
+                    yield Sleep(backoff)
+                    at.decided_at = now + backoff
         if sel.ledger_enabled:
             held = yield Reserve(call_id, step.worst_cost_usd)
             if held is None:
@@ -295,6 +362,7 @@ def call_flow(
                 stopped = _failed(prog, call_id, start, "budget exhausted before a retry")
                 return replace(stopped, budget_stopped=True)
         prog.decisions.append(decision)
+        prog.steps.append(step)
         send_body = apply_step(body, step)
         if cap is not None:
             send_body["max_tokens"] = cap
@@ -302,7 +370,6 @@ def call_flow(
         prog.attempts += 1
         prog.last_reply = reply
         prog.last_tier = step.tier
-        prog.tried.add(step.tier)
         # The attempt's latency is only reported to an on_attempt hook.
         after = (yield Now()) if sel.on_attempt is not None else now
         key = _key_of(keys, step.tier)
@@ -322,9 +389,10 @@ def call_flow(
                 pending_stream=True,
                 started_at=start,
                 max_tokens_set=cap,
+                steps=tuple(prog.steps),
             )
         usage = read_usage(reply.payload, dialect) if verdict.outcome is Outcome.ok else None
-        yield Record(
+        recorded = yield Record(
             key,
             Observation(
                 verdict.outcome,
@@ -380,48 +448,23 @@ def call_flow(
                 "ok",
                 started_at=start,
                 max_tokens_set=cap,
+                steps=tuple(prog.steps),
             )
         prog.detail = verdict.detail
-        if not verdict.retryable or prog.attempts >= sel.max_attempts:
+        if not verdict.retryable or prog.attempts >= most:
             return _failed(prog, call_id, start, verdict.detail)
-
-
-def _redecide(
-    sel: Selector,
-    call: Call,
-    req: Requirements,
-    budget: BudgetState | None,
-    prices: ModelPrices,
-    signals: Mapping[str, TierHealth],
-    now: float,
-    prog: _Progress,
-) -> Decision:
-    """Decide; after a failure, decide afresh while attempts are to spare, then climb.
-
-    A failed attempt is recorded before this runs, so the next decision sees it. In the first
-    half of its attempts a call takes the cheapest plan that meets its requirements from here on:
-    after one shed on ``standard``, standard-then-priority is usually still that plan when the
-    deadline leaves room, and a shed answer costs nothing but its fraction of a second. Climbing
-    means preferring the tiers this call has not failed on yet (a ladder's next step), unless none
-    of them fits, when every allowed tier is weighed again. A call that states a reliability
-    target climbs in the second half of its attempts, so its last tries go to dearer tiers rather
-    than to one more draw on the cheap one. A call with no reliability target asked for the
-    cheapest plan: it keeps to the cheap tier, waiting out a cooldown when its deadline leaves
-    room; only its last allowed attempt climbs, so that no call fails while a dearer tier could
-    still serve it.
-    """
-    tried = prog.tried
-    if not tried:
-        return sel.policy(call, req, budget, prices, signals, now)
-    made, most = prog.attempts, sel.max_attempts
-    if made + 1 >= most or (req.reliability is not None and 2 * made >= most):
-        allowed = req.tiers if req.tiers is not None else prices.default_tiers
-        untried = tuple(t for t in allowed if t not in tried)
-        if untried:
-            with contextlib.suppress(NoFeasibleTier):
-                climb = req.model_copy(update={"tiers": untried})
-                return sel.policy(call, climb, budget, prices, signals, now)
-    return sel.policy(call, req, budget, prices, signals, now)
+        nxt = at.index + 1
+        if nxt < len(decision.plan) and verdict.outcome in _PLANNED:
+            # The failure the schedule planned for: its next attempt follows, at its start,
+            # unless it goes to this tier again and the tier has since asked for a pause (a
+            # Retry-After) or opened its circuit: then the call plans again.
+            again = decision.plan[nxt].tier == step.tier
+            paused = verdict.retry_after_s is not None or (
+                isinstance(recorded, TierStats)
+                and circuit_state(recorded, sel.signal_config, now)[0] is not CircuitState.closed
+            )
+            if not (again and paused):
+                following = _Following(decision, nxt, at.decided_at)
 
 
 def _key_of(keys: tuple[SignalKey, ...], tier: str) -> SignalKey:
@@ -552,7 +595,7 @@ def stream_flow(sel: Selector, result: CallResult, end: StreamEnd) -> Flow:
     for a reply that was read whole.
     """
     decision = result.decisions[-1]
-    step = decision.plan[0]
+    step = result.steps[-1]
     prices = sel.pricing.model(step.model)
     key = SignalKey(sel.endpoint, prices.name, step.tier)
     yield Record(
@@ -695,6 +738,7 @@ def _failed(prog: _Progress, call_id: str, start: float, detail: str) -> CallRes
         detail,
         started_at=start,
         max_tokens_set=prog.cap,
+        steps=tuple(prog.steps),
     )
 
 

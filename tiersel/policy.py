@@ -1,8 +1,9 @@
 """Policies: pure functions from (call, requirements, budget, prices, signals, now) to a `Decision`.
 
-The default, `CheapestFeasible`, weighs every tier the model offers and every two-step ladder
-(a cheaper tier first, a dearer one after a shed) and picks the plan with the lowest expected cost
-that meets the requirements. A custom policy is any callable with the same signature.
+The default, `CheapestFeasible`, plans the whole schedule of attempts a call will make and picks
+the cheapest that meets the requirements, in four named stages: candidates (which tiers may
+serve this call, and their numbers), schedule pricing and feasibility (`tiersel.schedule`), and
+the choice. A custom policy is any callable with the same signature.
 """
 
 from __future__ import annotations
@@ -10,19 +11,27 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from operator import attrgetter
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from tiersel.call import BudgetState, Call, Requirements
 from tiersel.cost import tier_cost
-from tiersel.decision import Decision, Reason, Step, Verdict, new_decision
+from tiersel.decision import Decision, Reason, ReasonCode, Step, Verdict, new_decision
 from tiersel.errors import NoFeasibleTier
 from tiersel.pricing import ModelPrices, TierPrice
+from tiersel.schedule import Candidate, Schedule, cheapest, likeliest, price
 from tiersel.signals import CircuitState, TierHealth
 
 __all__ = ["CheapestFeasible", "FixedTier", "Policy", "Signals"]
 
 Signals = Mapping[str, TierHealth]
 """The signals a policy reads: the health of each tier of the call's model, by tier name."""
+
+DEFAULT_ATTEMPTS = 4
+"""The attempts a schedule may hold when neither the requirements nor the policy say (the
+`Selector`'s ``max_attempts`` default)."""
+DEFAULT_BACKOFF_S = 0.2
+"""The first backoff before a tier is tried again (doubling after each further failure): the
+`Selector`'s ``backoff_s`` default."""
 
 
 class Policy(Protocol):
@@ -40,60 +49,42 @@ class Policy(Protocol):
 
 
 _SQRT2 = math.sqrt(2.0)
-_erf = math.erf
-_log = math.log
 _OPEN = CircuitState.open
 _REJECTED = Verdict.rejected
-_COSTLIER = Verdict.costlier
 _CHOSEN = Verdict.chosen
-
-
-def _reason(fields: tuple[str, Verdict, str, tuple[Any, ...]]) -> Reason:
-    return tuple.__new__(Reason, fields)
-
-
-class _Option(NamedTuple):
-    """One tier's numbers for this call."""
-
-    tier: str
-    price: TierPrice
-    health: TierHealth
-    worst: float
-    expected: float
-    latency: float  # median end-to-end seconds if served
-    on_time: float  # P(finishing within the deadline | served)
-    served: float  # P(served: neither shed nor failed)
-    wait: float  # seconds to wait for the tier's cooldown to end before sending
-    scale: float  # 1 / (sigma * sqrt 2) of the latency's log-normal spread (0: no deadline)
-
-
-class _Plan(NamedTuple):
-    options: tuple[_Option, ...]
-    p_success: float
-    expected_cost: float
-    worst_cost: float
-    latency: float
-    label: str
-
-
-# tuple.__new__ skips NamedTuple's Python-level __new__: creation is most of the decision's cost.
+_COSTLIER = Verdict.costlier
+_MEMO_SIZE = 4096  # choices remembered per policy (cleared when full)
+_SAME = (
+    1.0 + 1e-9
+)  # costs this close are equal: a weighted mean of equal costs may differ by an ulp
+_C = ReasonCode
+# tuple.__new__ skips NamedTuple's Python-level __new__: creation is much of the decision's cost.
 _new = tuple.__new__
 
 
+def _reason(fields: tuple[str, Verdict, str, tuple[Any, ...]]) -> Reason:
+    return _new(Reason, fields)
+
+
 class CheapestFeasible:
-    """The default policy: the cheapest plan that meets the requirements.
+    """The default policy: the cheapest schedule of attempts that meets the requirements.
 
     - ``latency_sigma``: the spread (log-standard-deviation) of the end-to-end latency around
       its estimate, which turns a deadline into a probability of finishing on time. None (the
       default): each tier's own, from the spreads of its observed TTFT and output rate
       (`TierHealth.ttft_spread`, `TierHealth.tps_spread`; the tier's prior until observed); a
       number: that spread for every tier, whatever was observed.
-    - ``ladders``: also weigh two-step plans (cheap tier first, escalate after a shed).
-    - ``pacing``: when the budget knows how many calls remain, refuse a plan that would leave
+    - ``max_attempts`` and ``backoff_s``: the attempts a schedule may hold (a call's
+      ``Requirements.max_attempts`` wins), and the first backoff before the same tier is tried
+      again, doubling after each failure. The `Selector` passes its own.
+    - ``default_reliability``: what a call that states no reliability is planned for: the
+      cheapest schedule that reaches it, or, when none does, the likeliest one (never a
+      schedule below ``min_reliability``, which is refused as hopeless).
+    - ``pacing``: when the budget knows how many calls remain, refuse a schedule that would leave
       less than ``pacing`` times what the calls still to come need at this call's cheapest tier
       (None: no pacing). Money then goes to calls whose requirements demand a dearer tier only
-      while the rest can still be served; a best-effort call, too, gets the likeliest plan within
-      what pacing leaves.
+      while the rest can still be served; a best-effort call, too, gets the likeliest schedule
+      within what pacing leaves.
 
     >>> from tiersel import Selector, Call, Requirements
     >>> d = Selector().decide(Call(model="kimi-k3", input_tokens=800, max_output_tokens=200))
@@ -101,31 +92,54 @@ class CheapestFeasible:
     <Tier.standard: 'standard'>
     """
 
-    __slots__ = ("ladders", "latency_sigma", "pacing")
+    __slots__ = (
+        "_memo",
+        "backoff_s",
+        "default_reliability",
+        "latency_sigma",
+        "max_attempts",
+        "min_reliability",
+        "pacing",
+    )
 
     def __init__(
         self,
         *,
         latency_sigma: float | None = None,
-        ladders: bool = True,
+        max_attempts: int = DEFAULT_ATTEMPTS,
+        backoff_s: float = DEFAULT_BACKOFF_S,
+        default_reliability: float = 0.95,
+        min_reliability: float = 0.01,
         pacing: float | None = None,
     ) -> None:
         if latency_sigma is not None and not latency_sigma > 0:
             raise ValueError(f"latency_sigma must be > 0 or None, got {latency_sigma!r}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
+        if not backoff_s >= 0:
+            raise ValueError(f"backoff_s must be >= 0, got {backoff_s!r}")
+        if not 0 < min_reliability <= default_reliability <= 1:
+            raise ValueError(
+                "0 < min_reliability <= default_reliability <= 1, got"
+                f" {min_reliability!r} and {default_reliability!r}"
+            )
         if pacing is not None and not pacing > 0:
             raise ValueError(f"pacing must be > 0, got {pacing!r}")
         self.latency_sigma = latency_sigma
-        self.ladders = ladders
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self.default_reliability = default_reliability
+        self.min_reliability = min_reliability
         self.pacing = pacing
+        self._memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
     def __repr__(self) -> str:
         return (
-            f"CheapestFeasible(latency_sigma={self.latency_sigma}, ladders={self.ladders},"
-            f" pacing={self.pacing})"
+            f"CheapestFeasible(latency_sigma={self.latency_sigma},"
+            f" max_attempts={self.max_attempts}, backoff_s={self.backoff_s},"
+            f" default_reliability={self.default_reliability}, pacing={self.pacing})"
         )
 
-    # The decision path: keep it cheap (benchmarks/decide.py). Object creation dominates here,
-    # so reasons and steps are built with tuple.__new__ and enum members are module constants.
     def __call__(
         self,
         call: Call,
@@ -136,14 +150,35 @@ class CheapestFeasible:
         now: float,
     ) -> Decision:
         reasons: list[Reason] = []
+        cands = self.candidates(call, requirements, budget, prices, signals, reasons)
+        spendable = None
+        if self.pacing is not None and budget is not None and budget.remaining_calls:
+            keep = self.pacing * cands[0].expected * (budget.remaining_calls - 1)
+            spendable = max(budget.remaining_usd - keep, cands[0].expected)
+        return self.choose(call.model, requirements, cands, spendable, reasons)
+
+    # -- stage 1: candidates -----------------------------------------------------------------
+
+    # The decision path: keep it cheap (benchmarks/decide.py). Object creation dominates here,
+    # so reasons and candidates are built with tuple.__new__ and enum members are constants.
+    def candidates(
+        self,
+        call: Call,
+        requirements: Requirements,
+        budget: BudgetState | None,
+        prices: ModelPrices,
+        signals: Signals,
+        reasons: list[Reason],
+    ) -> list[Candidate]:
+        """The tiers that may serve ``call``, in order of expected cost, with their numbers; the
+        others get a reason in ``reasons``. Raises `NoFeasibleTier` when none is left."""
         add = reasons.append
         allowed = requirements.tiers
         cap = requirements.max_cost_usd
         remaining = budget.remaining_usd if budget is not None else None
         deadline = requirements.deadline_s
         if deadline is not None and deadline <= 0:
-            raise NoFeasibleTier(call.model, [_reason(("*", _REJECTED, "no_time", ()))])
-        log_deadline = math.log(deadline) if deadline is not None else 0.0
+            raise NoFeasibleTier(call.model, [_reason(("*", _REJECTED, _C.no_time, ()))])
         sigma = self.latency_sigma
         fixed_scale = 1.0 / (sigma * _SQRT2) if sigma is not None else 0.0
 
@@ -158,218 +193,331 @@ class CheapestFeasible:
             out_exp = out_max
         tiers = prices.tiers
         if not tiers:
-            raise NoFeasibleTier(call.model, [_reason(("*", _REJECTED, "unpriced", ()))])
-        options: list[_Option] = []
+            raise NoFeasibleTier(call.model, [_reason(("*", _REJECTED, _C.unpriced, ()))])
+        out: list[Candidate] = []
         if allowed is not None:
             for name in allowed:
                 if name not in tiers:
-                    add(_reason((name, _REJECTED, "not_offered", ())))
-        for name, price in tiers.items():
+                    add(_reason((name, _REJECTED, _C.not_offered, ())))
+        for name, tp in tiers.items():
             if allowed is not None:
                 if name not in allowed:
-                    add(_reason((name, _REJECTED, "not_allowed", ())))
+                    add(_reason((name, _REJECTED, _C.not_allowed, ())))
                     continue
-            elif price.spec.opt_in:
-                add(_reason((name, _REJECTED, "opt_in", ())))
+            elif tp.spec.opt_in:
+                add(_reason((name, _REJECTED, _C.opt_in, ())))
                 continue
             health = signals.get(name)
             if health is None:
                 continue
             # cost.tier_cost's arithmetic, inlined: this loop is the decision's hot path.
-            base = uncached * price.input_per_token + cached * price.cached_input_per_token
-            worst = base + extra_in * price.input_per_token + out_max * price.output_per_token
+            base = uncached * tp.input_per_token + cached * tp.cached_input_per_token
+            worst = base + extra_in * tp.input_per_token + out_max * tp.output_per_token
             # Cost first: a tier the call cannot afford is rejected for that, not for a cooldown
             # it would be pointless to wait out.
             if cap is not None and worst > cap:
-                add(_reason((name, _REJECTED, "cost_cap", (worst, cap))))
+                add(_reason((name, _REJECTED, _C.cost_cap, (worst, cap))))
                 continue
             if remaining is not None and worst > remaining:
-                add(_reason((name, _REJECTED, "budget", (worst, remaining))))
+                add(_reason((name, _REJECTED, _C.budget, (worst, remaining))))
                 continue
+            tps = health.output_tps
             wait = 0.0
             ttft = health.ttft_s
-            decode = out_exp / health.output_tps
+            decode = out_exp / tps
+            latency = ttft + decode
             if health.state is _OPEN:
                 # A call with a deadline may wait out a cooldown if it leaves the tier its
-                # expected time to finish; a wait that ends too late is no plan.
-                if deadline is None or health.cooldown_s + ttft + decode >= deadline:
-                    add(_reason((name, _REJECTED, "cooldown", (health.cooldown_s,))))
+                # expected time to finish; a call with none waits in the flow, bounded there.
+                if deadline is None or health.cooldown_s + latency >= deadline:
+                    add(_reason((name, _REJECTED, _C.cooldown, (health.cooldown_s,))))
                     continue
                 wait = health.cooldown_s
-            expected = base + out_exp * price.output_per_token
-            latency = wait + ttft + decode
             if deadline is None:
-                on_time = 1.0
                 scale = 0.0
             else:
                 # The latency's log-spread: its parts' log-spreads weighted by their shares of
-                # it, added as if TTFT and output rate stray together (a loaded tier is slow in
-                # both), which bounds it from above. A cooldown wait is known: it only dilutes it.
+                # it, combined as if TTFT and output rate stray independently. (Adding them, as
+                # if they strayed together, bounds it from above; replays of the bundled traces
+                # showed that bound pessimistic: 15.7 failures predicted for 3 seen, against
+                # 12.3 so combined.)
                 scale = fixed_scale or latency / (
-                    (ttft * health.ttft_spread + decode * health.tps_spread) * _SQRT2
+                    math.hypot(ttft * health.ttft_spread, decode * health.tps_spread) * _SQRT2
                 )
-                on_time = 0.5 * (1.0 + _erf((log_deadline - _log(latency)) * scale))
-            served = 1.0 - health.refusal_rate - health.error_rate
-            if served < 0.0:
-                served = 0.0
-            options.append(
-                _new(
-                    _Option,
-                    (name, price, health, worst, expected, latency, on_time, served, wait, scale),
-                )
-            )
-        if not options:
+            expected = base + out_exp * tp.output_per_token
+            out.append(_candidate(name, tp, health, worst, expected, latency, wait, scale))
+        if not out:
             raise NoFeasibleTier(call.model, reasons)
+        out.sort(key=_BY_EXPECTED)
+        return out
 
-        options.sort(key=_BY_EXPECTED)
-        plans = [
-            _new(_Plan, ((o,), o.served * o.on_time, o.expected, o.worst, o.latency, o.tier))
-            for o in options
-        ]
-        target = requirements.reliability
-        max_ttft = requirements.max_ttft_s
+    @staticmethod
+    def _fit(
+        requirements: Requirements, cands: list[Candidate], reasons: list[Reason]
+    ) -> list[Candidate]:
+        """The candidates fast enough for the call's ``min_output_tps`` and ``max_ttft_s``; the
+        others get a reason (a best-effort call may still fall back on them)."""
         min_tps = requirements.min_output_tps
-        # A ladder costs at least its first step alone, so it can only win where that step alone
-        # falls short on reliability; and it must start cheaper than the best single tier.
-        if self.ladders and len(options) > 1 and (target is not None or requirements.best_effort):
-            # Best effort under pacing may fall back to the likeliest of all plans: weigh them all.
-            every_ladder = requirements.best_effort and self.pacing is not None
-            best_single = None
-            for plan in plans:
-                if _unmet(plan, target, max_ttft, min_tps) is None:
-                    best_single = plan.expected_cost
-                    break
-            for i, first in enumerate(options):
-                if best_single is not None and first.expected >= best_single:
-                    break
-                if target is not None and first.served * first.on_time >= target:
-                    continue
-                for second in options[i + 1 :]:
-                    ladder = self._ladder(first, second, deadline)
-                    if ladder is not None:
-                        plans.append(ladder)
-                        # Dearer second steps only make this ladder dearer: stop at one that meets
-                        # the requirements.
-                        if not every_ladder and _unmet(ladder, target, max_ttft, min_tps) is None:
-                            break
-            plans.sort(key=_BY_COST)  # stable: singles before ladders on ties
-
-        spendable = None
-        if self.pacing is not None and budget is not None and budget.remaining_calls:
-            keep = self.pacing * options[0].expected * (budget.remaining_calls - 1)
-            spendable = max(budget.remaining_usd - keep, options[0].expected)
-        chosen: _Plan | None = None
-        for plan in plans:
-            if chosen is not None:
-                add(
-                    _reason(
-                        (
-                            plan.label,
-                            _COSTLIER,
-                            "costlier",
-                            (plan.expected_cost, chosen.expected_cost),
-                        )
-                    )
-                )
-                continue
-            why = _unmet(plan, target, max_ttft, min_tps)
-            if why is not None:
-                add(_reason((plan.label, _REJECTED, why[0], why[1])))
-            elif spendable is not None and plan.expected_cost > spendable:
-                add(_reason((plan.label, _REJECTED, "pacing", (plan.expected_cost, spendable))))
+        max_ttft = requirements.max_ttft_s
+        if min_tps is None and max_ttft is None:
+            return cands
+        out = []
+        for c in cands:
+            tps = c.health.output_tps
+            if min_tps is not None and tps < min_tps:
+                reasons.append(_reason((c.tier, _REJECTED, _C.tps, (tps, min_tps))))
+            elif max_ttft is not None and c.wait + c.ttft > max_ttft:
+                why = (c.wait + c.ttft, max_ttft)
+                reasons.append(_reason((c.tier, _REJECTED, _C.ttft, why)))
             else:
-                chosen = plan
-                wait = plan.options[0].wait
-                values = (plan.expected_cost, plan.p_success, wait)
-                add(
-                    _reason(
-                        (plan.label, _CHOSEN, "chosen_after_wait" if wait else "chosen", values)
-                    )
-                )
-        if chosen is not None:
-            return _decision(chosen, reasons)
-        if not requirements.best_effort:
-            raise NoFeasibleTier(call.model, reasons)
-        # Best effort stays within what pacing leaves (the cheapest plan always is).
-        within = plans if spendable is None else [p for p in plans if p.expected_cost <= spendable]
-        best = max(within or plans, key=_likeliest)
-        add(_reason((best.label, _CHOSEN, "best_effort", (best.expected_cost, best.p_success))))
-        return _decision(best, reasons, best_effort=True)
+                out.append(c)
+        return out
 
-    def _ladder(self, a: _Option, b: _Option, deadline: float | None) -> _Plan | None:
-        """Plan ``a`` then, after a shed, ``b`` in the time left.
+    # -- stages 2-4: schedule pricing, feasibility, choice -------------------------------------
 
-        The escalated attempt is credited at most ``a``'s own chance of finishing on time: a more
-        shed-prone ``a`` then never makes the ladder look better, only dearer.
+    def choose(
+        self,
+        model: str,
+        requirements: Requirements,
+        cands: list[Candidate],
+        spendable: float | None,
+        reasons: list[Reason],
+    ) -> Decision:
+        """Price the schedules the candidates allow and choose: the cheapest that meets the
+        requirements; else, for a best-effort call or one with no reliability target, the
+        likeliest within the cost limits; else `NoFeasibleTier` with the reasons.
+
+        The choice depends only on the candidates' numbers and the requirements, so it is
+        remembered by them: calls of one shape decided on one snapshot of the signals are
+        searched once (benchmarks/decide.py).
         """
-        if a.wait:
-            return None  # waiting out a cooldown is for a tier trusted on its own, not a ladder
-        ha = a.health
-        shed_wait = ha.shed_latency_s
-        if deadline is None:
-            on_time_b = 1.0
-        elif deadline - shed_wait <= 0:
-            return None
+        r = requirements
+        key = (
+            r.reliability,
+            r.max_attempts,
+            r.deadline_s,
+            r.max_ttft_s,
+            r.min_output_tps,
+            r.best_effort,
+            spendable,
+            tuple([(c[0], *c[3:]) for c in cands]),
+        )
+        hit = self._memo.get(key)
+        if hit is not None:
+            picks, numbers, added, effort = hit
+            attempts = tuple([cands[i] for i in picks])
+            reasons.extend(added)
+            return _decision(_new(Schedule, (attempts, *numbers)), reasons, r.deadline_s, effort)
+        before = len(reasons)
+        found, effort = self._search(model, requirements, cands, spendable, reasons)
+        picks = tuple([next(i for i, c in enumerate(cands) if c is a) for a in found.attempts])
+        if len(self._memo) >= _MEMO_SIZE:
+            self._memo.clear()
+        self._memo[key] = (picks, found[1:], tuple(reasons[before:]), effort)
+        return _decision(found, reasons, r.deadline_s, effort)
+
+    def _search(
+        self,
+        model: str,
+        requirements: Requirements,
+        cands: list[Candidate],
+        spendable: float | None,
+        reasons: list[Reason],
+    ) -> tuple[Schedule, bool]:
+        """`choose`'s search: the schedule and whether it is a best effort."""
+        add = reasons.append
+        every = cands
+        cands = self._fit(requirements, cands, reasons)
+        target = requirements.reliability
+        goal = target if target is not None else self.default_reliability
+        attempts = requirements.max_attempts or self.max_attempts
+        deadline = requirements.deadline_s
+        max_ttft = requirements.max_ttft_s
+        backoff = self.backoff_s
+        found = (
+            cheapest(
+                cands,
+                target=goal,
+                attempts=attempts,
+                deadline=deadline,
+                backoff_s=backoff,
+                max_ttft=max_ttft,
+            )
+            if cands
+            else None
+        )
+        if found is not None:
+            if spendable is None or found.expected_cost <= spendable * _SAME:
+                wait = found.starts[0]
+                values = (found.expected_cost, found.p_success, wait)
+                code = _C.chosen_after_wait if wait else _C.chosen
+                add(_reason((_label(found), _CHOSEN, code, values)))
+                self._passed_over(found, cands, goal, attempts, deadline, reasons)
+                return found, False
+            add(_reason((_label(found), _REJECTED, _C.pacing, (found.expected_cost, spendable))))
         else:
-            on_time_b = 0.5 * (1.0 + _erf((_log((deadline - shed_wait) / b.latency)) * b.scale))
-        p = a.served * a.on_time + ha.refusal_rate * min(b.served * on_time_b, a.on_time)
-        # Weights of "a serves" and "we climb to b". b's own shed rate stays out of the cost on
-        # purpose: a more shed-prone b must not make the ladder look cheaper.
-        w_a = a.served
-        w_b = ha.refusal_rate
-        w = w_a + w_b
-        expected = (w_a * a.expected + w_b * b.expected) / w if w > 0 else b.expected
-        latency = w_a * a.latency + w_b * (shed_wait + b.latency)
-        worst = a.worst if a.worst > b.worst else b.worst
-        return _new(_Plan, ((a, b), p, expected, worst, latency, a.tier + ">" + b.tier))
+            self._unreliable(cands, goal, attempts, deadline, max_ttft, reasons)
+        if target is not None and not requirements.best_effort:
+            raise NoFeasibleTier(model, reasons)
+        # A best-effort call may fall back on tiers too slow for what it asked.
+        effort = requirements.best_effort
+        best = likeliest(
+            every if effort else cands,
+            attempts=attempts,
+            deadline=deadline,
+            backoff_s=backoff,
+            max_ttft=None if effort else max_ttft,
+            spendable=spendable * _SAME if spendable is not None else None,
+        )
+        if best is None or (
+            target is None and not effort and best.p_success < self.min_reliability
+        ):
+            if best is not None:
+                why = (best.p_success, self.min_reliability)
+                add(_reason((_label(best), _REJECTED, _C.reliability, why)))
+            elif (cands or effort) and spendable is None:  # (else the reasons say why)
+                add(_reason(("*", _REJECTED, _C.no_time, ())))
+            raise NoFeasibleTier(model, reasons)
+        code = _C.best_effort if requirements.best_effort else _C.likeliest
+        add(_reason((_label(best), _CHOSEN, code, (best.expected_cost, best.p_success, goal))))
+        return best, True
+
+    def _passed_over(
+        self,
+        chosen: Schedule,
+        cands: list[Candidate],
+        goal: float,
+        attempts: int,
+        deadline: float | None,
+        reasons: list[Reason],
+    ) -> None:
+        """A reason for each candidate tier the chosen schedule leaves out: dearer than it, or,
+        when cheaper, short of the reliability even with every attempt on it."""
+        used = {a.tier for a in chosen.attempts}
+        cost = chosen.expected_cost
+        for c in cands:
+            if c.tier in used:
+                continue
+            if c.expected >= cost:
+                reasons.append(_reason((c.tier, _COSTLIER, _C.costlier, (c.expected, cost))))
+                continue
+            s = self._alone(c, attempts, deadline)
+            p = s.p_success if s is not None else 0.0
+            reasons.append(
+                _reason((_label(s) if s else c.tier, _REJECTED, _C.reliability, (p, goal)))
+            )
+
+    def _alone(self, c: Candidate, attempts: int, deadline: float | None) -> Schedule | None:
+        """Every attempt that can start in time on ``c`` alone."""
+        for n in range(attempts, 0, -1):
+            s = price([c] * n, deadline=deadline, backoff_s=self.backoff_s)
+            if s is not None:
+                return s
+        return None
+
+    def _unreliable(
+        self,
+        cands: list[Candidate],
+        goal: float,
+        attempts: int,
+        deadline: float | None,
+        max_ttft: float | None,
+        reasons: list[Reason],
+    ) -> None:
+        """Reasons for a refusal on reliability: what every attempt on one tier would reach."""
+        for c in cands:
+            s = self._alone(c, attempts, deadline)
+            if s is not None:
+                why = (s.p_success, goal)
+                reasons.append(_reason((_label(s), _REJECTED, _C.reliability, why)))
+        best = likeliest(
+            cands,
+            attempts=attempts,
+            deadline=deadline,
+            backoff_s=self.backoff_s,
+            max_ttft=max_ttft,
+        )
+        if best is not None and best.attempts[0].tier != best.attempts[-1].tier:
+            why = (best.p_success, goal)
+            reasons.append(_reason((_label(best), _REJECTED, _C.reliability, why)))
 
 
 _BY_EXPECTED = attrgetter("expected", "worst")
-_BY_COST = attrgetter("expected_cost")
 
 
-def _likeliest(p: _Plan) -> tuple[float, float]:
-    return (p.p_success, -p.expected_cost)
+def _candidate(
+    name: str,
+    tp: TierPrice,
+    health: TierHealth,
+    worst: float,
+    expected: float,
+    latency: float,
+    wait: float,
+    scale: float,
+) -> Candidate:
+    refusal = health.refusal_rate
+    now = health.refusal_now
+    return _new(
+        Candidate,
+        (
+            name,
+            tp,
+            health,
+            worst,
+            expected,
+            latency,
+            refusal,
+            refusal if now is None else now,
+            health.error_rate,
+            health.shed_latency_s,
+            wait,
+            scale,
+            health.ttft_s,
+            health.memory_after_shed,
+            health.memory_s,
+        ),
+    )
 
 
-def _unmet(
-    plan: _Plan, target: float | None, max_ttft: float | None, min_tps: float | None
-) -> tuple[str, tuple[float, ...]] | None:
-    if max_ttft is not None:
-        first = plan.options[0]
-        ttft = first.wait + first.health.ttft_s
-        if ttft > max_ttft:
-            return "ttft", (ttft, max_ttft)
-        if len(plan.options) > 1:
-            escalated = first.wait + first.health.shed_latency_s + plan.options[1].health.ttft_s
-            if escalated > max_ttft:
-                return "ttft", (escalated, max_ttft)
-    if min_tps is not None:
-        for o in plan.options:
-            if o.health.output_tps < min_tps:
-                return "tps", (o.health.output_tps, min_tps)
-    if target is not None and plan.p_success < target:
-        return "reliability", (plan.p_success, target)
-    return None
+def _label(s: Schedule) -> str:
+    return s.label
 
 
-def _step(o: _Option) -> Step:
-    tier, model, service_tier, body, headers, base_url = o.price.step_fields
-    return _new(Step, (tier, model, service_tier, o.worst, o.expected, body, headers, base_url))
-
-
-def _decision(plan: _Plan, reasons: list[Reason], *, best_effort: bool = False) -> Decision:
-    options = plan.options  # one tier, or a two-step ladder
-    first = _step(options[0])
+def _decision(
+    s: Schedule, reasons: list[Reason], deadline: float | None, best_effort: bool = False
+) -> Decision:
+    steps = []
+    for c, start, reach, ok in zip(s.attempts, s.starts, s.reach, s.ok, strict=True):
+        tier, model, service_tier, body, headers, base_url = c.price.step_fields
+        left = deadline - start if deadline is not None else None
+        steps.append(
+            _new(
+                Step,
+                (
+                    tier,
+                    model,
+                    service_tier,
+                    c.worst,
+                    c.expected,
+                    body,
+                    headers,
+                    base_url,
+                    start,
+                    left,
+                    reach,
+                    ok,
+                ),
+            )
+        )
     return new_decision(
-        (first,) if len(options) == 1 else (first, _step(options[1])),
-        plan.expected_cost,
-        plan.worst_cost,
-        plan.p_success,
-        plan.latency,
+        tuple(steps),
+        s.expected_cost,
+        s.worst_cost,
+        s.p_success,
+        s.latency,
         tuple(reasons),
         best_effort,
-        plan.options[0].wait,
+        s.starts[0],
     )
 
 
@@ -377,14 +525,25 @@ class FixedTier:
     """A policy that always sends one tier (a baseline: always-standard, always-priority, ...).
 
     Falls back to ``fallback`` when the model does not offer ``tier``; never checks requirements
-    beyond the tiers the model offers, and ignores signals (it is the "hard-coded" choice).
+    beyond the tiers the model offers, and ignores signals in its choice (it is the "hard-coded"
+    choice). Its schedule is that tier for every attempt the call may make, backing off between
+    them, priced by the same model as `CheapestFeasible`'s (so its ``p_success`` means the same).
     """
 
-    __slots__ = ("fallback", "tier")
+    __slots__ = ("backoff_s", "fallback", "max_attempts", "tier")
 
-    def __init__(self, tier: str, *, fallback: str = "standard") -> None:
+    def __init__(
+        self,
+        tier: str,
+        *,
+        fallback: str = "standard",
+        max_attempts: int = DEFAULT_ATTEMPTS,
+        backoff_s: float = DEFAULT_BACKOFF_S,
+    ) -> None:
         self.tier = tier
         self.fallback = fallback
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
 
     def __repr__(self) -> str:
         return f"FixedTier({self.tier!r})"
@@ -399,29 +558,38 @@ class FixedTier:
         now: float,
     ) -> Decision:
         name = self.tier if self.tier in prices.tiers else self.fallback
-        price = prices.tiers.get(name)
-        if price is None:
+        tp = prices.tiers.get(name)
+        if tp is None:
             raise NoFeasibleTier(call.model, [Reason(self.tier, Verdict.rejected, "not_offered")])
-        base = tier_cost(price, call.input_tokens, call.cached_input_tokens, 0)
-        bound = tier_cost(price, call.input_tokens_bound, call.cached_input_tokens, 0)
-        worst = bound + call.max_output_tokens * price.output_per_token
-        expected = base + call.output_tokens_for_latency * price.output_per_token
-        health = signals.get(name)
-        latency = 0.0
-        p = 1.0
-        if health is not None:
-            latency = health.ttft_s + call.output_tokens_for_latency / health.output_tps
-            p = health.p_served
-        o = _Option(name, price, health or _NO_HEALTH, worst, expected, latency, 1.0, p, 0.0, 0.0)
-        reason = Reason(name, Verdict.chosen, "fixed", (expected, p, repr(self)))
-        return _decision(_Plan((o,), p, expected, worst, latency, name), [reason])
+        base = tier_cost(tp, call.input_tokens, call.cached_input_tokens, 0)
+        bound = tier_cost(tp, call.input_tokens_bound, call.cached_input_tokens, 0)
+        worst = bound + call.max_output_tokens * tp.output_per_token
+        out = call.output_tokens_for_latency
+        expected = base + out * tp.output_per_token
+        health = signals.get(name) or _NO_HEALTH
+        ttft = health.ttft_s
+        decode = out / health.output_tps
+        latency = ttft + decode
+        deadline = requirements.deadline_s
+        spread = math.hypot(ttft * health.ttft_spread, decode * health.tps_spread)
+        scale = latency / (spread * _SQRT2) if deadline is not None and spread > 0 else 0.0
+        c = _candidate(name, tp, health, worst, expected, latency, 0.0, scale)
+        attempts = requirements.max_attempts or self.max_attempts
+        s = None
+        while s is None and attempts > 0:  # as many attempts as can start before the deadline
+            s = price([c] * attempts, deadline=deadline, backoff_s=self.backoff_s)
+            attempts -= 1
+        if s is None:  # no attempt can start in time: the one the flow would still send
+            s = Schedule((c,), (0.0,), (1.0,), (0.0,), 0.0, expected, worst, latency, name)
+        reason = Reason(name, Verdict.chosen, "fixed", (expected, s.p_success, repr(self)))
+        return _decision(s, [reason], deadline)
 
 
 _NO_HEALTH = TierHealth(
     refusal_rate=0.0,
     error_rate=0.0,
     ttft_s=0.0,
-    output_tps=1.0,
+    output_tps=1e9,
     shed_latency_s=0.0,
     state=CircuitState.closed,
     cooldown_s=0.0,

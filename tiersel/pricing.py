@@ -69,6 +69,9 @@ class _PriorsDoc(_Strict):
     output_tps: _Number = Field(50.0, ge=_MIN_PRIOR_TPS)
     shed_latency_s: _Number = Field(0.3, ge=0.0, le=_MAX_PRIOR_S)
     log_spread: _Number = Field(DEFAULT_LOG_SPREAD, gt=0.0)
+    memory_after_shed: _Number = Field(0.75, ge=0.0, le=1.0)
+    memory_after_ok: _Number = Field(0.4, ge=0.0, le=1.0)
+    memory_s: _Number = Field(60.0, gt=0.0, le=_MAX_PRIOR_S)
 
 
 class _RequestDoc(_Strict):

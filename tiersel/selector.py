@@ -7,7 +7,7 @@ import inspect
 import json
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import httpx
@@ -172,7 +172,11 @@ class Selector:
                 f"default_max_output_tokens must be >= 1, got {default_max_output_tokens}"
             )
         self.pricing = pricing if pricing is not None else load_pricing()
-        self.policy: Policy = policy if policy is not None else CheapestFeasible()
+        self.policy: Policy = (
+            policy
+            if policy is not None
+            else CheapestFeasible(max_attempts=max_attempts, backoff_s=backoff_s)
+        )
         if signals is None:
             signals = MemorySignalStore(signal_config)
         self.signals = signals
@@ -195,6 +199,7 @@ class Selector:
             api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
         )
         self._keys: dict[str, tuple[SignalKey, ...]] = {}
+        self._keys_by_tier: dict[str, dict[str, SignalKey]] = {}
         # Keyed by the price table's (model, tier) pairs, so bounded by the table.
         self._health_cache: dict[SignalKey, tuple[TierStats, TierHealth]] = {}
         self._urls: dict[str, httpx.URL] = {}
@@ -218,7 +223,8 @@ class Selector:
     ) -> TierHealth:
         """A tier's health from its counters, cached while neither counters nor circuit change."""
         config = self.signal_config
-        steady = stats.cooldown_until <= now and stats.consecutive_failures < config.open_after
+        # Not after a failure either: the shed rate it implies fades as time passes.
+        steady = stats.cooldown_until <= now and not stats.consecutive_failures
         if steady and not probing:
             hit = self._health_cache.get(key)
             if hit is not None and hit[0] is stats:
@@ -227,6 +233,12 @@ class Selector:
         if steady and not probing:
             self._health_cache[key] = (stats, health)
         return health
+
+    def _tier_keys(self, model: str) -> dict[str, SignalKey]:
+        keys = self._keys_by_tier.get(model)
+        if keys is None:
+            keys = self._keys_by_tier[model] = {k.tier: k for k in self.signal_keys(model)}
+        return keys
 
     def signal_keys(self, model: str) -> tuple[SignalKey, ...]:
         """The signal keys of every tier of ``model`` at this selector's endpoint."""
@@ -275,7 +287,7 @@ class Selector:
             requirements if requirements is not None else self.requirements,
             budget,
             prices,
-            self.health(call.model, now),
+            _HealthView(self, call.model, now),
             now,
         )
 
@@ -599,6 +611,46 @@ class Selector:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class _HealthView(Mapping[str, TierHealth]):
+    """`Selector.health` for one decision, each tier assessed when the policy first reads it (a
+    policy skips the tiers a call may not use, such as opt-in ones)."""
+
+    __slots__ = ("_keys", "_now", "_read", "_seen", "_sel")
+
+    def __init__(self, sel: Selector, model: str, now: float) -> None:
+        self._sel = sel
+        self._keys = sel._tier_keys(model)
+        self._now = now
+        self._read = sel._sync_signals("health").stats
+        self._seen: dict[str, TierHealth] = {}
+
+    def get(self, tier: str, default: Any = None) -> Any:
+        health = self._seen.get(tier)
+        if health is None:
+            key = self._keys.get(tier)
+            if key is None:
+                return default
+            stats = self._read(key, self._now)
+            hit = self._sel._health_cache.get(key)
+            health = hit[1] if hit is not None and hit[0] is stats else None
+            if health is None:
+                health = self._sel.assess(key, stats, self._now)
+            self._seen[tier] = health
+        return health
+
+    def __getitem__(self, tier: str) -> TierHealth:
+        health: TierHealth | None = self.get(tier)
+        if health is None:
+            raise KeyError(tier)
+        return health
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 _EFFECT_HANDLERS: dict[type, Callable[[Selector, Any], Any]] = {

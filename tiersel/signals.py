@@ -146,6 +146,12 @@ class TierHealth:
     observed: int  # attempts in the window
     ttft_spread: float = DEFAULT_LOG_SPREAD  # standard deviation of log TTFT
     tps_spread: float = DEFAULT_LOG_SPREAD  # standard deviation of log output rate
+    # The shed rate of an attempt sent now, leaning towards the tier's last answer (None: the
+    # window's ``refusal_rate``), and how a shed carries over to the next attempt (see
+    # `TierPriors`; 0: attempts are independent).
+    refusal_now: float | None = None
+    memory_after_shed: float = 0.0
+    memory_s: float = 60.0
 
     @property
     def p_served(self) -> float:
@@ -171,9 +177,21 @@ def assess(
     if probing and state is CircuitState.half_open:
         state = CircuitState.closed
     prior_var = w * priors.log_spread * priors.log_spread
+    refusal = min(1.0, refusal)
+    # The next answer leans towards the last one (see `TierPriors`): after a failure, towards
+    # a shed, fading with its age; after a success (of unknown age), away from one.
+    if probing or not stats.n:
+        refusal_now = refusal
+    elif stats.consecutive_failures:
+        carry = priors.memory_after_shed * math.exp(
+            -(now - stats.last_failure_at) / priors.memory_s
+        )
+        refusal_now = refusal + (1.0 - refusal) * carry
+    else:
+        refusal_now = refusal * (1.0 - priors.memory_after_ok)
     # Positional: this runs for every tier on every decision, and keywords cost here.
     return TierHealth(
-        min(1.0, refusal),
+        refusal,
         min(1.0, error),
         ttft,
         tps,
@@ -183,6 +201,9 @@ def assess(
         stats.n,
         _log_spread(s.ttft_n, s.ttft_log_sum, s.ttft_log_sq, prior_var, w),
         _log_spread(s.tps_n, s.tps_log_sum, s.tps_log_sq, prior_var, w),
+        refusal_now,
+        priors.memory_after_shed,
+        priors.memory_s,
     )
 
 

@@ -46,6 +46,16 @@ class TierPriors:
 
     ``log_spread`` is the standard deviation of log TTFT and of log output rate (so roughly the
     relative spread of each): how far one call's timings may stray from the tier's typical ones.
+
+    Overload comes in spells, so a tier's next answer leans towards its last one. After a shed,
+    an attempt ``d`` seconds later is shed with probability ``r + (1 - r) * m * exp(-d / t)``.
+    After a success it is ``r * (1 - m' * exp(-d / t))``. Here *r* is the tier's shed rate, *m*
+    is ``memory_after_shed``, *m'* is ``memory_after_ok`` and *t* is ``memory_s``. The defaults
+    come from the bundled simulator. Replaying the bundled Azure conversation trace under the
+    busy and peak scenarios with always-standard, an attempt up to 8 s after a shed was shed
+    88-89% of the time, against base rates of 32% and 63%: *m* is about 0.7-0.8. One after a
+    success was shed 15% and 41% of the time: *m'* is about 0.35-0.5. Both fade over a minute
+    or two. The measuring script is ``benchmarks/shed_memory.py``.
     """
 
     shed_rate: float = 0.02
@@ -54,10 +64,19 @@ class TierPriors:
     output_tps: float = 50.0
     shed_latency_s: float = 0.3
     log_spread: float = DEFAULT_LOG_SPREAD
+    memory_after_shed: float = 0.75
+    memory_after_ok: float = 0.4
+    memory_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.log_spread > 0:
             raise ValueError(f"TierPriors: log_spread must be > 0, got {self.log_spread!r}")
+        for name in ("memory_after_shed", "memory_after_ok"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"TierPriors: {name} must be in [0, 1], got {value!r}")
+        if not self.memory_s > 0:
+            raise ValueError(f"TierPriors: memory_s must be > 0, got {self.memory_s!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,10 @@ def test_bad_requirement_flags_are_named_with_their_value(
 ) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", [batch_line("a", body(0))])
     assert batch(str(src), "--out", str(tmp_path / "o.jsonl"), "--deadline", "-5") == 2
-    assert capsys.readouterr().err == "tiersel: error: --deadline -5: must be greater than 0\n"
+    assert (
+        capsys.readouterr().err
+        == "tiersel: error: --deadline -5: must be greater than or equal to 0.001\n"
+    )
 
 
 def parse(raw: bytes) -> str:

@@ -142,7 +142,9 @@ def test_what_if_shed_rate_moves_the_choice() -> None:
     )
     assert calm["plan"][0]["tier"] == "standard"
     assert shedding["tier"] != "standard" or len(shedding["plan"]) > 1
-    assert any(r["plan"] == "standard" and r["verdict"] == "rejected" for r in shedding["reasons"])
+    # Standard alone no longer reaches 0.97: the schedule ends on a dearer tier.
+    assert shedding["plan"][-1]["tier"] != "standard"
+    assert shedding["p_success"] >= 0.97
 
 
 def test_no_feasible_tier_exits_3_with_reasons() -> None:
@@ -169,7 +171,8 @@ def test_no_feasible_tier_exits_3_with_reasons() -> None:
     [
         (["--reliability", "1.5"], "--reliability 1.5: must be less than or equal to 1"),
         (["--deadline", "nan"], "--deadline nan: must be a finite number"),
-        (["--deadline", "-5"], "--deadline -5: must be greater than 0"),
+        (["--deadline", "-5"], "--deadline -5: must be greater than or equal to 0.001"),
+        (["--deadline", "1e-300"], "--deadline 1e-300: must be greater than or equal to 0.001"),
         (["--deadline", "5", "--max-ttft", "9"], "--max-ttft (9.0) cannot exceed --deadline (5.0)"),
         (["--shed-rate", "standard"], "expected TIER=RATE"),
         (["--shed-rate", "turbo=0.1"], "unknown tier 'turbo'"),

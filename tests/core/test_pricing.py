@@ -323,6 +323,10 @@ models:
     call = tiersel.Call(model="acme/model-1", input_tokens=100, max_output_tokens=50)
     assert sel.decide(call).tier == "flex"
     d = sel.decide(call, tiersel.Requirements(reliability=0.99))
+    # Flex is shed 30% of the time: three attempts on it, then one on default, reach 0.99.
+    assert d.label == "flex*3>default"
+    assert [s.service_tier for s in d.plan] == ["flex"] * 3 + ["default"]
+    d = sel.decide(call, tiersel.Requirements(reliability=0.99, max_attempts=2))
     assert d.label == "flex>default"  # flex first, escalate to default after a shed
     assert [s.service_tier for s in d.plan] == ["flex", "default"]
     d = sel.decide(call, tiersel.Requirements(reliability=0.999, tiers=["scale"]))

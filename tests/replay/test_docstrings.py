@@ -13,6 +13,7 @@ MODULES = [
     "tiersel.replay.harness",
     "tiersel.replay.metrics",
     "tiersel.replay.mix",
+    "tiersel.replay.synth",
     "tiersel.replay.traces",
 ]
 

@@ -198,8 +198,9 @@ def test_a_long_outage_on_a_model_without_priority() -> None:
     oracle, tiersel = result.metrics("oracle"), result.metrics("tiersel")
     assert oracle.attainment > 0.99 and tiersel.attainment > 0.99
     assert oracle.attainment >= tiersel.attainment
-    if tiersel.attainment >= oracle.attainment:
-        assert oracle.cost_usd <= tiersel.cost_usd
+    # The oracle sends one attempt; tiersel may instead wait out the outage on standard for a
+    # call with time to spare, so it may cost less than the oracle, never much more.
+    assert tiersel.cost_usd <= oracle.cost_usd * 1.10
     assert set(oracle.tier_mix) == {"standard", "fast"}
 
 
@@ -220,4 +221,6 @@ def test_the_default_scenario_sheds_standard_at_times_and_tiersel_rides_it() -> 
     priority = c.metrics("always-priority")
     assert c.metrics("always-standard").attainment < 1.0
     assert tiersel.attainment >= oracle.attainment - 0.005
-    assert oracle.cost_usd <= tiersel.cost_usd < priority.cost_usd
+    # The oracle sends one attempt, knowing how it will go; tiersel may also wait out a spell
+    # on standard for a call with time to spare, which can make it the cheaper of the two.
+    assert tiersel.cost_usd <= oracle.cost_usd * 1.10 and tiersel.cost_usd < priority.cost_usd

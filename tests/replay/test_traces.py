@@ -161,3 +161,23 @@ def test_plain_round_trip_and_compression(
     for a, b in zip(trace, fast, strict=True):
         assert b.arrival_s == pytest.approx(a.arrival_s / speedup)
         assert (a.input_tokens, a.output_tokens) == (b.input_tokens, b.output_tokens)
+
+
+def test_the_generated_multiturn_trace_is_long_bursty_and_repeatable() -> None:
+    from tiersel.replay.synth import multiturn
+
+    t = load_trace("synth-multiturn")
+    assert t.name == "synth-multiturn" and t == multiturn(seed=0) != multiturn(seed=1)
+    times = [r.arrival_s for r in t]
+    assert times == sorted(times) and times[0] == 0.0
+    prompts = sorted(r.input_tokens for r in t)
+    assert prompts[len(prompts) // 2] > 3_000 and prompts[-1] > 20_000  # long, and growing
+    # Bursty: arrivals per 10 s vary far more than a steady (Poisson) stream's would.
+    counts = [0] * (int(t.duration_s // 10) + 1)
+    for x in times:
+        counts[int(x // 10)] += 1
+    mean = sum(counts) / len(counts)
+    variance = sum((c - mean) ** 2 for c in counts) / len(counts)
+    assert variance > 3 * mean
+    with pytest.raises(ValueError, match="duration_s"):
+        multiturn(duration_s=0)

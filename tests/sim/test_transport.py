@@ -188,8 +188,11 @@ def test_selector_escalates_to_priority_during_an_outage() -> None:
     result = selector.send(body, requirements=Requirements(deadline_s=20, reliability=0.9))
     assert result.ok and result.tier == "priority"
     stats = transport.stats()
-    # Standard twice (the first half of the four attempts decides afresh), then priority.
-    assert stats["by_tier"] == {"priority": {"200": 1}, "standard": {"503": 2}}
+    # Standard until its sheds make a try on it not worth even its free, fast refusal (the
+    # last attempt is left to priority), then priority.
+    assert set(stats["by_tier"]) == {"priority", "standard"}
+    assert stats["by_tier"]["priority"] == {"200": 1}
+    assert 1 <= stats["by_tier"]["standard"]["503"] <= 3
     assert (stats["hinted"], stats["priority_with_router"]) == (0, 0)
 
 

@@ -50,19 +50,19 @@ def test_signals_one_process_records_steer_another_process(
     redis_url: str, prefix: str, peak_sim: RunningServer
 ) -> None:
     store = f"{redis_url}?prefix={prefix}"
-    # Control: with no signals yet, a 20 s call needing 95% reliability goes on standard alone.
-    assert run_worker("signal_worker.py", "decide", store)["plan"] == ["standard"]
+    # Control: with no signals yet, a 20 s call needing 95% reliability goes on standard alone
+    # (every attempt of its schedule).
+    assert set(run_worker("signal_worker.py", "decide", store)["plan"]) == {"standard"}
     peak_sim.reset(time_s=120)  # inside the busy spell: standard is shed about 90% of the time
     sent = run_worker("signal_worker.py", "send", peak_sim.openai_base_url, store, "8")
     assert sent["statuses"].count(503) >= 3, sent
     # Another process, within one window (60 s), reads what the first one recorded: standard
     # alone no longer meets the reliability, so the plan moves to (or escalates to) priority.
     steered = run_worker("signal_worker.py", "decide", store)
-    assert steered["plan"] != ["standard"] and "priority" in steered["plan"], steered
-    assert any(r.startswith("standard: rejected") for r in steered["reasons"]), steered
+    assert "priority" in steered["plan"], steered
     # A process on another namespace saw nothing: the steer came through Redis.
     fresh = run_worker("signal_worker.py", "decide", f"{redis_url}?prefix={prefix}-other")
-    assert fresh["plan"] == ["standard"]
+    assert set(fresh["plan"]) == {"standard"}
 
 
 # -- batch shards sharing one budget ---------------------------------------------------------------

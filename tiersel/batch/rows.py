@@ -47,16 +47,16 @@ def call_row(
     custom_id: str, line: int, result: CallResult, charges: Charges
 ) -> tuple[Status, bytes]:
     """The row of a line that went through the selector (served or not)."""
-    decision = result.decision
+    step = result.step
     reply = result.reply
     usage = result.usage
-    tiers = [d.tier for d in result.decisions]
+    tiers = result.tried
     row: dict[str, Any] = {
         "custom_id": custom_id,
         "line": line,
         "status": Status.ok.value if result.ok else Status.failed.value,
         "tier": str(result.tier) if result.tier is not None else None,
-        "model": decision.model if decision is not None else None,
+        "model": step.model if step is not None else None,
         "attempts": result.attempts,
         "tiers_tried": [str(t) for t in tiers],
         "escalated": len(set(tiers)) > 1,

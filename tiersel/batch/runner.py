@@ -414,7 +414,7 @@ class _Runner:
                 " upper bound, so the cap could no longer be guaranteed; no further line was sent"
             )
         status, row = call_row(req.custom_id, req.line, result, account.charges)
-        escalated = len({d.tier for d in result.decisions}) > 1
+        escalated = len(set(result.tried)) > 1
         return row, status, result.tier, escalated
 
     def _unsent(

@@ -47,6 +47,12 @@ def add_parser(subs: Any, help: str) -> None:
     p.add_argument("--tiers", metavar="T1,T2", help="allowed tiers, comma-separated")
     p.add_argument("--best-effort", action="store_true", help="choose anyway when nothing fits")
     p.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="the most attempts the call may make (default: the selector's, 4)",
+    )
+    p.add_argument(
         "--shed-rate",
         action="append",
         default=[],
@@ -111,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             tiers=args.tiers,
             max_cost_usd=args.max_cost,
             best_effort=args.best_effort,
+            max_attempts=args.max_attempts,
         )
         check_tiers("--tiers", req.tiers, pricing)
     except ValidationError as exc:
@@ -200,6 +207,16 @@ def _print(d: Decision) -> None:
     print(f"expected latency:   {d.expected_latency_s:.2f} s")
     if d.best_effort:
         print("best effort:        yes (the requirements could not all be met)")
+    print("schedule (each attempt is made if every one before it was refused or failed fast):")
+    print("  #  tier         start    time left  P(reached)  P(succeeds)  P(success by then)")
+    by_then = 0.0
+    for i, s in enumerate(d.plan, 1):
+        by_then += s.p_ok
+        left = f"{s.budget_s:7.2f} s" if s.budget_s is not None else "        -"
+        print(
+            f"  {i}  {s.tier:<11} {s.start_s:5.2f} s  {left}  {s.p_reach:10.4f}"
+            f"  {s.p_ok:11.4f}  {min(1.0, by_then):18.4f}"
+        )
     print("reasons:")
     for r in d.reasons:
         print(f"  {r}")

@@ -16,7 +16,7 @@ from tiersel.replay.capacity import DEFAULT_TENANT_SHARE
 from tiersel.replay.harness import DEFAULT_MODEL, DEFAULT_SCENARIO, Comparison, compare
 from tiersel.replay.metrics import PolicyMetrics
 from tiersel.replay.mix import DEFAULT_MIX, Mix, parse_mix
-from tiersel.replay.traces import SHIPPED_TRACES, load_trace
+from tiersel.replay.traces import GENERATED_TRACES, SHIPPED_TRACES, load_trace
 
 
 def add_parser(subs: Any, help: str) -> None:
@@ -33,7 +33,11 @@ def add_parser(subs: Any, help: str) -> None:
         "--trace",
         required=True,
         metavar="FILE",
-        help=f"a trace CSV, or a shipped trace: {', '.join(SHIPPED_TRACES)}",
+        help="a trace CSV, a shipped trace ("
+        + ", ".join(SHIPPED_TRACES)
+        + ") or a generated one ("
+        + ", ".join(GENERATED_TRACES)
+        + ": long multi-turn conversations in bursts)",
     )
     p.add_argument(
         "--scenario",

@@ -70,7 +70,7 @@ class Ladder:
     this way), else the model's tiers. Requirements are otherwise ignored (no deadline or
     reliability check). The core's attempt loop climbs a plan's steps after a shed, so
     ``Ladder(("standard", "priority"))`` run with two attempts is "standard, then once on
-    priority".
+    priority"; a ladder of one tier is `FixedTier`'s schedule, that tier for every attempt.
 
     >>> from tiersel import load_pricing
     >>> prices = load_pricing().model("kimi-k3")
@@ -80,7 +80,7 @@ class Ladder:
     >>> Ladder(("standard", "priority"))(
     ...     call, Requirements(tiers=("priority",)), None, prices, {}, 0.0
     ... ).label
-    'priority'
+    'priority*4'
     """
 
     __slots__ = ("_fixed", "order")

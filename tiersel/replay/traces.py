@@ -26,6 +26,7 @@ from typing import Any
 from tiersel.errors import TierselError
 
 __all__ = [
+    "GENERATED_TRACES",
     "SHIPPED_TRACES",
     "Trace",
     "TraceError",
@@ -37,6 +38,8 @@ __all__ = [
 
 SHIPPED_TRACES = {"azure-code": "azure2023_code.csv", "azure-conv": "azure2023_conv.csv"}
 """Trace names `load_trace` accepts besides file paths, and the packaged files they name."""
+GENERATED_TRACES = ("synth-multiturn",)
+"""Trace names `load_trace` generates (seed 0): `tiersel.replay.synth.multiturn`."""
 
 _AZURE_HEADER = ("timestamp", "contexttokens", "generatedtokens")
 _PLAIN_HEADER = ("timestamp_s", "input_tokens", "output_tokens")
@@ -127,9 +130,14 @@ def shipped_trace(name: str) -> Trace:
 
 
 def load_trace(source: str | Path) -> Trace:
-    """Read a trace from a CSV file, or a shipped trace by name (``azure-code``, ``azure-conv``)."""
+    """Read a trace from a CSV file, or a shipped trace by name (``azure-code``, ``azure-conv``),
+    or generate one (``synth-multiturn``)."""
     if isinstance(source, str) and source in SHIPPED_TRACES:
         return shipped_trace(source)
+    if source == "synth-multiturn":
+        from tiersel.replay.synth import multiturn
+
+        return multiturn()
     path = Path(source)
     try:
         text = path.read_text(encoding="utf-8-sig")

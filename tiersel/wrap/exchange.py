@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tiersel.call import Requirements
-from tiersel.decision import Decision
+from tiersel.decision import Step
 from tiersel.dialects import (
     HINT_PREFIX,
     Dialect,
@@ -292,7 +292,7 @@ class Exchange:
         """The response for the caller once the attempt flow has ended."""
         if result.pending_stream:
             return self._stream_response(route, result, asynchronous=asynchronous)
-        decision = result.decision
+        step = result.step
         answer: Answer | None = result.response
         upstream = answer.response if answer is not None else None
         if result.ok:
@@ -302,8 +302,8 @@ class Exchange:
         extra = response_headers(
             call_id=result.call_id,
             tier=result.tier,
-            model_id=decision.model if decision is not None else None,
-            decisions=result.decisions,
+            model_id=step.model if step is not None else None,
+            tried=result.tried,
             cost_usd=result.cost_usd,
             basis=basis,
             max_tokens_set=result.max_tokens_set,
@@ -389,8 +389,8 @@ class Exchange:
 
     def _stream_response(self, route: Route, result: CallResult, *, asynchronous: bool) -> Any:
         upstream = result.response.response
-        decision = result.decision
-        assert decision is not None  # a stream is only pending after a send
+        step = result.step
+        assert step is not None  # a stream is only pending after a send
         sel = self.selector
         body = route.body
         meter = StreamMeter(
@@ -427,10 +427,10 @@ class Exchange:
         headers += response_headers(
             call_id=result.call_id,
             tier=result.tier,
-            model_id=decision.model,
-            decisions=result.decisions,
+            model_id=step.model,
+            tried=result.tried,
             # The real cost is known only when the stream ends (see the on_call record).
-            cost_usd=decision.plan[0].expected_cost_usd,
+            cost_usd=step.expected_cost_usd,
             basis=CostBasis.estimate,
             max_tokens_set=result.max_tokens_set,
         )
@@ -464,7 +464,7 @@ class Exchange:
         debug = log.isEnabledFor(logging.DEBUG)
         if hook is None and not debug:
             return
-        decision = result.decision
+        step = result.step
         sel = self.selector
         elapsed = max(0.0, sel.clock.now() - result.started_at)
         if debug:
@@ -485,16 +485,17 @@ class Exchange:
             call_id=result.call_id,
             ok=result.ok,
             path=route.path,
-            model=_model_name(sel, decision),
-            model_id=decision.model if decision is not None else None,
+            model=_model_name(sel, step),
+            model_id=step.model if step is not None else None,
             tier=result.tier,
             status=status,
             attempts=result.attempts,
             cost_usd=result.cost_usd,
             cost_basis=basis,
-            estimated_cost_usd=_estimate(decision),
+            estimated_cost_usd=step.expected_cost_usd if step is not None else None,
             requirements=route.requirements,
             decisions=result.decisions,
+            steps=result.steps,
             usage=result.usage,
             streamed=end is not None,
             elapsed_s=elapsed,
@@ -580,14 +581,10 @@ def _error_body(dialect: Dialect, kind: str, message: str) -> bytes:
     return json.dumps(body).encode()
 
 
-def _model_name(sel: Selector, decision: Decision | None) -> str | None:
-    if decision is None:
+def _model_name(sel: Selector, step: Step | None) -> str | None:
+    if step is None:
         return None
-    return sel.pricing.model(decision.model).name
-
-
-def _estimate(decision: Decision | None) -> float | None:
-    return decision.plan[0].expected_cost_usd if decision is not None else None
+    return sel.pricing.model(step.model).name
 
 
 def _extensions(response: Any) -> dict[str, Any]:

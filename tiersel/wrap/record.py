@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass
 
 from tiersel.call import Requirements
-from tiersel.decision import Decision
+from tiersel.decision import Decision, Step
 from tiersel.dialects import Usage
 
 __all__ = ["CallRecord", "CostBasis", "response_headers"]
@@ -31,8 +31,9 @@ class CallRecord:
     served, when the response says so); ``cost_usd`` is what the call was charged, with
     ``cost_basis`` saying how it is known. For a stream, the record is made when the stream
     ends, with its time to first token and output rate. ``decisions`` holds the policy's
-    `Decision` for each attempt, in order (empty when no tier could be chosen: ``attempts`` is
-    then 0 and ``detail`` says why). Holds no request headers, so no credential.
+    `Decision` each attempt followed and ``steps`` the step of its plan each attempt sent, in
+    order (empty when no tier could be chosen: ``attempts`` is then 0 and ``detail`` says why).
+    Holds no request headers, so no credential.
     """
 
     call_id: str
@@ -54,6 +55,7 @@ class CallRecord:
     ttft_s: float | None = None
     output_tps: float | None = None
     detail: str = ""
+    steps: tuple[Step, ...] = ()
 
     @property
     def decision(self) -> Decision | None:
@@ -63,7 +65,7 @@ class CallRecord:
     @property
     def tried(self) -> tuple[str, ...]:
         """The tier of each attempt, in order (``("standard", "priority")`` after a climb)."""
-        return tuple(str(d.tier) for d in self.decisions)
+        return tuple(str(s.tier) for s in self.steps)
 
 
 def response_headers(
@@ -71,7 +73,7 @@ def response_headers(
     call_id: str,
     tier: str | None,
     model_id: str | None,
-    decisions: tuple[Decision, ...],
+    tried: tuple[str, ...],
     cost_usd: float,
     basis: CostBasis,
     max_tokens_set: int | None = None,
@@ -80,14 +82,10 @@ def response_headers(
     ``-tier``, ``-model``, ``-attempts``, ``-tried`` (each attempt's tier), ``-cost-usd`` and
     ``-cost-basis`` (how the cost is known, a `CostBasis`), ``-call-id``; and ``-max-tokens``
     when tiersel capped the output of a request that set no cap (under a budget)."""
-    if len(decisions) == 1:
-        tried = str(decisions[0].tier)
-    else:
-        tried = ",".join([str(d.tier) for d in decisions])
     out = [
         (b"x-tiersel-call-id", call_id.encode()),
-        (b"x-tiersel-attempts", str(len(decisions)).encode()),
-        (b"x-tiersel-tried", tried.encode()),
+        (b"x-tiersel-attempts", str(len(tried)).encode()),
+        (b"x-tiersel-tried", ",".join(tried).encode()),
         (b"x-tiersel-cost-usd", f"{cost_usd:.9f}".encode()),
         (b"x-tiersel-cost-basis", basis.value.encode()),
     ]

@@ -27,10 +27,11 @@ local function fmt(x)
 end
 
 -- Drop one reservation; return what it held (0 if none).
+-- The amount held for `id` (nil when none was: a reservation of 0 is still one), dropped.
 local function drop(id)
   local amount = redis.call('HGET', held, id)
   if not amount then
-    return 0
+    return nil
   end
   redis.call('HDEL', held, id)
   redis.call('ZREM', expiry, id)
@@ -42,7 +43,7 @@ end
 local charge_expired = ARGV[2] == 'charge'
 local gone = redis.call('ZRANGEBYSCORE', expiry, '-inf', now_ms)
 for _, id in ipairs(gone) do
-  local amount = drop(id)
+  local amount = drop(id) or 0
   if charge_expired and not redis.call('ZSCORE', settled, id) then
     spent = spent + amount
     redis.call('ZADD', settled, now_ms, id)

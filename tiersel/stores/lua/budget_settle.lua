@@ -2,7 +2,7 @@
 local id, actual, keep_ms = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local had = drop(id)
 if not redis.call('ZSCORE', settled, id) then
-  if had > 0 and actual > had then
+  if had ~= nil and actual > had then
     overrun = overrun + (actual - had)
   end
   spent = spent + actual

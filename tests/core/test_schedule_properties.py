@@ -1,0 +1,121 @@
+"""Properties of the schedule model (`tiersel.schedule`): what any priced schedule must satisfy."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import tiersel
+from tiersel.schedule import Candidate, cheapest, likeliest, price
+from tiersel.signals import CircuitState, TierHealth
+
+KIMI = tiersel.load_pricing().model("kimi-k3")
+TIERS = ("standard", "priority", "fast")
+BACKOFF = 0.2
+
+rates = st.floats(0.0, 0.95)
+seconds = st.floats(0.05, 30.0)
+
+
+@st.composite
+def candidate(draw: st.DrawFn, tier: str, cost: float) -> Candidate:
+    refusal = draw(rates)
+    error = draw(st.floats(0.0, min(0.2, 1.0 - refusal)))
+    refused = draw(st.floats(0.0, 1.0 - error))
+    health = TierHealth(refusal, error, 0.5, 50.0, 0.3, CircuitState.closed, 0.0, 0)
+    latency = draw(seconds)
+    return Candidate(
+        tier,
+        KIMI.tiers[tier],
+        health,
+        cost * draw(st.floats(1.0, 3.0)),
+        cost,
+        latency,
+        refusal,
+        refused,
+        error,
+        draw(st.floats(0.0, 2.0)),  # fail_s
+        draw(st.sampled_from([0.0, 0.0, 3.0])),  # wait
+        draw(st.floats(0.5, 5.0)),  # scale
+        min(latency, draw(st.floats(0.05, 2.0))),  # ttft
+        draw(st.floats(0.0, 1.0)),  # memory
+        draw(st.floats(1.0, 120.0)),  # memory_s
+    )
+
+
+@st.composite
+def candidates(draw: st.DrawFn) -> list[Candidate]:
+    n = draw(st.integers(1, 3))
+    costs = sorted(draw(st.lists(st.floats(1e-4, 1e-2), min_size=n, max_size=n)))
+    return [draw(candidate(TIERS[i], costs[i])) for i in range(n)]
+
+
+deadlines = st.one_of(st.none(), st.floats(0.5, 700.0))
+
+
+@given(candidates(), st.data(), deadlines)
+def test_appending_an_attempt_never_lowers_p_success(
+    cands: list[Candidate], data: st.DataObject, deadline: float | None
+) -> None:
+    picks = data.draw(st.lists(st.sampled_from(cands), min_size=1, max_size=4))
+    extra = data.draw(st.sampled_from(cands))
+    delays = data.draw(st.lists(st.floats(0.0, 100.0), min_size=5, max_size=5))
+    shorter = price(picks, deadline=deadline, backoff_s=BACKOFF, delays=delays)
+    longer = price([*picks, extra], deadline=deadline, backoff_s=BACKOFF, delays=delays)
+    assume(shorter is not None and longer is not None)
+    assert shorter is not None and longer is not None
+    assert longer.p_success >= shorter.p_success - 1e-12
+    assert longer.starts[:-1] == shorter.starts and longer.ok[:-1] == shorter.ok
+
+
+@given(candidates(), st.data(), deadlines)
+def test_p_success_is_a_probability_never_below_its_first_step_or_any_step(
+    cands: list[Candidate], data: st.DataObject, deadline: float | None
+) -> None:
+    picks = data.draw(st.lists(st.sampled_from(cands), min_size=1, max_size=4))
+    s = price(picks, deadline=deadline, backoff_s=BACKOFF)
+    assume(s is not None)
+    assert s is not None
+    assert 0.0 <= s.p_success <= 1.0
+    assert math.isclose(s.p_success, min(1.0, sum(s.ok)), abs_tol=1e-12)
+    first = price(picks[:1], deadline=deadline, backoff_s=BACKOFF)
+    assert first is not None and s.p_success >= first.p_success - 1e-12
+    assert all(0.0 <= ok <= reach <= 1.0 for ok, reach in zip(s.ok, s.reach, strict=True))
+    assert s.p_success >= max(s.ok) - 1e-12
+    assert list(s.starts) == sorted(s.starts)  # attempts never overlap
+    assert s.worst_cost == max(c.worst for c in picks)
+
+
+@given(candidates(), deadlines, st.integers(1, 3))
+@settings(max_examples=60)
+def test_more_attempts_allowed_never_lowers_the_likeliest_schedule(
+    cands: list[Candidate], deadline: float | None, attempts: int
+) -> None:
+    fewer = likeliest(cands, attempts=attempts, deadline=deadline, backoff_s=BACKOFF)
+    more = likeliest(cands, attempts=attempts + 1, deadline=deadline, backoff_s=BACKOFF)
+    if fewer is None:
+        return
+    assert more is not None and more.p_success >= fewer.p_success - 1e-9
+    assert len(fewer.attempts) <= attempts and len(more.attempts) <= attempts + 1
+
+
+@given(candidates(), deadlines, st.floats(0.5, 0.9999), st.integers(1, 4))
+@settings(max_examples=60)
+def test_the_cheapest_schedule_meets_its_target_and_none_priced_is_cheaper(
+    cands: list[Candidate], deadline: float | None, target: float, attempts: int
+) -> None:
+    found = cheapest(cands, target=target, attempts=attempts, deadline=deadline, backoff_s=BACKOFF)
+    meeting = []
+    for n in range(1, attempts + 1):
+        for seq in itertools.combinations_with_replacement(cands, n):  # every climbing schedule
+            s = price(seq, deadline=deadline, backoff_s=BACKOFF)
+            if s is not None and s.p_success >= target:
+                meeting.append(s)
+    if found is None:
+        assert not meeting  # the search weighs every schedule brute force finds, and more
+        return
+    assert found.p_success >= target and len(found.attempts) <= attempts
+    assert all(found.expected_cost <= s.expected_cost * 1.001 + 1e-15 for s in meeting)

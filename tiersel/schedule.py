@@ -1,0 +1,399 @@
+"""A call's schedule of attempts and its price: the one model both the policy and the flow use.
+
+A schedule is the sequence of attempts a call will make: each on a tier, starting at a known
+offset from the decision. Attempt *i* on tier *t*, started *s_i* seconds in, with *L_i* = deadline
+- *s_i* left:
+
+- is refused (shed or rate limited) with probability *r_i*, or fails with a server error with
+  *e_t*. Both answer fast (the tier's `TierHealth.shed_latency_s`; Fireworks and the simulator
+  answer 503, 429 and 500 before any token) and neither is billed. The next attempt starts then,
+  or later if the schedule waits: after a backoff when it goes to the same tier again
+  (``backoff_s * 2**(i-1)``), never before that tier's cooldown ends.
+- is served otherwise. It is on time with probability ``Phi((ln L_i - ln m_t) / sigma_t)``: the
+  latency is log-normal around the tier's median *m_t*. Served late, it runs into the deadline
+  and the call fails: no time is left for another attempt.
+
+Overload comes in spells (`tiersel.tiers.TierPriors`), so *r_i* is not a constant. A tier's
+first attempt starts from its shed rate now (`TierHealth.refusal_now`, which leans towards its
+last answer), fading to its window's rate *r_t* over ``memory_s``. An attempt on the tier just
+refused starts from a shed, ``r_t + (1 - r_t) * m * exp(-d / memory_s)``, *d* seconds after it.
+Retrying at once after a shed is therefore worth little during a spell. A call with time to
+spare may instead wait: the search weighs delays of a half, one, two and four ``memory_s``
+before an attempt, where its deadline leaves room.
+
+So ``P(success) = sum_i R_i * (1 - r_i - e_i) * q_i`` with ``R_1 = 1`` and
+``R_(i+1) = R_i * (r_i + e_i)``, except that an attempt is credited at most the on-time chance of
+every attempt before it (``q_i`` is capped at ``min(q_1, ..., q_(i-1))``). Without that cap, a
+tier shed more often would look better as a first attempt whenever what follows it is more
+punctual than it is: each shed would hand the call on to the better tier. With it, a tier's
+shed rate can only lower a schedule's P(success), never raise it, as it must. The cap costs
+accuracy only where a slow, risky tier is tried before a quicker one.
+
+The cost of a schedule is what the call is expected to be billed once served,
+``sum_i R_i (1 - r_i - e_i) c_i / sum_i R_i (1 - r_i - e_i)``. A failed attempt is not billed;
+counting it as free would make a shed-prone tier look cheaper. The worst case is the dearest
+attempt's worst case: attempts run one at a time, and each reserves its own.
+
+Schedules climb. They take tiers in the order of their expected cost, each as many times as it
+pays. Appending an attempt then never lowers P(success) and never lowers the cost. The search
+(`cheapest`) can therefore stop extending a schedule once it meets the target or costs more than
+the best one found. That is a depth-first search over (attempt, time left), with the time left
+fixed by the path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from tiersel.decision import run_label
+from tiersel.pricing import TierPrice
+from tiersel.signals import TierHealth
+
+__all__ = ["Candidate", "Schedule", "cheapest", "likeliest", "price"]
+
+_SQRT2 = math.sqrt(2.0)
+_erf = math.erf
+_log = math.log
+_new = tuple.__new__
+
+
+class Candidate(NamedTuple):
+    """One tier's numbers for one call, as the schedule's attempts use them."""
+
+    tier: str
+    price: TierPrice
+    health: TierHealth
+    worst: float  # the most one attempt can be billed
+    expected: float  # what one served attempt is expected to be billed
+    latency: float  # median seconds from send to last token, if served
+    refusal: float  # P(refused) over the signals' window
+    refused: float  # P(an attempt sent now is refused)
+    error: float  # P(a server error or a timeout)
+    fail_s: float  # seconds a refused or failed attempt takes to answer
+    wait: float  # seconds until the tier's cooldown ends (0: usable now)
+    scale: float  # 1 / (sigma * sqrt 2) of the latency's log-normal spread (0: no deadline)
+    ttft: float  # expected seconds to the first token, if served
+    memory: float  # how much of a shed carries over to the next attempt (0: none)
+    memory_s: float  # over how many seconds it fades
+
+
+class Schedule(NamedTuple):
+    """A priced schedule: its attempts, when each starts, and what the call is expected to get.
+
+    ``starts[i]`` is attempt *i*'s offset from the decision, ``reach[i]`` the probability that it
+    is made, ``ok[i]`` the probability that it is made and succeeds in time. ``p_success`` is
+    the sum of ``ok``.
+    """
+
+    attempts: tuple[Candidate, ...]
+    starts: tuple[float, ...]
+    reach: tuple[float, ...]
+    ok: tuple[float, ...]
+    p_success: float
+    expected_cost: float
+    worst_cost: float
+    latency: float  # expected seconds to the answer, given the call is served
+    label: str  # the tiers, repeats counted: ``standard*2>priority``
+
+
+# A node of the search: the schedule so far as its last attempt and running sums, linked to the
+# node before it (built as plain tuples: the search creates many).
+class _Node(NamedTuple):
+    parent: _Node | None
+    k: int  # the candidate of the last attempt
+    depth: int  # attempts so far
+    start: float  # when the last attempt starts
+    reach: float  # P(the last attempt is made)
+    ok: float  # P(the last attempt is made and succeeds in time)
+    p: float  # P(success) so far
+    weight: float  # sum of R_i * served_i
+    spend: float  # sum of R_i * served_i * expected_i
+    late: float  # sum of R_i * served_i * (s_i + latency_i)
+    worst: float
+    ends: float  # when the last attempt's failure answers (the next may start)
+    remains: float  # P(the last attempt failed fast, so one more is made)
+    cap: float  # the most a later attempt is credited: the least P(on time) of those before
+
+
+_ROOT = _Node(None, -1, 0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0)
+
+
+def _extend(
+    node: _Node,
+    k: int,
+    c: Candidate,
+    deadline: float | None,
+    backoff_s: float,
+    max_ttft: float | None,
+    delay: float = 0.0,
+    bound: float = math.inf,
+) -> _Node | None:
+    """``node`` with one more attempt on candidate ``k``, sent at least ``delay`` seconds after
+    the last one answered; None when it cannot start in time or would cost more than ``bound``."""
+    # Unpacked at once: the search's hot path, where attribute reads add up.
+    _, last, depth, _, _, _, p, weight, spend, late, worst, ends, remains, cap = node
+    (
+        _,
+        _,
+        _,
+        c_worst,
+        expected,
+        latency,
+        refusal,
+        refused,
+        error,
+        fail_s,
+        wait,
+        scale,
+        ttft,
+        memory,
+        memory_s,
+    ) = c
+    repeat = last == k
+    start = ends + delay
+    if repeat:
+        backoff = backoff_s * (1 << (depth - 1))
+        if backoff > delay:
+            start = ends + backoff
+    if wait > start:
+        start = wait
+    if repeat:  # right after this tier refused: leaning towards a shed, fading
+        r = refusal + (1.0 - refusal) * memory * math.exp((ends - start) / memory_s)
+    elif start > 0.0:  # the tier's lean now fades towards its window's rate
+        r = refusal + (refused - refusal) * math.exp(-start / memory_s)
+    else:
+        r = refused
+    serve = 1.0 - r - error
+    if serve <= 0.0:
+        return None  # an attempt that cannot be served is never worth sending
+    served = remains * serve
+    weight += served
+    spend += served * expected
+    if (spend / weight if weight > 0.0 else expected) > bound:
+        return None
+    if max_ttft is not None and start + ttft > max_ttft:
+        return None
+    if deadline is None:
+        q = 1.0
+    else:
+        left = deadline - start
+        if left <= 0.0:
+            return None
+        q = 0.5 * (1.0 + _erf(_log(left / latency) * scale))
+    if q > cap:
+        q = cap
+    ok = served * q
+    return _new(
+        _Node,
+        (
+            node,
+            k,
+            depth + 1,
+            start,
+            remains,
+            ok,
+            p + ok,
+            weight,
+            spend,
+            late + served * (start + latency),
+            c_worst if c_worst > worst else worst,
+            start + fail_s,
+            remains - served,
+            q,
+        ),
+    )
+
+
+def _delays(c: Candidate, node: _Node, deadline: float | None) -> tuple[float, ...]:
+    """The waits weighed before an attempt on ``c`` after ``node``: none, and those of a half,
+    one, two and four of its ``memory_s`` that leave the attempt twice its latency before the
+    deadline (a call with no deadline is not kept waiting)."""
+    if deadline is None:
+        return _NO_DELAY
+    room = deadline - node.ends - 2.0 * c.latency
+    m = c.memory_s
+    if room < 0.5 * m or not c.memory:
+        return _NO_DELAY
+    return (0.0, *[d for d in (0.5 * m, m, 2.0 * m, 4.0 * m) if d <= room])
+
+
+_NO_DELAY = (0.0,)
+_SAME_COST = 1.001
+"""Costs within 0.1% of each other count as the same (see `_better`)."""
+
+
+def _better(node: _Node, best: _Node | None) -> bool:
+    """Of two schedules costing the same, whether ``node`` beats ``best``: the one whose first
+    attempt goes out sooner (a call is not kept waiting for reliability it did not ask for),
+    then the likelier (waits and attempts after a failure cost nothing), then the quicker."""
+    if best is None:
+        return True
+    first, best_first = _first_start(node), _first_start(best)
+    if first != best_first:
+        return first < best_first
+    if abs(node.p - best.p) > 1e-9:
+        return node.p > best.p
+    return node.late / node.weight < best.late / best.weight
+
+
+def _grow(
+    stack: list[tuple[_Node, int, float]],
+    cands: Sequence[Candidate],
+    node: _Node,
+    first: int,
+    end: int,
+    deadline: float | None,
+) -> None:
+    """Push the ways to extend ``node`` with an attempt on candidates ``first`` to ``end - 1``
+    (climbing: never a cheaper tier than its last), each after every wait weighed, so that the
+    cheapest tier with no wait is popped first."""
+    push = stack.append
+    for j in range(end - 1, first - 1, -1):
+        for d in reversed(_delays(cands[j], node, deadline)):
+            push((node, j, d))
+
+
+def _first_start(node: _Node) -> float:
+    while node.depth > 1:
+        node = node.parent  # type: ignore[assignment]  # every node past the root has one
+    return node.start
+
+
+def _cost(node: _Node, cands: Sequence[Candidate]) -> float:
+    if node.weight > 0.0:
+        return node.spend / node.weight
+    return cands[node.k].expected
+
+
+def _schedule(node: _Node, cands: Sequence[Candidate]) -> Schedule:
+    chain = []
+    at = node
+    while at.depth:
+        chain.append(at)
+        at = at.parent  # type: ignore[assignment]  # only the root has none, at depth 0
+    chain.reverse()
+    attempts = tuple([cands[n.k] for n in chain])
+    weight = node.weight
+    return _new(
+        Schedule,
+        (
+            attempts,
+            tuple([n.start for n in chain]),
+            tuple([n.reach for n in chain]),
+            tuple([n.ok for n in chain]),
+            min(1.0, node.p),
+            node.spend / weight if weight > 0.0 else attempts[-1].expected,
+            node.worst,
+            node.late / weight if weight > 0.0 else node.start,
+            run_label([c.tier for c in attempts]),
+        ),
+    )
+
+
+def price(
+    attempts: Sequence[Candidate],
+    *,
+    deadline: float | None,
+    backoff_s: float,
+    max_ttft: float | None = None,
+    delays: Sequence[float] | None = None,
+) -> Schedule | None:
+    """Price one schedule, its attempts in the order given, each sent at least ``delays[i]``
+    seconds after the one before answered; None if it is empty or an attempt cannot start in
+    time. `cheapest` and `likeliest` price what they weigh the same way."""
+    tiers: list[Candidate] = []
+    node = _ROOT
+    for i, c in enumerate(attempts):
+        k = next((j for j, t in enumerate(tiers) if t.tier == c.tier), len(tiers))
+        if k == len(tiers):
+            tiers.append(c)
+        delay = delays[i] if delays is not None else 0.0
+        nxt = _extend(node, k, c, deadline, backoff_s, max_ttft, delay)
+        if nxt is None:
+            return None
+        node = nxt
+    return _schedule(node, tiers) if tiers else None
+
+
+def cheapest(
+    cands: Sequence[Candidate],
+    *,
+    target: float,
+    attempts: int,
+    deadline: float | None,
+    backoff_s: float,
+    max_ttft: float | None = None,
+    spendable: float | None = None,
+) -> Schedule | None:
+    """The cheapest climbing schedule of at most ``attempts`` attempts whose P(success) reaches
+    ``target``, costing at most ``spendable``; None if there is none.
+
+    ``cands`` must be in order of expected cost. Of schedules costing the same (within 0.1%),
+    the one that sends its first attempt sooner wins, then the likelier (`_better`): a call is
+    not kept waiting for reliability it did not ask for, but what costs nothing after a failure
+    (another attempt on the tier, a wait for a spell to pass) is taken.
+    The search is depth first, cheapest tiers first, and weighs an attempt's cost before its
+    timing: once a schedule meets the target, those that cost more are dropped unpriced.
+    """
+    bound = math.inf if spendable is None else spendable
+    best: _Node | None = None
+    best_cost = math.inf
+    # (the schedule so far, the candidate of the attempt to add, the wait before it), cheapest
+    # popped first.
+    stack: list[tuple[_Node, int, float]] = []
+    pop = stack.pop
+    _grow(stack, cands, _ROOT, 0, len(cands), deadline)
+    while stack:
+        node, k, delay = pop()
+        limit = best_cost * _SAME_COST
+        nxt = _extend(node, k, cands[k], deadline, backoff_s, max_ttft, delay, min(limit, bound))
+        if nxt is None:
+            continue  # too late, or dearer than the best so far (extensions only cost more)
+        if nxt.p >= target and nxt.weight > 0.0:
+            cost = nxt.spend / nxt.weight
+            if cost * _SAME_COST < best_cost or (cost < limit and _better(nxt, best)):
+                best, best_cost = nxt, cost
+            # Another attempt on a dearer tier only costs more; one more on this tier costs the
+            # same and may add reliability for free.
+            if nxt.depth < attempts:
+                _grow(stack, cands, nxt, k, k + 1, deadline)
+            continue
+        if nxt.depth < attempts:
+            _grow(stack, cands, nxt, k, len(cands), deadline)
+    return _schedule(best, cands) if best is not None else None
+
+
+def likeliest(
+    cands: Sequence[Candidate],
+    *,
+    attempts: int,
+    deadline: float | None,
+    backoff_s: float,
+    max_ttft: float | None = None,
+    spendable: float | None = None,
+) -> Schedule | None:
+    """The climbing schedule most likely to succeed (the cheaper, then the quicker, on ties),
+    costing at most ``spendable``; None if no attempt can start in time."""
+    bound = math.inf if spendable is None else spendable
+    best: _Node | None = None
+    best_key = (-1.0, 0.0, 0.0)
+    stack: list[tuple[_Node, int, float]] = []
+    pop = stack.pop
+    _grow(stack, cands, _ROOT, 0, len(cands), deadline)
+    while stack:
+        node, k, delay = pop()
+        nxt = _extend(node, k, cands[k], deadline, backoff_s, max_ttft, delay, bound)
+        if nxt is None:
+            continue
+        weight = nxt.weight
+        if weight > 0.0:
+            key = (round(nxt.p, 12), -nxt.spend / weight, -nxt.late / weight)
+            if key > best_key:
+                best, best_key = nxt, key
+        elif best is None:
+            best = nxt
+        if nxt.depth < attempts:
+            _grow(stack, cands, nxt, k, len(cands), deadline)
+    return _schedule(best, cands) if best is not None else None
