@@ -251,7 +251,11 @@ def _grow(
     cheapest tier with no wait is popped first."""
     push = stack.append
     for j in range(end - 1, first - 1, -1):
-        for d in reversed(_delays(cands[j], node, deadline)):
+        c = cands[j]
+        if deadline is None or deadline - node.ends - 2.0 * c.latency < 0.5 * c.memory_s:
+            push((node, j, 0.0))  # no room to wait (`_delays`' first test, inline: hot path)
+            continue
+        for d in reversed(_delays(c, node, deadline)):
             push((node, j, d))
 
 

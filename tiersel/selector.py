@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import math
 import os
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -201,7 +202,7 @@ class Selector:
         self._keys: dict[str, tuple[SignalKey, ...]] = {}
         self._keys_by_tier: dict[str, dict[str, SignalKey]] = {}
         # Keyed by the price table's (model, tier) pairs, so bounded by the table.
-        self._health_cache: dict[SignalKey, tuple[TierStats, TierHealth]] = {}
+        self._health_cache: dict[SignalKey, tuple[TierStats, TierHealth, float]] = {}
         self._urls: dict[str, httpx.URL] = {}
         self._own_client: httpx.Client | None = None
         self._own_aclient: httpx.AsyncClient | None = None
@@ -221,17 +222,18 @@ class Selector:
     def assess(
         self, key: SignalKey, stats: TierStats, now: float, *, probing: bool = False
     ) -> TierHealth:
-        """A tier's health from its counters, cached while neither counters nor circuit change."""
+        """A tier's health from its counters, cached while neither counters nor circuit change
+        (after a failure, for `_LEAN_S` only: the shed rate it implies fades as time passes)."""
         config = self.signal_config
-        # Not after a failure either: the shed rate it implies fades as time passes.
-        steady = stats.cooldown_until <= now and not stats.consecutive_failures
+        steady = stats.cooldown_until <= now and stats.consecutive_failures < config.open_after
         if steady and not probing:
             hit = self._health_cache.get(key)
-            if hit is not None and hit[0] is stats:
+            if hit is not None and hit[0] is stats and now <= hit[2]:
                 return hit[1]
         health = assess(stats, self.pricing.tiers[key.tier].priors, config, now, probing=probing)
         if steady and not probing:
-            self._health_cache[key] = (stats, health)
+            until = now + _LEAN_S if stats.consecutive_failures else math.inf
+            self._health_cache[key] = (stats, health, until)
         return health
 
     def _tier_keys(self, model: str) -> dict[str, SignalKey]:
@@ -257,10 +259,9 @@ class Selector:
         out: dict[str, TierHealth] = {}
         for k in self.signal_keys(model):
             s = stats(k, t)
-            # `assess`'s cache, looked up inline (this runs for every tier of every decision): an
-            # entry is only kept while steady, and the same counters stay steady as time passes.
             hit = cached(k)
-            out[k.tier] = hit[1] if hit is not None and hit[0] is s else self.assess(k, s, t)
+            fresh = hit is not None and hit[0] is s and t <= hit[2]
+            out[k.tier] = hit[1] if hit is not None and fresh else self.assess(k, s, t)
         return out
 
     def decide(
@@ -613,6 +614,10 @@ class Selector:
         await self.aclose()
 
 
+_LEAN_S = 0.5
+"""How long a tier's health is reused after a failure (its lean fades over tens of seconds)."""
+
+
 class _HealthView(Mapping[str, TierHealth]):
     """`Selector.health` for one decision, each tier assessed when the policy first reads it (a
     policy skips the tiers a call may not use, such as opt-in ones)."""
@@ -634,7 +639,8 @@ class _HealthView(Mapping[str, TierHealth]):
                 return default
             stats = self._read(key, self._now)
             hit = self._sel._health_cache.get(key)
-            health = hit[1] if hit is not None and hit[0] is stats else None
+            fresh = hit is not None and hit[0] is stats and self._now <= hit[2]
+            health = hit[1] if hit is not None and fresh else None
             if health is None:
                 health = self._sel.assess(key, stats, self._now)
             self._seen[tier] = health
