@@ -71,7 +71,7 @@ class _PriorsDoc(_Strict):
     log_spread: _Number = Field(DEFAULT_LOG_SPREAD, gt=0.0)
     memory_after_shed: _Number = Field(0.75, ge=0.0, le=1.0)
     memory_after_ok: _Number = Field(0.4, ge=0.0, le=1.0)
-    memory_s: _Number = Field(60.0, gt=0.0, le=_MAX_PRIOR_S)
+    memory_s: _Number = Field(45.0, gt=0.0, le=_MAX_PRIOR_S)
 
 
 class _RequestDoc(_Strict):

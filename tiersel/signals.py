@@ -151,7 +151,7 @@ class TierHealth:
     # `TierPriors`; 0: attempts are independent).
     refusal_now: float | None = None
     memory_after_shed: float = 0.0
-    memory_s: float = 60.0
+    memory_s: float = 45.0
 
     @property
     def p_served(self) -> float:

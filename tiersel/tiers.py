@@ -55,7 +55,8 @@ class TierPriors:
     busy and peak scenarios with always-standard, an attempt up to 8 s after a shed was shed
     88-89% of the time, against base rates of 32% and 63%: *m* is about 0.7-0.8. One after a
     success was shed 15% and 41% of the time: *m'* is about 0.35-0.5. Both fade over a minute
-    or two. The measuring script is ``benchmarks/shed_memory.py``.
+    or more; *t* = 45 s is fitted on the calibration of replays (see the price table's overlay).
+    The measuring script is ``benchmarks/shed_memory.py``.
     """
 
     shed_rate: float = 0.02
@@ -66,7 +67,7 @@ class TierPriors:
     log_spread: float = DEFAULT_LOG_SPREAD
     memory_after_shed: float = 0.75
     memory_after_ok: float = 0.4
-    memory_s: float = 60.0
+    memory_s: float = 45.0
 
     def __post_init__(self) -> None:
         if not self.log_spread > 0:
