@@ -63,8 +63,8 @@ _TEMPLATES: Mapping[str, str] = {
     "reliability": "P(success within deadline) {0:.4f} is below the target {1:.4f}",
     "chosen": "cheapest plan that meets the requirements: expected ${0:.6f}, P(success) {1:.4f}",
     "chosen_after_wait": (
-        "cheapest plan that meets the requirements, once the tier's cooldown ends in {2:.1f} s:"
-        " expected ${0:.6f}, P(success) {1:.4f}"
+        "cheapest plan that meets the requirements, its first attempt after {2:.1f} s (a"
+        " cooldown, or a spell of sheds, to wait out): expected ${0:.6f}, P(success) {1:.4f}"
     ),
     "best_effort": (
         "best effort (requirements not met): the likeliest plan within the cost limits,"
@@ -145,8 +145,8 @@ class Decision:
     in USD: ``estimated_cost_usd`` is what the call is expected to be billed once served,
     ``worst_case_cost_usd`` the most one attempt can cost (every output token at the dearest
     step's price; attempts run one at a time). ``p_success`` is the probability that some attempt
-    succeeds within the deadline. ``wait_s`` > 0 means: wait that long for the first tier's
-    cooldown (Retry-After) to end, then send.
+    succeeds within the deadline. ``wait_s`` > 0 means: wait that long before the first attempt
+    (a tier's cooldown, a Retry-After, or a spell of sheds the schedule waits out), then send.
     """
 
     plan: tuple[Step, ...]
@@ -181,6 +181,7 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "label": self.label,
             "tier": str(self.tier),
             "model": self.model,
             "service_tier": self.service_tier,

@@ -28,6 +28,7 @@ from tiersel.dialects import (
 )
 from tiersel.errors import BudgetExhausted, NoFeasibleTier, RequestNotUnderstood
 from tiersel.pricing import ModelPrices
+from tiersel.schedule import MAX_BACKOFF_S
 from tiersel.signals import (
     CircuitState,
     Observation,
@@ -344,7 +345,7 @@ def call_flow(
             if prog.last_tier == step.tier and prog.attempts > 0:
                 # Planned afresh onto the tier that just failed (a policy that plans one
                 # attempt at a time): back off first, within the deadline.
-                backoff = sel.backoff_s * (2 ** (prog.attempts - 1))
+                backoff = min(MAX_BACKOFF_S, sel.backoff_s * 2.0 ** min(prog.attempts - 1, 30))
                 if req.deadline_s is None or backoff < req.deadline_s / 2:
                     yield Sleep(backoff)
                     at.decided_at = now + backoff

@@ -293,6 +293,10 @@ class CheapestFeasible:
         """
         r = requirements
         key = (
+            self.max_attempts,
+            self.backoff_s,
+            self.default_reliability,
+            self.min_reliability,
             r.reliability,
             r.max_attempts,
             r.deadline_s,

@@ -154,7 +154,9 @@ def _extend(
     repeat = last == k
     start = ends + delay
     if repeat:
-        backoff = backoff_s * (1 << (depth - 1))
+        backoff = backoff_s * (1 << (depth - 1)) if depth < 32 else MAX_BACKOFF_S
+        if backoff > MAX_BACKOFF_S:
+            backoff = MAX_BACKOFF_S
         if backoff > delay:
             start = ends + backoff
     if wait > start:
@@ -220,6 +222,12 @@ def _delays(c: Candidate, node: _Node, deadline: float | None) -> tuple[float, .
 
 
 _NO_DELAY = (0.0,)
+MAX_BACKOFF_S = 10.0
+"""The longest backoff before a tier is tried again (it doubles from ``backoff_s`` up to this)."""
+SEARCH_BUDGET = 2000
+"""The most attempts a search prices: past it, it keeps the best schedule found so far (calls with
+long deadlines and many attempts have more schedules than are worth weighing; a few
+milliseconds at most)."""
 _SAME_COST = 1.001
 """Costs within 0.1% of each other count as the same (see `_better`)."""
 
@@ -349,8 +357,12 @@ def cheapest(
     stack: list[tuple[_Node, int, float]] = []
     pop = stack.pop
     _grow(stack, cands, _ROOT, 0, len(cands), deadline)
+    budget = SEARCH_BUDGET
     while stack:
         node, k, delay = pop()
+        budget -= 1
+        if budget < 0:
+            break
         limit = best_cost * _SAME_COST
         nxt = _extend(node, k, cands[k], deadline, backoff_s, max_ttft, delay, min(limit, bound))
         if nxt is None:
@@ -386,8 +398,12 @@ def likeliest(
     stack: list[tuple[_Node, int, float]] = []
     pop = stack.pop
     _grow(stack, cands, _ROOT, 0, len(cands), deadline)
+    budget = SEARCH_BUDGET
     while stack:
         node, k, delay = pop()
+        budget -= 1
+        if budget < 0:
+            break
         nxt = _extend(node, k, cands[k], deadline, backoff_s, max_ttft, delay, bound)
         if nxt is None:
             continue

@@ -119,3 +119,31 @@ def test_the_cheapest_schedule_meets_its_target_and_none_priced_is_cheaper(
         return
     assert found.p_success >= target and len(found.attempts) <= attempts
     assert all(found.expected_cost <= s.expected_cost * 1.001 + 1e-15 for s in meeting)
+
+
+def test_a_long_deadline_with_many_attempts_is_searched_within_its_budget() -> None:
+    # Waits multiply the schedules worth weighing; the search prices at most SEARCH_BUDGET
+    # attempts and keeps the best found (this call took 31 s to decide before the budget).
+    import tiersel.schedule as schedule
+    from tiersel.schedule import MAX_BACKOFF_S
+
+    priced = 0
+    extend = schedule._extend
+
+    def counted(*args: object) -> object:
+        nonlocal priced
+        priced += 1
+        return extend(*args)  # type: ignore[arg-type]
+
+    sel = tiersel.Selector(clock=tiersel.FakeClock())
+    call = tiersel.Call(model="kimi-k3", input_tokens=2000, max_output_tokens=200)
+    need = tiersel.Requirements(deadline_s=300, max_attempts=10, tiers="priority,fast")
+    schedule._extend = counted  # type: ignore[assignment]
+    try:
+        d = sel.decide(call, need)
+    finally:
+        schedule._extend = extend
+    assert 0 < priced <= schedule.SEARCH_BUDGET + 10  # (+ the reasons' few single-tier prices)
+    assert d.p_success >= 0.95 and len(d.plan) <= 10
+    gaps = [b.start_s - a.start_s for a, b in zip(d.plan, d.plan[1:], strict=False)]
+    assert all(g <= MAX_BACKOFF_S + 0.3 + 4 * 45.0 for g in gaps)

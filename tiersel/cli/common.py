@@ -40,6 +40,7 @@ FLAGS = {
     "cached_input_tokens": "--cached-input-tokens",
     "max_output_tokens": "--max-tokens",
     "expected_output_tokens": "--expected-output-tokens",
+    "max_attempts": "--max-attempts",
 }
 
 

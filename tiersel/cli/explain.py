@@ -186,13 +186,19 @@ def _not_finite(value: Any, path: str = "") -> str | None:
 
 
 def _observe(selector: Selector, model: str, tier: str, rate: float, now: float) -> None:
-    """Feed the what-if rate as evenly spread observations, so no streak is longer than needed."""
+    """Feed the what-if rate as evenly spread observations, so no streak is longer than needed.
+
+    The last one is the likelier answer at that rate (a shed from 0.5 on): the policy leans
+    towards a tier's last answer, and a what-if should not tilt that lean on its own.
+    """
     key = SignalKey(selector.endpoint, model, tier)
-    sheds = round(rate * _WHAT_IF_SAMPLES)
-    for i in range(_WHAT_IF_SAMPLES):
-        shed = (i + 1) * sheds // _WHAT_IF_SAMPLES > i * sheds // _WHAT_IF_SAMPLES
-        obs = Observation(Outcome.shed if shed else Outcome.ok)
-        selector.signals.record(key, obs, now)
+    n = _WHAT_IF_SAMPLES
+    sheds = round(rate * n)
+    spread = [(i + 1) * sheds // n > i * sheds // n for i in range(n)]  # ends with a shed
+    if rate < 0.5:
+        spread.reverse()
+    for shed in spread:
+        selector.signals.record(key, Observation(Outcome.shed if shed else Outcome.ok), now)
 
 
 def _print(d: Decision) -> None:
