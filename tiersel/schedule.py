@@ -222,9 +222,10 @@ def _delays(c: Candidate, node: _Node, deadline: float | None) -> tuple[float, .
 
 
 _NO_DELAY = (0.0,)
+_NOTHING = 1e-12  # a chance of reaching another attempt too small to weigh
 MAX_BACKOFF_S = 10.0
 """The longest backoff before a tier is tried again (it doubles from ``backoff_s`` up to this)."""
-SEARCH_BUDGET = 2000
+SEARCH_BUDGET = 6000
 """The most attempts a search prices: past it, it keeps the best schedule found so far (calls with
 long deadlines and many attempts have more schedules than are worth weighing; a few
 milliseconds at most)."""
@@ -373,10 +374,12 @@ def cheapest(
                 best, best_cost = nxt, cost
             # Another attempt on a dearer tier only costs more; one more on this tier costs the
             # same and may add reliability for free.
-            if nxt.depth < attempts:
+            if nxt.depth < attempts and nxt.remains > _NOTHING:
                 _grow(stack, cands, nxt, k, k + 1, deadline)
             continue
-        if nxt.depth < attempts:
+        # Extend only what could still reach the target: at best, every call that gets to
+        # the next attempt succeeds.
+        if nxt.depth < attempts and nxt.p + nxt.remains >= target:
             _grow(stack, cands, nxt, k, len(cands), deadline)
     return _schedule(best, cands) if best is not None else None
 
@@ -414,6 +417,7 @@ def likeliest(
                 best, best_key = nxt, key
         elif best is None:
             best = nxt
-        if nxt.depth < attempts:
+        # Extend only what could still beat the likeliest so far.
+        if nxt.depth < attempts and nxt.p + nxt.remains > best_key[0] and nxt.remains > _NOTHING:
             _grow(stack, cands, nxt, k, len(cands), deadline)
     return _schedule(best, cands) if best is not None else None
