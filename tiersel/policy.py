@@ -355,10 +355,10 @@ class CheapestFeasible:
                 wait = found.starts[0]
                 values = (found.expected_cost, found.p_success, wait)
                 code = _C.chosen_after_wait if wait else _C.chosen
-                add(_reason((_label(found), _CHOSEN, code, values)))
+                add(_reason((found.label, _CHOSEN, code, values)))
                 self._passed_over(found, cands, goal, attempts, deadline, reasons)
                 return found, False
-            add(_reason((_label(found), _REJECTED, _C.pacing, (found.expected_cost, spendable))))
+            add(_reason((found.label, _REJECTED, _C.pacing, (found.expected_cost, spendable))))
         else:
             self._unreliable(cands, goal, attempts, deadline, max_ttft, reasons)
         if target is not None and not requirements.best_effort:
@@ -378,12 +378,12 @@ class CheapestFeasible:
         ):
             if best is not None:
                 why = (best.p_success, self.min_reliability)
-                add(_reason((_label(best), _REJECTED, _C.reliability, why)))
+                add(_reason((best.label, _REJECTED, _C.reliability, why)))
             elif (cands or effort) and spendable is None:  # (else the reasons say why)
                 add(_reason(("*", _REJECTED, _C.no_time, ())))
             raise NoFeasibleTier(model, reasons)
         code = _C.best_effort if requirements.best_effort else _C.likeliest
-        add(_reason((_label(best), _CHOSEN, code, (best.expected_cost, best.p_success, goal))))
+        add(_reason((best.label, _CHOSEN, code, (best.expected_cost, best.p_success, goal))))
         return best, True
 
     def _passed_over(
@@ -408,7 +408,7 @@ class CheapestFeasible:
             s = self._alone(c, attempts, deadline)
             p = s.p_success if s is not None else 0.0
             reasons.append(
-                _reason((_label(s) if s else c.tier, _REJECTED, _C.reliability, (p, goal)))
+                _reason((s.label if s else c.tier, _REJECTED, _C.reliability, (p, goal)))
             )
 
     def _alone(self, c: Candidate, attempts: int, deadline: float | None) -> Schedule | None:
@@ -433,7 +433,7 @@ class CheapestFeasible:
             s = self._alone(c, attempts, deadline)
             if s is not None:
                 why = (s.p_success, goal)
-                reasons.append(_reason((_label(s), _REJECTED, _C.reliability, why)))
+                reasons.append(_reason((s.label, _REJECTED, _C.reliability, why)))
         best = likeliest(
             cands,
             attempts=attempts,
@@ -443,7 +443,7 @@ class CheapestFeasible:
         )
         if best is not None and best.attempts[0].tier != best.attempts[-1].tier:
             why = (best.p_success, goal)
-            reasons.append(_reason((_label(best), _REJECTED, _C.reliability, why)))
+            reasons.append(_reason((best.label, _REJECTED, _C.reliability, why)))
 
 
 _BY_EXPECTED = attrgetter("expected", "worst")
@@ -481,10 +481,6 @@ def _candidate(
             health.memory_s,
         ),
     )
-
-
-def _label(s: Schedule) -> str:
-    return s.label
 
 
 def _decision(

@@ -208,20 +208,6 @@ def _extend(
     )
 
 
-def _delays(c: Candidate, node: _Node, deadline: float | None) -> tuple[float, ...]:
-    """The waits weighed before an attempt on ``c`` after ``node``: none, and those of a half,
-    one, two and four of its ``memory_s`` that leave the attempt twice its latency before the
-    deadline (a call with no deadline is not kept waiting)."""
-    if deadline is None:
-        return _NO_DELAY
-    room = deadline - node.ends - 2.0 * c.latency
-    m = c.memory_s
-    if room < 0.5 * m or not c.memory:
-        return _NO_DELAY
-    return (0.0, *[d for d in (0.5 * m, m, 2.0 * m, 4.0 * m) if d <= room])
-
-
-_NO_DELAY = (0.0,)
 _NOTHING = 1e-12  # a chance of reaching another attempt too small to weigh
 MAX_BACKOFF_S = 10.0
 """The longest backoff before a tier is tried again (it doubles from ``backoff_s`` up to this)."""
@@ -256,28 +242,34 @@ def _grow(
     deadline: float | None,
 ) -> None:
     """Push the ways to extend ``node`` with an attempt on candidates ``first`` to ``end - 1``
-    (climbing: never a cheaper tier than its last), each after every wait weighed, so that the
-    cheapest tier with no wait is popped first."""
+    (climbing: never a cheaper tier than its last), so that the cheapest tier with no wait is
+    popped first. Each is pushed with no wait, and with a wait of a half, one, two and four of
+    its ``memory_s`` where that leaves the attempt twice its latency before the deadline (a
+    call with no deadline is not kept waiting)."""
     push = stack.append
     for j in range(end - 1, first - 1, -1):
         c = cands[j]
-        if deadline is None or deadline - node.ends - 2.0 * c.latency < 0.5 * c.memory_s:
-            push((node, j, 0.0))  # no room to wait (`_delays`' first test, inline: hot path)
-            continue
-        for d in reversed(_delays(c, node, deadline)):
-            push((node, j, d))
+        if deadline is not None and c.memory:
+            room = deadline - node.ends - 2.0 * c.latency
+            m = c.memory_s
+            for d in (4.0 * m, 2.0 * m, m, 0.5 * m):
+                if d <= room:
+                    push((node, j, d))
+        push((node, j, 0.0))
+
+
+def _start(cands: Sequence[Candidate], deadline: float | None) -> list[tuple[_Node, int, float]]:
+    """A search's stack of (the schedule so far, the candidate of the attempt to add, the wait
+    before it), holding every first attempt."""
+    stack: list[tuple[_Node, int, float]] = []
+    _grow(stack, cands, _ROOT, 0, len(cands), deadline)
+    return stack
 
 
 def _first_start(node: _Node) -> float:
     while node.depth > 1:
         node = node.parent  # type: ignore[assignment]  # every node past the root has one
     return node.start
-
-
-def _cost(node: _Node, cands: Sequence[Candidate]) -> float:
-    if node.weight > 0.0:
-        return node.spend / node.weight
-    return cands[node.k].expected
 
 
 def _schedule(node: _Node, cands: Sequence[Candidate]) -> Schedule:
@@ -353,11 +345,8 @@ def cheapest(
     bound = math.inf if spendable is None else spendable
     best: _Node | None = None
     best_cost = math.inf
-    # (the schedule so far, the candidate of the attempt to add, the wait before it), cheapest
-    # popped first.
-    stack: list[tuple[_Node, int, float]] = []
+    stack = _start(cands, deadline)
     pop = stack.pop
-    _grow(stack, cands, _ROOT, 0, len(cands), deadline)
     budget = SEARCH_BUDGET
     while stack:
         node, k, delay = pop()
@@ -398,9 +387,8 @@ def likeliest(
     bound = math.inf if spendable is None else spendable
     best: _Node | None = None
     best_key = (-1.0, 0.0, 0.0)
-    stack: list[tuple[_Node, int, float]] = []
+    stack = _start(cands, deadline)
     pop = stack.pop
-    _grow(stack, cands, _ROOT, 0, len(cands), deadline)
     budget = SEARCH_BUDGET
     while stack:
         node, k, delay = pop()

@@ -253,16 +253,8 @@ class Selector:
 
     def health(self, model: str, now: float | None = None) -> dict[str, TierHealth]:
         """What the signals say now about each tier of ``model`` (half-open tiers as probe-able)."""
-        t = self.clock.now() if now is None else now
-        stats = self._sync_signals("health").stats
-        cached = self._health_cache.get
-        out: dict[str, TierHealth] = {}
-        for k in self.signal_keys(model):
-            s = stats(k, t)
-            hit = cached(k)
-            fresh = hit is not None and hit[0] is s and t <= hit[2]
-            out[k.tier] = hit[1] if hit is not None and fresh else self.assess(k, s, t)
-        return out
+        view = _HealthView(self, model, self.clock.now() if now is None else now)
+        return {tier: view[tier] for tier in view}
 
     def decide(
         self,
@@ -637,12 +629,8 @@ class _HealthView(Mapping[str, TierHealth]):
             key = self._keys.get(tier)
             if key is None:
                 return default
-            stats = self._read(key, self._now)
-            hit = self._sel._health_cache.get(key)
-            fresh = hit is not None and hit[0] is stats and self._now <= hit[2]
-            health = hit[1] if hit is not None and fresh else None
-            if health is None:
-                health = self._sel.assess(key, stats, self._now)
+            # `Selector.assess` keeps health while its counters stand still.
+            health = self._sel.assess(key, self._read(key, self._now), self._now)
             self._seen[tier] = health
         return health
 
