@@ -84,6 +84,9 @@ class Requirements(_Frozen):
       within the cost limits instead of raising `NoFeasibleTier`.
     - ``max_attempts``: the most attempts the call may make (None: the selector's
       ``max_attempts``); the policy plans its schedule within them.
+    - ``hedge``: allow a hedge (`tiersel.hedge`): when the first attempt has not answered after a
+      delay, a second request to another tier races it, the loser cancelled. Chosen only where
+      it is cheaper than a ladder of attempts for the same reliability, and only with a deadline.
 
     A deadline shorter than `MIN_DEADLINE_S` is refused: no call can be served in it.
 
@@ -99,6 +102,7 @@ class Requirements(_Frozen):
     max_cost_usd: float | None = Field(None, ge=0.0)
     best_effort: bool = False
     max_attempts: int | None = Field(None, ge=1)
+    hedge: bool = False
 
     @field_validator("tiers", mode="before")
     @classmethod

@@ -38,6 +38,8 @@ class ReasonCode(str, enum.Enum):
     # choice
     chosen = "chosen"
     chosen_after_wait = "chosen_after_wait"
+    hedged = "hedged"
+    small_saving = "small_saving"
     best_effort = "best_effort"
     likeliest = "likeliest"
     costlier = "costlier"
@@ -65,6 +67,14 @@ _TEMPLATES: Mapping[str, str] = {
     "chosen_after_wait": (
         "cheapest plan that meets the requirements, its first attempt after {2:.1f} s (a"
         " cooldown, or a spell of sheds, to wait out): expected ${0:.6f}, P(success) {1:.4f}"
+    ),
+    "hedged": (
+        "cheapest plan that meets the requirements, a hedge: {3} is sent {2:.2f} s after the"
+        " first attempt unless that has answered, and the loser is cancelled: expected"
+        " ${0:.6f}, P(success) {1:.4f}"
+    ),
+    "small_saving": (
+        "a hedge would save only {0:.2%} over the chosen ladder; it must save {1:.0%} or more"
     ),
     "best_effort": (
         "best effort (requirements not met): the likeliest plan within the cost limits,"
@@ -119,6 +129,10 @@ class Step(NamedTuple):
     (None: no deadline), ``p_reach`` the probability that the call gets to it (every attempt
     before it refused or failed fast), ``p_ok`` the probability that the call gets to it and it
     succeeds in time. A plan's ``p_ok`` sum to its ``p_success``.
+
+    ``hedge_s`` (None but in a hedge's second attempt, see `tiersel.hedge`): the attempt races
+    the one before it, sent this long after it unless that one has answered (or at once if it
+    fails fast); the loser is cancelled. ``p_reach`` is then the probability it is sent.
     """
 
     tier: str
@@ -133,6 +147,7 @@ class Step(NamedTuple):
     budget_s: float | None = None
     p_reach: float = 1.0
     p_ok: float = 0.0
+    hedge_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +159,10 @@ class Decision:
     its start and its probability (see `Step`, and `tiersel.schedule` for the model). Costs are
     in USD: ``estimated_cost_usd`` is what the call is expected to be billed once served,
     ``worst_case_cost_usd`` the most one attempt can cost (every output token at the dearest
-    step's price; attempts run one at a time). ``p_success`` is the probability that some attempt
-    succeeds within the deadline. ``wait_s`` > 0 means: wait that long before the first attempt
-    (a tier's cooldown, a Retry-After, or a spell of sheds the schedule waits out), then send.
+    step's price; attempts run one at a time), or for a hedge both its attempts' worst cases.
+    ``p_success`` is the probability that some attempt succeeds within the deadline. ``wait_s``
+    > 0 means: wait that long before the first attempt (a tier's cooldown, a Retry-After, or a
+    spell of sheds the schedule waits out), then send.
     """
 
     plan: tuple[Step, ...]
@@ -172,7 +188,10 @@ class Decision:
 
     @property
     def label(self) -> str:
-        """The schedule's tiers, repeats counted: ``standard*3>priority``."""
+        """The schedule's tiers, repeats counted: ``standard*3>priority``; a hedge
+        ``standard~fast``."""
+        if len(self.plan) == 2 and self.plan[1].hedge_s is not None:
+            return f"{self.plan[0].tier}~{self.plan[1].tier}"
         return run_label([s.tier for s in self.plan])
 
     def explain(self) -> str:
@@ -202,6 +221,7 @@ class Decision:
                     "budget_s": s.budget_s,
                     "p_reach": s.p_reach,
                     "p_ok": s.p_ok,
+                    "hedge_s": s.hedge_s,
                 }
                 for s in self.plan
             ],

@@ -84,7 +84,8 @@ class CallResult:
     """How a call ended: the last reply, each attempt's decision and step, what it cost.
 
     ``decisions[i]`` is the decision attempt *i* followed (the same one for the attempts of one
-    schedule), ``steps[i]`` the step of its plan that attempt sent.
+    schedule), ``steps[i]`` the step of its plan that attempt sent. Of a hedge's two attempts
+    that raced, the loser comes first: the last step is always the one that answered.
     """
 
     ok: bool
@@ -173,6 +174,33 @@ class Send:
 
 
 @dataclass(frozen=True, slots=True)
+class Race:
+    """Send ``first``; if it has not answered ``after_s`` seconds later (or as soon as it fails),
+    send ``second`` too. The first success wins, the other is cancelled: a hedge
+    (`tiersel.hedge`). Answered with a `Raced`."""
+
+    first: Send
+    second: Send
+    after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Raced:
+    """How a `Race` ended. ``winner`` (0: first, 1: second) sent ``reply``: the first success, or
+    when both failed the later failure. ``other`` is the other's reply if it answered (a
+    failure); ``other_sent`` whether the second was sent at all. The other, sent and not
+    answered, was ``cancelled`` after ``other_elapsed_s`` (its bill stops there), or, where the
+    shell cannot cancel a request in flight (a sync transport), left to finish unread."""
+
+    winner: int
+    reply: Reply
+    other: Reply | None = None
+    other_sent: bool = False
+    other_elapsed_s: float = 0.0
+    cancelled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
     key: SignalKey
     observation: Observation
@@ -197,6 +225,7 @@ Effect = (
     | Settle
     | Release
     | Send
+    | Race
     | Record
     | Sleep
     | Notify
@@ -217,6 +246,7 @@ class _Progress:
     money_waited: float = 0.0  # seconds spent waiting for reservations in flight to settle
     money_polls: int = 0
     refused: tuple[Reason, ...] = ()  # the budget's refusal that started those waits
+    signals: Mapping[str, TierHealth] | None = None  # the tiers' health at the last decision
 
 
 _PLANNED = frozenset({Outcome.shed, Outcome.rate_limited, Outcome.error})
@@ -300,6 +330,7 @@ def call_flow(
                     if not claimed:
                         health = _as_open(health, sel.signal_config.probe_interval_s)
                 signals[key.tier] = health
+            prog.signals = signals
             budget: BudgetState | None = (yield ReadBudget()) if sel.ledger_enabled else None
             if sized and ceiling is not None and budget is not None and prog.attempts == 0:
                 # The cap is the call's share of the money left now, fixed once a request is sent.
@@ -349,26 +380,36 @@ def call_flow(
                 if req.deadline_s is None or backoff < req.deadline_s / 2:
                     yield Sleep(backoff)
                     at.decided_at = now + backoff
+        racer = _racer(decision, at.index)
+        worst = step.worst_cost_usd + (racer.worst_cost_usd if racer is not None else 0.0)
         if sel.ledger_enabled:
-            held = yield Reserve(call_id, step.worst_cost_usd)
+            held = yield Reserve(call_id, worst)
             if held is None:
                 if prog.attempts == 0:
                     # Another call reserved first: wait for money in flight as above.
                     assert budget is not None
-                    pause = _money_wait(sel, step.worst_cost_usd, budget, req, max_wait, prog)
+                    pause = _money_wait(sel, worst, budget, req, max_wait, prog)
                     if pause is None:
                         raise BudgetExhausted(call.model, prog.refused or decision.reasons)
                     yield Sleep(pause)
                     continue
                 stopped = _failed(prog, call_id, start, "budget exhausted before a retry")
                 return replace(stopped, budget_stopped=True)
-        prog.decisions.append(decision)
-        prog.steps.append(step)
         send_body = apply_step(body, step)
         if cap is not None:
             send_body["max_tokens"] = cap
-        reply: Reply = yield Send(step, send_body, step.headers, req.deadline_s)
-        prog.attempts += 1
+        sent = Send(step, send_body, step.headers, req.deadline_s)
+        extra = 0.0  # a hedge's loser, billed as cancelled
+        if racer is None:
+            reply: Reply = yield sent
+            prog.attempts += 1
+        else:
+            step, reply, extra = yield from _race(
+                sel, decision, sent, racer, body, cap, call, dialect, prog, keys
+            )
+            at.index += 1  # the schedule's race is run
+        prog.decisions.append(decision)
+        prog.steps.append(step)
         prog.last_reply = reply
         prog.last_tier = step.tier
         # The attempt's latency is only reported to an on_attempt hook.
@@ -382,7 +423,7 @@ def call_flow(
                 reply,
                 tuple(prog.decisions),
                 prog.attempts,
-                0.0,
+                extra,
                 None,
                 step.tier,
                 call_id,
@@ -417,10 +458,11 @@ def call_flow(
             else:
                 # No usage in the response: charge the worst case rather than nothing.
                 cost = step.worst_cost_usd
+            cost += extra
             if sel.ledger_enabled:
                 yield Settle(call_id, cost)
         elif sel.ledger_enabled:
-            yield Release(call_id)
+            yield Settle(call_id, extra) if extra > 0 else Release(call_id)
         if sel.on_attempt is not None:
             yield Notify(
                 AttemptRecord(
@@ -466,6 +508,71 @@ def call_flow(
             )
             if not (again and paused):
                 following = _Following(decision, nxt, at.decided_at)
+
+
+def _racer(decision: Decision, index: int) -> Step | None:
+    """The step that races step ``index`` of the plan (a hedge's second attempt), if any."""
+    nxt = index + 1
+    if nxt < len(decision.plan) and decision.plan[nxt].hedge_s is not None:
+        return decision.plan[nxt]
+    return None
+
+
+def _race(
+    sel: Selector,
+    decision: Decision,
+    first: Send,
+    racer: Step,
+    body: Mapping[str, Any],
+    cap: int | None,
+    call: Call,
+    dialect: Dialect,
+    prog: _Progress,
+    keys: tuple[SignalKey, ...],
+) -> Generator[Effect, Any, tuple[Step, Reply, float]]:
+    """Run a hedge: ``first``, raced by ``racer`` after its delay. Records the loser if it
+    answered, and returns the winner's step and reply and what the loser is billed: nothing
+    if it failed or was never sent; if cancelled, its prompt and the output it generated until
+    then (at its tier's expected rate); if left to finish (a shell that cannot cancel), its
+    worst case."""
+    deadline = first.timeout_s
+    hedge_s = racer.hedge_s or 0.0
+    second_body = apply_step(body, racer)
+    if cap is not None:
+        second_body["max_tokens"] = cap
+    left = deadline - hedge_s if deadline is not None else None
+    second = Send(racer, second_body, racer.headers, left)
+    raced: Raced = yield Race(first, second, hedge_s)
+    prog.attempts += 2 if raced.other_sent else 1
+    steps = (first.step, racer)
+    won, lost = steps[raced.winner], steps[1 - raced.winner]
+    if raced.other_sent:
+        prog.decisions.append(decision)
+        prog.steps.append(lost)  # the loser first: a call's last step is the one that answered
+    if raced.other is not None:
+        verdict = _classify(raced.other)
+        yield Record(
+            _key_of(keys, lost.tier),
+            Observation(verdict.outcome, retry_after_s=verdict.retry_after_s),
+        )
+        return won, raced.reply, 0.0
+    if not raced.other_sent:
+        return won, raced.reply, 0.0
+    if not raced.cancelled:
+        return won, raced.reply, lost.worst_cost_usd
+    prices = sel.pricing.model(call.model)
+    health = prog.signals.get(lost.tier) if prog.signals is not None else None
+    out = 0.0
+    if health is not None:
+        out = max(0.0, raced.other_elapsed_s - health.ttft_s) * health.output_tps
+    out = min(out, float(cap if cap is not None else call.max_output_tokens))
+    # The prompt as the winner's usage counted it (the same prompt), else as estimated.
+    usage = read_usage(raced.reply.payload, dialect) if raced.reply.payload is not None else None
+    prompt, cached = call.input_tokens, call.cached_input_tokens
+    if usage is not None:
+        prompt, cached = usage.prompt_tokens, usage.cached_tokens
+    billed = charge(prices, lost.tier, prompt, cached, round(out))
+    return won, raced.reply, min(billed, lost.worst_cost_usd)
 
 
 def _key_of(keys: tuple[SignalKey, ...], tier: str) -> SignalKey:
@@ -609,10 +716,10 @@ def stream_flow(sel: Selector, result: CallResult, end: StreamEnd) -> Flow:
         ),
     )
     served = step.tier
-    cost = 0.0
+    cost = result.cost_usd  # what the call was billed before its stream (a hedge's loser)
     if end.usage is not None:
         served = _served(end.usage, step.tier, prices.tiers)
-        cost = charge(
+        cost += charge(
             prices,
             served,
             end.usage.prompt_tokens,
@@ -620,7 +727,7 @@ def stream_flow(sel: Selector, result: CallResult, end: StreamEnd) -> Flow:
             end.usage.completion_tokens,
         )
     elif end.outcome is Outcome.ok:
-        cost = step.worst_cost_usd
+        cost += step.worst_cost_usd
     if sel.ledger_enabled:
         if cost > 0 or end.outcome is Outcome.ok:
             yield Settle(result.call_id, cost)

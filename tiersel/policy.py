@@ -17,6 +17,7 @@ from tiersel.call import BudgetState, Call, Requirements
 from tiersel.cost import tier_cost
 from tiersel.decision import Decision, Reason, ReasonCode, Step, Verdict, new_decision
 from tiersel.errors import NoFeasibleTier
+from tiersel.hedge import HEDGE_SAVING, cheapest_hedge
 from tiersel.pricing import ModelPrices, TierPrice
 from tiersel.schedule import Candidate, Schedule, cheapest, likeliest, price
 from tiersel.signals import CircuitState, TierHealth
@@ -155,7 +156,11 @@ class CheapestFeasible:
         if self.pacing is not None and budget is not None and budget.remaining_calls:
             keep = self.pacing * cands[0].expected * (budget.remaining_calls - 1)
             spendable = max(budget.remaining_usd - keep, cands[0].expected)
-        return self.choose(call.model, requirements, cands, spendable, reasons)
+        worst_limit = None
+        if requirements.hedge:  # a hedge reserves two worst cases: both must fit
+            limits = [requirements.max_cost_usd, budget.remaining_usd if budget else None]
+            worst_limit = min([v for v in limits if v is not None], default=None)
+        return self.choose(call.model, requirements, cands, spendable, reasons, worst_limit)
 
     # -- stage 1: candidates -----------------------------------------------------------------
 
@@ -245,7 +250,8 @@ class CheapestFeasible:
                     math.hypot(ttft * health.ttft_spread, decode * health.tps_spread) * _SQRT2
                 )
             expected = base + out_exp * tp.output_per_token
-            out.append(_candidate(name, tp, health, worst, expected, latency, wait, scale))
+            cand = _candidate(name, tp, health, worst, expected, latency, wait, scale, base)
+            out.append(cand)
         if not out:
             raise NoFeasibleTier(call.model, reasons)
         out.sort(key=_BY_EXPECTED)
@@ -282,10 +288,13 @@ class CheapestFeasible:
         cands: list[Candidate],
         spendable: float | None,
         reasons: list[Reason],
+        worst_limit: float | None = None,
     ) -> Decision:
         """Price the schedules the candidates allow and choose: the cheapest that meets the
-        requirements; else, for a best-effort call or one with no reliability target, the
-        likeliest within the cost limits; else `NoFeasibleTier` with the reasons.
+        requirements (a hedge, where the call allows one and it is cheaper than every ladder,
+        its two worst cases within ``worst_limit``); else, for a best-effort call or one with no
+        reliability target, the likeliest within the cost limits; else `NoFeasibleTier` with
+        the reasons.
 
         The choice depends only on the candidates' numbers and the requirements, so it is
         remembered by them: calls of one shape decided on one snapshot of the signals are
@@ -303,7 +312,9 @@ class CheapestFeasible:
             r.max_ttft_s,
             r.min_output_tps,
             r.best_effort,
+            r.hedge,
             spendable,
+            worst_limit,
             tuple([(c[0], *c[3:]) for c in cands]),
         )
         hit = self._memo.get(key)
@@ -313,7 +324,7 @@ class CheapestFeasible:
             reasons.extend(added)
             return _decision(_new(Schedule, (attempts, *numbers)), reasons, r.deadline_s, effort)
         before = len(reasons)
-        found, effort = self._search(model, requirements, cands, spendable, reasons)
+        found, effort = self._search(model, requirements, cands, spendable, reasons, worst_limit)
         picks = tuple([next(i for i, c in enumerate(cands) if c is a) for a in found.attempts])
         if len(self._memo) >= _MEMO_SIZE:
             self._memo.clear()
@@ -327,6 +338,7 @@ class CheapestFeasible:
         cands: list[Candidate],
         spendable: float | None,
         reasons: list[Reason],
+        worst_limit: float | None,
     ) -> tuple[Schedule, bool]:
         """`choose`'s search: the schedule and whether it is a best effort."""
         add = reasons.append
@@ -350,6 +362,38 @@ class CheapestFeasible:
             if cands
             else None
         )
+        if requirements.hedge and deadline is not None and cands:
+            ladder = found is not None and (
+                spendable is None or found.expected_cost <= spendable * _SAME
+            )
+            hedge = cheapest_hedge(
+                cands,
+                target=goal,
+                deadline=deadline,
+                spendable=spendable,
+                worst_limit=worst_limit,
+                max_ttft=max_ttft,
+            )
+            if hedge is not None and (
+                found is None
+                or not ladder
+                or hedge.expected_cost < found.expected_cost * (1.0 - HEDGE_SAVING)
+            ):
+                second = hedge.attempts[1].tier
+                raced = (hedge.expected_cost, hedge.p_success, hedge.hedge_s, second)
+                add(_reason((hedge.label, _CHOSEN, _C.hedged, raced)))
+                if found is not None and ladder:
+                    why = (found.expected_cost, hedge.expected_cost)
+                    add(_reason((found.label, _COSTLIER, _C.costlier, why)))
+                return hedge, False
+            if hedge is not None and found is not None:
+                if hedge.expected_cost >= found.expected_cost:
+                    why = (hedge.expected_cost, found.expected_cost)
+                    add(_reason((hedge.label, _COSTLIER, _C.costlier, why)))
+                else:
+                    saving = 1.0 - hedge.expected_cost / found.expected_cost
+                    why = (saving, HEDGE_SAVING)
+                    add(_reason((hedge.label, _REJECTED, _C.small_saving, why)))
         if found is not None:
             if spendable is None or found.expected_cost <= spendable * _SAME:
                 wait = found.starts[0]
@@ -458,6 +502,7 @@ def _candidate(
     latency: float,
     wait: float,
     scale: float,
+    prompt: float,
 ) -> Candidate:
     refusal = health.refusal_rate
     now = health.refusal_now
@@ -479,6 +524,7 @@ def _candidate(
             health.ttft_s,
             health.memory_after_shed,
             health.memory_s,
+            prompt,
         ),
     )
 
@@ -487,7 +533,9 @@ def _decision(
     s: Schedule, reasons: list[Reason], deadline: float | None, best_effort: bool = False
 ) -> Decision:
     steps = []
-    for c, start, reach, ok in zip(s.attempts, s.starts, s.reach, s.ok, strict=True):
+    for i, (c, start, reach, ok) in enumerate(
+        zip(s.attempts, s.starts, s.reach, s.ok, strict=True)
+    ):
         tier, model, service_tier, body, headers, base_url = c.price.step_fields
         left = deadline - start if deadline is not None else None
         steps.append(
@@ -506,6 +554,7 @@ def _decision(
                     left,
                     reach,
                     ok,
+                    s.hedge_s if i == 1 else None,
                 ),
             )
         )
@@ -573,7 +622,7 @@ class FixedTier:
         deadline = requirements.deadline_s
         spread = math.hypot(ttft * health.ttft_spread, decode * health.tps_spread)
         scale = latency / (spread * _SQRT2) if deadline is not None and spread > 0 else 0.0
-        c = _candidate(name, tp, health, worst, expected, latency, 0.0, scale)
+        c = _candidate(name, tp, health, worst, expected, latency, 0.0, scale, base)
         attempts = requirements.max_attempts or self.max_attempts
         s = None
         while s is None and attempts > 0:  # as many attempts as can start before the deadline

@@ -77,6 +77,7 @@ class Candidate(NamedTuple):
     ttft: float  # expected seconds to the first token, if served
     memory: float  # how much of a shed carries over to the next attempt (0: none)
     memory_s: float  # over how many seconds it fades
+    prompt: float = 0.0  # what the prompt alone is billed (a cancelled attempt's least bill)
 
 
 class Schedule(NamedTuple):
@@ -95,7 +96,8 @@ class Schedule(NamedTuple):
     expected_cost: float
     worst_cost: float
     latency: float  # expected seconds to the answer, given the call is served
-    label: str  # the tiers, repeats counted: ``standard*2>priority``
+    label: str  # the tiers, repeats counted: ``standard*2>priority``; a hedge ``standard~fast``
+    hedge_s: float | None = None  # a hedge (`tiersel.hedge`): the second attempt's delay
 
 
 # A node of the search: the schedule so far as its last attempt and running sums, linked to the
@@ -150,6 +152,7 @@ def _extend(
         ttft,
         memory,
         memory_s,
+        _,
     ) = c
     repeat = last == k
     start = ends + delay
@@ -293,6 +296,7 @@ def _schedule(node: _Node, cands: Sequence[Candidate]) -> Schedule:
             node.worst,
             node.late / weight if weight > 0.0 else node.start,
             run_label([c.tier for c in attempts]),
+            None,
         ),
     )
 

@@ -32,6 +32,7 @@ from tiersel.dispatch import (
     Effect,
     Notify,
     Now,
+    Race,
     ReadBudget,
     ReadSignals,
     Record,
@@ -50,6 +51,7 @@ from tiersel.dispatch import (
 from tiersel.errors import ConflictingRequirements, RequestNotUnderstood, TierselError, shown
 from tiersel.policy import CheapestFeasible, Policy
 from tiersel.pricing import Pricing, load_pricing
+from tiersel.race import race_async, race_sync
 from tiersel.signals import (
     AsyncSignalStore,
     MemorySignalStore,
@@ -491,8 +493,19 @@ class Selector:
         self, send: Callable[[Send], Any], sleep: Callable[[float], Any]
     ) -> Callable[[Effect], Any]:
         """What carries out one call's effects for `run` / `arun`: ``send`` and ``sleep`` are the
-        shell's own (sync, or returning awaitables); every other effect is the selector's."""
+        shell's own (sync, or returning awaitables: the shell is async when ``sleep`` is a
+        coroutine function); a hedge's race runs on ``send``; every other effect is the
+        selector's."""
         common = self._common
+        clock = self.clock
+        if inspect.iscoroutinefunction(sleep):
+
+            def race(effect: Race) -> Any:
+                return race_async(send, effect, clock)
+        else:
+
+            def race(effect: Race) -> Any:
+                return race_sync(send, effect, clock)
 
         def perform(effect: Effect) -> Any:
             kind = type(effect)
@@ -500,6 +513,8 @@ class Selector:
                 return send(effect)  # type: ignore[arg-type]
             if kind is Sleep:
                 return sleep(effect.seconds)  # type: ignore[union-attr]
+            if kind is Race:
+                return race(effect)  # type: ignore[arg-type]
             return common(effect)
 
         return perform

@@ -53,6 +53,11 @@ def add_parser(subs: Any, help: str) -> None:
         help="the most attempts the call may make (default: the selector's, 4)",
     )
     p.add_argument(
+        "--hedge",
+        action="store_true",
+        help="allow a hedge: a second tier races a first attempt slow to answer",
+    )
+    p.add_argument(
         "--shed-rate",
         action="append",
         default=[],
@@ -118,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             max_cost_usd=args.max_cost,
             best_effort=args.best_effort,
             max_attempts=args.max_attempts,
+            hedge=args.hedge,
         )
         check_tiers("--tiers", req.tiers, pricing)
     except ValidationError as exc:
@@ -213,7 +219,14 @@ def _print(d: Decision) -> None:
     print(f"expected latency:   {d.expected_latency_s:.2f} s")
     if d.best_effort:
         print("best effort:        yes (the requirements could not all be met)")
-    print("schedule (each attempt is made if every one before it was refused or failed fast):")
+    hedge = d.plan[-1].hedge_s
+    if hedge is not None:
+        print(
+            f"schedule (a hedge: attempt 2 is sent {hedge:.2f} s after attempt 1 unless that has"
+            " answered, at once if it fails fast; the loser is cancelled):"
+        )
+    else:
+        print("schedule (each attempt is made if every one before it was refused or failed fast):")
     print("  #  tier         start    time left  P(reached)  P(succeeds)  P(success by then)")
     by_then = 0.0
     for i, s in enumerate(d.plan, 1):

@@ -64,7 +64,9 @@ class SimApp:
         async def until(due_s: float) -> None:
             await clock.asleep(start + due_s * scale - clock.now())
 
-        await until(rendered.at_s)
+        if not await _unless_gone(until(rendered.at_s), receive):
+            self.service.cancelled()  # the client went away first: nothing more is generated
+            return
         await send(
             {
                 "type": "http.response.start",
@@ -86,6 +88,24 @@ class SimApp:
         if rendered.broken:
             raise SimulatedStreamBreak("simulated broken stream: dropping the connection")
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _unless_gone(due: Awaitable[None], receive: Receive) -> bool:
+    """Wait for ``due``; False if the client disconnects first (its request is cancelled)."""
+    waiting = asyncio.ensure_future(due)
+    gone = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not waiting.done():
+            waiting.cancel()
+    return waiting.done() and not waiting.cancelled()
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

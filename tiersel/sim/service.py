@@ -79,6 +79,7 @@ class SimService:
         self._ids = 0
         self._lock = threading.Lock()
         self._parked: list[Callable[[], object]] | None = None  # wake-ups while held; None: open
+        self._cancelled = 0
 
     def __repr__(self) -> str:
         return (
@@ -98,7 +99,14 @@ class SimService:
             "seed": self.provider.seed,
             "sim_time_s": round(self.now(), 6),
             "held": len(self._parked or ()),
+            "cancelled": self._cancelled,
         }
+
+    def cancelled(self) -> None:
+        """Count a request whose client went away before its answer was due (a hedge's loser):
+        a real provider stops generating for it, and bills its prompt and the output so far."""
+        with self._lock:
+            self._cancelled += 1
 
     def hold(self) -> None:
         """Close the gate: answers to generation requests wait until `release`."""
@@ -127,6 +135,8 @@ class SimService:
     def reset(self, *, seed: int | None = None, time_s: float | None = None) -> None:
         """Forget every request; optionally reseed and move scenario time to ``time_s``."""
         self.provider.reset(seed=seed)
+        with self._lock:
+            self._cancelled = 0
         if time_s is not None:
             if time_s < 0:
                 raise ValueError(f"time_s must be >= 0, got {time_s!r}")

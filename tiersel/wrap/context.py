@@ -39,10 +39,11 @@ def requirements(base: Requirements | None = None, /, **fields: Any) -> Iterator
     """Set requirements for the tiersel-routed calls made inside the block.
 
     Takes the fields of `Requirements` (``deadline_s``, ``max_ttft_s``, ``min_output_tps``,
-    ``reliability``, ``tiers``, ``max_cost_usd``, ``best_effort``), or a `Requirements` object,
-    or both (the keywords win). Fields not named are inherited from an enclosing block, then
-    from the selector's defaults; a field named with None clears an inherited value. Invalid
-    values raise pydantic's ``ValidationError`` (naming the field) when the block is entered.
+    ``reliability``, ``tiers``, ``max_cost_usd``, ``best_effort``, ``max_attempts``, ``hedge``),
+    or a `Requirements` object, or both (the keywords win). Fields not named are inherited from
+    an enclosing block, then from the selector's defaults; a field named with None clears an
+    inherited value. Invalid values raise pydantic's ``ValidationError`` (naming the field) when
+    the block is entered.
     Yields the block's merged `Requirements`.
 
     >>> from tiersel.wrap import requirements

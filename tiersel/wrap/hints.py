@@ -30,6 +30,7 @@ HINT_HEADERS: Mapping[str, str] = {
     "x-tiersel-max-cost": "max_cost_usd",
     "x-tiersel-tiers": "tiers",
     "x-tiersel-best-effort": "best_effort",
+    "x-tiersel-hedge": "hedge",
 }
 """Each hint header and the `Requirements` field it sets."""
 
@@ -98,7 +99,7 @@ def _parse(header: str, field: str, text: str) -> Any:
         if not names:
             raise InvalidHint(header, text, "must name at least one tier, comma-separated")
         return names
-    if field == "best_effort":
+    if field in ("best_effort", "hedge"):
         low = text.lower()
         if low in _TRUE:
             return True
