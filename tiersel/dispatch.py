@@ -439,7 +439,7 @@ def call_flow(
             Observation(
                 verdict.outcome,
                 latency_s=reply.elapsed_s,
-                output_tps=_tps(usage, reply.elapsed_s),
+                output_tps=_tps(usage, reply.elapsed_s, _ttft(prog, step.tier)),
                 retry_after_s=verdict.retry_after_s,
             ),
         )
@@ -769,11 +769,25 @@ def _classify(reply: Reply) -> Classified:
     return classify(reply.status, reply.headers, reply.payload, wall_now=wall)
 
 
-def _tps(usage: Usage | None, elapsed: float) -> float | None:
-    # Non-streamed: tokens over the whole call is a lower bound of the generation rate.
+def _tps(usage: Usage | None, elapsed: float, ttft: float | None) -> float | None:
+    """The output rate of a reply read whole: its tokens over the time after the first token.
+
+    That time is not seen, so the tier's expected TTFT (``ttft``) is taken off the call's time,
+    but at most half of it. Tokens over the whole call would understate the rate, most for short
+    outputs, and a latency estimate built on it (TTFT plus tokens over rate) would count the TTFT
+    twice: replays of the bundled traces then put a 400-token call on standard at 16 s where it
+    took 12, and bought fast for it.
+    """
     if usage is None or usage.completion_tokens <= 0 or elapsed <= 0:
         return None
-    return usage.completion_tokens / elapsed
+    generating = elapsed - ttft if ttft is not None else elapsed
+    return usage.completion_tokens / max(generating, 0.5 * elapsed)
+
+
+def _ttft(prog: _Progress, tier: str) -> float | None:
+    """The tier's expected time to first token at the call's last decision."""
+    health = prog.signals.get(tier) if prog.signals is not None else None
+    return health.ttft_s if health is not None else None
 
 
 def _served(usage: Usage, asked: str, offered: Mapping[str, Any]) -> str:

@@ -213,6 +213,26 @@ def test_transport_errors_and_timeouts_are_retried_and_recorded() -> None:
     assert stats.error + stats.timeout + stats.ok >= 1
 
 
+def test_a_reply_read_whole_records_its_output_rate_after_the_expected_first_token() -> None:
+    # 80 tokens in 3 s, where the tier's first token is expected after 1 s: 40 tokens/s, not
+    # the 26.7 of tokens over the whole call (a latency estimate of TTFT plus tokens over that
+    # rate would count the TTFT twice).
+    clock = FakeClock()
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        clock.advance(3.0)
+        return ok(completion=80)
+
+    sel = Selector(clock=clock, transport=httpx.MockTransport(slow), api_key="")
+    key = tiersel.SignalKey("fireworks", "kimi-k3", "standard")
+    ttft = sel.health("kimi-k3", clock.now())["standard"].ttft_s
+    r = sel.send(BODY, requirements=Requirements(tiers=("standard",)))
+    assert r.ok
+    stats = sel.signals.stats(key, clock.now())
+    assert stats.tps_n == 1
+    assert stats.tps_sum == pytest.approx(80 / (3.0 - ttft))
+
+
 def test_hint_headers_never_go_upstream_and_priority_never_rides_a_fast_model() -> None:
     up = Upstream(lambda body: ok())
     sel = selector(up)
