@@ -37,13 +37,17 @@ attempt's worst case: attempts run one at a time, and each reserves its own.
 Schedules climb. They take tiers in the order of their expected cost, each as many times as it
 pays. Appending an attempt then never lowers P(success) and never lowers the cost. The search
 (`cheapest`) can therefore stop extending a schedule once it meets the target or costs more than
-the best one found. That is a depth-first search over (attempt, time left), with the time left
-fixed by the path.
+the best one found. That is a search over (attempt, time left), with the time left fixed by the
+path. It goes breadth first, every schedule of one attempt before any of two: a search cut
+short by its budget (`SEARCH_BUDGET`) has then weighed the same schedules whatever number of
+attempts is allowed, so allowing more never gives a worse answer (depth first, it did: the
+extra depth spent the budget on one branch and missed a likelier schedule of fewer attempts).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -216,7 +220,7 @@ MAX_BACKOFF_S = 10.0
 """The longest backoff before a tier is tried again (it doubles from ``backoff_s`` up to this)."""
 SEARCH_BUDGET = 6000
 """The most attempts a search prices: past it, it keeps the best schedule found so far (calls with
-long deadlines and many attempts have more schedules than are worth weighing; a few
+long deadlines and many attempts have more schedules than are worth weighing; tens of
 milliseconds at most)."""
 _SAME_COST = 1.001
 """Costs within 0.1% of each other count as the same (see `_better`)."""
@@ -236,37 +240,40 @@ def _better(node: _Node, best: _Node | None) -> bool:
     return node.late / node.weight < best.late / best.weight
 
 
+_Queue = deque[tuple[_Node, int, float]]
+
+
 def _grow(
-    stack: list[tuple[_Node, int, float]],
+    queue: _Queue,
     cands: Sequence[Candidate],
     node: _Node,
     first: int,
     end: int,
     deadline: float | None,
 ) -> None:
-    """Push the ways to extend ``node`` with an attempt on candidates ``first`` to ``end - 1``
-    (climbing: never a cheaper tier than its last), so that the cheapest tier with no wait is
-    popped first. Each is pushed with no wait, and with a wait of a half, one, two and four of
-    its ``memory_s`` where that leaves the attempt twice its latency before the deadline (a
-    call with no deadline is not kept waiting)."""
-    push = stack.append
-    for j in range(end - 1, first - 1, -1):
+    """Queue the ways to extend ``node`` with an attempt on candidates ``first`` to ``end - 1``
+    (climbing: never a cheaper tier than its last), cheapest tier first. Each with no wait,
+    then with a wait of a half, one, two and four of its ``memory_s`` where that leaves the
+    attempt twice its latency before the deadline (a call with no deadline is not kept
+    waiting)."""
+    push = queue.append
+    for j in range(first, end):
         c = cands[j]
+        push((node, j, 0.0))
         if deadline is not None and c.memory:
             room = deadline - node.ends - 2.0 * c.latency
             m = c.memory_s
-            for d in (4.0 * m, 2.0 * m, m, 0.5 * m):
+            for d in (0.5 * m, m, 2.0 * m, 4.0 * m):
                 if d <= room:
                     push((node, j, d))
-        push((node, j, 0.0))
 
 
-def _start(cands: Sequence[Candidate], deadline: float | None) -> list[tuple[_Node, int, float]]:
-    """A search's stack of (the schedule so far, the candidate of the attempt to add, the wait
+def _start(cands: Sequence[Candidate], deadline: float | None) -> _Queue:
+    """A search's queue of (the schedule so far, the candidate of the attempt to add, the wait
     before it), holding every first attempt."""
-    stack: list[tuple[_Node, int, float]] = []
-    _grow(stack, cands, _ROOT, 0, len(cands), deadline)
-    return stack
+    queue: _Queue = deque()
+    _grow(queue, cands, _ROOT, 0, len(cands), deadline)
+    return queue
 
 
 def _first_start(node: _Node) -> float:
@@ -343,16 +350,16 @@ def cheapest(
     the one that sends its first attempt sooner wins, then the likelier (`_better`): a call is
     not kept waiting for reliability it did not ask for, but what costs nothing after a failure
     (another attempt on the tier, a wait for a spell to pass) is taken.
-    The search is depth first, cheapest tiers first, and weighs an attempt's cost before its
+    The search is breadth first, cheapest tiers first, and weighs an attempt's cost before its
     timing: once a schedule meets the target, those that cost more are dropped unpriced.
     """
     bound = math.inf if spendable is None else spendable
     best: _Node | None = None
     best_cost = math.inf
-    stack = _start(cands, deadline)
-    pop = stack.pop
+    queue = _start(cands, deadline)
+    pop = queue.popleft
     budget = SEARCH_BUDGET
-    while stack:
+    while queue:
         node, k, delay = pop()
         budget -= 1
         if budget < 0:
@@ -368,12 +375,12 @@ def cheapest(
             # Another attempt on a dearer tier only costs more; one more on this tier costs the
             # same and may add reliability for free.
             if nxt.depth < attempts and nxt.remains > _NOTHING:
-                _grow(stack, cands, nxt, k, k + 1, deadline)
+                _grow(queue, cands, nxt, k, k + 1, deadline)
             continue
         # Extend only what could still reach the target: at best, every call that gets to
         # the next attempt succeeds.
         if nxt.depth < attempts and nxt.p + nxt.remains >= target:
-            _grow(stack, cands, nxt, k, len(cands), deadline)
+            _grow(queue, cands, nxt, k, len(cands), deadline)
     return _schedule(best, cands) if best is not None else None
 
 
@@ -391,10 +398,10 @@ def likeliest(
     bound = math.inf if spendable is None else spendable
     best: _Node | None = None
     best_key = (-1.0, 0.0, 0.0)
-    stack = _start(cands, deadline)
-    pop = stack.pop
+    queue = _start(cands, deadline)
+    pop = queue.popleft
     budget = SEARCH_BUDGET
-    while stack:
+    while queue:
         node, k, delay = pop()
         budget -= 1
         if budget < 0:
@@ -411,5 +418,5 @@ def likeliest(
             best = nxt
         # Extend only what could still beat the likeliest so far.
         if nxt.depth < attempts and nxt.p + nxt.remains > best_key[0] and nxt.remains > _NOTHING:
-            _grow(stack, cands, nxt, k, len(cands), deadline)
+            _grow(queue, cands, nxt, k, len(cands), deadline)
     return _schedule(best, cands) if best is not None else None

@@ -9,7 +9,7 @@ import math
 import os
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import httpx
 
@@ -30,6 +30,7 @@ from tiersel.dispatch import (
     CallResult,
     ClaimProbe,
     Effect,
+    Flow,
     Notify,
     Now,
     Race,
@@ -65,7 +66,7 @@ from tiersel.signals import (
 )
 from tiersel.tiers import moved
 
-__all__ = ["FIREWORKS_BASE_URL", "Selector", "new_call_id"]
+__all__ = ["FIREWORKS_BASE_URL", "Selector", "Started", "new_call_id"]
 
 FIREWORKS_BASE_URL = "https://api.fireworks.ai/inference/v1"
 
@@ -97,6 +98,14 @@ def _sendable(body: Any) -> Mapping[str, Any]:
     except (ValueError, TypeError, RecursionError) as exc:
         raise RequestNotUnderstood(f"the body cannot be sent as JSON: {shown(str(exc))}") from None
     return body
+
+
+class Started(NamedTuple):
+    """A call `Selector.start` began: the flow of its attempts, its dialect, its id."""
+
+    flow: Flow
+    dialect: Dialect
+    call_id: str
 
 
 class Selector:
@@ -329,15 +338,25 @@ class Selector:
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def _prepare(
+    def start(
         self,
         body: Mapping[str, Any],
-        requirements: Requirements | None,
-        path: str,
-        call_id: str | None,
+        *,
+        requirements: Requirements | None = None,
+        path: str = "/chat/completions",
+        call_id: str | None = None,
         dialect: Dialect | None = None,
         max_wait: Callable[[], float | None] | None = None,
-    ) -> tuple[Any, Dialect, str]:
+    ) -> Started:
+        """Begin one call: the `Call` ``body`` describes, its requirements (the selector's when
+        None; a router id pins its tier), an id, and the flow of its attempts, which `run` or
+        `arun` carries out with a shell's own send. Nothing is decided or sent yet.
+
+        ``dialect`` is read from ``path`` when not given. ``max_wait()`` bounds each wait of a
+        call with no deadline (see `tiersel.dispatch.call_flow`). Raises `RequestNotUnderstood`
+        for a body or path tiersel cannot read, `ConflictingRequirements` for tiers that leave
+        out the one a router id names.
+        """
         if dialect is None:
             dialect = dialect_for_path(path)
         if dialect is None:
@@ -345,7 +364,33 @@ class Selector:
         call, implied = self.call_for(body, dialect)
         req = pinned(requirements if requirements is not None else self.requirements, implied)
         cid = call_id or new_call_id()
-        return call_flow(self, body, dialect, call, req, cid, max_wait), dialect, cid
+        return Started(call_flow(self, body, dialect, call, req, cid, max_wait), dialect, cid)
+
+    def run(self, started: Started, send: Callable[[Send], Reply]) -> CallResult:
+        """Carry out a `start`-ed call with a sync ``send`` (one attempt's request to its reply):
+        sleeps on the selector's clock, a hedge's race in threads, every other effect here.
+        Raises `NoFeasibleTier` or `BudgetExhausted` before any send; interrupted, it leaves
+        nothing reserved."""
+        try:
+            return run(started.flow, self._performer(send, self.clock.sleep))
+        except BaseException:
+            self._release_quietly(started.call_id)
+            raise
+
+    async def arun(self, started: Started, send: Callable[[Send], Awaitable[Reply]]) -> CallResult:
+        """The async twin of `run`: ``send`` is awaited, a hedge's race runs in tasks, and async
+        stores are awaited."""
+        try:
+            return await arun(started.flow, self._performer(send, self.clock.asleep))
+        except BaseException:
+            await self._arelease_quietly(started.call_id)
+            raise
+
+    def check_sync(self, what: str) -> None:
+        """Raise `TypeError` naming ``what`` if the signal store or the ledger is async (a sync
+        shell cannot await them)."""
+        self._sync_signals(what)
+        self._sync_ledger(what)
 
     def _headers(
         self, headers: Mapping[str, str] | None, step_headers: Mapping[str, str]
@@ -388,8 +433,10 @@ class Selector:
                 self._urls[full] = url
         return url
 
-    def _common(self, effect: Effect) -> Any:
-        """Effects that are the same in both shells (memory stores answer at once)."""
+    def perform(self, effect: Effect) -> Any:
+        """Carry out one effect of a call's flow that is the same in every shell: all but a send,
+        a sleep and a race (a store's answer, or an awaitable from an async store). A shell that
+        drives a flow itself (the replay harness, on virtual time) hands it the rest."""
         # Dispatch on the exact type: a flow yields several effects per call, and a chain of
         # isinstance tests costs microseconds each time.
         handler = _EFFECT_HANDLERS.get(type(effect))
@@ -454,16 +501,13 @@ class Selector:
         last ``httpx.Response``). Raises `NoFeasibleTier` or `BudgetExhausted` before any send
         when no plan is possible.
         """
-        self._sync_ledger("send")
-        self._sync_signals("send")
-        flow, _, cid = self._prepare(_sendable(body), requirements, path, call_id)
+        self.check_sync("send")
+        started = self.start(_sendable(body), requirements=requirements, path=path, call_id=call_id)
         send = self._sync_sender(transport)
-
-        perform = self._performer(
-            lambda e: _reply_sync(send, self._request(path, headers, e), self.clock),
-            self.clock.sleep,
+        clock = self.clock
+        return self.run(
+            started, lambda e: _reply_sync(send, self._request(path, headers, e), clock)
         )
-        return self._guarded(lambda: run(flow, perform), cid)
 
     async def asend(
         self,
@@ -476,18 +520,12 @@ class Selector:
         call_id: str | None = None,
     ) -> CallResult:
         """The async twin of `send`."""
-        flow, _, cid = self._prepare(_sendable(body), requirements, path, call_id)
+        started = self.start(_sendable(body), requirements=requirements, path=path, call_id=call_id)
         send = self._async_sender(transport)
-
-        perform = self._performer(
-            lambda e: _reply_async(send, self._request(path, headers, e), self.clock),
-            self.clock.asleep,
+        clock = self.clock
+        return await self.arun(
+            started, lambda e: _reply_async(send, self._request(path, headers, e), clock)
         )
-        try:
-            return await arun(flow, perform)
-        except BaseException:
-            await self._arelease_quietly(cid)
-            raise
 
     def _performer(
         self, send: Callable[[Send], Any], sleep: Callable[[float], Any]
@@ -496,7 +534,7 @@ class Selector:
         shell's own (sync, or returning awaitables: the shell is async when ``sleep`` is a
         coroutine function); a hedge's race runs on ``send``; every other effect is the
         selector's."""
-        common = self._common
+        common = self.perform
         clock = self.clock
         if inspect.iscoroutinefunction(sleep):
 
@@ -527,20 +565,13 @@ class Selector:
         """
         if not result.pending_stream:
             raise ValueError(f"call {result.call_id} has no pending stream to finish")
-        return run(stream_flow(self, result, end), self._common)
+        return run(stream_flow(self, result, end), self.perform)
 
     async def afinish_stream(self, result: CallResult, end: StreamEnd) -> CallResult:
         """The async twin of `finish_stream`, which also awaits async stores."""
         if not result.pending_stream:
             raise ValueError(f"call {result.call_id} has no pending stream to finish")
-        return await arun(stream_flow(self, result, end), self._common)
-
-    def _guarded(self, go: Callable[[], CallResult], call_id: str) -> CallResult:
-        try:
-            return go()
-        except BaseException:
-            self._release_quietly(call_id)
-            raise
+        return await arun(stream_flow(self, result, end), self.perform)
 
     def _release_quietly(self, call_id: str) -> None:
         # Interrupted mid-attempt (cancelled, KeyboardInterrupt): leave no budget reserved. A

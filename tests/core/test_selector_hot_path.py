@@ -77,7 +77,7 @@ def test_usage_ignores_booleans_and_negatives() -> None:
 def _effects(selector: Selector) -> list[type]:
     """Run one call on ``selector``; the types of the effects its flow yielded, in order."""
     seen: list[type] = []
-    flow, _, _ = selector._prepare(BODY, None, "/chat/completions", None)
+    flow = selector.start(BODY).flow
     clock = selector.clock
     assert isinstance(clock, FakeClock)
 
@@ -89,7 +89,7 @@ def _effects(selector: Selector) -> list[type]:
             return reply(Answer(response, json.dumps({"usage": USAGE}).encode()), 0.5)
         if isinstance(effect, Sleep):
             return clock.sleep(effect.seconds)
-        return selector._common(effect)
+        return selector.perform(effect)
 
     result = run(flow, perform)
     assert result.ok and result.usage is not None
@@ -116,6 +116,6 @@ def test_with_a_ledger_and_a_hook_the_flow_reads_both() -> None:
 def test_an_unknown_effect_is_refused() -> None:
     selector = Selector(clock=FakeClock(), api_key="")
     with pytest.raises(TypeError, match="unknown effect"):
-        selector._common(Sleep(1.0))  # type: ignore[arg-type]
+        selector.perform(Sleep(1.0))  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="needs a ledger"):
-        selector._common(Reserve("call-1", 0.01))
+        selector.perform(Reserve("call-1", 0.01))

@@ -394,7 +394,7 @@ class _Engine:
 
     def _resume(self, flight: _Flight, value: Any) -> None:
         flow = flight.flow
-        perform = self.selector._common
+        perform = self.selector.perform
         try:
             while True:
                 effect = flow.send(value)

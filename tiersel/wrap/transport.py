@@ -27,7 +27,7 @@ import threading
 from typing import Any
 
 from tiersel.dialects import Dialect
-from tiersel.dispatch import Reply, Send, arun, run
+from tiersel.dispatch import Reply, Send
 from tiersel.errors import TierselError
 from tiersel.selector import Selector
 from tiersel.wrap.exchange import (
@@ -94,17 +94,16 @@ class _Shell:
             route = exchange.route(request, flavour, *generation)
             if exchange.unrouted(route):
                 return None
-            flow, _, call_id = self.selector._prepare(
+            started = self.selector.start(
                 route.body,
-                route.requirements,
-                route.path,
-                None,
-                route.dialect,
-                lambda: longest_timeout(route.extensions),
+                requirements=route.requirements,
+                path=route.path,
+                dialect=route.dialect,
+                max_wait=lambda: longest_timeout(route.extensions),
             )
         except TierselError as exc:
             return exchange.refuse(request, flavour, generation[1], exc)
-        return route, flow, call_id
+        return route, started
 
     def _transports(self) -> list[Any]:
         given = [self._given] if self._given is not None else []
@@ -147,8 +146,7 @@ class TierTransport(_Shell, SyncTransportBase):
         refusals: str = "auto",
     ) -> None:
         super().__init__(selector, transport, on_call, refusals)
-        self.selector._sync_signals("TierTransport")
-        self.selector._sync_ledger("TierTransport")
+        self.selector.check_sync("TierTransport")
 
     def handle_request(self, request: Any) -> Any:
         flavour = flavour_of_request(request)
@@ -168,7 +166,7 @@ class TierTransport(_Shell, SyncTransportBase):
             return self._pass(request, flavour, inner, inner_flavour)
         if not isinstance(opened, tuple):
             return opened  # a refusal
-        route, flow, call_id = opened
+        route, started = opened
         sel = self.selector
         clock = sel.clock
 
@@ -186,14 +184,10 @@ class TierTransport(_Shell, SyncTransportBase):
             return reply(answer, clock.now() - started)
 
         try:
-            result = run(flow, sel._performer(send, clock.sleep))
-        except TierselError as exc:
-            sel._release_quietly(call_id)
-            exchange.refused(route, call_id, exc)
+            result = sel.run(started, send)
+        except TierselError as exc:  # (nothing is left reserved)
+            exchange.refused(route, started.call_id, exc)
             return exchange.refuse(request, flavour, route.dialect, exc)
-        except BaseException:
-            sel._release_quietly(call_id)
-            raise
         return exchange.respond(route, result, asynchronous=False)
 
     @staticmethod
@@ -245,7 +239,7 @@ class AsyncTierTransport(_Shell, AsyncTransportBase):
             return await self._pass(request, flavour, inner, inner_flavour)
         if not isinstance(opened, tuple):
             return opened  # a refusal
-        route, flow, call_id = opened
+        route, started = opened
         sel = self.selector
         clock = sel.clock
 
@@ -263,14 +257,10 @@ class AsyncTierTransport(_Shell, AsyncTransportBase):
             return reply(answer, clock.now() - started)
 
         try:
-            result = await arun(flow, sel._performer(send, clock.asleep))
-        except TierselError as exc:
-            await sel._arelease_quietly(call_id)
-            exchange.refused(route, call_id, exc)
+            result = await sel.arun(started, send)
+        except TierselError as exc:  # (nothing is left reserved)
+            exchange.refused(route, started.call_id, exc)
             return exchange.refuse(request, flavour, route.dialect, exc)
-        except BaseException:
-            await sel._arelease_quietly(call_id)
-            raise
         return exchange.respond(route, result, asynchronous=True)
 
     @staticmethod
