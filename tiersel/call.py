@@ -86,7 +86,8 @@ class Requirements(_Frozen):
       ``max_attempts``); the policy plans its schedule within them.
     - ``hedge``: allow a hedge (`tiersel.hedge`): when the first attempt has not answered after a
       delay, a second request to another tier races it, the loser cancelled. Chosen only where
-      it is cheaper than a ladder of attempts for the same reliability, and only with a deadline.
+      it is cheaper than a ladder of attempts for the same reliability, only with a deadline and
+      two attempts allowed, and never for a streamed call.
 
     A deadline shorter than `MIN_DEADLINE_S` is refused: no call can be served in it.
 

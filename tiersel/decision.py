@@ -86,7 +86,7 @@ _TEMPLATES: Mapping[str, str] = {
     ),
     "costlier": (
         "not needed: the chosen plan meets the requirements at an expected ${1:.6f}, less than"
-        " ${0:.6f} on this tier"
+        " ${0:.6f} for this one"
     ),
     "fixed": "chosen by policy {2}: expected ${0:.6f}, P(success) {1:.4f}",
 }

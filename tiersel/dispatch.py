@@ -42,7 +42,7 @@ from tiersel.signals import (
 if TYPE_CHECKING:
     from tiersel.selector import Selector
 
-__all__ = ["AttemptRecord", "CallResult", "Reply", "StreamEnd", "stream_flow"]
+__all__ = ["AttemptRecord", "CallResult", "Reply", "StreamEnd", "classify_reply", "stream_flow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +175,10 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Race:
-    """Send ``first``; if it has not answered ``after_s`` seconds later (or as soon as it fails),
-    send ``second`` too. The first success wins, the other is cancelled: a hedge
-    (`tiersel.hedge`). Answered with a `Raced`."""
+    """Send ``first``; if it has not answered ``after_s`` seconds later (or as soon as it fails
+    with an error worth another attempt), send ``second`` too. The first success wins, the other
+    is cancelled: a hedge (`tiersel.hedge`). ``second.timeout_s`` is the time left when the race
+    starts: the shell sends it with what is left when it goes. Answered with a `Raced`."""
 
     first: Send
     second: Send
@@ -293,6 +294,10 @@ def call_flow(
     most = requirements.max_attempts or sel.max_attempts
     if requirements.max_attempts is None and most != getattr(sel.policy, "max_attempts", most):
         requirements = requirements.model_copy(update={"max_attempts": most})
+    if requirements.hedge and body.get("stream") is True:
+        # A stream answers with its first token, which says nothing of when it ends: a race
+        # settled then would not protect the deadline the hedge is priced for.
+        requirements = requirements.model_copy(update={"hedge": False})
     start = now = yield Now()
     prog = _Progress(cap)
     following: _Following | None = None
@@ -415,7 +420,7 @@ def call_flow(
         # The attempt's latency is only reported to an on_attempt hook.
         after = (yield Now()) if sel.on_attempt is not None else now
         key = _key_of(keys, step.tier)
-        verdict = _classify(reply)
+        verdict = classify_reply(reply)
         if reply.streaming and verdict.outcome is Outcome.ok:
             # The stream's wrapper records, charges and notifies once the stream ends.
             return CallResult(
@@ -540,8 +545,7 @@ def _race(
     second_body = apply_step(body, racer)
     if cap is not None:
         second_body["max_tokens"] = cap
-    left = deadline - hedge_s if deadline is not None else None
-    second = Send(racer, second_body, racer.headers, left)
+    second = Send(racer, second_body, racer.headers, deadline)  # (less the time until it goes)
     raced: Raced = yield Race(first, second, hedge_s)
     prog.attempts += 2 if raced.other_sent else 1
     steps = (first.step, racer)
@@ -550,7 +554,7 @@ def _race(
         prog.decisions.append(decision)
         prog.steps.append(lost)  # the loser first: a call's last step is the one that answered
     if raced.other is not None:
-        verdict = _classify(raced.other)
+        verdict = classify_reply(raced.other)
         yield Record(
             _key_of(keys, lost.tier),
             Observation(verdict.outcome, retry_after_s=verdict.retry_after_s),
@@ -759,7 +763,8 @@ def stream_flow(sel: Selector, result: CallResult, end: StreamEnd) -> Flow:
     )
 
 
-def _classify(reply: Reply) -> Classified:
+def classify_reply(reply: Reply) -> Classified:
+    """What one attempt's reply means: its outcome for the signals, and whether to try again."""
     if reply.timed_out:
         return Classified(Outcome.timeout, True, None, False, "timed out")
     if reply.error is not None:

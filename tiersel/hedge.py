@@ -150,7 +150,7 @@ def price_hedge(a: Candidate, b: Candidate, h: float, deadline: float) -> Schedu
         a.worst + b.worst,
         late / weight,
         f"{a.tier}~{b.tier}",
-        h,
+        t_race - start,
     )
 
 
@@ -171,8 +171,10 @@ def cheapest_hedge(
         if max_ttft is not None and a.wait + a.ttft > max_ttft:
             continue
         for b in cands:
-            if b.expected <= a.expected:
-                continue  # the hedge climbs: a dearer tier backs up a cheaper one
+            if b.expected <= a.expected or b.wait > 0.0:
+                # The hedge climbs: a dearer tier backs up a cheaper one, and one that may be
+                # sent at any moment (not a tier cooling down).
+                continue
             if worst_limit is not None and a.worst + b.worst > worst_limit:
                 continue
             for k in DELAYS:

@@ -362,7 +362,7 @@ class CheapestFeasible:
             if cands
             else None
         )
-        if requirements.hedge and deadline is not None and cands:
+        if requirements.hedge and deadline is not None and attempts >= 2 and cands:
             ladder = found is not None and (
                 spendable is None or found.expected_cost <= spendable * _SAME
             )

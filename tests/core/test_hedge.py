@@ -189,6 +189,7 @@ class Upstream:
         self.sent: list[str] = []
         self.cancelled: list[str] = []
         self.finished: list[str] = []
+        self.timeouts: dict[str, float] = {}
         self.lock = threading.Lock()
 
     def _answer(self, tier: str) -> httpx.Response:
@@ -197,23 +198,31 @@ class Upstream:
             return httpx.Response(503, json={"error": {"message": "overloaded"}})
         if what == "error":
             return httpx.Response(500, json={"error": {"message": "boom"}})
+        if what == "bad":
+            return httpx.Response(400, json={"error": {"message": "bad request"}})
+        if what == "raise":
+            raise RuntimeError("a bug in the transport")
         return _ok()
 
-    def sync(self, request: httpx.Request) -> httpx.Response:
+    def _seen(self, request: httpx.Request) -> str:
         tier = _tier(json.loads(request.content))
         with self.lock:
             self.sent.append(tier)
-        if self.behaviour[tier] == "slow":
+            self.timeouts[tier] = request.extensions["timeout"]["read"]
+        return tier
+
+    def sync(self, request: httpx.Request) -> httpx.Response:
+        tier = self._seen(request)
+        if self.behaviour[tier] in ("slow", "raise"):
             time.sleep(SLOW_S)
         with self.lock:
             self.finished.append(tier)
         return self._answer(tier)
 
     async def asynchronous(self, request: httpx.Request) -> httpx.Response:
-        tier = _tier(json.loads(request.content))
-        self.sent.append(tier)
+        tier = self._seen(request)
         try:
-            if self.behaviour[tier] == "slow":
+            if self.behaviour[tier] in ("slow", "raise"):
                 await asyncio.sleep(SLOW_S)
         except asyncio.CancelledError:
             self.cancelled.append(tier)
@@ -322,3 +331,90 @@ async def test_when_both_fail_nothing_is_charged_or_left_reserved(asynchronous: 
     assert not r.ok and r.attempts == 2 and r.cost_usd == 0.0
     state = ledger.state(0.0)
     assert state.spent_usd == 0.0 and state.reserved_usd == 0.0
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_after_a_fast_failure_the_second_gets_the_time_left_not_the_hedges(
+    asynchronous: bool,
+) -> None:
+    up, ledger = Upstream(standard="shed"), Reservations(1.0)
+    sel = _selector(up, ledger, after_s=5.0)
+    r = await _send(sel, Requirements(deadline_s=30), asynchronous)
+    assert r.ok and r.tried == ("standard", "fast")
+    assert up.timeouts["fast"] > 25.0  # about 30 s, not 30 - 5
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_an_error_not_worth_retrying_ends_the_race_without_a_second_request(
+    asynchronous: bool,
+) -> None:
+    up, ledger = Upstream(standard="bad"), Reservations(1.0)
+    sel = _selector(up, ledger, after_s=5.0)
+    r = await _send(sel, Requirements(deadline_s=30), asynchronous)
+    assert not r.ok and up.sent == ["standard"] and r.attempts == 1
+    assert ledger.state(0.0).spent_usd == 0.0 and ledger.state(0.0).reserved_usd == 0.0
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_a_racer_whose_send_raises_is_a_failed_attempt_and_the_other_still_counts(
+    asynchronous: bool,
+) -> None:
+    # Standard's send raises after the hedge went out: fast wins, and is charged.
+    up, ledger = Upstream(standard="raise"), Reservations(1.0)
+    sel = _selector(up, ledger)
+    r = await _send(sel, Requirements(deadline_s=30), asynchronous)
+    assert r.ok and r.tier == "fast"
+    state = ledger.state(0.0)
+    assert state.reserved_usd == 0.0 and state.spent_usd == pytest.approx(r.cost_usd)
+    assert r.cost_usd >= _cost("fast", OUTPUT)
+
+
+def test_a_sync_race_leaves_no_thread_behind() -> None:
+    up, ledger = Upstream(standard="ok"), Reservations(1.0)
+    sel = _selector(up, ledger, after_s=30.0)
+    before = threading.active_count()
+    for _ in range(5):
+        assert sel.send(BODY, requirements=Requirements(deadline_s=60)).ok
+    for _ in range(100):  # the timers notice the race is over within a quarter second
+        if threading.active_count() <= before:
+            break
+        time.sleep(0.02)
+    assert threading.active_count() <= before
+
+
+def test_a_streamed_call_is_never_hedged() -> None:
+    # Its first token says nothing of when it ends: the policy is asked with hedge off.
+    seen: list[bool] = []
+    policy = tiersel.CheapestFeasible()
+
+    def watching(call: Call, req: Requirements, *rest: Any) -> Decision:
+        seen.append(req.hedge)
+        return policy(call, req, *rest)
+
+    sel = Selector(api_key="", policy=watching, clock=tiersel.FakeClock())
+    tight = Requirements(deadline_s=3, reliability=0.999, hedge=True)
+    for stream in (False, True):
+        body = {**BODY, "max_tokens": 30, "stream": stream}
+        flow = sel.start(body, requirements=tight).flow
+        effect = flow.send(None)
+        while not isinstance(effect, tiersel.dispatch.Send | tiersel.dispatch.Race):
+            effect = flow.send(sel.perform(effect))
+        flow.close()
+    assert seen == [True, False]
+
+
+def test_no_hedge_with_one_attempt_or_onto_a_tier_cooling_down() -> None:
+    sel = Selector(api_key="", clock=tiersel.FakeClock())
+    call = Call(model="kimi-k3", input_tokens=200, max_output_tokens=30)
+    tight = Requirements(deadline_s=3, reliability=0.999, hedge=True)
+    assert sel.decide(call, tight).label == "standard~fast"
+    one = tight.model_copy(update={"max_attempts": 1, "best_effort": True})
+    assert "~" not in sel.decide(call, one).label
+    # Fast asked for a pause: no hedge leans on it, and a hedge's delay is its second start.
+    key = tiersel.SignalKey("fireworks", "kimi-k3", "fast")
+    limited = tiersel.Observation(tiersel.Outcome.rate_limited, retry_after_s=40.0)
+    sel.signals.record(key, limited, 0.0)
+    d = sel.decide(call, tight.model_copy(update={"deadline_s": 60}))
+    assert not (d.plan[-1].hedge_s is not None and d.plan[-1].tier == "fast")
+    if d.plan[-1].hedge_s is not None:
+        assert d.plan[-1].hedge_s == pytest.approx(d.plan[1].start_s - d.plan[0].start_s)
