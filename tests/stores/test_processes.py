@@ -186,7 +186,7 @@ def test_four_workers_with_64_in_flight_share_one_budget_under_peak(
             workers = [
                 batch_worker(
                     tmp_path / "in.jsonl", tmp_path / "out.jsonl", i, store, peak_sim, budget,
-                    deadline=30,
+                    deadline=12,
                 )
                 for i in range(1, SHARDS + 1)
             ]  # fmt: skip

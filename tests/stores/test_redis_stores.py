@@ -55,7 +55,18 @@ def command_calls(client: redis.Redis) -> dict[str, int]:
     return {name: int(v["calls"]) for name, v in stats.items()}
 
 
-def test_each_budget_operation_is_one_round_trip(redis_url: str, prefix: str) -> None:
+def test_each_budget_operation_is_one_round_trip(tmp_path: Path, prefix: str) -> None:
+    # A server of its own: its command counts must see this test's commands alone (the suite
+    # runs tests in parallel).
+    server, redis_url = start_redis(tmp_path)
+    try:
+        _one_round_trip_each(redis_url, prefix)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _one_round_trip_each(redis_url: str, prefix: str) -> None:
     ledger = open_ledger(f"{redis_url}?prefix={prefix}", limit_usd=1.0)
     assert isinstance(ledger, RedisLedger)
     ledger.state(0.0)  # loads the scripts once

@@ -58,8 +58,9 @@ async def test_async_hedges_race_and_cancel_their_losers(
         served = await asyncio.gather(*(one(i) for i in range(24)))
     records = recorder.records
     assert len(records) == 24 and all(r.ok for r in records)
-    raced = [r for r in records if len(r.tried) == 2]
-    assert all(r.decisions[0].label == "standard~fast" for r in records)
+    # Planned on the priors as a hedge (later plans follow what the signals then saw).
+    assert records[0].decisions[0].label == "standard~fast"
+    raced = [r for r in records if "~" in r.decisions[0].label and len(r.tried) == 2]
     assert raced  # standard had not answered when fast went out
     assert {r.tried for r in raced} <= {("standard", "fast"), ("fast", "standard")}
     assert sorted(served) == sorted(str(r.tier) for r in records)  # x-tiersel-tier follows
@@ -86,8 +87,8 @@ def test_sync_hedges_race_and_charge_the_uncancelled_loser_its_worst_case(
                 )
     records = recorder.records
     assert len(records) == 12 and all(r.ok for r in records)
-    assert all(r.decisions[0].label == "standard~fast" for r in records)
-    raced = [r for r in records if len(r.tried) == 2]
+    assert records[0].decisions[0].label == "standard~fast"  # on the priors
+    raced = [r for r in records if "~" in r.decisions[0].label and len(r.tried) == 2]
     assert raced
     for r in raced:
         lost = r.steps[0]
