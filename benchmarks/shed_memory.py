@@ -15,7 +15,7 @@ import argparse
 import bisect
 
 from tiersel.replay.harness import compare
-from tiersel.replay.traces import load_trace
+from tiersel.replay.sources import load_trace
 
 WINDOWS = ((0.0, 2.0), (2.0, 8.0), (8.0, 32.0), (32.0, 64.0))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tiersel.call import BudgetState, Call, Requirements
 from tiersel.cost import charge
@@ -27,22 +27,53 @@ from tiersel.dialects import (
     read_usage,
 )
 from tiersel.errors import BudgetExhausted, NoFeasibleTier, RequestNotUnderstood
-from tiersel.pricing import ModelPrices
+from tiersel.pricing import ModelPrices, Pricing
 from tiersel.schedule import MAX_BACKOFF_S
 from tiersel.signals import (
     CircuitState,
     Observation,
     Outcome,
+    SignalConfig,
     SignalKey,
     TierHealth,
     TierStats,
     circuit_state,
 )
 
-if TYPE_CHECKING:
-    from tiersel.selector import Selector
+__all__ = [
+    "AttemptRecord",
+    "CallResult",
+    "FlowHost",
+    "Reply",
+    "StreamEnd",
+    "classify_reply",
+    "stream_flow",
+]
 
-__all__ = ["AttemptRecord", "CallResult", "Reply", "StreamEnd", "classify_reply", "stream_flow"]
+
+class FlowHost(Protocol):
+    """What a call's flow reads from whoever runs it (a `tiersel.Selector`): settings, the price
+    table, the policy and the signals' reading. The flow does no I/O: stores, clock and sends
+    are the shell's, reached through the effects it yields."""
+
+    pricing: Pricing
+    policy: Callable[..., Decision]
+    signal_config: SignalConfig
+    endpoint: str
+    max_attempts: int
+    backoff_s: float
+    unbounded_output: str
+    budget_wait_s: float
+    on_attempt: Callable[[AttemptRecord], None] | None
+
+    @property
+    def ledger_enabled(self) -> bool: ...
+
+    def signal_keys(self, model: str) -> tuple[SignalKey, ...]: ...
+
+    def assess(
+        self, key: SignalKey, stats: TierStats, now: float, *, probing: bool = False
+    ) -> TierHealth: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +297,7 @@ class _Following:
 
 
 def call_flow(
-    sel: Selector,
+    sel: FlowHost,
     body: Mapping[str, Any],
     dialect: Dialect,
     call: Call,
@@ -524,7 +555,7 @@ def _racer(decision: Decision, index: int) -> Step | None:
 
 
 def _race(
-    sel: Selector,
+    sel: FlowHost,
     decision: Decision,
     first: Send,
     racer: Step,
@@ -586,7 +617,7 @@ def _key_of(keys: tuple[SignalKey, ...], tier: str) -> SignalKey:
     raise KeyError(tier)
 
 
-def _output_cap(sel: Selector, body: Mapping[str, Any], dialect: Dialect, call: Call) -> int | None:
+def _output_cap(sel: FlowHost, body: Mapping[str, Any], dialect: Dialect, call: Call) -> int | None:
     """The ``max_tokens`` to put in a body that states no output cap, or None to send it as it is.
 
     Under a budget, a reservation bounds a call's cost only if its output is bounded, so a body
@@ -636,7 +667,7 @@ _FIRST_POLL_S = 0.05
 
 
 def _money_wait(
-    sel: Selector,
+    sel: FlowHost,
     need: float,
     budget: BudgetState,
     req: Requirements,
@@ -699,7 +730,7 @@ class StreamEnd:
     usage_estimated: bool = False
 
 
-def stream_flow(sel: Selector, result: CallResult, end: StreamEnd) -> Flow:
+def stream_flow(sel: FlowHost, result: CallResult, end: StreamEnd) -> Flow:
     """Complete a call whose reply was a stream (``result.pending_stream``), once it has ended.
 
     Records the stream's timings into the signals, charges the usage that arrived (the worst case

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tiersel.replay.sources import load_trace
 from tiersel.replay.traces import (
     SHIPPED_TRACES,
     TraceError,
-    load_trace,
     parse_trace,
     shipped_trace,
 )

@@ -16,7 +16,8 @@ from tiersel.replay.capacity import DEFAULT_TENANT_SHARE
 from tiersel.replay.harness import DEFAULT_MODEL, DEFAULT_SCENARIO, Comparison, compare
 from tiersel.replay.metrics import PolicyMetrics
 from tiersel.replay.mix import DEFAULT_MIX, Mix, parse_mix
-from tiersel.replay.traces import GENERATED_TRACES, SHIPPED_TRACES, load_trace
+from tiersel.replay.sources import GENERATED_TRACES, load_trace
+from tiersel.replay.traces import SHIPPED_TRACES
 
 
 def add_parser(subs: Any, help: str) -> None:

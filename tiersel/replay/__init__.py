@@ -35,12 +35,12 @@ from tiersel.replay.metrics import (
     timeline,
 )
 from tiersel.replay.mix import DEFAULT_MIX, PRESETS, Mix, MixError, RequirementClass, parse_mix
+from tiersel.replay.sources import load_trace
 from tiersel.replay.traces import (
     SHIPPED_TRACES,
     Trace,
     TraceError,
     TraceRequest,
-    load_trace,
     parse_trace,
     shipped_trace,
 )

@@ -20,26 +20,22 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from tiersel.errors import TierselError
 
 __all__ = [
-    "GENERATED_TRACES",
     "SHIPPED_TRACES",
     "Trace",
     "TraceError",
     "TraceRequest",
-    "load_trace",
     "parse_trace",
     "shipped_trace",
 ]
 
 SHIPPED_TRACES = {"azure-code": "azure2023_code.csv", "azure-conv": "azure2023_conv.csv"}
-"""Trace names `load_trace` accepts besides file paths, and the packaged files they name."""
-GENERATED_TRACES = ("synth-multiturn",)
-"""Trace names `load_trace` generates (seed 0): `tiersel.replay.synth.multiturn`."""
+"""Trace names `tiersel.replay.sources.load_trace` accepts besides file paths, and the packaged
+files they name."""
 
 _AZURE_HEADER = ("timestamp", "contexttokens", "generatedtokens")
 _PLAIN_HEADER = ("timestamp_s", "input_tokens", "output_tokens")
@@ -127,29 +123,6 @@ def shipped_trace(name: str) -> Trace:
         .read_text(encoding="utf-8")
     )
     return parse_trace(text, name=name)
-
-
-def load_trace(source: str | Path) -> Trace:
-    """Read a trace from a CSV file, or a shipped trace by name (``azure-code``, ``azure-conv``),
-    or generate one (``synth-multiturn``)."""
-    if isinstance(source, str) and source in SHIPPED_TRACES:
-        return shipped_trace(source)
-    if source == "synth-multiturn":
-        from tiersel.replay.synth import multiturn
-
-        return multiturn()
-    path = Path(source)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise TraceError(str(source), None, "no such file") from None
-    except IsADirectoryError:
-        raise TraceError(str(source), None, "is a directory, not a CSV file") from None
-    except UnicodeDecodeError as exc:
-        raise TraceError(str(source), None, f"not UTF-8 text ({exc.reason})") from None
-    except OSError as exc:
-        raise TraceError(str(source), None, exc.strerror or str(exc)) from None
-    return parse_trace(text, name=path.stem, source=str(source))
 
 
 def parse_trace(text: str, *, name: str = "trace", source: str | None = None) -> Trace:

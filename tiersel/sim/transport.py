@@ -92,7 +92,8 @@ class SimShell:
     # The transports of both libraries answer through these: ``lib`` is the ``httpx`` or
     # ``httpx2`` module, ``stream`` that library's byte stream over the chunks.
 
-    def _sync_response(self, lib: Any, stream: Any, request: Any, body: bytes) -> Any:
+    def respond_sync(self, lib: Any, stream: Any, request: Any, body: bytes) -> Any:
+        """Answer ``request`` (its ``body`` read), waiting on the clock until it is due."""
         rendered, start = self._answer(request.method, request.url.path, request.headers, body)
         self.clock.sleep(self._delay(start, rendered.at_s))
         if rendered.streamed:
@@ -101,7 +102,8 @@ class SimShell:
             )
         return self._response(lib, request, rendered, None)
 
-    async def _async_response(self, lib: Any, stream: Any, request: Any, body: bytes) -> Any:
+    async def respond_async(self, lib: Any, stream: Any, request: Any, body: bytes) -> Any:
+        """The async twin of `respond_sync`."""
         rendered, start = self._answer(request.method, request.url.path, request.headers, body)
         await self.clock.asleep(self._delay(start, rendered.at_s))
         if rendered.streamed:
@@ -165,7 +167,7 @@ class SimTransport(SimShell, httpx.BaseTransport):
     """
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response: httpx.Response = self._sync_response(httpx, _SyncStream, request, request.read())
+        response: httpx.Response = self.respond_sync(httpx, _SyncStream, request, request.read())
         return response
 
 
@@ -174,5 +176,5 @@ class AsyncSimTransport(SimShell, httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
-        response: httpx.Response = await self._async_response(httpx, _AsyncStream, request, body)
+        response: httpx.Response = await self.respond_async(httpx, _AsyncStream, request, body)
         return response

@@ -33,9 +33,7 @@ class SimTransport2(SimShell, httpx2.BaseTransport):
     """A sync httpx2 transport answering from the simulated provider (see `SimTransport`)."""
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        response: httpx2.Response = self._sync_response(
-            httpx2, _SyncStream, request, request.read()
-        )
+        response: httpx2.Response = self.respond_sync(httpx2, _SyncStream, request, request.read())
         return response
 
 
@@ -44,5 +42,5 @@ class AsyncSimTransport2(SimShell, httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         body = await request.aread()
-        response: httpx2.Response = await self._async_response(httpx2, _AsyncStream, request, body)
+        response: httpx2.Response = await self.respond_async(httpx2, _AsyncStream, request, body)
         return response
