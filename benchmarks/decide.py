@@ -27,7 +27,8 @@ import warnings
 from collections.abc import Callable
 
 import tiersel
-from tiersel import Call, FakeClock, Observation, Outcome, Requirements, Selector
+from tiersel import Call, FakeClock, Requirements, Selector
+from tiersel.signals import Observation, Outcome
 
 
 def live_selector(clock: FakeClock) -> Selector:

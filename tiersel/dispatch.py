@@ -9,7 +9,6 @@ way httpx drives its auth flows.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -92,6 +91,9 @@ class Reply:
     timed_out: bool = False
     error: str | None = None
     raw: Any = None
+    wall_s: float | None = None
+    """When an error reply arrived, in Unix seconds (the shell reads the wall clock): dates a
+    Retry-After given as an HTTP date when the response has no Date header. None: not known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -800,9 +802,7 @@ def classify_reply(reply: Reply) -> Classified:
         return Classified(Outcome.timeout, True, None, False, "timed out")
     if reply.error is not None:
         return Classified(Outcome.error, True, None, False, reply.error)
-    # Only an error's Retry-After may need the wall time (an HTTP date).
-    wall = None if 200 <= reply.status < 300 else time.time()
-    return classify(reply.status, reply.headers, reply.payload, wall_now=wall)
+    return classify(reply.status, reply.headers, reply.payload, wall_now=reply.wall_s)
 
 
 def _tps(usage: Usage | None, elapsed: float, ttft: float | None) -> float | None:

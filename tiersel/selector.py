@@ -8,6 +8,7 @@ import json
 import math
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
@@ -771,12 +772,14 @@ def _reply_sync(
         return Reply(0, {}, None, clock.now() - started, timed_out=True, error="timed out")
     except httpx.TransportError as exc:
         return Reply(0, {}, None, clock.now() - started, error=f"{type(exc).__name__}")
+    status = response.status_code
     return Reply(
-        response.status_code,
+        status,
         _lower(response.headers),
         parse_json(content),
         clock.now() - started,
         raw=response,
+        wall_s=time.time() if status >= 400 else None,  # dates a Retry-After (an HTTP date)
     )
 
 
@@ -793,12 +796,14 @@ async def _reply_async(
         return Reply(0, {}, None, clock.now() - started, timed_out=True, error="timed out")
     except httpx.TransportError as exc:
         return Reply(0, {}, None, clock.now() - started, error=f"{type(exc).__name__}")
+    status = response.status_code
     return Reply(
-        response.status_code,
+        status,
         _lower(response.headers),
         parse_json(content),
         clock.now() - started,
         raw=response,
+        wall_s=time.time() if status >= 400 else None,  # dates a Retry-After (an HTTP date)
     )
 
 

@@ -14,7 +14,9 @@ import openai
 import pytest
 
 import tiersel
+from tiersel.call import BudgetState
 from tiersel.clock import FakeClock
+from tiersel.dialects import Dialect
 from tiersel.sim import AsyncSimTransport, load_scenario
 from tiersel.virtual_time import run_virtual
 from tiersel.wrap import AsyncTierTransport
@@ -54,7 +56,7 @@ def selector(clock: FakeClock, budget: float, hold_s: float, **kw: Any) -> tiers
 
 def worst(sel: tiersel.Selector) -> float:
     """The worst case of one `BODY` on standard, as the selector reserves it."""
-    call = sel.call_for(BODY, tiersel.Dialect.openai)[0]
+    call = sel.call_for(BODY, Dialect.openai)[0]
     return sel.decide(call, tiersel.Requirements(tiers=("standard",))).plan[0].worst_cost_usd
 
 
@@ -123,7 +125,7 @@ def test_sixty_calls_with_no_max_tokens_share_five_cents(tmp_path: Path) -> None
     (tmp_path / "short.yaml").write_text("description: short answers\nanswer_tokens: 200\n")
     scenario = load_scenario(str(tmp_path / "short.yaml"))
 
-    def run(**kw: Any) -> tuple[int, tiersel.BudgetState, set[str]]:
+    def run(**kw: Any) -> tuple[int, BudgetState, set[str]]:
         clock = FakeClock()
         sim = AsyncSimTransport(scenario=scenario, clock=clock)
         ledger = tiersel.MemoryLedger(0.05)

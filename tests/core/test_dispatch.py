@@ -11,6 +11,8 @@ import pytest
 
 import tiersel
 from tiersel import FakeClock, MemoryLedger, Requirements, Selector
+from tiersel.dialects import Usage
+from tiersel.signals import Outcome, SignalKey
 
 BODY = {
     "model": "accounts/fireworks/models/kimi-k3",
@@ -92,8 +94,8 @@ def test_a_shed_escalates_within_the_deadline_and_the_cost_is_the_served_tiers()
     assert r.cost_usd == pytest.approx(expected)
     state = ledger.state(0.0)
     assert state.spent_usd == pytest.approx(expected) and state.reserved_usd == 0.0
-    shed = tiersel.Outcome.shed
-    assert [x.outcome for x in records] == [shed] * (r.attempts - 1) + [tiersel.Outcome.ok]
+    shed = Outcome.shed
+    assert [x.outcome for x in records] == [shed] * (r.attempts - 1) + [Outcome.ok]
     assert isinstance(r.response, httpx.Response) and r.response.status_code == 200
 
 
@@ -209,7 +211,7 @@ def test_transport_errors_and_timeouts_are_retried_and_recorded() -> None:
     sel = Selector(clock=FakeClock(), transport=httpx.MockTransport(flaky), api_key="")
     r = sel.send(BODY)
     assert r.ok and r.attempts == 3
-    stats = sel.signals.stats(tiersel.SignalKey("fireworks", "kimi-k3", r.tier), 0.0)
+    stats = sel.signals.stats(SignalKey("fireworks", "kimi-k3", r.tier), 0.0)
     assert stats.error + stats.timeout + stats.ok >= 1
 
 
@@ -224,7 +226,7 @@ def test_a_reply_read_whole_records_its_output_rate_after_the_expected_first_tok
         return ok(completion=80)
 
     sel = Selector(clock=clock, transport=httpx.MockTransport(slow), api_key="")
-    key = tiersel.SignalKey("fireworks", "kimi-k3", "standard")
+    key = SignalKey("fireworks", "kimi-k3", "standard")
     ttft = sel.health("kimi-k3", clock.now())["standard"].ttft_s
     r = sel.send(BODY, requirements=Requirements(tiers=("standard",)))
     assert r.ok
@@ -290,7 +292,7 @@ def test_anthropic_usage_is_read() -> None:
     }
     up = Upstream(lambda body: httpx.Response(200, json=msg))
     r = selector(up).send(ANTHROPIC_BODY, path="/messages")
-    assert r.ok and r.usage == tiersel.Usage(80, 30, 20, "standard")
+    assert r.ok and r.usage == Usage(80, 30, 20, "standard")
 
 
 def test_budget_exhausted_before_any_send() -> None:

@@ -22,7 +22,7 @@ from tiersel import Call, Decision, MemoryLedger, Requirements, Selector, Step
 from tiersel.cost import tier_cost
 from tiersel.hedge import HEDGE_SAVING, price_hedge
 from tiersel.schedule import Candidate, price
-from tiersel.signals import CircuitState, TierHealth
+from tiersel.signals import CircuitState, Observation, Outcome, SignalKey, TierHealth
 
 PRICES = tiersel.load_pricing().model("kimi-k3")
 BODY = {
@@ -318,7 +318,7 @@ async def test_a_shed_sends_the_second_at_once_and_is_not_billed(asynchronous: b
     assert r.ok and r.tier == "fast" and r.tried == ("standard", "fast")
     assert r.cost_usd == pytest.approx(_cost("fast", OUTPUT))
     assert ledger.state(0.0).spent_usd == pytest.approx(r.cost_usd)
-    key = tiersel.SignalKey("fireworks", "kimi-k3", "standard")
+    key = SignalKey("fireworks", "kimi-k3", "standard")
     assert sel.signals.stats(key, sel.clock.now()).shed == 1
 
 
@@ -411,8 +411,8 @@ def test_no_hedge_with_one_attempt_or_onto_a_tier_cooling_down() -> None:
     one = tight.model_copy(update={"max_attempts": 1, "best_effort": True})
     assert "~" not in sel.decide(call, one).label
     # Fast asked for a pause: no hedge leans on it, and a hedge's delay is its second start.
-    key = tiersel.SignalKey("fireworks", "kimi-k3", "fast")
-    limited = tiersel.Observation(tiersel.Outcome.rate_limited, retry_after_s=40.0)
+    key = SignalKey("fireworks", "kimi-k3", "fast")
+    limited = Observation(Outcome.rate_limited, retry_after_s=40.0)
     sel.signals.record(key, limited, 0.0)
     d = sel.decide(call, tight.model_copy(update={"deadline_s": 60}))
     assert not (d.plan[-1].hedge_s is not None and d.plan[-1].tier == "fast")

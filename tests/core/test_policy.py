@@ -7,8 +7,11 @@ import dataclasses
 import pytest
 
 import tiersel
-from tiersel import Call, CheapestFeasible, NoFeasibleTier, Requirements, Verdict
+from tiersel import Call, CheapestFeasible, NoFeasibleTier, Requirements
+from tiersel.call import BudgetState
+from tiersel.decision import Verdict
 from tiersel.signals import CircuitState, TierHealth
+from tiersel.tiers import Tier
 
 PRICING = tiersel.load_pricing()
 KIMI = PRICING.model("kimi-k3")
@@ -47,7 +50,7 @@ def decide(
 
 def test_no_requirements_means_the_cheapest_tier() -> None:
     d = decide(Requirements())
-    assert d.tier == tiersel.Tier.standard and d.service_tier is None
+    assert d.tier == Tier.standard and d.service_tier is None
     assert d.model == "accounts/fireworks/models/kimi-k3"
     chosen = [r for r in d.reasons if r.verdict is Verdict.chosen]
     # Every attempt on standard: the cheapest, and more attempts cost nothing more.
@@ -89,7 +92,7 @@ def test_cost_cap_and_budget_reject_with_reasons() -> None:
     with pytest.raises(NoFeasibleTier) as info:
         decide(Requirements(max_cost_usd=std_cost / 2))
     assert {r.code for r in info.value.reasons} - {"opt_in"} == {"cost_cap"}
-    budget = tiersel.BudgetState(limit_usd=std_cost * 1.1)
+    budget = BudgetState(limit_usd=std_cost * 1.1)
     d = CheapestFeasible()(
         CALL, Requirements(min_output_tps=100, best_effort=True), budget, KIMI, CALM, 0.0
     )
@@ -152,10 +155,10 @@ def test_best_effort_takes_the_likeliest() -> None:
 def test_pacing_keeps_money_for_the_calls_to_come() -> None:
     std = decide(Requirements()).estimated_cost_usd
     fast = decide(Requirements(min_output_tps=100)).estimated_cost_usd
-    roomy = tiersel.BudgetState(limit_usd=std * 9 + fast, remaining_calls=10)
+    roomy = BudgetState(limit_usd=std * 9 + fast, remaining_calls=10)
     d = CheapestFeasible(pacing=1.0)(CALL, Requirements(min_output_tps=100), roomy, KIMI, CALM, 0.0)
     assert d.tier == "fast"  # the other nine can still be served on standard
-    tight = tiersel.BudgetState(limit_usd=std * 10, remaining_calls=10)
+    tight = BudgetState(limit_usd=std * 10, remaining_calls=10)
     with pytest.raises(NoFeasibleTier) as info:
         CheapestFeasible(pacing=1.0)(CALL, Requirements(min_output_tps=100), tight, KIMI, CALM, 0.0)
     assert any(r.code == "pacing" and r.plan.startswith("fast") for r in info.value.reasons)

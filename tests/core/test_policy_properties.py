@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 import tiersel
 from tiersel import Call, CheapestFeasible, NoFeasibleTier, Requirements
+from tiersel.call import BudgetState
 from tiersel.dialects import apply_step
+from tiersel.pricing import ModelPrices
 from tiersel.signals import CircuitState, TierHealth
 
 PRICING = tiersel.load_pricing()
@@ -20,9 +22,7 @@ MODELS = (
 )
 POLICY = CheapestFeasible()
 
-Drawn = tuple[
-    Call, Requirements, tiersel.ModelPrices, dict[str, TierHealth], tiersel.BudgetState | None
-]
+Drawn = tuple[Call, Requirements, ModelPrices, dict[str, TierHealth], BudgetState | None]
 
 healths = st.builds(
     TierHealth,
@@ -66,7 +66,7 @@ def scenarios(draw: st.DrawFn) -> Drawn:
         best_effort=draw(st.booleans()),
     )
     signals = {t: draw(healths) for t in prices.tiers}
-    budget = draw(st.none() | st.builds(tiersel.BudgetState, limit_usd=st.floats(0.0, 5.0)))
+    budget = draw(st.none() | st.builds(BudgetState, limit_usd=st.floats(0.0, 5.0)))
     return call, req, prices, signals, budget
 
 

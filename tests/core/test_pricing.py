@@ -21,6 +21,7 @@ import yaml
 import tiersel
 from tiersel import PricingError, UnknownModel, load_pricing
 from tiersel.errors import RetiredTier
+from tiersel.pricing import Pricing
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +31,7 @@ KEY = "fireworks_ai/"  # LiteLLM's provider prefix
 
 
 @pytest.fixture(scope="module")
-def pricing() -> tiersel.Pricing:
+def pricing() -> Pricing:
     return load_pricing()
 
 
@@ -64,7 +65,7 @@ def test_a_rebuild_from_the_pinned_map_and_the_overlay_is_the_committed_table() 
 
 @pytest.mark.filterwarnings("ignore::tiersel.TierselWarning")  # retired ids
 def test_the_table_agrees_with_the_map_wherever_both_price_a_model_and_tier(
-    pricing: tiersel.Pricing, price_map: dict[str, Any]
+    pricing: Pricing, price_map: dict[str, Any]
 ) -> None:
     corrected = set(_overlay()["corrections"])
     checked = 0
@@ -106,7 +107,7 @@ def test_the_table_agrees_with_the_map_wherever_both_price_a_model_and_tier(
 
 @pytest.mark.filterwarnings("ignore::tiersel.TierselWarning")  # retired ids
 def test_every_chat_model_of_the_map_resolves_with_its_status_and_dates(
-    pricing: tiersel.Pricing, price_map: dict[str, Any]
+    pricing: Pricing, price_map: dict[str, Any]
 ) -> None:
     chat = {
         k: v
@@ -151,13 +152,13 @@ def test_every_chat_model_of_the_map_resolves_with_its_status_and_dates(
 )
 @pytest.mark.filterwarnings("ignore::tiersel.TierselWarning")
 def test_every_id_a_user_may_write_resolves(
-    pricing: tiersel.Pricing, given: str, model: str, tier: str | None
+    pricing: Pricing, given: str, model: str, tier: str | None
 ) -> None:
     mp, implied = pricing.resolve(given)
     assert (mp.name, implied) == (model, tier)
 
 
-def test_an_unknown_id_names_the_closest_known_ids(pricing: tiersel.Pricing) -> None:
+def test_an_unknown_id_names_the_closest_known_ids(pricing: Pricing) -> None:
     with pytest.raises(UnknownModel) as info:
         pricing.model("kimi-k3x")
     assert "closest: kimi-k3" in str(info.value)
@@ -202,7 +203,7 @@ def test_a_table_older_than_90_days_warns_once(tmp_path: Path) -> None:
         load_pricing(path, today=datetime.date(2026, 6, 1))
 
 
-def test_tiers_say_how_they_are_requested(pricing: tiersel.Pricing) -> None:
+def test_tiers_say_how_they_are_requested(pricing: Pricing) -> None:
     assert dict(pricing.tiers["standard"].body) == {}
     assert dict(pricing.tiers["priority"].body) == {"service_tier": "priority"}
     assert pricing.tiers["fast"].uses_router and not pricing.tiers["fast"].opt_in

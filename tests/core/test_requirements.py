@@ -7,7 +7,8 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from tiersel import BudgetState, Call, Requirements
+from tiersel import Call, Requirements
+from tiersel.call import BudgetState
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,16 @@ import statistics
 
 import pytest
 
-from tiersel import MemorySignalStore, Observation, Outcome, SignalConfig, SignalKey, TierPriors
-from tiersel.signals import CircuitState, assess
+from tiersel.signals import (
+    CircuitState,
+    MemorySignalStore,
+    Observation,
+    Outcome,
+    SignalConfig,
+    SignalKey,
+    assess,
+)
+from tiersel.tiers import TierPriors
 
 KEY = SignalKey("fireworks", "kimi-k3", "standard")
 PRIORS = TierPriors(shed_rate=0.02, error_rate=0.0, ttft_s=0.5, output_tps=50.0)

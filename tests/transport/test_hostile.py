@@ -16,6 +16,7 @@ import pytest
 import tiersel
 from tests.transport.conftest import MODEL
 from tiersel.clock import FakeClock
+from tiersel.dialects import Dialect
 from tiersel.sim import AsyncSimTransport, SimTransport
 from tiersel.sim.server import RunningServer
 from tiersel.wrap import AsyncTierTransport, TierTransport
@@ -146,7 +147,7 @@ def test_nesting_of_any_depth_is_a_clear_refusal_or_is_counted() -> None:
     sel = tiersel.Selector(api_key="", ledger=tiersel.MemoryLedger(1.0))
     call, _ = sel.call_for(
         {"model": MODEL, "messages": [{"role": "user", "content": deep}], "max_tokens": 5},
-        tiersel.Dialect.openai,
+        Dialect.openai,
     )
     assert call.max_input_tokens is not None and call.max_input_tokens >= 900
     # 100,000 levels is past what JSON parsing reaches: a refusal naming the body, no traceback.
@@ -184,7 +185,7 @@ def test_a_pickled_selector_carries_no_key() -> None:
 def test_an_unknown_model_names_the_table_not_where_it_lives() -> None:
     with pytest.raises(tiersel.UnknownModel) as caught:
         tiersel.Selector(api_key="").call_for(
-            {"model": "no-such-model", "messages": []}, tiersel.Dialect.openai
+            {"model": "no-such-model", "messages": []}, Dialect.openai
         )
     assert "fireworks.yaml" in str(caught.value) and "/" not in str(caught.value).split("table")[1]
 

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 import tiersel
 from tests.transport.conftest import MODEL, Recorder, sync_http
+from tiersel.dialects import Dialect
 from tiersel.sim.server import RunningServer
 from tiersel.wrap import AsyncTierTransport, InvalidHint, current_requirements, requirements
 
@@ -213,7 +214,7 @@ def test_a_tiny_cost_cap_is_shown_to_its_own_precision() -> None:
     selector = tiersel.Selector(api_key="")
     call, _ = selector.call_for(
         {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
-        tiersel.Dialect.openai,
+        Dialect.openai,
     )
     with pytest.raises(tiersel.NoFeasibleTier) as caught:
         selector.decide(call, tiersel.Requirements(max_cost_usd=1e-7))

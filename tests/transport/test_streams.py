@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import tiersel
 from tests.transport.conftest import MODEL, Recorder
 from tiersel.dialects import Dialect
-from tiersel.signals import SignalKey
+from tiersel.signals import Outcome, SignalKey
 from tiersel.sim import AsyncSimTransport, SimTransport
 from tiersel.wrap import AsyncTierTransport, CostBasis, TierTransport
 from tiersel.wrap.streaming import StreamMeter
@@ -94,7 +94,7 @@ def test_openai_stream_is_read_whatever_the_chunking(cuts: list[int], crlf: bool
         usage = meter.usage()
         assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (12, 4)
         end = meter.end(exhausted=True)
-        assert end.outcome is tiersel.Outcome.ok and not end.usage_estimated
+        assert end.outcome is Outcome.ok and not end.usage_estimated
 
 
 @given(st.lists(st.integers(min_value=0), max_size=40))
@@ -128,7 +128,7 @@ def test_a_stream_cut_short_is_a_failure_and_its_tokens_are_estimated() -> None:
     for event in OPENAI_EVENTS[:3]:
         meter.feed(event)
     end = meter.end(broke=httpx.RemoteProtocolError("peer closed"))
-    assert end.outcome is tiersel.Outcome.error
+    assert end.outcome is Outcome.error
     assert end.detail.startswith("the stream broke: RemoteProtocolError")
     assert end.usage_estimated and end.usage is not None
     assert (end.usage.prompt_tokens, end.usage.completion_tokens) == (99, 2)
@@ -138,7 +138,7 @@ def test_an_error_event_in_the_stream_is_a_failure() -> None:
     meter = StreamMeter(Dialect.anthropic, tiersel.FakeClock(), 0.0)
     meter.feed(_sse({"type": "error", "error": {"type": "overloaded_error"}}, "error"))
     end = meter.end(exhausted=True)
-    assert end.outcome is tiersel.Outcome.shed
+    assert end.outcome is Outcome.shed
     assert "overloaded_error" in end.detail
 
 

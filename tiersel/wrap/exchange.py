@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -697,9 +698,12 @@ def reply(answer: Answer, elapsed_s: float) -> Reply:
     whole, or None for a stream left to be read by the caller."""
     response = answer.response
     headers = ReplyHeaders(response)
+    status = response.status_code
     if answer.content is None:
-        return Reply(response.status_code, headers, None, elapsed_s, True, raw=answer)
-    return Reply(response.status_code, headers, parse_json(answer.content), elapsed_s, raw=answer)
+        return Reply(status, headers, None, elapsed_s, True, raw=answer)
+    # An error's arrival on the wall clock dates a Retry-After given as an HTTP date.
+    wall = time.time() if status >= 400 else None
+    return Reply(status, headers, parse_json(answer.content), elapsed_s, raw=answer, wall_s=wall)
 
 
 class ReplyHeaders(Mapping[str, str]):
