@@ -269,6 +269,7 @@ Flow = Generator[Effect, Any, CallResult]
 
 @dataclass(slots=True)
 class _Progress:
+    call: Call  # the call (its output cap sized to the budget's share, if so)
     cap: int | None = None  # the output cap tiersel sets (see _output_cap)
     decisions: list[Decision] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
@@ -281,6 +282,7 @@ class _Progress:
     money_polls: int = 0
     refused: tuple[Reason, ...] = ()  # the budget's refusal that started those waits
     signals: Mapping[str, TierHealth] | None = None  # the tiers' health at the last decision
+    budget: BudgetState | None = None  # the budget at the last decision
 
 
 _PLANNED = frozenset({Outcome.shed, Outcome.rate_limited, Outcome.error})
@@ -296,6 +298,28 @@ class _Following:
     decision: Decision
     index: int
     decided_at: float
+
+
+@dataclass(slots=True)
+class _Ctx:
+    """What one call's flow keeps fixed: its host, request, call, limits and start."""
+
+    sel: FlowHost
+    body: Mapping[str, Any]
+    dialect: Dialect
+    requirements: Requirements
+    call_id: str
+    max_wait: Callable[[], float | None] | None
+    prices: ModelPrices
+    keys: tuple[SignalKey, ...]
+    most: int  # attempts allowed
+    ceiling: int | None  # the output cap before the budget's share sizes it
+    sized: bool  # the output cap is the call's share of the money left
+    start: float = 0.0
+
+
+_AGAIN = object()
+"""A phase's answer meaning: go round the loop again (it waited, or the call plans afresh)."""
 
 
 def call_flow(
@@ -319,11 +343,61 @@ def call_flow(
     comes up, since it is seldom needed) bounds each wait of a call with
     no deadline for a tier's cooldown (a Retry-After, an open circuit): a longer one ends the
     call with its last error instead.
+
+    Each round: the time left; the next attempt, followed (`_follow`) or planned (`_plan`); its
+    money reserved (`_reserve`); its send, or a hedge's race (`_race`); and what came back
+    charged and recorded (`_conclude`), which ends the call or names the next attempt.
     """
+    ctx = _context(sel, body, dialect, call, requirements, call_id, max_wait)
+    ctx.start = now = yield Now()
+    prog = _Progress(call, ctx.ceiling)
+    following: _Following | None = None
+    while True:
+        if prog.attempts or prog.waited:
+            now = yield Now()
+        req = ctx.requirements
+        if req.deadline_s is not None and now > ctx.start:
+            left = req.deadline_s - (now - ctx.start)
+            if left <= 0:
+                return _failed(prog, ctx, prog.detail or "deadline passed")
+            req = req.model_copy(update={"deadline_s": left})
+        at: Any
+        if following is not None:
+            at = yield from _follow(following, now, prog)
+            if at is _AGAIN:
+                continue  # slept until its start: check the time left, then send it
+            following = None
+            if at is None:
+                continue  # behind the schedule: plan again from here
+        else:
+            at = yield from _plan(ctx, prog, req, now)
+            if at is _AGAIN:
+                continue
+            if isinstance(at, CallResult):
+                return at
+        held = yield from _reserve(ctx, prog, at, req)
+        if held is _AGAIN:
+            continue
+        if isinstance(held, CallResult):
+            return held
+        step, reply, extra = yield from _attempt(ctx, prog, at, req)
+        ended = yield from _conclude(ctx, prog, at, step, reply, extra, now)
+        if isinstance(ended, CallResult):
+            return ended
+        following = ended
+
+
+def _context(
+    sel: FlowHost,
+    body: Mapping[str, Any],
+    dialect: Dialect,
+    call: Call,
+    requirements: Requirements,
+    call_id: str,
+    max_wait: Callable[[], float | None] | None,
+) -> _Ctx:
     prices = sel.pricing.model(call.model)
-    keys = sel.signal_keys(prices.name)
-    cap = ceiling = _output_cap(sel, body, dialect, call)
-    sized = cap is not None and sel.unbounded_output == "share"
+    ceiling = _output_cap(sel, body, dialect, call)
     most = requirements.max_attempts or sel.max_attempts
     if requirements.max_attempts is None and most != getattr(sel.policy, "max_attempts", most):
         requirements = requirements.model_copy(update={"max_attempts": most})
@@ -331,221 +405,278 @@ def call_flow(
         # A stream answers with its first token, which says nothing of when it ends: a race
         # settled then would not protect the deadline the hedge is priced for.
         requirements = requirements.model_copy(update={"hedge": False})
-    start = now = yield Now()
-    prog = _Progress(cap)
-    following: _Following | None = None
-    while True:
-        if prog.attempts or prog.waited:
-            now = yield Now()
-        req = requirements
-        if requirements.deadline_s is not None and now > start:
-            left = requirements.deadline_s - (now - start)
-            if left <= 0:
-                return _failed(prog, call_id, start, prog.detail or "deadline passed")
-            req = requirements.model_copy(update={"deadline_s": left})
-        if following is not None:
-            at, following = following, None
-            decision = at.decision
-            step = decision.plan[at.index]
-            due = at.decided_at + step.start_s
-            if now > due + _LATE_S:
-                continue  # behind the schedule: plan again from here
-            if due > now:
-                yield Sleep(due - now)
-                prog.waited = True
-                following = at
-                continue
-        else:
-            if prog.attempts:
-                req = req.model_copy(update={"max_attempts": most - prog.attempts})
-            stats: list[TierStats] = yield ReadSignals(keys)
-            signals: dict[str, TierHealth] = {}
-            for key, st in zip(keys, stats, strict=True):
-                health = sel.assess(key, st, now)
-                if health.state is CircuitState.half_open:
-                    claimed = yield ClaimProbe(key)
-                    health = sel.assess(key, st, now, probing=claimed)
-                    if not claimed:
-                        health = _as_open(health, sel.signal_config.probe_interval_s)
-                signals[key.tier] = health
-            prog.signals = signals
-            budget: BudgetState | None = (yield ReadBudget()) if sel.ledger_enabled else None
-            if sized and ceiling is not None and budget is not None and prog.attempts == 0:
-                # The cap is the call's share of the money left now, fixed once a request is sent.
-                cap = _shared_cap(ceiling, budget, prices, call, req)
-                call = call.model_copy(update={"max_output_tokens": cap})
-            try:
-                decision = sel.policy(call, req, budget, prices, signals, now)
-            except NoFeasibleTier as exc:
-                waitable = _waitable(signals, exc)
-                cooling = _cooling(waitable)
-                wait = _shortest_cooldown(waitable, req, call, max_wait) if cooling else None
-                if prog.attempts == 0 and wait is None:
-                    # Nothing sent and no cooldown worth waiting out. When money alone bars the
-                    # tiers that could serve in time, the budget is what stops the call, unless
-                    # money in flight (other calls' reservations) would cover it once they
-                    # settle.
-                    if budget is not None and _only_budget(exc, cooldowns_too_long=cooling):
-                        need = min(float(r.values[0]) for r in exc.reasons if r.code == "budget")
-                        pause = _money_wait(sel, need, budget, req, max_wait, prog)
-                        if pause is None:
-                            raise BudgetExhausted(call.model, exc.reasons) from None
-                        prog.refused = exc.reasons
-                        yield Sleep(pause)
-                        continue
-                    if prog.refused:
-                        # It waited for money, and now time bars it: the budget stopped it.
-                        raise BudgetExhausted(call.model, prog.refused) from None
-                    if not cooling:
-                        raise
-                if wait is None or prog.attempts >= most:
-                    return _failed(prog, call_id, start, prog.detail or str(exc))
-                yield Sleep(wait)
-                prog.waited = True
-                continue
-            if decision.wait_s > 0:
-                # The schedule starts once a tier's cooldown ends: wait, then plan again (the
-                # tier may then be probed, or have recovered).
-                yield Sleep(decision.wait_s)
-                prog.waited = True
-                continue
-            step = decision.plan[0]
-            at = _Following(decision, 0, now)
-            if prog.last_tier == step.tier and prog.attempts > 0:
-                # Planned afresh onto the tier that just failed (a policy that plans one
-                # attempt at a time): back off first, within the deadline.
-                backoff = min(MAX_BACKOFF_S, sel.backoff_s * 2.0 ** min(prog.attempts - 1, 30))
-                if req.deadline_s is None or backoff < req.deadline_s / 2:
-                    yield Sleep(backoff)
-                    at.decided_at = now + backoff
-        racer = _racer(decision, at.index)
-        worst = step.worst_cost_usd + (racer.worst_cost_usd if racer is not None else 0.0)
+    sized = ceiling is not None and sel.unbounded_output == "share"
+    keys = sel.signal_keys(prices.name)
+    return _Ctx(
+        sel, body, dialect, requirements, call_id, max_wait, prices, keys, most, ceiling, sized
+    )
+
+
+def _follow(
+    at: _Following, now: float, prog: _Progress
+) -> Generator[Effect, Any, _Following | object | None]:
+    """The schedule's next attempt, due now; `_AGAIN` after sleeping until its planned start;
+    None when the call is behind its schedule and must plan again."""
+    step = at.decision.plan[at.index]
+    due = at.decided_at + step.start_s
+    if now > due + _LATE_S:
+        return None
+    if due > now:
+        yield Sleep(due - now)
+        prog.waited = True
+        return _AGAIN
+    return at
+
+
+def _health(ctx: _Ctx, now: float) -> Generator[Effect, Any, dict[str, TierHealth]]:
+    """Every tier's health now, from its counters (claiming the probe of a half-open one)."""
+    sel = ctx.sel
+    stats: list[TierStats] = yield ReadSignals(ctx.keys)
+    signals: dict[str, TierHealth] = {}
+    for key, st in zip(ctx.keys, stats, strict=True):
+        health = sel.assess(key, st, now)
+        if health.state is CircuitState.half_open:
+            claimed = yield ClaimProbe(key)
+            health = sel.assess(key, st, now, probing=claimed)
+            if not claimed:
+                health = _as_open(health, sel.signal_config.probe_interval_s)
+        signals[key.tier] = health
+    return signals
+
+
+def _plan(
+    ctx: _Ctx, prog: _Progress, req: Requirements, now: float
+) -> Generator[Effect, Any, _Following | CallResult | object]:
+    """Decide the call's schedule from what the signals and the budget say now: its first
+    attempt to follow; `_AGAIN` after a wait (a cooldown, money in flight); or the call's end."""
+    sel = ctx.sel
+    if prog.attempts:
+        req = req.model_copy(update={"max_attempts": ctx.most - prog.attempts})
+    signals = prog.signals = yield from _health(ctx, now)
+    budget: BudgetState | None = (yield ReadBudget()) if sel.ledger_enabled else None
+    prog.budget = budget
+    call = prog.call
+    if ctx.sized and ctx.ceiling is not None and budget is not None and prog.attempts == 0:
+        # The cap is the call's share of the money left now, fixed once a request is sent.
+        prog.cap = _shared_cap(ctx.ceiling, budget, ctx.prices, call, req)
+        call = prog.call = call.model_copy(update={"max_output_tokens": prog.cap})
+    try:
+        decision = sel.policy(call, req, budget, ctx.prices, signals, now)
+    except NoFeasibleTier as exc:
+        return (yield from _no_plan(ctx, prog, req, signals, budget, exc))
+    if decision.wait_s > 0:
+        # The schedule starts once a tier's cooldown ends: wait, then plan again (the tier may
+        # then be probed, or have recovered).
+        yield Sleep(decision.wait_s)
+        prog.waited = True
+        return _AGAIN
+    at = _Following(decision, 0, now)
+    if prog.last_tier == decision.plan[0].tier and prog.attempts > 0:
+        # Planned afresh onto the tier that just failed (a policy that plans one attempt at a
+        # time): back off first, within the deadline.
+        backoff = min(MAX_BACKOFF_S, sel.backoff_s * 2.0 ** min(prog.attempts - 1, 30))
+        if req.deadline_s is None or backoff < req.deadline_s / 2:
+            yield Sleep(backoff)
+            at.decided_at = now + backoff
+    return at
+
+
+def _no_plan(
+    ctx: _Ctx,
+    prog: _Progress,
+    req: Requirements,
+    signals: Mapping[str, TierHealth],
+    budget: BudgetState | None,
+    exc: NoFeasibleTier,
+) -> Generator[Effect, Any, CallResult | object]:
+    """No schedule meets the requirements now: wait out a cooldown or money in flight
+    (`_AGAIN`), end the call after attempts, or raise before any."""
+    call = prog.call
+    waitable = _waitable(signals, exc)
+    cooling = _cooling(waitable)
+    wait = _shortest_cooldown(waitable, req, call, ctx.max_wait) if cooling else None
+    if prog.attempts == 0 and wait is None:
+        # Nothing sent and no cooldown worth waiting out. When money alone bars the tiers that
+        # could serve in time, the budget is what stops the call, unless money in flight
+        # (other calls' reservations) would cover it once they settle.
+        if budget is not None and _only_budget(exc, cooldowns_too_long=cooling):
+            need = min(float(r.values[0]) for r in exc.reasons if r.code == "budget")
+            pause = _money_wait(ctx.sel, need, budget, req, ctx.max_wait, prog)
+            if pause is None:
+                raise BudgetExhausted(call.model, exc.reasons) from None
+            prog.refused = exc.reasons
+            yield Sleep(pause)
+            return _AGAIN
+        if prog.refused:
+            # It waited for money, and now time bars it: the budget stopped it.
+            raise BudgetExhausted(call.model, prog.refused) from None
+        if not cooling:
+            raise exc
+    if wait is None or prog.attempts >= ctx.most:
+        return _failed(prog, ctx, prog.detail or str(exc))
+    yield Sleep(wait)
+    prog.waited = True
+    return _AGAIN
+
+
+def _reserve(
+    ctx: _Ctx, prog: _Progress, at: _Following, req: Requirements
+) -> Generator[Effect, Any, CallResult | object]:
+    """Reserve the attempt's worst case (a hedge's two): True when held; `_AGAIN` after a
+    wait for money in flight; the call's end when a retry finds no money."""
+    if not ctx.sel.ledger_enabled:
+        return True
+    step = at.decision.plan[at.index]
+    racer = _racer(at.decision, at.index)
+    worst = step.worst_cost_usd + (racer.worst_cost_usd if racer is not None else 0.0)
+    held = yield Reserve(ctx.call_id, worst)
+    if held is not None:
+        return True
+    if prog.attempts == 0:
+        # Another call reserved first: wait for money in flight, as for a refusal.
+        assert prog.budget is not None
+        pause = _money_wait(ctx.sel, worst, prog.budget, req, ctx.max_wait, prog)
+        if pause is None:
+            raise BudgetExhausted(prog.call.model, prog.refused or at.decision.reasons)
+        yield Sleep(pause)
+        return _AGAIN
+    stopped = _failed(prog, ctx, "budget exhausted before a retry")
+    return replace(stopped, budget_stopped=True)
+
+
+def _attempt(
+    ctx: _Ctx, prog: _Progress, at: _Following, req: Requirements
+) -> Generator[Effect, Any, tuple[Step, Reply, float]]:
+    """Send the attempt (or run a hedge's race): the step that answered, its reply, and what
+    a hedge's loser is billed."""
+    decision = at.decision
+    step = decision.plan[at.index]
+    send_body = apply_step(ctx.body, step)
+    if prog.cap is not None:
+        send_body["max_tokens"] = prog.cap
+    sent = Send(step, send_body, step.headers, req.deadline_s)
+    racer = _racer(decision, at.index)
+    extra = 0.0
+    if racer is None:
+        reply: Reply = yield sent
+        prog.attempts += 1
+    else:
+        step, reply, extra = yield from _race(ctx, decision, sent, racer, prog)
+        at.index += 1  # the schedule's race is run
+    prog.decisions.append(decision)
+    prog.steps.append(step)
+    prog.last_reply = reply
+    prog.last_tier = step.tier
+    return step, reply, extra
+
+
+def _conclude(
+    ctx: _Ctx,
+    prog: _Progress,
+    at: _Following,
+    step: Step,
+    reply: Reply,
+    extra: float,
+    now: float,
+) -> Generator[Effect, Any, CallResult | _Following | None]:
+    """Record, charge and report what an attempt got back: the call's end, the schedule's next
+    attempt after a failure it planned for, or None to plan again."""
+    sel, decision = ctx.sel, at.decision
+    # The attempt's latency is only reported to an on_attempt hook.
+    after = (yield Now()) if sel.on_attempt is not None else now
+    verdict = classify_reply(reply)
+    if reply.streaming and verdict.outcome is Outcome.ok:
+        # The stream's wrapper records, charges and notifies once the stream ends.
+        return _result(prog, ctx, reply, extra, None, step.tier, "streaming", pending=True)
+    usage = read_usage(reply.payload, ctx.dialect) if verdict.outcome is Outcome.ok else None
+    recorded = yield Record(
+        _key_of(ctx.keys, step.tier),
+        Observation(
+            verdict.outcome,
+            latency_s=reply.elapsed_s,
+            output_tps=_tps(usage, reply.elapsed_s, _ttft(prog, step.tier)),
+            retry_after_s=verdict.retry_after_s,
+        ),
+    )
+    cost, served = 0.0, step.tier
+    if verdict.outcome is Outcome.ok:
+        cost, served = _bill(ctx.prices, step, usage)
+        cost += extra
         if sel.ledger_enabled:
-            held = yield Reserve(call_id, worst)
-            if held is None:
-                if prog.attempts == 0:
-                    # Another call reserved first: wait for money in flight as above.
-                    assert budget is not None
-                    pause = _money_wait(sel, worst, budget, req, max_wait, prog)
-                    if pause is None:
-                        raise BudgetExhausted(call.model, prog.refused or decision.reasons)
-                    yield Sleep(pause)
-                    continue
-                stopped = _failed(prog, call_id, start, "budget exhausted before a retry")
-                return replace(stopped, budget_stopped=True)
-        send_body = apply_step(body, step)
-        if cap is not None:
-            send_body["max_tokens"] = cap
-        sent = Send(step, send_body, step.headers, req.deadline_s)
-        extra = 0.0  # a hedge's loser, billed as cancelled
-        if racer is None:
-            reply: Reply = yield sent
-            prog.attempts += 1
-        else:
-            step, reply, extra = yield from _race(
-                sel, decision, sent, racer, body, cap, call, dialect, prog, keys
-            )
-            at.index += 1  # the schedule's race is run
-        prog.decisions.append(decision)
-        prog.steps.append(step)
-        prog.last_reply = reply
-        prog.last_tier = step.tier
-        # The attempt's latency is only reported to an on_attempt hook.
-        after = (yield Now()) if sel.on_attempt is not None else now
-        key = _key_of(keys, step.tier)
-        verdict = classify_reply(reply)
-        if reply.streaming and verdict.outcome is Outcome.ok:
-            # The stream's wrapper records, charges and notifies once the stream ends.
-            return CallResult(
-                True,
-                reply,
-                tuple(prog.decisions),
+            yield Settle(ctx.call_id, cost)
+    elif sel.ledger_enabled:
+        yield Settle(ctx.call_id, extra) if extra > 0 else Release(ctx.call_id)
+    if sel.on_attempt is not None:
+        yield Notify(
+            AttemptRecord(
+                ctx.call_id,
                 prog.attempts,
-                extra,
-                None,
-                step.tier,
-                call_id,
-                "streaming",
-                pending_stream=True,
-                started_at=start,
-                max_tokens_set=cap,
-                steps=tuple(prog.steps),
-            )
-        usage = read_usage(reply.payload, dialect) if verdict.outcome is Outcome.ok else None
-        recorded = yield Record(
-            key,
-            Observation(
-                verdict.outcome,
-                latency_s=reply.elapsed_s,
-                output_tps=_tps(usage, reply.elapsed_s, _ttft(prog, step.tier)),
-                retry_after_s=verdict.retry_after_s,
-            ),
-        )
-        cost = 0.0
-        served = step.tier
-        if verdict.outcome is Outcome.ok:
-            if usage is not None:
-                served = _served(usage, step.tier, prices.tiers)
-                cost = charge(
-                    prices,
-                    served,
-                    usage.prompt_tokens,
-                    usage.cached_tokens,
-                    usage.completion_tokens,
-                )
-            else:
-                # No usage in the response: charge the worst case rather than nothing.
-                cost = step.worst_cost_usd
-            cost += extra
-            if sel.ledger_enabled:
-                yield Settle(call_id, cost)
-        elif sel.ledger_enabled:
-            yield Settle(call_id, extra) if extra > 0 else Release(call_id)
-        if sel.on_attempt is not None:
-            yield Notify(
-                AttemptRecord(
-                    call_id,
-                    prog.attempts,
-                    prices.name,
-                    served,
-                    decision,
-                    verdict.outcome,
-                    reply.status,
-                    after - now,
-                    cost,
-                    verdict.detail,
-                )
-            )
-        if verdict.outcome is Outcome.ok:
-            return CallResult(
-                True,
-                reply,
-                tuple(prog.decisions),
-                prog.attempts,
-                cost,
-                usage,
+                ctx.prices.name,
                 served,
-                call_id,
-                "ok",
-                started_at=start,
-                max_tokens_set=cap,
-                steps=tuple(prog.steps),
+                decision,
+                verdict.outcome,
+                reply.status,
+                after - now,
+                cost,
+                verdict.detail,
             )
-        prog.detail = verdict.detail
-        if not verdict.retryable or prog.attempts >= most:
-            return _failed(prog, call_id, start, verdict.detail)
-        nxt = at.index + 1
-        if nxt < len(decision.plan) and verdict.outcome in _PLANNED:
-            # The failure the schedule planned for: its next attempt follows, at its start,
-            # unless it goes to this tier again and the tier has since asked for a pause (a
-            # Retry-After) or opened its circuit: then the call plans again.
-            again = decision.plan[nxt].tier == step.tier
-            paused = verdict.retry_after_s is not None or (
-                isinstance(recorded, TierStats)
-                and circuit_state(recorded, sel.signal_config, now)[0] is not CircuitState.closed
-            )
-            if not (again and paused):
-                following = _Following(decision, nxt, at.decided_at)
+        )
+    if verdict.outcome is Outcome.ok:
+        return _result(prog, ctx, reply, cost, usage, served, "ok")
+    prog.detail = verdict.detail
+    if not verdict.retryable or prog.attempts >= ctx.most:
+        return _failed(prog, ctx, verdict.detail)
+    nxt = at.index + 1
+    if nxt < len(decision.plan) and verdict.outcome in _PLANNED:
+        # The failure the schedule planned for: its next attempt follows, at its start, unless
+        # it goes to this tier again and the tier has since asked for a pause (a Retry-After)
+        # or opened its circuit: then the call plans again.
+        again = decision.plan[nxt].tier == step.tier
+        paused = verdict.retry_after_s is not None or (
+            isinstance(recorded, TierStats)
+            and circuit_state(recorded, sel.signal_config, now)[0] is not CircuitState.closed
+        )
+        if not (again and paused):
+            return _Following(decision, nxt, at.decided_at)
+    return None
+
+
+def _bill(prices: ModelPrices, step: Step, usage: Usage | None) -> tuple[float, str]:
+    """What a served attempt is charged, and the tier it is billed at: its usage at the tier
+    that served (when the response says), or with no usage its worst case."""
+    if usage is None:
+        return step.worst_cost_usd, step.tier  # charge the worst case rather than nothing
+    served = _served(usage, step.tier, prices.tiers)
+    cost = charge(prices, served, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens)
+    return cost, served
+
+
+def _result(
+    prog: _Progress,
+    ctx: _Ctx,
+    reply: Reply,
+    cost: float,
+    usage: Usage | None,
+    tier: str,
+    detail: str,
+    *,
+    pending: bool = False,
+) -> CallResult:
+    return CallResult(
+        True,
+        reply,
+        tuple(prog.decisions),
+        prog.attempts,
+        cost,
+        usage,
+        tier,
+        ctx.call_id,
+        detail,
+        pending_stream=pending,
+        started_at=ctx.start,
+        max_tokens_set=prog.cap,
+        steps=tuple(prog.steps),
+    )
 
 
 def _racer(decision: Decision, index: int) -> Step | None:
@@ -557,28 +688,19 @@ def _racer(decision: Decision, index: int) -> Step | None:
 
 
 def _race(
-    sel: FlowHost,
-    decision: Decision,
-    first: Send,
-    racer: Step,
-    body: Mapping[str, Any],
-    cap: int | None,
-    call: Call,
-    dialect: Dialect,
-    prog: _Progress,
-    keys: tuple[SignalKey, ...],
+    ctx: _Ctx, decision: Decision, first: Send, racer: Step, prog: _Progress
 ) -> Generator[Effect, Any, tuple[Step, Reply, float]]:
     """Run a hedge: ``first``, raced by ``racer`` after its delay. Records the loser if it
     answered, and returns the winner's step and reply and what the loser is billed: nothing
     if it failed or was never sent; if cancelled, its prompt and the output it generated until
     then (at its tier's expected rate); if left to finish (a shell that cannot cancel), its
     worst case."""
-    deadline = first.timeout_s
     hedge_s = racer.hedge_s or 0.0
-    second_body = apply_step(body, racer)
-    if cap is not None:
-        second_body["max_tokens"] = cap
-    second = Send(racer, second_body, racer.headers, deadline)  # (less the time until it goes)
+    second_body = apply_step(ctx.body, racer)
+    if prog.cap is not None:
+        second_body["max_tokens"] = prog.cap
+    # Its timeout is the time left when the race starts, less the time until it goes.
+    second = Send(racer, second_body, racer.headers, first.timeout_s)
     raced: Raced = yield Race(first, second, hedge_s)
     prog.attempts += 2 if raced.other_sent else 1
     steps = (first.step, racer)
@@ -589,7 +711,7 @@ def _race(
     if raced.other is not None:
         verdict = classify_reply(raced.other)
         yield Record(
-            _key_of(keys, lost.tier),
+            _key_of(ctx.keys, lost.tier),
             Observation(verdict.outcome, retry_after_s=verdict.retry_after_s),
         )
         return won, raced.reply, 0.0
@@ -597,19 +719,26 @@ def _race(
         return won, raced.reply, 0.0
     if not raced.cancelled:
         return won, raced.reply, lost.worst_cost_usd
-    prices = sel.pricing.model(call.model)
+    return won, raced.reply, _cancelled_bill(ctx, prog, lost, raced)
+
+
+def _cancelled_bill(ctx: _Ctx, prog: _Progress, lost: Step, raced: Raced) -> float:
+    """What a hedge's loser cancelled in flight is billed: its prompt, and the output it
+    generated until then at its tier's expected rate after its expected first token."""
+    call = prog.call
     health = prog.signals.get(lost.tier) if prog.signals is not None else None
     out = 0.0
     if health is not None:
         out = max(0.0, raced.other_elapsed_s - health.ttft_s) * health.output_tps
-    out = min(out, float(cap if cap is not None else call.max_output_tokens))
+    out = min(out, float(prog.cap if prog.cap is not None else call.max_output_tokens))
     # The prompt as the winner's usage counted it (the same prompt), else as estimated.
-    usage = read_usage(raced.reply.payload, dialect) if raced.reply.payload is not None else None
+    payload = raced.reply.payload
+    usage = read_usage(payload, ctx.dialect) if payload is not None else None
     prompt, cached = call.input_tokens, call.cached_input_tokens
     if usage is not None:
         prompt, cached = usage.prompt_tokens, usage.cached_tokens
-    billed = charge(prices, lost.tier, prompt, cached, round(out))
-    return won, raced.reply, min(billed, lost.worst_cost_usd)
+    billed = charge(ctx.prices, lost.tier, prompt, cached, round(out))
+    return min(billed, lost.worst_cost_usd)
 
 
 def _key_of(keys: tuple[SignalKey, ...], tier: str) -> SignalKey:
@@ -883,7 +1012,7 @@ def _shortest_cooldown(
     return wait
 
 
-def _failed(prog: _Progress, call_id: str, start: float, detail: str) -> CallResult:
+def _failed(prog: _Progress, ctx: _Ctx, detail: str) -> CallResult:
     return CallResult(
         False,
         prog.last_reply,
@@ -892,9 +1021,9 @@ def _failed(prog: _Progress, call_id: str, start: float, detail: str) -> CallRes
         0.0,
         None,
         prog.last_tier,
-        call_id,
+        ctx.call_id,
         detail,
-        started_at=start,
+        started_at=ctx.start,
         max_tokens_set=prog.cap,
         steps=tuple(prog.steps),
     )

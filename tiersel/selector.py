@@ -240,7 +240,9 @@ class Selector:
         steady = stats.cooldown_until <= now and stats.consecutive_failures < config.open_after
         if steady and not probing:
             hit = self._health_cache.get(key)
-            if hit is not None and hit[0] is stats and now <= hit[2]:
+            # Counters equal to those the health was assessed from (the memory store hands back
+            # the same object while nothing changed: the identity test is the fast path).
+            if hit is not None and (hit[0] is stats or hit[0] == stats) and now <= hit[2]:
                 return hit[1]
         health = assess(stats, self.pricing.tiers[key.tier].priors, config, now, probing=probing)
         if steady and not probing:
@@ -768,19 +770,9 @@ def _reply_sync(
     try:
         response = send(request)
         content = response.read()
-    except httpx.TimeoutException:
-        return Reply(0, {}, None, clock.now() - started, timed_out=True, error="timed out")
     except httpx.TransportError as exc:
-        return Reply(0, {}, None, clock.now() - started, error=f"{type(exc).__name__}")
-    status = response.status_code
-    return Reply(
-        status,
-        _lower(response.headers),
-        parse_json(content),
-        clock.now() - started,
-        raw=response,
-        wall_s=time.time() if status >= 400 else None,  # dates a Retry-After (an HTTP date)
-    )
+        return _no_reply(exc, clock.now() - started)
+    return _reply(response, content, clock.now() - started)
 
 
 async def _reply_async(
@@ -792,16 +784,25 @@ async def _reply_async(
     try:
         response = await send(request)
         content = await response.aread()
-    except httpx.TimeoutException:
-        return Reply(0, {}, None, clock.now() - started, timed_out=True, error="timed out")
     except httpx.TransportError as exc:
-        return Reply(0, {}, None, clock.now() - started, error=f"{type(exc).__name__}")
+        return _no_reply(exc, clock.now() - started)
+    return _reply(response, content, clock.now() - started)
+
+
+def _no_reply(exc: httpx.TransportError, elapsed: float) -> Reply:
+    """An attempt that got no response: a timeout, or another transport error."""
+    if isinstance(exc, httpx.TimeoutException):
+        return Reply(0, {}, None, elapsed, timed_out=True, error="timed out")
+    return Reply(0, {}, None, elapsed, error=type(exc).__name__)
+
+
+def _reply(response: httpx.Response, content: bytes, elapsed: float) -> Reply:
     status = response.status_code
     return Reply(
         status,
         _lower(response.headers),
         parse_json(content),
-        clock.now() - started,
+        elapsed,
         raw=response,
         wall_s=time.time() if status >= 400 else None,  # dates a Retry-After (an HTTP date)
     )

@@ -59,10 +59,19 @@ __all__ = ["AsyncTierTransport", "TierTransport"]
 class _Shell:
     """The parts of both transports that are not about sync or async."""
 
+    _sync = False  # a sync shell cannot await its selector's stores
+
     def __init__(
-        self, selector: Selector | None, transport: Any, on_call: CallHook | None, refusals: str
+        self,
+        selector: Selector | None = None,
+        transport: Any = None,
+        *,
+        on_call: CallHook | None = None,
+        refusals: str = "auto",
     ) -> None:
         self.selector = selector if selector is not None else Selector()
+        if self._sync:
+            self.selector.check_sync(type(self).__name__)
         self._exchange = Exchange(self.selector, on_call, refusals)
         self._given = transport
         self._given_flavour = flavour_of_transport(transport) if transport is not None else None
@@ -137,16 +146,7 @@ class TierTransport(_Shell, SyncTransportBase):
     >>> client.close()
     """
 
-    def __init__(
-        self,
-        selector: Selector | None = None,
-        transport: Any = None,
-        *,
-        on_call: CallHook | None = None,
-        refusals: str = "auto",
-    ) -> None:
-        super().__init__(selector, transport, on_call, refusals)
-        self.selector.check_sync("TierTransport")
+    _sync = True
 
     def handle_request(self, request: Any) -> Any:
         flavour = flavour_of_request(request)
@@ -210,16 +210,6 @@ class TierTransport(_Shell, SyncTransportBase):
 class AsyncTierTransport(_Shell, AsyncTransportBase):
     """The async twin of `TierTransport`; mount it on an ``httpx.AsyncClient`` or an
     ``httpx2.AsyncClient``."""
-
-    def __init__(
-        self,
-        selector: Selector | None = None,
-        transport: Any = None,
-        *,
-        on_call: CallHook | None = None,
-        refusals: str = "auto",
-    ) -> None:
-        super().__init__(selector, transport, on_call, refusals)
 
     async def handle_async_request(self, request: Any) -> Any:
         flavour = flavour_of_request(request)
