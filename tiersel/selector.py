@@ -102,11 +102,13 @@ def _sendable(body: Any) -> Mapping[str, Any]:
 
 
 class Started(NamedTuple):
-    """A call `Selector.start` began: the flow of its attempts, its dialect, its id."""
+    """A call `Selector.start` began: the flow of its attempts, its dialect, its id, and the
+    `Call` its body describes."""
 
     flow: Flow
     dialect: Dialect
     call_id: str
+    call: Call
 
 
 class Selector:
@@ -136,6 +138,8 @@ class Selector:
       reservations waits for them to settle before `BudgetExhausted` (30 s; never past half the
       time its deadline leaves, nor the client's timeout; 0 refuses at once). A reservation is
       a call's worst case, so money in flight usually comes back.
+    - ``on_attempt`` / ``on_result``: called with each attempt's `AttemptRecord`, and with each
+      call's final `CallResult` (a stream's once it ends), whichever door the call came through.
     - ``api_key``: sent as a bearer token when a request has no ``Authorization`` header
       (defaults to ``$FIREWORKS_API_KEY``); never logged, shown or stored elsewhere.
 
@@ -168,6 +172,7 @@ class Selector:
         unbounded_output: str = "share",
         budget_wait_s: float = 30.0,
         on_attempt: Callable[[AttemptRecord], None] | None = None,
+        on_result: Callable[[CallResult], None] | None = None,
         api_key: str | None = None,
     ) -> None:
         if max_attempts < 1:
@@ -208,6 +213,7 @@ class Selector:
         self.unbounded_output = unbounded_output
         self.budget_wait_s = budget_wait_s
         self.on_attempt = on_attempt
+        self.on_result = on_result
         self._api_key = _Secret(
             api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
         )
@@ -367,7 +373,8 @@ class Selector:
         call, implied = self.call_for(body, dialect)
         req = pinned(requirements if requirements is not None else self.requirements, implied)
         cid = call_id or new_call_id()
-        return Started(call_flow(self, body, dialect, call, req, cid, max_wait), dialect, cid)
+        flow = call_flow(self, body, dialect, call, req, cid, max_wait)
+        return Started(flow, dialect, cid, call)
 
     def run(self, started: Started, send: Callable[[Send], Reply]) -> CallResult:
         """Carry out a `start`-ed call with a sync ``send`` (one attempt's request to its reply):
@@ -375,19 +382,27 @@ class Selector:
         Raises `NoFeasibleTier` or `BudgetExhausted` before any send; interrupted, it leaves
         nothing reserved."""
         try:
-            return run(started.flow, self._performer(send, self.clock.sleep))
+            result = run(started.flow, self._performer(send, self.clock.sleep))
         except BaseException:
             self._release_quietly(started.call_id)
             raise
+        return self._ended(result)
 
     async def arun(self, started: Started, send: Callable[[Send], Awaitable[Reply]]) -> CallResult:
         """The async twin of `run`: ``send`` is awaited, a hedge's race runs in tasks, and async
         stores are awaited."""
         try:
-            return await arun(started.flow, self._performer(send, self.clock.asleep))
+            result = await arun(started.flow, self._performer(send, self.clock.asleep))
         except BaseException:
             await self._arelease_quietly(started.call_id)
             raise
+        return self._ended(result)
+
+    def _ended(self, result: CallResult) -> CallResult:
+        """Hand a call's final result to ``on_result`` (a stream's, once it ends)."""
+        if self.on_result is not None and not result.pending_stream:
+            self.on_result(result)
+        return result
 
     def check_sync(self, what: str) -> None:
         """Raise `TypeError` naming ``what`` if the signal store or the ledger is async (a sync
@@ -568,13 +583,13 @@ class Selector:
         """
         if not result.pending_stream:
             raise ValueError(f"call {result.call_id} has no pending stream to finish")
-        return run(stream_flow(self, result, end), self.perform)
+        return self._ended(run(stream_flow(self, result, end), self.perform))
 
     async def afinish_stream(self, result: CallResult, end: StreamEnd) -> CallResult:
         """The async twin of `finish_stream`, which also awaits async stores."""
         if not result.pending_stream:
             raise ValueError(f"call {result.call_id} has no pending stream to finish")
-        return await arun(stream_flow(self, result, end), self.perform)
+        return self._ended(await arun(stream_flow(self, result, end), self.perform))
 
     def _release_quietly(self, call_id: str) -> None:
         # Interrupted mid-attempt (cancelled, KeyboardInterrupt): leave no budget reserved. A

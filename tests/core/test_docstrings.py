@@ -17,6 +17,8 @@ MODULES = [
     "tiersel.call",
     "tiersel.selector",
     "tiersel.virtual_time",
+    "tiersel.prometheus",
+    "tiersel.otel",
 ]
 
 

@@ -77,6 +77,7 @@ async def arun_batch(
     progress_stream: TextIO | None = None,
     store: str | None = None,
     shard: Shard | None = None,
+    instrument: Callable[[Selector], object] | None = None,
 ) -> BatchSummary:
     """Run the batch job ``input`` -> ``out`` spending at most ``budget_usd``; return its summary.
 
@@ -101,6 +102,8 @@ async def arun_batch(
       budget is charged it again, and a budget shared wider raises
       `tiersel.batch.sharing.StoreLostState`.
     - ``shard``: run only this `Shard` of the lines, into its own OUT (``out.<i>-of-<n>.jsonl``).
+    - ``instrument``: called with the job's `Selector` before its first line, to watch it
+      (``tiersel.prometheus.TierselMetrics``, for one).
 
     Raises `tiersel.batch.JobLocked` when another job is writing ``out``;
     `tiersel.batch.JournalError` when ``out`` cannot be used (results there and ``resume`` not
@@ -182,6 +185,8 @@ async def arun_batch(
             else Requirements(best_effort=True),
             default_max_tokens=default_max_tokens,
         )
+        if instrument is not None:
+            instrument(runner.selector)
         await runner.run(iter_lines(input) if shard is None else shard.lines(iter_lines(input)))
     finally:
         bar.close()

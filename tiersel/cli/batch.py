@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -35,7 +36,7 @@ from tiersel.cli.common import (
 from tiersel.clock import Clock, FakeClock
 from tiersel.dialects import check_token_count
 from tiersel.errors import TierselError
-from tiersel.selector import FIREWORKS_BASE_URL
+from tiersel.selector import FIREWORKS_BASE_URL, Selector
 from tiersel.stores import BudgetConflict, StoreMisconfigured, StoreUnavailable, parse_store_url
 
 EXIT_OK = 0
@@ -87,6 +88,13 @@ def add_parser(subs: Any, help: str) -> None:
         metavar="S",
         help="with --sim: run on the real clock, one simulated second lasting S seconds"
         " (default: a virtual clock, no real waiting)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus metrics on http://127.0.0.1:N/metrics while the job runs"
+        " (the tiersel[prometheus] extra)",
     )
     p.add_argument("--deadline", type=float, metavar="S", help="each call's deadline, seconds")
     p.add_argument("--reliability", type=float, metavar="P", help="P(success within deadline)")
@@ -141,6 +149,8 @@ def _check(args: argparse.Namespace) -> str | None:
             return "--sim-time-scale needs --sim"
         if problem := check_positive("--sim-time-scale", args.sim_time_scale):
             return problem
+    if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
+        return f"--metrics-port must be a port number from 1 to 65535, got {args.metrics_port}"
     if not os.path.isfile(args.input):
         return f"{args.input}: no such input file"
     for option, value, parse in (
@@ -194,6 +204,24 @@ def _where(args: argparse.Namespace, pricing: Any) -> dict[str, Any]:
     return {"base_url": FIREWORKS_BASE_URL}
 
 
+def _metrics(port: int) -> Callable[[Selector], object]:
+    """Serve Prometheus metrics on loopback ``port``; what attaches them to the job's selector."""
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from tiersel.prometheus import TierselMetrics
+    except ImportError:
+        raise ValueError(
+            "--metrics-port needs prometheus_client: pip install 'tiersel[prometheus]'"
+        ) from None
+    registry = CollectorRegistry()
+    try:
+        start_http_server(port, addr="127.0.0.1", registry=registry)
+    except OSError as exc:
+        raise ValueError(f"--metrics-port {port}: {exc.strerror or exc}") from None
+    return lambda selector: TierselMetrics(selector, registry=registry)
+
+
 def run(args: argparse.Namespace) -> int:
     problem = _check(args)
     if problem is not None:
@@ -205,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
         if args.default_max_tokens is not None:
             check_token_count("--default-max-tokens", args.default_max_tokens)
         where = _where(args, pricing)
+        instrument = _metrics(args.metrics_port) if args.metrics_port is not None else None
     except ValidationError as exc:
         return fail(invalid_flag(exc))
     except (TierselError, ValueError) as exc:
@@ -229,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
             progress=args.progress,
             store=args.store,
             shard=shard,
+            instrument=instrument,
             **where,
         )
     except JobLocked as exc:

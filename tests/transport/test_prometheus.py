@@ -1,0 +1,83 @@
+"""Prometheus metrics (`tiersel.prometheus`) after real calls: the openai SDK through
+`TierTransport` against the simulator under peak, read back with prometheus_client's own
+exposition and parser."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import httpx
+import openai
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import tiersel
+from tests.transport.conftest import CANARY_KEY, MODEL, Recorder
+from tiersel.clock import ScaledClock
+from tiersel.prometheus import TierselMetrics
+from tiersel.signals import SignalKey
+from tiersel.sim.server import RunningServer
+from tiersel.wrap import TierTransport, requirements
+
+
+def _samples(registry: CollectorRegistry) -> dict[str, list[tuple[dict[str, str], float]]]:
+    text = generate_latest(registry).decode()
+    assert CANARY_KEY not in text
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def test_after_calls_the_metrics_count_them(server: RunningServer, clock: ScaledClock) -> None:
+    server.reset(time_s=100.0)  # the peak: standard is shed much of the time
+    registry = CollectorRegistry()
+    ledger = tiersel.MemoryLedger(5.0)
+    selector = tiersel.Selector(clock=clock, api_key=CANARY_KEY, ledger=ledger)
+    metrics = TierselMetrics(selector, registry=registry)
+    recorder = Recorder()
+    with httpx.Client(transport=TierTransport(selector, on_call=recorder)) as http:
+        client = openai.OpenAI(
+            api_key=CANARY_KEY, base_url=server.openai_base_url, http_client=http, max_retries=0
+        )
+        for i in range(24):
+            tight = i < 4 or i % 2 == 0  # (a loose call may wait out a spell of sheds)
+            with requirements(deadline_s=10 if tight else 600, reliability=0.99 if tight else None):
+                client.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": "hi " * 50}], max_tokens=40
+                )
+            if i == 3:  # the sheds of the first calls are still in the signals' window
+                early = {s["tier"]: v for s, v in _samples(registry)["tiersel_shed_rate"]}
+                key = SignalKey("fireworks", "kimi-k3", "standard")
+                stats = selector.signals.stats(key, clock.now())
+                assert early["standard"] == pytest.approx(
+                    (stats.shed + stats.rate_limited) / stats.n, abs=0.02
+                )
+                assert early["standard"] > 0
+    records = recorder.records
+    assert len(records) == 24
+    got = _samples(registry)
+
+    calls = {(s["model"], s["tier"], s["outcome"]): v for s, v in got["tiersel_calls_total"]}
+    assert sum(calls.values()) == 24
+    served = Counter(("kimi-k3", str(r.tier), "ok") for r in records if r.ok)
+    assert {k: v for k, v in calls.items() if k[2] == "ok"} == {
+        k: float(n) for k, n in served.items()
+    }
+    assert len({tier for _, tier, _ in served}) > 1  # the tight calls climbed at the peak
+
+    spend = sum(v for _, v in got["tiersel_spend_usd_total"])
+    assert spend == pytest.approx(sum(r.cost_usd for r in records))
+    assert spend == pytest.approx(ledger.state(clock.now()).spent_usd)
+    ((_, remaining),) = got["tiersel_budget_remaining_usd"]
+    assert remaining == pytest.approx(ledger.state(clock.now()).remaining_usd)
+
+    ((_, decided),) = got["tiersel_decide_seconds_count"]
+    assert len(records) <= decided <= sum(r.attempts for r in records)
+    assert any(r.attempts > 1 for r in records[:4])  # (the sheds seen above)
+
+    metrics.close()
+    assert "tiersel_calls_total" not in generate_latest(registry).decode()
+    assert selector.on_result is None
