@@ -3,16 +3,22 @@ argument checks. (``tiersel demo`` itself runs for about 20 s, too long for this
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.transport.conftest import MODEL, TIME_SCALE
 from tiersel.cli import main
 from tiersel.clock import ScaledClock
 from tiersel.demo import ARMS, format_report, run_demo, workload
+from tiersel.demo_plot import plot
+from tiersel.sim import load_scenario
 from tiersel.sim.server import RunningServer
 
 
-def test_the_demo_runs_every_arm_on_the_same_workload(server: RunningServer) -> None:
+def test_the_demo_runs_every_arm_on_the_same_workload(
+    server: RunningServer, tmp_path: Path
+) -> None:
     calls = workload(8, span_s=24.0, seed=1)
     assert {c.kind for c in calls} == {"interactive", "background"}
     seen = []
@@ -38,6 +44,12 @@ def test_the_demo_runs_every_arm_on_the_same_workload(server: RunningServer) -> 
     for name, _ in ARMS:
         assert name in report
     assert "what tiersel chose:" in report
+    # The picture (tiersel demo --plot): a PNG of its three panels.
+    picture = plot(
+        arms, tmp_path / "demo.png", scenario=load_scenario("peak"), start_s=0.0, bin_s=6.0
+    )
+    data = picture.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 
 
 @pytest.mark.parametrize(
@@ -46,6 +58,7 @@ def test_the_demo_runs_every_arm_on_the_same_workload(server: RunningServer) -> 
         (["demo", "--calls", "0"], "--calls must be >= 1"),
         (["demo", "--time-scale", "-1"], "--time-scale must be a number > 0"),
         (["demo", "--live"], "--live needs FIREWORKS_API_KEY"),
+        (["demo", "--plot", "/no/such/folder/x.png"], "--plot /no/such/folder/x.png: no such"),
     ],
 )
 def test_demo_arguments_are_checked(

@@ -61,6 +61,12 @@ def add_parser(subs: Any, help: str) -> None:
     )
     p.add_argument("--model", default="kimi-k3", help="model (default kimi-k3)")
     p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw the tiers bought over the run beside the load and the refusals, as PNG"
+        " (needs matplotlib)",
+    )
+    p.add_argument(
         "--live",
         action="store_true",
         help="send the workload, spread over 30 s, to the real Fireworks API with"
@@ -80,6 +86,14 @@ def run(args: argparse.Namespace) -> int:
         import openai  # noqa: F401  (checked here so the error says what to install)
     except ModuleNotFoundError:
         return fail("the demo needs the openai package: pip install openai")
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ModuleNotFoundError:
+            return fail("--plot needs matplotlib: pip install matplotlib")
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):
+            return fail(f"--plot {args.plot}: no such folder {folder}")
     if args.live:
         return _live(args)
     return _simulated(args)
@@ -131,6 +145,12 @@ def _simulated(args: argparse.Namespace) -> int:
     _say("")
     _say(format_report(arms, start_s=args.start))
     _say("")
+    if args.plot is not None:
+        from tiersel.demo_plot import plot
+        from tiersel.sim import load_scenario
+
+        scenario = load_scenario(args.scenario)
+        _say(f"picture: {plot(arms, args.plot, scenario=scenario, start_s=args.start)}")
     _say(
         f"the simulator saw {seen['requests']} requests; with tiersel hint headers:"
         f" {seen['hinted']}; asking priority on a fast model: {seen['priority_with_router']}"
