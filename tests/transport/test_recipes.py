@@ -1,0 +1,70 @@
+"""The README's LangChain and pydantic-ai recipes, run as written against the simulator server:
+the real packages, over real HTTP. Each recipe reads its base URL and key from the environment;
+the test points them at the simulator and records every call tiersel ends."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tiersel
+from tests.transport.conftest import Recorder
+from tiersel.clock import ScaledClock
+from tiersel.sim.server import RunningServer
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def recipe(name: str) -> str:
+    """The python block that follows ``<!-- recipe: name -->`` in the README."""
+    found = re.search(
+        rf"<!-- recipe: {re.escape(name)} -->\n```python\n(.*?)\n```", README.read_text(), re.S
+    )
+    assert found, f"no recipe {name!r} in the README"
+    return found.group(1)
+
+
+@pytest.fixture
+def recorded(calm: RunningServer, monkeypatch: pytest.MonkeyPatch, clock: ScaledClock) -> Recorder:
+    """Point the recipes at the simulator, and record each call tiersel's transports end."""
+    recorder = Recorder()
+    monkeypatch.setenv("FIREWORKS_BASE_URL", calm.openai_base_url)
+    monkeypatch.setenv("FIREWORKS_API_KEY", "sk-sim")
+    real = tiersel.Selector
+    sync, asynchronous = tiersel.TierTransport, tiersel.AsyncTierTransport
+    monkeypatch.setattr(tiersel, "Selector", lambda **kw: real(clock=clock, **kw))
+    monkeypatch.setattr(
+        tiersel, "TierTransport", lambda sel, **kw: sync(sel, on_call=recorder, **kw)
+    )
+    monkeypatch.setattr(
+        tiersel, "AsyncTierTransport", lambda sel, **kw: asynchronous(sel, on_call=recorder, **kw)
+    )
+    return recorder
+
+
+def _run(name: str) -> dict[str, Any]:
+    namespace: dict[str, Any] = {}
+    exec(compile(recipe(name), f"README.md recipe {name}", "exec"), namespace)
+    return namespace
+
+
+def test_the_langchain_recipe(recorded: Recorder, calm: RunningServer) -> None:
+    _run("langchain")
+    records = recorded.records
+    assert len(records) == 2 and all(r.ok and r.tier for r in records)
+    tight, loose = records
+    assert (tight.requirements.deadline_s, tight.requirements.reliability) == (10.0, 0.99)
+    assert loose.requirements.deadline_s == 600.0 and loose.streamed
+    assert loose.tier == "standard"
+    assert calm.stats()["hinted"] == 0
+
+
+def test_the_pydantic_ai_recipe(recorded: Recorder, calm: RunningServer) -> None:
+    _run("pydantic-ai")
+    records = recorded.records
+    assert len(records) == 1 and records[0].ok and records[0].tier
+    assert (records[0].requirements.deadline_s, records[0].requirements.reliability) == (10.0, 0.99)
+    assert calm.stats()["hinted"] == 0
