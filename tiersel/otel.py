@@ -9,7 +9,10 @@ Each call is a span ``tiersel.call``, with one child span ``tiersel.attempt`` pe
 ``openai.request.service_tier``, ``openai.response.service_tier``), and tiersel's own:
 ``tiersel.tier``, ``tiersel.plan``, ``tiersel.p_success``, ``tiersel.cost_usd``,
 ``tiersel.outcome``, ``tiersel.call_id``. No request header is read, so no credential reaches a
-span. A streamed call's span ends when its stream opens (``tiersel.outcome`` ``streaming``).
+span, and an exception is recorded by its type only. A streamed call's span ends when its
+stream opens (``tiersel.outcome`` ``streaming``). A hedge's loser cancelled in flight ends its
+attempt span with ``tiersel.cancelled`` (not an error); a sync shell's loser, left to finish, ends
+it when it does.
 
 >>> from tiersel.otel import TierselInstrumentor
 >>> instrumentor = TierselInstrumentor()
@@ -51,7 +54,8 @@ class TierselInstrumentor:
         ) -> CallResult:
             span = tracer.start_span("tiersel.call", attributes=_call_attributes(started))
             try:
-                result = run(sel, started, _traced_send(tracer, span, send))
+                with _current(span):
+                    result = run(sel, started, _traced_send(tracer, span, send))
             except BaseException as exc:
                 _failed(span, exc)
                 raise
@@ -63,7 +67,8 @@ class TierselInstrumentor:
         ) -> CallResult:
             span = tracer.start_span("tiersel.call", attributes=_call_attributes(started))
             try:
-                result = await arun(sel, started, _traced_asend(tracer, span, send))
+                with _current(span):
+                    result = await arun(sel, started, _traced_asend(tracer, span, send))
             except BaseException as exc:
                 _failed(span, exc)
                 raise
@@ -125,7 +130,8 @@ def _traced_send(
     def traced(effect: Send) -> Reply:
         span = _attempt(tracer, parent, effect)
         try:
-            reply = send(effect)
+            with _current(span):  # the HTTP client's spans nest here
+                reply = send(effect)
         except BaseException as exc:
             _failed(span, exc)
             raise
@@ -141,9 +147,14 @@ def _traced_asend(
     async def traced(effect: Send) -> Reply:
         span = _attempt(tracer, parent, effect)
         try:
-            reply = await send(effect)
+            with _current(span):
+                reply = await send(effect)
         except BaseException as exc:
-            _failed(span, exc)
+            if type(exc).__name__ == "CancelledError":  # a hedge's loser, cancelled: no error
+                span.set_attribute("tiersel.cancelled", True)
+                span.end()
+            else:
+                _failed(span, exc)
             raise
         _attempt_ended(span, reply)
         return reply
@@ -151,8 +162,16 @@ def _traced_asend(
     return traced
 
 
+def _current(span: Span) -> Any:
+    """``span`` made the current span while a block runs; an exception is left to `_failed`."""
+    return trace.use_span(
+        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+    )
+
+
 def _failed(span: Span, exc: BaseException) -> None:
-    span.record_exception(exc)
+    # The exception's type only: its message may quote a request (and a credential in it).
+    span.add_event("exception", {"exception.type": type(exc).__name__})
     span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
     span.end()
 

@@ -52,11 +52,13 @@ _DECIDE_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025, 0.
 
 
 class _TimedPolicy:
-    """The selector's policy, its time per decision observed (its attributes pass through)."""
+    """The selector's policy, its time per decision observed (its attributes pass through);
+    once ``active`` is off (its metrics closed while another wraps it), a plain pass-through."""
 
     def __init__(self, policy: Policy, histogram: Histogram) -> None:
         self.policy = policy
         self._observe = histogram.observe
+        self.active = True
 
     def __call__(
         self,
@@ -67,6 +69,8 @@ class _TimedPolicy:
         signals: Signals,
         now: float,
     ) -> Decision:
+        if not self.active:
+            return self.policy(call, requirements, budget, prices, signals, now)
         started = time.perf_counter()
         try:
             return self.policy(call, requirements, budget, prices, signals, now)
@@ -81,7 +85,9 @@ class TierselMetrics(Collector):
     """Metrics of one `Selector`, registered in ``registry`` (the default registry if None).
 
     It hooks the selector: its ``on_result`` (a hook already set is still called) and its policy
-    (timed). `close` undoes both and unregisters.
+    (timed). `close` unregisters and unhooks; several metrics on one selector may close in any
+    order. A call refused before any attempt (`NoFeasibleTier`, `BudgetExhausted` raised) ends
+    no call and is not counted; its decision is timed.
     """
 
     def __init__(self, selector: Selector, *, registry: CollectorRegistry | None = None) -> None:
@@ -107,21 +113,32 @@ class TierselMetrics(Collector):
         )
         self._models: set[str] = set()
         self._lock = threading.Lock()
+        self._closed = False
+        self.registry.register(self)  # first: a registration refused leaves the selector as it was
         self._previous = selector.on_result
-        self._policy = selector.policy
+        self._timed = _TimedPolicy(selector.policy, self._decide)
         selector.on_result = self._on_result
-        selector.policy = _TimedPolicy(selector.policy, self._decide)
-        self.registry.register(self)
+        selector.policy = self._timed
 
     def close(self) -> None:
-        """Unhook the selector and unregister."""
-        self.selector.on_result = self._previous
-        self.selector.policy = self._policy
+        """Unregister, and unhook the selector: where other hooks were set over these since, these
+        stay in the chain, passing calls on uncounted."""
+        if self._closed:
+            return
+        self._closed = True
         self.registry.unregister(self)
+        self._timed.active = False
+        sel = self.selector
+        if sel.on_result == self._on_result:
+            sel.on_result = self._previous
+        if sel.policy is self._timed:
+            sel.policy = self._timed.policy
 
     def _on_result(self, result: CallResult) -> None:
         if self._previous is not None:
             self._previous(result)
+        if self._closed:
+            return
         step = result.step
         model = self.selector.pricing.model(step.model).name if step is not None else "unknown"
         tier = str(result.tier) if result.tier is not None else "none"
@@ -129,8 +146,18 @@ class TierselMetrics(Collector):
         self._calls.labels(model, tier, outcome).inc()
         if result.cost_usd > 0:
             self._spend.labels(model, tier).inc(result.cost_usd)
-        with self._lock:
-            self._models.add(model)
+        if step is not None:  # (a call that sent nothing names no model the table knows)
+            with self._lock:
+                self._models.add(model)
+
+    def describe(self) -> Iterator[Any]:
+        """The metrics' names, without reading the selector (a registry checks them for
+        duplicates when this registers)."""
+        yield from self._calls.describe()
+        yield from self._spend.describe()
+        yield from self._decide.describe()
+        yield GaugeMetricFamily("tiersel_budget_remaining_usd", "")
+        yield GaugeMetricFamily("tiersel_shed_rate", "", labels=["model", "tier"])
 
     def collect(self) -> Iterator[Any]:
         yield from self._calls.collect()

@@ -59,6 +59,8 @@ def test_the_demo_runs_every_arm_on_the_same_workload(
         (["demo", "--time-scale", "-1"], "--time-scale must be a number > 0"),
         (["demo", "--live"], "--live needs FIREWORKS_API_KEY"),
         (["demo", "--plot", "/no/such/folder/x.png"], "--plot /no/such/folder/x.png: no such"),
+        (["demo", "--plot", "/tmp"], "--plot /tmp: name a .png file"),
+        (["demo", "--plot", "demo.svg"], "--plot demo.svg: name a .png file"),
     ],
 )
 def test_demo_arguments_are_checked(

@@ -4,17 +4,22 @@ the simulator), and no credential anywhere."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import httpx
 import httpx2
 import openai
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 import tiersel
+from tests.core.test_hedge import BODY as HEDGE_BODY
+from tests.core.test_hedge import Reservations, Upstream
+from tests.core.test_hedge import _selector as hedging_selector
 from tests.transport.conftest import CANARY_KEY, MODEL
 from tiersel.clock import ScaledClock
 from tiersel.otel import TierselInstrumentor
@@ -52,6 +57,21 @@ def _ask(client: openai.OpenAI, i: int) -> None:
         client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": f"hello {i}"}], max_tokens=30
         )
+
+
+def _span_text(spans: Sequence[ReadableSpan]) -> str:
+    """Everything the spans say: names, attributes, events and their attributes, statuses."""
+    return repr(
+        [
+            (
+                s.name,
+                dict(s.attributes or {}),
+                [(e.name, dict(e.attributes or {})) for e in s.events],
+                s.status.description,
+            )
+            for s in spans
+        ]
+    )
 
 
 def _calls(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
@@ -95,7 +115,7 @@ async def test_ten_calls_are_ten_call_spans_with_their_attempts(
         ledger.state(clock.now()).spent_usd
     )
     # No credential in any span: names, attributes, events.
-    text = repr([(s.name, dict(s.attributes or {}), s.events) for s in spans])
+    text = _span_text(spans)
     assert CANARY_KEY not in text and "sk-canary" not in text
 
 
@@ -109,3 +129,49 @@ def test_uninstrument_stops_the_spans(exporter: InMemorySpanExporter, calm: Runn
         _ask(client, 2)
     assert len(_calls(exporter)) == 1
     assert tiersel.Selector.run.__name__ == "run"
+
+
+def test_the_attempt_span_is_current_while_it_is_sent(exporter: InMemorySpanExporter) -> None:
+    # The HTTP client's own spans (opentelemetry-instrumentation-httpx) nest under the attempt.
+    seen: list[tuple[str, bool]] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        span = trace.get_current_span()
+        seen.append((getattr(span, "name", ""), span.get_span_context().is_valid))
+        usage = {"prompt_tokens": 5, "completion_tokens": 3}
+        return httpx.Response(200, json={"choices": [], "usage": usage})
+
+    sel = tiersel.Selector(api_key=CANARY_KEY, transport=httpx.MockTransport(upstream))
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    assert sel.send(body).ok
+    assert seen == [("tiersel.attempt", True)]
+    (attempt,) = [s for s in exporter.get_finished_spans() if s.name == "tiersel.attempt"]
+    (call,) = _calls(exporter)
+    assert attempt.context.trace_id == call.context.trace_id
+
+
+async def test_a_cancelled_hedge_loser_is_no_error_and_exceptions_keep_their_messages_out(
+    exporter: InMemorySpanExporter,
+) -> None:
+    up, ledger = Upstream(), Reservations(1.0)
+    sel = hedging_selector(up, ledger)
+    r = await sel.asend(HEDGE_BODY, requirements=tiersel.Requirements(deadline_s=30))
+    assert r.ok and r.tried == ("standard", "fast")
+    attempts = {
+        s.attributes["tiersel.tier"]: s  # type: ignore[index]
+        for s in exporter.get_finished_spans()
+        if s.name == "tiersel.attempt"
+    }
+    loser = attempts["standard"]
+    assert loser.attributes["tiersel.cancelled"] is True  # type: ignore[index]
+    assert loser.status.status_code is not StatusCode.ERROR
+
+    # A send that raises: the span says which exception, not what it said.
+    def leaky(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError(f"bad header {CANARY_KEY}")
+
+    broken = tiersel.Selector(api_key=CANARY_KEY, transport=httpx.MockTransport(leaky))
+    with pytest.raises(RuntimeError):
+        broken.send(HEDGE_BODY)
+    text = _span_text(exporter.get_finished_spans())
+    assert "RuntimeError" in text and CANARY_KEY not in text

@@ -16,7 +16,7 @@ import tiersel
 from tests.transport.conftest import CANARY_KEY, MODEL, Recorder
 from tiersel.clock import ScaledClock
 from tiersel.prometheus import TierselMetrics
-from tiersel.signals import SignalKey
+from tiersel.signals import Observation, Outcome, SignalKey
 from tiersel.sim.server import RunningServer
 from tiersel.wrap import TierTransport, requirements
 
@@ -81,3 +81,50 @@ def test_after_calls_the_metrics_count_them(server: RunningServer, clock: Scaled
     metrics.close()
     assert "tiersel_calls_total" not in generate_latest(registry).decode()
     assert selector.on_result is None
+
+
+def _upstream_sheds(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(503, json={"error": {"message": "overloaded"}})
+
+
+def test_a_call_that_sent_nothing_counts_and_scraping_still_works() -> None:
+    # Standard alone, cooling down past the deadline: the call ends with no attempt.
+    registry = CollectorRegistry()
+    sel = tiersel.Selector(transport=httpx.MockTransport(_upstream_sheds), api_key="k")
+    TierselMetrics(sel, registry=registry)
+    sel.record("kimi-k3", "standard", Observation(Outcome.shed, retry_after_s=60))
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+    result = sel.send(body, requirements=tiersel.Requirements(deadline_s=5, tiers=("standard",)))
+    assert not result.ok and result.attempts == 0
+    got = _samples(registry)
+    assert [(s["outcome"], v) for s, v in got["tiersel_calls_total"]] == [("not_sent", 1.0)]
+
+
+def test_metrics_close_in_any_order_and_a_refused_registration_hooks_nothing() -> None:
+    sel = tiersel.Selector(api_key="k")
+    policy = sel.policy
+    first, second = CollectorRegistry(), CollectorRegistry()
+    a = TierselMetrics(sel, registry=first)
+    b = TierselMetrics(sel, registry=second)
+    a.close()
+    call = tiersel.Call(model="kimi-k3", input_tokens=100, max_output_tokens=10)
+    sel.decide(call)  # b still times decisions
+    decided = _samples(second)["tiersel_decide_seconds_count"]
+    assert decided == [({}, 1.0)]
+    b.close()
+    sel.decide(call)
+    assert _samples(second) == {} and _samples(first) == {}
+    # Both closed: what is left passes calls straight to the policy.
+    assert sel.decide(call).tier == policy(call, tiersel.Requirements(), None,
+        sel.pricing.model("kimi-k3"), sel.health("kimi-k3"), 0.0).tier  # fmt: skip
+    # A registry that refuses the collector leaves the selector unhooked.
+    other = tiersel.Selector(api_key="k")
+    with pytest.raises(ValueError, match="Duplicated"):
+        TierselMetrics(other, registry=_taken())
+    assert other.on_result is None and other.policy.__class__.__name__ == "CheapestFeasible"
+
+
+def _taken() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    TierselMetrics(tiersel.Selector(api_key="k"), registry=registry)
+    return registry

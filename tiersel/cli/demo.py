@@ -94,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         folder = os.path.dirname(os.path.abspath(args.plot))
         if not os.path.isdir(folder):
             return fail(f"--plot {args.plot}: no such folder {folder}")
+        if os.path.isdir(args.plot) or not args.plot.lower().endswith(".png"):
+            return fail(f"--plot {args.plot}: name a .png file")
     if args.live:
         return _live(args)
     return _simulated(args)
@@ -150,7 +152,10 @@ def _simulated(args: argparse.Namespace) -> int:
         from tiersel.sim import load_scenario
 
         scenario = load_scenario(args.scenario)
-        _say(f"picture: {plot(arms, args.plot, scenario=scenario, start_s=args.start)}")
+        try:
+            _say(f"picture: {plot(arms, args.plot, scenario=scenario, start_s=args.start)}")
+        except OSError as exc:
+            return fail(f"--plot {args.plot}: {exc.strerror or exc}")
     _say(
         f"the simulator saw {seen['requests']} requests; with tiersel hint headers:"
         f" {seen['hinted']}; asking priority on a fast model: {seen['priority_with_router']}"
