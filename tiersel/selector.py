@@ -231,6 +231,12 @@ class Selector:
             f" clock={self.clock!r}, ledger={self.ledger!r}, base_url={self.base_url!r})"
         )
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a Selector holds clients, stores and locks and is not pickled: build one in each"
+            " process (its API key never leaves the process: it pickles as nothing)"
+        )
+
     @property
     def ledger_enabled(self) -> bool:
         return self.ledger is not None
@@ -742,8 +748,7 @@ class _Secret:
     __str__ = __repr__
 
     def __reduce__(self) -> tuple[type[_Secret], tuple[None]]:
-        # Never written out: a pickled (or deep-copied) Selector comes back without its key, so
-        # its requests go with their own credentials only (give it api_key= again).
+        # Never written out: whatever pickles or deep-copies it gets it back without the key.
         return (_Secret, (None,))
 
 

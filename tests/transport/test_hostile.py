@@ -174,9 +174,12 @@ def test_a_lone_surrogate_is_counted_and_sent(calm: RunningServer) -> None:
     assert sel.ledger is not None and sel.ledger.state(0.0).reserved_usd == 0
 
 
-def test_a_pickled_selector_carries_no_key() -> None:
+def test_a_selector_is_not_pickled_and_its_key_pickles_as_nothing() -> None:
     key = "sk-canary-pickle-1234567890"
     sel = tiersel.Selector(api_key=key)
+    with pytest.raises(TypeError, match="build one in each process") as refused:
+        pickle.dumps(sel)
+    assert key not in str(refused.value)
     blob = pickle.dumps(sel._api_key)
     assert key.encode() not in blob
     assert pickle.loads(blob).value is None

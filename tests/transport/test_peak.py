@@ -115,7 +115,10 @@ def test_under_peak_shedding_tight_deadlines_climb_and_succeed(
     tight = [d for d in done if d.tight]
     for d in tight:
         assert d.ok and d.record is not None, d
-        assert d.record.elapsed_s <= d.deadline_s, d
+    # Each asked to be on time with probability 0.95, not 1: of 12, more than 3 late happens
+    # about twice in a thousand runs of a calibrated model.
+    late = [d for d in tight if d.record is not None and d.record.elapsed_s > d.deadline_s]
+    assert len(late) <= 3, late
     escalated = [d for d in tight if d.record is not None and d.record.tier != "standard"]
     assert len(escalated) >= 0.8 * len(tight)
     # Loose calls (no reliability target) succeed too: planned for 95% on the cheapest tiers,
