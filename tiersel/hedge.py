@@ -40,7 +40,7 @@ import math
 from collections.abc import Sequence
 from statistics import NormalDist
 
-from tiersel.schedule import Candidate, Schedule
+from tiersel.schedule import Candidate, Schedule, p_refused, p_within
 
 __all__ = ["CANCEL_OUTPUT_SHARE", "HEDGE_SAVING", "cheapest_hedge", "price_hedge"]
 
@@ -56,23 +56,6 @@ _GRID = tuple(NormalDist().inv_cdf((j + 0.5) / 8) for j in range(8))
 _SQRT2 = math.sqrt(2.0)
 
 
-def _cdf(c: Candidate, x: float) -> float:
-    """P(``c``'s attempt, once served, answers within ``x`` seconds of being sent)."""
-    if x <= 0.0:
-        return 0.0
-    if c.scale == 0.0:
-        return 1.0 if x >= c.latency else 0.0
-    return 0.5 * (1.0 + math.erf(math.log(x / c.latency) * c.scale))
-
-
-def _refused(c: Candidate, start: float) -> float:
-    """P(an attempt on ``c`` sent ``start`` seconds from now is refused): its lean now, fading
-    towards its window's rate (as in `tiersel.schedule`)."""
-    if start <= 0.0:
-        return c.refused
-    return c.refusal + (c.refused - c.refusal) * math.exp(-start / c.memory_s)
-
-
 def _cancelled(c: Candidate) -> float:
     """What an attempt on ``c`` cancelled part way is assumed to be billed."""
     return c.prompt + CANCEL_OUTPUT_SHARE * max(0.0, c.expected - c.prompt)
@@ -81,14 +64,14 @@ def _cancelled(c: Candidate) -> float:
 def _a_wins(a: Candidate, b: Candidate, h: float, offset: float) -> float:
     """P(A answers before B), given A had not answered at ``h`` and B is sent at ``offset``
     (both from A's send), averaged over B's latency."""
-    tail = 1.0 - _cdf(a, h)
+    tail = 1.0 - p_within(a, h)
     if tail <= 0.0:
         return 0.0
     sigma = 1.0 / (b.scale * _SQRT2) if b.scale else 0.0
-    base = _cdf(a, h)
+    base = p_within(a, h)
     won = 0.0
     for z in _GRID:
-        won += _cdf(a, offset + b.latency * math.exp(z * sigma)) - base
+        won += p_within(a, offset + b.latency * math.exp(z * sigma)) - base
     return min(1.0, won / (len(_GRID) * tail))
 
 
@@ -98,27 +81,27 @@ def price_hedge(a: Candidate, b: Candidate, h: float, deadline: float) -> Schedu
     start = a.wait
     if start + h >= deadline or h < 0.0:
         return None
-    r_a = _refused(a, start)
+    r_a = p_refused(a, start)
     serve_a = 1.0 - r_a - a.error
     if serve_a <= 0.0:
         return None
     left = deadline - start
-    answered = _cdf(a, h)  # A answers before the hedge goes out
-    on_time_a = _cdf(a, left)
+    answered = p_within(a, h)  # A answers before the hedge goes out
+    on_time_a = p_within(a, left)
     # A not answered by h: B goes at h (or once its cooldown ends).
     t_race = max(start + h, b.wait)
-    serve_b = 1.0 - _refused(b, t_race) - b.error
+    serve_b = 1.0 - p_refused(b, t_race) - b.error
     if serve_b <= 0.0 or t_race >= deadline:
         return None
-    late_b = 1.0 - _cdf(b, deadline - t_race)
+    late_b = 1.0 - p_within(b, deadline - t_race)
     both_late = (1.0 - on_time_a) * late_b
     raced_ok = (1.0 - answered) - both_late  # A on time after h, or B on time
     refused_ok = on_time_a - answered  # B refused: A alone, on time after h
     served_ok = answered + serve_b * raced_ok + (1.0 - serve_b) * refused_ok
     # A failed fast: B goes then (no later than h), credited at most the served branch.
     t_fail = max(start + min(a.fail_s, h), b.wait)
-    serve_b_fail = max(0.0, 1.0 - _refused(b, t_fail) - b.error)
-    fail_ok = serve_b_fail * min(_cdf(b, deadline - t_fail), served_ok)
+    serve_b_fail = max(0.0, 1.0 - p_refused(b, t_fail) - b.error)
+    fail_ok = serve_b_fail * min(p_within(b, deadline - t_fail), served_ok)
     p = serve_a * served_ok + (1.0 - serve_a) * fail_ok
 
     a_wins = _a_wins(a, b, h, t_race - start)

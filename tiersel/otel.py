@@ -22,6 +22,7 @@ it when it does.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -150,7 +151,7 @@ def _traced_asend(
             with _current(span):
                 reply = await send(effect)
         except BaseException as exc:
-            if type(exc).__name__ == "CancelledError":  # a hedge's loser, cancelled: no error
+            if isinstance(exc, asyncio.CancelledError):  # a hedge's loser, cancelled: no error
                 span.set_attribute("tiersel.cancelled", True)
                 span.end()
             else:

@@ -55,7 +55,7 @@ from tiersel.decision import run_label
 from tiersel.pricing import TierPrice
 from tiersel.signals import TierHealth
 
-__all__ = ["Candidate", "Schedule", "cheapest", "likeliest", "price"]
+__all__ = ["Candidate", "Schedule", "cheapest", "likeliest", "p_refused", "p_within", "price"]
 
 _SQRT2 = math.sqrt(2.0)
 _erf = math.erf
@@ -126,6 +126,26 @@ class _Node(NamedTuple):
 _ROOT = _Node(None, -1, 0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0)
 
 
+def p_refused(c: Candidate, start: float) -> float:
+    """P(an attempt on ``c`` sent ``start`` seconds from now, not right after a shed on it, is
+    refused): its lean now, fading towards its window's rate over ``memory_s``."""
+    if start <= 0.0:
+        return c.refused
+    return c.refusal + (c.refused - c.refusal) * math.exp(-start / c.memory_s)
+
+
+def p_within(c: Candidate, seconds: float) -> float:
+    """P(an attempt on ``c``, once served, answers within ``seconds`` of being sent): the
+    log-normal latency around ``c.latency`` (a step at it when ``c.scale`` is 0: no spread)."""
+    if seconds <= 0.0:
+        return 0.0
+    if c.scale == 0.0:
+        return 1.0 if seconds >= c.latency else 0.0
+    return 0.5 * (1.0 + _erf(_log(seconds / c.latency) * c.scale))
+
+
+# `_extend` computes `p_refused` and `p_within` inline: it is the search's hot path, where a
+# function call per attempt priced adds up (benchmarks/decide.py).
 def _extend(
     node: _Node,
     k: int,
