@@ -1,8 +1,10 @@
-"""Request and response shapes of the two API dialects tiersel routes.
+"""Request and response shapes of the API dialects tiersel routes.
 
-OpenAI-compatible chat completions (``/chat/completions``) and Anthropic-compatible messages
-(``/messages``): applying a decision to a body, reading the output cap, the token usage and the
-tier that served, and classifying errors. Pure functions; no I/O.
+The four generation endpoints Fireworks serves (docs.fireworks.ai/api-reference): OpenAI-compatible
+chat completions (``/chat/completions``), the Responses API (``/responses``), text completions
+(``/completions``), and Anthropic-compatible messages (``/messages``). Here: applying a decision to
+a body, reading the output cap, the prompt, the token usage and the tier that served, and
+classifying errors. Pure functions; no I/O.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tiersel.signals import Outcome
 __all__ = [
     "HINT_PREFIX",
     "IMAGE_TOKENS_BOUND",
+    "STORED_CONTEXT_FIELDS",
     "TEMPLATE_TOKENS_BOUND",
     "TOKEN_LIMIT",
     "Classified",
@@ -37,6 +40,7 @@ __all__ = [
     "input_token_bound",
     "input_tokens",
     "max_output_tokens",
+    "prompt_of",
     "read_usage",
     "strip_hints",
 ]
@@ -50,12 +54,45 @@ latencies are computed in floats, and far larger counts overflow them; no real c
 
 _SHED_STATUSES = frozenset({503, 529, 498})
 _RETRYABLE_ERRORS = frozenset({500, 502, 504})
-_CHAT_OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens")
 
 
 class Dialect(str, enum.Enum):
+    """A generation endpoint's request and response shape."""
+
     openai = "openai"
+    """OpenAI-compatible chat completions: ``messages`` in, ``choices`` out."""
     anthropic = "anthropic"
+    """Anthropic-compatible messages: ``messages`` and ``system`` in, ``content`` out."""
+    responses = "responses"
+    """The OpenAI Responses API: ``input`` and ``instructions`` in, ``output`` items out; a
+    stream of typed events ending in ``response.completed`` (which carries the usage)."""
+    completions = "completions"
+    """Text completions: ``prompt`` in, ``choices[].text`` out."""
+
+    @property
+    def chunked_usage(self) -> bool:
+        """Whether a stream reports usage only when asked (``stream_options.include_usage``),
+        in a chunk of its own with no choices: chat and text completions."""
+        return self is Dialect.openai or self is Dialect.completions
+
+
+_OUTPUT_FIELDS = {
+    Dialect.openai: ("max_completion_tokens", "max_tokens"),
+    Dialect.anthropic: ("max_tokens",),
+    Dialect.responses: ("max_output_tokens",),
+    Dialect.completions: ("max_tokens",),
+}
+
+_PROMPT_FIELDS = {
+    Dialect.openai: ("messages", "system"),
+    Dialect.anthropic: ("messages", "system"),
+    Dialect.responses: ("input", "instructions"),
+    Dialect.completions: ("prompt", None),
+}
+
+STORED_CONTEXT_FIELDS = ("previous_response_id", "conversation")
+"""Responses API fields that add a conversation stored upstream to the prompt: tiersel cannot see
+it, so such a call's prompt has no bound (`input_tokens` counts only what the body holds)."""
 
 
 def dialect_for_path(path: str) -> Dialect | None:
@@ -65,6 +102,10 @@ def dialect_for_path(path: str) -> Dialect | None:
         return Dialect.openai
     if p.endswith("/messages"):
         return Dialect.anthropic
+    if p.endswith("/responses"):
+        return Dialect.responses
+    if p.endswith("/completions"):
+        return Dialect.completions
     return None
 
 
@@ -79,8 +120,7 @@ def max_output_tokens(body: Mapping[str, Any], dialect: Dialect) -> int | None:
     Raises `RequestNotUnderstood` naming the field when the cap is not a positive integer of at
     most `TOKEN_LIMIT`.
     """
-    fields = _CHAT_OUTPUT_FIELDS if dialect is Dialect.openai else ("max_tokens",)
-    for name in fields:
+    for name in _OUTPUT_FIELDS[dialect]:
         value = body.get(name)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -209,28 +249,50 @@ def _text_bytes(root: Any) -> int:
     return size
 
 
-def estimate_input_tokens(body: Mapping[str, Any], *, bytes_per_token: float = 3.0) -> int:
+def estimate_input_tokens(
+    body: Mapping[str, Any], *, bytes_per_token: float = 3.0, dialect: Dialect = Dialect.openai
+) -> int:
     """Estimate a body's prompt tokens from the size of its text, without a tokenizer.
 
     ``bytes_per_token=3`` is an estimate for English text (BPE tokenizers average about 4 bytes a
-    token); ``bytes_per_token=1`` counts a token a byte. Each message adds a few tokens of
-    framing. Tool definitions count whole, as their JSON: a chat template renders their schemas'
-    keys and type names into the prompt, not only their text. For a bound the provider cannot
-    bill past, see `input_token_bound`.
+    token); ``bytes_per_token=1`` counts a token a byte. Each message (or input item, or prompt)
+    adds a few tokens of framing. Tool definitions count whole, as their JSON: a chat template
+    renders their schemas' keys and type names into the prompt, not only their text. For a bound
+    the provider cannot bill past, see `input_token_bound`.
     """
     if not bytes_per_token > 0:
         raise ValueError(f"bytes_per_token must be > 0, got {bytes_per_token!r}")
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        raise RequestNotUnderstood("the body has no 'messages' list")
-    size = _text_bytes(messages) + _text_bytes(body.get("system"))
+    items, preamble = prompt_of(body, dialect)
+    size = _text_bytes(items) + _text_bytes(preamble)
     tools = body.get("tools")
     if tools:
         size += _json_bytes(tools)
-    return math.ceil(size / bytes_per_token) + 8 * (len(messages) + 1)
+    return math.ceil(size / bytes_per_token) + 8 * (len(items) + 1)
 
 
-def input_token_bound(body: Mapping[str, Any]) -> int:
+def prompt_of(body: Mapping[str, Any], dialect: Dialect) -> tuple[list[Any], Any]:
+    """``(items, preamble)`` of a body's prompt: its messages (or input items, or prompts) as a
+    list, and the system prompt or instructions (None when it has none).
+
+    Raises `RequestNotUnderstood` naming the field when the prompt is missing or of a wrong type.
+
+    >>> prompt_of({"input": "Hi", "instructions": "Be brief"}, Dialect.responses)
+    (['Hi'], 'Be brief')
+    """
+    name, preamble = _PROMPT_FIELDS[dialect]
+    items = body.get(name)
+    if isinstance(items, list):
+        return items, body.get(preamble) if preamble else None
+    if isinstance(items, str) and dialect in (Dialect.responses, Dialect.completions):
+        return [items], body.get(preamble) if preamble else None
+    if dialect is Dialect.responses:
+        raise RequestNotUnderstood("the body has no 'input' string or list of input items")
+    if dialect is Dialect.completions:
+        raise RequestNotUnderstood("the body has no 'prompt' string or list")
+    raise RequestNotUnderstood("the body has no 'messages' list")
+
+
+def input_token_bound(body: Mapping[str, Any], *, dialect: Dialect = Dialect.openai) -> int:
     """Prompt tokens the provider can bill at most for ``body``: one a byte of everything in its
     messages, system prompt and tools (no BPE token is shorter than a byte), `IMAGE_TOKENS_BOUND`
     an image part, and `TEMPLATE_TOKENS_BOUND` for the chat template's own text.
@@ -238,28 +300,31 @@ def input_token_bound(body: Mapping[str, Any]) -> int:
     >>> input_token_bound({"messages": [{"role": "user", "content": "1 2 3"}]})
     181
     """
-    return input_tokens(body)[1]
+    return input_tokens(body, dialect=dialect)[1]
 
 
-def input_tokens(body: Mapping[str, Any], *, bytes_per_token: float = 3.0) -> tuple[int, int]:
+def input_tokens(
+    body: Mapping[str, Any], *, bytes_per_token: float = 3.0, dialect: Dialect = Dialect.openai
+) -> tuple[int, int]:
     """``(estimate, bound)`` of a body's prompt tokens, in one walk (see `estimate_input_tokens`
-    and `input_token_bound`). Raises `RequestNotUnderstood` without a ``messages`` list."""
+    and `input_token_bound`). Raises `RequestNotUnderstood` without a prompt (see `prompt_of`).
+
+    A Responses API body that continues a stored conversation (`STORED_CONTEXT_FIELDS`) is
+    counted by what it holds: the stored part is not in it.
+    """
     if not bytes_per_token > 0:
         raise ValueError(f"bytes_per_token must be > 0, got {bytes_per_token!r}")
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        raise RequestNotUnderstood("the body has no 'messages' list")
-    text, bound, images = _measure(messages)
-    system = body.get("system")
-    if system is not None:
-        t, b, i = _measure(system)
+    items, preamble = prompt_of(body, dialect)
+    text, bound, images = _measure(items)
+    if preamble is not None:
+        t, b, i = _measure(preamble)
         text, bound, images = text + t, bound + b, images + i
     tools = body.get("tools")
     if tools:
         b = _json_bytes(tools)
         text += b  # rendered whole, as JSON
         bound += b
-    framing = 8 * (len(messages) + 1)
+    framing = 8 * (len(items) + 1)
     estimate = math.ceil(text / bytes_per_token) + framing
     ceiling = bound + framing + images * IMAGE_TOKENS_BOUND + TEMPLATE_TOKENS_BOUND
     return estimate, max(estimate, ceiling)
@@ -314,21 +379,33 @@ def _served_tier(value: Any) -> str | None:
     return None
 
 
+_USAGE_FIELDS = {
+    Dialect.openai: ("prompt_tokens", "prompt_tokens_details", "completion_tokens"),
+    Dialect.completions: ("prompt_tokens", "prompt_tokens_details", "completion_tokens"),
+    Dialect.responses: ("input_tokens", "input_tokens_details", "output_tokens"),
+}
+"""Per dialect with OpenAI-style usage: the prompt's field, its breakdown (which holds
+``cached_tokens``), and the output's field. Anthropic's usage is read apart."""
+
+
 def read_usage(payload: Any, dialect: Dialect) -> Usage | None:
-    """Usage from a response body (or a stream's final chunk / message_delta), None if absent."""
+    """Usage from a response body (or a stream's final chunk, message_delta, or the response a
+    ``response.completed`` event carries), None if absent."""
     # Parsed JSON gives dicts: test for dict first, which is far cheaper than the Mapping ABC.
     if not isinstance(payload, (dict, Mapping)):
         return None
     usage = payload.get("usage")
     if not isinstance(usage, (dict, Mapping)):
         return None
-    if dialect is Dialect.openai:
-        details = usage.get("prompt_tokens_details")
+    fields = _USAGE_FIELDS.get(dialect)
+    if fields is not None:
+        prompt, breakdown, output = fields
+        details = usage.get(breakdown)
         cached = _int(details.get("cached_tokens")) if isinstance(details, (dict, Mapping)) else 0
         return Usage(
-            prompt_tokens=_int(usage.get("prompt_tokens")),
+            prompt_tokens=_int(usage.get(prompt)),
             cached_tokens=cached,
-            completion_tokens=_int(usage.get("completion_tokens")),
+            completion_tokens=_int(usage.get(output)),
             served_tier=_served_tier(payload.get("service_tier")),
         )
     cache_read = _int(usage.get("cache_read_input_tokens"))

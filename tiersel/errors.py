@@ -120,7 +120,7 @@ class BudgetExhausted(NoFeasibleTier):
 
 
 class RequestNotUnderstood(TierselError, ValueError):
-    """A request body tiersel was asked to route is not a chat-completions or messages body."""
+    """A request body tiersel was asked to route is not one it can read (see `tiersel.dialects`)."""
 
 
 class ConflictingRequirements(TierselError, ValueError):

@@ -19,6 +19,7 @@ from tiersel.call import BudgetState, Call, Requirements
 from tiersel.clock import Clock, SystemClock
 from tiersel.decision import Decision
 from tiersel.dialects import (
+    STORED_CONTEXT_FIELDS,
     Dialect,
     dialect_for_path,
     input_tokens,
@@ -337,7 +338,9 @@ class Selector:
             limit = prices.max_output_tokens
             out = self.default_max_output_tokens
             out = min(out, limit) if limit else out
-        tokens, bound = input_tokens(body, bytes_per_token=self.bytes_per_token)
+        if dialect is Dialect.responses and self.ledger_enabled:
+            _refuse_stored_context(body)
+        tokens, bound = input_tokens(body, bytes_per_token=self.bytes_per_token, dialect=dialect)
         # Every field was checked above (the cap by max_output_tokens, the model by the table):
         # skip validating them again on the hot path.
         call = Call.model_construct(
@@ -375,7 +378,10 @@ class Selector:
         if dialect is None:
             dialect = dialect_for_path(path)
         if dialect is None:
-            raise RequestNotUnderstood(f"{shown(path)} is not a chat-completions or messages path")
+            raise RequestNotUnderstood(
+                f"{shown(path)} is not a generation path (chat completions, responses,"
+                " completions or messages)"
+            )
         call, implied = self.call_for(body, dialect)
         req = pinned(requirements if requirements is not None else self.requirements, implied)
         cid = call_id or new_call_id()
@@ -839,3 +845,15 @@ def pinned(req: Requirements, implied: str | None) -> Requirements:
             f" {', '.join(req.tiers)}"
         )
     return req.model_copy(update={"tiers": (implied,)})
+
+
+def _refuse_stored_context(body: Mapping[str, Any]) -> None:
+    """Under a budget, refuse a Responses API call that continues a stored conversation: its
+    prompt holds tokens tiersel cannot see, so no worst case can be reserved for it."""
+    for name in STORED_CONTEXT_FIELDS:
+        if body.get(name) is not None:
+            raise RequestNotUnderstood(
+                f"{name}: the prompt continues a conversation stored upstream, whose tokens"
+                " tiersel cannot count, so a budget cannot reserve its cost; send the whole"
+                " conversation as 'input' instead"
+            )

@@ -123,7 +123,7 @@ def test_default_max_tokens_is_written_into_the_body() -> None:
         (
             batch_line("c-2", body(1), url="/v1/embeddings"),
             "c-2",
-            "url '/v1/embeddings' is not a generation endpoint",
+            "url '/v1/embeddings' is not a generation endpoint a batch runs",
         ),
         (batch_line("c-3", "hello"), "c-3", "body must be a JSON object, got a string"),
         (

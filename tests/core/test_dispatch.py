@@ -346,7 +346,7 @@ def test_bad_bodies_are_refused_clearly() -> None:
         sel.send({**BODY, "max_tokens": -3})
     with pytest.raises(tiersel.UnknownModel, match="nope"):
         sel.send({**BODY, "model": "nope"})
-    with pytest.raises(tiersel.RequestNotUnderstood, match="not a chat-completions"):
+    with pytest.raises(tiersel.RequestNotUnderstood, match="is not a generation path"):
         sel.send(BODY, path="/embeddings")
 
 

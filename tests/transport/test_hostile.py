@@ -84,7 +84,7 @@ def test_a_response_read_already_async() -> None:
     assert streamed.count("data: {") >= 2
 
 
-@pytest.mark.parametrize("path", ["/responses", "/completions", "/embeddings"])
+@pytest.mark.parametrize("path", ["/embeddings", "/rerank", "/audio/transcriptions"])
 def test_under_a_budget_a_post_tiersel_cannot_price_is_refused(path: str) -> None:
     seen: list[str] = []
 

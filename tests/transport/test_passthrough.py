@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx2
@@ -72,33 +73,33 @@ def test_the_requests_the_client_builds_are_forwarded_as_they_are(calm: RunningS
     http.close()
 
 
-def test_a_passed_through_body_asking_priority_on_a_fast_router_never_goes_upstream(
+def test_priority_on_a_fast_router_never_goes_upstream_routed_or_passed_through(
     calm: RunningServer,
 ) -> None:
     spy = Spy()
     http = httpx2.Client(transport=TierTransport(tiersel.Selector(api_key=""), spy))
     client = openai.OpenAI(api_key="sk-test", base_url=calm.openai_base_url, http_client=http)
     router = "accounts/fireworks/routers/kimi-k3-fast"
-    # The legacy completions endpoint is not routed; the combination is refused all the same.
+    # A routed call (text completions, here) is sent as the router alone: tiersel owns the tier.
+    done = client.completions.create(
+        model=router, prompt="hi", max_tokens=8, extra_body={"service_tier": "priority"}
+    )
+    assert done.choices[0].text
+    (sent,) = spy.requests
+    assert sent.url.path == "/inference/v1/completions"
+    body = json.loads(sent.read())
+    assert body["model"] == router and "service_tier" not in body
+    # A body passed through (not a generation call) with the combination is refused, unsent.
+    url = calm.openai_base_url + "/embeddings"
+    asked = {"model": router, "input": "hi", "service_tier": "priority"}
     with pytest.raises(tiersel.RequestNotUnderstood) as caught:
-        client.completions.create(
-            model=router, prompt="hi", max_tokens=8, extra_body={"service_tier": "priority"}
-        )
+        http.post(url, json=asked)
     assert str(caught.value) == (
-        "POST /inference/v1/completions: the body asks for service_tier 'priority' on the fast"
+        "POST /inference/v1/embeddings: the body asks for service_tier 'priority' on the fast"
         f" router model {router!r}; the two do not combine, so tiersel does not send it"
     )
-    assert spy.requests == [] and calm.stats()["requests"] == 0
-    # The same call without the tier passes through as it is (the simulator has no such path).
-    with pytest.raises(openai.NotFoundError):
-        client.completions.create(model=router, prompt="hi", max_tokens=8)
-    assert len(spy.requests) == 1 and spy.requests[0].url.path == "/inference/v1/completions"
     # The anthropic SDK's refusal mode answers instead of raising.
-    refused = http.post(
-        calm.openai_base_url + "/responses",
-        json={"model": router, "input": "hi", "service_tier": "priority"},
-        headers={"user-agent": "Anthropic/Python 2.0.0"},
-    )
+    refused = http.post(url, json=asked, headers={"user-agent": "Anthropic/Python 2.0.0"})
     assert refused.status_code == 400 and refused.headers["x-should-retry"] == "false"
     assert "fast router model" in refused.json()["error"]["message"]
     assert len(spy.requests) == 1

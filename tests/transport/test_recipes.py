@@ -51,15 +51,18 @@ def _run(name: str) -> dict[str, Any]:
     return namespace
 
 
-def test_the_langchain_recipe(recorded: Recorder, calm: RunningServer) -> None:
-    _run("langchain")
+@pytest.mark.parametrize("name", ["langchain", "langchain-responses"])
+def test_the_langchain_recipes(recorded: Recorder, calm: RunningServer, name: str) -> None:
+    _run(name)
     records = recorded.records
     assert len(records) == 2 and all(r.ok and r.tier for r in records)
     tight, loose = records
     assert (tight.requirements.deadline_s, tight.requirements.reliability) == (10.0, 0.99)
     assert loose.requirements.deadline_s == 600.0 and loose.streamed
     assert loose.tier == "standard"
-    assert calm.stats()["hinted"] == 0
+    assert all(r.usage is not None and r.usage.completion_tokens > 0 for r in records)
+    stats = calm.stats()
+    assert stats["requests"] == 2 and stats["hinted"] == 0
 
 
 def test_the_pydantic_ai_recipe(recorded: Recorder, calm: RunningServer) -> None:

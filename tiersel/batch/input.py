@@ -263,10 +263,11 @@ def _path(custom_id: str, url: Any) -> str:
     if not isinstance(url, str):
         raise _Bad(custom_id, f"url must be a string, got {_kind(url)}")
     dialect = dialect_for_path(url)
-    if dialect is None:
+    if dialect is not Dialect.openai and dialect is not Dialect.anthropic:
         raise _Bad(
             custom_id,
-            f"url {url!r} is not a generation endpoint (/v1/chat/completions, /v1/messages)",
+            f"url {url!r} is not a generation endpoint a batch runs"
+            " (/v1/chat/completions, /v1/messages)",
         )
     return "/chat/completions" if dialect is Dialect.openai else "/messages"
 

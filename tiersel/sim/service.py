@@ -5,6 +5,8 @@ Both ways of serving it, the ASGI app (`tiersel.sim.asgi`) and the in-process tr
 waiting the returned `Rendered` asks for. Routes:
 
 - ``POST /inference/v1/chat/completions``: OpenAI-compatible chat completions.
+- ``POST /inference/v1/responses``: the OpenAI Responses API (plain and streamed).
+- ``POST /inference/v1/completions``: text completions.
 - ``POST /inference/v1/messages``: Anthropic-compatible messages.
 - ``GET /inference/v1/models``: the price table's model and router ids.
 - ``GET /sim/stats``: counts by tier, model and status (`SimStats.snapshot`), plus the scenario,
@@ -45,7 +47,15 @@ API_PREFIX = "/inference/v1"
 _EPOCH = 1_700_000_000
 _DIALECTS = {
     f"{API_PREFIX}/chat/completions": Dialect.openai,
+    f"{API_PREFIX}/responses": Dialect.responses,
+    f"{API_PREFIX}/completions": Dialect.completions,
     f"{API_PREFIX}/messages": Dialect.anthropic,
+}
+_ID_PREFIXES = {
+    Dialect.openai: "chatcmpl-sim",
+    Dialect.responses: "resp_sim",
+    Dialect.completions: "cmpl-sim",
+    Dialect.anthropic: "msg_sim",
 }
 
 
@@ -177,7 +187,7 @@ class SimService:
         with self._lock:
             self._ids += 1
             n = self._ids
-        prefix = "chatcmpl-sim" if dialect is Dialect.openai else "msg_sim"
+        prefix = _ID_PREFIXES[dialect]
         rendered = render(
             request,
             result,

@@ -1,7 +1,8 @@
 """Tier selection for the clients people already use.
 
 Mount a `TierTransport` (sync) or `AsyncTierTransport` on the httpx or httpx2 client an SDK
-takes, and every chat-completions or messages call gets a tier chosen by the `Selector`::
+takes, and every generation call (chat completions, the Responses API, text completions,
+Anthropic messages) gets a tier chosen by the `Selector`::
 
     import httpx2, openai, tiersel
 

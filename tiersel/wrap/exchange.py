@@ -192,7 +192,7 @@ class Exchange:
             raise RequestNotUnderstood(f"POST {path}: the request body is not a JSON object")
         stream = body.get("stream") is True
         drop = False
-        if stream and dialect is Dialect.openai:
+        if stream and dialect.chunked_usage:
             options = body.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
                 # Usage comes only when asked for; the chunk that brings it is then not passed on.
@@ -399,7 +399,9 @@ class Exchange:
             sel.clock,
             route.sent_at,
             drop_usage_only=route.drop_usage_only,
-            input_tokens=lambda: estimate_input_tokens(body, bytes_per_token=sel.bytes_per_token),
+            input_tokens=lambda: estimate_input_tokens(
+                body, bytes_per_token=sel.bytes_per_token, dialect=route.dialect
+            ),
         )
 
         # A body read already is served from memory (decoded, if it was encoded on the wire).
@@ -544,16 +546,17 @@ class Exchange:
 def _passthrough_refusal(request: Any, *, budgeted: bool) -> TierselError | None:
     """Why a request passed through must not go upstream, if it must not:
 
-    - under a budget, any POST tiersel does not route (the Responses API, text completions,
-      embeddings, ...): it cannot reserve or charge what it cannot price, so it fails closed;
-    - a body in memory asking for ``service_tier`` on a fast router model (a legacy
-      ``/completions`` call, say): tiersel never sends that combination, not even as given.
+    - under a budget, any POST tiersel does not route (embeddings, rerank, fine-tuning, ...):
+      it cannot reserve or charge what it cannot price, so it fails closed;
+    - a body in memory asking for ``service_tier`` on a fast router model: tiersel never sends
+      that combination, not even as given.
     """
     if request.method != "POST":
         return None
     if budgeted:
         return RequestNotUnderstood(
-            f"POST {request.url.path}: tiersel prices only chat completions and messages, so"
+            f"POST {request.url.path}: tiersel prices only generation calls (chat completions,"
+            " responses, completions, messages), so"
             " under a budget it does not send a request it can neither reserve nor charge"
         )
     try:

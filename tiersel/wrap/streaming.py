@@ -1,12 +1,13 @@
 """Streamed (SSE) replies: passed on as they arrive, measured on the way.
 
-`StreamMeter` reads the events of a chat-completions or messages stream as they pass, with no
-I/O: when the first output token came (time to first token), how fast the rest came (output
-tokens per second), the usage the stream reports (the final chunk's ``usage``, or Anthropic's
-``message_start`` / ``message_delta``), and whether the stream reached its final event
-(``data: [DONE]`` / ``message_stop``). `MeteredStream` and `AsyncMeteredStream` are the thin
-sync and async shells: they hand each chunk on at once and report a `StreamEnd` exactly once,
-when the stream is exhausted, breaks, or is closed.
+`StreamMeter` reads the events of a generation stream as they pass, with no I/O: when the first
+output token came (time to first token), how fast the rest came (output tokens per second), the
+usage the stream reports (a chat or text completion's final chunk's ``usage``, the response in a
+Responses API ``response.completed`` event, or Anthropic's ``message_start`` / ``message_delta``),
+and whether the stream reached its final event (``data: [DONE]``, ``response.completed`` /
+``.incomplete`` / ``.failed``, ``message_stop``). `MeteredStream` and `AsyncMeteredStream` are
+the thin sync and async shells: they hand each chunk on at once and report a `StreamEnd` exactly
+once, when the stream is exhausted, breaks, or is closed.
 
 A stream the caller drops without closing it is reported too, but not from the garbage
 collector (which may run while this very thread holds the ledger's or the signals' lock): its
@@ -46,6 +47,7 @@ _R = TypeVar("_R")
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _OUTPUT_FIELDS = ("content", "reasoning_content", "tool_calls", "refusal", "function_call")
+_RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _ANTHROPIC_USAGE = (
     "input_tokens",
     "cache_read_input_tokens",
@@ -137,9 +139,13 @@ class StreamMeter:
         if not data:
             return True
         payload = data[0] if len(data) == 1 else b"\n".join(data)
-        if self.dialect is Dialect.openai:
+        dialect = self.dialect
+        if dialect is Dialect.openai or dialect is Dialect.completions:
             return self._openai(payload)
-        self._anthropic(name, payload)
+        if dialect is Dialect.responses:
+            self._responses(name, payload)
+        else:
+            self._anthropic(name, payload)
         return True
 
     def _token(self) -> None:
@@ -193,6 +199,29 @@ class StreamMeter:
         elif kind == "error":
             self.error = _stream_error(event.get("error"))
 
+    def _responses(self, name: bytes | None, data: bytes) -> None:
+        if name is not None and name.endswith(b".delta"):
+            self._token()  # output text, a refusal, reasoning or a tool call's arguments
+            return
+        event = _json(data)
+        if event is None:
+            return
+        kind = event.get("type")
+        if not isinstance(kind, str):
+            return
+        if kind.endswith(".delta"):
+            self._token()
+        elif kind in _RESPONSES_FINAL:
+            self.finished = True
+            response = event.get("response")
+            if isinstance(response, dict):
+                if isinstance(response.get("usage"), dict):
+                    self._usage = response
+                if kind == "response.failed":
+                    self.error = _stream_error(response.get("error"))
+        elif kind == "error":  # its code and message sit beside its type
+            self.error = _stream_error({"code": event.get("code")})
+
     def _anthropic_usage(self, usage: Any) -> None:
         if not isinstance(usage, dict):
             return
@@ -206,9 +235,9 @@ class StreamMeter:
         """The usage the stream has reported so far (None if none)."""
         if self._usage is None:
             return None
-        if self.dialect is Dialect.openai:
-            return read_usage(self._usage, Dialect.openai)
-        return read_usage({"usage": self._usage}, Dialect.anthropic)
+        if self.dialect is Dialect.anthropic:
+            return read_usage({"usage": self._usage}, Dialect.anthropic)
+        return read_usage(self._usage, self.dialect)
 
     def end(
         self,
@@ -235,7 +264,7 @@ class StreamMeter:
             outcome, detail = Outcome.ok, "dropped by the caller, unclosed, before the end"
         else:
             outcome, detail = Outcome.ok, "closed by the caller before the end of the stream"
-        complete = usage is not None and (self.finished or self.dialect is Dialect.openai)
+        complete = usage is not None and (self.finished or self.dialect.chunked_usage)
         estimated = not complete and (self.content_events > 0 or outcome is Outcome.ok)
         if estimated:
             # Whatever was generated is billed: take what the stream reported, estimate the rest

@@ -1,14 +1,15 @@
 """`TierTransport` / `AsyncTierTransport`: tier selection for any client built on httpx or httpx2.
 
-Mount one on the client an SDK already takes, and every chat-completions or messages call gets a
-tier chosen; nothing at the call sites changes::
+Mount one on the client an SDK already takes, and every generation call gets a tier chosen;
+nothing at the call sites changes::
 
     client = openai.OpenAI(
         base_url="https://api.fireworks.ai/inference/v1",
         http_client=httpx2.Client(transport=tiersel.TierTransport(tiersel.Selector())),
     )
 
-Each generation call (``POST .../chat/completions`` or ``POST .../messages``) is decided by the
+Each generation call (``POST .../chat/completions``, ``.../responses``, ``.../completions`` or
+``.../messages``; `tiersel.dialects`) is decided by the
 selector and sent through the core's one attempt flow (`tiersel.dispatch.call_flow`): escalation
 after a shed, backoff, budget reservation and signals are the core's, not copied here. Every
 other request (embeddings, model lists, ...) is passed through untouched, bar tiersel's hint
