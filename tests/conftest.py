@@ -6,6 +6,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# litellm fetches its price map from GitHub when first imported; the tests use the copy it ships.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
 settings.register_profile(
     "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
