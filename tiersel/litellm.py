@@ -48,6 +48,7 @@ from typing import Any
 import httpx
 import litellm as _litellm
 from litellm.caching.llm_caching_handler import LLMClientCache
+from litellm.integrations.custom_logger import CustomLogger
 from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler, HTTPHandler
 from pydantic import ValidationError
 
@@ -83,7 +84,7 @@ from ``us.api.fireworks.ai``)."""
 _TIMEOUT = httpx.Timeout(600.0, connect=5.0)  # LiteLLM's own handlers' default
 
 
-class TierselLiteLLM:
+class TierselLiteLLM(CustomLogger):
     """LiteLLM handlers that choose a tier for each call.
 
     Two ways in: pass `client` (sync calls) or `aclient` (async calls; one per event loop, as an
@@ -91,6 +92,9 @@ class TierselLiteLLM:
     every Fireworks call LiteLLM makes with no ``client=`` of its own goes through tiersel:
     calls to ``hosts`` only (Fireworks' by default), so another provider's traffic passes by.
     ``on_call`` receives each call's `tiersel.wrap.CallRecord`, as on a `TierTransport`.
+
+    It is a LiteLLM ``CustomLogger`` (with no hooks of its own), so that a LiteLLM proxy can
+    load an installed one from its config's ``callbacks`` (see ``docs/litellm-proxy``).
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class TierselLiteLLM:
         on_call: CallHook | None = None,
         hosts: Sequence[str] = FIREWORKS_HOSTS,
     ) -> None:
+        super().__init__()
         self.selector = selector if selector is not None else Selector()
         self.on_call = on_call
         self.hosts = tuple(hosts)
