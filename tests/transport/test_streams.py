@@ -344,9 +344,10 @@ def test_an_async_broken_anthropic_stream(breaking: Path, recorder: Recorder) ->
                 messages=[{"role": "user", "content": "hi"}],
                 stream=True,
             )
-            # The anthropic SDK passes a broken stream's error on as it is: the httpx2 error
-            # (though the transport underneath is httpx's), since the client is httpx2.
-            with pytest.raises(httpx2.RemoteProtocolError):
+            # anthropic 2.16 passes a broken stream's error on as it is (the httpx2 error, though
+            # the transport underneath is httpx's, since the client is httpx2); 2.17 wraps it in
+            # its own APIConnectionError.
+            with pytest.raises((httpx2.RemoteProtocolError, anthropic.APIConnectionError)):
                 async for _ in stream:
                     pass
 
