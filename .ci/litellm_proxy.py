@@ -63,7 +63,9 @@ def main(litellm_command: str) -> None:
             "TIERSEL_BUDGET_USD": "5",
             "TIERSEL_TIME_SCALE": str(TIME_SCALE),
         }
-        command = [litellm_command, "--config", "config.yaml", "--port", str(port)]
+        # The proxy runs in the config's folder (it imports tiersel_proxy.py from there).
+        command = [str(Path(litellm_command).resolve()), "--config", "config.yaml"]
+        command += ["--port", str(port)]
         command += ["--host", "127.0.0.1"]
         log = open(HERE.parent.parent / ".ci-litellm-proxy.log", "wb")  # noqa: SIM115
         proxy = subprocess.Popen(command, cwd=HERE, env=env, stdout=log, stderr=log)
