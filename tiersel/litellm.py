@@ -110,9 +110,13 @@ class TierselLiteLLM(CustomLogger):
         self.hosts = tuple(hosts)
         if not self.hosts or not all(isinstance(h, str) and h for h in self.hosts):
             raise ValueError(f"hosts must be non-empty host names, got {hosts!r}")
-        self._transport = TierTransport(self.selector, on_call=on_call)
-        self.client: HTTPHandler = _SyncHandler(
-            client=httpx.Client(transport=self._transport, timeout=_TIMEOUT)
+        # Refusals (no budget left, no tier that meets the requirements) come back as HTTP
+        # answers (402, 422; x-should-retry: false), which LiteLLM raises as what they are,
+        # not as an exception from the transport, which it would make a retryable 500.
+        self._transport = TierTransport(self.selector, on_call=on_call, refusals="respond")
+        self._known_tiers = tuple(str(t) for t in self.selector.pricing.tiers)
+        self.client: HTTPHandler = self._sync_handler(
+            httpx.Client(transport=self._transport, timeout=_TIMEOUT)
         )
         self._mounted: HTTPHandler | None = None
         self._async: weakref.WeakKeyDictionary[
@@ -175,9 +179,13 @@ class TierselLiteLLM(CustomLogger):
             mounts: dict[str, httpx.BaseTransport] = {
                 f"all://{host}": self._transport for host in self.hosts
             }
-            client = httpx.Client(mounts=mounts, timeout=_TIMEOUT)
-            self._mounted = _SyncHandler(client=client)
+            self._mounted = self._sync_handler(httpx.Client(mounts=mounts, timeout=_TIMEOUT))
         return self._mounted
+
+    def _sync_handler(self, client: httpx.Client) -> HTTPHandler:
+        handler = _SyncHandler(client=client)
+        handler.known_tiers = self._known_tiers
+        return handler
 
     def mounted_aclient(self) -> AsyncHTTPHandler:
         """The async handler `install` gives LiteLLM in the running loop."""
@@ -187,12 +195,14 @@ class TierselLiteLLM(CustomLogger):
         loop = asyncio.get_running_loop()
         entry = self._async.get(loop)
         if entry is None:
-            entry = (AsyncTierTransport(self.selector, on_call=self.on_call), {})
+            transport = AsyncTierTransport(self.selector, on_call=self.on_call, refusals="respond")
+            entry = (transport, {})
             self._async[loop] = entry
         transport, handlers = entry
         handler = handlers.get(mounted)
         if handler is None:
             handler = _AsyncHandler(timeout=_TIMEOUT)
+            handler.known_tiers = self._known_tiers
             if mounted:
                 mounts: dict[str, httpx.AsyncBaseTransport] = {
                     f"all://{host}": transport for host in self.hosts
@@ -223,23 +233,28 @@ class _Seam(LLMClientCache):
 
 
 class _SyncHandler(HTTPHandler):
+    known_tiers: tuple[str, ...] = ()
+
     def post(self, url: str, *args: Any, **kwargs: Any) -> httpx.Response:
-        with _call_requirements(url, kwargs.get("logging_obj")):
+        with _call_requirements(url, kwargs.get("logging_obj"), self.known_tiers):
             response: httpx.Response = super().post(url, *args, **kwargs)
         return _with_cost(response)
 
 
 class _AsyncHandler(AsyncHTTPHandler):
+    known_tiers: tuple[str, ...] = ()
+
     async def post(self, url: str, *args: Any, **kwargs: Any) -> httpx.Response:
-        with _call_requirements(url, kwargs.get("logging_obj")):
+        with _call_requirements(url, kwargs.get("logging_obj"), self.known_tiers):
             response: httpx.Response = await super().post(url, *args, **kwargs)
         return _with_cost(response)
 
 
-def metadata_requirements(metadata: Any) -> dict[str, Any]:
+def metadata_requirements(metadata: Any, known_tiers: Sequence[str] = ()) -> dict[str, Any]:
     """The `Requirements` fields a call's ``metadata`` sets under ``"tiersel"`` (none: empty).
 
-    Raises `InvalidMetadata` naming the field when they are not valid requirements.
+    Raises `InvalidMetadata` naming the field when they are not valid requirements, or name a
+    tier not in ``known_tiers`` (when given), as an ``x-tiersel-tiers`` header would.
     """
     if not isinstance(metadata, Mapping):
         return {}
@@ -253,18 +268,24 @@ def metadata_requirements(metadata: Any) -> dict[str, Any]:
         )
     fields = dict(given)
     try:
-        Requirements(**fields)
+        req = Requirements(**fields)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise InvalidMetadata(f'metadata["{METADATA_KEY}"].{where}: {err["msg"]}') from None
     except TypeError as exc:  # a key that is not a string
         raise InvalidMetadata(f'metadata["{METADATA_KEY}"]: {exc}') from None
+    unknown = [str(t) for t in req.tiers or () if known_tiers and str(t) not in known_tiers]
+    if unknown:
+        raise InvalidMetadata(
+            f'metadata["{METADATA_KEY}"].tiers: unknown tier(s) {", ".join(unknown)}'
+            f" (known: {', '.join(known_tiers)})"
+        )
     return fields
 
 
 @contextmanager
-def _call_requirements(url: str, logging_obj: Any) -> Iterator[None]:
+def _call_requirements(url: str, logging_obj: Any, known_tiers: Sequence[str]) -> Iterator[None]:
     """The requirements of the call LiteLLM is sending, in force for its request.
 
     Invalid ones fail the call as an HTTP 400 would (LiteLLM raises ``BadRequestError``, which
@@ -274,7 +295,7 @@ def _call_requirements(url: str, logging_obj: Any) -> Iterator[None]:
     params = details.get("litellm_params") if isinstance(details, Mapping) else None
     metadata = params.get("metadata") if isinstance(params, Mapping) else None
     try:
-        fields = metadata_requirements(metadata)
+        fields = metadata_requirements(metadata, known_tiers)
     except InvalidMetadata as exc:
         request = httpx.Request("POST", url)
         error = {"type": "invalid_request_error", "code": "invalid_metadata", "message": str(exc)}

@@ -338,8 +338,8 @@ class Selector:
             limit = prices.max_output_tokens
             out = self.default_max_output_tokens
             out = min(out, limit) if limit else out
-        if dialect is Dialect.responses and self.ledger_enabled:
-            _refuse_stored_context(body)
+        if self.ledger_enabled:
+            _refuse_unbounded_under_budget(body, dialect)
         tokens, bound = input_tokens(body, bytes_per_token=self.bytes_per_token, dialect=dialect)
         # Every field was checked above (the cap by max_output_tokens, the model by the table):
         # skip validating them again on the hot path.
@@ -847,13 +847,26 @@ def pinned(req: Requirements, implied: str | None) -> Requirements:
     return req.model_copy(update={"tiers": (implied,)})
 
 
-def _refuse_stored_context(body: Mapping[str, Any]) -> None:
-    """Under a budget, refuse a Responses API call that continues a stored conversation: its
-    prompt holds tokens tiersel cannot see, so no worst case can be reserved for it."""
-    for name in STORED_CONTEXT_FIELDS:
-        if body.get(name) is not None:
+def _refuse_unbounded_under_budget(body: Mapping[str, Any], dialect: Dialect) -> None:
+    """Under a budget, refuse a call whose worst case tiersel cannot reserve:
+
+    - a Responses API call that continues a stored conversation: its prompt holds tokens
+      tiersel cannot see;
+    - more than one choice (``n``, or a text completion's ``best_of``): each is billed, and
+      the reservation covers one.
+    """
+    if dialect is Dialect.responses:
+        for name in STORED_CONTEXT_FIELDS:
+            if body.get(name) is not None:
+                raise RequestNotUnderstood(
+                    f"{name}: the prompt continues a conversation stored upstream, whose tokens"
+                    " tiersel cannot count, so a budget cannot reserve its cost; send the whole"
+                    " conversation as 'input' instead"
+                )
+    for name in ("n", "best_of"):
+        value = body.get(name)
+        if value is not None and value != 1:
             raise RequestNotUnderstood(
-                f"{name}: the prompt continues a conversation stored upstream, whose tokens"
-                " tiersel cannot count, so a budget cannot reserve its cost; send the whole"
-                " conversation as 'input' instead"
+                f"{name}: under a budget tiersel reserves for one choice, and every choice is"
+                f" billed; got {shown(value)}: send one call per choice"
             )

@@ -258,3 +258,22 @@ def test_a_responses_stream_cut_before_its_final_event_is_a_failure() -> None:
     end = meter.end(exhausted=True)
     assert end.outcome is Outcome.error and "before its final event" in end.detail
     assert end.usage_estimated and end.usage == tiersel.dialects.Usage(18, 0, 32)
+
+
+@pytest.mark.parametrize(
+    ("body", "dialect", "field"),
+    [
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 20}, Dialect.openai, "n"),
+        ({"prompt": "hi", "best_of": 5}, Dialect.completions, "best_of"),
+        ({"prompt": "hi", "n": 2}, Dialect.completions, "n"),
+    ],
+)
+def test_a_budgeted_call_asking_for_several_choices_is_refused(
+    body: dict[str, Any], dialect: Dialect, field: str
+) -> None:
+    body = {"model": MODEL, "max_tokens": 100, **body}
+    tiersel.Selector(api_key="").call_for(body, dialect)  # no budget: nothing to reserve
+    budgeted = tiersel.Selector(api_key="", ledger=tiersel.MemoryLedger(1.0))
+    with pytest.raises(RequestNotUnderstood, match=f"^{field}: under a budget tiersel reserves"):
+        budgeted.call_for(body, dialect)
+    budgeted.call_for({**body, field: 1}, dialect)  # one choice is fine

@@ -299,13 +299,15 @@ def test_streamed_litellm_calls_are_routed_and_charged(
         ({"tiersel": {"deadline_s": -1}}, 'metadata["tiersel"].deadline_s: Input should be'),
         ({"tiersel": {"deadline": 5}}, 'metadata["tiersel"].deadline: Extra inputs'),
         ({"tiersel": "fast"}, 'metadata["tiersel"] must be a mapping of requirements, got str'),
+        ({"tiersel": {"tiers": ["nope"]}}, 'metadata["tiersel"].tiers: unknown tier(s) nope'),
     ],
 )
 def test_bad_metadata_is_refused_naming_the_field(
     server: RunningServer, metadata: dict[str, Any], message: str
 ) -> None:
+    known = tuple(str(t) for t in tiersel.Selector(api_key="").pricing.tiers)
     with pytest.raises(InvalidMetadata) as caught:
-        metadata_requirements(metadata)
+        metadata_requirements(metadata, known)
     assert str(caught.value).startswith(message)
     server.reset(time_s=0.0)
     tl = TierselLiteLLM(tiersel.Selector(api_key=""))
@@ -354,3 +356,31 @@ def test_install_is_undone_by_uninstall_and_by_leaving_the_block(calm: RunningSe
     assert litellm.in_memory_llm_clients_cache is before
     with pytest.raises(ValueError, match="hosts must be non-empty host names"):
         TierselLiteLLM(selector, hosts=[])
+
+
+@pytest.mark.parametrize(
+    ("budget", "wanted", "status"),
+    [
+        (1e-9, {"deadline_s": 600}, 402),  # no budget for any tier
+        (10.0, {"deadline_s": 0.01, "reliability": 0.999}, 422),  # no tier meets it
+    ],
+)
+def test_tiersels_refusals_reach_litellm_as_what_they_are(
+    calm: RunningServer, budget: float, wanted: dict[str, Any], status: int
+) -> None:
+    tl = TierselLiteLLM(tiersel.Selector(api_key="", ledger=tiersel.MemoryLedger(budget)))
+    with pytest.raises((openai.APIStatusError, litellm.APIError)) as caught:
+        litellm.completion(
+            model=LITELLM_MODEL,
+            messages=MESSAGES,
+            max_tokens=5,
+            api_base=calm.openai_base_url,
+            api_key="sk-test",
+            metadata={"tiersel": wanted},
+            client=tl.client,
+        )
+    # Not a 500, which a Router's retries and fallbacks would take for the provider failing.
+    assert not isinstance(caught.value, litellm.InternalServerError)
+    assert caught.value.status_code == status  # type: ignore[union-attr]
+    assert "tiersel: " in str(caught.value)
+    assert calm.stats()["requests"] == 0
