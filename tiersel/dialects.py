@@ -33,6 +33,7 @@ __all__ = [
     "Dialect",
     "Usage",
     "apply_step",
+    "check_reservable",
     "check_token_count",
     "classify",
     "dialect_for_path",
@@ -65,7 +66,8 @@ class Dialect(str, enum.Enum):
     """Anthropic-compatible messages: ``messages`` and ``system`` in, ``content`` out."""
     responses = "responses"
     """The OpenAI Responses API: ``input`` and ``instructions`` in, ``output`` items out; a
-    stream of typed events ending in ``response.completed`` (which carries the usage)."""
+    stream of typed events ending in ``response.completed`` (or ``.incomplete`` when the output
+    cap cut it, or ``.failed``), whose response carries the usage."""
     completions = "completions"
     """Text completions: ``prompt`` in, ``choices[].text`` out."""
 
@@ -328,6 +330,32 @@ def input_tokens(
     estimate = math.ceil(text / bytes_per_token) + framing
     ceiling = bound + framing + images * IMAGE_TOKENS_BOUND + TEMPLATE_TOKENS_BOUND
     return estimate, max(estimate, ceiling)
+
+
+def check_reservable(body: Mapping[str, Any], dialect: Dialect) -> None:
+    """Raise `RequestNotUnderstood` naming the field for a call whose worst case cannot be
+    reserved, which a budget refuses:
+
+    - a Responses API call that continues a stored conversation: its prompt holds tokens
+      tiersel cannot see;
+    - more than one choice (``n``, or a text completion's ``best_of``): each is billed, and
+      the reservation covers one.
+    """
+    if dialect is Dialect.responses:
+        for name in STORED_CONTEXT_FIELDS:
+            if body.get(name) is not None:
+                raise RequestNotUnderstood(
+                    f"{name}: the prompt continues a conversation stored upstream, whose tokens"
+                    " tiersel cannot count, so a budget cannot reserve its cost; send the whole"
+                    " conversation as 'input' instead"
+                )
+    for name in ("n", "best_of"):
+        value = body.get(name)
+        if value is not None and value != 1:
+            raise RequestNotUnderstood(
+                f"{name}: under a budget tiersel reserves for one choice, and every choice is"
+                f" billed; got {shown(value)}: send one call per choice"
+            )
 
 
 def apply_step(body: Mapping[str, Any], step: Step) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from tiersel.call import BudgetState, Call, Requirements
 from tiersel.clock import Clock, SystemClock
 from tiersel.decision import Decision
 from tiersel.dialects import (
-    STORED_CONTEXT_FIELDS,
     Dialect,
+    check_reservable,
     dialect_for_path,
     input_tokens,
     max_output_tokens,
@@ -339,7 +339,7 @@ class Selector:
             out = self.default_max_output_tokens
             out = min(out, limit) if limit else out
         if self.ledger_enabled:
-            _refuse_unbounded_under_budget(body, dialect)
+            check_reservable(body, dialect)
         tokens, bound = input_tokens(body, bytes_per_token=self.bytes_per_token, dialect=dialect)
         # Every field was checked above (the cap by max_output_tokens, the model by the table):
         # skip validating them again on the hot path.
@@ -845,28 +845,3 @@ def pinned(req: Requirements, implied: str | None) -> Requirements:
             f" {', '.join(req.tiers)}"
         )
     return req.model_copy(update={"tiers": (implied,)})
-
-
-def _refuse_unbounded_under_budget(body: Mapping[str, Any], dialect: Dialect) -> None:
-    """Under a budget, refuse a call whose worst case tiersel cannot reserve:
-
-    - a Responses API call that continues a stored conversation: its prompt holds tokens
-      tiersel cannot see;
-    - more than one choice (``n``, or a text completion's ``best_of``): each is billed, and
-      the reservation covers one.
-    """
-    if dialect is Dialect.responses:
-        for name in STORED_CONTEXT_FIELDS:
-            if body.get(name) is not None:
-                raise RequestNotUnderstood(
-                    f"{name}: the prompt continues a conversation stored upstream, whose tokens"
-                    " tiersel cannot count, so a budget cannot reserve its cost; send the whole"
-                    " conversation as 'input' instead"
-                )
-    for name in ("n", "best_of"):
-        value = body.get(name)
-        if value is not None and value != 1:
-            raise RequestNotUnderstood(
-                f"{name}: under a budget tiersel reserves for one choice, and every choice is"
-                f" billed; got {shown(value)}: send one call per choice"
-            )

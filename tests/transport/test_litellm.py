@@ -10,7 +10,7 @@ As in test_responses_api.py, the calls run late in the peak's busy spell (scenar
 from __future__ import annotations
 
 import asyncio
-import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,10 +50,6 @@ START_S = 270.0
 CALLS = 120  # 60 tight and 60 loose, alternately
 GAP_S = 0.5  # simulated seconds between calls (LiteLLM spends milliseconds on each)
 MESSAGES = [{"role": "user", "content": "hello " * 200}]
-
-
-def test_litellm_is_told_to_use_its_bundled_price_map() -> None:
-    assert os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"  # tests/conftest.py: no fetch
 
 
 @dataclass(frozen=True)
@@ -261,8 +257,6 @@ def test_async_litellm_calls_get_a_tier_each(
 
 def _wait_for_callbacks(costs: Costs, n: int) -> None:
     """LiteLLM runs sync success callbacks in a thread of its own, after the call returns."""
-    import time
-
     for _ in range(200):
         if len(costs.seen) >= n:
             return
@@ -293,6 +287,19 @@ def test_streamed_litellm_calls_are_routed_and_charged(
     assert ledger.state(0.0).spent_usd == pytest.approx(sum(r.cost_usd for r in records.records))
 
 
+def _one_call(server: RunningServer, tl: TierselLiteLLM, metadata: Any) -> Any:
+    """A short ``litellm.completion`` through ``tl``'s sync handler, with ``metadata``."""
+    return litellm.completion(
+        model=LITELLM_MODEL,
+        messages=MESSAGES,
+        max_tokens=5,
+        api_base=server.openai_base_url,
+        api_key="sk-test",
+        metadata=metadata,
+        client=tl.client,
+    )
+
+
 @pytest.mark.parametrize(
     ("metadata", "message"),
     [
@@ -312,15 +319,7 @@ def test_bad_metadata_is_refused_naming_the_field(
     server.reset(time_s=0.0)
     tl = TierselLiteLLM(tiersel.Selector(api_key=""))
     with pytest.raises(litellm.BadRequestError, match="invalid_metadata"):
-        litellm.completion(
-            model=LITELLM_MODEL,
-            messages=MESSAGES,
-            max_tokens=5,
-            api_base=server.openai_base_url,
-            api_key="sk-test",
-            metadata=metadata,
-            client=tl.client,
-        )
+        _one_call(server, tl, metadata)
     assert server.stats()["requests"] == 0  # nothing was sent
 
 
@@ -370,15 +369,7 @@ def test_tiersels_refusals_reach_litellm_as_what_they_are(
 ) -> None:
     tl = TierselLiteLLM(tiersel.Selector(api_key="", ledger=tiersel.MemoryLedger(budget)))
     with pytest.raises((openai.APIStatusError, litellm.APIError)) as caught:
-        litellm.completion(
-            model=LITELLM_MODEL,
-            messages=MESSAGES,
-            max_tokens=5,
-            api_base=calm.openai_base_url,
-            api_key="sk-test",
-            metadata={"tiersel": wanted},
-            client=tl.client,
-        )
+        _one_call(calm, tl, {"tiersel": wanted})
     # Not a 500, which a Router's retries and fallbacks would take for the provider failing.
     assert not isinstance(caught.value, litellm.InternalServerError)
     assert caught.value.status_code == status  # type: ignore[union-attr]
