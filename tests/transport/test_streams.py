@@ -246,12 +246,16 @@ def test_a_stream_dropped_unclosed_is_settled_at_the_next_call(recorder: Recorde
     del response
     gc.collect()
     # Nothing is reported from the garbage collector itself; the worst case is still held.
-    assert recorder.records == [] and ledger.state(0).reserved_usd > 0
+    held = ledger.state(0).reserved_usd
+    assert recorder.records == [] and held > 0
     http.post(URL, json={**STREAM_BODY, "max_tokens": 5})
     dropped, complete = recorder.records
     assert dropped.ok and dropped.streamed
     assert dropped.detail.startswith("dropped by the caller, unclosed")
-    assert dropped.cost_basis is CostBasis.estimate and dropped.cost_usd > 0
+    # Its connection was never closed, so the provider generated (and bills) the whole answer:
+    # the call is charged its worst case, what was held for it, not the one chunk it read.
+    assert dropped.cost_basis is CostBasis.worst_case
+    assert dropped.cost_usd == pytest.approx(held)
     assert complete.ok and complete.cost_basis is CostBasis.actual
     state = ledger.state(0)
     assert state.reserved_usd == 0
@@ -272,12 +276,14 @@ def test_a_stream_dropped_unread_is_settled_when_the_transport_closes(
     response = http.send(http.build_request("POST", URL, json=STREAM_BODY), stream=True)
     del response
     gc.collect()  # httpx's response and its bound stream refer to each other: a cycle
-    assert recorder.records == [] and ledger.state(0).reserved_usd > 0
+    held = ledger.state(0).reserved_usd
+    assert recorder.records == [] and held > 0
     http.close()
     assert recorder.last.detail.startswith("dropped by the caller")
-    # Nothing came but the prompt was sent: it is charged, estimated.
-    assert recorder.last.cost_basis is CostBasis.estimate
-    assert ledger.state(0).reserved_usd == 0 and ledger.state(0).spent_usd > 0
+    # Nothing was read, but the request was sent and never cancelled: its worst case is charged.
+    assert recorder.last.cost_basis is CostBasis.worst_case
+    assert ledger.state(0).reserved_usd == 0
+    assert ledger.state(0).spent_usd == pytest.approx(recorder.last.cost_usd) == pytest.approx(held)
 
 
 def test_an_sdk_stream_closed_by_the_garbage_collector_is_reported_after_it(
@@ -321,6 +327,7 @@ def test_an_async_stream_dropped_unclosed_is_settled_at_the_next_call(recorder: 
     ledger = asyncio.run(main())
     dropped, complete = recorder.records
     assert dropped.detail.startswith("dropped by the caller") and dropped.streamed
+    assert dropped.cost_basis is CostBasis.worst_case
     assert complete.ok and complete.streamed
     state = ledger.state(0)
     assert state.reserved_usd == 0

@@ -265,6 +265,18 @@ class StreamMeter:
         else:
             outcome, detail = Outcome.ok, "closed by the caller before the end of the stream"
         complete = usage is not None and (self.finished or self.dialect.chunked_usage)
+        if abandoned and not complete and self.error is None:
+            # Nobody closed the connection, so the provider went on generating and bills the
+            # whole answer, which tiersel never sees: no usage, so the call is charged its
+            # worst case (all of its output cap), never less than what was billed.
+            return StreamEnd(
+                outcome=outcome,
+                usage=None,
+                elapsed_s=max(0.0, now - self.sent_at),
+                ttft_s=self._ttft(),
+                output_tps=None,
+                detail=detail + "; charged its worst case (the provider bills what it generated)",
+            )
         estimated = not complete and (self.content_events > 0 or outcome is Outcome.ok)
         if estimated:
             # Whatever was generated is billed: take what the stream reported, estimate the rest
@@ -272,17 +284,19 @@ class StreamMeter:
             missing = "reported none" if usage is None else "ended before reporting all of it"
             usage = self._estimated(usage)
             detail += f"; usage estimated (the stream {missing})"
-        first = self.first_token_at
-        ttft = first - self.sent_at if first is not None else None
         return StreamEnd(
             outcome=outcome,
             usage=usage,
             elapsed_s=max(0.0, now - self.sent_at),
-            ttft_s=ttft,
+            ttft_s=self._ttft(),
             output_tps=self._tps(usage),
             detail=detail,
             usage_estimated=estimated,
         )
+
+    def _ttft(self) -> float | None:
+        first = self.first_token_at
+        return first - self.sent_at if first is not None else None
 
     def _estimated(self, usage: Usage | None) -> Usage:
         prompt = usage.prompt_tokens if usage is not None and usage.prompt_tokens else 0
