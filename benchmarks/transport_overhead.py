@@ -242,8 +242,8 @@ def _attribution(body: dict[str, Any], url: str, n: int) -> None:
     # Two parts of every call that are not the transport's own: the policy's decision (with
     # the signals read for it) and the one observation recorded into the signals.
     sel = tiersel.Selector(api_key="")
-    call, _ = sel.call_for(body, tiersel.dialects.Dialect.openai)
-    key = sel.signal_keys(call.model)[0]
+    call, _ = sel.engine.call_for(body, tiersel.dialects.Dialect.openai)
+    key = sel.engine.signal_keys(call.model)[0]
     seen = tiersel.signals.Observation(tiersel.signals.Outcome.ok, latency_s=0.01)
     decide, record = _interleaved(
         lambda: sel.decide(call), lambda: sel.record(call.model, key.tier, seen), n, 200

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
         ReasonCode,
         Step,
     )
-    from tiersel.dispatch import AttemptRecord, CallResult
+    from tiersel.engine.results import AttemptRecord, CallResult
     from tiersel.errors import (
         BudgetExhausted,
         ConflictingRequirements,
@@ -79,8 +79,8 @@ _LAZY = {
     "Reason": "tiersel.decision",
     "ReasonCode": "tiersel.decision",
     "Step": "tiersel.decision",
-    "AttemptRecord": "tiersel.dispatch",
-    "CallResult": "tiersel.dispatch",
+    "AttemptRecord": "tiersel.engine.results",
+    "CallResult": "tiersel.engine.results",
     "CheapestFeasible": "tiersel.policy",
     "FixedTier": "tiersel.policy",
     "MemoryLedger": "tiersel.budget",

@@ -1,5 +1,5 @@
 """Injected time. Logic reads ``clock.now()``. Only the shells that receive replies read the wall
-clock, to date an error reply (a Retry-After may be an HTTP date, `tiersel.dispatch.Reply`)."""
+clock, to date an error reply (a Retry-After may be an HTTP date, `tiersel.engine.Reply`)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ The search (`cheapest_hedge`) weighs every pair of candidates, B dearer than A, 
 quarter, a half, one, one and a half and two times A's median latency, and keeps the cheapest
 pair that meets the target. The policy takes it only where it is at least `HEDGE_SAVING` cheaper
 than the cheapest ladder: a hedge sends two requests where a ladder sends one at a time, and a
-sync shell cannot cancel its loser (`tiersel.race`), so a saving within the model's error is
+sync shell cannot cancel its loser (`tiersel.engine.race`), so a saving within the model's error is
 not worth it.
 """
 

@@ -29,8 +29,9 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
-from tiersel.dispatch import CallResult, Reply, Send
-from tiersel.selector import Selector, Started
+from tiersel.engine.core import Engine, Started
+from tiersel.engine.effects import Send
+from tiersel.engine.results import CallResult, Reply
 
 __all__ = ["TierselInstrumentor"]
 
@@ -38,7 +39,8 @@ _VERSION = "0.1.0"
 
 
 class TierselInstrumentor:
-    """Traces every `Selector` call while instrumented (see the module doc)."""
+    """Traces every call while instrumented, whichever door it came through: every door runs
+    its calls with `Engine.run` / `Engine.arun` (see the module doc)."""
 
     _originals: tuple[Any, Any] | None = None
 
@@ -47,12 +49,10 @@ class TierselInstrumentor:
         if TierselInstrumentor._originals is not None:
             return
         tracer = trace.get_tracer("tiersel", _VERSION, tracer_provider=tracer_provider)
-        run, arun = Selector.run, Selector.arun
+        run, arun = Engine.run, Engine.arun
         TierselInstrumentor._originals = (run, arun)
 
-        def traced_run(
-            sel: Selector, started: Started, send: Callable[[Send], Reply]
-        ) -> CallResult:
+        def traced_run(sel: Engine, started: Started, send: Callable[[Send], Reply]) -> CallResult:
             span = tracer.start_span("tiersel.call", attributes=_call_attributes(started))
             try:
                 with _current(span):
@@ -64,7 +64,7 @@ class TierselInstrumentor:
             return result
 
         async def traced_arun(
-            sel: Selector, started: Started, send: Callable[[Send], Awaitable[Reply]]
+            sel: Engine, started: Started, send: Callable[[Send], Awaitable[Reply]]
         ) -> CallResult:
             span = tracer.start_span("tiersel.call", attributes=_call_attributes(started))
             try:
@@ -76,15 +76,15 @@ class TierselInstrumentor:
             _ended(span, result)
             return result
 
-        Selector.run = traced_run  # type: ignore[method-assign,assignment]
-        Selector.arun = traced_arun  # type: ignore[method-assign,assignment]
+        Engine.run = traced_run  # type: ignore[method-assign,assignment]
+        Engine.arun = traced_arun  # type: ignore[method-assign,assignment]
 
     def uninstrument(self) -> None:
-        """Stop tracing: `Selector` is as it was."""
+        """Stop tracing: `Engine` is as it was."""
         originals = TierselInstrumentor._originals
         if originals is None:
             return
-        Selector.run, Selector.arun = originals  # type: ignore[method-assign]
+        Engine.run, Engine.arun = originals  # type: ignore[method-assign]
         TierselInstrumentor._originals = None
 
     @property

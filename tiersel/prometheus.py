@@ -40,7 +40,8 @@ from prometheus_client.registry import Collector
 from tiersel.budget import Ledger
 from tiersel.call import BudgetState, Call, Requirements
 from tiersel.decision import Decision
-from tiersel.dispatch import CallResult, classify_reply
+from tiersel.engine.billing import classify_reply
+from tiersel.engine.results import CallResult
 from tiersel.policy import Policy, Signals
 from tiersel.pricing import ModelPrices
 from tiersel.selector import Selector
@@ -115,10 +116,11 @@ class TierselMetrics(Collector):
         self._lock = threading.Lock()
         self._closed = False
         self.registry.register(self)  # first: a registration refused leaves the selector as it was
-        self._previous = selector.on_result
-        self._timed = _TimedPolicy(selector.policy, self._decide)
-        selector.on_result = self._on_result
-        selector.policy = self._timed
+        engine = selector.engine
+        self._previous = engine.on_result
+        self._timed = _TimedPolicy(engine.policy, self._decide)
+        engine.on_result = self._on_result
+        engine.policy = self._timed
 
     def close(self) -> None:
         """Unregister, and unhook the selector: where other hooks were set over these since, these
@@ -128,11 +130,11 @@ class TierselMetrics(Collector):
         self._closed = True
         self.registry.unregister(self)
         self._timed.active = False
-        sel = self.selector
-        if sel.on_result == self._on_result:
-            sel.on_result = self._previous
-        if sel.policy is self._timed:
-            sel.policy = self._timed.policy
+        engine = self.selector.engine
+        if engine.on_result == self._on_result:
+            engine.on_result = self._previous
+        if engine.policy is self._timed:
+            engine.policy = self._timed.policy
 
     def _on_result(self, result: CallResult) -> None:
         if self._previous is not None:
@@ -185,7 +187,7 @@ class TierselMetrics(Collector):
             models = []  # an async store cannot be read here
         for model in models:
             for tier in sel.pricing.model(model).tiers:
-                stats = signals.stats(SignalKey(sel.endpoint, model, tier), now)
+                stats = signals.stats(SignalKey(sel.engine.endpoint, model, tier), now)
                 if stats.n:
                     rate = (stats.shed + stats.rate_limited) / stats.n
                     shed.add_metric([model, str(tier)], rate)

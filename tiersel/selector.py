@@ -1,74 +1,38 @@
-"""`Selector`: pricing, policy, signals, budget and clock in one object; decide, then send."""
+"""`Selector`: the door for callers that hand tiersel a request body and get a `CallResult`
+back; it builds each attempt's ``httpx.Request`` and sends it through the transport given."""
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import json
-import math
 import os
-import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import httpx
 
 from tiersel.budget import AsyncLedger, Ledger
 from tiersel.call import BudgetState, Call, Requirements
-from tiersel.clock import Clock, SystemClock
+from tiersel.clock import Clock
 from tiersel.decision import Decision
-from tiersel.dialects import (
-    Dialect,
-    check_reservable,
-    dialect_for_path,
-    input_tokens,
-    max_output_tokens,
-    parse_json,
-    strip_hints,
-)
-from tiersel.dispatch import (
-    AttemptRecord,
-    CallResult,
-    ClaimProbe,
-    Effect,
-    Flow,
-    Notify,
-    Now,
-    Race,
-    ReadBudget,
-    ReadSignals,
-    Record,
-    Release,
-    Reply,
-    Reserve,
-    Send,
-    Settle,
-    Sleep,
-    StreamEnd,
-    arun,
-    call_flow,
-    run,
-    stream_flow,
-)
-from tiersel.errors import ConflictingRequirements, RequestNotUnderstood, TierselError, shown
-from tiersel.policy import CheapestFeasible, Policy
-from tiersel.pricing import Pricing, load_pricing
-from tiersel.race import race_async, race_sync
+from tiersel.dialects import parse_json, strip_hints
+from tiersel.engine.core import Engine
+from tiersel.engine.effects import Send
+from tiersel.engine.results import AttemptRecord, CallResult, Reply, StreamEnd
+from tiersel.errors import RequestNotUnderstood, shown
+from tiersel.policy import Policy
+from tiersel.pricing import Pricing
 from tiersel.signals import (
     AsyncSignalStore,
-    MemorySignalStore,
     Observation,
     SignalConfig,
-    SignalKey,
     SignalStore,
     TierHealth,
     TierStats,
-    assess,
 )
 from tiersel.tiers import moved
 
-__all__ = ["FIREWORKS_BASE_URL", "Selector", "Started", "new_call_id"]
+__all__ = ["FIREWORKS_BASE_URL", "Selector"]
 
 FIREWORKS_BASE_URL = "https://api.fireworks.ai/inference/v1"
 
@@ -78,16 +42,6 @@ AsyncTransport = (
     | httpx.AsyncClient
     | Callable[[httpx.Request], Awaitable[httpx.Response]]
 )
-
-
-def new_call_id() -> str:
-    """A call id no other process, or this one after a restart, will make: 96 random bits.
-
-    A shared ledger keys reservations and settlements by call id, so ids from a per-process
-    counter (``call-1``, ``call-2``, ...) would let two processes overwrite each other's
-    reservations, and a restarted one be charged nothing for ids settled before.
-    """
-    return f"call-{secrets.token_hex(12)}"
 
 
 def _sendable(body: Any) -> Mapping[str, Any]:
@@ -100,16 +54,6 @@ def _sendable(body: Any) -> Mapping[str, Any]:
     except (ValueError, TypeError, RecursionError) as exc:
         raise RequestNotUnderstood(f"the body cannot be sent as JSON: {shown(str(exc))}") from None
     return body
-
-
-class Started(NamedTuple):
-    """A call `Selector.start` began: the flow of its attempts, its dialect, its id, and the
-    `Call` its body describes."""
-
-    flow: Flow
-    dialect: Dialect
-    call_id: str
-    call: Call
 
 
 class Selector:
@@ -176,60 +120,39 @@ class Selector:
         on_result: Callable[[CallResult], None] | None = None,
         api_key: str | None = None,
     ) -> None:
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-        if backoff_s < 0:
-            raise ValueError(f"backoff_s must be >= 0, got {backoff_s}")
-        if unbounded_output not in ("share", "cap", "refuse"):
-            raise ValueError(
-                f"unbounded_output must be 'share', 'cap' or 'refuse', got {unbounded_output!r}"
-            )
-        if not budget_wait_s >= 0:
-            raise ValueError(f"budget_wait_s must be >= 0, got {budget_wait_s!r}")
-        if default_max_output_tokens < 1:
-            raise ValueError(
-                f"default_max_output_tokens must be >= 1, got {default_max_output_tokens}"
-            )
-        self.pricing = pricing if pricing is not None else load_pricing()
-        self.policy: Policy = (
-            policy
-            if policy is not None
-            else CheapestFeasible(max_attempts=max_attempts, backoff_s=backoff_s)
+        self.engine = Engine(
+            pricing,
+            policy,
+            signals,
+            clock,
+            ledger=ledger,
+            endpoint=endpoint,
+            requirements=requirements,
+            signal_config=signal_config,
+            max_attempts=max_attempts,
+            backoff_s=backoff_s,
+            default_max_output_tokens=default_max_output_tokens,
+            bytes_per_token=bytes_per_token,
+            unbounded_output=unbounded_output,
+            budget_wait_s=budget_wait_s,
+            on_attempt=on_attempt,
+            on_result=on_result,
         )
-        if signals is None:
-            signals = MemorySignalStore(signal_config)
-        self.signals = signals
-        self.signal_config = signal_config or getattr(signals, "config", None) or SignalConfig()
-        self.clock: Clock = clock if clock is not None else SystemClock()
-        self.ledger = ledger
         self.transport = transport
         self.async_transport = async_transport
         self.base_url = base_url.rstrip("/")
-        self.endpoint = endpoint
-        self.requirements = requirements or Requirements()
-        self.max_attempts = max_attempts
-        self.backoff_s = backoff_s
-        self.default_max_output_tokens = default_max_output_tokens
-        self.bytes_per_token = bytes_per_token
-        self.unbounded_output = unbounded_output
-        self.budget_wait_s = budget_wait_s
-        self.on_attempt = on_attempt
-        self.on_result = on_result
         self._api_key = _Secret(
             api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
         )
-        self._keys: dict[str, tuple[SignalKey, ...]] = {}
-        self._keys_by_tier: dict[str, dict[str, SignalKey]] = {}
-        # Keyed by the price table's (model, tier) pairs, so bounded by the table.
-        self._health_cache: dict[SignalKey, tuple[TierStats, TierHealth, float]] = {}
         self._urls: dict[str, httpx.URL] = {}
         self._own_client: httpx.Client | None = None
         self._own_aclient: httpx.AsyncClient | None = None
 
     def __repr__(self) -> str:
+        e = self.engine
         return (
-            f"Selector(pricing={self.pricing!r}, policy={self.policy!r}, signals={self.signals!r},"
-            f" clock={self.clock!r}, ledger={self.ledger!r}, base_url={self.base_url!r})"
+            f"Selector(pricing={e.pricing!r}, policy={e.policy!r}, signals={e.signals!r},"
+            f" clock={e.clock!r}, ledger={e.ledger!r}, base_url={self.base_url!r})"
         )
 
     def __reduce__(self) -> Any:
@@ -238,50 +161,31 @@ class Selector:
             " process (its API key never leaves the process: it pickles as nothing)"
         )
 
+    # -- the engine's parts, as a caller reads them ------------------------------------------------
+
     @property
-    def ledger_enabled(self) -> bool:
-        return self.ledger is not None
+    def pricing(self) -> Pricing:
+        return self.engine.pricing
 
-    # -- deciding --------------------------------------------------------------------------------
+    @property
+    def policy(self) -> Policy:
+        return self.engine.policy
 
-    def assess(
-        self, key: SignalKey, stats: TierStats, now: float, *, probing: bool = False
-    ) -> TierHealth:
-        """A tier's health from its counters, cached while neither counters nor circuit change
-        (after a failure, for `_LEAN_S` only: the shed rate it implies fades as time passes)."""
-        config = self.signal_config
-        steady = stats.cooldown_until <= now and stats.consecutive_failures < config.open_after
-        if steady and not probing:
-            hit = self._health_cache.get(key)
-            # Counters equal to those the health was assessed from (the memory store hands back
-            # the same object while nothing changed: the identity test is the fast path).
-            if hit is not None and (hit[0] is stats or hit[0] == stats) and now <= hit[2]:
-                return hit[1]
-        health = assess(stats, self.pricing.tiers[key.tier].priors, config, now, probing=probing)
-        if steady and not probing:
-            until = now + _LEAN_S if stats.consecutive_failures else math.inf
-            self._health_cache[key] = (stats, health, until)
-        return health
+    @property
+    def signals(self) -> SignalStore | AsyncSignalStore:
+        return self.engine.signals
 
-    def _tier_keys(self, model: str) -> dict[str, SignalKey]:
-        keys = self._keys_by_tier.get(model)
-        if keys is None:
-            keys = self._keys_by_tier[model] = {k.tier: k for k in self.signal_keys(model)}
-        return keys
+    @property
+    def clock(self) -> Clock:
+        return self.engine.clock
 
-    def signal_keys(self, model: str) -> tuple[SignalKey, ...]:
-        """The signal keys of every tier of ``model`` at this selector's endpoint."""
-        keys = self._keys.get(model)
-        if keys is None:
-            prices = self.pricing.model(model)
-            keys = tuple(SignalKey(self.endpoint, prices.name, t) for t in prices.tiers)
-            self._keys[model] = keys
-        return keys
+    @property
+    def ledger(self) -> Ledger | AsyncLedger | None:
+        return self.engine.ledger
 
-    def health(self, model: str, now: float | None = None) -> dict[str, TierHealth]:
-        """What the signals say now about each tier of ``model`` (half-open tiers as probe-able)."""
-        view = _HealthView(self, model, self.clock.now() if now is None else now)
-        return {tier: view[tier] for tier in view}
+    @property
+    def requirements(self) -> Requirements:
+        return self.engine.requirements
 
     def decide(
         self,
@@ -290,137 +194,76 @@ class Selector:
         *,
         budget: BudgetState | None = None,
     ) -> Decision:
-        """The policy's decision for ``call`` now. Reads the signals; sends nothing.
+        """The policy's decision for ``call`` now (see `Engine.decide`). Sends nothing."""
+        return self.engine.decide(call, requirements, budget=budget)
 
-        ``budget`` defaults to the ledger's state when the selector has one.
-        """
-        now = self.clock.now()
-        prices, implied = self.pricing.resolve(call.model)
-        if implied is not None:  # a router id: the call is for that tier, as `send` treats it
-            base = requirements if requirements is not None else self.requirements
-            requirements = pinned(base, implied)
-        ledger = self._sync_ledger("decide")
-        if budget is None and ledger is not None:
-            budget = ledger.state(now)
-        return self.policy(
-            call,
-            requirements if requirements is not None else self.requirements,
-            budget,
-            prices,
-            _HealthView(self, call.model, now),
-            now,
-        )
+    def health(self, model: str, now: float | None = None) -> dict[str, TierHealth]:
+        """What the signals say now about each tier of ``model``."""
+        return self.engine.health(model, now)
 
     def record(
         self, model: str, tier: str, observation: Observation, now: float | None = None
     ) -> TierStats:
         """Feed one observation into the signals (for callers that dispatch on their own)."""
-        prices = self.pricing.model(model)
-        t = self.clock.now() if now is None else now
-        key = SignalKey(self.endpoint, prices.name, tier)
-        return self._sync_signals("record").record(key, observation, t)
+        return self.engine.record(model, tier, observation, now)
 
-    def call_for(self, body: Mapping[str, Any], dialect: Dialect) -> tuple[Call, str | None]:
-        """The `Call` a request body describes, and the tier its model id implies (router ids)."""
-        if not isinstance(body, Mapping):
-            raise RequestNotUnderstood(f"the body must be a JSON object, got {shown(body)}")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise RequestNotUnderstood("the body has no 'model' string")
-        prices, implied = self.pricing.resolve(model)
-        if implied is not None and body.get("service_tier") == "priority":
-            # A router sold with priority too (a US-only one): the caller asked for both.
-            both = f"{implied}_priority"
-            if both in prices.tiers and prices.tiers[both].model_id == model:
-                implied = both
-        out = max_output_tokens(body, dialect)
-        if out is None:  # at most what the model can write, when the table says
-            limit = prices.max_output_tokens
-            out = self.default_max_output_tokens
-            out = min(out, limit) if limit else out
-        if self.ledger_enabled:
-            check_reservable(body, dialect)
-        tokens, bound = input_tokens(body, bytes_per_token=self.bytes_per_token, dialect=dialect)
-        # Every field was checked above (the cap by max_output_tokens, the model by the table):
-        # skip validating them again on the hot path.
-        call = Call.model_construct(
-            model=prices.name,
-            input_tokens=tokens,
-            cached_input_tokens=0,
-            max_output_tokens=out,
-            expected_output_tokens=None,
-            endpoint=self.endpoint,
-            max_input_tokens=bound,
-        )
-        return call, implied
+    def finish_stream(self, result: CallResult, end: StreamEnd) -> CallResult:
+        """Complete a `send` whose streamed reply ended (see `Engine.finish_stream`)."""
+        return self.engine.finish_stream(result, end)
+
+    async def afinish_stream(self, result: CallResult, end: StreamEnd) -> CallResult:
+        """The async twin of `finish_stream`."""
+        return await self.engine.afinish_stream(result, end)
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def start(
+    def send(
         self,
         body: Mapping[str, Any],
         *,
         requirements: Requirements | None = None,
         path: str = "/chat/completions",
+        headers: Mapping[str, str] | None = None,
+        transport: SyncTransport | None = None,
         call_id: str | None = None,
-        dialect: Dialect | None = None,
-        max_wait: Callable[[], float | None] | None = None,
-    ) -> Started:
-        """Begin one call: the `Call` ``body`` describes, its requirements (the selector's when
-        None; a router id pins its tier), an id, and the flow of its attempts, which `run` or
-        `arun` carries out with a shell's own send. Nothing is decided or sent yet.
+    ) -> CallResult:
+        """Choose a tier for ``body`` and send it, escalating after sheds within the deadline.
 
-        ``dialect`` is read from ``path`` when not given. ``max_wait()`` bounds each wait of a
-        call with no deadline (see `tiersel.dispatch.call_flow`). Raises `RequestNotUnderstood`
-        for a body or path tiersel cannot read, `ConflictingRequirements` for tiers that leave
-        out the one a router id names.
+        Returns a `CallResult` whatever the outcome (``result.ok``; ``result.response`` is the
+        last ``httpx.Response``). Raises `NoFeasibleTier` or `BudgetExhausted` before any send
+        when no plan is possible.
         """
-        if dialect is None:
-            dialect = dialect_for_path(path)
-        if dialect is None:
-            raise RequestNotUnderstood(
-                f"{shown(path)} is not a generation path (chat completions, responses,"
-                " completions or messages)"
-            )
-        call, implied = self.call_for(body, dialect)
-        req = pinned(requirements if requirements is not None else self.requirements, implied)
-        cid = call_id or new_call_id()
-        flow = call_flow(self, body, dialect, call, req, cid, max_wait)
-        return Started(flow, dialect, cid, call)
+        engine = self.engine
+        engine.check_sync("send")
+        started = engine.start(
+            _sendable(body), requirements=requirements, path=path, call_id=call_id
+        )
+        send = self._sync_sender(transport)
+        clock = engine.clock
+        return engine.run(
+            started, lambda e: _reply_sync(send, self._request(path, headers, e), clock)
+        )
 
-    def run(self, started: Started, send: Callable[[Send], Reply]) -> CallResult:
-        """Carry out a `start`-ed call with a sync ``send`` (one attempt's request to its reply):
-        sleeps on the selector's clock, a hedge's race in threads, every other effect here.
-        Raises `NoFeasibleTier` or `BudgetExhausted` before any send; interrupted, it leaves
-        nothing reserved."""
-        try:
-            result = run(started.flow, self._performer(send, self.clock.sleep))
-        except BaseException:
-            self._release_quietly(started.call_id)
-            raise
-        return self._ended(result)
-
-    async def arun(self, started: Started, send: Callable[[Send], Awaitable[Reply]]) -> CallResult:
-        """The async twin of `run`: ``send`` is awaited, a hedge's race runs in tasks, and async
-        stores are awaited."""
-        try:
-            result = await arun(started.flow, self._performer(send, self.clock.asleep))
-        except BaseException:
-            await self._arelease_quietly(started.call_id)
-            raise
-        return self._ended(result)
-
-    def _ended(self, result: CallResult) -> CallResult:
-        """Hand a call's final result to ``on_result`` (a stream's, once it ends)."""
-        if self.on_result is not None and not result.pending_stream:
-            self.on_result(result)
-        return result
-
-    def check_sync(self, what: str) -> None:
-        """Raise `TypeError` naming ``what`` if the signal store or the ledger is async (a sync
-        shell cannot await them)."""
-        self._sync_signals(what)
-        self._sync_ledger(what)
+    async def asend(
+        self,
+        body: Mapping[str, Any],
+        *,
+        requirements: Requirements | None = None,
+        path: str = "/chat/completions",
+        headers: Mapping[str, str] | None = None,
+        transport: AsyncTransport | None = None,
+        call_id: str | None = None,
+    ) -> CallResult:
+        """The async twin of `send`."""
+        engine = self.engine
+        started = engine.start(
+            _sendable(body), requirements=requirements, path=path, call_id=call_id
+        )
+        send = self._async_sender(transport)
+        clock = engine.clock
+        return await engine.arun(
+            started, lambda e: _reply_async(send, self._request(path, headers, e), clock)
+        )
 
     def _headers(
         self, headers: Mapping[str, str] | None, step_headers: Mapping[str, str]
@@ -462,174 +305,6 @@ class Selector:
             if len(self._urls) < 64:
                 self._urls[full] = url
         return url
-
-    def perform(self, effect: Effect) -> Any:
-        """Carry out one effect of a call's flow that is the same in every shell: all but a send,
-        a sleep and a race (a store's answer, or an awaitable from an async store). A shell that
-        drives a flow itself (the replay harness, on virtual time) hands it the rest."""
-        # Dispatch on the exact type: a flow yields several effects per call, and a chain of
-        # isinstance tests costs microseconds each time.
-        handler = _EFFECT_HANDLERS.get(type(effect))
-        if handler is None:
-            raise TypeError(f"unknown effect {effect!r}")
-        return handler(self, effect)
-
-    def _now(self, effect: Now) -> float:
-        return self.clock.now()
-
-    def _read_signals(self, effect: ReadSignals) -> Any:
-        now = self.clock.now()
-        stats = [self.signals.stats(k, now) for k in effect.keys]
-        # An async store answers with awaitables, which only the async shell awaits.
-        return _awaited(stats) if _is_async(self.signals, "stats") else stats
-
-    def _claim_probe(self, effect: ClaimProbe) -> Any:
-        return self.signals.claim_probe(
-            effect.key, self.clock.now(), self.signal_config.probe_interval_s
-        )
-
-    def _record(self, effect: Record) -> Any:
-        return self.signals.record(effect.key, effect.observation, self.clock.now())
-
-    def _notify(self, effect: Notify) -> None:
-        if self.on_attempt is not None:
-            self.on_attempt(effect.record)
-
-    def _read_budget(self, effect: ReadBudget) -> Any:
-        ledger = self.ledger
-        return ledger.state(self.clock.now()) if ledger is not None else None
-
-    def _ledger_for(self, effect: Effect) -> Ledger | AsyncLedger:
-        if self.ledger is None:
-            raise RuntimeError(f"{effect!r} needs a ledger")
-        return self.ledger
-
-    def _reserve(self, effect: Reserve) -> Any:
-        ledger = self._ledger_for(effect)
-        return ledger.reserve(effect.call_id, effect.amount_usd, self.clock.now())
-
-    def _settle(self, effect: Settle) -> Any:
-        ledger = self._ledger_for(effect)
-        return ledger.settle(effect.call_id, effect.amount_usd, self.clock.now())
-
-    def _release(self, effect: Release) -> Any:
-        return self._ledger_for(effect).release(effect.call_id, self.clock.now())
-
-    def send(
-        self,
-        body: Mapping[str, Any],
-        *,
-        requirements: Requirements | None = None,
-        path: str = "/chat/completions",
-        headers: Mapping[str, str] | None = None,
-        transport: SyncTransport | None = None,
-        call_id: str | None = None,
-    ) -> CallResult:
-        """Choose a tier for ``body`` and send it, escalating after sheds within the deadline.
-
-        Returns a `CallResult` whatever the outcome (``result.ok``; ``result.response`` is the
-        last ``httpx.Response``). Raises `NoFeasibleTier` or `BudgetExhausted` before any send
-        when no plan is possible.
-        """
-        self.check_sync("send")
-        started = self.start(_sendable(body), requirements=requirements, path=path, call_id=call_id)
-        send = self._sync_sender(transport)
-        clock = self.clock
-        return self.run(
-            started, lambda e: _reply_sync(send, self._request(path, headers, e), clock)
-        )
-
-    async def asend(
-        self,
-        body: Mapping[str, Any],
-        *,
-        requirements: Requirements | None = None,
-        path: str = "/chat/completions",
-        headers: Mapping[str, str] | None = None,
-        transport: AsyncTransport | None = None,
-        call_id: str | None = None,
-    ) -> CallResult:
-        """The async twin of `send`."""
-        started = self.start(_sendable(body), requirements=requirements, path=path, call_id=call_id)
-        send = self._async_sender(transport)
-        clock = self.clock
-        return await self.arun(
-            started, lambda e: _reply_async(send, self._request(path, headers, e), clock)
-        )
-
-    def _performer(
-        self, send: Callable[[Send], Any], sleep: Callable[[float], Any]
-    ) -> Callable[[Effect], Any]:
-        """What carries out one call's effects for `run` / `arun`: ``send`` and ``sleep`` are the
-        shell's own (sync, or returning awaitables: the shell is async when ``sleep`` is a
-        coroutine function); a hedge's race runs on ``send``; every other effect is the
-        selector's."""
-        common = self.perform
-        clock = self.clock
-        if inspect.iscoroutinefunction(sleep):
-
-            def race(effect: Race) -> Any:
-                return race_async(send, effect, clock)
-        else:
-
-            def race(effect: Race) -> Any:
-                return race_sync(send, effect, clock)
-
-        def perform(effect: Effect) -> Any:
-            kind = type(effect)
-            if kind is Send:
-                return send(effect)  # type: ignore[arg-type]
-            if kind is Sleep:
-                return sleep(effect.seconds)  # type: ignore[union-attr]
-            if kind is Race:
-                return race(effect)  # type: ignore[arg-type]
-            return common(effect)
-
-        return perform
-
-    def finish_stream(self, result: CallResult, end: StreamEnd) -> CallResult:
-        """Complete a call whose reply was a stream (``result.pending_stream``) once it ended.
-
-        Records the stream's timings, charges its usage, settles the budget and notifies
-        ``on_attempt``; returns the call's final `CallResult`. Call it once per stream.
-        """
-        if not result.pending_stream:
-            raise ValueError(f"call {result.call_id} has no pending stream to finish")
-        return self._ended(run(stream_flow(self, result, end), self.perform))
-
-    async def afinish_stream(self, result: CallResult, end: StreamEnd) -> CallResult:
-        """The async twin of `finish_stream`, which also awaits async stores."""
-        if not result.pending_stream:
-            raise ValueError(f"call {result.call_id} has no pending stream to finish")
-        return self._ended(await arun(stream_flow(self, result, end), self.perform))
-
-    def _release_quietly(self, call_id: str) -> None:
-        # Interrupted mid-attempt (cancelled, KeyboardInterrupt): leave no budget reserved. A
-        # reservation that cannot be dropped here (an async ledger, a store that is away) lapses
-        # at its expiry.
-        if self.ledger is None or _is_async(self.ledger, "release"):
-            return
-        with contextlib.suppress(TierselError):
-            self.ledger.release(call_id, self.clock.now())
-
-    async def _arelease_quietly(self, call_id: str) -> None:
-        """The async twin of `_release_quietly`, for sync and async ledgers alike."""
-        if self.ledger is None:
-            return
-        with contextlib.suppress(TierselError):
-            released = self.ledger.release(call_id, self.clock.now())
-            if inspect.isawaitable(released):
-                await released
-
-    def _sync_signals(self, what: str) -> SignalStore:
-        if _is_async(self.signals, "stats"):
-            raise TypeError(f"{what}: the signal store {self.signals!r} is async; use asend")
-        return cast(SignalStore, self.signals)
-
-    def _sync_ledger(self, what: str) -> Ledger | None:
-        if self.ledger is not None and _is_async(self.ledger, "reserve"):
-            raise TypeError(f"{what}: the budget ledger {self.ledger!r} is async; use asend")
-        return cast("Ledger | None", self.ledger)
 
     def _sync_sender(
         self, transport: SyncTransport | None
@@ -682,60 +357,6 @@ class Selector:
         await self.aclose()
 
 
-_LEAN_S = 0.5
-"""How long a tier's health is reused after a failure (its lean fades over tens of seconds)."""
-
-
-class _HealthView(Mapping[str, TierHealth]):
-    """`Selector.health` for one decision, each tier assessed when the policy first reads it (a
-    policy skips the tiers a call may not use, such as opt-in ones)."""
-
-    __slots__ = ("_keys", "_now", "_read", "_seen", "_sel")
-
-    def __init__(self, sel: Selector, model: str, now: float) -> None:
-        self._sel = sel
-        self._keys = sel._tier_keys(model)
-        self._now = now
-        self._read = sel._sync_signals("health").stats
-        self._seen: dict[str, TierHealth] = {}
-
-    def get(self, tier: str, default: Any = None) -> Any:
-        health = self._seen.get(tier)
-        if health is None:
-            key = self._keys.get(tier)
-            if key is None:
-                return default
-            # `Selector.assess` keeps health while its counters stand still.
-            health = self._sel.assess(key, self._read(key, self._now), self._now)
-            self._seen[tier] = health
-        return health
-
-    def __getitem__(self, tier: str) -> TierHealth:
-        health: TierHealth | None = self.get(tier)
-        if health is None:
-            raise KeyError(tier)
-        return health
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-
-_EFFECT_HANDLERS: dict[type, Callable[[Selector, Any], Any]] = {
-    Now: Selector._now,
-    ReadSignals: Selector._read_signals,
-    ClaimProbe: Selector._claim_probe,
-    Record: Selector._record,
-    Notify: Selector._notify,
-    ReadBudget: Selector._read_budget,
-    Reserve: Selector._reserve,
-    Settle: Selector._settle,
-    Release: Selector._release,
-}
-
-
 class _Secret:
     """Holds a credential; shows as ``***`` in reprs, logs and ``vars()``."""
 
@@ -756,33 +377,6 @@ class _Secret:
     def __reduce__(self) -> tuple[type[_Secret], tuple[None]]:
         # Never written out: whatever pickles or deep-copies it gets it back without the key.
         return (_Secret, (None,))
-
-
-_ASYNC_METHODS: dict[tuple[type, str], bool] = {}
-
-
-def _is_async(store: object, method: str) -> bool:
-    """Whether ``store``'s ``method`` is a coroutine function (cached by type: it is hot)."""
-    key = (type(store), method)
-    found = _ASYNC_METHODS.get(key)
-    if found is None:
-        found = _ASYNC_METHODS[key] = inspect.iscoroutinefunction(getattr(key[0], method, None))
-    return found
-
-
-async def _awaited(pending: Sequence[Any]) -> list[Any]:
-    done: list[Any] = []
-    try:
-        for p in pending:
-            done.append(await p)
-    finally:
-        # Cancelled or failed part way: close the reads never started, or each would warn
-        # "coroutine ... was never awaited" when collected.
-        for p in pending[len(done) + 1 :]:
-            close = getattr(p, "close", None)
-            if close is not None:
-                close()
-    return done
 
 
 def _lower(headers: httpx.Headers) -> dict[str, str]:
@@ -832,16 +426,3 @@ def _reply(response: httpx.Response, content: bytes, elapsed: float) -> Reply:
         raw=response,
         wall_s=time.time() if status >= 400 else None,  # dates a Retry-After (an HTTP date)
     )
-
-
-def pinned(req: Requirements, implied: str | None) -> Requirements:
-    """``req`` for a call whose model id names a tier (a router id): that tier alone. Allowed
-    tiers that leave it out contradict the id (``--model kimi-k3-us --tiers spot``)."""
-    if implied is None:
-        return req
-    if req.tiers is not None and implied not in req.tiers:
-        raise ConflictingRequirements(
-            f"the model id names the {implied} tier, but the allowed tiers are"
-            f" {', '.join(req.tiers)}"
-        )
-    return req.model_copy(update={"tiers": (implied,)})

@@ -61,7 +61,7 @@ def test_default_max_tokens_is_written_into_the_body() -> None:
     assert isinstance(req, BatchRequest)
     assert req.body["max_tokens"] == 321
     # The selector then reads the cap it will reserve for from the body.
-    call, _ = Selector(api_key="", bytes_per_token=1.0).call_for(req.body, Dialect.openai)
+    call, _ = Selector(api_key="", bytes_per_token=1.0).engine.call_for(req.body, Dialect.openai)
     assert call.max_output_tokens == 321 and call.input_tokens >= len(b"hello there #1")
 
 

@@ -15,8 +15,8 @@ import pytest
 import tiersel
 from tiersel.clock import FakeClock
 from tiersel.dialects import input_token_bound
-from tiersel.dispatch import OUTPUT_FLOOR
-from tiersel.selector import new_call_id
+from tiersel.engine.core import new_call_id
+from tiersel.engine.money import OUTPUT_FLOOR
 from tiersel.sim import AsyncSimTransport, load_scenario
 from tiersel.wrap import AsyncTierTransport
 
@@ -75,9 +75,9 @@ def test_calls_without_max_tokens_stay_within_the_cap(
     assert served > 0
     caps = {body["max_tokens"] for body in seen}
     if unbounded_output == "cap":  # every request went out with the cap its reservation assumed
-        assert caps == {sel.default_max_output_tokens}
+        assert caps == {sel.engine.default_max_output_tokens}
     else:  # a share of the money left: smaller as it runs out, never past the default
-        assert min(caps) == OUTPUT_FLOOR and max(caps) == sel.default_max_output_tokens
+        assert min(caps) == OUTPUT_FLOOR and max(caps) == sel.engine.default_max_output_tokens
 
 
 def test_the_cap_tiersel_sets_is_reported_and_can_be_refused(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def selector(clock: FakeClock, budget: float, hold_s: float, **kw: Any) -> tiers
 
 def worst(sel: tiersel.Selector) -> float:
     """The worst case of one `BODY` on standard, as the selector reserves it."""
-    call = sel.call_for(BODY, Dialect.openai)[0]
+    call = sel.engine.call_for(BODY, Dialect.openai)[0]
     return sel.decide(call, tiersel.Requirements(tiers=("standard",))).plan[0].worst_cost_usd
 
 

@@ -1,4 +1,5 @@
-"""Hedged attempts (`tiersel.hedge`, `tiersel.race`): the model, the policy's choice, the race.
+"""Hedged attempts (`tiersel.hedge`, `tiersel.engine.race`): the model, the policy's choice,
+the race.
 
 The race tests use a scripted upstream whose standard tier answers slowly (a real sleep, short),
 so the second request really races the first, in threads (sync) and tasks (async).
@@ -18,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tiersel
+import tiersel.engine
 from tiersel import Call, Decision, MemoryLedger, Requirements, Selector, Step
 from tiersel.cost import tier_cost
 from tiersel.hedge import HEDGE_SAVING, price_hedge
@@ -395,10 +397,10 @@ def test_a_streamed_call_is_never_hedged() -> None:
     tight = Requirements(deadline_s=3, reliability=0.999, hedge=True)
     for stream in (False, True):
         body = {**BODY, "max_tokens": 30, "stream": stream}
-        flow = sel.start(body, requirements=tight).flow
+        flow = sel.engine.start(body, requirements=tight).flow
         effect = flow.send(None)
-        while not isinstance(effect, tiersel.dispatch.Send | tiersel.dispatch.Race):
-            effect = flow.send(sel.perform(effect))
+        while not isinstance(effect, tiersel.engine.Send | tiersel.engine.Race):
+            effect = flow.send(sel.engine.perform(effect))
         flow.close()
     assert seen == [True, False]
 

@@ -12,7 +12,8 @@ import pytest
 
 from tiersel import FakeClock, MemoryLedger, Selector
 from tiersel.dialects import Dialect, classify, estimate_input_tokens, read_usage
-from tiersel.dispatch import AttemptRecord, Now, ReadBudget, Reserve, Send, Sleep, run
+from tiersel.engine.effects import Now, ReadBudget, Reserve, Send, Sleep, run
+from tiersel.engine.results import AttemptRecord
 from tiersel.signals import Outcome
 from tiersel.wrap.exchange import Answer, ReplyHeaders, reply
 
@@ -77,7 +78,7 @@ def test_usage_ignores_booleans_and_negatives() -> None:
 def _effects(selector: Selector) -> list[type]:
     """Run one call on ``selector``; the types of the effects its flow yielded, in order."""
     seen: list[type] = []
-    flow = selector.start(BODY).flow
+    flow = selector.engine.start(BODY).flow
     clock = selector.clock
     assert isinstance(clock, FakeClock)
 
@@ -89,7 +90,7 @@ def _effects(selector: Selector) -> list[type]:
             return reply(Answer(response, json.dumps({"usage": USAGE}).encode()), 0.5)
         if isinstance(effect, Sleep):
             return clock.sleep(effect.seconds)
-        return selector.perform(effect)
+        return selector.engine.perform(effect)
 
     result = run(flow, perform)
     assert result.ok and result.usage is not None
@@ -116,6 +117,6 @@ def test_with_a_ledger_and_a_hook_the_flow_reads_both() -> None:
 def test_an_unknown_effect_is_refused() -> None:
     selector = Selector(clock=FakeClock(), api_key="")
     with pytest.raises(TypeError, match="unknown effect"):
-        selector.perform(Sleep(1.0))  # type: ignore[arg-type]
+        selector.engine.perform(Sleep(1.0))  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="needs a ledger"):
-        selector.perform(Reserve("call-1", 0.01))
+        selector.engine.perform(Reserve("call-1", 0.01))

@@ -146,11 +146,11 @@ def test_responses_usage_and_served_tier_are_read() -> None:
 def test_a_budgeted_call_that_continues_a_stored_conversation_is_refused() -> None:
     body = {"model": MODEL, "input": "and then?", "previous_response_id": "resp_1"}
     free = tiersel.Selector(api_key="")
-    call, _ = free.call_for(body, Dialect.responses)  # counted by what the body holds
+    call, _ = free.engine.call_for(body, Dialect.responses)  # counted by what the body holds
     assert call.input_tokens > 0
     budgeted = tiersel.Selector(api_key="", ledger=tiersel.MemoryLedger(1.0))
     with pytest.raises(RequestNotUnderstood, match="previous_response_id: the prompt continues"):
-        budgeted.call_for(body, Dialect.responses)
+        budgeted.engine.call_for(body, Dialect.responses)
 
 
 @pytest.mark.parametrize("finish", ["stop", "length"])
@@ -272,8 +272,8 @@ def test_a_budgeted_call_asking_for_several_choices_is_refused(
     body: dict[str, Any], dialect: Dialect, field: str
 ) -> None:
     body = {"model": MODEL, "max_tokens": 100, **body}
-    tiersel.Selector(api_key="").call_for(body, dialect)  # no budget: nothing to reserve
+    tiersel.Selector(api_key="").engine.call_for(body, dialect)  # no budget: nothing to reserve
     budgeted = tiersel.Selector(api_key="", ledger=tiersel.MemoryLedger(1.0))
     with pytest.raises(RequestNotUnderstood, match=f"^{field}: under a budget tiersel reserves"):
-        budgeted.call_for(body, dialect)
-    budgeted.call_for({**body, field: 1}, dialect)  # one choice is fine
+        budgeted.engine.call_for(body, dialect)
+    budgeted.engine.call_for({**body, field: 1}, dialect)  # one choice is fine

@@ -382,7 +382,7 @@ def test_send_drives_sync_redis_stores(redis_url: str, prefix: str) -> None:
     result = sel.send(BODY, requirements=Requirements(tiers=["standard"]))
     assert result.ok
     assert ledger.state(0.0).spent_usd == pytest.approx(result.cost_usd, abs=1e-9)
-    assert sel.decide(sel.call_for(BODY, sel_dialect())[0]).tier is not None
+    assert sel.decide(sel.engine.call_for(BODY, sel_dialect())[0]).tier is not None
 
 
 def sel_dialect() -> Any:

@@ -145,7 +145,7 @@ def test_nesting_of_any_depth_is_a_clear_refusal_or_is_counted() -> None:
     for _ in range(900):
         deep = [deep]
     sel = tiersel.Selector(api_key="", ledger=tiersel.MemoryLedger(1.0))
-    call, _ = sel.call_for(
+    call, _ = sel.engine.call_for(
         {"model": MODEL, "messages": [{"role": "user", "content": deep}], "max_tokens": 5},
         Dialect.openai,
     )
@@ -187,7 +187,7 @@ def test_a_selector_is_not_pickled_and_its_key_pickles_as_nothing() -> None:
 
 def test_an_unknown_model_names_the_table_not_where_it_lives() -> None:
     with pytest.raises(tiersel.UnknownModel) as caught:
-        tiersel.Selector(api_key="").call_for(
+        tiersel.Selector(api_key="").engine.call_for(
             {"model": "no-such-model", "messages": []}, Dialect.openai
         )
     assert "fireworks.yaml" in str(caught.value) and "/" not in str(caught.value).split("table")[1]

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import tiersel
+import tiersel.engine
 from tests.core.test_hedge import BODY as HEDGE_BODY
 from tests.core.test_hedge import Reservations, Upstream
 from tests.core.test_hedge import _selector as hedging_selector
@@ -128,7 +129,7 @@ def test_uninstrument_stops_the_spans(exporter: InMemorySpanExporter, calm: Runn
         TierselInstrumentor().uninstrument()
         _ask(client, 2)
     assert len(_calls(exporter)) == 1
-    assert tiersel.Selector.run.__name__ == "run"
+    assert tiersel.engine.Engine.run.__name__ == "run"
 
 
 def test_the_attempt_span_is_current_while_it_is_sent(exporter: InMemorySpanExporter) -> None:

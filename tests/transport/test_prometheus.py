@@ -82,7 +82,7 @@ def test_after_calls_the_metrics_count_them(server: RunningServer, clock: Scaled
 
     metrics.close()
     assert "tiersel_calls_total" not in generate_latest(registry).decode()
-    assert selector.on_result is None
+    assert selector.engine.on_result is None
 
 
 def _upstream_sheds(request: httpx.Request) -> httpx.Response:
@@ -123,7 +123,10 @@ def test_metrics_close_in_any_order_and_a_refused_registration_hooks_nothing() -
     other = tiersel.Selector(api_key="k")
     with pytest.raises(ValueError, match="Duplicated"):
         TierselMetrics(other, registry=_taken())
-    assert other.on_result is None and other.policy.__class__.__name__ == "CheapestFeasible"
+    assert (
+        other.engine.on_result is None
+        and other.engine.policy.__class__.__name__ == "CheapestFeasible"
+    )
 
 
 def _taken() -> CollectorRegistry:

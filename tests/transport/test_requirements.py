@@ -212,7 +212,7 @@ def test_a_block_that_conflicts_with_the_selectors_requirements_is_a_clear_error
 
 def test_a_tiny_cost_cap_is_shown_to_its_own_precision() -> None:
     selector = tiersel.Selector(api_key="")
-    call, _ = selector.call_for(
+    call, _ = selector.engine.call_for(
         {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
         Dialect.openai,
     )

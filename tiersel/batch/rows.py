@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tiersel.cost import billed
-from tiersel.dispatch import CallResult
+from tiersel.engine.results import CallResult
 
 __all__ = ["Charges", "Status", "call_row", "invalid_row", "unsent_row"]
 

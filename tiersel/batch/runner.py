@@ -22,7 +22,7 @@ import heapq
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -37,10 +37,9 @@ from tiersel.batch.sharing import Shard, SharedStores, open_shared_stores
 from tiersel.batch.summary import BatchSummary
 from tiersel.batch.transport import DurableTransport
 from tiersel.budget import Ledger, MemoryLedger
-from tiersel.call import Call, Requirements
+from tiersel.call import Requirements
 from tiersel.clock import Clock, FakeClock, SystemClock
 from tiersel.decision import Reason
-from tiersel.dialects import Dialect
 from tiersel.errors import BudgetExhausted, NoFeasibleTier
 from tiersel.policy import CheapestFeasible, Policy
 from tiersel.pricing import Pricing, load_pricing
@@ -286,7 +285,7 @@ class _Runner:
             remaining_calls=self._remaining_calls,
             on_change=self._money_moved,
         )
-        self.selector = _BoundingSelector(
+        self.selector = Selector(
             pricing,
             policy,
             signals,
@@ -298,6 +297,10 @@ class _Runner:
             api_key=api_key,
             budget_wait_s=0.0,  # the job waits for money in flight itself (see _money_freed)
         )
+        # Plan each line's prompt at its bound, not only reserve it: pacing then keeps for the
+        # lines to come what they may be billed at most, so a job whose prompts tokenize
+        # densely still reaches its last line.
+        self.selector.engine.plan_at_bound = True
         self.parser = LineParser(pricing, requirements, default_max_tokens)
         self.stop_reason: str | None = None
         self.failure: Exception | None = None  # the first error that ends the job
@@ -460,16 +463,6 @@ class _Runner:
             future = heapq.heappop(waiting)[2]
             if not future.done():
                 future.set_result(None)
-
-
-class _BoundingSelector(Selector):
-    """Plans each line's prompt at its bound, not only reserves it: pacing then keeps for the
-    lines to come what they may be billed at most, so a job whose prompts tokenize densely still
-    reaches its last line."""
-
-    def call_for(self, body: Mapping[str, Any], dialect: Dialect) -> tuple[Call, str | None]:
-        call, implied = super().call_for(body, dialect)
-        return call.model_copy(update={"input_tokens": call.input_tokens_bound}), implied
 
 
 def _need(reasons: tuple[Reason, ...]) -> float:

@@ -197,7 +197,7 @@ def _observe(selector: Selector, model: str, tier: str, rate: float, now: float)
     The last one is the likelier answer at that rate (a shed from 0.5 on): the policy leans
     towards a tier's last answer, and a what-if should not tilt that lean on its own.
     """
-    key = SignalKey(selector.endpoint, model, tier)
+    key = SignalKey(selector.engine.endpoint, model, tier)
     n = _WHAT_IF_SAMPLES
     sheds = round(rate * n)
     spread = [(i + 1) * sheds // n > i * sheds // n for i in range(n)]  # ends with a shed

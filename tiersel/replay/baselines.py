@@ -2,7 +2,7 @@
 
 A `Contender` pairs a policy with the retry settings and signal configuration of the `Selector`
 that runs it, since "always standard, with bounded retries and backoff" is as much about the
-attempt loop (`tiersel.dispatch.call_flow`, shared by every contender) as about the choice.
+attempt loop (`tiersel.engine.call_flow`, shared by every contender) as about the choice.
 
 - ``tiersel``: the default policy, `CheapestFeasible`, learning from the signals it observes.
 - ``always-standard`` / ``always-priority`` / ``always-fast``: one tier, whatever happens; up to

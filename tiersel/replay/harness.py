@@ -1,8 +1,8 @@
 """The discrete-event replay: a trace's calls through one policy, on a virtual clock.
 
-Every call runs the core's own attempt loop, `tiersel.dispatch.call_flow` (decide, reserve,
+Every call runs the core's own attempt loop, `tiersel.engine.call_flow` (decide, reserve,
 send, classify, record the signals, settle the budget, climb or back off after a shed), and
-`tiersel.dispatch.stream_flow` once its stream ends, through a real `Selector` holding the
+`tiersel.engine.stream_flow` once its stream ends, through a real `Engine` holding the
 contender's policy and an in-memory signal store. This module is only the shell that drives
 those flows, many at once, in time order, the way `Selector.send` drives one: when a flow asks
 to send, the attempt goes to the simulated provider (`tiersel.sim.Provider.admit`) at the current
@@ -46,7 +46,11 @@ from tiersel.call import Call, Requirements
 from tiersel.clock import FakeClock
 from tiersel.cost import tier_cost
 from tiersel.dialects import Dialect, Usage
-from tiersel.dispatch import CallResult, Now, Reply, Send, Sleep, StreamEnd, call_flow, stream_flow
+from tiersel.engine.core import Engine
+from tiersel.engine.effects import Now, Send, Sleep
+from tiersel.engine.flow import call_flow
+from tiersel.engine.results import CallResult, Reply, StreamEnd
+from tiersel.engine.stream import stream_flow
 from tiersel.errors import BudgetExhausted, NoFeasibleTier
 from tiersel.pricing import ModelPrices, Pricing, load_pricing
 from tiersel.replay.baselines import POLICY_NAMES, Contender, contender
@@ -246,7 +250,7 @@ def replay(
 ) -> ReplayResult:
     """Replay ``work`` through one contender against a fresh simulated provider.
 
-    ``ledger`` gives the selector a budget (calls the budget cannot cover fail with
+    ``ledger`` gives the engine a budget (calls the budget cannot cover fail with
     ``detail="budget"``); ``on_call(record, now)`` is told of each call as it ends, in time order.
     """
     pricing = pricing if pricing is not None else load_pricing()
@@ -311,14 +315,12 @@ class _Engine:
         ledger: Ledger | None,
         on_call: Callable[[CallRecord, float], None] | None,
     ) -> None:
-        from tiersel.selector import Selector
-
         self.work = work
         self.who = who
         self.provider = provider
         self.prices: ModelPrices = pricing.model(work.model)
         self.clock = FakeClock()
-        self.selector = Selector(
+        self.engine = Engine(
             pricing=pricing,
             policy=who.policy,
             signals=MemorySignalStore(who.signal_config),
@@ -327,7 +329,6 @@ class _Engine:
             signal_config=who.signal_config,
             max_attempts=who.max_attempts,
             backoff_s=who.backoff_s,
-            api_key="",
         )
         self.on_call = on_call
         self.heap: list[_Event] = []
@@ -355,7 +356,7 @@ class _Engine:
             elif flight.flow is None:
                 self._start(flight)
             elif type(value) is _StreamDone:
-                flight.flow = stream_flow(self.selector, value.result, value.end)
+                flight.flow = stream_flow(self.engine, value.result, value.end)
                 self._resume(flight, None)
             else:
                 self._resume(flight, value)
@@ -383,7 +384,7 @@ class _Engine:
             requirements = flight.requirements
         call = self._call(flight)
         flight.flow = call_flow(
-            self.selector,
+            self.engine,
             {**self.body, "max_tokens": call.max_output_tokens},  # the caller sized it
             Dialect.openai,
             call,
@@ -394,7 +395,7 @@ class _Engine:
 
     def _resume(self, flight: _Flight, value: Any) -> None:
         flow = flight.flow
-        perform = self.selector.perform
+        perform = self.engine.perform
         try:
             while True:
                 effect = flow.send(value)

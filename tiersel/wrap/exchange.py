@@ -23,7 +23,8 @@ from tiersel.dialects import (
     estimate_input_tokens,
     parse_json,
 )
-from tiersel.dispatch import CallResult, Reply, Send, StreamEnd
+from tiersel.engine.effects import Send
+from tiersel.engine.results import CallResult, Reply, StreamEnd
 from tiersel.errors import (
     BudgetExhausted,
     NoFeasibleTier,
@@ -135,7 +136,7 @@ class Exchange:
     def refuse_passthrough(self, request: Any, flavour: Flavour) -> Any:
         """None for a request to pass through (not routed); for one that must not go upstream,
         its refusal response, or the refusal raised (see `REFUSALS`)."""
-        refused = _passthrough_refusal(request, budgeted=self.selector.ledger_enabled)
+        refused = _passthrough_refusal(request, budgeted=self.selector.engine.ledger_enabled)
         if refused is None:
             return None
         return self.refuse(request, flavour, Dialect.openai, refused)
@@ -163,7 +164,7 @@ class Exchange:
             raise  # a retired US-only or spot router: refused, never sent in another's stead
         except UnknownModel as exc:
             closest, known = exc.closest, False
-        if self.selector.ledger_enabled:
+        if self.selector.engine.ledger_enabled:
             raise UnpricedModel(model, pricing.origin, closest, known=known)
         if model not in self.unpriced_warned:
             self.unpriced_warned.add(model)
@@ -400,7 +401,7 @@ class Exchange:
             route.sent_at,
             drop_usage_only=route.drop_usage_only,
             input_tokens=lambda: estimate_input_tokens(
-                body, bytes_per_token=sel.bytes_per_token, dialect=route.dialect
+                body, bytes_per_token=sel.engine.bytes_per_token, dialect=route.dialect
             ),
         )
 
@@ -419,10 +420,10 @@ class Exchange:
             self.notify(route, final, basis, upstream.status_code, end=end)
 
         def ended(end: StreamEnd) -> None:
-            report(sel.finish_stream(result, end), end)
+            report(sel.engine.finish_stream(result, end), end)
 
         async def aended(end: StreamEnd) -> None:
-            report(await sel.afinish_stream(result, end), end)
+            report(await sel.engine.afinish_stream(result, end), end)
 
         headers = [
             (k, v) for k, v in upstream.headers.raw if k.lower() not in _STREAM_RESPONSE_HEADERS

@@ -35,7 +35,7 @@ import httpx
 
 from tiersel.clock import Clock
 from tiersel.dialects import Dialect, Usage, read_usage
-from tiersel.dispatch import StreamEnd
+from tiersel.engine.results import StreamEnd
 from tiersel.signals import Outcome
 from tiersel.wrap.flavours import AsyncStreamBase, SyncStreamBase, TimeoutErrors
 

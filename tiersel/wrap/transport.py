@@ -10,7 +10,7 @@ nothing at the call sites changes::
 
 Each generation call (``POST .../chat/completions``, ``.../responses``, ``.../completions`` or
 ``.../messages``; `tiersel.dialects`) is decided by the
-selector and sent through the core's one attempt flow (`tiersel.dispatch.call_flow`): escalation
+selector and sent through the core's one attempt flow (`tiersel.engine.call_flow`): escalation
 after a shed, backoff, budget reservation and signals are the core's, not copied here. Every
 other request (embeddings, model lists, ...) is passed through untouched, bar tiersel's hint
 headers, which never go upstream.
@@ -28,7 +28,8 @@ import threading
 from typing import Any
 
 from tiersel.dialects import Dialect
-from tiersel.dispatch import Reply, Send
+from tiersel.engine.effects import Send
+from tiersel.engine.results import Reply
 from tiersel.errors import TierselError
 from tiersel.selector import Selector
 from tiersel.wrap.exchange import (
@@ -72,7 +73,7 @@ class _Shell:
     ) -> None:
         self.selector = selector if selector is not None else Selector()
         if self._sync:
-            self.selector.check_sync(type(self).__name__)
+            self.selector.engine.check_sync(type(self).__name__)
         self._exchange = Exchange(self.selector, on_call, refusals)
         self._given = transport
         self._given_flavour = flavour_of_transport(transport) if transport is not None else None
@@ -104,7 +105,7 @@ class _Shell:
             route = exchange.route(request, flavour, *generation)
             if exchange.unrouted(route):
                 return None
-            started = self.selector.start(
+            started = self.selector.engine.start(
                 route.body,
                 requirements=route.requirements,
                 path=route.path,
@@ -185,7 +186,7 @@ class TierTransport(_Shell, SyncTransportBase):
             return reply(answer, clock.now() - started)
 
         try:
-            result = sel.run(started, send)
+            result = sel.engine.run(started, send)
         except TierselError as exc:  # (nothing is left reserved)
             exchange.refused(route, started.call_id, exc)
             return exchange.refuse(request, flavour, route.dialect, exc)
@@ -248,7 +249,7 @@ class AsyncTierTransport(_Shell, AsyncTransportBase):
             return reply(answer, clock.now() - started)
 
         try:
-            result = await sel.arun(started, send)
+            result = await sel.engine.arun(started, send)
         except TierselError as exc:  # (nothing is left reserved)
             exchange.refused(route, started.call_id, exc)
             return exchange.refuse(request, flavour, route.dialect, exc)

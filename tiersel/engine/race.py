@@ -24,7 +24,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tiersel.clock import Clock
-from tiersel.dispatch import Race, Raced, Reply, Send, classify_reply
+from tiersel.engine.billing import classify_reply
+from tiersel.engine.effects import Race, Raced, Send
+from tiersel.engine.results import Reply
 
 if TYPE_CHECKING:
     import asyncio

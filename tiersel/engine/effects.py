@@ -1,0 +1,167 @@
+"""The effects a call's flow yields, and the two loops that drive a flow (`run`, `arun`).
+
+Only `Send`, `Sleep` and `Race` leave the engine (a shell carries them out with its own I/O); the
+others are the engine's (stores and clock, see `tiersel.engine.Engine.perform`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tiersel.decision import Step
+from tiersel.engine.results import AttemptRecord, CallResult, Reply
+from tiersel.signals import (
+    Observation,
+    SignalKey,
+)
+
+# -- effects ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Now:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSignals:
+    keys: tuple[SignalKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimProbe:
+    key: SignalKey
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBudget:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    call_id: str
+    amount_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    call_id: str
+    amount_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    step: Step
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+    timeout_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Race:
+    """Send ``first``; if it has not answered ``after_s`` seconds later (or as soon as it fails
+    with an error worth another attempt), send ``second`` too. The first success wins, the other
+    is cancelled: a hedge (`tiersel.hedge`). ``second.timeout_s`` is the time left when the race
+    starts: the shell sends it with what is left when it goes. Answered with a `Raced`."""
+
+    first: Send
+    second: Send
+    after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Raced:
+    """How a `Race` ended. ``winner`` (0: first, 1: second) sent ``reply``: the first success, or
+    when both failed the later failure. ``other`` is the other's reply if it answered (a
+    failure); ``other_sent`` whether the second was sent at all. The other, sent and not
+    answered, was ``cancelled`` after ``other_elapsed_s`` (its bill stops there), or, where the
+    shell cannot cancel a request in flight (a sync transport), left to finish unread."""
+
+    winner: int
+    reply: Reply
+    other: Reply | None = None
+    other_sent: bool = False
+    other_elapsed_s: float = 0.0
+    cancelled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    key: SignalKey
+    observation: Observation
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    record: AttemptRecord
+
+
+Effect = (
+    Now
+    | ReadSignals
+    | ClaimProbe
+    | ReadBudget
+    | Reserve
+    | Settle
+    | Release
+    | Send
+    | Race
+    | Record
+    | Sleep
+    | Notify
+)
+Flow = Generator[Effect, Any, CallResult]
+
+
+# -- shells -------------------------------------------------------------------------------------
+
+
+def _advance(flow: Flow, value: Any) -> Effect | CallResult:
+    """The flow's next effect after it is sent ``value``, or its result once it ends."""
+    try:
+        return flow.send(value)
+    except StopIteration as stop:
+        result: CallResult = stop.value
+        return result
+
+
+def run(flow: Flow, perform: Callable[[Effect], Any]) -> CallResult:
+    """Drive a flow synchronously. An effect that raises closes the flow (its ``finally``
+    blocks run), then the exception goes on."""
+    step = _advance(flow, None)
+    while not isinstance(step, CallResult):
+        try:
+            value = perform(step)
+        except BaseException:
+            flow.close()
+            raise
+        step = _advance(flow, value)
+    return step
+
+
+async def arun(flow: Flow, perform: Callable[[Effect], Any]) -> CallResult:
+    """Drive a flow from async code; ``perform`` returns a value or an awaitable."""
+    step = _advance(flow, None)
+    while not isinstance(step, CallResult):
+        try:
+            value = perform(step)
+            if hasattr(value, "__await__"):
+                value = await value
+        except BaseException:
+            flow.close()
+            raise
+        step = _advance(flow, value)
+    return step

@@ -1,0 +1,497 @@
+"""One call's attempts, written once as a generator of effects; thin sync and async shells run it.
+
+The flow decides, reserves budget, asks for a send, classifies what came back, records it into
+the signals, charges or releases, and re-decides after a shed or a rate limit while the deadline,
+the budget and the attempt bound allow. It does no I/O itself: each effect it yields (read the
+signals, reserve, send, sleep, ...) is carried out by the shell, which sends back the result, the
+way httpx drives its auth flows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import replace
+from typing import Any
+
+from tiersel.call import BudgetState, Call, Requirements
+from tiersel.cost import charge
+from tiersel.decision import Decision, Step
+from tiersel.dialects import (
+    Dialect,
+    Usage,
+    apply_step,
+    read_usage,
+)
+from tiersel.engine.billing import bill, classify_reply, key_of, reply_tps
+from tiersel.engine.effects import (
+    ClaimProbe,
+    Effect,
+    Flow,
+    Notify,
+    Now,
+    Race,
+    Raced,
+    ReadBudget,
+    ReadSignals,
+    Record,
+    Release,
+    Reserve,
+    Send,
+    Settle,
+    Sleep,
+)
+from tiersel.engine.money import money_wait, only_budget, output_cap, shared_cap
+from tiersel.engine.results import AttemptRecord, CallResult, Reply
+from tiersel.engine.state import CallContext, FlowHost, Following, Progress
+from tiersel.engine.waits import as_open, cooling, shortest_cooldown, waitable
+from tiersel.errors import BudgetExhausted, NoFeasibleTier
+from tiersel.schedule import MAX_BACKOFF_S
+from tiersel.signals import (
+    CircuitState,
+    Observation,
+    Outcome,
+    TierHealth,
+    TierStats,
+    circuit_state,
+)
+
+_PLANNED = frozenset({Outcome.shed, Outcome.rate_limited, Outcome.error})
+"""Failures a schedule plans for: answered fast, so its next attempt follows as planned."""
+_LATE_S = 0.5
+"""How far behind its schedule a call may be and still follow it rather than plan again."""
+
+
+_AGAIN = object()
+"""A phase's answer meaning: go round the loop again (it waited, or the call plans afresh)."""
+
+
+def call_flow(
+    sel: FlowHost,
+    body: Mapping[str, Any],
+    dialect: Dialect,
+    call: Call,
+    requirements: Requirements,
+    call_id: str,
+    max_wait: Callable[[], float | None] | None = None,
+) -> Flow:
+    """The attempts of one call. Raises `NoFeasibleTier` or `BudgetExhausted` before any send.
+
+    The decision's plan is the schedule the call follows: each attempt at its planned start,
+    the next one after a failure the schedule planned for (a shed, a rate limit, a server error,
+    each answered fast). It plans again, with the same policy and from the time and attempts
+    left, when something new is known: a Retry-After, a tier's circuit opening, a timeout, a
+    failure that took longer than planned, or a schedule run out while attempts remain.
+
+    A call with a deadline never waits past it. ``max_wait()`` (seconds, asked only when a wait
+    comes up, since it is seldom needed) bounds each wait of a call with
+    no deadline for a tier's cooldown (a Retry-After, an open circuit): a longer one ends the
+    call with its last error instead.
+
+    Each round: the time left; the next attempt, followed (`_follow`) or planned (`_plan`); its
+    money reserved (`_reserve`); its send, or a hedge's race (`_race`); and what came back
+    charged and recorded (`_conclude`), which ends the call or names the next attempt.
+    """
+    ctx = _context(sel, body, dialect, call, requirements, call_id, max_wait)
+    ctx.start = now = yield Now()
+    prog = Progress(call, ctx.ceiling)
+    following: Following | None = None
+    while True:
+        if prog.attempts or prog.waited:
+            now = yield Now()
+        req = ctx.requirements
+        if req.deadline_s is not None and now > ctx.start:
+            left = req.deadline_s - (now - ctx.start)
+            if left <= 0:
+                return _failed(prog, ctx, prog.detail or "deadline passed")
+            req = req.model_copy(update={"deadline_s": left})
+        at: Any
+        if following is not None:
+            at = yield from _follow(following, now, prog)
+            if at is _AGAIN:
+                continue  # slept until its start: check the time left, then send it
+            following = None
+            if at is None:
+                continue  # behind the schedule: plan again from here
+        else:
+            at = yield from _plan(ctx, prog, req, now)
+            if at is _AGAIN:
+                continue
+            if isinstance(at, CallResult):
+                return at
+        held = yield from _reserve(ctx, prog, at, req)
+        if held is _AGAIN:
+            continue
+        if isinstance(held, CallResult):
+            return held
+        step, reply, extra = yield from _attempt(ctx, prog, at, req)
+        ended = yield from _conclude(ctx, prog, at, step, reply, extra, now)
+        if isinstance(ended, CallResult):
+            return ended
+        following = ended
+
+
+def _context(
+    sel: FlowHost,
+    body: Mapping[str, Any],
+    dialect: Dialect,
+    call: Call,
+    requirements: Requirements,
+    call_id: str,
+    max_wait: Callable[[], float | None] | None,
+) -> CallContext:
+    prices = sel.pricing.model(call.model)
+    ceiling = output_cap(sel, body, dialect, call)
+    most = requirements.max_attempts or sel.max_attempts
+    if requirements.max_attempts is None and most != getattr(sel.policy, "max_attempts", most):
+        requirements = requirements.model_copy(update={"max_attempts": most})
+    if requirements.hedge and body.get("stream") is True:
+        # A stream answers with its first token, which says nothing of when it ends: a race
+        # settled then would not protect the deadline the hedge is priced for.
+        requirements = requirements.model_copy(update={"hedge": False})
+    sized = ceiling is not None and sel.unbounded_output == "share"
+    keys = sel.signal_keys(prices.name)
+    return CallContext(
+        sel, body, dialect, requirements, call_id, max_wait, prices, keys, most, ceiling, sized
+    )
+
+
+def _follow(
+    at: Following, now: float, prog: Progress
+) -> Generator[Effect, Any, Following | object | None]:
+    """The schedule's next attempt, due now; `_AGAIN` after sleeping until its planned start;
+    None when the call is behind its schedule and must plan again."""
+    step = at.decision.plan[at.index]
+    due = at.decided_at + step.start_s
+    if now > due + _LATE_S:
+        return None
+    if due > now:
+        yield Sleep(due - now)
+        prog.waited = True
+        return _AGAIN
+    return at
+
+
+def _health(ctx: CallContext, now: float) -> Generator[Effect, Any, dict[str, TierHealth]]:
+    """Every tier's health now, from its counters (claiming the probe of a half-open one)."""
+    sel = ctx.sel
+    stats: list[TierStats] = yield ReadSignals(ctx.keys)
+    signals: dict[str, TierHealth] = {}
+    for key, st in zip(ctx.keys, stats, strict=True):
+        health = sel.assess(key, st, now)
+        if health.state is CircuitState.half_open:
+            claimed = yield ClaimProbe(key)
+            health = sel.assess(key, st, now, probing=claimed)
+            if not claimed:
+                health = as_open(health, sel.signal_config.probe_interval_s)
+        signals[key.tier] = health
+    return signals
+
+
+def _plan(
+    ctx: CallContext, prog: Progress, req: Requirements, now: float
+) -> Generator[Effect, Any, Following | CallResult | object]:
+    """Decide the call's schedule from what the signals and the budget say now: its first
+    attempt to follow; `_AGAIN` after a wait (a cooldown, money in flight); or the call's end."""
+    sel = ctx.sel
+    if prog.attempts:
+        req = req.model_copy(update={"max_attempts": ctx.most - prog.attempts})
+    signals = prog.signals = yield from _health(ctx, now)
+    budget: BudgetState | None = (yield ReadBudget()) if sel.ledger_enabled else None
+    prog.budget = budget
+    call = prog.call
+    if ctx.sized and ctx.ceiling is not None and budget is not None and prog.attempts == 0:
+        # The cap is the call's share of the money left now, fixed once a request is sent.
+        prog.cap = shared_cap(ctx.ceiling, budget, ctx.prices, call, req)
+        call = prog.call = call.model_copy(update={"max_output_tokens": prog.cap})
+    try:
+        decision = sel.policy(call, req, budget, ctx.prices, signals, now)
+    except NoFeasibleTier as exc:
+        return (yield from _no_plan(ctx, prog, req, signals, budget, exc))
+    if decision.wait_s > 0:
+        # The schedule starts once a tier's cooldown ends: wait, then plan again (the tier may
+        # then be probed, or have recovered).
+        yield Sleep(decision.wait_s)
+        prog.waited = True
+        return _AGAIN
+    at = Following(decision, 0, now)
+    if prog.last_tier == decision.plan[0].tier and prog.attempts > 0:
+        # Planned afresh onto the tier that just failed (a policy that plans one attempt at a
+        # time): back off first, within the deadline.
+        backoff = min(MAX_BACKOFF_S, sel.backoff_s * 2.0 ** min(prog.attempts - 1, 30))
+        if req.deadline_s is None or backoff < req.deadline_s / 2:
+            yield Sleep(backoff)
+            at.decided_at = now + backoff
+    return at
+
+
+def _no_plan(
+    ctx: CallContext,
+    prog: Progress,
+    req: Requirements,
+    signals: Mapping[str, TierHealth],
+    budget: BudgetState | None,
+    exc: NoFeasibleTier,
+) -> Generator[Effect, Any, CallResult | object]:
+    """No schedule meets the requirements now: wait out a cooldown or money in flight
+    (`_AGAIN`), end the call after attempts, or raise before any."""
+    call = prog.call
+    liftable = waitable(signals, exc)
+    any_cooling = cooling(liftable)
+    wait = shortest_cooldown(liftable, req, call, ctx.max_wait) if any_cooling else None
+    if prog.attempts == 0 and wait is None:
+        # Nothing sent and no cooldown worth waiting out. When money alone bars the tiers that
+        # could serve in time, the budget is what stops the call, unless money in flight
+        # (other calls' reservations) would cover it once they settle.
+        if budget is not None and only_budget(exc, cooldowns_too_long=any_cooling):
+            need = min(float(r.values[0]) for r in exc.reasons if r.code == "budget")
+            pause = money_wait(ctx.sel, need, budget, req, ctx.max_wait, prog)
+            if pause is None:
+                raise BudgetExhausted(call.model, exc.reasons) from None
+            prog.refused = exc.reasons
+            yield Sleep(pause)
+            return _AGAIN
+        if prog.refused:
+            # It waited for money, and now time bars it: the budget stopped it.
+            raise BudgetExhausted(call.model, prog.refused) from None
+        if not any_cooling:
+            raise exc
+    if wait is None or prog.attempts >= ctx.most:
+        return _failed(prog, ctx, prog.detail or str(exc))
+    yield Sleep(wait)
+    prog.waited = True
+    return _AGAIN
+
+
+def _reserve(
+    ctx: CallContext, prog: Progress, at: Following, req: Requirements
+) -> Generator[Effect, Any, CallResult | object]:
+    """Reserve the attempt's worst case (a hedge's two): True when held; `_AGAIN` after a
+    wait for money in flight; the call's end when a retry finds no money."""
+    if not ctx.sel.ledger_enabled:
+        return True
+    step = at.decision.plan[at.index]
+    racer = _racer(at.decision, at.index)
+    worst = step.worst_cost_usd + (racer.worst_cost_usd if racer is not None else 0.0)
+    held = yield Reserve(ctx.call_id, worst)
+    if held is not None:
+        return True
+    if prog.attempts == 0:
+        # Another call reserved first: wait for money in flight, as for a refusal.
+        assert prog.budget is not None
+        pause = money_wait(ctx.sel, worst, prog.budget, req, ctx.max_wait, prog)
+        if pause is None:
+            raise BudgetExhausted(prog.call.model, prog.refused or at.decision.reasons)
+        yield Sleep(pause)
+        return _AGAIN
+    stopped = _failed(prog, ctx, "budget exhausted before a retry")
+    return replace(stopped, budget_stopped=True)
+
+
+def _attempt(
+    ctx: CallContext, prog: Progress, at: Following, req: Requirements
+) -> Generator[Effect, Any, tuple[Step, Reply, float]]:
+    """Send the attempt (or run a hedge's race): the step that answered, its reply, and what
+    a hedge's loser is billed."""
+    decision = at.decision
+    step = decision.plan[at.index]
+    send_body = apply_step(ctx.body, step)
+    if prog.cap is not None:
+        send_body["max_tokens"] = prog.cap
+    sent = Send(step, send_body, step.headers, req.deadline_s)
+    racer = _racer(decision, at.index)
+    extra = 0.0
+    if racer is None:
+        reply: Reply = yield sent
+        prog.attempts += 1
+    else:
+        step, reply, extra = yield from _race(ctx, decision, sent, racer, prog)
+        at.index += 1  # the schedule's race is run
+    prog.decisions.append(decision)
+    prog.steps.append(step)
+    prog.last_reply = reply
+    prog.last_tier = step.tier
+    return step, reply, extra
+
+
+def _conclude(
+    ctx: CallContext,
+    prog: Progress,
+    at: Following,
+    step: Step,
+    reply: Reply,
+    extra: float,
+    now: float,
+) -> Generator[Effect, Any, CallResult | Following | None]:
+    """Record, charge and report what an attempt got back: the call's end, the schedule's next
+    attempt after a failure it planned for, or None to plan again."""
+    sel, decision = ctx.sel, at.decision
+    # The attempt's latency is only reported to an on_attempt hook.
+    after = (yield Now()) if sel.on_attempt is not None else now
+    verdict = classify_reply(reply)
+    if reply.streaming and verdict.outcome is Outcome.ok:
+        # The stream's wrapper records, charges and notifies once the stream ends.
+        return _result(prog, ctx, reply, extra, None, step.tier, "streaming", pending=True)
+    usage = read_usage(reply.payload, ctx.dialect) if verdict.outcome is Outcome.ok else None
+    recorded = yield Record(
+        key_of(ctx.keys, step.tier),
+        Observation(
+            verdict.outcome,
+            latency_s=reply.elapsed_s,
+            output_tps=reply_tps(usage, reply.elapsed_s, _ttft(prog, step.tier)),
+            retry_after_s=verdict.retry_after_s,
+        ),
+    )
+    cost, served = 0.0, step.tier
+    if verdict.outcome is Outcome.ok:
+        cost, served = bill(ctx.prices, step, usage)
+        cost += extra
+        if sel.ledger_enabled:
+            yield Settle(ctx.call_id, cost)
+    elif sel.ledger_enabled:
+        yield Settle(ctx.call_id, extra) if extra > 0 else Release(ctx.call_id)
+    if sel.on_attempt is not None:
+        yield Notify(
+            AttemptRecord(
+                ctx.call_id,
+                prog.attempts,
+                ctx.prices.name,
+                served,
+                decision,
+                verdict.outcome,
+                reply.status,
+                after - now,
+                cost,
+                verdict.detail,
+            )
+        )
+    if verdict.outcome is Outcome.ok:
+        return _result(prog, ctx, reply, cost, usage, served, "ok")
+    prog.detail = verdict.detail
+    if not verdict.retryable or prog.attempts >= ctx.most:
+        return _failed(prog, ctx, verdict.detail)
+    nxt = at.index + 1
+    if nxt < len(decision.plan) and verdict.outcome in _PLANNED:
+        # The failure the schedule planned for: its next attempt follows, at its start, unless
+        # it goes to this tier again and the tier has since asked for a pause (a Retry-After)
+        # or opened its circuit: then the call plans again.
+        again = decision.plan[nxt].tier == step.tier
+        paused = verdict.retry_after_s is not None or (
+            isinstance(recorded, TierStats)
+            and circuit_state(recorded, sel.signal_config, now)[0] is not CircuitState.closed
+        )
+        if not (again and paused):
+            return Following(decision, nxt, at.decided_at)
+    return None
+
+
+def _result(
+    prog: Progress,
+    ctx: CallContext,
+    reply: Reply,
+    cost: float,
+    usage: Usage | None,
+    tier: str,
+    detail: str,
+    *,
+    pending: bool = False,
+) -> CallResult:
+    return CallResult(
+        True,
+        reply,
+        tuple(prog.decisions),
+        prog.attempts,
+        cost,
+        usage,
+        tier,
+        ctx.call_id,
+        detail,
+        pending_stream=pending,
+        started_at=ctx.start,
+        max_tokens_set=prog.cap,
+        steps=tuple(prog.steps),
+    )
+
+
+def _racer(decision: Decision, index: int) -> Step | None:
+    """The step that races step ``index`` of the plan (a hedge's second attempt), if any."""
+    nxt = index + 1
+    if nxt < len(decision.plan) and decision.plan[nxt].hedge_s is not None:
+        return decision.plan[nxt]
+    return None
+
+
+def _race(
+    ctx: CallContext, decision: Decision, first: Send, racer: Step, prog: Progress
+) -> Generator[Effect, Any, tuple[Step, Reply, float]]:
+    """Run a hedge: ``first``, raced by ``racer`` after its delay. Records the loser if it
+    answered, and returns the winner's step and reply and what the loser is billed: nothing
+    if it failed or was never sent; if cancelled, its prompt and the output it generated until
+    then (at its tier's expected rate); if left to finish (a shell that cannot cancel), its
+    worst case."""
+    hedge_s = racer.hedge_s or 0.0
+    second_body = apply_step(ctx.body, racer)
+    if prog.cap is not None:
+        second_body["max_tokens"] = prog.cap
+    # Its timeout is the time left when the race starts, less the time until it goes.
+    second = Send(racer, second_body, racer.headers, first.timeout_s)
+    raced: Raced = yield Race(first, second, hedge_s)
+    prog.attempts += 2 if raced.other_sent else 1
+    steps = (first.step, racer)
+    won, lost = steps[raced.winner], steps[1 - raced.winner]
+    if raced.other_sent:
+        prog.decisions.append(decision)
+        prog.steps.append(lost)  # the loser first: a call's last step is the one that answered
+    if raced.other is not None:
+        verdict = classify_reply(raced.other)
+        yield Record(
+            key_of(ctx.keys, lost.tier),
+            Observation(verdict.outcome, retry_after_s=verdict.retry_after_s),
+        )
+        return won, raced.reply, 0.0
+    if not raced.other_sent:
+        return won, raced.reply, 0.0
+    if not raced.cancelled:
+        return won, raced.reply, lost.worst_cost_usd
+    return won, raced.reply, _cancelled_bill(ctx, prog, lost, raced)
+
+
+def _cancelled_bill(ctx: CallContext, prog: Progress, lost: Step, raced: Raced) -> float:
+    """What a hedge's loser cancelled in flight is billed: its prompt, and the output it
+    generated until then at its tier's expected rate after its expected first token."""
+    call = prog.call
+    health = prog.signals.get(lost.tier) if prog.signals is not None else None
+    out = 0.0
+    if health is not None:
+        out = max(0.0, raced.other_elapsed_s - health.ttft_s) * health.output_tps
+    out = min(out, float(prog.cap if prog.cap is not None else call.max_output_tokens))
+    # The prompt as the winner's usage counted it (the same prompt), else as estimated.
+    payload = raced.reply.payload
+    usage = read_usage(payload, ctx.dialect) if payload is not None else None
+    prompt, cached = call.input_tokens, call.cached_input_tokens
+    if usage is not None:
+        prompt, cached = usage.prompt_tokens, usage.cached_tokens
+    billed = charge(ctx.prices, lost.tier, prompt, cached, round(out))
+    return min(billed, lost.worst_cost_usd)
+
+
+def _ttft(prog: Progress, tier: str) -> float | None:
+    """The tier's expected time to first token at the call's last decision."""
+    health = prog.signals.get(tier) if prog.signals is not None else None
+    return health.ttft_s if health is not None else None
+
+
+def _failed(prog: Progress, ctx: CallContext, detail: str) -> CallResult:
+    return CallResult(
+        False,
+        prog.last_reply,
+        tuple(prog.decisions),
+        prog.attempts,
+        0.0,
+        None,
+        prog.last_tier,
+        ctx.call_id,
+        detail,
+        started_at=ctx.start,
+        max_tokens_set=prog.cap,
+        steps=tuple(prog.steps),
+    )
