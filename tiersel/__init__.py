@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         UnknownModel,
         UnpricedModel,
     )
+    from tiersel.http.context import current_requirements, requirements
     from tiersel.policy import CheapestFeasible, FixedTier
     from tiersel.pricing import load_pricing
     from tiersel.selector import Selector
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
         InvalidHint,
         TierTransport,
     )
-    from tiersel.wrap.context import current_requirements, requirements
 
 # The user's API, and the module each name lives in: loaded on first use (PEP 562), so `import
 # tiersel` costs next to nothing and a program loads only what it uses. Everything else lives in
@@ -68,8 +68,8 @@ _LAZY = {
     "CallRecord": "tiersel.wrap",
     "InvalidHint": "tiersel.wrap",
     "TierTransport": "tiersel.wrap",
-    "current_requirements": "tiersel.wrap.context",
-    "requirements": "tiersel.wrap.context",
+    "current_requirements": "tiersel.http.context",
+    "requirements": "tiersel.http.context",
     "BatchSummary": "tiersel.batch",
     "arun_batch": "tiersel.batch",
     "run_batch": "tiersel.batch",

@@ -29,9 +29,9 @@ import httpx2
 
 from tiersel.clock import Clock
 from tiersel.errors import TierselError
+from tiersel.http.context import requirements
 from tiersel.policy import CheapestFeasible, FixedTier, Policy
 from tiersel.selector import Selector
-from tiersel.wrap.context import requirements
 from tiersel.wrap.record import CallRecord
 from tiersel.wrap.transport import AsyncTierTransport
 

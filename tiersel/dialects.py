@@ -43,7 +43,6 @@ __all__ = [
     "max_output_tokens",
     "prompt_of",
     "read_usage",
-    "strip_hints",
 ]
 
 HINT_PREFIX = "x-tiersel-"
@@ -109,11 +108,6 @@ def dialect_for_path(path: str) -> Dialect | None:
     if p.endswith("/completions"):
         return Dialect.completions
     return None
-
-
-def strip_hints(headers: Mapping[str, str]) -> dict[str, str]:
-    """Headers without tiersel's hint headers."""
-    return {k: v for k, v in headers.items() if not k.lower().startswith(HINT_PREFIX)}
 
 
 def max_output_tokens(body: Mapping[str, Any], dialect: Dialect) -> int | None:

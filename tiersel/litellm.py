@@ -54,8 +54,8 @@ from pydantic import ValidationError
 
 from tiersel.call import Requirements
 from tiersel.errors import TierselError
+from tiersel.http.context import requirements
 from tiersel.selector import Selector
-from tiersel.wrap.context import requirements
 from tiersel.wrap.exchange import CallHook
 from tiersel.wrap.transport import AsyncTierTransport, TierTransport
 

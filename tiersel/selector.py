@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -15,8 +14,8 @@ from tiersel.budget import AsyncLedger, Ledger
 from tiersel.call import BudgetState, Call, Requirements
 from tiersel.clock import Clock
 from tiersel.decision import Decision
-from tiersel.dialects import parse_json, strip_hints
-from tiersel.engine.core import Engine
+from tiersel.dialects import dialect_for_path
+from tiersel.engine.core import Engine, Started
 from tiersel.engine.effects import Send
 from tiersel.engine.results import AttemptRecord, CallResult, Reply, StreamEnd
 from tiersel.errors import RequestNotUnderstood, shown
@@ -30,7 +29,9 @@ from tiersel.signals import (
     TierHealth,
     TierStats,
 )
-from tiersel.tiers import moved
+
+if TYPE_CHECKING:
+    from tiersel.http.route import Route
 
 __all__ = ["FIREWORKS_BASE_URL", "Selector"]
 
@@ -229,20 +230,37 @@ class Selector:
     ) -> CallResult:
         """Choose a tier for ``body`` and send it, escalating after sheds within the deadline.
 
+        The request is read as `TierTransport` reads one: ``requirements`` (default: the
+        selector's), then a `tiersel.requirements` block around the call, then any
+        ``x-tiersel-*`` hint headers in ``headers`` (never sent upstream).
+
         Returns a `CallResult` whatever the outcome (``result.ok``; ``result.response`` is the
-        last ``httpx.Response``). Raises `NoFeasibleTier` or `BudgetExhausted` before any send
-        when no plan is possible.
+        last ``httpx.Response``, its body read). Raises `NoFeasibleTier` or `BudgetExhausted`
+        before any send when no plan is possible.
         """
+        # The wire code (httpx2's too, when installed) loads with the first send, not with
+        # `import tiersel`: deciding needs none of it.
+        from tiersel.http.flavours import HTTPX
+        from tiersel.http.reply import no_reply, read_body, reply
+        from tiersel.http.upstream import upstream_request
+
         engine = self.engine
         engine.check_sync("send")
-        started = engine.start(
-            _sendable(body), requirements=requirements, path=path, call_id=call_id
-        )
+        route, started = self._open(body, requirements, path, headers, call_id)
         send = self._sync_sender(transport)
         clock = engine.clock
-        return engine.run(
-            started, lambda e: _reply_sync(send, self._request(path, headers, e), clock)
-        )
+
+        def attempt(effect: Send) -> Reply:
+            request = upstream_request(route, effect, HTTPX)
+            started = clock.now()
+            try:
+                response = send(request)
+                content = read_body(response, keep=True)
+            except httpx.TransportError as exc:
+                return no_reply(exc, started, clock.now())
+            return reply(response, content, clock.now() - started)
+
+        return engine.run(started, attempt)
 
     async def asend(
         self,
@@ -255,21 +273,64 @@ class Selector:
         call_id: str | None = None,
     ) -> CallResult:
         """The async twin of `send`."""
-        engine = self.engine
-        started = engine.start(
-            _sendable(body), requirements=requirements, path=path, call_id=call_id
-        )
-        send = self._async_sender(transport)
-        clock = engine.clock
-        return await engine.arun(
-            started, lambda e: _reply_async(send, self._request(path, headers, e), clock)
-        )
+        from tiersel.http.flavours import HTTPX
+        from tiersel.http.reply import aread_body, no_reply, reply
+        from tiersel.http.upstream import upstream_request
 
-    def _headers(
-        self, headers: Mapping[str, str] | None, step_headers: Mapping[str, str]
-    ) -> dict[str, str]:
-        out = strip_hints(headers or {})
-        out.update(step_headers)
+        route, started = self._open(body, requirements, path, headers, call_id)
+        send = self._async_sender(transport)
+        clock = self.engine.clock
+
+        async def attempt(effect: Send) -> Reply:
+            request = upstream_request(route, effect, HTTPX)
+            at = clock.now()
+            try:
+                response = await send(request)
+                return reply(response, await aread_body(response, keep=True), clock.now() - at)
+            except httpx.TransportError as exc:
+                return no_reply(exc, at, clock.now())
+
+        return await self.engine.arun(started, attempt)
+
+    def _open(
+        self,
+        body: Mapping[str, Any],
+        requirements: Requirements | None,
+        path: str,
+        headers: Mapping[str, str] | None,
+        call_id: str | None,
+    ) -> tuple[Route, Started]:
+        """The call's request read into a route (as the transport reads one), and its start."""
+        from tiersel.http.flavours import HTTPX
+        from tiersel.http.route import read_route
+        from tiersel.http.upstream import dump
+
+        engine = self.engine
+        dialect = dialect_for_path(path)
+        if dialect is None:
+            raise RequestNotUnderstood(
+                f"{shown(path)} is not a generation path (chat completions, responses,"
+                " completions or messages)"
+            )
+        request = httpx.Request(
+            "POST",
+            self._url(path),
+            headers=self._headers(headers),
+            content=dump(_sendable(body)),
+        )
+        defaults = requirements if requirements is not None else engine.requirements
+        route = read_route(request, HTTPX, path, dialect, defaults, engine.pricing.tiers)
+        started = engine.start(
+            route.body,
+            requirements=route.requirements,
+            path=path,
+            call_id=call_id,
+            dialect=dialect,
+        )
+        return route, started
+
+    def _headers(self, headers: Mapping[str, str] | None) -> dict[str, str]:
+        out = dict(headers or {})
         lower = {k.lower() for k in out}
         if "content-type" not in lower:
             out["content-type"] = "application/json"
@@ -278,27 +339,9 @@ class Selector:
             out["authorization"] = f"Bearer {key}"
         return out
 
-    def _request(self, path: str, headers: Mapping[str, str] | None, effect: Send) -> httpx.Request:
-        timeout = effect.timeout_s
-        ext = {}
-        if timeout is not None:
-            ext["timeout"] = {
-                "connect": timeout,
-                "read": timeout,
-                "write": timeout,
-                "pool": timeout,
-            }
-        return httpx.Request(
-            "POST",
-            self._url(path, effect.step.base_url),
-            headers=self._headers(headers, effect.headers),
-            content=json.dumps(effect.body).encode(),
-            extensions=ext,
-        )
-
-    def _url(self, path: str, origin: str | None = None) -> httpx.URL:
+    def _url(self, path: str) -> httpx.URL:
         # Parsing a URL costs more than the rest of building a request: parse each one once.
-        full = (moved(self.base_url, origin) if origin else self.base_url) + path
+        full = self.base_url + path
         url = self._urls.get(full)
         if url is None:
             url = httpx.URL(full)
@@ -377,52 +420,3 @@ class _Secret:
     def __reduce__(self) -> tuple[type[_Secret], tuple[None]]:
         # Never written out: whatever pickles or deep-copies it gets it back without the key.
         return (_Secret, (None,))
-
-
-def _lower(headers: httpx.Headers) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}
-
-
-def _reply_sync(
-    send: Callable[[httpx.Request], httpx.Response], request: httpx.Request, clock: Clock
-) -> Reply:
-    started = clock.now()
-    try:
-        response = send(request)
-        content = response.read()
-    except httpx.TransportError as exc:
-        return _no_reply(exc, clock.now() - started)
-    return _reply(response, content, clock.now() - started)
-
-
-async def _reply_async(
-    send: Callable[[httpx.Request], Awaitable[httpx.Response]],
-    request: httpx.Request,
-    clock: Clock,
-) -> Reply:
-    started = clock.now()
-    try:
-        response = await send(request)
-        content = await response.aread()
-    except httpx.TransportError as exc:
-        return _no_reply(exc, clock.now() - started)
-    return _reply(response, content, clock.now() - started)
-
-
-def _no_reply(exc: httpx.TransportError, elapsed: float) -> Reply:
-    """An attempt that got no response: a timeout, or another transport error."""
-    if isinstance(exc, httpx.TimeoutException):
-        return Reply(0, {}, None, elapsed, timed_out=True, error="timed out")
-    return Reply(0, {}, None, elapsed, error=type(exc).__name__)
-
-
-def _reply(response: httpx.Response, content: bytes, elapsed: float) -> Reply:
-    status = response.status_code
-    return Reply(
-        status,
-        _lower(response.headers),
-        parse_json(content),
-        elapsed,
-        raw=response,
-        wall_s=time.time() if status >= 400 else None,  # dates a Retry-After (an HTTP date)
-    )

@@ -8,7 +8,14 @@ import sys
 
 import pytest
 
-NOT_AT_IMPORT = ("tiersel.batch", "tiersel.sim", "tiersel.replay", "tiersel.wrap", "tiersel.cli")
+NOT_AT_IMPORT = (
+    "tiersel.batch",
+    "tiersel.sim",
+    "tiersel.replay",
+    "tiersel.wrap",
+    "tiersel.http",
+    "tiersel.cli",
+)
 NOT_AT_IMPORT += ("asyncio", "yaml", "redis", "httpx2", "uvicorn", "openai", "anthropic", "fcntl")
 
 
@@ -39,7 +46,7 @@ def test_deciding_loads_no_async_or_batch_machinery() -> None:
     [
         ("TierTransport", "tiersel.wrap"),
         ("run_batch", "tiersel.batch"),
-        ("requirements", "tiersel.wrap"),
+        ("requirements", "tiersel.http.context"),
     ],
 )
 def test_lazy_names_load_their_module_on_first_use(name: str, module: str) -> None:

@@ -14,8 +14,8 @@ from tiersel import FakeClock, MemoryLedger, Selector
 from tiersel.dialects import Dialect, classify, estimate_input_tokens, read_usage
 from tiersel.engine.effects import Now, ReadBudget, Reserve, Send, Sleep, run
 from tiersel.engine.results import AttemptRecord
+from tiersel.http.reply import ReplyHeaders, reply
 from tiersel.signals import Outcome
-from tiersel.wrap.exchange import Answer, ReplyHeaders, reply
 
 BODY = {
     "model": "accounts/fireworks/models/kimi-k3",
@@ -87,7 +87,7 @@ def _effects(selector: Selector) -> list[type]:
         if isinstance(effect, Send):
             clock.advance(0.5)  # the attempt takes half a second
             response = httpx.Response(200, json={"usage": USAGE})
-            return reply(Answer(response, json.dumps({"usage": USAGE}).encode()), 0.5)
+            return reply(response, json.dumps({"usage": USAGE}).encode(), 0.5)
         if isinstance(effect, Sleep):
             return clock.sleep(effect.seconds)
         return selector.engine.perform(effect)

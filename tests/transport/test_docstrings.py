@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["tiersel.wrap.context", "tiersel.wrap.transport"]
+MODULES = ["tiersel.http.context", "tiersel.wrap.transport"]
 
 
 @pytest.mark.parametrize("name", MODULES)

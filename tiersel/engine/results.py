@@ -35,6 +35,8 @@ class Reply:
     wall_s: float | None = None
     """When an error reply arrived, in Unix seconds (the shell reads the wall clock): dates a
     Retry-After given as an HTTP date when the response has no Date header. None: not known."""
+    content: bytes | None = None
+    """The body as read, when the shell read it whole (a door hands these bytes back)."""
 
 
 @dataclass(frozen=True, slots=True)

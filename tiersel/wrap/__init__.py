@@ -29,9 +29,9 @@ Anthropic messages) gets a tier chosen by the `Selector`::
   stores or shows them.
 """
 
-from tiersel.wrap.context import current_requirements, requirements
+from tiersel.http.context import current_requirements, requirements
+from tiersel.http.hints import HINT_HEADERS, InvalidHint
 from tiersel.wrap.exchange import CallHook
-from tiersel.wrap.hints import HINT_HEADERS, InvalidHint
 from tiersel.wrap.record import CallRecord, CostBasis
 from tiersel.wrap.transport import AsyncTierTransport, TierTransport
 

@@ -36,8 +36,8 @@ import httpx
 from tiersel.clock import Clock
 from tiersel.dialects import Dialect, Usage, read_usage
 from tiersel.engine.results import StreamEnd
+from tiersel.http.flavours import AsyncStreamBase, SyncStreamBase, TimeoutErrors
 from tiersel.signals import Outcome
-from tiersel.wrap.flavours import AsyncStreamBase, SyncStreamBase, TimeoutErrors
 
 __all__ = ["Abandoned", "AsyncMeteredStream", "MeteredStream", "StreamMeter"]
 

@@ -20,30 +20,25 @@ readable with the SDKs' raw-response APIs. When tiersel has given up on a call, 
 response goes back with ``x-should-retry: false``, which both SDKs obey, so they do not multiply
 the attempts with retries of their own. When no attempt got any response (connection errors,
 timeouts), a ``502`` / ``504`` error response stands in for it, for the same reason.
+
+Both transports run one handler (`_Shell._handle`), a generator of the few steps that differ
+between sync and async code (read the request, send it as written, run the call, fetch one
+attempt's answer); each carries them out with its own I/O.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any
 
 from tiersel.dialects import Dialect
+from tiersel.engine.core import Started
 from tiersel.engine.effects import Send
-from tiersel.engine.results import Reply
+from tiersel.engine.results import CallResult, Reply
 from tiersel.errors import TierselError
-from tiersel.selector import Selector
-from tiersel.wrap.exchange import (
-    Answer,
-    CallHook,
-    Exchange,
-    aread_answer,
-    longest_timeout,
-    no_reply,
-    read_answer,
-    reply,
-    without_hints,
-)
-from tiersel.wrap.flavours import (
+from tiersel.http.flavours import (
     AsyncTransportBase,
     Flavour,
     SyncTransportBase,
@@ -54,12 +49,78 @@ from tiersel.wrap.flavours import (
     flavour_of_request,
     flavour_of_transport,
 )
+from tiersel.http.reply import aread_body, no_reply, read_body, reply
+from tiersel.http.response import is_stream
+from tiersel.http.route import Route, generation, read_route, without_hints
+from tiersel.http.upstream import longest_timeout, upstream_request
+from tiersel.selector import Selector
+from tiersel.wrap.exchange import CallHook, Exchange
 
 __all__ = ["AsyncTierTransport", "TierTransport"]
 
 
+# The steps of `_Shell._handle` that a shell carries out with its own I/O.
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """Read the request's body."""
+
+    request: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """Send the request as written (less hints) and answer with the inner response."""
+
+    request: Any
+    flavour: Flavour
+    inner: Any
+    inner_flavour: Flavour
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Carry out the call's attempts (`Engine.run` / `arun`); answers with its `CallResult`."""
+
+    started: Started
+    route: Route
+    inner: Any
+    inner_flavour: Flavour
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetch:
+    """Send one attempt's request; answers with the response and its body (None when the
+    route's stream is left for the caller to read)."""
+
+    inner: Any
+    request: Any
+    route: Route
+
+
+_Step = _Read | _Pass | _Run | _Fetch
+_Handler = Generator[_Step, Any, Any]
+
+
+def _advance(gen: _Handler, value: Any, error: BaseException | None) -> tuple[bool, Any]:
+    """Send ``value`` (or throw ``error``) into ``gen``: (True, its result) once it ends, else
+    (False, its next step)."""
+    try:
+        return False, gen.throw(error) if error is not None else gen.send(value)
+    except StopIteration as stop:
+        return True, stop.value
+
+
+def _outcome(do: Callable[[Any], Any], step: Any) -> tuple[Any, BaseException | None]:
+    try:
+        return do(step), None
+    except Exception as exc:  # thrown back into the handler, which catches what it expects
+        return None, exc
+
+
 class _Shell:
-    """The parts of both transports that are not about sync or async."""
+    """What both transports share: the handler, the inner transports, the exchange."""
 
     _sync = False  # a sync shell cannot await its selector's stores
 
@@ -84,7 +145,7 @@ class _Shell:
     def on_call(self) -> CallHook | None:
         return self._exchange.on_call
 
-    def _inner(self, flavour: Flavour, asynchronous: bool) -> tuple[Any, Flavour]:
+    def _inner(self, flavour: Flavour) -> tuple[Any, Flavour]:
         if self._given is not None:
             return self._given, self._given_flavour or flavour
         inner = self._defaults.get(flavour.name)
@@ -92,20 +153,46 @@ class _Shell:
             with self._lock:
                 inner = self._defaults.get(flavour.name)
                 if inner is None:
-                    make = flavour.async_transport if asynchronous else flavour.sync_transport
+                    make = flavour.sync_transport if self._sync else flavour.async_transport
                     inner = self._defaults[flavour.name] = make()
         return inner, flavour
 
-    def _open(self, request: Any, flavour: Flavour, generation: tuple[str, Dialect]) -> Any:
-        """A generation call's route, attempt flow and id; for a call refused before any
-        attempt, its refusal response (or the refusal raised, as ``refusals`` says); None for a
-        call to a model the table cannot price, sent as written when no budget is set."""
+    def _handle(self, request: Any) -> _Handler:
+        """One request, start to end: passed through, refused, or routed and run."""
+        flavour = flavour_of_request(request)
+        inner, inner_flavour = self._inner(flavour)
         exchange = self._exchange
+        found = generation(request)
+        if found is None:
+            refused = exchange.refuse_passthrough(request, flavour)
+            if refused is not None:
+                return refused
+            return (yield _Pass(request, flavour, inner, inner_flavour))
+        yield _Read(request)
+        opened = self._open(request, flavour, found)
+        if opened is None:
+            return (yield _Pass(request, flavour, inner, inner_flavour))
+        if not isinstance(opened, tuple):
+            return opened  # a refusal
+        route, started = opened
         try:
-            route = exchange.route(request, flavour, *generation)
+            result: CallResult = yield _Run(started, route, inner, inner_flavour)
+        except TierselError as exc:  # (nothing is left reserved)
+            exchange.refused(route, started.call_id, exc)
+            return exchange.refuse(request, flavour, route.dialect, exc)
+        return exchange.respond(route, result, asynchronous=not self._sync)
+
+    def _open(self, request: Any, flavour: Flavour, found: tuple[str, Dialect]) -> Any:
+        """A generation call's route and start; for a call refused before any attempt, its
+        refusal response (or the refusal raised, as ``refusals`` says); None for a call to a
+        model the table cannot price, sent as written when no budget is set."""
+        exchange = self._exchange
+        engine = self.selector.engine
+        try:
+            route = read_route(request, flavour, *found, engine.requirements, engine.pricing.tiers)
             if exchange.unrouted(route):
                 return None
-            started = self.selector.engine.start(
+            started = engine.start(
                 route.body,
                 requirements=route.requirements,
                 path=route.path,
@@ -113,8 +200,20 @@ class _Shell:
                 max_wait=lambda: longest_timeout(route.extensions),
             )
         except TierselError as exc:
-            return exchange.refuse(request, flavour, generation[1], exc)
+            return exchange.refuse(request, flavour, found[1], exc)
         return route, started
+
+    def _attempt(self, run: _Run, effect: Send) -> _Handler:
+        """One attempt of a routed call: its request upstream, and what came back."""
+        route = run.route
+        clock = self.selector.engine.clock
+        upstream = upstream_request(route, effect, run.inner_flavour)
+        route.sent_at = started = clock.now()
+        try:
+            response, content = yield _Fetch(run.inner, upstream, route)
+        except TransportErrors as exc:
+            return no_reply(exc, started, clock.now())
+        return reply(response, content, clock.now() - started)
 
     def _transports(self) -> list[Any]:
         given = [self._given] if self._given is not None else []
@@ -151,57 +250,38 @@ class TierTransport(_Shell, SyncTransportBase):
     _sync = True
 
     def handle_request(self, request: Any) -> Any:
-        flavour = flavour_of_request(request)
-        inner, inner_flavour = self._inner(flavour, False)
-        exchange = self._exchange
-        if exchange.abandoned:
-            exchange.abandoned.drain()
-        generation = exchange.generation(request)
-        if generation is None:
-            refused = exchange.refuse_passthrough(request, flavour)
-            if refused is not None:
-                return refused
-            return self._pass(request, flavour, inner, inner_flavour)
-        request.read()
-        opened = self._open(request, flavour, generation)
-        if opened is None:
-            return self._pass(request, flavour, inner, inner_flavour)
-        if not isinstance(opened, tuple):
-            return opened  # a refusal
-        route, started = opened
-        sel = self.selector
-        clock = sel.clock
+        if self._exchange.abandoned:
+            self._exchange.abandoned.drain()
+        return self._drive(self._handle(request))
 
-        def send(effect: Send) -> Reply:
-            upstream = exchange.upstream(route, effect, inner_flavour)
-            route.sent_at = started = clock.now()
-            try:
-                response = inner.handle_request(upstream)
-                if exchange.is_stream(route, response):
-                    answer = Answer(response)
-                else:
-                    answer = read_answer(response)
-            except TransportErrors as exc:
-                return no_reply(exc, started, clock.now())
-            return reply(answer, clock.now() - started)
+    def _drive(self, gen: _Handler) -> Any:
+        done, step = _advance(gen, None, None)
+        while not done:
+            done, step = _advance(gen, *_outcome(self._do, step))
+        return step
 
+    def _do(self, step: _Step) -> Any:
+        if isinstance(step, _Fetch):
+            response = step.inner.handle_request(step.request)
+            streamed = is_stream(step.route, response)
+            return response, None if streamed else read_body(response)
+        if isinstance(step, _Run):
+            run = step
+
+            def send(effect: Send) -> Reply:
+                answer: Reply = self._drive(self._attempt(run, effect))
+                return answer
+
+            return self.selector.engine.run(run.started, send)
+        if isinstance(step, _Read):
+            return step.request.read()
+        request = without_hints(step.request, step.flavour)
+        sent = convert_request(request, step.inner_flavour, asynchronous=False)
         try:
-            result = sel.engine.run(started, send)
-        except TierselError as exc:  # (nothing is left reserved)
-            exchange.refused(route, started.call_id, exc)
-            return exchange.refuse(request, flavour, route.dialect, exc)
-        return exchange.respond(route, result, asynchronous=False)
-
-    @staticmethod
-    def _pass(request: Any, flavour: Flavour, inner: Any, inner_flavour: Flavour) -> Any:
-        """Send ``request`` as written (less tiersel's hint headers): a call tiersel does not
-        route."""
-        sent = convert_request(without_hints(request, flavour), inner_flavour, asynchronous=False)
-        try:
-            response = inner.handle_request(sent)
+            response = step.inner.handle_request(sent)
         except TransportErrors as exc:
-            raise as_flavour(exc, flavour) from exc
-        return convert_response(response, flavour, asynchronous=False)
+            raise as_flavour(exc, step.flavour) from exc
+        return convert_response(response, step.flavour, asynchronous=False)
 
     def close(self) -> None:
         self._exchange.abandoned.drain()
@@ -214,57 +294,42 @@ class AsyncTierTransport(_Shell, AsyncTransportBase):
     ``httpx2.AsyncClient``."""
 
     async def handle_async_request(self, request: Any) -> Any:
-        flavour = flavour_of_request(request)
-        inner, inner_flavour = self._inner(flavour, True)
-        exchange = self._exchange
-        if exchange.abandoned:
-            await exchange.abandoned.adrain()
-        generation = exchange.generation(request)
-        if generation is None:
-            refused = exchange.refuse_passthrough(request, flavour)
-            if refused is not None:
-                return refused
-            return await self._pass(request, flavour, inner, inner_flavour)
-        await request.aread()
-        opened = self._open(request, flavour, generation)
-        if opened is None:
-            return await self._pass(request, flavour, inner, inner_flavour)
-        if not isinstance(opened, tuple):
-            return opened  # a refusal
-        route, started = opened
-        sel = self.selector
-        clock = sel.clock
+        if self._exchange.abandoned:
+            await self._exchange.abandoned.adrain()
+        return await self._drive(self._handle(request))
 
-        async def send(effect: Send) -> Reply:
-            upstream = exchange.upstream(route, effect, inner_flavour)
-            route.sent_at = started = clock.now()
+    async def _drive(self, gen: _Handler) -> Any:
+        done, step = _advance(gen, None, None)
+        while not done:
             try:
-                response = await inner.handle_async_request(upstream)
-                if exchange.is_stream(route, response):
-                    answer = Answer(response)
-                else:
-                    answer = await aread_answer(response)
-            except TransportErrors as exc:
-                return no_reply(exc, started, clock.now())
-            return reply(answer, clock.now() - started)
+                value, error = await self._do(step), None
+            except Exception as exc:  # thrown back into the handler (see _outcome)
+                value, error = None, exc
+            done, step = _advance(gen, value, error)
+        return step
 
+    async def _do(self, step: _Step) -> Any:
+        if isinstance(step, _Fetch):
+            response = await step.inner.handle_async_request(step.request)
+            if is_stream(step.route, response):
+                return response, None
+            return response, await aread_body(response)
+        if isinstance(step, _Run):
+            return await self.selector.engine.arun(step.started, lambda e: self._send(step, e))
+        if isinstance(step, _Read):
+            return await step.request.aread()
+        request = without_hints(step.request, step.flavour)
         try:
-            result = await sel.engine.arun(started, send)
-        except TierselError as exc:  # (nothing is left reserved)
-            exchange.refused(route, started.call_id, exc)
-            return exchange.refuse(request, flavour, route.dialect, exc)
-        return exchange.respond(route, result, asynchronous=True)
-
-    @staticmethod
-    async def _pass(request: Any, flavour: Flavour, inner: Any, inner_flavour: Flavour) -> Any:
-        """Send ``request`` as written (less tiersel's hint headers): a call tiersel does not
-        route."""
-        sent = convert_request(without_hints(request, flavour), inner_flavour, asynchronous=True)
-        try:
-            response = await inner.handle_async_request(sent)
+            response = await step.inner.handle_async_request(
+                convert_request(request, step.inner_flavour, asynchronous=True)
+            )
         except TransportErrors as exc:
-            raise as_flavour(exc, flavour) from exc
-        return convert_response(response, flavour, asynchronous=True)
+            raise as_flavour(exc, step.flavour) from exc
+        return convert_response(response, step.flavour, asynchronous=True)
+
+    async def _send(self, run: _Run, effect: Send) -> Reply:
+        answer: Reply = await self._drive(self._attempt(run, effect))
+        return answer
 
     async def aclose(self) -> None:
         await self._exchange.abandoned.adrain()

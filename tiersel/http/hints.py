@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from tiersel.call import Requirements
 from tiersel.errors import ConflictingRequirements, TierselError
-from tiersel.wrap.context import Scope
+from tiersel.http.context import Scope
 
 __all__ = ["HINT_HEADERS", "InvalidHint", "merge_requirements", "read_hints", "strip_hints"]
 
