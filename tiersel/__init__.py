@@ -48,16 +48,12 @@ if TYPE_CHECKING:
         UnpricedModel,
     )
     from tiersel.http.context import current_requirements, requirements
+    from tiersel.http.hints import InvalidHint
     from tiersel.policy import CheapestFeasible, FixedTier
     from tiersel.pricing import load_pricing
     from tiersel.selector import Selector
     from tiersel.stores import open_ledger, open_signal_store
-    from tiersel.wrap import (
-        AsyncTierTransport,
-        CallRecord,
-        InvalidHint,
-        TierTransport,
-    )
+    from tiersel.wrap import AsyncTierTransport, CallRecord, TierTransport
 
 # The user's API, and the module each name lives in: loaded on first use (PEP 562), so `import
 # tiersel` costs next to nothing and a program loads only what it uses. Everything else lives in
@@ -66,7 +62,7 @@ _LAZY = {
     "Selector": "tiersel.selector",
     "AsyncTierTransport": "tiersel.wrap",
     "CallRecord": "tiersel.wrap",
-    "InvalidHint": "tiersel.wrap",
+    "InvalidHint": "tiersel.http.hints",
     "TierTransport": "tiersel.wrap",
     "current_requirements": "tiersel.http.context",
     "requirements": "tiersel.http.context",

@@ -421,3 +421,23 @@ def test_shed_signals_steer_the_next_call() -> None:
     before = len(up.seen)
     assert sel.send(BODY, requirements=need).ok
     assert up.tiers[before:] == ["priority"]
+
+
+def test_send_reads_hint_headers_and_a_requirements_block_as_the_transport_does() -> None:
+    # Selector.send reads its request through the transport's route: hint headers set
+    # requirements and never go upstream; a tiersel.requirements() block applies.
+    up = Upstream(lambda body: ok())
+    sel = selector(up)
+    r = sel.send(BODY, headers={"x-tiersel-tiers": "priority", "x-trace": "t1"})
+    assert r.ok and r.tier == "priority" and up.tiers == ["priority"]
+    sent = up.seen[-1][1]
+    assert sent["x-trace"] == "t1" and not any(k.startswith("x-tiersel-") for k in sent)
+    with tiersel.requirements(tiers=("fast",)):
+        assert sel.send(BODY).tier == "fast"
+    assert up.tiers == ["priority", "fast"]
+    # The explicit requirements are the defaults the block and the hints build on.
+    r = sel.send(BODY, requirements=Requirements(tiers=("priority",)))
+    assert r.tier == "priority"
+    with pytest.raises(tiersel.InvalidHint, match="x-tiersel-tiers"):
+        sel.send(BODY, headers={"x-tiersel-tiers": "platinum"})
+    assert len(up.seen) == 3  # the bad hint sent nothing
