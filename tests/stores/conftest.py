@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import redis
 
+from tiersel.clock import FakeClock
 from tiersel.signals import SignalConfig
 from tiersel.stores import (
     open_async_ledger,
@@ -31,6 +32,19 @@ from tiersel.stores import (
 )
 
 BACKENDS = ("memory", "memory-async", "redis", "redis-async")
+
+# The contract tests' clock: every store runs on it (Redis stores opened with clock=caller), so
+# a test moves time with `advance` instead of sleeping. It only ever moves forward; each test has
+# fresh stores (in memory) or keys of its own (in Redis), so it needs no reset.
+CLOCK = FakeClock(1_000_000.0)
+
+
+def now() -> float:
+    return CLOCK.now()
+
+
+def advance(seconds: float) -> None:
+    CLOCK.advance(seconds)
 
 
 def free_port() -> int:
@@ -135,7 +149,7 @@ class Backend:
         self.prefix = prefix
         self.is_redis = kind.startswith("redis")
         self.is_async = kind.endswith("async")
-        self.url = f"{redis_url}?prefix={prefix}" if self.is_redis else "memory://"
+        self.url = f"{redis_url}?prefix={prefix}&clock=caller" if self.is_redis else "memory://"
         self.loop = asyncio.new_event_loop() if self.is_async else None
         self._opened: list[Synced] = []
         self._first_ledger: Synced | None = None

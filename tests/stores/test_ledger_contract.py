@@ -10,21 +10,16 @@ import asyncio
 import math
 import random
 import threading
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.stores.conftest import Backend
+from tests.stores.conftest import Backend, advance, now
 from tiersel.budget import MemoryLedger, OnExpiry
 from tiersel.call import BudgetState
 
 approx = pytest.approx
-
-
-def now() -> float:
-    return time.monotonic()
 
 
 def test_a_reservation_holds_money_until_it_no_longer_fits(backend: Backend) -> None:
@@ -95,7 +90,7 @@ def test_a_reservation_lapses_at_its_expiry(backend: Backend) -> None:
     ledger.reserve("dies-holding-it", 0.8, now(), ttl_s=0.5)
     ledger.reserve("lives", 0.1, now())
     assert ledger.reserve("c", 0.5, now()) is None
-    time.sleep(0.6)
+    advance(0.6)
     assert ledger.state(now()).reserved_usd == approx(0.1)
     assert ledger.reserve("c", 0.5, now()) is not None
 
@@ -103,7 +98,7 @@ def test_a_reservation_lapses_at_its_expiry(backend: Backend) -> None:
 def test_the_ledger_default_ttl_applies_to_reservations_without_one(backend: Backend) -> None:
     ledger = backend.ledger(1.0, reservation_ttl_s=0.5)
     ledger.reserve("a", 0.8, now())
-    time.sleep(0.6)
+    advance(0.6)
     assert ledger.state(now()).reserved_usd == approx(0.0)
     # A call that outlived its reservation is still charged when it settles.
     assert ledger.settle("a", 0.5, now()).spent_usd == approx(0.5)
@@ -115,7 +110,7 @@ def test_a_lapsed_reservation_may_be_charged_in_full_instead(backend: Backend) -
     ledger.reserve("died-after-sending", 0.6, now())
     ledger.reserve("settled-in-time", 0.3, now())
     ledger.settle("settled-in-time", 0.1, now())
-    time.sleep(0.6)
+    advance(0.6)
     state = ledger.state(now())
     assert (state.spent_usd, state.reserved_usd) == (approx(0.7), approx(0.0))
     # A late settle of the lapsed id (a slow holder, or a resumed job) charges nothing more.

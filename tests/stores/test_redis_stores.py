@@ -20,13 +20,14 @@ from redis.crc import key_slot
 
 from tests.stores.conftest import free_port, start_redis
 from tiersel import Requirements, Selector
-from tiersel.signals import Observation, Outcome, SignalKey
+from tiersel.signals import Observation, Outcome, SignalConfig, SignalKey
 from tiersel.stores import (
     BudgetConflict,
     LedgerFallback,
     SignalFallback,
     StoreMisconfigured,
     StoreUnavailable,
+    close_store,
     open_async_ledger,
     open_async_signal_store,
     open_ledger,
@@ -239,6 +240,8 @@ def test_signals_go_back_to_redis_once_it_answers(tmp_path: Path) -> None:
         ("redis://h:1/0?budget=a&budget=b", "budget is given twice"),
         ("redis://h:1/0?prefix=", "prefix must not be empty"),
         ("redis://h:1/0?on_expiry=forget", "on_expiry must be release or charge"),
+        ("redis://h:1/0?clock=local", "clock must be server or caller, got 'local'"),
+        ("memory://?clock=server", "memory:// runs on its callers' clock"),
         ("", "non-empty string"),
         ("redis://h:notaport/0", "the port 'notaport' is not a number from 0 to 65535"),
         ("redis://h:70000/0", "the port '70000' is not a number from 0 to 65535"),
@@ -276,6 +279,12 @@ def test_good_urls_are_taken(url: str) -> None:
     where = parse_store_url(url)
     assert where.backend == "redis" and where.redis_url is not None
     redis.connection.parse_url(where.redis_url)  # what redis-py is given, it reads
+
+
+def test_the_clock_setting_is_read_from_the_url() -> None:
+    assert parse_store_url("redis://h:1/0").clock == "server"
+    assert parse_store_url("redis://h:1/0?clock=caller").clock == "caller"
+    assert parse_store_url("memory://?clock=caller").backend == "memory"
 
 
 def test_a_unix_socket_url_keeps_its_slashes() -> None:
@@ -433,3 +442,32 @@ def test_one_calls_script_error_reaches_only_that_call(redis_url: str, prefix: s
         await store.aclose()  # type: ignore[attr-defined]
 
     asyncio.run(go())
+
+
+def test_by_default_a_redis_store_runs_on_the_servers_clock(redis_url: str, prefix: str) -> None:
+    # The callers' `now` is not used: a clock far ahead expires nothing the server's has not.
+    url = f"{redis_url}?prefix={prefix}"
+    ledger = open_ledger(url, limit_usd=1.0)
+    signals = open_signal_store(url, SignalConfig(window_s=0.8, buckets=4))
+    try:
+        ledger.reserve("a", 0.8, 0.0, ttl_s=0.5)
+        assert ledger.state(1e9).reserved_usd == pytest.approx(0.8)
+        signals.record(KEY, Observation(Outcome.shed), 0.0)
+        assert signals.stats(KEY, 1e9).shed == 1
+    finally:
+        close_store(ledger)
+        close_store(signals)
+    # With clock=caller the same moves expire both (the contract tests run this way).
+    url += "&clock=caller"
+    ledger = open_ledger(url, limit_usd=1.0, name="caller")
+    signals = open_signal_store(url, SignalConfig(window_s=0.8, buckets=4))
+    try:
+        ledger.reserve("a", 0.8, 0.0, ttl_s=0.5)
+        assert ledger.state(1.0).reserved_usd == 0.0
+        signals.record(
+            SignalKey("fireworks", "kimi-k3", "priority"), Observation(Outcome.shed), 0.0
+        )
+        assert signals.stats(SignalKey("fireworks", "kimi-k3", "priority"), 5.0).shed == 0
+    finally:
+        close_store(ledger)
+        close_store(signals)

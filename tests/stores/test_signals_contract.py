@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.stores.conftest import Backend
+from tests.stores.conftest import Backend, advance, now
 from tiersel.signals import (
     EMPTY_STATS,
     CircuitState,
@@ -32,10 +31,6 @@ approx = pytest.approx
 KEY = SignalKey("fireworks", "kimi-k3", "standard")
 # A short window, so expiry can be seen without a long wait.
 SHORT = SignalConfig(window_s=0.8, buckets=4, open_after=2, open_s=0.5, max_open_s=1.0)
-
-
-def now() -> float:
-    return time.monotonic()
 
 
 def same(a: TierStats, b: TierStats) -> bool:
@@ -103,7 +98,7 @@ def test_counts_leave_the_window(backend: Backend) -> None:
     store = backend.signals(SHORT)
     store.record(KEY, Observation(Outcome.shed), now())
     assert store.stats(KEY, now()).shed == 1
-    time.sleep(SHORT.window_s + SHORT.window_s / SHORT.buckets + 0.05)
+    advance(SHORT.window_s + SHORT.window_s / SHORT.buckets + 0.05)
     later = store.stats(KEY, now())
     assert (later.n, later.shed) == (0, 0)
     # The failure streak is not windowed: it lasts until a success.
@@ -118,7 +113,7 @@ def test_a_failure_streak_opens_the_circuit_and_a_success_closes_it(backend: Bac
     assert stats.consecutive_failures == 2
     assert stats.last_failure_at == approx(t0, abs=0.25)
     assert circuit(store, now()) is CircuitState.open
-    time.sleep(SHORT.open_s + 0.05)
+    advance(SHORT.open_s + 0.05)
     assert circuit(store, now()) is CircuitState.half_open
     assert store.record(KEY, Observation(Outcome.ok), now()).consecutive_failures == 0
     assert circuit(store, now()) is CircuitState.closed
@@ -147,7 +142,7 @@ def test_one_probe_per_interval(backend: Backend) -> None:
     assert first.claim_probe(KEY, now(), 0.5) is True
     assert second.claim_probe(KEY, now(), 0.5) is False
     assert first.claim_probe(KEY, now(), 0.5) is False
-    time.sleep(0.55)
+    advance(0.55)
     assert second.claim_probe(KEY, now(), 0.5) is True
 
 

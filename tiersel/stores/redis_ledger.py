@@ -23,7 +23,13 @@ import redis.exceptions
 from tiersel.budget import OnExpiry
 from tiersel.call import BudgetState
 from tiersel.stores.errors import BudgetConflict, LedgerFallback, StoreUnavailable
-from tiersel.stores.redis_connection import LEDGER_RETRIES, UNREACHABLE, check_refusal, lua
+from tiersel.stores.redis_connection import (
+    LEDGER_RETRIES,
+    UNREACHABLE,
+    check_refusal,
+    lua,
+    store_clock,
+)
 from tiersel.stores.redis_pipeline import AsyncScripts
 
 __all__ = ["AsyncRedisLedger", "RedisLedger"]
@@ -57,8 +63,10 @@ class _LedgerCore:
         on_expiry: OnExpiry,
         on_unavailable: LedgerFallback,
         url: str,
+        clock: str,
     ) -> None:
         self.limit_nanos = _nanos(limit_usd, "limit_usd")
+        self.by_caller = store_clock(clock)
         self.limit_usd = float(limit_usd)
         if not name:
             raise ValueError("a budget needs a non-empty name")
@@ -79,22 +87,28 @@ class _LedgerCore:
         self.last = BudgetState(limit_usd=self.limit_usd)
         self._warned = False
 
-    def reserve_args(self, call_id: str, amount_usd: float, ttl_s: float | None) -> list[str | int]:
+    def reserve_args(
+        self, call_id: str, amount_usd: float, ttl_s: float | None, now: float
+    ) -> list[str | int]:
         ttl = ttl_s if ttl_s is not None else self.reservation_ttl_s
         if ttl is not None and not ttl > 0:
             raise ValueError(f"ttl_s must be > 0 or None, got {ttl_s!r}")
         ttl_ms = math.ceil(ttl * 1000) if ttl is not None else 0
-        return [*self.head(), call_id, _nanos(amount_usd, "reservation"), ttl_ms]
+        return [*self._head, call_id, _nanos(amount_usd, "reservation"), ttl_ms, self.when(now)]
 
-    def settle_args(self, call_id: str, actual_usd: float) -> list[str | int]:
-        return [*self.head(), call_id, _nanos(actual_usd, "actual cost"), self.settled_keep_ms]
+    def settle_args(self, call_id: str, actual_usd: float, now: float) -> list[str | int]:
+        keep = self.settled_keep_ms
+        return [*self._head, call_id, _nanos(actual_usd, "actual cost"), keep, self.when(now)]
 
-    def id_args(self, call_id: str) -> list[str | int]:
-        return [*self.head(), call_id]
+    def id_args(self, call_id: str, now: float) -> list[str | int]:
+        return [*self._head, call_id, self.when(now)]
 
-    def head(self) -> list[str | int]:
-        """The arguments every script starts with: the limit, and what expiry means."""
-        return self._head
+    def state_args(self, now: float) -> list[str | int]:
+        return [*self._head, self.when(now)]
+
+    def when(self, now: float) -> str:
+        """The last argument of every script: the caller's time in ms, or '' (the server's)."""
+        return str(math.floor(now * 1000)) if self.by_caller else ""
 
     def decode(self, reply: bytes) -> BudgetState | None:
         """The state a script returned; None when a reservation did not fit."""
@@ -162,7 +176,10 @@ class RedisLedger:
     - ``on_unavailable``: a `LedgerFallback`; by default a Redis that does not answer raises
       `StoreUnavailable` and no call is sent.
 
-    The ``now`` arguments are not used: expiries run on the server's clock.
+    - ``clock``: whose time expiries run on: ``"server"`` (the default: Redis's own clock, so
+      workers on different machines agree, and the ``now`` arguments are not used) or
+      ``"caller"`` (the ``now`` each call passes: every process must share one clock, as a test's
+      `FakeClock` or a replay's virtual time does).
     """
 
     def __init__(
@@ -177,6 +194,7 @@ class RedisLedger:
         on_expiry: OnExpiry = OnExpiry.release,
         on_unavailable: LedgerFallback = LedgerFallback.fail_closed,
         url: str = "redis://",
+        clock: str = "server",
     ) -> None:
         self._core = _LedgerCore(
             limit_usd=limit_usd,
@@ -187,6 +205,7 @@ class RedisLedger:
             on_expiry=on_expiry,
             on_unavailable=on_unavailable,
             url=url,
+            clock=clock,
         )
         self.client = client
         self._scripts = {
@@ -213,18 +232,19 @@ class RedisLedger:
         return state
 
     def state(self, now: float) -> BudgetState:
-        return self._run_state("state", self._core.head(), None)
+        return self._run_state("state", self._core.state_args(now), None)
 
     def reserve(
         self, call_id: str, amount_usd: float, now: float, ttl_s: float | None = None
     ) -> BudgetState | None:
-        return self._run("reserve", self._core.reserve_args(call_id, amount_usd, ttl_s), call_id)
+        args = self._core.reserve_args(call_id, amount_usd, ttl_s, now)
+        return self._run("reserve", args, call_id)
 
     def settle(self, call_id: str, actual_usd: float, now: float) -> BudgetState:
-        return self._run_state("settle", self._core.settle_args(call_id, actual_usd), call_id)
+        return self._run_state("settle", self._core.settle_args(call_id, actual_usd, now), call_id)
 
     def release(self, call_id: str, now: float) -> BudgetState:
-        return self._run_state("release", self._core.id_args(call_id), call_id)
+        return self._run_state("release", self._core.id_args(call_id, now), call_id)
 
     def close(self) -> None:
         """Close the client's connections."""
@@ -249,6 +269,7 @@ class AsyncRedisLedger:
         on_expiry: OnExpiry = OnExpiry.release,
         on_unavailable: LedgerFallback = LedgerFallback.fail_closed,
         url: str = "redis://",
+        clock: str = "server",
     ) -> None:
         self._core = _LedgerCore(
             limit_usd=limit_usd,
@@ -259,6 +280,7 @@ class AsyncRedisLedger:
             on_expiry=on_expiry,
             on_unavailable=on_unavailable,
             url=url,
+            clock=clock,
         )
         self.client = client
         # Concurrent tasks' operations share round trips (each is still one atomic script).
@@ -288,20 +310,20 @@ class AsyncRedisLedger:
         return state
 
     async def state(self, now: float) -> BudgetState:
-        return await self._run_state("state", self._core.head(), None)
+        return await self._run_state("state", self._core.state_args(now), None)
 
     async def reserve(
         self, call_id: str, amount_usd: float, now: float, ttl_s: float | None = None
     ) -> BudgetState | None:
-        args = self._core.reserve_args(call_id, amount_usd, ttl_s)
+        args = self._core.reserve_args(call_id, amount_usd, ttl_s, now)
         return await self._run("reserve", args, call_id)
 
     async def settle(self, call_id: str, actual_usd: float, now: float) -> BudgetState:
-        args = self._core.settle_args(call_id, actual_usd)
+        args = self._core.settle_args(call_id, actual_usd, now)
         return await self._run_state("settle", args, call_id)
 
     async def release(self, call_id: str, now: float) -> BudgetState:
-        return await self._run_state("release", self._core.id_args(call_id), call_id)
+        return await self._run_state("release", self._core.id_args(call_id, now), call_id)
 
     async def aclose(self) -> None:
         """Close the client's connections."""

@@ -34,7 +34,13 @@ from tiersel.signals import (
     TierStats,
 )
 from tiersel.stores.errors import SignalFallback, StoreUnavailable
-from tiersel.stores.redis_connection import SIGNAL_RETRIES, UNREACHABLE, check_refusal, lua
+from tiersel.stores.redis_connection import (
+    SIGNAL_RETRIES,
+    UNREACHABLE,
+    check_refusal,
+    lua,
+    store_clock,
+)
 from tiersel.stores.redis_pipeline import AsyncScripts
 
 __all__ = ["AsyncRedisSignalStore", "RedisSignalStore"]
@@ -63,8 +69,10 @@ class _SignalsCore:
         on_unavailable: SignalFallback,
         retry_s: float,
         url: str,
+        clock: str,
     ) -> None:
         self.config = config or SignalConfig()
+        self.by_caller = store_clock(clock)
         self.prefix = prefix
         self.on_unavailable = SignalFallback(on_unavailable)
         if not retry_s > 0:
@@ -94,15 +102,22 @@ class _SignalsCore:
             found = self._keys[key] = [f"{base}:window".encode(), f"{base}:state".encode()]
         return found
 
-    def record_args(self, obs: Observation) -> list[str | float | int]:
+    def when(self, now: float) -> str:
+        """The last argument of every script: the caller's time in s, or '' (the server's)."""
+        return repr(float(now)) if self.by_caller else ""
+
+    def stats_args(self, now: float) -> list[str | float | int]:
+        return [*self.head, self.when(now)]
+
+    def record_args(self, obs: Observation, now: float) -> list[str | float | int]:
         ttft = obs.ttft_s if obs.ttft_s is not None and obs.ttft_s > 0 else -1.0
         tps = obs.output_tps if obs.output_tps is not None and obs.output_tps > 0 else -1.0
         wait = obs.retry_after_s if obs.retry_after_s is not None and obs.retry_after_s > 0 else -1
         failed = 1 if obs.outcome.is_failure else 0
-        return [*self.head, _SLOT[obs.outcome], ttft, tps, wait, failed]
+        return [*self.head, _SLOT[obs.outcome], ttft, tps, wait, failed, self.when(now)]
 
-    def probe_args(self, interval_s: float) -> list[str | float | int]:
-        return [*self.head, float(interval_s)]
+    def probe_args(self, interval_s: float, now: float) -> list[str | float | int]:
+        return [*self.head, float(interval_s), self.when(now)]
 
     def use_local(self, now: float) -> bool:
         """True while Redis is known to be away (a retry is not due yet)."""
@@ -169,6 +184,9 @@ class RedisSignalStore:
     - ``on_unavailable``: a `SignalFallback`; by default a Redis that does not answer means this
       process keeps signals in its own memory (one warning in the log), trying Redis again every
       ``retry_s`` seconds of its clock.
+    - ``clock``: whose time windows and cooldowns run on: ``"server"`` (the default: Redis's,
+      so processes on different machines agree) or ``"caller"`` (the ``now`` each call passes:
+      every process must share one clock, as a test's `FakeClock` does).
     """
 
     def __init__(
@@ -180,9 +198,15 @@ class RedisSignalStore:
         on_unavailable: SignalFallback = SignalFallback.local_memory,
         retry_s: float = 5.0,
         url: str = "redis://",
+        clock: str = "server",
     ) -> None:
         self._core = _SignalsCore(
-            config, prefix=prefix, on_unavailable=on_unavailable, retry_s=retry_s, url=url
+            config,
+            prefix=prefix,
+            on_unavailable=on_unavailable,
+            retry_s=retry_s,
+            url=url,
+            clock=clock,
         )
         self.config = self._core.config
         self.client = client
@@ -206,19 +230,19 @@ class RedisSignalStore:
         return reply
 
     def record(self, key: SignalKey, obs: Observation, now: float) -> TierStats:
-        reply = self._run("record", key, self._core.record_args(obs), now)
+        reply = self._run("record", key, self._core.record_args(obs, now), now)
         if reply is None:
             return self._core.local.record(key, obs, now)
         return _stats(reply, now)
 
     def stats(self, key: SignalKey, now: float) -> TierStats:
-        reply = self._run("stats", key, self._core.head, now)
+        reply = self._run("stats", key, self._core.stats_args(now), now)
         if reply is None:
             return self._core.local.stats(key, now)
         return _stats(reply, now)
 
     def claim_probe(self, key: SignalKey, now: float, interval_s: float) -> bool:
-        reply = self._run("claim_probe", key, self._core.probe_args(interval_s), now)
+        reply = self._run("claim_probe", key, self._core.probe_args(interval_s, now), now)
         if reply is None:
             return self._core.local.claim_probe(key, now, interval_s)
         return int(reply) == 1
@@ -243,9 +267,15 @@ class AsyncRedisSignalStore:
         on_unavailable: SignalFallback = SignalFallback.local_memory,
         retry_s: float = 5.0,
         url: str = "redis://",
+        clock: str = "server",
     ) -> None:
         self._core = _SignalsCore(
-            config, prefix=prefix, on_unavailable=on_unavailable, retry_s=retry_s, url=url
+            config,
+            prefix=prefix,
+            on_unavailable=on_unavailable,
+            retry_s=retry_s,
+            url=url,
+            clock=clock,
         )
         self.config = self._core.config
         self.client = client
@@ -272,19 +302,19 @@ class AsyncRedisSignalStore:
         return reply
 
     async def record(self, key: SignalKey, obs: Observation, now: float) -> TierStats:
-        reply = await self._run("record", key, self._core.record_args(obs), now)
+        reply = await self._run("record", key, self._core.record_args(obs, now), now)
         if reply is None:
             return self._core.local.record(key, obs, now)
         return _stats(reply, now)
 
     async def stats(self, key: SignalKey, now: float) -> TierStats:
-        reply = await self._run("stats", key, self._core.head, now)
+        reply = await self._run("stats", key, self._core.stats_args(now), now)
         if reply is None:
             return self._core.local.stats(key, now)
         return _stats(reply, now)
 
     async def claim_probe(self, key: SignalKey, now: float, interval_s: float) -> bool:
-        reply = await self._run("claim_probe", key, self._core.probe_args(interval_s), now)
+        reply = await self._run("claim_probe", key, self._core.probe_args(interval_s, now), now)
         if reply is None:
             return self._core.local.claim_probe(key, now, interval_s)
         return int(reply) == 1

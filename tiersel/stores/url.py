@@ -8,7 +8,10 @@ tiersel's own settings, which win over the keyword arguments:
 - ``prefix``: the namespace of every key (default ``tiersel``);
 - ``budget``: the name of the budget a ledger opens;
 - ``reservation_ttl_s``: the expiry of a reservation made without a ttl of its own;
-- ``on_expiry``: ``release`` or ``charge``, what an expired reservation becomes (`OnExpiry`).
+- ``on_expiry``: ``release`` or ``charge``, what an expired reservation becomes (`OnExpiry`);
+- ``clock``: ``server`` (the default) or ``caller``, whose time a Redis store's windows,
+  cooldowns and expiries run on: Redis's own, or the ``now`` its callers pass (one clock
+  shared by all of them, as a test's `FakeClock` or a replay's virtual time is).
 
 Every other query parameter goes to redis-py (e.g. ``socket_timeout``), which must know it; the
 port and the database (``/DB`` or ``?db=``) must be numbers. A password in the URL (or in
@@ -50,7 +53,7 @@ __all__ = [
 
 DEFAULT_URL = "memory://"
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
-_OWN = ("prefix", "budget", "reservation_ttl_s", "on_expiry")
+_OWN = ("prefix", "budget", "reservation_ttl_s", "on_expiry", "clock")
 _SECRET_QUERY = re.compile(r"((?:^|&)(?:ssl_)?password=)[^&]*")
 
 
@@ -65,6 +68,7 @@ class StoreURL:
     budget: str | None = None
     reservation_ttl_s: float | None = None
     on_expiry: OnExpiry | None = None
+    clock: str = "server"
 
     def __repr__(self) -> str:
         return f"StoreURL({self.public!r})"
@@ -93,7 +97,15 @@ def parse_store_url(url: str) -> StoreURL:
     for k in ("prefix", "budget"):
         if k in own and not own[k]:
             raise ValueError(f"store URL {public!r}: {k} must not be empty")
+    clock = own.get("clock", "server")
+    if clock not in ("server", "caller"):
+        raise ValueError(f"store URL {public!r}: clock must be server or caller, got {clock!r}")
     if parts.scheme == "memory":
+        if own.get("clock") == "server":
+            raise ValueError(
+                f"store URL {public!r}: memory:// runs on its callers' clock; clock=server"
+                " needs a Redis"
+            )
         if parts.netloc or parts.path not in ("", "/") or rest:
             raise ValueError(
                 f"store URL {public!r}: memory:// takes no host, path or redis options"
@@ -112,6 +124,7 @@ def parse_store_url(url: str) -> StoreURL:
             budget=own.get("budget"),
             reservation_ttl_s=ttl,
             on_expiry=expiry,
+            clock=clock,
         )
     raise ValueError(
         f"store URL {public!r}: unknown scheme {parts.scheme!r};"
@@ -261,6 +274,7 @@ def _redis_signals(
         prefix=where.prefix or "tiersel",
         on_unavailable=SignalFallback(on_unavailable),
         url=where.public,
+        clock=where.clock,
     )
 
 
@@ -342,6 +356,7 @@ def _redis_ledger(
         on_expiry=on_expiry,
         on_unavailable=LedgerFallback(on_unavailable),
         url=where.public,
+        clock=where.clock,
     )
 
 

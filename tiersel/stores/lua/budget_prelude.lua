@@ -5,10 +5,15 @@
 -- KEYS[4] settled zset (call id -> when settled, server ms)
 -- ARGV[1] the limit the caller expects (nano-USD); the first caller sets it.
 -- ARGV[2] what an expired reservation becomes: 'charge' (charged in full) or 'release' (freed).
--- Time is the server's, so every worker on every machine sees the same expiries.
+-- ARGV[#ARGV] (last, after each script's own) the caller's time in ms, or '' for the server's.
+-- Time is the server's by default, so every worker on every machine sees the same expiries; a
+-- store opened with clock=caller runs on its callers' clock (one clock for all: tests, replays).
 local state, held, expiry, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_ms = tonumber(ARGV[#ARGV])
+if not now_ms then
+  local t = redis.call('TIME')
+  now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 
 local limit = tonumber(ARGV[1])
 local stored = redis.call('HGET', state, 'limit')

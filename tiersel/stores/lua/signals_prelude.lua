@@ -2,11 +2,16 @@
 -- KEYS[1] window hash ("<bucket>:<slot>" -> count or sum)
 -- KEYS[2] state hash (streak, last_failure, cooldown_until, last_probe; server seconds)
 -- ARGV[1] bucket width (s), ARGV[2] buckets in the window, ARGV[3] how long an idle key is kept (s)
--- Time is the server's; times go back relative to it, so each caller reads them on its own clock.
+-- ARGV[#ARGV] (last, after each script's own) the caller's time in s, or '' for the server's.
+-- Time is the server's by default; times go back relative to it, so each caller reads them on
+-- its own clock. A store opened with clock=caller runs on its callers' clock instead.
 local window, state = KEYS[1], KEYS[2]
 local width, nbuckets, keep_s = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local now = tonumber(ARGV[#ARGV])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
 local bucket = math.floor(now / width)
 local SLOTS = 14
 
