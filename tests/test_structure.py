@@ -5,6 +5,9 @@ checking too)."""
 from __future__ import annotations
 
 import ast
+import difflib
+import keyword
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tiersel"
@@ -131,3 +134,72 @@ def test_no_module_reaches_into_another_modules_private_names() -> None:
 
 def _private(attr: str) -> bool:
     return attr.startswith("_") and not attr.startswith("__")
+
+
+# -- sync and async twins -----------------------------------------------------------------------
+
+_NAME = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
+_KEYWORDS = frozenset(keyword.kwlist) | {"self", "None", "True", "False"}
+
+
+def _shape(line: str) -> str:
+    """A line's shape: ``async`` and ``await`` dropped, every other name one placeholder, so
+    ``x = await self._ask(a)`` and ``y = self.ask(b)`` have the same shape."""
+    line = re.sub(r"\b(async|await)\s+", "", line.strip())
+    line = re.sub(r"(\"[^\"]*\"|'[^']*')", "S", line)
+    return _NAME.sub(lambda m: m.group(0) if m.group(0) in _KEYWORDS else "N", line)
+
+
+def _body(lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+    """A function's body as shapes, less its docstring: its signature is the API the twins
+    share by design, its docstring says which is which."""
+    first = node.body[0]
+    skip_doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+    start = node.body[1].lineno if skip_doc and len(node.body) > 1 else first.lineno
+    if skip_doc and len(node.body) == 1:
+        return []
+    return [_shape(x) for x in lines[start - 1 : node.end_lineno] if x.strip()]
+
+
+def _twins() -> list[tuple[str, list[str], list[str]]]:
+    """Each async function with its sync twin in the same module: ``aname`` / ``name``,
+    ``handle_async_request`` / ``handle_request``, or one name in an ``AsyncX`` / ``X`` class."""
+    found = []
+    for name, path in MODULES.items():
+        lines = path.read_text().splitlines()
+        tree = ast.parse("\n".join(lines))
+        functions: dict[tuple[str, str], ast.FunctionDef | ast.AsyncFunctionDef] = {}
+        for cls in [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef))]:
+            owner = cls.name if isinstance(cls, ast.ClassDef) else ""
+            for node in getattr(cls, "body", []):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    functions[(owner, node.name)] = node
+        for (owner, fname), node in functions.items():
+            if not isinstance(node, ast.AsyncFunctionDef):
+                continue
+            sync_owner = owner.removeprefix("Async") if owner.startswith("Async") else owner
+            candidates = [
+                (sync_owner, fname),
+                (sync_owner, fname.removeprefix("a")),
+                (sync_owner, fname.replace("_async_", "_")),
+                (sync_owner, "_" + fname.removeprefix("_a")),
+            ]
+            for key in candidates:
+                twin = functions.get(key)
+                if twin is not None and isinstance(twin, ast.FunctionDef):
+                    label = f"{name}: {key[0]}.{key[1]} / {owner}.{fname}"
+                    found.append((label, _body(lines, twin), _body(lines, node)))
+                    break
+    return found
+
+
+def _longest_run(a: list[str], b: list[str]) -> int:
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return max((block.size for block in matcher.get_matching_blocks()), default=0)
+
+
+def test_no_sync_and_async_twins_share_more_than_six_lines_of_one_shape() -> None:
+    twins = _twins()
+    assert len(twins) > 20  # the pairing finds them
+    long = [(label, run) for label, a, b in twins if (run := _longest_run(a, b)) > 6]
+    assert long == []

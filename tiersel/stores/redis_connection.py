@@ -23,6 +23,7 @@ from tiersel.stores.errors import StoreMisconfigured
 __all__ = [
     "LEDGER_RETRIES",
     "SIGNAL_RETRIES",
+    "STORE_ERRORS",
     "UNREACHABLE",
     "async_client",
     "check_refusal",
@@ -46,6 +47,9 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     redis.exceptions.ReadOnlyError,
     OSError,
 )
+
+# Every error a store operation may raise: what `UNREACHABLE` lists, and Redis's own answers.
+STORE_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
 
 # A shared store must not stall a call for long when its server is away; a URL's own
 # ?socket_timeout=... / ?socket_connect_timeout=... win over these.

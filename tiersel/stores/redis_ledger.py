@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -25,6 +27,7 @@ from tiersel.call import BudgetState
 from tiersel.stores.errors import BudgetConflict, LedgerFallback, StoreUnavailable
 from tiersel.stores.redis_connection import (
     LEDGER_RETRIES,
+    STORE_ERRORS,
     UNREACHABLE,
     check_refusal,
     lua,
@@ -125,6 +128,25 @@ class _LedgerCore:
         )
         return self.last if ok else None
 
+    def call(
+        self, run: Callable[[], bytes], client: Any, op: str, call_id: str | None
+    ) -> BudgetState | None:
+        """A sync script's state: ``run()``'s reply decoded, or the fallback (see `failed`)."""
+        try:
+            reply = run()
+        except STORE_ERRORS as exc:
+            return self.failed(exc, client, op, call_id)
+        return self.decode(reply)
+
+    def failed(self, exc: BaseException, client: Any, op: str, call_id: str | None) -> BudgetState:
+        """The fallback for a Redis that is away (see `unavailable`); any other error raised (a
+        database the server refuses: `StoreMisconfigured`)."""
+        if isinstance(exc, UNREACHABLE):
+            return self.unavailable(op, call_id, exc)
+        if isinstance(exc, redis.exceptions.ResponseError):
+            check_refusal(exc, client, self.url)
+        raise exc
+
     def unavailable(self, op: str, call_id: str | None, exc: BaseException) -> BudgetState:
         """Fail closed (raise), or fail open: warn once, and answer with the last state seen."""
         if self.on_unavailable is LedgerFallback.fail_closed:
@@ -217,14 +239,8 @@ class RedisLedger:
         return self._core.limit_usd
 
     def _run(self, op: str, args: list[str | int], call_id: str | None) -> BudgetState | None:
-        try:
-            reply = self._scripts[op](keys=self._core.keys, args=args)
-        except UNREACHABLE as exc:
-            return self._core.unavailable(op, call_id, exc)
-        except redis.exceptions.ResponseError as exc:
-            check_refusal(exc, self.client, self._core.url)
-            raise
-        return self._core.decode(reply)
+        script, keys = self._scripts[op], self._core.keys
+        return self._core.call(lambda: script(keys=keys, args=args), self.client, op, call_id)
 
     def _run_state(self, op: str, args: list[str | int], call_id: str | None) -> BudgetState:
         state = self._run(op, args, call_id)
@@ -295,14 +311,12 @@ class AsyncRedisLedger:
         return self._core.limit_usd
 
     async def _run(self, op: str, args: list[str | int], call_id: str | None) -> BudgetState | None:
+        core = self._core
         try:
-            reply = await self._scripts.run(op, self._core.keys, args)
-        except UNREACHABLE as exc:
-            return self._core.unavailable(op, call_id, exc)
-        except redis.exceptions.ResponseError as exc:
-            check_refusal(exc, self.client, self._core.url)
-            raise
-        return self._core.decode(reply)
+            reply = await self._scripts.run(op, core.keys, args)
+        except STORE_ERRORS as exc:
+            return core.failed(exc, self.client, op, call_id)
+        return core.decode(reply)
 
     async def _run_state(self, op: str, args: list[str | int], call_id: str | None) -> BudgetState:
         state = await self._run(op, args, call_id)

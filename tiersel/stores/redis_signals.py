@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -36,6 +37,7 @@ from tiersel.signals import (
 from tiersel.stores.errors import SignalFallback, StoreUnavailable
 from tiersel.stores.redis_connection import (
     SIGNAL_RETRIES,
+    STORE_ERRORS,
     UNREACHABLE,
     check_refusal,
     lua,
@@ -123,10 +125,32 @@ class _SignalsCore:
         """True while Redis is known to be away (a retry is not due yet)."""
         return now < self._down_until
 
-    def answered(self) -> None:
+    def call(self, run: Callable[[], Any], client: Any, now: float) -> Any:
+        """A sync script's reply: ``run()``'s, or None to use local memory (see `failed`)."""
+        if self.use_local(now):
+            return None
+        try:
+            reply = run()
+        except STORE_ERRORS as exc:
+            return self.failed(exc, client, now)
+        return self.answered(reply)
+
+    def failed(self, exc: BaseException, client: Any, now: float) -> None:
+        """None (use local memory, or raise: see `unavailable`) for a Redis that is away; any
+        other error raised (a database the server refuses: `StoreMisconfigured`)."""
+        if isinstance(exc, UNREACHABLE):
+            self.unavailable(exc, now)
+            return None
+        if isinstance(exc, redis.exceptions.ResponseError):
+            check_refusal(exc, client, self.url)
+        raise exc
+
+    def answered(self, reply: Any) -> Any:
+        """``reply``, noting that Redis answers (again)."""
         if self._down_until > -math.inf:
             self._down_until = -math.inf
             log.info("the signal store at %s answers again; signals are shared again", self.url)
+        return reply
 
     def unavailable(self, exc: BaseException, now: float) -> None:
         """Raise (fail_closed), or switch to local memory until ``retry_s`` has passed."""
@@ -215,19 +239,8 @@ class RedisSignalStore:
         }
 
     def _run(self, op: str, key: SignalKey, args: list[str | float | int], now: float) -> Any:
-        core = self._core
-        if core.use_local(now):
-            return None
-        try:
-            reply = self._scripts[op](keys=core.keys(key), args=args)
-        except UNREACHABLE as exc:
-            core.unavailable(exc, now)
-            return None
-        except redis.exceptions.ResponseError as exc:
-            check_refusal(exc, self.client, core.url)
-            raise
-        core.answered()
-        return reply
+        script, keys = self._scripts[op], self._core.keys(key)
+        return self._core.call(lambda: script(keys=keys, args=args), self.client, now)
 
     def record(self, key: SignalKey, obs: Observation, now: float) -> TierStats:
         reply = self._run("record", key, self._core.record_args(obs, now), now)
@@ -292,14 +305,9 @@ class AsyncRedisSignalStore:
             return None
         try:
             reply = await self._scripts.run(op, core.keys(key), args)
-        except UNREACHABLE as exc:
-            core.unavailable(exc, now)
-            return None
-        except redis.exceptions.ResponseError as exc:
-            check_refusal(exc, self.client, core.url)
-            raise
-        core.answered()
-        return reply
+        except STORE_ERRORS as exc:
+            return core.failed(exc, self.client, now)
+        return core.answered(reply)
 
     async def record(self, key: SignalKey, obs: Observation, now: float) -> TierStats:
         reply = await self._run("record", key, self._core.record_args(obs, now), now)
