@@ -331,6 +331,8 @@ class CheapestFeasible:
         self._memo[key] = (picks, found[1:], tuple(reasons[before:]), effort)
         return _decision(found, reasons, r.deadline_s, effort)
 
+    # Runs on every decision the memo misses (benchmarks/decide.py, the arm of calls that all
+    # differ): one loop over the growing schedules, kept whole for speed.
     def _search(
         self,
         model: str,

@@ -242,7 +242,7 @@ class Selector:
         # `import tiersel`: deciding needs none of it.
         from tiersel.http.flavours import HTTPX
         from tiersel.http.reply import no_reply, read_body, reply
-        from tiersel.http.upstream import upstream_request
+        from tiersel.http.upstream import CALL_ID, upstream_request
 
         engine = self.engine
         engine.check_sync("send")
@@ -252,13 +252,14 @@ class Selector:
 
         def attempt(effect: Send) -> Reply:
             request = upstream_request(route, effect, HTTPX)
-            started = clock.now()
+            request.extensions = {**request.extensions, CALL_ID: started.call_id}
+            at = clock.now()
             try:
                 response = send(request)
                 content = read_body(response, keep=True)
             except httpx.TransportError as exc:
-                return no_reply(exc, started, clock.now())
-            return reply(response, content, clock.now() - started)
+                return no_reply(exc, at, clock.now())
+            return reply(response, content, clock.now() - at)
 
         return engine.run(started, attempt)
 
@@ -275,7 +276,7 @@ class Selector:
         """The async twin of `send`."""
         from tiersel.http.flavours import HTTPX
         from tiersel.http.reply import aread_body, no_reply, reply
-        from tiersel.http.upstream import upstream_request
+        from tiersel.http.upstream import CALL_ID, upstream_request
 
         route, started = self._open(body, requirements, path, headers, call_id)
         send = self._async_sender(transport)
@@ -283,6 +284,7 @@ class Selector:
 
         async def attempt(effect: Send) -> Reply:
             request = upstream_request(route, effect, HTTPX)
+            request.extensions = {**request.extensions, CALL_ID: started.call_id}
             at = clock.now()
             try:
                 response = await send(request)

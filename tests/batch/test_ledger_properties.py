@@ -31,7 +31,7 @@ from hypothesis.stateful import (
 
 from tiersel.batch import arun_batch
 from tiersel.batch.journal import DoneLines, JobWriter, Resumed, _replay
-from tiersel.batch.ledger import CURRENT_LINE, JournaledLedger, LineAccount
+from tiersel.batch.ledger import JournaledLedger, LineAccount
 from tiersel.clock import FakeClock
 from tiersel.dialects import input_token_bound
 from tiersel.pricing import load_pricing
@@ -94,12 +94,8 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         assert self.ledger is not None and self.inner is not None
         before = self.inner.state(0.0)
-        # The policy reads the budget from the line's own task: its envelope counts as its own.
-        token = CURRENT_LINE.set(account)
-        try:
-            seen = self.ledger.state(0.0)
-        finally:
-            CURRENT_LINE.reset(token)
+        # The engine reads the budget as the line's call sees it: its envelope is its own.
+        seen = self.ledger.state_for(call_id, 0.0)
         own = before.limit_usd - before.spent_usd - (before.reserved_usd - account.envelope_usd)
         assert abs(seen.remaining_usd - max(0.0, own)) < EPS
         state = self.ledger.reserve(call_id, amount, 0.0)

@@ -7,7 +7,8 @@ releases through it as through any other. On top of the ledger it wraps (the *in
   is done: an attempt that was shed or refused unbilled leaves the envelope in place for the
   retry (raised if the retry's tier costs more), so calls in flight keep the money they need to
   finish and new lines cannot take it from under them. The line deciding now sees its own
-  envelope as money it may spend (`CURRENT_LINE` says which line that is);
+  envelope as money it may spend (`JournaledLedger.state_for`: the engine asks with the
+  call's id);
 - journals every attempt (``<call id>#<n>``): its reservation before its request leaves, then
   its charge or release;
 - charges an attempt whose billing is unknown (its request may have reached the provider but no
@@ -21,7 +22,6 @@ releases through it as through any other. On top of the ledger it wraps (the *in
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,7 +30,7 @@ from tiersel.batch.rows import Charges
 from tiersel.budget import Ledger
 from tiersel.call import BudgetState
 
-__all__ = ["CURRENT_LINE", "JournaledLedger", "LineAccount"]
+__all__ = ["JournaledLedger", "LineAccount"]
 
 # A charge counts as over its reservation only past float noise.
 _OVERRUN_EPS = 1e-12
@@ -60,12 +60,6 @@ class LineAccount:
             self.carried.cost_usd + self.charged_usd,
             self.carried.unconfirmed_usd + self.unconfirmed_usd,
         )
-
-
-CURRENT_LINE: contextvars.ContextVar[LineAccount | None] = contextvars.ContextVar(
-    "tiersel_batch_line", default=None
-)
-"""The line whose call the current task is making (the runner sets it in each line's task)."""
 
 
 class JournaledLedger:
@@ -128,8 +122,20 @@ class JournaledLedger:
     # -- the Ledger protocol ---------------------------------------------------------------------
 
     def state(self, now: float) -> BudgetState:
+        return self._state(None, now)
+
+    def state_for(self, call_id: str, now: float) -> BudgetState:
+        """The state as the line ``call_id`` sees it: the envelope it holds between attempts
+        is its own money to spend, not money reserved by others (the engine asks this way,
+        with each call's id, when a ledger offers it)."""
+        return self._state(self._accounts.get(call_id), now)
+
+    def account(self, call_id: str) -> LineAccount | None:
+        """The open line accounted under ``call_id``, if any."""
+        return self._accounts.get(call_id)
+
+    def _state(self, own: LineAccount | None, now: float) -> BudgetState:
         state = self.inner.state(now)
-        own = CURRENT_LINE.get()
         reserved = state.reserved_usd
         if own is not None and own.envelope_usd > 0 and own.attempt_id is None:
             reserved = max(0.0, reserved - own.envelope_usd)

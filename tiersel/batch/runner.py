@@ -30,7 +30,7 @@ import httpx
 
 from tiersel.batch.input import BatchRequest, InvalidLine, LineParser, iter_lines, scan_input
 from tiersel.batch.journal import JobFiles, OpenJob, Resumed, open_job
-from tiersel.batch.ledger import CURRENT_LINE, JournaledLedger, LineAccount
+from tiersel.batch.ledger import JournaledLedger, LineAccount
 from tiersel.batch.progress import ProgressBar
 from tiersel.batch.rows import Charges, Status, call_row, invalid_row, unsent_row
 from tiersel.batch.sharing import Shard, SharedStores, open_shared_stores
@@ -117,51 +117,17 @@ async def arun_batch(
         raise ValueError(f"budget_usd must be a finite amount >= 0, got {budget_usd!r}")
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    scan = scan_input(input)
-    lines = scan.lines if shard is None else shard.size(scan.lines)
-    shared = None
-    if store is not None:
-        if ledger is not None or signals is not None:
-            raise ValueError("pass either store= or ledger= and signals=, not both")
-        shared = open_shared_stores(
-            store,
-            budget_usd=budget_usd,
-            out=out,
-            input_sha256=scan.sha256,
-            sharded=shard is not None,
-        )
-    if shard is not None:
-        out = shard.out_path(out)
-    summary = BatchSummary(input=str(input), out=str(out), budget_usd=budget_usd, lines=lines)
-    check = None
+    if store is not None and (ledger is not None or signals is not None):
+        raise ValueError("pass either store= or ledger= and signals=, not both")
+    job, summary, shared = await _open(
+        input, out, budget_usd, resume=resume, shard=shard, store=store
+    )
     if shared is not None:
         ledger, signals = shared.ledger, shared.signals
-        check = _store_check(shared, summary, JobFiles.for_out(out).journal)
-    try:
-        job = open_job(
-            out,
-            input_path=input,
-            scan=scan,
-            budget_usd=budget_usd,
-            resume=resume,
-            visit_row=summary.count_row,
-            check=check,
-        )
-    except BaseException:
-        if shared is not None:
-            await shared.aclose()
-        raise
-    summary.run = job.resumed.run
     started = time.perf_counter()
-    own_client: httpx.AsyncClient | None = None
-    if transport is None:
-        own_client = httpx.AsyncClient(
-            timeout=httpx.Timeout(600.0, connect=30.0),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        )
-        transport = own_client
+    own_client = _default_client(concurrency) if transport is None else None
     bar = ProgressBar(summary, stream=progress_stream, enabled=progress)
-    durable = DurableTransport(transport, job.writer, threads=concurrency)
+    durable = DurableTransport(own_client or transport, job.writer, threads=concurrency)
     try:
         runner = _Runner(
             job,
@@ -169,7 +135,7 @@ async def arun_batch(
             bar,
             durable,
             budget_usd=budget_usd,
-            lines_to_come=lines - job.resumed.done.count,
+            lines_to_come=summary.lines - job.resumed.done.count,
             concurrency=concurrency,
             pricing=pricing if pricing is not None else load_pricing(),
             policy=policy if policy is not None else CheapestFeasible(pacing=1.0),
@@ -200,6 +166,61 @@ async def arun_batch(
     summary.stopped = runner.stop_reason
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+async def _open(
+    input: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    budget_usd: float,
+    *,
+    resume: bool,
+    shard: Shard | None,
+    store: str | None,
+) -> tuple[OpenJob, BatchSummary, SharedStores | None]:
+    """The job's files (locked, checked against the input and the budget, resumed where
+    earlier runs left it), its summary so far, and the shared stores ``store`` names."""
+    scan = scan_input(input)
+    lines = scan.lines if shard is None else shard.size(scan.lines)
+    shared = None
+    if store is not None:
+        shared = open_shared_stores(
+            store,
+            budget_usd=budget_usd,
+            out=out,
+            input_sha256=scan.sha256,
+            sharded=shard is not None,
+        )
+    if shard is not None:
+        out = shard.out_path(out)
+    summary = BatchSummary(input=str(input), out=str(out), budget_usd=budget_usd, lines=lines)
+    check = None
+    if shared is not None:
+        check = _store_check(shared, summary, JobFiles.for_out(out).journal)
+    try:
+        job = open_job(
+            out,
+            input_path=input,
+            scan=scan,
+            budget_usd=budget_usd,
+            resume=resume,
+            visit_row=summary.count_row,
+            check=check,
+        )
+    except BaseException:
+        if shared is not None:
+            await shared.aclose()
+        raise
+    summary.run = job.resumed.run
+    return job, summary, shared
+
+
+def _default_client(concurrency: int) -> httpx.AsyncClient:
+    """The job's own client when none is given: long read timeouts (a call may generate for
+    minutes), one connection per line in flight."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(600.0, connect=30.0),
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+    )
 
 
 def _store_check(
@@ -285,6 +306,7 @@ class _Runner:
             remaining_calls=self._remaining_calls,
             on_change=self._money_moved,
         )
+        transport.accounts = self.ledger.account  # which line a request is an attempt of
         self.selector = Selector(
             pricing,
             policy,
@@ -369,7 +391,6 @@ class _Runner:
         try:
             call_id = f"{self.job.resumed.job}:{req.line}:{self.job.resumed.run}"
             account = self.ledger.open(call_id, req.line, carried)
-            CURRENT_LINE.set(account)  # this task's own context: the transport reads it
             try:
                 row, status, tier, escalated = await self._send(req, call_id, account)
             finally:

@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 
 from tiersel.batch.journal import JobWriter
-from tiersel.batch.ledger import CURRENT_LINE
+from tiersel.batch.ledger import LineAccount
+from tiersel.http.upstream import CALL_ID
 
 __all__ = ["DurableTransport"]
 
@@ -48,6 +49,9 @@ class DurableTransport(httpx.AsyncBaseTransport):
         self._inner = inner
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.accounts: Callable[[str], LineAccount | None] = lambda call_id: None
+        """The open line of a call id (the job's ledger's): a request names its call in its
+        ``tiersel.call_id`` extension."""
 
     def _adapt(self, inner: Any, threads: int) -> AsyncSend:
         if isinstance(inner, httpx.AsyncClient):
@@ -78,7 +82,8 @@ class DurableTransport(httpx.AsyncBaseTransport):
         return fn
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        account = CURRENT_LINE.get()
+        call_id = request.extensions.get(CALL_ID)
+        account = self.accounts(call_id) if isinstance(call_id, str) else None
         await self._writer.durable()
         if account is not None:
             account.in_doubt = True

@@ -115,16 +115,7 @@ class Engine:
         on_attempt: Callable[[AttemptRecord], None] | None = None,
         on_result: Callable[[CallResult], None] | None = None,
     ) -> None:
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-        if backoff_s < 0:
-            raise ValueError(f"backoff_s must be >= 0, got {backoff_s}")
-        if unbounded_output not in ("share", "cap", "refuse"):
-            raise ValueError(
-                f"unbounded_output must be 'share', 'cap' or 'refuse', got {unbounded_output!r}"
-            )
-        if not budget_wait_s >= 0:
-            raise ValueError(f"budget_wait_s must be >= 0, got {budget_wait_s!r}")
+        _check_settings(max_attempts, backoff_s, unbounded_output, budget_wait_s)
         if default_max_output_tokens < 1:
             raise ValueError(
                 f"default_max_output_tokens must be >= 1, got {default_max_output_tokens}"
@@ -383,8 +374,15 @@ class Engine:
             self.on_attempt(effect.record)
 
     def _read_budget(self, effect: ReadBudget) -> Any:
+        """The ledger's state; a ledger with a ``state_for(call_id, now)`` gives the state as
+        that call sees it (a batch job's line counts the money it holds as its own)."""
         ledger = self.ledger
-        return ledger.state(self.clock.now()) if ledger is not None else None
+        if ledger is None:
+            return None
+        state_for = getattr(ledger, "state_for", None)
+        if state_for is not None:
+            return state_for(effect.call_id, self.clock.now())
+        return ledger.state(self.clock.now())
 
     def _ledger_for(self, effect: Effect) -> Ledger | AsyncLedger:
         if self.ledger is None:
@@ -475,6 +473,22 @@ class Engine:
         if self.ledger is not None and _is_async(self.ledger, "reserve"):
             raise TypeError(f"{what}: the budget ledger {self.ledger!r} is async; use asend")
         return cast("Ledger | None", self.ledger)
+
+
+def _check_settings(
+    max_attempts: int, backoff_s: float, unbounded_output: str, budget_wait_s: float
+) -> None:
+    """`ValueError` naming the first setting out of its range."""
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+    if backoff_s < 0:
+        raise ValueError(f"backoff_s must be >= 0, got {backoff_s}")
+    if unbounded_output not in ("share", "cap", "refuse"):
+        raise ValueError(
+            f"unbounded_output must be 'share', 'cap' or 'refuse', got {unbounded_output!r}"
+        )
+    if not budget_wait_s >= 0:
+        raise ValueError(f"budget_wait_s must be >= 0, got {budget_wait_s!r}")
 
 
 _LEAN_S = 0.5

@@ -37,7 +37,9 @@ class ClaimProbe:
 
 @dataclass(frozen=True, slots=True)
 class ReadBudget:
-    pass
+    """The budget's state as the call ``call_id`` sees it (see `Engine.perform`)."""
+
+    call_id: str
 
 
 @dataclass(frozen=True, slots=True)

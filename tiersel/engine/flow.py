@@ -17,6 +17,7 @@ from tiersel.call import BudgetState, Call, Requirements
 from tiersel.cost import charge
 from tiersel.decision import Decision, Step
 from tiersel.dialects import (
+    Classified,
     Dialect,
     Usage,
     apply_step,
@@ -196,7 +197,7 @@ def _plan(
     if prog.attempts:
         req = req.model_copy(update={"max_attempts": ctx.most - prog.attempts})
     signals = prog.signals = yield from _health(ctx, now)
-    budget: BudgetState | None = (yield ReadBudget()) if sel.ledger_enabled else None
+    budget: BudgetState | None = (yield ReadBudget(ctx.call_id)) if sel.ledger_enabled else None
     prog.budget = budget
     call = prog.call
     if ctx.sized and ctx.ceiling is not None and budget is not None and prog.attempts == 0:
@@ -341,14 +342,7 @@ def _conclude(
             retry_after_s=verdict.retry_after_s,
         ),
     )
-    cost, served = 0.0, step.tier
-    if verdict.outcome is Outcome.ok:
-        cost, served = bill(ctx.prices, step, usage)
-        cost += extra
-        if sel.ledger_enabled:
-            yield Settle(ctx.call_id, cost)
-    elif sel.ledger_enabled:
-        yield Settle(ctx.call_id, extra) if extra > 0 else Release(ctx.call_id)
+    cost, served = yield from _charge(ctx, step, verdict.outcome, usage, extra)
     if sel.on_attempt is not None:
         yield Notify(
             AttemptRecord(
@@ -366,10 +360,41 @@ def _conclude(
         )
     if verdict.outcome is Outcome.ok:
         return _result(prog, ctx, reply, cost, usage, served, "ok")
+    return _after_failure(ctx, prog, at, step, verdict, recorded, now)
+
+
+def _charge(
+    ctx: CallContext, step: Step, outcome: Outcome, usage: Usage | None, extra: float
+) -> Generator[Effect, Any, tuple[float, str]]:
+    """What the attempt is charged (``extra``: a hedge's loser, billed before it) and the tier
+    that served it; the budget settled, or released when there is nothing to charge."""
+    budgeted = ctx.sel.ledger_enabled
+    if outcome is not Outcome.ok:
+        if budgeted:
+            yield Settle(ctx.call_id, extra) if extra > 0 else Release(ctx.call_id)
+        return 0.0, step.tier
+    cost, served = bill(ctx.prices, step, usage)
+    cost += extra
+    if budgeted:
+        yield Settle(ctx.call_id, cost)
+    return cost, served
+
+
+def _after_failure(
+    ctx: CallContext,
+    prog: Progress,
+    at: Following,
+    step: Step,
+    verdict: Classified,
+    recorded: Any,
+    now: float,
+) -> CallResult | Following | None:
+    """After a failed attempt: the call's end, the schedule's next attempt (a failure it
+    planned for), or None to plan again."""
     prog.detail = verdict.detail
     if not verdict.retryable or prog.attempts >= ctx.most:
         return _failed(prog, ctx, verdict.detail)
-    nxt = at.index + 1
+    decision, nxt = at.decision, at.index + 1
     if nxt < len(decision.plan) and verdict.outcome in _PLANNED:
         # The failure the schedule planned for: its next attempt follows, at its start, unless
         # it goes to this tier again and the tier has since asked for a pause (a Retry-After)
@@ -377,7 +402,7 @@ def _conclude(
         again = decision.plan[nxt].tier == step.tier
         paused = verdict.retry_after_s is not None or (
             isinstance(recorded, TierStats)
-            and circuit_state(recorded, sel.signal_config, now)[0] is not CircuitState.closed
+            and circuit_state(recorded, ctx.sel.signal_config, now)[0] is not CircuitState.closed
         )
         if not (again and paused):
             return Following(decision, nxt, at.decided_at)

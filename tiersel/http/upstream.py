@@ -56,6 +56,12 @@ def dump(body: Any) -> bytes:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
+CALL_ID = "tiersel.call_id"
+"""The request extension naming the call an upstream request is an attempt of (set by
+`tiersel.Selector`; extensions never go on the wire): a transport under the selector can tell
+which call it carries, as the batch job's does."""
+
+
 def upstream_request(route: Route, effect: Send, to: Flavour) -> Any:
     """The request for one attempt, in the library of the transport it goes through (``to``):
     the caller's very request when the attempt changes nothing, else a copy with the step's

@@ -155,20 +155,28 @@ class Exchange:
 
     def _stream_response(self, route: Route, result: CallResult, *, asynchronous: bool) -> Any:
         upstream = result.response
-        step = result.step
-        assert step is not None  # a stream is only pending after a send
-        sel = self.selector
+        return route.flavour.response(
+            upstream.status_code,
+            headers=_stream_headers(result),
+            stream=self._metered(route, result, asynchronous),
+            extensions=response_extensions(upstream),
+        )
+
+    def _metered(self, route: Route, result: CallResult, asynchronous: bool) -> Any:
+        """The upstream stream as the caller reads it: metered, its end settling the call (and
+        recorded as dropped, if the caller drops it unclosed)."""
+        upstream = result.response
+        engine = self.selector.engine
         body = route.body
         meter = StreamMeter(
             route.dialect,
-            sel.clock,
+            engine.clock,
             route.sent_at,
             drop_usage_only=route.drop_usage_only,
             input_tokens=lambda: estimate_input_tokens(
-                body, bytes_per_token=sel.engine.bytes_per_token, dialect=route.dialect
+                body, bytes_per_token=engine.bytes_per_token, dialect=route.dialect
             ),
         )
-
         # A body read already is served from memory (decoded, if it was encoded on the wire).
         decode = encoded(upstream) or already_read(upstream)
 
@@ -183,38 +191,20 @@ class Exchange:
                 basis = CostBasis.estimate
             self.notify(route, final, basis, upstream.status_code, end=end)
 
-        def ended(end: StreamEnd) -> None:
-            report(sel.engine.finish_stream(result, end), end)
-
         async def aended(end: StreamEnd) -> None:
-            report(await sel.engine.afinish_stream(result, end), end)
+            report(await engine.afinish_stream(result, end), end)
 
-        headers = [
-            (k, v) for k, v in upstream.headers.raw if k.lower() not in STREAM_RESPONSE_HEADERS
-        ]
-        headers += response_headers(
-            call_id=result.call_id,
-            tier=result.tier,
-            model_id=step.model,
-            tried=result.tried,
-            # The real cost is known only when the stream ends (see the on_call record).
-            cost_usd=step.expected_cost_usd,
-            basis=CostBasis.estimate,
-            max_tokens_set=result.max_tokens_set,
-        )
-        return route.flavour.response(
-            upstream.status_code,
-            headers=headers,
-            stream=(
-                AsyncMeteredStream(
-                    upstream, meter, aended, errors, decode=decode, abandoned=self.abandoned
-                )
-                if asynchronous
-                else MeteredStream(
-                    upstream, meter, ended, errors, decode=decode, abandoned=self.abandoned
-                )
-            ),
-            extensions=response_extensions(upstream),
+        if asynchronous:
+            return AsyncMeteredStream(
+                upstream, meter, aended, errors, decode=decode, abandoned=self.abandoned
+            )
+        return MeteredStream(
+            upstream,
+            meter,
+            lambda end: report(engine.finish_stream(result, end), end),
+            errors,
+            decode=decode,
+            abandoned=self.abandoned,
         )
 
     # -- records --------------------------------------------------------------------------------
@@ -339,6 +329,25 @@ def _passthrough_refusal(request: Any, *, budgeted: bool) -> TierselError | None
             " the two do not combine, so tiersel does not send it"
         )
     return None
+
+
+def _stream_headers(result: CallResult) -> list[tuple[bytes, bytes]]:
+    """A streamed reply's headers: upstream's, less its framing and retry advice, and tiersel's,
+    with the expected cost (the real one is known when the stream ends: see the record)."""
+    step = result.step
+    assert step is not None  # a stream is only pending after a send
+    upstream = result.response
+    headers = [(k, v) for k, v in upstream.headers.raw if k.lower() not in STREAM_RESPONSE_HEADERS]
+    headers += response_headers(
+        call_id=result.call_id,
+        tier=result.tier,
+        model_id=step.model,
+        tried=result.tried,
+        cost_usd=step.expected_cost_usd,
+        basis=CostBasis.estimate,
+        max_tokens_set=result.max_tokens_set,
+    )
+    return headers
 
 
 def _model_name(sel: Selector, step: Step | None) -> str | None:
