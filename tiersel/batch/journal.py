@@ -388,6 +388,22 @@ def _prepare(
             " tiersel batch, or its journal was removed, so it cannot be resumed"
         )
     header, runs = _read_header(files.journal)
+    _check_same_job(files, header, input_path, scan, budget_usd)
+    resumed = Resumed(job=str(header["job"]), run=runs + 1)
+    _truncate_partial(files.out)
+    _read_rows(files.out, resumed, visit_row)
+    _replay(files.journal, resumed)
+    return resumed
+
+
+def _check_same_job(
+    files: JobFiles,
+    header: dict[str, Any],
+    input_path: str | os.PathLike[str],
+    scan: InputScan,
+    budget_usd: float,
+) -> None:
+    """`JournalError` unless the job in ``files`` was started on this input and budget."""
     if header.get("input_sha256") != scan.sha256:
         raise JournalError(
             f"{input_path} is not the input this job started with (its sha256 differs from"
@@ -403,26 +419,25 @@ def _prepare(
             f" spent so far counts against it); resume with --budget-usd {float(started)!r},"
             " or choose another --out for a new job"
         )
-    resumed = Resumed(job=str(header["job"]), run=runs + 1)
-    _truncate_partial(files.out)
-    with open(files.out, "rb") as f:
+
+
+def _read_rows(out: Path, resumed: Resumed, visit_row: Callable[[dict[str, Any]], None]) -> None:
+    """Count OUT's rows into ``resumed`` (the lines done, what their rows cost), each shown to
+    ``visit_row``; `JournalError` for a row that is not a tiersel batch row, or a line twice."""
+    with open(out, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
                 row = json.loads(raw)
                 line = row["line"]
                 cost = float(row["cost_usd"])
             except (ValueError, KeyError, TypeError):
-                raise JournalError(
-                    f"{files.out}: row {number} is not a tiersel batch row"
-                ) from None
+                raise JournalError(f"{out}: row {number} is not a tiersel batch row") from None
             if not isinstance(line, int) or line < 1:
-                raise JournalError(f"{files.out}: row {number} has no valid line number")
+                raise JournalError(f"{out}: row {number} has no valid line number")
             if not resumed.done.add(line):
-                raise JournalError(f"{files.out}: line {line} has two rows (row {number})")
+                raise JournalError(f"{out}: line {line} has two rows (row {number})")
             resumed.rows_usd += cost
             visit_row(row)
-    _replay(files.journal, resumed)
-    return resumed
 
 
 def _sync_dir(path: Path) -> None:

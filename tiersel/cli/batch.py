@@ -135,6 +135,24 @@ def add_parser(subs: Any, help: str) -> None:
     p.set_defaults(run=run)
 
 
+def _failed(exc: Exception) -> int:
+    """Say why the job stopped (and how to go on, where it can), and the exit code for it."""
+    if isinstance(exc, JobLocked):
+        return fail(str(exc), EXIT_LOCKED)
+    if isinstance(exc, StoreUnavailable):
+        return fail(f"{exc}; rerun with --resume once it answers", EXIT_STORE)
+    if isinstance(exc, (BudgetConflict, StoreLostState)):
+        return fail(str(exc), EXIT_STORE)
+    if isinstance(exc, JobWriteError):
+        return fail(
+            f"{exc}; the rows written so far are kept: make room, then rerun with --resume",
+            EXIT_WRITE,
+        )
+    if isinstance(exc, StoreMisconfigured):
+        return fail(f"--store: {exc}")
+    return fail(str(exc))  # JournalError, OSError: the message says it all
+
+
 def _check(args: argparse.Namespace) -> str | None:
     if not (math.isfinite(args.budget_usd) and args.budget_usd >= 0):
         return f"--budget-usd must be a finite amount >= 0, got {args.budget_usd}"
@@ -261,24 +279,10 @@ def run(args: argparse.Namespace) -> int:
             instrument=instrument,
             **where,
         )
-    except JobLocked as exc:
-        return fail(str(exc), EXIT_LOCKED)
-    except (StoreUnavailable, BudgetConflict) as exc:
-        resume = (
-            "; rerun with --resume once it answers" if isinstance(exc, StoreUnavailable) else ""
-        )
-        return fail(f"{exc}{resume}", EXIT_STORE)
-    except StoreLostState as exc:
-        return fail(str(exc), EXIT_STORE)
-    except JobWriteError as exc:
-        return fail(
-            f"{exc}; the rows written so far are kept: make room, then rerun with --resume",
-            EXIT_WRITE,
-        )
-    except StoreMisconfigured as exc:
-        return fail(f"--store: {exc}")
-    except (JournalError, OSError) as exc:
-        return fail(str(exc))
+    except (JobLocked, StoreUnavailable, BudgetConflict, StoreLostState, JobWriteError) as exc:
+        return _failed(exc)
+    except (StoreMisconfigured, JournalError, OSError) as exc:
+        return _failed(exc)
     except KeyboardInterrupt:
         sys.stderr.write(
             f"tiersel: interrupted; every finished line is in {out}: rerun with --resume\n"

@@ -92,39 +92,8 @@ def run(args: argparse.Namespace) -> int:
         pricing = pricing_from(args)
         prices = pricing.model(args.model)
         rates = _shed_rates(args.shed_rate, pricing.tiers)
-        for option, count in (
-            ("--input-tokens", args.input_tokens),
-            ("--cached-input-tokens", args.cached_input_tokens),
-            ("--max-input-tokens", args.max_input_tokens),
-            ("--max-tokens", args.max_tokens),
-            ("--expected-output-tokens", args.expected_output_tokens),
-        ):
-            if count is not None:
-                check_token_count(option, count)
-        if args.max_input_tokens is not None and args.max_input_tokens < args.input_tokens:
-            raise ValueError(
-                f"--max-input-tokens ({args.max_input_tokens}) cannot be below --input-tokens"
-                f" ({args.input_tokens})"
-            )
-        call = Call(
-            model=args.model,  # a router id names its tier: decide pins it
-            max_input_tokens=args.max_input_tokens,
-            input_tokens=args.input_tokens,
-            cached_input_tokens=args.cached_input_tokens,
-            max_output_tokens=args.max_tokens,
-            expected_output_tokens=args.expected_output_tokens,
-        )
-        req = Requirements(
-            deadline_s=args.deadline,
-            max_ttft_s=args.max_ttft,
-            min_output_tps=args.min_tps,
-            reliability=args.reliability,
-            tiers=args.tiers,
-            max_cost_usd=args.max_cost,
-            best_effort=args.best_effort,
-            max_attempts=args.max_attempts,
-            hedge=args.hedge,
-        )
+        call = _call(args)
+        req = _requirements(args)
         check_tiers("--tiers", req.tiers, pricing)
     except ValidationError as exc:
         return fail(invalid_flag(exc))
@@ -139,17 +108,7 @@ def run(args: argparse.Namespace) -> int:
     except ConflictingRequirements as exc:  # --tiers that leave out the tier the id names
         return fail(str(exc))
     except NoFeasibleTier as exc:
-        if args.json:
-            doc = {
-                "feasible": False,
-                "model": prices.name,
-                "reasons": [r.to_dict() for r in exc.reasons],
-            }
-            return _print_json(doc, EXIT_INFEASIBLE)
-        print(f"no tier of {prices.name} meets the requirements:")
-        for r in exc.reasons:
-            print(f"  {r}")
-        return EXIT_INFEASIBLE
+        return _infeasible(args, prices.name, exc)
     if args.json:
         return _print_json({"feasible": True, **decision.to_dict()}, 0)
     _print(decision)
@@ -159,6 +118,57 @@ def run(args: argparse.Namespace) -> int:
         f" and all {call.max_output_tokens} output tokens (--max-tokens)"
     )
     return 0
+
+
+def _call(args: argparse.Namespace) -> Call:
+    """The call the flags describe; `ValueError` naming a token count out of its range."""
+    for option, count in (
+        ("--input-tokens", args.input_tokens),
+        ("--cached-input-tokens", args.cached_input_tokens),
+        ("--max-input-tokens", args.max_input_tokens),
+        ("--max-tokens", args.max_tokens),
+        ("--expected-output-tokens", args.expected_output_tokens),
+    ):
+        if count is not None:
+            check_token_count(option, count)
+    if args.max_input_tokens is not None and args.max_input_tokens < args.input_tokens:
+        raise ValueError(
+            f"--max-input-tokens ({args.max_input_tokens}) cannot be below --input-tokens"
+            f" ({args.input_tokens})"
+        )
+    return Call(
+        model=args.model,  # a router id names its tier: decide pins it
+        max_input_tokens=args.max_input_tokens,
+        input_tokens=args.input_tokens,
+        cached_input_tokens=args.cached_input_tokens,
+        max_output_tokens=args.max_tokens,
+        expected_output_tokens=args.expected_output_tokens,
+    )
+
+
+def _requirements(args: argparse.Namespace) -> Requirements:
+    return Requirements(
+        deadline_s=args.deadline,
+        max_ttft_s=args.max_ttft,
+        min_output_tps=args.min_tps,
+        reliability=args.reliability,
+        tiers=args.tiers,
+        max_cost_usd=args.max_cost,
+        best_effort=args.best_effort,
+        max_attempts=args.max_attempts,
+        hedge=args.hedge,
+    )
+
+
+def _infeasible(args: argparse.Namespace, model: str, exc: NoFeasibleTier) -> int:
+    """Why no tier can serve the call, as JSON or lines; the exit code that says so."""
+    if args.json:
+        doc = {"feasible": False, "model": model, "reasons": [r.to_dict() for r in exc.reasons]}
+        return _print_json(doc, EXIT_INFEASIBLE)
+    print(f"no tier of {model} meets the requirements:")
+    for r in exc.reasons:
+        print(f"  {r}")
+    return EXIT_INFEASIBLE
 
 
 def _print_json(doc: dict[str, Any], code: int) -> int:

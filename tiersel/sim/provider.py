@@ -282,17 +282,7 @@ class Provider:
         )
         wait = self._rate_wait(mp.name, group, limit, req.prompt_tokens, completion, now, commit)
         if wait is not None:
-            return replace(
-                base,
-                status=429,
-                kind=ResultKind.rate_limited,
-                ttft_s=lat.rate_limited_ms / 1000,
-                duration_s=lat.rate_limited_ms / 1000,
-                error_type="rate_limit_error",
-                error_code="rate_limit_exceeded",
-                message=f"Rate limit exceeded for {req.model}; retry after {wait:g} s.",
-                retry_after_s=wait,
-            )
+            return self._rate_limited(base, req.model, wait)
 
         pool_name = self.scenario.pool_name(tier, uses_router)
         pool = self.scenario.pools[pool_name]
@@ -333,6 +323,21 @@ class Provider:
             utilisation=u,
             shed_probability=p_shed,
             stream_breaks=req.stream and u_break < self.scenario.errors.stream_break_rate,
+        )
+
+    def _rate_limited(self, base: SimResult, model: str, wait: float) -> SimResult:
+        """A 429 with its Retry-After, answered at once."""
+        answered = self._latency.rate_limited_ms / 1000
+        return replace(
+            base,
+            status=429,
+            kind=ResultKind.rate_limited,
+            ttft_s=answered,
+            duration_s=answered,
+            error_type="rate_limit_error",
+            error_code="rate_limit_exceeded",
+            message=f"Rate limit exceeded for {model}; retry after {wait:g} s.",
+            retry_after_s=wait,
         )
 
     def _resolve(self, req: SimRequest) -> tuple[ModelPrices, str, bool, bool] | SimResult:
