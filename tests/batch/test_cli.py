@@ -87,7 +87,7 @@ def test_exit_1_when_lines_are_not_all_ok_and_the_summary_says_why(
         (["--budget-usd", "-1"], "--budget-usd must be a finite amount >= 0"),
         (["--budget-usd", "nan"], "--budget-usd must be a finite amount >= 0"),
         (["--budget-usd", "1", "--concurrency", "0"], "--concurrency must be >= 1"),
-        (["--budget-usd", "1", "--sim-time-scale", "0.1"], "--sim-time-scale needs --sim"),
+        (["--budget-usd", "1", "--sim-time-scale", "0.1"], "--sim-time-scale needs --sim, or"),
         (
             ["--budget-usd", "1", "--reliability", "1.5"],
             "--reliability 1.5: must be less than or equal to 1",

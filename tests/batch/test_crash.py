@@ -28,6 +28,7 @@ from .conftest import batch_line, body, read_rows, write_jsonl
 LINES = 800
 BUDGET = "1.10"  # not enough for every line: the budget runs out before the input does
 KILLS_BEFORE = 150  # rows: the budget lasts for more lines than this
+TIME_SCALE = 0.01  # the simulator's: one simulated second lasts 10 ms
 
 
 def rows_on_disk(out: Path) -> int:
@@ -50,7 +51,7 @@ def spent_on_disk(out: Path) -> float:
 
 
 def test_sigkill_at_chosen_points_then_resume(tmp_path: Path) -> None:
-    with serve_in_subprocess("peak", seed=5, time_scale=0.01) as server:
+    with serve_in_subprocess("peak", seed=5, time_scale=TIME_SCALE) as server:
         crash_and_resume(tmp_path, server)
 
 
@@ -86,6 +87,10 @@ def crash_and_resume(tmp_path: Path, server: RunningServer) -> None:
         "16",
         "--json",
         "--resume",
+        # The job reads time on the simulator's scale: its waits (a cooldown of 30 simulated
+        # seconds) last what the simulator's do, not 100 times longer on a loaded machine.
+        "--sim-time-scale",
+        str(TIME_SCALE),
     ]
     # Kill points, in rows on disk: all before the budget runs out (after that lines end
     # budget_exhausted without a request, and the gate could not keep the job alive).

@@ -87,7 +87,9 @@ def add_parser(subs: Any, help: str) -> None:
         type=float,
         metavar="S",
         help="with --sim: run on the real clock, one simulated second lasting S seconds"
-        " (default: a virtual clock, no real waiting)",
+        " (default: a virtual clock, no real waiting); with --base-url to a simulator server"
+        " (tiersel sim serve --time-scale S): read time on its scale, so the job's waits"
+        " (backoff, cooldowns) last what the simulator's do",
     )
     p.add_argument(
         "--metrics-port",
@@ -163,8 +165,8 @@ def _check(args: argparse.Namespace) -> str | None:
     if args.max_attempts < 1:
         return f"--max-attempts must be >= 1, got {args.max_attempts}"
     if args.sim_time_scale is not None:
-        if not args.sim:
-            return "--sim-time-scale needs --sim"
+        if not (args.sim or args.base_url):
+            return "--sim-time-scale needs --sim, or --base-url to a simulator server"
         if problem := check_positive("--sim-time-scale", args.sim_time_scale):
             return problem
     if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
@@ -216,6 +218,10 @@ def _where(args: argparse.Namespace, pricing: Any) -> dict[str, Any]:
             "clock": clock,
         }
     if args.base_url:
+        if args.sim_time_scale is not None:  # a simulator server's time scale
+            from tiersel.clock import ScaledClock
+
+            return {"base_url": args.base_url, "clock": ScaledClock(args.sim_time_scale)}
         return {"base_url": args.base_url}
     if not os.environ.get("FIREWORKS_API_KEY"):
         raise ValueError("set FIREWORKS_API_KEY, or pass --base-url URL or --sim SCENARIO")
