@@ -24,6 +24,11 @@ The cases:
 - ``openai``: the same through the openai SDK (its own overhead is in both arms);
 - ``openai-stream``: a streamed call through the openai SDK, read to its end.
 
+Then, when LiteLLM is installed (an optional extra), a pair of its own: ``litellm.completion`` to
+the same server through its OpenAI provider against the plain openai call, interleaved: what a
+router adds over a plain openai call, in the same run (last, as importing LiteLLM starts
+background threads that would slow the arms beside it).
+
 Prints, per case and arm, the median per-call time, the added microseconds over ``plain`` (the
 difference of the medians, and the median of the per-round differences) and the ratio of the
 medians. Target (issue 3): <= 50 us added per call (median) and <= 5% for non-streaming calls.
@@ -159,6 +164,42 @@ def _rounds(arms: list[Callable[[], object]], n: int, warmup: int) -> list[list[
     finally:
         gc.enable()
     return times
+
+
+def _litellm_arm(base: str, body: dict[str, Any]) -> Callable[[], object] | None:
+    """``litellm.completion`` to the same server through its OpenAI provider (which calls the
+    openai SDK), or None when LiteLLM is not installed (it is an optional extra)."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price map fetched
+    try:
+        import litellm
+    except ImportError:
+        return None
+    litellm.suppress_debug_info = True
+    litellm.telemetry = False
+    model, messages = "openai/" + str(body["model"]), body["messages"]
+
+    def call() -> object:
+        return litellm.completion(
+            model=model, messages=messages, max_tokens=16, api_base=base, api_key="bench"
+        )
+
+    return call
+
+
+def _against(added: dict[tuple[str, str], float], with_litellm: bool) -> None:
+    """Issue 16's targets: tiersel's added time at most 2.5x the floor-report arm's, and at most
+    1/40 of what litellm.completion adds over a plain openai call."""
+    for case in ("httpx", "openai"):
+        ours, floor = added[(case, "tiersel")], added[(case, "floor-report")]
+        print(f"{case}: tiersel adds {ours / floor:.1f}x what floor-report adds (target <= 2.5x)")
+    if not with_litellm:
+        print("litellm is not installed (pip install litellm): its arm was not run")
+        return
+    ours, theirs = added[("openai", "tiersel")], added[("openai", "litellm")]
+    print(
+        f"openai: tiersel adds {ours:.0f} us, litellm.completion {theirs:.0f} us:"
+        f" 1/{theirs / ours:.0f} of LiteLLM's (target <= 1/40)"
+    )
 
 
 def _floor_transport(report: bool) -> Any:
@@ -307,10 +348,10 @@ def main(argv: list[str] | None = None) -> int:
             return call
 
         everyone = list(clients)
-        cases = [
-            ("httpx", everyone, post),
-            ("openai", everyone, lambda c: sdk(c, False)),
-            ("openai-stream", ["plain", "tiersel"], lambda c: sdk(c, True)),
+        cases: list[tuple[str, dict[str, Callable[[], object]]]] = [
+            ("httpx", {arm: post(clients[arm]) for arm in everyone}),
+            ("openai", {arm: sdk(clients[arm], False) for arm in everyone}),
+            ("openai-stream", {arm: sdk(clients[arm], True) for arm in ("plain", "tiersel")}),
         ]
         print(f"TierTransport overhead, {args.n} calls per arm, interleaved, server {base}")
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -319,19 +360,32 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{head[0]:14s} {head[1]:13s} {head[2]:>9s} {head[3]:>9s} {head[4]:>10s} {head[5]:>7s}"
         )
-        for name, arms, make in cases:
-            times = _rounds([make(clients[arm]) for arm in arms], args.n, args.warmup)
+        added: dict[tuple[str, str], float] = {}
+        for name, arms in cases:
+            times = _rounds(list(arms.values()), args.n, args.warmup)
             base_times = times[0]
             pa = statistics.median(base_times)
-            print(f"{name:14s} {arms[0]:13s} {pa:9.1f}")
-            for arm, got in zip(arms[1:], times[1:], strict=True):
+            print(f"{name:14s} {'plain':13s} {pa:9.1f}")
+            for arm, got in zip(list(arms)[1:], times[1:], strict=True):
                 pb = statistics.median(got)
                 paired = statistics.median(y - x for x, y in zip(base_times, got, strict=True))
+                added[(name, arm)] = pb - pa
                 print(f"{'':14s} {arm:13s} {pb:9.1f} {pb - pa:9.1f} {paired:10.1f} {pb / pa:7.3f}")
         print(
             "added = difference of the medians over plain; paired = median of the per-round"
             " differences. Target: <= 50 us added and ratio <= 1.05 for the non-streaming cases."
         )
+        # LiteLLM last, in a pair of its own: importing it starts background threads that would
+        # slow every arm measured beside it.
+        litellm_call = _litellm_arm(base, body)
+        if litellm_call is not None:
+            plain_t, theirs_t = _rounds(
+                [sdk(clients["plain"], False), litellm_call], max(200, args.n // 4), args.warmup
+            )
+            pa, pb = statistics.median(plain_t), statistics.median(theirs_t)
+            added[("openai", "litellm")] = pb - pa
+            print(f"openai, then:  plain {pa:9.1f}  litellm {pb:9.1f}  added {pb - pa:9.1f} us")
+        _against(added, litellm_call is not None)
         _attribution(body, url, args.n)
     finally:
         proc.terminate()
