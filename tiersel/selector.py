@@ -240,9 +240,7 @@ class Selector:
         """
         # The wire code (httpx2's too, when installed) loads with the first send, not with
         # `import tiersel`: deciding needs none of it.
-        from tiersel.http.flavours import HTTPX
         from tiersel.http.reply import no_reply, read_body, reply
-        from tiersel.http.upstream import CALL_ID, upstream_request
 
         engine = self.engine
         engine.check_sync("send")
@@ -251,8 +249,7 @@ class Selector:
         clock = engine.clock
 
         def attempt(effect: Send) -> Reply:
-            request = upstream_request(route, effect, HTTPX)
-            request.extensions = {**request.extensions, CALL_ID: started.call_id}
+            request = _upstream(route, effect, started.call_id)
             at = clock.now()
             try:
                 response = send(request)
@@ -274,17 +271,14 @@ class Selector:
         call_id: str | None = None,
     ) -> CallResult:
         """The async twin of `send`."""
-        from tiersel.http.flavours import HTTPX
         from tiersel.http.reply import aread_body, no_reply, reply
-        from tiersel.http.upstream import CALL_ID, upstream_request
 
         route, started = self._open(body, requirements, path, headers, call_id)
         send = self._async_sender(transport)
         clock = self.engine.clock
 
         async def attempt(effect: Send) -> Reply:
-            request = upstream_request(route, effect, HTTPX)
-            request.extensions = {**request.extensions, CALL_ID: started.call_id}
+            request = _upstream(route, effect, started.call_id)
             at = clock.now()
             try:
                 response = await send(request)
@@ -422,3 +416,16 @@ class _Secret:
     def __reduce__(self) -> tuple[type[_Secret], tuple[None]]:
         # Never written out: whatever pickles or deep-copies it gets it back without the key.
         return (_Secret, (None,))
+
+
+def _upstream(route: Route, effect: Send, call_id: str) -> httpx.Request:
+    """One attempt's request: the transport's own builder's, marked with its call id (an
+    extension, never sent), its body read (it is in memory; a plain function transport may read
+    ``request.content``)."""
+    from tiersel.http.flavours import HTTPX
+    from tiersel.http.upstream import CALL_ID, upstream_request
+
+    request: httpx.Request = upstream_request(route, effect, HTTPX)
+    request.extensions = {**request.extensions, CALL_ID: call_id}
+    request.read()
+    return request

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -441,3 +442,22 @@ def test_send_reads_hint_headers_and_a_requirements_block_as_the_transport_does(
     with pytest.raises(tiersel.InvalidHint, match="x-tiersel-tiers"):
         sel.send(BODY, headers={"x-tiersel-tiers": "platinum"})
     assert len(up.seen) == 3  # the bad hint sent nothing
+
+
+def test_a_plain_function_transport_can_read_every_attempts_body() -> None:
+    # A transport that is a plain function reads request.content, which must be there for an
+    # attempt whose body tiersel rewrote (priority's service_tier), sync and async.
+    seen: list[dict[str, Any]] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return ok()
+
+    async def aupstream(request: httpx.Request) -> httpx.Response:
+        return upstream(request)
+
+    priority = Requirements(tiers=("priority",))
+    sel = Selector(api_key="", transport=upstream, async_transport=aupstream)
+    assert sel.send(BODY, requirements=priority).tier == "priority"
+    assert asyncio.run(sel.asend(BODY, requirements=priority)).tier == "priority"
+    assert [b.get("service_tier") for b in seen] == ["priority", "priority"]
