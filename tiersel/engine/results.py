@@ -97,7 +97,8 @@ class CallResult:
 
     @property
     def response(self) -> Any:
-        """The last attempt's response object (an ``httpx.Response`` from `Selector.send`)."""
+        """The last attempt's response object: an ``httpx.Response`` from `Selector.send`, the
+        inner transport's own from `TierTransport`."""
         return self.reply.raw if self.reply is not None else None
 
 

@@ -23,7 +23,7 @@ from tiersel.signals import (
 
 
 class FlowHost(Protocol):
-    """What a call's flow reads from whoever runs it (a `tiersel.Selector`): settings, the price
+    """What a call's flow reads from whoever runs it (the `Engine`): settings, the price
     table, the policy and the signals' reading. The flow does no I/O: stores, clock and sends
     are the shell's, reached through the effects it yields."""
 
