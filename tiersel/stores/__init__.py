@@ -13,6 +13,7 @@ from tiersel.stores.errors import (
     BudgetConflict,
     LedgerFallback,
     SignalFallback,
+    StoreClock,
     StoreMisconfigured,
     StoreUnavailable,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "BudgetConflict",
     "LedgerFallback",
     "SignalFallback",
+    "StoreClock",
     "StoreMisconfigured",
     "StoreURL",
     "StoreUnavailable",

@@ -10,6 +10,7 @@ __all__ = [
     "BudgetConflict",
     "LedgerFallback",
     "SignalFallback",
+    "StoreClock",
     "StoreMisconfigured",
     "StoreUnavailable",
 ]
@@ -38,6 +39,19 @@ class SignalFallback(str, enum.Enum):
 
     local_memory = "local_memory"
     fail_closed = "fail_closed"
+
+
+class StoreClock(str, enum.Enum):
+    """Whose time a Redis store's windows, cooldowns and expiries run on.
+
+    - ``server`` (the default): Redis's own clock, so processes on different machines agree;
+      the ``now`` its callers pass is not used.
+    - ``caller``: the ``now`` each call passes. Every process must share one clock (a test's
+      `FakeClock`, a replay's virtual time).
+    """
+
+    server = "server"
+    caller = "caller"
 
 
 class StoreUnavailable(TierselError):

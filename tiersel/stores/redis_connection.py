@@ -29,7 +29,6 @@ __all__ = [
     "check_refusal",
     "lua",
     "settings_for",
-    "store_clock",
     "sync_client",
     "url_options",
 ]
@@ -125,14 +124,3 @@ def check_refusal(exc: redis.exceptions.ResponseError, client: Any, url: str) ->
     if "DB index" in text or "SELECT is not allowed" in text:
         db = client.connection_pool.connection_kwargs.get("db", 0)
         raise StoreMisconfigured(url, f"the server has no database {db} ({text})") from None
-
-
-CLOCKS = ("server", "caller")
-
-
-def store_clock(clock: str) -> bool:
-    """Whether a store opened with ``clock`` runs on its callers' ``now`` (``"caller"``) rather
-    than the server's clock (``"server"``); `ValueError` for anything else."""
-    if clock not in CLOCKS:
-        raise ValueError(f"clock must be 'server' or 'caller', got {clock!r}")
-    return clock == "caller"

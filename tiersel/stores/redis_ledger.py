@@ -24,14 +24,13 @@ import redis.exceptions
 
 from tiersel.budget import OnExpiry
 from tiersel.call import BudgetState
-from tiersel.stores.errors import BudgetConflict, LedgerFallback, StoreUnavailable
+from tiersel.stores.errors import BudgetConflict, LedgerFallback, StoreClock, StoreUnavailable
 from tiersel.stores.redis_connection import (
     LEDGER_RETRIES,
     STORE_ERRORS,
     UNREACHABLE,
     check_refusal,
     lua,
-    store_clock,
 )
 from tiersel.stores.redis_pipeline import AsyncScripts
 
@@ -66,10 +65,10 @@ class _LedgerCore:
         on_expiry: OnExpiry,
         on_unavailable: LedgerFallback,
         url: str,
-        clock: str,
+        clock: StoreClock,
     ) -> None:
         self.limit_nanos = _nanos(limit_usd, "limit_usd")
-        self.by_caller = store_clock(clock)
+        self.by_caller = StoreClock(clock) is StoreClock.caller
         self.limit_usd = float(limit_usd)
         if not name:
             raise ValueError("a budget needs a non-empty name")
@@ -216,7 +215,7 @@ class RedisLedger:
         on_expiry: OnExpiry = OnExpiry.release,
         on_unavailable: LedgerFallback = LedgerFallback.fail_closed,
         url: str = "redis://",
-        clock: str = "server",
+        clock: StoreClock = StoreClock.server,
     ) -> None:
         self._core = _LedgerCore(
             limit_usd=limit_usd,
@@ -285,7 +284,7 @@ class AsyncRedisLedger:
         on_expiry: OnExpiry = OnExpiry.release,
         on_unavailable: LedgerFallback = LedgerFallback.fail_closed,
         url: str = "redis://",
-        clock: str = "server",
+        clock: StoreClock = StoreClock.server,
     ) -> None:
         self._core = _LedgerCore(
             limit_usd=limit_usd,

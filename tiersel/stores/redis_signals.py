@@ -34,14 +34,13 @@ from tiersel.signals import (
     SignalKey,
     TierStats,
 )
-from tiersel.stores.errors import SignalFallback, StoreUnavailable
+from tiersel.stores.errors import SignalFallback, StoreClock, StoreUnavailable
 from tiersel.stores.redis_connection import (
     SIGNAL_RETRIES,
     STORE_ERRORS,
     UNREACHABLE,
     check_refusal,
     lua,
-    store_clock,
 )
 from tiersel.stores.redis_pipeline import AsyncScripts
 
@@ -71,10 +70,10 @@ class _SignalsCore:
         on_unavailable: SignalFallback,
         retry_s: float,
         url: str,
-        clock: str,
+        clock: StoreClock,
     ) -> None:
         self.config = config or SignalConfig()
-        self.by_caller = store_clock(clock)
+        self.by_caller = StoreClock(clock) is StoreClock.caller
         self.prefix = prefix
         self.on_unavailable = SignalFallback(on_unavailable)
         if not retry_s > 0:
@@ -222,7 +221,7 @@ class RedisSignalStore:
         on_unavailable: SignalFallback = SignalFallback.local_memory,
         retry_s: float = 5.0,
         url: str = "redis://",
-        clock: str = "server",
+        clock: StoreClock = StoreClock.server,
     ) -> None:
         self._core = _SignalsCore(
             config,
@@ -280,7 +279,7 @@ class AsyncRedisSignalStore:
         on_unavailable: SignalFallback = SignalFallback.local_memory,
         retry_s: float = 5.0,
         url: str = "redis://",
-        clock: str = "server",
+        clock: StoreClock = StoreClock.server,
     ) -> None:
         self._core = _SignalsCore(
             config,

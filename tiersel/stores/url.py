@@ -34,7 +34,7 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit
 
 from tiersel.budget import AsyncLedger, Ledger, MemoryLedger, OnExpiry
 from tiersel.signals import AsyncSignalStore, MemorySignalStore, SignalConfig, SignalStore
-from tiersel.stores.errors import LedgerFallback, SignalFallback
+from tiersel.stores.errors import LedgerFallback, SignalFallback, StoreClock
 from tiersel.stores.memory import AsyncMemoryLedger, AsyncMemorySignalStore
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class StoreURL:
     budget: str | None = None
     reservation_ttl_s: float | None = None
     on_expiry: OnExpiry | None = None
-    clock: str = "server"
+    clock: StoreClock = StoreClock.server
 
     def __repr__(self) -> str:
         return f"StoreURL({self.public!r})"
@@ -97,11 +97,14 @@ def parse_store_url(url: str) -> StoreURL:
     for k in ("prefix", "budget"):
         if k in own and not own[k]:
             raise ValueError(f"store URL {public!r}: {k} must not be empty")
-    clock = own.get("clock", "server")
-    if clock not in ("server", "caller"):
-        raise ValueError(f"store URL {public!r}: clock must be server or caller, got {clock!r}")
+    try:
+        clock = StoreClock(own.get("clock", "server"))
+    except ValueError:
+        raise ValueError(
+            f"store URL {public!r}: clock must be server or caller, got {own['clock']!r}"
+        ) from None
     if parts.scheme == "memory":
-        if own.get("clock") == "server":
+        if own.get("clock") == StoreClock.server:
             raise ValueError(
                 f"store URL {public!r}: memory:// runs on its callers' clock; clock=server"
                 " needs a Redis"
