@@ -260,6 +260,14 @@ def _better(node: _Node, best: _Node | None) -> bool:
     return node.late / node.weight < best.late / best.weight
 
 
+def _may_beat(node: _Node, best: _Node | None) -> bool:
+    """Whether another attempt on ``node``'s last tier (costing the same) could make a schedule
+    that `_better` prefers to ``best``: one sent as soon, and as likely at the most."""
+    if best is None:
+        return True
+    return node.p + node.remains >= best.p - 1e-9 and _first_start(node) <= _first_start(best)
+
+
 _Queue = deque[tuple[_Node, int, float]]
 
 
@@ -393,8 +401,13 @@ def cheapest(
             if cost * _SAME_COST < best_cost or (cost < limit and _better(nxt, best)):
                 best, best_cost = nxt, cost
             # Another attempt on a dearer tier only costs more; one more on this tier costs the
-            # same and may add reliability for free.
-            if nxt.depth < attempts and nxt.remains > _NOTHING:
+            # same and may add reliability for free: worth weighing while it could still beat
+            # the best (its P(success) can rise by at most what is left to reach).
+            if (
+                nxt.depth < attempts
+                and nxt.remains > _NOTHING
+                and (best is nxt or _may_beat(nxt, best))
+            ):
                 _grow(queue, cands, nxt, k, k + 1, deadline)
             continue
         # Extend only what could still reach the target: at best, every call that gets to

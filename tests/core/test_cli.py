@@ -11,13 +11,11 @@ from pathlib import Path
 import pytest
 
 import tiersel
+from tests.cli import run_cli
 from tiersel.cli import main
 
 TIERSEL = str(Path(sys.executable).with_name("tiersel"))
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TIERSEL, *args], capture_output=True, text=True, timeout=60)
+run = run_cli  # the console script's `main`, in this process (test_the_console_script_runs)
 
 
 def test_prices_table_and_json() -> None:
@@ -217,6 +215,17 @@ def test_a_user_price_table(tmp_path: Path) -> None:
     bad.write_text(table.read_text().replace("input: 1", "input: -1"))
     out = run("prices", "--pricing", str(bad))
     assert out.returncode == 2 and "bad.yaml: models.m.standard.input" in out.stderr
+
+
+def test_the_console_script_runs() -> None:
+    out = subprocess.run(
+        [TIERSEL, "prices", "--model", "fireworks_ai/kimi-latest"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == run("prices", "--model", "fireworks_ai/kimi-latest").stdout
 
 
 def test_the_module_runs_too() -> None:

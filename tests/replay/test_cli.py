@@ -1,4 +1,5 @@
-"""`tiersel simulate` as a user runs it: a real subprocess, its output, its exit codes."""
+"""`tiersel simulate` as a user runs it: its output and its exit codes. One test runs it in a real
+subprocess; the others run the same `main` in this process (tests/cli.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import run_cli
 from tiersel.cli import main
 from tiersel.replay.baselines import POLICY_NAMES
 
 
 def simulate(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("simulate", *args)
+
+
+def simulate_in_a_subprocess(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tiersel", "simulate", *args],
         capture_output=True,
@@ -34,8 +40,14 @@ def small_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_json_has_one_object_per_policy(small_trace: Path) -> None:
-    done = simulate("--trace", str(small_trace), "--scenario", "flapping", "--json")
+@pytest.fixture(scope="module")
+def flapping_json(small_trace: Path) -> subprocess.CompletedProcess[str]:
+    """`simulate --json` of the small trace under ``flapping`` (read by two tests)."""
+    return simulate("--trace", str(small_trace), "--scenario", "flapping", "--json")
+
+
+def test_json_has_one_object_per_policy(flapping_json: subprocess.CompletedProcess[str]) -> None:
+    done = flapping_json
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     assert [p["policy"] for p in doc["policies"]] == list(POLICY_NAMES)
@@ -112,7 +124,7 @@ def test_bad_arguments_exit_2_with_one_line(
 def test_bad_trace_row_names_the_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "broken.csv"
     path.write_text("timestamp_s,input_tokens,output_tokens\n0,10,5\n1,ten,5\n")
-    done = simulate("--trace", str(path))
+    done = simulate_in_a_subprocess("--trace", str(path))
     assert done.returncode == 2
     assert done.stderr.strip() == (
         f"tiersel: error: {path}: line 3: input_tokens 'ten' is not a whole number"
@@ -121,10 +133,12 @@ def test_bad_trace_row_names_the_file_and_line(tmp_path: Path) -> None:
     assert done.returncode == 2 and "absent.csv: no such file" in done.stderr
 
 
-def test_json_reports_each_predicting_policys_calibration(small_trace: Path) -> None:
+def test_json_reports_each_predicting_policys_calibration(
+    small_trace: Path, flapping_json: subprocess.CompletedProcess[str]
+) -> None:
     """policies[].calibration: the ECE and bins of predicted P(success) against success within
     the deadline, for every policy that predicts (the oracle predicts nothing)."""
-    done = simulate("--trace", str(small_trace), "--scenario", "flapping", "--json")
+    done = flapping_json
     assert done.returncode == 0, done.stderr
     for p in json.loads(done.stdout)["policies"]:
         c = p["calibration"]
