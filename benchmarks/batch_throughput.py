@@ -68,8 +68,9 @@ def worker(
     src: Path, out: Path, concurrency: int, scenario: str, freeze: bool, wait: bool
 ) -> dict[str, float]:
     """One job in this process; returns its figures."""
-    from tiersel import FakeClock, load_pricing
     from tiersel.batch import arun_batch
+    from tiersel.clock import FakeClock
+    from tiersel.pricing import load_pricing
     from tiersel.sim import AsyncSimTransport
     from tiersel.virtual_time import run_virtual
 

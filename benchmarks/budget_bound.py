@@ -31,8 +31,11 @@ from typing import Any
 import httpx
 
 import tiersel
+from tiersel.budget import MemoryLedger
+from tiersel.clock import FakeClock
 from tiersel.cost import charge
 from tiersel.dialects import Dialect
+from tiersel.pricing import load_pricing
 from tiersel.replay import load_trace
 
 MODEL = "kimi-k3"
@@ -80,16 +83,16 @@ async def run(
             }
         )
         true_tokens[str(i)] = r.input_tokens
-    prices = tiersel.load_pricing().model(MODEL)
+    prices = load_pricing().model(MODEL)
     total = sum(
         charge(prices, "standard", true_tokens[b["metadata"]["id"]], 0, b["max_tokens"])
         for b in bodies
     )
     budget = total / 2
-    ledger = tiersel.MemoryLedger(budget)
+    ledger = MemoryLedger(budget)
     cls = EstimatingSelector if mode == "estimate" else tiersel.Selector
     sel = cls(
-        clock=tiersel.FakeClock(),
+        clock=FakeClock(),
         ledger=ledger,
         async_transport=provider(true_tokens),
         api_key="",

@@ -27,7 +27,8 @@ import warnings
 from collections.abc import Callable
 
 import tiersel
-from tiersel import Call, FakeClock, Requirements, Selector
+from tiersel import Call, Requirements, Selector
+from tiersel.clock import FakeClock
 from tiersel.signals import Observation, Outcome
 
 

@@ -7,11 +7,18 @@
 <Tier.standard: 'standard'>
 
 These names are the user's API: the doors (`Selector`, `TierTransport`, `AsyncTierTransport`,
-`requirements`, `run_batch`), what a call states and gets back (`Call`, `Requirements`,
-`Decision`, `CallResult`, `CallRecord`), the policies, the errors, and the stores' openers. The rest
-lives in named submodules: `tiersel.signals` (observations, health, signal stores),
-`tiersel.pricing` and `tiersel.tiers` (price tables), `tiersel.budget` (ledgers), `tiersel.clock`,
-`tiersel.dialects`, `tiersel.schedule` and `tiersel.hedge` (the model).
+`requirements`, `run_batch`, `arun_batch`), what a call states and gets back (`Call`,
+`Requirements`, `Decision`, `CallResult`, `CallRecord`), the errors, and the stores' openers
+(`open_ledger`, `open_signal_store`). The rest lives in named submodules:
+
+- `tiersel.decision`: a decision's parts (`Step`, `Reason`, `ReasonCode`);
+- `tiersel.policy`: the policies (`CheapestFeasible`, the default, and `FixedTier`);
+- `tiersel.pricing` and `tiersel.tiers`: price tables (`load_pricing`);
+- `tiersel.budget`: ledgers (`MemoryLedger`); `tiersel.signals`: observations, health, stores;
+- `tiersel.clock`: clocks (`FakeClock`, `ScaledClock`);
+- `tiersel.engine`: one call's attempts (`Engine`, `AttemptRecord`);
+- `tiersel.wrap`: the transports and `current_requirements`; `tiersel.batch`: `BatchSummary`;
+- `tiersel.dialects`, `tiersel.schedule` and `tiersel.hedge`: the model.
 
 ``import tiersel`` loads nothing but this module: each public name loads its own module the first
 time it is used (``tiersel.Selector`` the decision and the send path; ``tiersel.TierTransport`` the
@@ -24,17 +31,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tiersel.batch import BatchSummary, arun_batch, run_batch
-    from tiersel.budget import MemoryLedger
+    from tiersel.batch import arun_batch, run_batch
     from tiersel.call import Call, Requirements
-    from tiersel.clock import FakeClock
-    from tiersel.decision import (
-        Decision,
-        Reason,
-        ReasonCode,
-        Step,
-    )
-    from tiersel.engine.results import AttemptRecord, CallResult
+    from tiersel.decision import Decision
+    from tiersel.engine.results import CallResult
     from tiersel.errors import (
         BudgetExhausted,
         ConflictingRequirements,
@@ -47,10 +47,8 @@ if TYPE_CHECKING:
         UnknownModel,
         UnpricedModel,
     )
-    from tiersel.http.context import current_requirements, requirements
+    from tiersel.http.context import requirements
     from tiersel.http.hints import InvalidHint
-    from tiersel.policy import CheapestFeasible, FixedTier
-    from tiersel.pricing import load_pricing
     from tiersel.selector import Selector
     from tiersel.stores import open_ledger, open_signal_store
     from tiersel.wrap import AsyncTierTransport, CallRecord, TierTransport
@@ -64,24 +62,13 @@ _LAZY = {
     "CallRecord": "tiersel.wrap",
     "InvalidHint": "tiersel.http.hints",
     "TierTransport": "tiersel.wrap",
-    "current_requirements": "tiersel.http.context",
     "requirements": "tiersel.http.context",
-    "BatchSummary": "tiersel.batch",
     "arun_batch": "tiersel.batch",
     "run_batch": "tiersel.batch",
     "Call": "tiersel.call",
     "Requirements": "tiersel.call",
     "Decision": "tiersel.decision",
-    "Reason": "tiersel.decision",
-    "ReasonCode": "tiersel.decision",
-    "Step": "tiersel.decision",
-    "AttemptRecord": "tiersel.engine.results",
     "CallResult": "tiersel.engine.results",
-    "CheapestFeasible": "tiersel.policy",
-    "FixedTier": "tiersel.policy",
-    "MemoryLedger": "tiersel.budget",
-    "FakeClock": "tiersel.clock",
-    "load_pricing": "tiersel.pricing",
     "open_ledger": "tiersel.stores",
     "open_signal_store": "tiersel.stores",
     "BudgetExhausted": "tiersel.errors",
@@ -116,36 +103,25 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncTierTransport",
-    "AttemptRecord",
-    "BatchSummary",
     "BudgetExhausted",
     "Call",
     "CallRecord",
     "CallResult",
-    "CheapestFeasible",
     "ConflictingRequirements",
     "Decision",
-    "FakeClock",
-    "FixedTier",
     "InvalidHint",
-    "MemoryLedger",
     "NoFeasibleTier",
     "PricingError",
-    "Reason",
-    "ReasonCode",
     "RequestNotUnderstood",
     "Requirements",
     "RetiredTier",
     "Selector",
-    "Step",
     "TierTransport",
     "TierselError",
     "TierselWarning",
     "UnknownModel",
     "UnpricedModel",
     "arun_batch",
-    "current_requirements",
-    "load_pricing",
     "open_ledger",
     "open_signal_store",
     "requirements",

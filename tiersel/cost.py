@@ -45,7 +45,7 @@ def estimate_costs(call: Call, prices: ModelPrices) -> dict[str, CostEstimate]:
     """Worst-case and expected cost of ``call`` on every tier the model offers (the worst case
     counts the prompt at its bound, ``call.input_tokens_bound``).
 
-    >>> from tiersel import load_pricing
+    >>> from tiersel.pricing import load_pricing
     >>> p = load_pricing().model("kimi-k3")
     >>> c = Call(model="kimi-k3", input_tokens=1_000_000, max_output_tokens=1)
     >>> round(estimate_costs(c, p)["priority"].worst_usd, 6)

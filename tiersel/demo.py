@@ -166,7 +166,7 @@ async def run_arm(
                 try:
                     raw = await client.chat.completions.with_raw_response.create(
                         model=model,
-                        messages=_messages(call, index),  # type: ignore[arg-type]
+                        messages=_messages(call, index),
                         max_tokens=call.max_tokens,
                     )
                     raw.parse()

@@ -169,9 +169,9 @@ class TierselLiteLLM(CustomLogger):
     def close(self) -> None:
         """Close the sync handlers' clients (async ones close with their loop)."""
         self.uninstall()
-        self.client.close()  # type: ignore[no-untyped-call]  # untyped in litellm
+        self.client.close()
         if self._mounted is not None:
-            self._mounted.close()  # type: ignore[no-untyped-call]
+            self._mounted.close()
 
     def mounted_client(self) -> HTTPHandler:
         """The sync handler `install` gives LiteLLM: tiersel for ``hosts``, plain for others."""

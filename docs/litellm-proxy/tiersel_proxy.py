@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 
 import tiersel
+from tiersel.budget import MemoryLedger
 from tiersel.clock import ScaledClock
 from tiersel.litellm import FIREWORKS_HOSTS, TierselLiteLLM
 
 budget = os.environ.get("TIERSEL_BUDGET_USD")
 scale = os.environ.get("TIERSEL_TIME_SCALE")
 selector = tiersel.Selector(
-    ledger=tiersel.MemoryLedger(float(budget)) if budget else None,
+    ledger=MemoryLedger(float(budget)) if budget else None,
     clock=ScaledClock(float(scale)) if scale else None,
 )
 hosts = os.environ.get("TIERSEL_HOSTS", ",".join(FIREWORKS_HOSTS)).split(",")

@@ -13,6 +13,7 @@ import openai
 import pytest
 
 import tiersel
+from tiersel.budget import MemoryLedger
 from tiersel.clock import FakeClock
 from tiersel.dialects import input_token_bound
 from tiersel.engine.core import new_call_id
@@ -58,7 +59,7 @@ def test_calls_without_max_tokens_stay_within_the_cap(
 ) -> None:
     clock = FakeClock()
     sim = AsyncSimTransport(scenario=long_output_scenario(tmp_path), clock=clock)
-    ledger = tiersel.MemoryLedger(BUDGET)
+    ledger = MemoryLedger(BUDGET)
     sel = tiersel.Selector(
         clock=clock, ledger=ledger, api_key="", unbounded_output=unbounded_output
     )
@@ -84,7 +85,7 @@ def test_the_cap_tiersel_sets_is_reported_and_can_be_refused(tmp_path: Path) -> 
     clock = FakeClock()
     sim = AsyncSimTransport(scenario=long_output_scenario(tmp_path), clock=clock)
     sel = tiersel.Selector(
-        clock=clock, ledger=tiersel.MemoryLedger(BUDGET), api_key="", default_max_output_tokens=500
+        clock=clock, ledger=MemoryLedger(BUDGET), api_key="", default_max_output_tokens=500
     )
 
     async def one(transport: AsyncTierTransport, **create: Any) -> httpx.Response:
@@ -103,7 +104,7 @@ def test_the_cap_tiersel_sets_is_reported_and_can_be_refused(tmp_path: Path) -> 
     assert "x-tiersel-max-tokens" not in unbudgeted.headers
     assert unbudgeted.json()["usage"]["completion_tokens"] == 16000
     strict = tiersel.Selector(
-        clock=clock, ledger=tiersel.MemoryLedger(BUDGET), api_key="", unbounded_output="refuse"
+        clock=clock, ledger=MemoryLedger(BUDGET), api_key="", unbounded_output="refuse"
     )
     with pytest.raises(tiersel.RequestNotUnderstood, match="sets no max_tokens"):
         asyncio.run(one(AsyncTierTransport(strict, sim)))
@@ -138,7 +139,7 @@ def test_digit_heavy_prompts_stay_within_the_cap() -> None:
     """30,000 bytes of digits are about 15,000 billed tokens where 3 bytes a token says 10,000:
     the reservation counts the prompt at its bound, so the cap holds."""
     clock = FakeClock()
-    ledger = tiersel.MemoryLedger(BUDGET)
+    ledger = MemoryLedger(BUDGET)
     sel = tiersel.Selector(clock=clock, ledger=ledger, api_key="")
     transport = AsyncTierTransport(sel, billing_provider(clock))
     digits = " ".join(str(i % 10) for i in range(15_000))
@@ -163,7 +164,7 @@ def test_a_body_with_no_cap_is_capped_at_most_at_the_models_own_output_limit(
     sim = AsyncSimTransport(scenario=long_output_scenario(tmp_path), clock=clock)
     sel = tiersel.Selector(
         clock=clock,
-        ledger=tiersel.MemoryLedger(BUDGET),
+        ledger=MemoryLedger(BUDGET),
         api_key="",
         unbounded_output="cap",
         default_max_output_tokens=100_000,

@@ -14,6 +14,7 @@ import openai
 import pytest
 
 import tiersel
+from tiersel.budget import MemoryLedger
 from tiersel.call import BudgetState
 from tiersel.clock import FakeClock
 from tiersel.dialects import Dialect
@@ -46,7 +47,7 @@ def provider(clock: FakeClock, hold_s: float, completion_tokens: int = 10) -> ht
 def selector(clock: FakeClock, budget: float, hold_s: float, **kw: Any) -> tiersel.Selector:
     return tiersel.Selector(
         clock=clock,
-        ledger=tiersel.MemoryLedger(budget),
+        ledger=MemoryLedger(budget),
         async_transport=provider(clock, hold_s),
         api_key="",
         requirements=tiersel.Requirements(tiers=("standard",)),
@@ -128,7 +129,7 @@ def test_sixty_calls_with_no_max_tokens_share_five_cents(tmp_path: Path) -> None
     def run(**kw: Any) -> tuple[int, BudgetState, set[str]]:
         clock = FakeClock()
         sim = AsyncSimTransport(scenario=scenario, clock=clock)
-        ledger = tiersel.MemoryLedger(0.05)
+        ledger = MemoryLedger(0.05)
         sel = tiersel.Selector(clock=clock, ledger=ledger, api_key="", **kw)
         caps: set[str] = set()
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import tiersel
 from tests.cli import run_cli
 from tiersel.cli import main
+from tiersel.pricing import load_pricing
 
 TIERSEL = str(Path(sys.executable).with_name("tiersel"))
 run = run_cli  # the console script's `main`, in this process (test_the_console_script_runs)
@@ -32,11 +32,11 @@ def test_prices_table_and_json() -> None:
     doc = json.loads(run("prices", "--json").stdout)
     tiers = {(r["model"], r["tier"]) for r in doc["prices"]}
     assert ("kimi-k3", "fast") in tiers and ("glm-5p3", "priority") in tiers
-    assert doc["as_of"] == tiersel.load_pricing().as_of
+    assert doc["as_of"] == load_pricing().as_of
 
 
 def test_prices_lists_current_models_and_all_with_their_status() -> None:
-    table = tiersel.load_pricing()
+    table = load_pricing()
     current = json.loads(run("prices", "--json").stdout)
     everything = json.loads(run("prices", "--all", "--json").stdout)
     assert {m["status"] for m in current["models"]} == {"current"}

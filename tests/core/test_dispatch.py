@@ -11,8 +11,11 @@ import httpx
 import pytest
 
 import tiersel
-from tiersel import FakeClock, MemoryLedger, Requirements, Selector
+from tiersel import Requirements, Selector
+from tiersel.budget import MemoryLedger
+from tiersel.clock import FakeClock
 from tiersel.dialects import Usage
+from tiersel.engine.results import AttemptRecord
 from tiersel.signals import Outcome, SignalKey
 
 BODY = {
@@ -83,7 +86,7 @@ def test_a_shed_escalates_within_the_deadline_and_the_cost_is_the_served_tiers()
 
     up = Upstream(script)
     ledger = MemoryLedger(1.0)
-    records: list[tiersel.AttemptRecord] = []
+    records: list[AttemptRecord] = []
     sel = selector(up, ledger=ledger, on_attempt=records.append)
     r = sel.send(BODY, requirements=Requirements(deadline_s=30, reliability=0.99))
     assert r.ok and r.tier == "priority" and up.tiers[-1] == "priority"

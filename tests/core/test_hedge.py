@@ -20,13 +20,18 @@ from hypothesis import strategies as st
 
 import tiersel
 import tiersel.engine
-from tiersel import Call, Decision, MemoryLedger, Requirements, Selector, Step
+from tiersel import Call, Decision, Requirements, Selector
+from tiersel.budget import MemoryLedger
+from tiersel.clock import FakeClock
 from tiersel.cost import tier_cost
+from tiersel.decision import ReasonCode, Step
 from tiersel.hedge import HEDGE_SAVING, price_hedge
+from tiersel.policy import CheapestFeasible
+from tiersel.pricing import load_pricing
 from tiersel.schedule import Candidate, price
 from tiersel.signals import CircuitState, Observation, Outcome, SignalKey, TierHealth
 
-PRICES = tiersel.load_pricing().model("kimi-k3")
+PRICES = load_pricing().model("kimi-k3")
 BODY = {
     "model": "accounts/fireworks/models/kimi-k3",
     "messages": [{"role": "user", "content": "hello there"}],
@@ -119,7 +124,7 @@ def test_the_policy_hedges_only_where_it_is_cheaper_than_every_ladder() -> None:
                 if ladder is not None:
                     saving = 1 - d.estimated_cost_usd / ladder.estimated_cost_usd
                     assert saving >= HEDGE_SAVING
-                assert any(r.code == tiersel.ReasonCode.hedged for r in d.reasons)
+                assert any(r.code == ReasonCode.hedged for r in d.reasons)
     assert seen >= 3  # the grid holds calls where a hedge pays
 
 
@@ -387,13 +392,13 @@ def test_a_sync_race_leaves_no_thread_behind() -> None:
 def test_a_streamed_call_is_never_hedged() -> None:
     # Its first token says nothing of when it ends: the policy is asked with hedge off.
     seen: list[bool] = []
-    policy = tiersel.CheapestFeasible()
+    policy = CheapestFeasible()
 
     def watching(call: Call, req: Requirements, *rest: Any) -> Decision:
         seen.append(req.hedge)
         return policy(call, req, *rest)
 
-    sel = Selector(api_key="", policy=watching, clock=tiersel.FakeClock())
+    sel = Selector(api_key="", policy=watching, clock=FakeClock())
     tight = Requirements(deadline_s=3, reliability=0.999, hedge=True)
     for stream in (False, True):
         body = {**BODY, "max_tokens": 30, "stream": stream}
@@ -406,7 +411,7 @@ def test_a_streamed_call_is_never_hedged() -> None:
 
 
 def test_no_hedge_with_one_attempt_or_onto_a_tier_cooling_down() -> None:
-    sel = Selector(api_key="", clock=tiersel.FakeClock())
+    sel = Selector(api_key="", clock=FakeClock())
     call = Call(model="kimi-k3", input_tokens=200, max_output_tokens=30)
     tight = Requirements(deadline_s=3, reliability=0.999, hedge=True)
     assert sel.decide(call, tight).label == "standard~fast"

@@ -7,13 +7,16 @@ import dataclasses
 import pytest
 
 import tiersel
-from tiersel import Call, CheapestFeasible, NoFeasibleTier, Requirements
+from tiersel import Call, NoFeasibleTier, Requirements
 from tiersel.call import BudgetState
+from tiersel.clock import FakeClock
 from tiersel.decision import Verdict
+from tiersel.policy import CheapestFeasible, FixedTier
+from tiersel.pricing import load_pricing
 from tiersel.signals import CircuitState, TierHealth
 from tiersel.tiers import Tier
 
-PRICING = tiersel.load_pricing()
+PRICING = load_pricing()
 KIMI = PRICING.model("kimi-k3")
 CALL = Call(model="kimi-k3", input_tokens=2000, max_output_tokens=300)
 
@@ -176,9 +179,9 @@ def test_bad_latency_sigma_is_refused() -> None:
 
 def test_custom_policy_is_a_plain_callable() -> None:
     def always_priority(call, requirements, budget, prices, signals, now):  # type: ignore[no-untyped-def]
-        return tiersel.FixedTier("priority")(call, requirements, budget, prices, signals, now)
+        return FixedTier("priority")(call, requirements, budget, prices, signals, now)
 
-    sel = tiersel.Selector(policy=always_priority, clock=tiersel.FakeClock())
+    sel = tiersel.Selector(policy=always_priority, clock=FakeClock())
     assert sel.decide(CALL).tier == "priority"
 
 

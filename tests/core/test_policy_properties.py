@@ -7,14 +7,14 @@ from dataclasses import replace
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import tiersel
-from tiersel import Call, CheapestFeasible, NoFeasibleTier, Requirements
+from tiersel import Call, NoFeasibleTier, Requirements
 from tiersel.call import BudgetState
 from tiersel.dialects import apply_step
-from tiersel.pricing import ModelPrices
+from tiersel.policy import CheapestFeasible
+from tiersel.pricing import ModelPrices, load_pricing
 from tiersel.signals import CircuitState, TierHealth
 
-PRICING = tiersel.load_pricing()
+PRICING = load_pricing()
 # Every model that sells two tiers or more, and a few that sell one (most of the catalogue).
 MODELS = (
     sorted(name for name, mp in PRICING.models.items() if len(mp.tiers) > 1)

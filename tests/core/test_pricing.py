@@ -19,9 +19,10 @@ import pytest
 import yaml
 
 import tiersel
-from tiersel import PricingError, UnknownModel, load_pricing
+from tiersel import PricingError, UnknownModel
+from tiersel.clock import FakeClock
 from tiersel.errors import RetiredTier
-from tiersel.pricing import Pricing
+from tiersel.pricing import Pricing, load_pricing
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ROOT = Path(__file__).resolve().parents[2]
@@ -320,7 +321,7 @@ models:
 """,
     )
     table = load_pricing(path)
-    sel = tiersel.Selector(pricing=table, clock=tiersel.FakeClock())
+    sel = tiersel.Selector(pricing=table, clock=FakeClock())
     call = tiersel.Call(model="acme/model-1", input_tokens=100, max_output_tokens=50)
     assert sel.decide(call).tier == "flex"
     d = sel.decide(call, tiersel.Requirements(reliability=0.99))
@@ -365,7 +366,7 @@ def test_the_wheel_ships_the_price_tables(tmp_path: Path) -> None:
             sys.executable,
             "-s",
             "-c",
-            "import tiersel; p = tiersel.load_pricing();"
+            "import tiersel, tiersel.pricing; p = tiersel.pricing.load_pricing();"
             " print(tiersel.__file__); print(p.origin); print(len(p.models))",
         ],
         cwd=tmp_path,
@@ -545,7 +546,7 @@ def test_the_highest_price_and_token_count_still_cost_a_finite_amount(tmp_path: 
     from tiersel.dialects import TOKEN_LIMIT
 
     path = _write(tmp_path, HEAD + "  m1: {standard: {input: 100000, output: 100000}}\n")
-    sel = tiersel.Selector(pricing=load_pricing(path), clock=tiersel.FakeClock(), api_key="")
+    sel = tiersel.Selector(pricing=load_pricing(path), clock=FakeClock(), api_key="")
     call = tiersel.Call(model="m1", input_tokens=TOKEN_LIMIT, max_output_tokens=TOKEN_LIMIT)
     d = sel.decide(call, tiersel.Requirements(best_effort=True))
     assert d.worst_case_cost_usd == pytest.approx(2 * TOKEN_LIMIT * 0.1)

@@ -10,10 +10,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import tiersel
+from tiersel.clock import FakeClock
+from tiersel.pricing import load_pricing
 from tiersel.schedule import Candidate, cheapest, likeliest, price
 from tiersel.signals import CircuitState, TierHealth
 
-KIMI = tiersel.load_pricing().model("kimi-k3")
+KIMI = load_pricing().model("kimi-k3")
 TIERS = ("standard", "priority", "fast")
 BACKOFF = 0.2
 
@@ -136,7 +138,7 @@ def test_a_long_deadline_with_many_attempts_is_searched_within_its_budget() -> N
         priced += 1
         return extend(*args)  # type: ignore[arg-type]
 
-    sel = tiersel.Selector(clock=tiersel.FakeClock())
+    sel = tiersel.Selector(clock=FakeClock())
     call = tiersel.Call(model="kimi-k3", input_tokens=2000, max_output_tokens=200)
     need = tiersel.Requirements(deadline_s=300, max_attempts=10, tiers="priority,fast")
     schedule._extend = counted  # type: ignore[assignment]

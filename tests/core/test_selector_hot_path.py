@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tiersel import FakeClock, MemoryLedger, Selector
+from tiersel import Selector
+from tiersel.budget import MemoryLedger
+from tiersel.clock import FakeClock
 from tiersel.dialects import Dialect, classify, estimate_input_tokens, read_usage
 from tiersel.engine.effects import Now, ReadBudget, Reserve, Send, Sleep, run
 from tiersel.engine.results import AttemptRecord

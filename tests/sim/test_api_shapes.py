@@ -16,6 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tiersel
+from tiersel.budget import MemoryLedger
+from tiersel.clock import FakeClock
 from tiersel.dialects import (
     Dialect,
     dialect_for_path,
@@ -148,7 +150,7 @@ def test_a_budgeted_call_that_continues_a_stored_conversation_is_refused() -> No
     free = tiersel.Selector(api_key="")
     call, _ = free.engine.call_for(body, Dialect.responses)  # counted by what the body holds
     assert call.input_tokens > 0
-    budgeted = tiersel.Selector(api_key="", ledger=tiersel.MemoryLedger(1.0))
+    budgeted = tiersel.Selector(api_key="", ledger=MemoryLedger(1.0))
     with pytest.raises(RequestNotUnderstood, match="previous_response_id: the prompt continues"):
         budgeted.engine.call_for(body, Dialect.responses)
 
@@ -215,7 +217,7 @@ def test_a_responses_stream_is_metered_whatever_the_chunking(
     cuts: list[int], named: bool, capped: bool
 ) -> None:
     data = _responses_stream("length" if capped else "stop", named=named)
-    meter = StreamMeter(Dialect.responses, tiersel.FakeClock(), 0.0)
+    meter = StreamMeter(Dialect.responses, FakeClock(), 0.0)
     passed = b"".join(meter.feed(p) for p in _pieces(data, cuts)) + meter.flush()
     assert passed == data  # handed on byte for byte
     assert meter.finished and meter.content_events == 32  # the first token, then 31 chunks
@@ -241,7 +243,7 @@ def test_a_responses_stream_is_metered_whatever_the_chunking(
     ],
 )
 def test_a_failed_responses_stream_is_a_failure(event: dict[str, Any], outcome: Outcome) -> None:
-    meter = StreamMeter(Dialect.responses, tiersel.FakeClock(), 0.0)
+    meter = StreamMeter(Dialect.responses, FakeClock(), 0.0)
     delta = {"type": "response.output_text.delta", "delta": " a", "sequence_number": 1}
     for doc in (delta, event):
         meter.feed(f"event: {doc['type']}\ndata: {json.dumps(doc)}\n\n".encode())
@@ -253,7 +255,7 @@ def test_a_failed_responses_stream_is_a_failure(event: dict[str, Any], outcome: 
 def test_a_responses_stream_cut_before_its_final_event_is_a_failure() -> None:
     data = _responses_stream()
     cut = data[: data.index(b"event: response.completed")]
-    meter = StreamMeter(Dialect.responses, tiersel.FakeClock(), 0.0, input_tokens=lambda: 18)
+    meter = StreamMeter(Dialect.responses, FakeClock(), 0.0, input_tokens=lambda: 18)
     meter.feed(cut)
     end = meter.end(exhausted=True)
     assert end.outcome is Outcome.error and "before its final event" in end.detail
@@ -273,7 +275,7 @@ def test_a_budgeted_call_asking_for_several_choices_is_refused(
 ) -> None:
     body = {"model": MODEL, "max_tokens": 100, **body}
     tiersel.Selector(api_key="").engine.call_for(body, dialect)  # no budget: nothing to reserve
-    budgeted = tiersel.Selector(api_key="", ledger=tiersel.MemoryLedger(1.0))
+    budgeted = tiersel.Selector(api_key="", ledger=MemoryLedger(1.0))
     with pytest.raises(RequestNotUnderstood, match=f"^{field}: under a budget tiersel reserves"):
         budgeted.engine.call_for(body, dialect)
     budgeted.engine.call_for({**body, field: 1}, dialect)  # one choice is fine

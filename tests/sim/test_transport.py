@@ -11,7 +11,8 @@ import httpx
 import httpx2
 import pytest
 
-from tiersel import FakeClock, Requirements, Selector
+from tiersel import Requirements, Selector
+from tiersel.clock import FakeClock
 from tiersel.sim import AsyncSimTransport, SimService, SimTransport
 from tiersel.sim.transport_httpx2 import AsyncSimTransport2, SimTransport2
 

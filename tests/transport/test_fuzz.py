@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 import tiersel
+from tiersel.budget import MemoryLedger
 from tiersel.errors import TierselError
 from tiersel.wrap import TierTransport
 
@@ -115,7 +116,7 @@ def test_mutated_requests_get_an_answer_or_a_clear_refusal(budget: float | None)
             200, json={"id": "x", "model": sent.get("model"), "choices": [choice], "usage": usage}
         )
 
-    ledger = tiersel.MemoryLedger(budget) if budget is not None else None
+    ledger = MemoryLedger(budget) if budget is not None else None
     sel = tiersel.Selector(api_key="", ledger=ledger)
     outcomes: dict[str, int] = {}
     with httpx.Client(
@@ -158,7 +159,7 @@ def test_mutated_bodies_through_selector_send_and_the_simulator() -> None:
     rng = random.Random(11)
     clock = FakeClock()
     sim = SimTransport(scenario="calm", clock=clock)
-    sel = tiersel.Selector(api_key="", clock=clock, transport=sim, ledger=tiersel.MemoryLedger(1.0))
+    sel = tiersel.Selector(api_key="", clock=clock, transport=sim, ledger=MemoryLedger(1.0))
     sent = refused = 0
     with httpx.Client(transport=sim) as raw_client:
         for _ in range(1000):
@@ -237,7 +238,7 @@ def test_selector_send_refuses_a_body_json_cannot_carry(body: Any, problem: str)
         body["messages"].append({"role": "user", "content": body})
     clock = FakeClock()
     sim = SimTransport(scenario="calm", clock=clock)
-    sel = tiersel.Selector(api_key="", clock=clock, transport=sim, ledger=tiersel.MemoryLedger(1.0))
+    sel = tiersel.Selector(api_key="", clock=clock, transport=sim, ledger=MemoryLedger(1.0))
     with pytest.raises(RequestNotUnderstood, match=problem):
         sel.send(body)
     assert sim.stats()["requests"] == 0

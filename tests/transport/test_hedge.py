@@ -19,6 +19,7 @@ import pytest
 
 import tiersel
 from tests.transport.conftest import MODEL, Recorder
+from tiersel.budget import MemoryLedger
 from tiersel.clock import ScaledClock
 from tiersel.sim.server import RunningServer
 from tiersel.wrap import AsyncTierTransport, TierTransport, requirements
@@ -42,7 +43,7 @@ async def test_async_hedges_race_and_cancel_their_losers(
     calm: RunningServer, clock: ScaledClock
 ) -> None:
     recorder = Recorder()
-    ledger = tiersel.MemoryLedger(10.0)
+    ledger = MemoryLedger(10.0)
     selector = tiersel.Selector(clock=clock, api_key="", ledger=ledger)
     async with httpx2.AsyncClient(transport=AsyncTierTransport(selector, on_call=recorder)) as h:
         client = openai.AsyncOpenAI(api_key="sk-test", base_url=calm.openai_base_url, http_client=h)
@@ -80,7 +81,7 @@ def test_sync_hedges_race_and_charge_the_uncancelled_loser_its_worst_case(
     calm: RunningServer, clock: ScaledClock
 ) -> None:
     recorder = Recorder()
-    ledger = tiersel.MemoryLedger(10.0)
+    ledger = MemoryLedger(10.0)
     selector = tiersel.Selector(clock=clock, api_key="", ledger=ledger)
     with httpx.Client(transport=TierTransport(selector, on_call=recorder)) as h:
         client = openai.OpenAI(api_key="sk-test", base_url=calm.openai_base_url, http_client=h)

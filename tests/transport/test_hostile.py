@@ -15,6 +15,7 @@ import pytest
 
 import tiersel
 from tests.transport.conftest import MODEL
+from tiersel.budget import MemoryLedger
 from tiersel.clock import FakeClock
 from tiersel.dialects import Dialect
 from tiersel.sim import AsyncSimTransport, SimTransport
@@ -92,7 +93,7 @@ def test_under_a_budget_a_post_tiersel_cannot_price_is_refused(path: str) -> Non
         seen.append(request.url.path)
         return httpx.Response(200, json={})
 
-    budgeted = tiersel.Selector(api_key="", ledger=tiersel.MemoryLedger(1.0))
+    budgeted = tiersel.Selector(api_key="", ledger=MemoryLedger(1.0))
     with httpx.Client(transport=TierTransport(budgeted, httpx.MockTransport(provider))) as c:
         with pytest.raises(tiersel.RequestNotUnderstood, match=f"POST /v1{path}: tiersel prices"):
             c.post(f"http://x/v1{path}", json={"model": MODEL, "input": "hi"})
@@ -114,7 +115,7 @@ def shed_once_then(after: httpx.Response) -> httpx.MockTransport:
     return httpx.MockTransport(provider)
 
 
-class OneAttemptLedger(tiersel.MemoryLedger):
+class OneAttemptLedger(MemoryLedger):
     """A budget whose money is gone after the first reservation (others spent it meanwhile)."""
 
     def reserve(
@@ -144,7 +145,7 @@ def test_nesting_of_any_depth_is_a_clear_refusal_or_is_counted() -> None:
     deep: Any = "leaf"
     for _ in range(900):
         deep = [deep]
-    sel = tiersel.Selector(api_key="", ledger=tiersel.MemoryLedger(1.0))
+    sel = tiersel.Selector(api_key="", ledger=MemoryLedger(1.0))
     call, _ = sel.engine.call_for(
         {"model": MODEL, "messages": [{"role": "user", "content": deep}], "max_tokens": 5},
         Dialect.openai,
@@ -162,7 +163,7 @@ def test_nesting_of_any_depth_is_a_clear_refusal_or_is_counted() -> None:
 
 
 def test_a_lone_surrogate_is_counted_and_sent(calm: RunningServer) -> None:
-    sel = tiersel.Selector(api_key="", ledger=tiersel.MemoryLedger(1.0))
+    sel = tiersel.Selector(api_key="", ledger=MemoryLedger(1.0))
     body = {**BODY, "messages": [{"role": "user", "content": "broken \ud800 text"}]}
     with httpx.Client(transport=TierTransport(sel), timeout=10) as client:
         response = client.post(

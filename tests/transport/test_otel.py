@@ -22,6 +22,7 @@ from tests.core.test_hedge import BODY as HEDGE_BODY
 from tests.core.test_hedge import Reservations, Upstream
 from tests.core.test_hedge import _selector as hedging_selector
 from tests.transport.conftest import CANARY_KEY, MODEL
+from tiersel.budget import MemoryLedger
 from tiersel.clock import ScaledClock
 from tiersel.otel import TierselInstrumentor
 from tiersel.sim.server import RunningServer
@@ -83,7 +84,7 @@ async def test_ten_calls_are_ten_call_spans_with_their_attempts(
     exporter: InMemorySpanExporter, server: RunningServer, clock: ScaledClock
 ) -> None:
     server.reset(time_s=100.0)  # the peak: some calls climb, some attempts are shed
-    ledger = tiersel.MemoryLedger(5.0)
+    ledger = MemoryLedger(5.0)
     selector = tiersel.Selector(clock=clock, api_key=CANARY_KEY, ledger=ledger)
     with httpx.Client(transport=TierTransport(selector)) as http:
         client = openai.OpenAI(

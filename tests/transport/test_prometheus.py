@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import tiersel
 from tests.transport.conftest import CANARY_KEY, MODEL, Recorder
+from tiersel.budget import MemoryLedger
 from tiersel.clock import ScaledClock
 from tiersel.prometheus import TierselMetrics
 from tiersel.signals import Observation, Outcome, SignalKey
@@ -34,7 +35,7 @@ def _samples(registry: CollectorRegistry) -> dict[str, list[tuple[dict[str, str]
 def test_after_calls_the_metrics_count_them(server: RunningServer, clock: ScaledClock) -> None:
     server.reset(time_s=100.0)  # the peak: standard is shed much of the time
     registry = CollectorRegistry()
-    ledger = tiersel.MemoryLedger(5.0)
+    ledger = MemoryLedger(5.0)
     selector = tiersel.Selector(clock=clock, api_key=CANARY_KEY, ledger=ledger)
     metrics = TierselMetrics(selector, registry=registry)
     recorder = Recorder()

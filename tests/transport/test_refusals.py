@@ -14,6 +14,7 @@ import pytest
 
 import tiersel
 from tests.transport.conftest import MODEL, Recorder
+from tiersel.budget import MemoryLedger
 from tiersel.sim.server import RunningServer
 from tiersel.wrap import AsyncTierTransport, InvalidHint, TierTransport
 
@@ -95,7 +96,7 @@ def test_the_anthropic_sdk_gets_a_refusal_as_a_clear_error_it_does_not_retry(
 
 
 def test_an_exhausted_budget_is_a_402_and_leaves_nothing_reserved(calm: RunningServer) -> None:
-    ledger = tiersel.MemoryLedger(1e-7)
+    ledger = MemoryLedger(1e-7)
     transport = Counting(tiersel.Selector(api_key="", ledger=ledger))
     with pytest.raises(anthropic.APIStatusError) as caught:
         _anthropic(calm, transport).messages.create(model=MODEL, max_tokens=8, messages=HI)

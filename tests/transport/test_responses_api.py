@@ -23,6 +23,7 @@ import pytest
 
 import tiersel
 from tests.transport.conftest import MODEL, Recorder
+from tiersel.budget import MemoryLedger
 from tiersel.clock import ScaledClock
 from tiersel.sim.server import RunningServer
 from tiersel.wrap import AsyncTierTransport, TierTransport, requirements
@@ -83,7 +84,7 @@ def _seen(tight: bool, raw: Any, text: str) -> Seen:
 
 
 def _check(
-    server: RunningServer, seen: list[Seen], recorder: Recorder, ledger: tiersel.MemoryLedger
+    server: RunningServer, seen: list[Seen], recorder: Recorder, ledger: MemoryLedger
 ) -> None:
     by_id = {r.call_id: r for r in recorder.records}
     assert len(seen) == CALLS and len(by_id) == CALLS
@@ -131,11 +132,11 @@ def _warm_up(server: RunningServer) -> None:
 
 def _setup(
     server: RunningServer, clock: ScaledClock
-) -> tuple[Recorder, tiersel.MemoryLedger, tiersel.Selector]:
+) -> tuple[Recorder, MemoryLedger, tiersel.Selector]:
     _warm_up(server)
     server.reset(time_s=START_S)
     recorder = Recorder()
-    ledger = tiersel.MemoryLedger(10.0)
+    ledger = MemoryLedger(10.0)
     return recorder, ledger, tiersel.Selector(clock=clock, api_key="", ledger=ledger)
 
 

@@ -13,6 +13,7 @@ import pytest
 
 import tiersel
 from tests.transport.conftest import MODEL, Recorder
+from tiersel.clock import FakeClock
 from tiersel.wrap import TierTransport
 
 SHED = {"error": {"object": "error", "type": "overloaded", "code": "overloaded", "message": "busy"}}
@@ -35,7 +36,7 @@ class Upstream:
 
 def _selector() -> tiersel.Selector:
     # A fake clock: the backoffs between attempts pass at once.
-    return tiersel.Selector(clock=tiersel.FakeClock(), api_key="", max_attempts=4)
+    return tiersel.Selector(clock=FakeClock(), api_key="", max_attempts=4)
 
 
 def test_openai_gets_the_last_shed_once(recorder: Recorder) -> None:
@@ -139,7 +140,7 @@ def test_a_call_without_a_deadline_waits_no_longer_than_its_clients_timeout(
     # Only standard may serve, and it asks for 60 s: a client that waits 5 s for an answer gets
     # the shed at once rather than a minute's silence; one that would wait 120 s (or for ever)
     # has the cooldown waited out, and the call served.
-    clock = tiersel.FakeClock()
+    clock = FakeClock()
     upstream = RetryAfter(sheds=1)
     selector = tiersel.Selector(clock=clock, api_key="")
     transport = TierTransport(selector, httpx.MockTransport(upstream))

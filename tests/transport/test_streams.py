@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 
 import tiersel
 from tests.transport.conftest import MODEL, Recorder
+from tiersel.budget import MemoryLedger
+from tiersel.clock import FakeClock
 from tiersel.dialects import Dialect
 from tiersel.signals import Outcome, SignalKey
 from tiersel.sim import AsyncSimTransport, SimTransport
@@ -83,7 +85,7 @@ def _run(meter: StreamMeter, pieces: list[bytes]) -> bytes:
 @given(st.lists(st.integers(min_value=0), max_size=40), st.booleans())
 def test_openai_stream_is_read_whatever_the_chunking(cuts: list[int], crlf: bool) -> None:
     data = OPENAI_STREAM.replace(b"\n", b"\r\n") if crlf else OPENAI_STREAM
-    clock = tiersel.FakeClock()
+    clock = FakeClock()
     passed = StreamMeter(Dialect.openai, clock, 0.0)
     assert _run(passed, _pieces(data, cuts)) == data  # handed on byte for byte
     dropped = StreamMeter(Dialect.openai, clock, 0.0, drop_usage_only=True)
@@ -99,7 +101,7 @@ def test_openai_stream_is_read_whatever_the_chunking(cuts: list[int], crlf: bool
 
 @given(st.lists(st.integers(min_value=0), max_size=40))
 def test_anthropic_usage_is_merged_from_start_and_delta(cuts: list[int]) -> None:
-    meter = StreamMeter(Dialect.anthropic, tiersel.FakeClock(), 0.0)
+    meter = StreamMeter(Dialect.anthropic, FakeClock(), 0.0)
     assert _run(meter, _pieces(ANTHROPIC_STREAM, cuts)) == ANTHROPIC_STREAM
     assert meter.finished and meter.content_events == 3
     usage = meter.usage()
@@ -107,7 +109,7 @@ def test_anthropic_usage_is_merged_from_start_and_delta(cuts: list[int]) -> None
 
 
 def test_timings_come_from_the_stream() -> None:
-    clock = tiersel.FakeClock(100.0)
+    clock = FakeClock(100.0)
     meter = StreamMeter(Dialect.openai, clock, sent_at=100.0)
     clock.advance(0.5)
     meter.feed(OPENAI_EVENTS[0])  # role only: no token yet
@@ -124,7 +126,7 @@ def test_timings_come_from_the_stream() -> None:
 
 
 def test_a_stream_cut_short_is_a_failure_and_its_tokens_are_estimated() -> None:
-    meter = StreamMeter(Dialect.openai, tiersel.FakeClock(), 0.0, input_tokens=lambda: 99)
+    meter = StreamMeter(Dialect.openai, FakeClock(), 0.0, input_tokens=lambda: 99)
     for event in OPENAI_EVENTS[:3]:
         meter.feed(event)
     end = meter.end(broke=httpx.RemoteProtocolError("peer closed"))
@@ -135,7 +137,7 @@ def test_a_stream_cut_short_is_a_failure_and_its_tokens_are_estimated() -> None:
 
 
 def test_an_error_event_in_the_stream_is_a_failure() -> None:
-    meter = StreamMeter(Dialect.anthropic, tiersel.FakeClock(), 0.0)
+    meter = StreamMeter(Dialect.anthropic, FakeClock(), 0.0)
     meter.feed(_sse({"type": "error", "error": {"type": "overloaded_error"}}, "error"))
     end = meter.end(exhausted=True)
     assert end.outcome is Outcome.shed
@@ -154,9 +156,9 @@ def breaking(tmp_path: Path) -> Path:
 
 def _setup(
     scenario: str | Path, recorder: Recorder
-) -> tuple[tiersel.Selector, tiersel.MemoryLedger, openai.OpenAI, SimTransport]:
-    clock = tiersel.FakeClock()
-    ledger = tiersel.MemoryLedger(1.0)
+) -> tuple[tiersel.Selector, MemoryLedger, openai.OpenAI, SimTransport]:
+    clock = FakeClock()
+    ledger = MemoryLedger(1.0)
     selector = tiersel.Selector(clock=clock, ledger=ledger, api_key="", max_attempts=1)
     sim = SimTransport(scenario=scenario, clock=clock)
     http = httpx.Client(transport=TierTransport(selector, sim, on_call=recorder))
@@ -229,9 +231,9 @@ STREAM_BODY = {
 
 def _plain(
     recorder: Recorder,
-) -> tuple[tiersel.MemoryLedger, httpx.Client]:
-    clock = tiersel.FakeClock()
-    ledger = tiersel.MemoryLedger(1.0)
+) -> tuple[MemoryLedger, httpx.Client]:
+    clock = FakeClock()
+    ledger = MemoryLedger(1.0)
     selector = tiersel.Selector(clock=clock, ledger=ledger, api_key="", max_attempts=1)
     sim = SimTransport(scenario="calm", clock=clock)
     return ledger, httpx.Client(transport=TierTransport(selector, sim, on_call=recorder))
@@ -308,9 +310,9 @@ def test_an_sdk_stream_closed_by_the_garbage_collector_is_reported_after_it(
 
 
 def test_an_async_stream_dropped_unclosed_is_settled_at_the_next_call(recorder: Recorder) -> None:
-    async def main() -> tiersel.MemoryLedger:
-        clock = tiersel.FakeClock()
-        ledger = tiersel.MemoryLedger(1.0)
+    async def main() -> MemoryLedger:
+        clock = FakeClock()
+        ledger = MemoryLedger(1.0)
         selector = tiersel.Selector(clock=clock, ledger=ledger, api_key="", max_attempts=1)
         sim = AsyncSimTransport(scenario="calm", clock=clock)
         transport = AsyncTierTransport(selector, sim, on_call=recorder)
@@ -336,7 +338,7 @@ def test_an_async_stream_dropped_unclosed_is_settled_at_the_next_call(recorder: 
 
 def test_an_async_broken_anthropic_stream(breaking: Path, recorder: Recorder) -> None:
     async def main() -> None:
-        clock = tiersel.FakeClock()
+        clock = FakeClock()
         selector = tiersel.Selector(clock=clock, api_key="", max_attempts=1)
         sim = AsyncSimTransport(scenario=breaking, clock=clock)
         transport = AsyncTierTransport(selector, sim, on_call=recorder)

@@ -14,6 +14,7 @@ import pytest
 import tiersel
 from tests.transport.conftest import Recorder
 from tests.transport.test_passthrough import Spy
+from tiersel.budget import MemoryLedger
 from tiersel.sim.server import RunningServer
 from tiersel.wrap import TierTransport
 
@@ -35,7 +36,7 @@ def client_for(
 def test_a_standard_only_model_is_routed_charged_and_recorded(
     calm: RunningServer, recorder: Recorder
 ) -> None:
-    ledger = tiersel.MemoryLedger(1.0)
+    ledger = MemoryLedger(1.0)
     sel = tiersel.Selector(api_key="", ledger=ledger)
     client = client_for(calm, sel, Spy(), recorder)
     raw = client.chat.completions.with_raw_response.create(
@@ -83,7 +84,7 @@ def test_under_a_budget_an_unpriced_model_is_refused_and_never_sent(
     calm: RunningServer, model: str, problem: str
 ) -> None:
     spy = Spy()
-    ledger = tiersel.MemoryLedger(1.0)
+    ledger = MemoryLedger(1.0)
     client = client_for(calm, tiersel.Selector(api_key="", ledger=ledger), spy)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

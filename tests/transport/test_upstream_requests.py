@@ -13,6 +13,8 @@ import pytest
 
 import tiersel
 from tests.transport.conftest import MODEL, Recorder
+from tiersel.clock import FakeClock
+from tiersel.pricing import load_pricing
 from tiersel.wrap import TierTransport
 
 URL = "http://provider.test/inference/v1/chat/completions"
@@ -42,7 +44,7 @@ class Upstream:
 
 
 def _client(upstream: Upstream, recorder: Recorder | None = None) -> httpx.Client:
-    selector = tiersel.Selector(clock=tiersel.FakeClock(), api_key="", max_attempts=4)
+    selector = tiersel.Selector(clock=FakeClock(), api_key="", max_attempts=4)
     return httpx.Client(
         transport=TierTransport(selector, httpx.MockTransport(upstream), on_call=recorder)
     )
@@ -145,9 +147,9 @@ def test_a_tier_served_from_its_own_host_goes_there_with_its_path_and_host_heade
         "  kimi-k3:\n"
         "    fast_us: {router: accounts/fireworks/routers/kimi-k3-fast-us, input: 5, output: 25}\n"
     )
-    pricing = tiersel.load_pricing(overlay=overlay)
+    pricing = load_pricing(overlay=overlay)
     upstream = Upstream(200)
-    selector = tiersel.Selector(clock=tiersel.FakeClock(), api_key="", pricing=pricing)
+    selector = tiersel.Selector(clock=FakeClock(), api_key="", pricing=pricing)
     http = httpx.Client(transport=TierTransport(selector, httpx.MockTransport(upstream)))
     with tiersel.requirements(tiers="fast_us"):
         assert http.post(URL, json=_body()).status_code == 200
@@ -159,7 +161,7 @@ def test_a_tier_served_from_its_own_host_goes_there_with_its_path_and_host_heade
     assert str(stayed.url) == URL and stayed.headers["host"] == "provider.test"
     # The same through Selector.send, whose base URL has its own path.
     direct = tiersel.Selector(
-        clock=tiersel.FakeClock(),
+        clock=FakeClock(),
         api_key="",
         pricing=pricing,
         transport=httpx.MockTransport(upstream),
@@ -176,7 +178,7 @@ def test_a_tier_base_url_must_be_https_except_on_loopback(tmp_path: Any) -> None
     overlay = tmp_path / "bad.yaml"
     overlay.write_text("tiers:\n  eu: {request: {base_url: 'http://eu.provider.test'}}\n")
     with pytest.raises(tiersel.PricingError) as info:
-        tiersel.load_pricing(overlay=overlay)
+        load_pricing(overlay=overlay)
     assert "tiers.eu.request.base_url: must be an https:// URL" in str(info.value)
     overlay.write_text("tiers:\n  eu: {request: {base_url: 'http://127.0.0.1:8080/ignored'}}\n")
-    assert tiersel.load_pricing(overlay=overlay).tiers["eu"].base_url == "http://127.0.0.1:8080"
+    assert load_pricing(overlay=overlay).tiers["eu"].base_url == "http://127.0.0.1:8080"

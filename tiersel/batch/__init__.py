@@ -1,7 +1,7 @@
 """Budget-capped batch jobs: many calls, a fixed amount of money, nothing lost.
 
 >>> import json, pathlib, tempfile
->>> from tiersel import FakeClock
+>>> from tiersel.clock import FakeClock
 >>> from tiersel.sim import AsyncSimTransport
 >>> work = pathlib.Path(tempfile.mkdtemp())
 >>> line = {"custom_id": "q1", "body": {"model": "kimi-k3", "max_tokens": 64,

@@ -104,7 +104,8 @@ class LineParser:
     - ``default_max_tokens``: the output cap written into a body that states none; None rejects
       such a line, since a hard budget never sends a call unbounded.
 
-    >>> from tiersel import Requirements, load_pricing
+    >>> from tiersel import Requirements
+    >>> from tiersel.pricing import load_pricing
     >>> parser = LineParser(load_pricing(), Requirements(), default_max_tokens=None)
     >>> parser.parse(3, b'{"model": "kimi-k3", "messages": [{"role": "user", "content": "hi"}]}')
     ... # doctest: +NORMALIZE_WHITESPACE

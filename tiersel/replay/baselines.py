@@ -72,7 +72,7 @@ class Ladder:
     ``Ladder(("standard", "priority"))`` run with two attempts is "standard, then once on
     priority"; a ladder of one tier is `FixedTier`'s schedule, that tier for every attempt.
 
-    >>> from tiersel import load_pricing
+    >>> from tiersel.pricing import load_pricing
     >>> prices = load_pricing().model("kimi-k3")
     >>> call = Call(model="kimi-k3", input_tokens=100, max_output_tokens=10)
     >>> Ladder(("standard", "priority"))(call, Requirements(), None, prices, {}, 0.0).label

@@ -31,8 +31,8 @@ Served two ways, both through `SimService` (HTTP routing, scenario clock, ``time
 
 - in-process, for fast tests: ``SimTransport`` / ``AsyncSimTransport`` (httpx) and, in
   `tiersel.sim.transport_httpx2`, ``SimTransport2`` / ``AsyncSimTransport2`` (httpx2). Default
-  clock: a `tiersel.FakeClock`, whose sleeps advance it, so simulated latency passes with no real
-  waiting and is seen by anything reading the same clock. ``transport.stats()``.
+  clock: a `tiersel.clock.FakeClock`, whose sleeps advance it, so simulated latency passes with
+  no real waiting and is seen by anything reading the same clock. ``transport.stats()``.
 - over real HTTP: ``tiersel sim serve --port P --scenario NAME [--time-scale 0.01]``, or from
   Python ``with serve_in_subprocess("peak", time_scale=0.01) as server: server.base_url``
   (`tiersel.sim.server`); ``GET /sim/stats``, ``POST /sim/reset``. Needs ``tiersel[sim]``.

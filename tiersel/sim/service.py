@@ -62,7 +62,7 @@ _ID_PREFIXES = {
 class SimService:
     """A `Provider` served over HTTP-shaped requests, its scenario time read from ``clock``.
 
-    >>> from tiersel import FakeClock
+    >>> from tiersel.clock import FakeClock
     >>> svc = SimService("calm", clock=FakeClock())
     >>> svc.handle("GET", "/sim/stats", {}, b"").status
     200

@@ -4,7 +4,7 @@
 ``httpx.AsyncClient(transport=...)``, an SDK's ``http_client``, or ``tiersel.Selector(transport=)``.
 The httpx2 twins are in `tiersel.sim.transport_httpx2`.
 
-Time. Each transport runs a `SimService` on an injected clock (a new `tiersel.FakeClock` by
+Time. Each transport runs a `SimService` on an injected clock (a new `tiersel.clock.FakeClock` by
 default). With ``wait=True`` (the default) it waits out the simulated latency *through that
 clock*: the response returns once its due time has come (``clock.sleep``), and a stream's chunks
 arrive at their due times as it is read. On a `FakeClock` sleeping advances the clock at once, so
@@ -156,7 +156,7 @@ class _AsyncStream(httpx.AsyncByteStream):
 class SimTransport(SimShell, httpx.BaseTransport):
     """A sync httpx transport answering from the simulated provider.
 
-    >>> from tiersel import FakeClock
+    >>> from tiersel.clock import FakeClock
     >>> clock = FakeClock()
     >>> client = httpx.Client(transport=SimTransport(scenario="calm", clock=clock),
     ...                       base_url="http://sim/inference/v1")
