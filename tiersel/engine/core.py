@@ -155,6 +155,16 @@ class Engine:
             f" clock={self.clock!r}, ledger={self.ledger!r})"
         )
 
+    def priced(self, model: str) -> bool:
+        """Whether the price table prices ``model`` (a known model may have no price). Raises
+        `UnknownModel` (naming the closest ids) for one it does not know, `RetiredTier` for a
+        retired router."""
+        return self.pricing.model(model).priced
+
+    def model_name(self, model_id: str) -> str:
+        """The table's short name of the model ``model_id`` (a model or router id) belongs to."""
+        return self.pricing.model(model_id).name
+
     @property
     def ledger_enabled(self) -> bool:
         return self.ledger is not None

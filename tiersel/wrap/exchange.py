@@ -11,12 +11,12 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from tiersel.decision import Step
 from tiersel.dialects import (
     Dialect,
     estimate_input_tokens,
     parse_json,
 )
+from tiersel.engine.core import Engine
 from tiersel.engine.results import CallResult, StreamEnd
 from tiersel.errors import (
     RequestNotUnderstood,
@@ -36,7 +36,6 @@ from tiersel.http.response import (
     whole_response,
 )
 from tiersel.http.route import Route
-from tiersel.selector import Selector
 from tiersel.wrap.record import CallRecord, CostBasis, response_headers
 from tiersel.wrap.streaming import Abandoned, AsyncMeteredStream, MeteredStream, StreamMeter
 
@@ -58,14 +57,12 @@ class Exchange:
     """What the sync and async transports share: reading a request, building the upstream
     request, and the response and record for the caller. No I/O here."""
 
-    __slots__ = ("abandoned", "on_call", "refusals", "selector", "unpriced_warned")
+    __slots__ = ("abandoned", "engine", "on_call", "refusals", "unpriced_warned")
 
-    def __init__(
-        self, selector: Selector, on_call: CallHook | None, refusals: str = "auto"
-    ) -> None:
+    def __init__(self, engine: Engine, on_call: CallHook | None, refusals: str = "auto") -> None:
         if refusals not in REFUSALS:
             raise ValueError(f"refusals must be one of {', '.join(REFUSALS)}; got {refusals!r}")
-        self.selector = selector
+        self.engine = engine
         self.on_call = on_call
         self.refusals = refusals
         self.abandoned = Abandoned()
@@ -76,7 +73,7 @@ class Exchange:
     def refuse_passthrough(self, request: Any, flavour: Flavour) -> Any:
         """None for a request to pass through (not routed); for one that must not go upstream,
         its refusal response, or the refusal raised (see `REFUSALS`)."""
-        refused = _passthrough_refusal(request, budgeted=self.selector.engine.ledger_enabled)
+        refused = _passthrough_refusal(request, budgeted=self.engine.ledger_enabled)
         if refused is None:
             return None
         return self.refuse(request, flavour, Dialect.openai, refused)
@@ -94,9 +91,9 @@ class Exchange:
         model = route.body.get("model")
         if not isinstance(model, str) or not model:
             return False  # the selector refuses it, saying why
-        pricing = self.selector.pricing
+        engine = self.engine
         try:
-            if pricing.model(model).priced:
+            if engine.priced(model):
                 return False
             closest: tuple[str, ...] = ()
             known = True
@@ -104,8 +101,8 @@ class Exchange:
             raise  # a retired US-only or spot router: refused, never sent in another's stead
         except UnknownModel as exc:
             closest, known = exc.closest, False
-        if self.selector.engine.ledger_enabled:
-            raise UnpricedModel(model, pricing.origin, closest, known=known)
+        if engine.ledger_enabled:
+            raise UnpricedModel(model, engine.pricing.origin, closest, known=known)
         if model not in self.unpriced_warned:
             self.unpriced_warned.add(model)
             what = "has no price in" if known else "is not in"
@@ -166,7 +163,7 @@ class Exchange:
         """The upstream stream as the caller reads it: metered, its end settling the call (and
         recorded as dropped, if the caller drops it unclosed)."""
         upstream = result.response
-        engine = self.selector.engine
+        engine = self.engine
         body = route.body
         meter = StreamMeter(
             route.dialect,
@@ -223,8 +220,8 @@ class Exchange:
         if hook is None and not debug:
             return
         step = result.step
-        sel = self.selector
-        elapsed = max(0.0, sel.clock.now() - result.started_at)
+        engine = self.engine
+        elapsed = max(0.0, engine.clock.now() - result.started_at)
         if debug:
             log.debug(
                 "tiersel %s %s: %s, tier %s, %d attempt(s), $%.6f (%s)%s",
@@ -243,7 +240,7 @@ class Exchange:
             call_id=result.call_id,
             ok=result.ok,
             path=route.path,
-            model=_model_name(sel, step),
+            model=engine.model_name(step.model) if step is not None else None,
             model_id=step.model if step is not None else None,
             tier=result.tier,
             status=status,
@@ -348,9 +345,3 @@ def _stream_headers(result: CallResult) -> list[tuple[bytes, bytes]]:
         max_tokens_set=result.max_tokens_set,
     )
     return headers
-
-
-def _model_name(sel: Selector, step: Step | None) -> str | None:
-    if step is None:
-        return None
-    return sel.pricing.model(step.model).name

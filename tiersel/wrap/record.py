@@ -90,7 +90,7 @@ def response_headers(
         (b"x-tiersel-cost-basis", basis.value.encode()),
     ]
     if tier is not None:
-        out.append((b"x-tiersel-tier", str(tier).encode()))
+        out.append((b"x-tiersel-tier", tier.encode()))  # a `Tier` is a str: its value
     if model_id is not None:
         out.append((b"x-tiersel-model", model_id.encode()))
     if max_tokens_set is not None:

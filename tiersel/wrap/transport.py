@@ -135,7 +135,7 @@ class _Shell:
         self.selector = selector if selector is not None else Selector()
         if self._sync:
             self.selector.engine.check_sync(type(self).__name__)
-        self._exchange = Exchange(self.selector, on_call, refusals)
+        self._exchange = Exchange(self.selector.engine, on_call, refusals)
         self._given = transport
         self._given_flavour = flavour_of_transport(transport) if transport is not None else None
         self._defaults: dict[str, Any] = {}
