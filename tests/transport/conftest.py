@@ -23,6 +23,9 @@ from tiersel.wrap import AsyncTierTransport, CallRecord, TierTransport
 TIME_SCALE = 0.05
 MODEL = "accounts/fireworks/models/kimi-k3"
 CANARY_KEY = "sk-canary-7f3c9e21-DO-NOT-LEAK"
+ANTHROPIC = pytest.mark.xdist_group("anthropic")
+"""The anthropic SDK takes 1.5 s to import: the tests that use it import it when they run, and
+run in one pytest-xdist worker (--dist loadgroup), so the other workers never import it."""
 
 
 @pytest.fixture(scope="session")

@@ -4,19 +4,21 @@ nothing sent upstream and nothing left reserved."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import httpx
 import httpx2
 import openai
 import pytest
 
 import tiersel
-from tests.transport.conftest import MODEL, Recorder
+from tests.transport.conftest import ANTHROPIC, MODEL, Recorder
 from tiersel.budget import MemoryLedger
 from tiersel.sim.server import RunningServer
 from tiersel.wrap import AsyncTierTransport, InvalidHint, TierTransport
+
+if TYPE_CHECKING:
+    import anthropic
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -44,6 +46,8 @@ class AsyncCounting(AsyncTierTransport):
 
 
 def _anthropic(server: RunningServer, transport: TierTransport) -> anthropic.Anthropic:
+    import anthropic
+
     # max_retries=2 is the SDK's default, spelled out: a refusal must not use any of them.
     return anthropic.Anthropic(
         api_key="sk-test",
@@ -58,32 +62,35 @@ def _anthropic(server: RunningServer, transport: TierTransport) -> anthropic.Ant
     [
         (
             {"x-tiersel-reliability": "1.5"},
-            anthropic.BadRequestError,
+            "BadRequestError",
             400,
             "InvalidHint",
             "request header x-tiersel-reliability",
         ),
         (
             {"x-tiersel-max-cost": "0.0000001"},
-            anthropic.UnprocessableEntityError,
+            "UnprocessableEntityError",
             422,
             "NoFeasibleTier",
             "no tier of kimi-k3 meets the requirements",
         ),
     ],
 )
+@ANTHROPIC
 def test_the_anthropic_sdk_gets_a_refusal_as_a_clear_error_it_does_not_retry(
     calm: RunningServer,
     recorder: Recorder,
     hints: dict[str, str],
-    error: type[anthropic.APIStatusError],
+    error: str,
     status: int,
     kind: str,
     words: str,
 ) -> None:
+    import anthropic
+
     transport = Counting(tiersel.Selector(api_key=""), on_call=recorder)
     client = _anthropic(calm, transport)
-    with pytest.raises(error) as caught:
+    with pytest.raises(getattr(anthropic, error)) as caught:
         client.messages.create(model=MODEL, max_tokens=8, messages=HI, extra_headers=hints)
     assert caught.value.status_code == status
     assert words in caught.value.message
@@ -95,7 +102,10 @@ def test_the_anthropic_sdk_gets_a_refusal_as_a_clear_error_it_does_not_retry(
     assert len(recorder.records) == (1 if kind == "NoFeasibleTier" else 0)
 
 
+@ANTHROPIC
 def test_an_exhausted_budget_is_a_402_and_leaves_nothing_reserved(calm: RunningServer) -> None:
+    import anthropic
+
     ledger = MemoryLedger(1e-7)
     transport = Counting(tiersel.Selector(api_key="", ledger=ledger))
     with pytest.raises(anthropic.APIStatusError) as caught:
@@ -109,7 +119,10 @@ def test_an_exhausted_budget_is_a_402_and_leaves_nothing_reserved(calm: RunningS
     assert state.reserved_usd == 0 and state.spent_usd == 0
 
 
+@ANTHROPIC
 async def test_the_async_anthropic_sdk_gets_the_same_refusal(calm: RunningServer) -> None:
+    import anthropic
+
     transport = AsyncCounting(tiersel.Selector(api_key=""))
     client = anthropic.AsyncAnthropic(
         api_key="sk-test",
@@ -125,7 +138,10 @@ async def test_the_async_anthropic_sdk_gets_the_same_refusal(calm: RunningServer
     await client.close()
 
 
+@ANTHROPIC
 def test_other_clients_get_the_exception_unless_asked_to_respond(calm: RunningServer) -> None:
+    import anthropic
+
     hint = {"x-tiersel-tiers": "priorty"}
     raising = openai.OpenAI(
         api_key="sk-test",

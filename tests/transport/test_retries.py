@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 
-import anthropic
 import httpx
 import httpx2
 import openai
 import pytest
 
 import tiersel
-from tests.transport.conftest import MODEL, Recorder
+from tests.transport.conftest import ANTHROPIC, MODEL, Recorder
 from tiersel.clock import FakeClock
 from tiersel.wrap import TierTransport
 
@@ -67,7 +66,10 @@ def test_openai_gets_the_last_shed_once(recorder: Recorder) -> None:
     assert not record.ok and record.attempts == 4 and record.cost_usd == 0.0
 
 
+@ANTHROPIC
 def test_anthropic_gets_the_last_error_once() -> None:
+    import anthropic
+
     upstream = Upstream(529)
     transport = TierTransport(_selector(), httpx.MockTransport(upstream))
     client = anthropic.Anthropic(

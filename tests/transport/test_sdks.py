@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import anthropic
 import openai
 import pytest
 
 import tiersel
-from tests.transport.conftest import MODEL, Recorder, async_http, sync_http
+from tests.transport.conftest import ANTHROPIC, MODEL, Recorder, async_http, sync_http
 from tiersel.sim.server import RunningServer
 from tiersel.wrap import CostBasis, TierTransport
 
@@ -62,6 +61,8 @@ async def _openai_async(
 
 
 def _anthropic_sync(server: RunningServer, http: Any, stream: bool) -> tuple[Any, list[str], int]:
+    import anthropic
+
     client = anthropic.Anthropic(
         api_key="sk-test", base_url=server.anthropic_base_url, http_client=http
     )
@@ -85,6 +86,8 @@ def _anthropic_sync(server: RunningServer, http: Any, stream: bool) -> tuple[Any
 async def _anthropic_async(
     server: RunningServer, http: Any, stream: bool
 ) -> tuple[Any, list[str], int]:
+    import anthropic
+
     client = anthropic.AsyncAnthropic(
         api_key="sk-test", base_url=server.anthropic_base_url, http_client=http
     )
@@ -107,12 +110,19 @@ async def _anthropic_async(
 
 # The anthropic SDK (2.x) takes httpx2 clients only (it refuses httpx objects itself); the
 # openai SDK (3.x) takes both.
-COMBOS = [("openai", "httpx"), ("openai", "httpx2"), ("anthropic", "httpx2")]
+COMBOS = [
+    ("openai", "httpx"),
+    ("openai", "httpx2"),
+    pytest.param("anthropic", "httpx2", marks=ANTHROPIC),
+]
+COMBO_IDS = ["openai-httpx", "openai-httpx2", "anthropic-httpx2"]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 @pytest.mark.parametrize("mode", ["sync", "async"])
-@pytest.mark.parametrize(("sdk", "library"), COMBOS, ids=["-".join(c) for c in COMBOS])
+@pytest.mark.parametrize(
+    ("sdk", "library"), COMBOS, ids=["openai-httpx", "openai-httpx2", "anthropic-httpx2"]
+)
 def test_sdk_call_gets_a_tier(
     calm: RunningServer, recorder: Recorder, sdk: str, library: str, mode: str, stream: bool
 ) -> None:
@@ -158,9 +168,12 @@ def test_sdk_call_gets_a_tier(
     assert stats["hinted"] == 0
 
 
+@ANTHROPIC
 def test_sdk_default_clients_take_the_transport(calm: RunningServer, recorder: Recorder) -> None:
     """The SDKs' own ``DefaultHttpxClient`` (their timeouts and limits) mounts it too: the
     anthropic SDK refuses any transport with an httpx class in its MRO, and this passes."""
+    import anthropic
+
     selector = tiersel.Selector(api_key="")
     with anthropic.DefaultHttpxClient(transport=TierTransport(selector, on_call=recorder)) as http:
         headers, texts, _ = _anthropic_sync(calm, http, False)

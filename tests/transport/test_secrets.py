@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import socket
 
-import anthropic
 import httpx2
 import openai
 import pytest
 
 import tiersel
-from tests.transport.conftest import CANARY_KEY, MODEL, Recorder
+from tests.transport.conftest import ANTHROPIC, CANARY_KEY, MODEL, Recorder
 from tiersel.sim.server import RunningServer
 from tiersel.wrap import InvalidHint, TierTransport
 
@@ -25,12 +24,15 @@ def _closed_port() -> int:
     return port  # nothing listens there once the socket is closed
 
 
+@ANTHROPIC
 def test_the_key_never_leaks(
     calm: RunningServer,
     recorder: Recorder,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    import anthropic
+
     caplog.set_level(logging.DEBUG)  # every logger, the SDKs' and httpx's included
     selector = tiersel.Selector(api_key=SELECTOR_CANARY, max_attempts=2, backoff_s=0.0)
     transport = TierTransport(selector, on_call=recorder)

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import httpx
 import httpx2
 import openai
@@ -22,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tiersel
-from tests.transport.conftest import MODEL, Recorder
+from tests.transport.conftest import ANTHROPIC, MODEL, Recorder
 from tiersel.budget import MemoryLedger
 from tiersel.clock import FakeClock
 from tiersel.dialects import Dialect
@@ -336,7 +335,10 @@ def test_an_async_stream_dropped_unclosed_is_settled_at_the_next_call(recorder: 
     assert state.spent_usd == pytest.approx(dropped.cost_usd + complete.cost_usd)
 
 
+@ANTHROPIC
 def test_an_async_broken_anthropic_stream(breaking: Path, recorder: Recorder) -> None:
+    import anthropic
+
     async def main() -> None:
         clock = FakeClock()
         selector = tiersel.Selector(clock=clock, api_key="", max_attempts=1)
