@@ -3,9 +3,8 @@ back; it builds each attempt's ``httpx.Request`` and sends it through the transp
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -19,6 +18,13 @@ from tiersel.engine.core import Engine, Started
 from tiersel.engine.effects import Send
 from tiersel.engine.results import AttemptRecord, CallResult, Reply, StreamEnd
 from tiersel.errors import RequestNotUnderstood, shown
+from tiersel.outgoing import (
+    FIREWORKS_BASE_URL,
+    AsyncTransport,
+    Outgoing,
+    SyncTransport,
+    attempt_request,
+)
 from tiersel.policy import Policy
 from tiersel.pricing import Pricing
 from tiersel.signals import (
@@ -34,27 +40,6 @@ if TYPE_CHECKING:
     from tiersel.http.route import Route
 
 __all__ = ["FIREWORKS_BASE_URL", "Selector"]
-
-FIREWORKS_BASE_URL = "https://api.fireworks.ai/inference/v1"
-
-SyncTransport = httpx.BaseTransport | httpx.Client | Callable[[httpx.Request], httpx.Response]
-AsyncTransport = (
-    httpx.AsyncBaseTransport
-    | httpx.AsyncClient
-    | Callable[[httpx.Request], Awaitable[httpx.Response]]
-)
-
-
-def _sendable(body: Any) -> Mapping[str, Any]:
-    """``body`` if it can go upstream as JSON; a Python object can hold what a parsed request
-    cannot (a cycle, NaN, a set), which would hang the token count or break the send."""
-    if not isinstance(body, Mapping):
-        raise RequestNotUnderstood(f"the body must be a JSON object, got {shown(body)}")
-    try:
-        json.dumps(body, allow_nan=False)
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise RequestNotUnderstood(f"the body cannot be sent as JSON: {shown(str(exc))}") from None
-    return body
 
 
 class Selector:
@@ -139,21 +124,15 @@ class Selector:
             on_attempt=on_attempt,
             on_result=on_result,
         )
-        self.transport = transport
-        self.async_transport = async_transport
-        self.base_url = base_url.rstrip("/")
-        self._api_key = _Secret(
-            api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
-        )
-        self._urls: dict[str, httpx.URL] = {}
-        self._own_client: httpx.Client | None = None
-        self._own_aclient: httpx.AsyncClient | None = None
+        key = api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
+        self.outgoing = Outgoing(base_url, transport, async_transport, key)
+        """Where calls go: the base URL, the API key (never shown) and the transports."""
 
     def __repr__(self) -> str:
         e = self.engine
         return (
             f"Selector(pricing={e.pricing!r}, policy={e.policy!r}, signals={e.signals!r},"
-            f" clock={e.clock!r}, ledger={e.ledger!r}, base_url={self.base_url!r})"
+            f" clock={e.clock!r}, ledger={e.ledger!r}, base_url={self.outgoing.base_url!r})"
         )
 
     def __reduce__(self) -> Any:
@@ -245,11 +224,11 @@ class Selector:
         engine = self.engine
         engine.check_sync("send")
         route, started = self._open(body, requirements, path, headers, call_id)
-        send = self._sync_sender(transport)
+        send = self.outgoing.sender(transport)
         clock = engine.clock
 
         def attempt(effect: Send) -> Reply:
-            request = _upstream(route, effect, started.call_id)
+            request = attempt_request(route, effect, started.call_id)
             at = clock.now()
             try:
                 response = send(request)
@@ -274,11 +253,11 @@ class Selector:
         from tiersel.http.reply import aread_body, no_reply, reply
 
         route, started = self._open(body, requirements, path, headers, call_id)
-        send = self._async_sender(transport)
+        send = self.outgoing.async_sender(transport)
         clock = self.engine.clock
 
         async def attempt(effect: Send) -> Reply:
-            request = _upstream(route, effect, started.call_id)
+            request = attempt_request(route, effect, started.call_id)
             at = clock.now()
             try:
                 response = await send(request)
@@ -299,7 +278,6 @@ class Selector:
         """The call's request read into a route (as the transport reads one), and its start."""
         from tiersel.http.flavours import HTTPX
         from tiersel.http.route import read_route
-        from tiersel.http.upstream import dump
 
         engine = self.engine
         dialect = dialect_for_path(path)
@@ -308,12 +286,7 @@ class Selector:
                 f"{shown(path)} is not a generation path (chat completions, responses,"
                 " completions or messages)"
             )
-        request = httpx.Request(
-            "POST",
-            self._url(path),
-            headers=self._headers(headers),
-            content=dump(_sendable(body)),
-        )
+        request = self.outgoing.request(path, headers, body)
         defaults = requirements if requirements is not None else engine.requirements
         route = read_route(request, HTTPX, path, dialect, defaults, engine.pricing.tiers)
         started = engine.start(
@@ -325,63 +298,11 @@ class Selector:
         )
         return route, started
 
-    def _headers(self, headers: Mapping[str, str] | None) -> dict[str, str]:
-        out = dict(headers or {})
-        lower = {k.lower() for k in out}
-        if "content-type" not in lower:
-            out["content-type"] = "application/json"
-        key = self._api_key.value
-        if "authorization" not in lower and "x-api-key" not in lower and key:
-            out["authorization"] = f"Bearer {key}"
-        return out
-
-    def _url(self, path: str) -> httpx.URL:
-        # Parsing a URL costs more than the rest of building a request: parse each one once.
-        full = self.base_url + path
-        url = self._urls.get(full)
-        if url is None:
-            url = httpx.URL(full)
-            if len(self._urls) < 64:
-                self._urls[full] = url
-        return url
-
-    def _sync_sender(
-        self, transport: SyncTransport | None
-    ) -> Callable[[httpx.Request], httpx.Response]:
-        t = transport if transport is not None else self.transport
-        if t is None:
-            if self._own_client is None:
-                self._own_client = httpx.Client()
-            t = self._own_client
-        if isinstance(t, httpx.Client):
-            return t.send
-        if isinstance(t, httpx.BaseTransport):
-            return t.handle_request
-        return t
-
-    def _async_sender(
-        self, transport: AsyncTransport | None
-    ) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
-        t = transport if transport is not None else self.async_transport
-        if t is None:
-            if self._own_aclient is None:
-                self._own_aclient = httpx.AsyncClient()
-            t = self._own_aclient
-        if isinstance(t, httpx.AsyncClient):
-            return t.send
-        if isinstance(t, httpx.AsyncBaseTransport):
-            return t.handle_async_request
-        return t
-
     def close(self) -> None:
-        if self._own_client is not None:
-            self._own_client.close()
-            self._own_client = None
+        self.outgoing.close()
 
     async def aclose(self) -> None:
-        if self._own_aclient is not None:
-            await self._own_aclient.aclose()
-            self._own_aclient = None
+        await self.outgoing.aclose()
 
     def __enter__(self) -> Selector:
         return self
@@ -394,38 +315,3 @@ class Selector:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-class _Secret:
-    """Holds a credential; shows as ``***`` in reprs, logs and ``vars()``."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str | None) -> None:
-        self._value = value
-
-    @property
-    def value(self) -> str | None:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "_Secret('***')" if self._value else "_Secret(None)"
-
-    __str__ = __repr__
-
-    def __reduce__(self) -> tuple[type[_Secret], tuple[None]]:
-        # Never written out: whatever pickles or deep-copies it gets it back without the key.
-        return (_Secret, (None,))
-
-
-def _upstream(route: Route, effect: Send, call_id: str) -> httpx.Request:
-    """One attempt's request: the transport's own builder's, marked with its call id (an
-    extension, never sent), its body read (it is in memory; a plain function transport may read
-    ``request.content``)."""
-    from tiersel.http.flavours import HTTPX
-    from tiersel.http.upstream import CALL_ID, upstream_request
-
-    request: httpx.Request = upstream_request(route, effect, HTTPX)
-    request.extensions = {**request.extensions, CALL_ID: call_id}
-    request.read()
-    return request

@@ -181,7 +181,7 @@ def test_a_selector_is_not_pickled_and_its_key_pickles_as_nothing() -> None:
     with pytest.raises(TypeError, match="build one in each process") as refused:
         pickle.dumps(sel)
     assert key not in str(refused.value)
-    blob = pickle.dumps(sel._api_key)
+    blob = pickle.dumps(sel.outgoing.api_key)
     assert key.encode() not in blob
     assert pickle.loads(blob).value is None
 

@@ -1,0 +1,168 @@
+"""Where a `Selector`'s calls go: its base URL, its API key (never shown), its transports, and
+each attempt's request built from the call's route. The transport door has its own inner
+transport and needs none of this."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from tiersel.errors import RequestNotUnderstood, shown
+
+if TYPE_CHECKING:
+    from tiersel.engine.effects import Send
+    from tiersel.http.route import Route
+
+# The wire code (httpx2's too, when installed) loads with the first send, not with a Selector:
+# deciding needs none of it.
+
+__all__ = ["FIREWORKS_BASE_URL", "AsyncTransport", "Outgoing", "Secret", "SyncTransport"]
+
+FIREWORKS_BASE_URL = "https://api.fireworks.ai/inference/v1"
+
+SyncTransport = httpx.BaseTransport | httpx.Client | Callable[[httpx.Request], httpx.Response]
+AsyncTransport = (
+    httpx.AsyncBaseTransport
+    | httpx.AsyncClient
+    | Callable[[httpx.Request], Awaitable[httpx.Response]]
+)
+
+
+class Secret:
+    """Holds a credential; shows as ``***`` in reprs, logs and ``vars()``, and pickles as
+    nothing."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str | None) -> None:
+        self._value = value
+
+    @property
+    def value(self) -> str | None:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret(None)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[None]]:
+        # Never written out: whatever pickles or deep-copies it gets it back without the key.
+        return (Secret, (None,))
+
+
+class Outgoing:
+    """A selector's way out: ``request`` builds a call's request (its URL under ``base_url``,
+    the API key as a bearer token unless the caller set one), ``sender`` / ``async_sender`` the
+    function that sends one (the transport given for the call, else the selector's, else a
+    client of its own, closed by ``close`` / ``aclose``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        transport: SyncTransport | None,
+        async_transport: AsyncTransport | None,
+        api_key: str | None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.transport = transport
+        self.async_transport = async_transport
+        self.api_key = Secret(api_key)
+        self._urls: dict[str, httpx.URL] = {}
+        self._own_client: httpx.Client | None = None
+        self._own_aclient: httpx.AsyncClient | None = None
+
+    def __repr__(self) -> str:
+        return f"Outgoing(base_url={self.base_url!r}, api_key={self.api_key!r})"
+
+    def request(self, path: str, headers: Mapping[str, str] | None, body: Any) -> httpx.Request:
+        """The call as the caller wrote it, before tiersel reads it into a route."""
+        from tiersel.http.upstream import dump
+
+        return httpx.Request(
+            "POST", self._url(path), headers=self._headers(headers), content=dump(_sendable(body))
+        )
+
+    def _headers(self, headers: Mapping[str, str] | None) -> dict[str, str]:
+        out = dict(headers or {})
+        lower = {k.lower() for k in out}
+        if "content-type" not in lower:
+            out["content-type"] = "application/json"
+        key = self.api_key.value
+        if "authorization" not in lower and "x-api-key" not in lower and key:
+            out["authorization"] = f"Bearer {key}"
+        return out
+
+    def _url(self, path: str) -> httpx.URL:
+        # Parsing a URL costs more than the rest of building a request: parse each one once.
+        full = self.base_url + path
+        url = self._urls.get(full)
+        if url is None:
+            url = httpx.URL(full)
+            if len(self._urls) < 64:
+                self._urls[full] = url
+        return url
+
+    def sender(self, transport: SyncTransport | None) -> Callable[[httpx.Request], httpx.Response]:
+        t = transport if transport is not None else self.transport
+        if t is None:
+            if self._own_client is None:
+                self._own_client = httpx.Client()
+            t = self._own_client
+        if isinstance(t, httpx.Client):
+            return t.send
+        if isinstance(t, httpx.BaseTransport):
+            return t.handle_request
+        return t
+
+    def async_sender(
+        self, transport: AsyncTransport | None
+    ) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
+        t = transport if transport is not None else self.async_transport
+        if t is None:
+            if self._own_aclient is None:
+                self._own_aclient = httpx.AsyncClient()
+            t = self._own_aclient
+        if isinstance(t, httpx.AsyncClient):
+            return t.send
+        if isinstance(t, httpx.AsyncBaseTransport):
+            return t.handle_async_request
+        return t
+
+    def close(self) -> None:
+        if self._own_client is not None:
+            self._own_client.close()
+            self._own_client = None
+
+    async def aclose(self) -> None:
+        if self._own_aclient is not None:
+            await self._own_aclient.aclose()
+            self._own_aclient = None
+
+
+def attempt_request(route: Route, effect: Send, call_id: str) -> httpx.Request:
+    """One attempt's request: the transport's own builder's, marked with its call id (an
+    extension, never sent), its body read (it is in memory; a plain function transport may read
+    ``request.content``)."""
+    from tiersel.http.flavours import HTTPX
+    from tiersel.http.upstream import CALL_ID, upstream_request
+
+    request: httpx.Request = upstream_request(route, effect, HTTPX)
+    request.extensions = {**request.extensions, CALL_ID: call_id}
+    request.read()
+    return request
+
+
+def _sendable(body: Any) -> Mapping[str, Any]:
+    """``body`` if it can go upstream as JSON; a Python object can hold what a parsed request
+    cannot (a cycle, NaN, a set), which would hang the token count or break the send."""
+    if not isinstance(body, Mapping):
+        raise RequestNotUnderstood(f"the body must be a JSON object, got {shown(body)}")
+    try:
+        json.dumps(body, allow_nan=False)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise RequestNotUnderstood(f"the body cannot be sent as JSON: {shown(str(exc))}") from None
+    return body
