@@ -84,10 +84,29 @@ _LAZY = {
 }
 
 
+# Names that left the top level for their submodules (0.1.0's last commits): an error that says
+# where each lives now.
+_MOVED = {
+    "Step": "tiersel.decision",
+    "Reason": "tiersel.decision",
+    "ReasonCode": "tiersel.decision",
+    "AttemptRecord": "tiersel.engine",
+    "current_requirements": "tiersel.wrap",
+    "load_pricing": "tiersel.pricing",
+    "FakeClock": "tiersel.clock",
+    "MemoryLedger": "tiersel.budget",
+    "CheapestFeasible": "tiersel.policy",
+    "FixedTier": "tiersel.policy",
+    "BatchSummary": "tiersel.batch",
+}
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'tiersel' has no attribute {name!r}")
+        moved = _MOVED.get(name)
+        where = f": it lives in {moved} (from {moved} import {name})" if moved else ""
+        raise AttributeError(f"module 'tiersel' has no attribute {name!r}{where}")
     import importlib
 
     value = getattr(importlib.import_module(module), name)
@@ -96,7 +115,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    # The user's API and the module's own dunders, not the helpers this module imports.
+    return sorted({n for n in globals() if n.startswith("__")} | set(__all__))
 
 
 __version__ = "0.1.0"

@@ -80,3 +80,16 @@ def test_version() -> None:
         [sys.executable, "-m", "tiersel", "--version"], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == f"tiersel {tiersel.__version__}"
+
+
+def test_a_name_that_left_the_top_level_says_where_it_lives() -> None:
+    import tiersel
+    from tiersel.budget import MemoryLedger
+
+    with pytest.raises(AttributeError, match=r"it lives in tiersel\.budget") as caught:
+        tiersel.MemoryLedger  # noqa: B018
+    assert "from tiersel.budget import MemoryLedger" in str(caught.value)
+    assert MemoryLedger.__module__ == "tiersel.budget"
+    # dir() lists the user's API, not what the package module imports for itself.
+    assert set(tiersel.__all__) <= set(dir(tiersel))
+    assert not {"Any", "TYPE_CHECKING", "annotations"} & set(dir(tiersel))
