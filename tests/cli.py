@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import subprocess
+import sys
 import warnings
 
 from tiersel.cli import main
@@ -26,5 +27,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         try:
             code = main(list(args))
         except SystemExit as exc:  # argparse's own exits: --help, a bad argument
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            code, message = exc.code, None
+            if not isinstance(code, int):  # as the interpreter does: a message goes to stderr
+                code, message = (0, None) if code is None else (1, str(code))
+            if message is not None:
+                print(message, file=sys.stderr)
     return subprocess.CompletedProcess(["tiersel", *args], code, out.getvalue(), err.getvalue())
