@@ -42,6 +42,8 @@ path. It goes breadth first, every schedule of one attempt before any of two: a 
 short by its budget (`SEARCH_BUDGET`) has then weighed the same schedules whatever number of
 attempts is allowed, so allowing more never gives a worse answer (depth first, it did: the
 extra depth spent the budget on one branch and missed a likelier schedule of fewer attempts).
+A schedule that meets the target is extended on its own tier (the same cost, perhaps more
+reliability) only while that could still beat the best found (`_may_beat`).
 """
 
 from __future__ import annotations
@@ -261,8 +263,10 @@ def _better(node: _Node, best: _Node | None) -> bool:
 
 
 def _may_beat(node: _Node, best: _Node | None) -> bool:
-    """Whether another attempt on ``node``'s last tier (costing the same) could make a schedule
-    that `_better` prefers to ``best``: one sent as soon, and as likely at the most."""
+    """Whether more attempts on ``node``'s last tier (costing the same) could make a schedule
+    that `_better` prefers to ``best``: its first attempt goes out no later than the best's, and
+    its P(success), which more attempts raise by at most ``node.remains``, could reach the
+    best's."""
     if best is None:
         return True
     return node.p + node.remains >= best.p - 1e-9 and _first_start(node) <= _first_start(best)
@@ -383,7 +387,7 @@ def cheapest(
     """
     bound = math.inf if spendable is None else spendable
     best: _Node | None = None
-    best_cost = math.inf
+    best_cost = least = math.inf  # the best's cost; the least cost of any that met the target
     queue = _start(cands, deadline)
     pop = queue.popleft
     budget = SEARCH_BUDGET
@@ -392,13 +396,19 @@ def cheapest(
         budget -= 1
         if budget < 0:
             break
-        limit = best_cost * _SAME_COST
+        limit = least * _SAME_COST
         nxt = _extend(node, k, cands[k], deadline, backoff_s, max_ttft, delay, min(limit, bound))
         if nxt is None:
             continue  # too late, or dearer than the best so far (extensions only cost more)
         if nxt.p >= target and nxt.weight > 0.0:
             cost = nxt.spend / nxt.weight
-            if cost * _SAME_COST < best_cost or (cost < limit and _better(nxt, best)):
+            if cost < least:
+                least = cost
+                limit = least * _SAME_COST
+            # "The same cost" is within 0.1% of the least found, not of the best so far: each
+            # of a chain of schedules can be within 0.1% of the one before it, and the last
+            # of them 0.15% dearer than the first.
+            if best_cost >= limit or _better(nxt, best):
                 best, best_cost = nxt, cost
             # Another attempt on a dearer tier only costs more; one more on this tier costs the
             # same and may add reliability for free: worth weighing while it could still beat
