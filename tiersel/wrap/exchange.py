@@ -120,20 +120,11 @@ class Exchange:
         """The response for the caller once the attempt flow has ended."""
         if result.pending_stream:
             return self._stream_response(route, result, asynchronous=asynchronous)
-        step = result.step
         if result.ok:
             basis = CostBasis.actual if result.usage is not None else CostBasis.worst_case
         else:
             basis = CostBasis.none
-        extra = response_headers(
-            call_id=result.call_id,
-            tier=result.tier,
-            model_id=step.model if step is not None else None,
-            tried=result.tried,
-            cost_usd=result.cost_usd,
-            basis=basis,
-            max_tokens_set=result.max_tokens_set,
-        )
+        extra = response_headers(result, result.cost_usd, basis)
         response = whole_response(route, result, extra)
         upstream = result.response
         status = upstream.status_code if upstream is not None else response.status_code
@@ -335,13 +326,4 @@ def _stream_headers(result: CallResult) -> list[tuple[bytes, bytes]]:
     assert step is not None  # a stream is only pending after a send
     upstream = result.response
     headers = [(k, v) for k, v in upstream.headers.raw if k.lower() not in STREAM_RESPONSE_HEADERS]
-    headers += response_headers(
-        call_id=result.call_id,
-        tier=result.tier,
-        model_id=step.model,
-        tried=result.tried,
-        cost_usd=step.expected_cost_usd,
-        basis=CostBasis.estimate,
-        max_tokens_set=result.max_tokens_set,
-    )
-    return headers
+    return headers + response_headers(result, step.expected_cost_usd, CostBasis.estimate)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from tiersel.call import Requirements
 from tiersel.decision import Decision, Step
 from tiersel.dialects import Usage
+from tiersel.engine.results import CallResult
 
 __all__ = ["CallRecord", "CostBasis", "response_headers"]
 
@@ -69,30 +70,25 @@ class CallRecord:
 
 
 def response_headers(
-    *,
-    call_id: str,
-    tier: str | None,
-    model_id: str | None,
-    tried: tuple[str, ...],
-    cost_usd: float,
-    basis: CostBasis,
-    max_tokens_set: int | None = None,
+    result: CallResult, cost_usd: float, basis: CostBasis
 ) -> list[tuple[bytes, bytes]]:
     """The ``x-tiersel-*`` headers added to the response handed back to the caller:
     ``-tier``, ``-model``, ``-attempts``, ``-tried`` (each attempt's tier), ``-cost-usd`` and
     ``-cost-basis`` (how the cost is known, a `CostBasis`), ``-call-id``; and ``-max-tokens``
     when tiersel capped the output of a request that set no cap (under a budget)."""
+    tried = result.tried
     out = [
-        (b"x-tiersel-call-id", call_id.encode()),
+        (b"x-tiersel-call-id", result.call_id.encode()),
         (b"x-tiersel-attempts", str(len(tried)).encode()),
         (b"x-tiersel-tried", ",".join(tried).encode()),
         (b"x-tiersel-cost-usd", f"{cost_usd:.9f}".encode()),
         (b"x-tiersel-cost-basis", basis.value.encode()),
     ]
-    if tier is not None:
-        out.append((b"x-tiersel-tier", tier.encode()))  # a `Tier` is a str: its value
-    if model_id is not None:
-        out.append((b"x-tiersel-model", model_id.encode()))
-    if max_tokens_set is not None:
-        out.append((b"x-tiersel-max-tokens", str(max_tokens_set).encode()))
+    if result.tier is not None:
+        out.append((b"x-tiersel-tier", result.tier.encode()))  # a `Tier` is a str: its value
+    step = result.step
+    if step is not None:
+        out.append((b"x-tiersel-model", step.model.encode()))
+    if result.max_tokens_set is not None:
+        out.append((b"x-tiersel-max-tokens", str(result.max_tokens_set).encode()))
     return out
