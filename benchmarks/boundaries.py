@@ -9,6 +9,9 @@ is in another module is one crossing. Printed twice: by module (``tiersel.engine
 room, the folders and the few top-level modules a newcomer sees (``engine``, ``http``, ``wrap``,
 ``policy`` with ``schedule`` and ``decision``, ``signals``, ``pricing`` with ``cost`` and
 ``tiers``, ``dialects``, ``clock``, ``selector``).
+
+The default clock's ``now`` is ``time.monotonic`` itself, so its readings enter no tiersel
+function and are not counted; under a `tiersel.clock.FakeClock` they would be (engine -> clock).
 """
 
 from __future__ import annotations

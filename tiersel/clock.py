@@ -26,8 +26,9 @@ class SystemClock:
 
     __slots__ = ()
 
-    def now(self) -> float:
-        return time.monotonic()
+    # The monotonic clock itself, not a method calling it: read several times a call, and a
+    # Python frame around it costs more than the reading.
+    now = staticmethod(time.monotonic)
 
     def sleep(self, seconds: float) -> None:
         if seconds > 0:

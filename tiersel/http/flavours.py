@@ -2,8 +2,8 @@
 
 The current openai and anthropic SDKs are built on httpx2 and accept a client of either library;
 the two have the same transport API but distinct classes, and a client checks that the response
-and its stream are its own library's. A `Flavour` holds one library's classes; byte streams here
-subclass both libraries' stream classes, so one object serves either client.
+and its stream are its own library's. A `Flavour` holds one library's classes; the streams that
+carry one library's body to the other's client subclass both libraries' stream classes.
 
 httpx2 is optional (the ``demo`` and ``dev`` extras bring it): without it only httpx clients can
 mount tiersel, and ``import tiersel`` never loads it (the wrapper loads on first use).
@@ -29,7 +29,6 @@ __all__ = [
     "HTTPX",
     "HTTPX2",
     "AsyncStreamBase",
-    "BytesStream",
     "Flavour",
     "SyncStreamBase",
     "TimeoutErrors",
@@ -45,6 +44,7 @@ class Flavour:
 
     __slots__ = (
         "async_transport",
+        "byte_stream",
         "headers",
         "module",
         "name",
@@ -59,6 +59,8 @@ class Flavour:
         self.request: type[Any] = module.Request
         self.headers: type[Any] = module.Headers
         self.response: type[Any] = module.Response
+        self.byte_stream: type[Any] = module.ByteStream
+        """A body already in memory, as this library's stream (sync and async)."""
         self.sync_transport: type[Any] = module.HTTPTransport
         self.async_transport: type[Any] = module.AsyncHTTPTransport
 
@@ -72,7 +74,7 @@ HTTPX2: Flavour | None = None
 if httpx2 is not None:
     HTTPX2 = HTTPX if httpx2 is httpx else Flavour(httpx2)
 
-# Byte streams subclass both libraries' stream classes: each client checks for its own.
+# Foreign streams subclass both libraries' stream classes: each client checks for its own.
 # Without httpx2 (a core install) the second pair of bases is two empty, distinct classes: one
 # class named twice in a class's bases is a TypeError.
 if TYPE_CHECKING or (httpx2 is not None and httpx2 is not httpx):
@@ -148,21 +150,6 @@ def flavour_of_transport(transport: object) -> Flavour | None:
     if isinstance(transport, (httpx.BaseTransport, httpx.AsyncBaseTransport)):
         return HTTPX
     return None
-
-
-class BytesStream(httpx.SyncByteStream, httpx.AsyncByteStream, SyncStreamBase, AsyncStreamBase):
-    """A body already in memory, as a stream either library's client accepts."""
-
-    __slots__ = ("_content",)
-
-    def __init__(self, content: bytes) -> None:
-        self._content = content
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield self._content
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield self._content
 
 
 class _ForeignSyncStream(httpx.SyncByteStream, SyncStreamBase):

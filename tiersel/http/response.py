@@ -15,7 +15,7 @@ from tiersel.errors import (
     NoFeasibleTier,
     TierselError,
 )
-from tiersel.http.flavours import BytesStream, Flavour
+from tiersel.http.flavours import Flavour
 from tiersel.http.reply import encoded
 from tiersel.http.route import Route
 
@@ -67,7 +67,7 @@ def refusal(flavour: Flavour, dialect: Dialect, exc: TierselError) -> Any:
         (b"x-tiersel-error", type(exc).__name__.encode()),
         NO_RETRY,
     ]
-    return flavour.response(status, headers=headers, stream=BytesStream(content))
+    return flavour.response(status, headers=headers, stream=flavour.byte_stream(content))
 
 
 def stand_in(route: Route, result: CallResult, extra: list[tuple[bytes, bytes]]) -> Any:
@@ -98,7 +98,9 @@ def stand_in(route: Route, result: CallResult, extra: list[tuple[bytes, bytes]])
         *extra,
         NO_RETRY,
     ]
-    return route.flavour.response(status, headers=headers, stream=BytesStream(content))
+    return route.flavour.response(
+        status, headers=headers, stream=route.flavour.byte_stream(content)
+    )
 
 
 def whole_response(route: Route, result: CallResult, extra: list[tuple[bytes, bytes]]) -> Any:
@@ -123,6 +125,6 @@ def whole_response(route: Route, result: CallResult, extra: list[tuple[bytes, by
     return route.flavour.response(
         upstream.status_code,
         headers=headers,
-        stream=BytesStream(content),
+        stream=route.flavour.byte_stream(content),
         extensions=response_extensions(upstream),
     )

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tiersel.engine.effects import Send
-from tiersel.http.flavours import BytesStream, Flavour
+from tiersel.http.flavours import Flavour
 from tiersel.http.route import Route
 from tiersel.tiers import moved
 
@@ -103,6 +103,6 @@ def upstream_request(route: Route, effect: Send, to: Flavour) -> Any:
         "POST",
         url,
         headers=headers,
-        stream=BytesStream(content),
+        stream=to.byte_stream(content),
         extensions=with_timeout(route.extensions, timeout_s),
     )
