@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tiersel.demo import ArmResult, CallOutcome
 from tiersel.sim.scenarios import Scenario
@@ -53,60 +54,85 @@ def plot(
     import matplotlib.pyplot as plt
 
     by_name = {a.name: a for a in arms}
-    ours = by_name["tiersel"]
-    bins = _bins(ours.outcomes, bin_s)
+    bins = _bins(by_name["tiersel"].outcomes, bin_s)
     t = [start_s + (i + 0.5) * bin_s for i in range(len(bins))]
+    fine = [start_s + i * bin_s / 5 for i in range(5 * len(bins) + 1)]
+    pool = scenario.pools[scenario.pool_name("standard", False)]
+    load = [pool.background.at(x) for x in fine]
     fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    _tiers_panel(top, t, bins)
+    _load_panel(middle, t, bins, fine, load, bin_s)
+    _refusals_panel(bottom, t, by_name, fine, load, scenario, bin_s)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, format="png", dpi=100)
+    plt.close(fig)
+    return out
 
+
+def _tiers_panel(ax: Any, t: list[float], bins: list[list[CallOutcome]]) -> None:
+    """The share of each bin's served calls on each tier."""
     shares: dict[str, list[float]] = {tier: [] for tier in _COLOURS}
     for b in bins:
         served = Counter(o.tier for o in b if o.ok)
         total = sum(served.values()) or 1
         for tier in _COLOURS:
             shares[tier].append(served.get(tier, 0) / total)
-    top.stackplot(
+    ax.stackplot(
         t,
         [shares[tier] for tier in _COLOURS],
         labels=list(_COLOURS),
         colors=list(_COLOURS.values()),
         step="mid",
     )
-    top.set_ylabel("share of calls served")
-    top.set_title("tiersel: the tier each call was served on")
-    top.legend(loc="upper right", fontsize="small")
+    ax.set_ylabel("share of calls served")
+    ax.set_title("tiersel: the tier each call was served on")
+    ax.legend(loc="upper right", fontsize="small")
 
-    pool = scenario.pools[scenario.pool_name("standard", False)]
-    fine = [start_s + i * bin_s / 5 for i in range(5 * len(bins) + 1)]
-    load = [pool.background.at(x) for x in fine]
-    middle.plot(fine, load, color="tab:gray", label="other tenants (share of the pool's slots)")
-    middle.set_ylabel("provider load")
-    middle.set_ylim(0, max(1.0, max(load) * 1.1))
-    ours_per_bin = middle.twinx()
+
+def _load_panel(
+    ax: Any,
+    t: list[float],
+    bins: list[list[CallOutcome]],
+    fine: list[float],
+    load: list[float],
+    bin_s: float,
+) -> None:
+    """The other tenants' load on the standard pool, and the demo's own calls per bin."""
+    ax.plot(fine, load, color="tab:gray", label="other tenants (share of the pool's slots)")
+    ax.set_ylabel("provider load")
+    ax.set_ylim(0, max(1.0, max(load) * 1.1))
+    ours_per_bin = ax.twinx()
     ours_per_bin.step(t, [len(b) for b in bins], where="mid", color="tab:purple",
                       label=f"the demo's calls per {bin_s:g} s")  # fmt: skip
     ours_per_bin.set_ylabel("demo calls")
     ours_per_bin.set_ylim(0, max(len(b) for b in bins) * 2 + 1)
-    middle.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="upper left", fontsize="small")
     ours_per_bin.legend(loc="upper right", fontsize="small")
 
+
+def _refusals_panel(
+    ax: Any,
+    t: list[float],
+    by_name: dict[str, ArmResult],
+    fine: list[float],
+    load: list[float],
+    scenario: Scenario,
+    bin_s: float,
+) -> None:
+    """The share of each arm's attempts refused per bin, beside the scenario's shed chance."""
     for name, colour in (("tiersel", "tab:red"), ("always standard", "tab:blue")):
         arm = by_name.get(name)
         if arm is None:
             continue
         rates = [_refused(b) for b in _bins(arm.outcomes, bin_s)]
         pts = [(x, r) for x, r in zip(t, rates, strict=False) if r is not None]
-        bottom.plot([x for x, _ in pts], [r for _, r in pts], marker="o", ms=3,
-                    color=colour, label=name)  # fmt: skip
+        ax.plot([x for x, _ in pts], [r for _, r in pts], marker="o", ms=3,
+                color=colour, label=name)  # fmt: skip
     curve = scenario.shed_curve("standard", False)
-    bottom.plot(fine, [curve.probability(u) for u in load], color="tab:gray", linestyle="--",
-                label="the scenario's standard shed chance")  # fmt: skip
-    bottom.set_ylabel("attempts refused")
-    bottom.set_ylim(0, 1)
-    bottom.set_xlabel("scenario time, s")
-    bottom.legend(loc="upper right", fontsize="small")
-
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, format="png", dpi=100)
-    plt.close(fig)
-    return out
+    ax.plot(fine, [curve.probability(u) for u in load], color="tab:gray", linestyle="--",
+            label="the scenario's standard shed chance")  # fmt: skip
+    ax.set_ylabel("attempts refused")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("scenario time, s")
+    ax.legend(loc="upper right", fontsize="small")

@@ -269,17 +269,7 @@ class Provider:
         completion = req.max_tokens or self.scenario.default_max_tokens
         if self.scenario.answer_tokens is not None:
             completion = min(completion, self.scenario.answer_tokens)
-        base = SimResult(
-            status=0,
-            kind=ResultKind.served,
-            model_id=req.model,
-            model=mp.name,
-            tier=tier,
-            ttft_s=0.0,
-            duration_s=0.0,
-            downgraded=downgraded,
-            rate_limit=limit if _limited(limit) else None,
-        )
+        base = _unanswered(req, mp.name, tier, downgraded, limit)
         wait = self._rate_wait(mp.name, group, limit, req.prompt_tokens, completion, now, commit)
         if wait is not None:
             return self._rate_limited(base, req.model, wait)
@@ -287,16 +277,10 @@ class Provider:
         pool_name = self.scenario.pool_name(tier, uses_router)
         pool = self.scenario.pools[pool_name]
         u = self._utilisation(mp.name, pool_name, now, purge=commit)
-        ids = (mp.model_id, mp.name)
-        for outage in self.scenario.outages:
-            if any(outage.covers(now, tier, m) for m in ids):
-                return self._refusal(outage.status, u, 1.0, base)
-
         p_shed = self.scenario.shed_curve(tier, uses_router).probability(u)
-        if u_shed < p_shed:
-            return self._refusal(503, u, p_shed, base)
-        if u_error < self.scenario.errors.error_rate:
-            return self._refusal(500, u, p_shed, base)
+        refused = self._refused(mp, tier, u, p_shed, u_shed, u_error, now, base)
+        if refused is not None:
+            return refused
 
         cached = self._cached(mp.name, req, now, commit)
         batch = lat.batch(u, pool.slots)
@@ -324,6 +308,28 @@ class Provider:
             shed_probability=p_shed,
             stream_breaks=req.stream and u_break < self.scenario.errors.stream_break_rate,
         )
+
+    def _refused(
+        self,
+        mp: ModelPrices,
+        tier: str,
+        u: float,
+        p_shed: float,
+        u_shed: float,
+        u_error: float,
+        now: float,
+        base: SimResult,
+    ) -> SimResult | None:
+        """The refusal an attempt gets (an outage's status, a shed, a server error), given its
+        pool's utilisation ``u`` and the call's draws; None when it is served."""
+        for outage in self.scenario.outages:
+            if outage.covers(now, tier, mp.model_id) or outage.covers(now, tier, mp.name):
+                return self._refusal(outage.status, u, 1.0, base)
+        if u_shed < p_shed:
+            return self._refusal(503, u, p_shed, base)
+        if u_error < self.scenario.errors.error_rate:
+            return self._refusal(500, u, p_shed, base)
+        return None
 
     def _rate_limited(self, base: SimResult, model: str, wait: float) -> SimResult:
         """A 429 with its Retry-After, answered at once."""
@@ -563,4 +569,21 @@ def _rejected(
         error_code=code,
         message=message,
         priority_with_router=priority_with_router,
+    )
+
+
+def _unanswered(
+    req: SimRequest, model: str, tier: str, downgraded: bool, limit: RateLimit
+) -> SimResult:
+    """A result with what is known before the model answers, filled in by each outcome."""
+    return SimResult(
+        status=0,
+        kind=ResultKind.served,
+        model_id=req.model,
+        model=model,
+        tier=tier,
+        ttft_s=0.0,
+        duration_s=0.0,
+        downgraded=downgraded,
+        rate_limit=limit if _limited(limit) else None,
     )
