@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import redis
 import redis.asyncio
@@ -37,6 +37,8 @@ from tiersel.stores.redis_pipeline import AsyncScripts
 __all__ = ["AsyncRedisLedger", "RedisLedger"]
 
 log = logging.getLogger("tiersel.stores")
+
+_Client = TypeVar("_Client")
 
 NANOS_PER_USD = 1_000_000_000
 DEFAULT_RESERVATION_TTL_S = 600.0
@@ -180,32 +182,13 @@ def _consequence(op: str, call_id: str | None) -> str:
     return "the budget cannot be read, so no call is sent (fail_closed)"
 
 
-class RedisLedger:
-    """A `Ledger` in Redis: one budget shared by every process that opens the same name.
-
-    - ``client``: a ``redis.Redis`` (see `tiersel.stores.open_ledger` to build one from a URL).
-    - ``limit_usd``: the budget; the first process sets it, and a process that asks for another
-      limit under the same name gets `BudgetConflict`.
-    - ``name`` / ``prefix``: where it lives (keys ``<prefix>:budget:{<name>}:*``).
-    - ``reservation_ttl_s``: the expiry of a reservation made without a ``ttl_s`` of its own, so a
-      worker that dies holding one does not pin the budget (None: held until settled or
-      released). Longer than any call should take: a call that outlives its reservation is still
-      charged when it settles, but others may have spent its money meanwhile.
-    - ``on_expiry``: what an expired reservation becomes (`tiersel.budget.OnExpiry`): freed (the
-      default), or charged in full so the cap holds even if its dead holder's call was billed.
-    - ``settled_keep_s``: how long settled ids are remembered, so a repeated settle is a no-op.
-    - ``on_unavailable``: a `LedgerFallback`; by default a Redis that does not answer raises
-      `StoreUnavailable` and no call is sent.
-
-    - ``clock``: whose time expiries run on: ``"server"`` (the default: Redis's own clock, so
-      workers on different machines agree, and the ``now`` arguments are not used) or
-      ``"caller"`` (the ``now`` each call passes: every process must share one clock, as a test's
-      `FakeClock` or a replay's virtual time does).
-    """
+class _RedisLedgerBase(Generic[_Client]):
+    """How both ledgers are built: the client, the `_LedgerCore`, and the scripts registered
+    the way each runs them (`_register`)."""
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: _Client,
         *,
         limit_usd: float,
         name: str = "default",
@@ -229,13 +212,46 @@ class RedisLedger:
             clock=clock,
         )
         self.client = client
-        self._scripts = {
-            op: client.register_script(lua("budget_prelude", f"budget_{op}")) for op in _OPS
-        }
+        self._scripts = self._register(
+            client, {op: lua("budget_prelude", f"budget_{op}") for op in _OPS}
+        )
+
+    def _register(self, client: _Client, sources: dict[str, str]) -> Any:
+        raise NotImplementedError
 
     @property
     def limit_usd(self) -> float:
         return self._core.limit_usd
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._core!r})"
+
+
+class RedisLedger(_RedisLedgerBase["redis.Redis"]):
+    """A `Ledger` in Redis: one budget shared by every process that opens the same name.
+
+    - ``client``: a ``redis.Redis`` (see `tiersel.stores.open_ledger` to build one from a URL).
+    - ``limit_usd``: the budget; the first process sets it, and a process that asks for another
+      limit under the same name gets `BudgetConflict`.
+    - ``name`` / ``prefix``: where it lives (keys ``<prefix>:budget:{<name>}:*``).
+    - ``reservation_ttl_s``: the expiry of a reservation made without a ``ttl_s`` of its own, so a
+      worker that dies holding one does not pin the budget (None: held until settled or
+      released). Longer than any call should take: a call that outlives its reservation is still
+      charged when it settles, but others may have spent its money meanwhile.
+    - ``on_expiry``: what an expired reservation becomes (`tiersel.budget.OnExpiry`): freed (the
+      default), or charged in full so the cap holds even if its dead holder's call was billed.
+    - ``settled_keep_s``: how long settled ids are remembered, so a repeated settle is a no-op.
+    - ``on_unavailable``: a `LedgerFallback`; by default a Redis that does not answer raises
+      `StoreUnavailable` and no call is sent.
+
+    - ``clock``: whose time expiries run on: ``"server"`` (the default: Redis's own clock, so
+      workers on different machines agree, and the ``now`` arguments are not used) or
+      ``"caller"`` (the ``now`` each call passes: every process must share one clock, as a test's
+      `FakeClock` or a replay's virtual time does).
+    """
+
+    def _register(self, client: redis.Redis, sources: dict[str, str]) -> Any:
+        return {op: client.register_script(source) for op, source in sources.items()}
 
     def _run(self, op: str, args: list[str | int], call_id: str | None) -> BudgetState | None:
         script, keys = self._scripts[op], self._core.keys
@@ -265,49 +281,13 @@ class RedisLedger:
         """Close the client's connections."""
         self.client.close()
 
-    def __repr__(self) -> str:
-        return f"RedisLedger({self._core!r})"
 
-
-class AsyncRedisLedger:
+class AsyncRedisLedger(_RedisLedgerBase["redis.asyncio.Redis"]):
     """The asyncio twin of `RedisLedger` (an `AsyncLedger`), on a ``redis.asyncio.Redis``."""
 
-    def __init__(
-        self,
-        client: redis.asyncio.Redis,
-        *,
-        limit_usd: float,
-        name: str = "default",
-        prefix: str = "tiersel",
-        reservation_ttl_s: float | None = DEFAULT_RESERVATION_TTL_S,
-        settled_keep_s: float = DEFAULT_SETTLED_KEEP_S,
-        on_expiry: OnExpiry = OnExpiry.release,
-        on_unavailable: LedgerFallback = LedgerFallback.fail_closed,
-        url: str = "redis://",
-        clock: StoreClock = StoreClock.server,
-    ) -> None:
-        self._core = _LedgerCore(
-            limit_usd=limit_usd,
-            name=name,
-            prefix=prefix,
-            reservation_ttl_s=reservation_ttl_s,
-            settled_keep_s=settled_keep_s,
-            on_expiry=on_expiry,
-            on_unavailable=on_unavailable,
-            url=url,
-            clock=clock,
-        )
-        self.client = client
+    def _register(self, client: redis.asyncio.Redis, sources: dict[str, str]) -> Any:
         # Concurrent tasks' operations share round trips (each is still one atomic script).
-        self._scripts = AsyncScripts(
-            client,
-            {op: lua("budget_prelude", f"budget_{op}") for op in _OPS},
-            retries=LEDGER_RETRIES,
-        )
-
-    @property
-    def limit_usd(self) -> float:
-        return self._core.limit_usd
+        return AsyncScripts(client, sources, retries=LEDGER_RETRIES)
 
     async def _run(self, op: str, args: list[str | int], call_id: str | None) -> BudgetState | None:
         core = self._core
@@ -341,6 +321,3 @@ class AsyncRedisLedger:
     async def aclose(self) -> None:
         """Close the client's connections."""
         await self.client.aclose()
-
-    def __repr__(self) -> str:
-        return f"AsyncRedisLedger({self._core!r})"

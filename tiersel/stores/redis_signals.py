@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import redis
 import redis.asyncio
@@ -47,6 +47,8 @@ from tiersel.stores.redis_pipeline import AsyncScripts
 __all__ = ["AsyncRedisSignalStore", "RedisSignalStore"]
 
 log = logging.getLogger("tiersel.stores")
+
+_Client = TypeVar("_Client")
 
 _SLOT = {
     Outcome.ok: 1,
@@ -197,24 +199,13 @@ def _stats(reply: bytes, now: float) -> TierStats:
     )
 
 
-class RedisSignalStore:
-    """A `SignalStore` in Redis, shared by every process that uses the same ``prefix``.
-
-    - ``client``: a ``redis.Redis`` (see `tiersel.stores.open_signal_store` to build one from a
-      URL).
-    - ``config``: the window and circuit settings (a `SignalConfig`), which every process sharing
-      the store should agree on.
-    - ``on_unavailable``: a `SignalFallback`; by default a Redis that does not answer means this
-      process keeps signals in its own memory (one warning in the log), trying Redis again every
-      ``retry_s`` seconds of its clock.
-    - ``clock``: whose time windows and cooldowns run on: ``"server"`` (the default: Redis's,
-      so processes on different machines agree) or ``"caller"`` (the ``now`` each call passes:
-      every process must share one clock, as a test's `FakeClock` does).
-    """
+class _RedisSignalsBase(Generic[_Client]):
+    """How both signal stores are built: the client, the `_SignalsCore`, and the scripts
+    registered the way each runs them (`_register`)."""
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: _Client,
         config: SignalConfig | None = None,
         *,
         prefix: str = "tiersel",
@@ -233,9 +224,34 @@ class RedisSignalStore:
         )
         self.config = self._core.config
         self.client = client
-        self._scripts = {
-            op: client.register_script(lua("signals_prelude", f"signals_{op}")) for op in _OPS
-        }
+        self._scripts = self._register(
+            client, {op: lua("signals_prelude", f"signals_{op}") for op in _OPS}
+        )
+
+    def _register(self, client: _Client, sources: dict[str, str]) -> Any:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._core!r})"
+
+
+class RedisSignalStore(_RedisSignalsBase["redis.Redis"]):
+    """A `SignalStore` in Redis, shared by every process that uses the same ``prefix``.
+
+    - ``client``: a ``redis.Redis`` (see `tiersel.stores.open_signal_store` to build one from a
+      URL).
+    - ``config``: the window and circuit settings (a `SignalConfig`), which every process sharing
+      the store should agree on.
+    - ``on_unavailable``: a `SignalFallback`; by default a Redis that does not answer means this
+      process keeps signals in its own memory (one warning in the log), trying Redis again every
+      ``retry_s`` seconds of its clock.
+    - ``clock``: whose time windows and cooldowns run on: ``"server"`` (the default: Redis's,
+      so processes on different machines agree) or ``"caller"`` (the ``now`` each call passes:
+      every process must share one clock, as a test's `FakeClock` does).
+    """
+
+    def _register(self, client: redis.Redis, sources: dict[str, str]) -> Any:
+        return {op: client.register_script(source) for op, source in sources.items()}
 
     def _run(self, op: str, key: SignalKey, args: list[str | float | int], now: float) -> Any:
         script, keys = self._scripts[op], self._core.keys(key)
@@ -263,40 +279,13 @@ class RedisSignalStore:
         """Close the client's connections."""
         self.client.close()
 
-    def __repr__(self) -> str:
-        return f"RedisSignalStore({self._core!r})"
 
-
-class AsyncRedisSignalStore:
+class AsyncRedisSignalStore(_RedisSignalsBase["redis.asyncio.Redis"]):
     """The asyncio twin of `RedisSignalStore` (an `AsyncSignalStore`)."""
 
-    def __init__(
-        self,
-        client: redis.asyncio.Redis,
-        config: SignalConfig | None = None,
-        *,
-        prefix: str = "tiersel",
-        on_unavailable: SignalFallback = SignalFallback.local_memory,
-        retry_s: float = 5.0,
-        url: str = "redis://",
-        clock: StoreClock = StoreClock.server,
-    ) -> None:
-        self._core = _SignalsCore(
-            config,
-            prefix=prefix,
-            on_unavailable=on_unavailable,
-            retry_s=retry_s,
-            url=url,
-            clock=clock,
-        )
-        self.config = self._core.config
-        self.client = client
+    def _register(self, client: redis.asyncio.Redis, sources: dict[str, str]) -> Any:
         # Concurrent tasks' operations share round trips (each is still one atomic script).
-        self._scripts = AsyncScripts(
-            client,
-            {op: lua("signals_prelude", f"signals_{op}") for op in _OPS},
-            retries=SIGNAL_RETRIES,
-        )
+        return AsyncScripts(client, sources, retries=SIGNAL_RETRIES)
 
     async def _run(self, op: str, key: SignalKey, args: list[str | float | int], now: float) -> Any:
         core = self._core
@@ -329,6 +318,3 @@ class AsyncRedisSignalStore:
     async def aclose(self) -> None:
         """Close the client's connections."""
         await self.client.aclose()
-
-    def __repr__(self) -> str:
-        return f"AsyncRedisSignalStore({self._core!r})"
