@@ -58,6 +58,15 @@ def add_parser(subs: Any, help: str) -> None:
             " and write one JSON row per line to OUT."
         ),
     )
+    _add_job_args(p)
+    _add_destination_args(p.add_argument_group("where calls go"))
+    _add_requirement_args(p.add_argument_group("what each line asks for"))
+    add_pricing_args(p)
+    p.set_defaults(run=run)
+
+
+def _add_job_args(p: Any) -> None:
+    """The job: its input, output, cap, pace, resumption, sharing and report."""
     p.add_argument("input", metavar="IN", help="input JSONL file")
     p.add_argument("--out", required=True, metavar="OUT", help="output JSONL file (one row a line)")
     p.add_argument(
@@ -70,50 +79,6 @@ def add_parser(subs: Any, help: str) -> None:
         metavar="N",
         help=f"calls in flight at once (default {DEFAULT_CONCURRENCY})",
     )
-    where = p.add_mutually_exclusive_group()
-    where.add_argument(
-        "--base-url",
-        metavar="URL",
-        help=f"API base URL (default {FIREWORKS_BASE_URL}, with $FIREWORKS_API_KEY)",
-    )
-    where.add_argument(
-        "--sim",
-        metavar="SCENARIO",
-        help="send to the in-process simulator under SCENARIO (calm, busy, peak, outage, flapping)",
-    )
-    p.add_argument("--sim-seed", type=int, default=0, metavar="N", help="simulator seed")
-    p.add_argument(
-        "--sim-time-scale",
-        type=float,
-        metavar="S",
-        help="with --sim: run on the real clock, one simulated second lasting S seconds"
-        " (default: a virtual clock, no real waiting); with --base-url to a simulator server"
-        " (tiersel sim serve --time-scale S): read time on its scale, so the job's waits"
-        " (backoff, cooldowns) last what the simulator's do",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="N",
-        help="serve Prometheus metrics on http://127.0.0.1:N/metrics while the job runs"
-        " (the tiersel[prometheus] extra)",
-    )
-    p.add_argument("--deadline", type=float, metavar="S", help="each call's deadline, seconds")
-    p.add_argument("--reliability", type=float, metavar="P", help="P(success within deadline)")
-    p.add_argument("--tiers", metavar="T1,T2", help="allowed tiers, comma-separated")
-    p.add_argument("--max-cost", type=float, metavar="USD", help="max worst-case cost of one call")
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="do not send a line whose requirements no tier can meet (default: best effort)",
-    )
-    p.add_argument(
-        "--default-max-tokens",
-        type=int,
-        metavar="N",
-        help="output cap for lines that set no max_tokens (default: such lines are invalid)",
-    )
-    p.add_argument("--max-attempts", type=int, default=4, metavar="N", help="attempts per call")
     p.add_argument("--resume", action="store_true", help="continue the job OUT already holds")
     p.add_argument(
         "--shard",
@@ -133,8 +98,58 @@ def add_parser(subs: Any, help: str) -> None:
         "--progress", dest="progress", action="store_true", default=None, help="always draw a bar"
     )
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never draw it")
-    add_pricing_args(p)
-    p.set_defaults(run=run)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus metrics on http://127.0.0.1:N/metrics while the job runs"
+        " (the tiersel[prometheus] extra)",
+    )
+
+
+def _add_destination_args(g: Any) -> None:
+    """Where the calls go: the provider's API, or the simulator."""
+    where = g.add_mutually_exclusive_group()
+    where.add_argument(
+        "--base-url",
+        metavar="URL",
+        help=f"API base URL (default {FIREWORKS_BASE_URL}, with $FIREWORKS_API_KEY)",
+    )
+    where.add_argument(
+        "--sim",
+        metavar="SCENARIO",
+        help="send to the in-process simulator under SCENARIO (calm, busy, peak, outage, flapping)",
+    )
+    g.add_argument("--sim-seed", type=int, default=0, metavar="N", help="simulator seed")
+    g.add_argument(
+        "--sim-time-scale",
+        type=float,
+        metavar="S",
+        help="with --sim: run on the real clock, one simulated second lasting S seconds"
+        " (default: a virtual clock, no real waiting); with --base-url to a simulator server"
+        " (tiersel sim serve --time-scale S): read time on its scale, so the job's waits"
+        " (backoff, cooldowns) last what the simulator's do",
+    )
+
+
+def _add_requirement_args(g: Any) -> None:
+    """The requirements every line gets, unless it states its own."""
+    g.add_argument("--deadline", type=float, metavar="S", help="each call's deadline, seconds")
+    g.add_argument("--reliability", type=float, metavar="P", help="P(success within deadline)")
+    g.add_argument("--tiers", metavar="T1,T2", help="allowed tiers, comma-separated")
+    g.add_argument("--max-cost", type=float, metavar="USD", help="max worst-case cost of one call")
+    g.add_argument(
+        "--strict",
+        action="store_true",
+        help="do not send a line whose requirements no tier can meet (default: best effort)",
+    )
+    g.add_argument(
+        "--default-max-tokens",
+        type=int,
+        metavar="N",
+        help="output cap for lines that set no max_tokens (default: such lines are invalid)",
+    )
+    g.add_argument("--max-attempts", type=int, default=4, metavar="N", help="attempts per call")
 
 
 def _failed(exc: Exception) -> int:

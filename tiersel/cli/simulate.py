@@ -30,6 +30,15 @@ def add_parser(subs: Any, help: str) -> None:
             " virtual clock, through each policy, and print one row per policy."
         ),
     )
+    _add_workload_args(p)
+    _add_provider_args(p.add_argument_group("the simulated provider"))
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_pricing_args(p)
+    p.set_defaults(run=run)
+
+
+def _add_workload_args(p: Any) -> None:
+    """What is replayed: the trace, its requirements, and the policies it goes through."""
     p.add_argument(
         "--trace",
         required=True,
@@ -39,12 +48,6 @@ def add_parser(subs: Any, help: str) -> None:
         + ") or a generated one ("
         + ", ".join(GENERATED_TRACES)
         + ": long multi-turn conversations in bursts)",
-    )
-    p.add_argument(
-        "--scenario",
-        default=DEFAULT_SCENARIO,
-        metavar="NAME|PATH",
-        help=f"the provider's load scenario, by name or YAML path (default {DEFAULT_SCENARIO})",
     )
     p.add_argument(
         "--policy",
@@ -69,7 +72,6 @@ def add_parser(subs: Any, help: str) -> None:
         metavar="K",
         help="compress inter-arrival times K times, to create load (default 1)",
     )
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -78,7 +80,17 @@ def add_parser(subs: Any, help: str) -> None:
     p.add_argument(
         "--limit", type=int, metavar="N", help="replay only the first N requests of the trace"
     )
-    p.add_argument(
+
+
+def _add_provider_args(g: Any) -> None:
+    """The provider the trace is replayed against: its load, its size and its draws."""
+    g.add_argument(
+        "--scenario",
+        default=DEFAULT_SCENARIO,
+        metavar="NAME|PATH",
+        help=f"the provider's load scenario, by name or YAML path (default {DEFAULT_SCENARIO})",
+    )
+    g.add_argument(
         "--tenant-share",
         type=float,
         default=DEFAULT_TENANT_SHARE,
@@ -86,9 +98,7 @@ def add_parser(subs: Any, help: str) -> None:
         help="size the provider so that the trace at speedup 1 takes about this share of its"
         f" capacity (default {DEFAULT_TENANT_SHARE:g}; 0 keeps the scenario's own pool sizes)",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    add_pricing_args(p)
-    p.set_defaults(run=run)
+    g.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
 
 
 def _policies(items: Sequence[str]) -> list[str]:
