@@ -365,6 +365,24 @@ def price(
     return _schedule(node, tiers) if tiers else None
 
 
+def _least_cost(node: _Node, k: int, c: Candidate) -> float:
+    """The least a schedule can cost with one more attempt on ``c`` (candidate ``k``) after
+    ``node``, whenever it starts. A schedule's cost is the average bill of its attempts,
+    weighted by the chance each is served; the new attempt's bill is at least that average
+    (schedules climb), so the cost grows with the chance it is served, which is least when its
+    shed rate is highest: right after a shed on its own tier, or, on another tier, the higher
+    of its lean now and its window's rate (its rate moves from one to the other)."""
+    if node.k == k:
+        r = c.refusal + (1.0 - c.refusal) * c.memory
+    else:
+        r = c.refused if c.refused > c.refusal else c.refusal
+    served = node.remains * (1.0 - r - c.error)
+    if served < 0.0:
+        served = 0.0
+    weight = node.weight + served
+    return (node.spend + served * c.expected) / weight if weight > 0.0 else c.expected
+
+
 def cheapest(
     cands: Sequence[Candidate],
     *,
@@ -391,13 +409,22 @@ def cheapest(
     queue = _start(cands, deadline)
     pop = queue.popleft
     budget = SEARCH_BUDGET
+    dearer: tuple[_Node, int] | None = None  # an attempt too dear whenever it starts
     while queue:
         node, k, delay = pop()
         budget -= 1
         if budget < 0:
             break
+        if dearer is not None and dearer[0] is node and dearer[1] == k:
+            continue  # another start of an attempt that costs too much whenever it starts
         limit = least * _SAME_COST
-        nxt = _extend(node, k, cands[k], deadline, backoff_s, max_ttft, delay, min(limit, bound))
+        most = limit if limit < bound else bound
+        if not delay and most < math.inf and _least_cost(node, k, cands[k]) > most:
+            # `_grow` queues an attempt's starts together, the first with no delay: none of
+            # them can cost less than this bound (they still count in the search's budget).
+            dearer = (node, k)
+            continue
+        nxt = _extend(node, k, cands[k], deadline, backoff_s, max_ttft, delay, most)
         if nxt is None:
             continue  # too late, or dearer than the best so far (extensions only cost more)
         if nxt.p >= target and nxt.weight > 0.0:
