@@ -365,13 +365,20 @@ def price(
     return _schedule(node, tiers) if tiers else None
 
 
+_ROUNDING = 1.0 + 1e-12
+"""Room for rounding when `cheapest` compares `_least_cost` with a bound: computed in another
+order than `_extend` computes a schedule's cost, it can come out a unit in the last place above
+it, and an attempt that just fits must not be skipped."""
+
+
 def _least_cost(node: _Node, k: int, c: Candidate) -> float:
     """The least a schedule can cost with one more attempt on ``c`` (candidate ``k``) after
     ``node``, whenever it starts. A schedule's cost is the average bill of its attempts,
     weighted by the chance each is served; the new attempt's bill is at least that average
     (schedules climb), so the cost grows with the chance it is served, which is least when its
     shed rate is highest: right after a shed on its own tier, or, on another tier, the higher
-    of its lean now and its window's rate (its rate moves from one to the other)."""
+    of its lean now and its window's rate (its rate moves from one to the other). This holds
+    only for candidates in order of expected cost, as `cheapest` requires."""
     if node.k == k:
         r = c.refusal + (1.0 - c.refusal) * c.memory
     else:
@@ -419,7 +426,7 @@ def cheapest(
             continue  # another start of an attempt that costs too much whenever it starts
         limit = least * _SAME_COST
         most = limit if limit < bound else bound
-        if not delay and most < math.inf and _least_cost(node, k, cands[k]) > most:
+        if not delay and most < math.inf and _least_cost(node, k, cands[k]) > most * _ROUNDING:
             # `_grow` queues an attempt's starts together, the first with no delay: none of
             # them can cost less than this bound (they still count in the search's budget).
             dearer = (node, k)

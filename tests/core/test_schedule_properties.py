@@ -178,3 +178,20 @@ def test_a_search_never_spends_itself_on_schedules_that_cannot_reach_the_target(
         backoff_s=BACKOFF,
     )
     assert found is not None and found.label == "priority" and found.p_success > 0.9999
+
+
+def test_an_attempt_costing_exactly_what_may_be_spent_is_still_found() -> None:
+    # `cheapest` skips every start of an attempt whose least cost passes the bound. That least
+    # cost is computed in another order than the schedule's own cost, and here came out one
+    # unit in the last place above it: the one schedule that fits was skipped (found in review).
+    prices = load_pricing().model("kimi-k3").tiers["standard"]
+    health = TierHealth(0.1, 0.0, 0.5, 50.0, 0.3, CircuitState.closed, 0.0, 0)
+    expected = 0.0005611685381157872
+    c = Candidate(
+        "standard", prices, health, 2 * expected, expected, 1.0,
+        0.5221576524767737, 0.3132945914860642, 0.014480464316583813,
+        0.3, 0.0, 1.0, 0.5, 0.75, 45.0,
+    )  # fmt: skip
+    found = cheapest([c], target=0.3, attempts=1, deadline=None, backoff_s=0.2, spendable=expected)
+    assert found is not None and found.label == "standard"
+    assert found.expected_cost == pytest.approx(expected, rel=1e-12)
