@@ -64,9 +64,13 @@ class _Door:
     ) -> None:
         sync = self._sync
         self._handler = Handler(selector, transport, on_call=on_call, refusals=refusals, sync=sync)
-        self.selector = self._handler.selector
         if sync:  # a sync transport cannot await its selector's stores
             self.selector.engine.check_sync(type(self).__name__)
+
+    @property
+    def selector(self) -> Selector:
+        """The `Selector` that decides (the handler's: one per transport, never replaced)."""
+        return self._handler.selector
 
     @property
     def on_call(self) -> CallHook | None:
