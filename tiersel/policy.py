@@ -19,7 +19,7 @@ from tiersel.decision import Decision, Reason, ReasonCode, Step, Verdict, new_de
 from tiersel.errors import NoFeasibleTier
 from tiersel.hedge import HEDGE_SAVING, cheapest_hedge
 from tiersel.pricing import ModelPrices, TierPrice
-from tiersel.schedule import Candidate, Schedule, cheapest, likeliest, price
+from tiersel.schedule import HOPELESS, Candidate, Schedule, cheapest, likeliest, price
 from tiersel.signals import CircuitState, TierHealth
 
 __all__ = ["CheapestFeasible", "FixedTier", "Policy", "Signals"]
@@ -110,7 +110,7 @@ class CheapestFeasible:
         max_attempts: int = DEFAULT_ATTEMPTS,
         backoff_s: float = DEFAULT_BACKOFF_S,
         default_reliability: float = 0.95,
-        min_reliability: float = 0.01,
+        min_reliability: float = HOPELESS,
         pacing: float | None = None,
     ) -> None:
         if latency_sigma is not None and not latency_sigma > 0:

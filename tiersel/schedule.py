@@ -240,6 +240,10 @@ def _extend(
 _NOTHING = 1e-12  # a chance of reaching another attempt too small to weigh
 MAX_BACKOFF_S = 10.0
 """The longest backoff before a tier is tried again (it doubles from ``backoff_s`` up to this)."""
+HOPELESS = 0.01
+"""A schedule less likely than this to succeed is not worth sending: `CheapestFeasible` refuses
+it for a call with no reliability target (its ``min_reliability``), and a call carried on at
+best effort (`tiersel.engine.flow`) ends instead of sending it."""
 SEARCH_BUDGET = 6000
 """The most attempts a search prices: past it, it keeps the best schedule found so far (calls with
 long deadlines and many attempts have more schedules than are worth weighing; tens of

@@ -11,12 +11,12 @@ import httpx
 import pytest
 
 import tiersel
-from tiersel import Requirements, Selector
+from tiersel import Call, Requirements, Selector
 from tiersel.budget import MemoryLedger
 from tiersel.clock import FakeClock
 from tiersel.dialects import Usage
 from tiersel.engine.results import AttemptRecord
-from tiersel.signals import Outcome, SignalKey
+from tiersel.signals import Observation, Outcome, SignalKey
 
 BODY = {
     "model": "accounts/fireworks/models/kimi-k3",
@@ -464,3 +464,48 @@ def test_a_plain_function_transport_can_read_every_attempts_body() -> None:
     assert sel.send(BODY, requirements=priority).tier == "priority"
     assert asyncio.run(sel.asend(BODY, requirements=priority)).tier == "priority"
     assert [b.get("service_tier") for b in seen] == ["priority", "priority"]
+
+
+class StalledClock(FakeClock):
+    """A fake clock on a stalled machine: each wait overruns by ``stall`` seconds."""
+
+    def __init__(self, stall: float) -> None:
+        super().__init__()
+        self.stall = stall
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds + self.stall if seconds > 0 else seconds)
+
+
+def test_a_call_that_waited_is_carried_on_at_best_effort_not_refused() -> None:
+    # Standard alone is allowed and cooling for 3 s: the plan (P(success) 0.62) waits, then
+    # sends. The machine stalls, so the wait ends with 5 s of the 20 left, and no schedule
+    # meets 0.6 any more. The call was admitted (it waited for its plan), so it goes on with
+    # the likeliest schedule instead of raising NoFeasibleTier after spending its deadline.
+    clock, up, sel, need = _stalled(stall=12.0)
+    r = sel.send(BODY, requirements=need)
+    assert r.ok and r.attempts == 1 and up.tiers == ["standard"]
+    assert clock.now() == pytest.approx(15.0)
+    assert r.decision is not None and 0.01 < r.decision.p_success < 0.6
+    chosen = [c.code for c in r.decision.reasons if c.verdict == "chosen"]
+    assert chosen == ["best_effort"]
+
+
+def test_a_call_left_no_hope_after_its_wait_is_still_refused() -> None:
+    # The same with 2 s left: the likeliest schedule is hopeless (P(success) < 0.01), so
+    # nothing is sent and the call's refusal is what the caller gets.
+    clock, up, sel, need = _stalled(stall=15.0)
+    with pytest.raises(tiersel.NoFeasibleTier, match=r"below the target 0\.6000"):
+        sel.send(BODY, requirements=need)
+    assert up.seen == [] and clock.now() == pytest.approx(18.0)
+
+
+def _stalled(stall: float) -> tuple[StalledClock, Upstream, Selector, Requirements]:
+    clock = StalledClock(stall)
+    up = Upstream(lambda body: ok())
+    sel = selector(up, clock)
+    sel.record("kimi-k3", "standard", Observation(Outcome.rate_limited, retry_after_s=3.0), 0.0)
+    need = Requirements(tiers=["standard"], deadline_s=20, reliability=0.6)
+    call = Call(model="kimi-k3", input_tokens=10, max_output_tokens=200)
+    assert sel.decide(call, need).wait_s == pytest.approx(3.0)
+    return clock, up, sel, need

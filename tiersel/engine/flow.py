@@ -46,7 +46,7 @@ from tiersel.engine.results import AttemptRecord, CallResult, Reply
 from tiersel.engine.state import CallContext, FlowHost, Following, Progress
 from tiersel.engine.waits import as_open, cooling, shortest_cooldown, waitable
 from tiersel.errors import BudgetExhausted, NoFeasibleTier
-from tiersel.schedule import MAX_BACKOFF_S
+from tiersel.schedule import HOPELESS, MAX_BACKOFF_S
 from tiersel.signals import (
     CircuitState,
     Observation,
@@ -207,7 +207,11 @@ def _plan(
     try:
         decision = sel.policy(call, req, budget, ctx.prices, signals, now)
     except NoFeasibleTier as exc:
-        return (yield from _no_plan(ctx, prog, req, signals, budget, exc))
+        fallback = yield from _no_plan(ctx, prog, req, signals, budget, exc, now)
+        if not isinstance(fallback, Decision):
+            return fallback
+        decision = fallback
+    prog.admitted = True
     if decision.wait_s > 0:
         # The schedule starts once a tier's cooldown ends: wait, then plan again (the tier may
         # then be probed, or have recovered).
@@ -232,9 +236,11 @@ def _no_plan(
     signals: Mapping[str, TierHealth],
     budget: BudgetState | None,
     exc: NoFeasibleTier,
-) -> Generator[Effect, Any, CallResult | object]:
+    now: float,
+) -> Generator[Effect, Any, Decision | CallResult | object]:
     """No schedule meets the requirements now: wait out a cooldown or money in flight
-    (`_AGAIN`), end the call after attempts, or raise before any."""
+    (`_AGAIN`); carry on at best effort a call once planned (`_carried_on`); else end the call
+    after attempts, or raise before any."""
     call = prog.call
     liftable = waitable(signals, exc)
     any_cooling = cooling(liftable)
@@ -254,13 +260,39 @@ def _no_plan(
         if prog.refused:
             # It waited for money, and now time bars it: the budget stopped it.
             raise BudgetExhausted(call.model, prog.refused) from None
-        if not any_cooling:
-            raise exc
     if wait is None or prog.attempts >= ctx.most:
+        if prog.admitted and prog.attempts < ctx.most:
+            carried = _carried_on(ctx, prog, req, signals, budget, now)
+            if carried is not None:
+                return carried
+        if prog.attempts == 0 and not any_cooling:
+            raise exc
         return _failed(prog, ctx, prog.detail or str(exc))
     yield Sleep(wait)
     prog.waited = True
     return _AGAIN
+
+
+def _carried_on(
+    ctx: CallContext,
+    prog: Progress,
+    req: Requirements,
+    signals: Mapping[str, TierHealth],
+    budget: BudgetState | None,
+    now: float,
+) -> Decision | None:
+    """The likeliest schedule left, for a call the policy once planned that no schedule now
+    meets (a failure, a stall or a changed signal used up its margin): the call was admitted,
+    so it goes on at best effort, within its cost limits, rather than being refused after it
+    waited or spent. None when even that is hopeless (P(success) below `HOPELESS`)."""
+    if req.best_effort:
+        return None  # the policy already looked for the likeliest, and found none
+    effort = req.model_copy(update={"best_effort": True})
+    try:
+        decision = ctx.sel.policy(prog.call, effort, budget, ctx.prices, signals, now)
+    except NoFeasibleTier:
+        return None
+    return decision if decision.p_success >= HOPELESS else None
 
 
 def _reserve(

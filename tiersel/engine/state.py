@@ -57,6 +57,7 @@ class Progress:
     last_reply: Reply | None = None
     last_tier: str | None = None
     waited: bool = False
+    admitted: bool = False  # the policy has planned the call once (see flow._carried_on)
     detail: str = ""
     money_waited: float = 0.0  # seconds spent waiting for reservations in flight to settle
     money_polls: int = 0
