@@ -5,15 +5,19 @@ transport and needs none of this."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from tiersel.dialects import dialect_for_path
 from tiersel.errors import RequestNotUnderstood, shown
 
 if TYPE_CHECKING:
+    from tiersel.call import Requirements
+    from tiersel.clock import Clock
     from tiersel.engine.effects import Send
+    from tiersel.engine.results import Reply
     from tiersel.http.route import Route
 
 # The wire code (httpx2's too, when installed) loads with the first send, not with a Selector:
@@ -55,10 +59,11 @@ class Secret:
 
 
 class Outgoing:
-    """A selector's way out: ``request`` builds a call's request (its URL under ``base_url``,
-    the API key as a bearer token unless the caller set one), ``sender`` / ``async_sender`` the
-    function that sends one (the transport given for the call, else the selector's, else a
-    client of its own, closed by ``close`` / ``aclose``)."""
+    """A selector's way out: ``route`` reads a call's body into a route (its URL under
+    ``base_url``, the API key as a bearer token unless the caller set one), ``attempter`` /
+    ``async_attempter`` the function that makes each attempt (through the transport given for
+    the call, else the selector's, else a client of its own, closed by ``close`` /
+    ``aclose``)."""
 
     def __init__(
         self,
@@ -78,13 +83,31 @@ class Outgoing:
     def __repr__(self) -> str:
         return f"Outgoing(base_url={self.base_url!r}, api_key={self.api_key!r})"
 
-    def request(self, path: str, headers: Mapping[str, str] | None, body: Any) -> httpx.Request:
-        """The call as the caller wrote it, before tiersel reads it into a route."""
+    def route(
+        self,
+        body: Any,
+        path: str,
+        headers: Mapping[str, str] | None,
+        defaults: Requirements,
+        tiers: Collection[str],
+    ) -> Route:
+        """The call as the caller wrote it, read into a route as `TierTransport` reads a request
+        (``defaults``, then a `tiersel.requirements` block, then any hint headers)."""
+        from tiersel.http.flavours import HTTPX
+        from tiersel.http.route import read_route
         from tiersel.http.upstream import dump
 
-        return httpx.Request(
-            "POST", self._url(path), headers=self._headers(headers), content=dump(_sendable(body))
+        dialect = dialect_for_path(path)
+        if dialect is None:
+            raise RequestNotUnderstood(
+                f"{shown(path)} is not a generation path (chat completions, responses,"
+                " completions or messages)"
+            )
+        content = dump(_sendable(body))
+        request = httpx.Request(
+            "POST", self._url(path), headers=self._headers(headers), content=content
         )
+        return read_route(request, HTTPX, path, dialect, defaults, tiers)
 
     def _headers(self, headers: Mapping[str, str] | None) -> dict[str, str]:
         out = dict(headers or {})
@@ -106,7 +129,47 @@ class Outgoing:
                 self._urls[full] = url
         return url
 
-    def sender(self, transport: SyncTransport | None) -> Callable[[httpx.Request], httpx.Response]:
+    def attempter(
+        self, route: Route, call_id: str, clock: Clock, transport: SyncTransport | None
+    ) -> Callable[[Send], Reply]:
+        """The function that makes each attempt of a call: its request sent through
+        ``transport`` (else the selector's), its reply read whole and timed by ``clock``."""
+        from tiersel.http.reply import no_reply, read_body, reply
+
+        send = self._sender(transport)
+
+        def attempt(effect: Send) -> Reply:
+            request = _attempt_request(route, effect, call_id)
+            at = clock.now()
+            try:
+                response = send(request)
+                content = read_body(response, keep=True)
+            except httpx.TransportError as exc:
+                return no_reply(exc, at, clock.now())
+            return reply(response, content, clock.now() - at)
+
+        return attempt
+
+    def async_attempter(
+        self, route: Route, call_id: str, clock: Clock, transport: AsyncTransport | None
+    ) -> Callable[[Send], Awaitable[Reply]]:
+        """The async twin of `attempter`."""
+        from tiersel.http.reply import aread_body, no_reply, reply
+
+        send = self._async_sender(transport)
+
+        async def attempt(effect: Send) -> Reply:
+            request = _attempt_request(route, effect, call_id)
+            at = clock.now()
+            try:
+                response = await send(request)
+                return reply(response, await aread_body(response, keep=True), clock.now() - at)
+            except httpx.TransportError as exc:
+                return no_reply(exc, at, clock.now())
+
+        return attempt
+
+    def _sender(self, transport: SyncTransport | None) -> Callable[[httpx.Request], httpx.Response]:
         t = transport if transport is not None else self.transport
         if t is None:
             if self._own_client is None:
@@ -118,7 +181,7 @@ class Outgoing:
             return t.handle_request
         return t
 
-    def async_sender(
+    def _async_sender(
         self, transport: AsyncTransport | None
     ) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
         t = transport if transport is not None else self.async_transport
@@ -143,7 +206,7 @@ class Outgoing:
             self._own_aclient = None
 
 
-def attempt_request(route: Route, effect: Send, call_id: str) -> httpx.Request:
+def _attempt_request(route: Route, effect: Send, call_id: str) -> httpx.Request:
     """One attempt's request: the transport's own builder's, marked with its call id (an
     extension, never sent), its body read (it is in memory; a plain function transport may read
     ``request.content``)."""

@@ -4,33 +4,26 @@ back; it builds each attempt's ``httpx.Request`` and sends it through the transp
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
-
-import httpx
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Unpack
 
 from tiersel.budget import AsyncLedger, Ledger
 from tiersel.call import BudgetState, Call, Requirements
 from tiersel.clock import Clock
 from tiersel.decision import Decision
-from tiersel.dialects import dialect_for_path
-from tiersel.engine.core import Engine, Started
-from tiersel.engine.effects import Send
-from tiersel.engine.results import AttemptRecord, CallResult, Reply, StreamEnd
-from tiersel.errors import RequestNotUnderstood, shown
+from tiersel.engine.core import Engine, EngineSettings, Started, check_setting_names
+from tiersel.engine.results import CallResult, StreamEnd
 from tiersel.outgoing import (
     FIREWORKS_BASE_URL,
     AsyncTransport,
     Outgoing,
     SyncTransport,
-    attempt_request,
 )
 from tiersel.policy import Policy
 from tiersel.pricing import Pricing
 from tiersel.signals import (
     AsyncSignalStore,
     Observation,
-    SignalConfig,
     SignalStore,
     TierHealth,
     TierStats,
@@ -53,26 +46,15 @@ class Selector:
     - ``signals``: a `SignalStore` (default `MemorySignalStore`), or an `AsyncSignalStore`
       (e.g. `tiersel.stores.open_async_signal_store`), which only `asend` can use.
     - ``clock``: a `Clock` (`FakeClock` in tests).
-    - ``ledger``: a budget `Ledger`; when set, each attempt reserves its worst case first.
-      An `AsyncLedger` works with `asend` only.
     - ``transport`` / ``async_transport``: where `send` / `asend` go (an httpx transport or
-      client, or a plain function from ``httpx.Request`` to ``httpx.Response``).
-    - ``default_max_output_tokens``: the output cap assumed for a body that states none (4096,
-      or the model's own output limit from the price table when that is smaller).
-    - ``unbounded_output``: under a budget, what a body with no output cap is sent with, so that
-      its reservation bounds what it can cost (the cap set is reported in the
-      ``x-tiersel-max-tokens`` response header): ``"share"`` (the default), what a quarter of
-      the money left buys, at least 256 tokens and at most ``default_max_output_tokens``;
-      ``"cap"``, ``default_max_output_tokens`` itself; ``"refuse"``, no send
-      (`RequestNotUnderstood`).
-    - ``budget_wait_s``: how long a call the budget turns down while other calls hold
-      reservations waits for them to settle before `BudgetExhausted` (30 s; never past half the
-      time its deadline leaves, nor the client's timeout; 0 refuses at once). A reservation is
-      a call's worst case, so money in flight usually comes back.
-    - ``on_attempt`` / ``on_result``: called with each attempt's `AttemptRecord`, and with each
-      call's final `CallResult` (a stream's once it ends), whichever door the call came through.
+      client, or a plain function from ``httpx.Request`` to ``httpx.Response``), at
+      ``base_url``.
     - ``api_key``: sent as a bearer token when a request has no ``Authorization`` header
       (defaults to ``$FIREWORKS_API_KEY``); never logged, shown or stored elsewhere.
+    - the engine's settings, as keywords (`tiersel.engine.EngineSettings`): ``ledger`` (a
+      budget), ``requirements`` (the defaults), ``max_attempts``, ``backoff_s``,
+      ``default_max_output_tokens``, ``unbounded_output``, ``budget_wait_s``, ``on_attempt``,
+      ``on_result`` and the rest.
 
     >>> from tiersel import Call, Requirements
     >>> sel = Selector()
@@ -89,41 +71,14 @@ class Selector:
         signals: SignalStore | AsyncSignalStore | None = None,
         clock: Clock | None = None,
         *,
-        ledger: Ledger | AsyncLedger | None = None,
         transport: SyncTransport | None = None,
         async_transport: AsyncTransport | None = None,
         base_url: str = FIREWORKS_BASE_URL,
-        endpoint: str = "fireworks",
-        requirements: Requirements | None = None,
-        signal_config: SignalConfig | None = None,
-        max_attempts: int = 4,
-        backoff_s: float = 0.2,
-        default_max_output_tokens: int = 4096,
-        bytes_per_token: float = 3.0,
-        unbounded_output: str = "share",
-        budget_wait_s: float = 30.0,
-        on_attempt: Callable[[AttemptRecord], None] | None = None,
-        on_result: Callable[[CallResult], None] | None = None,
         api_key: str | None = None,
+        **settings: Unpack[EngineSettings],
     ) -> None:
-        self.engine = Engine(
-            pricing,
-            policy,
-            signals,
-            clock,
-            ledger=ledger,
-            endpoint=endpoint,
-            requirements=requirements,
-            signal_config=signal_config,
-            max_attempts=max_attempts,
-            backoff_s=backoff_s,
-            default_max_output_tokens=default_max_output_tokens,
-            bytes_per_token=bytes_per_token,
-            unbounded_output=unbounded_output,
-            budget_wait_s=budget_wait_s,
-            on_attempt=on_attempt,
-            on_result=on_result,
-        )
+        check_setting_names(Selector, settings)
+        self.engine = Engine(pricing, policy, signals, clock, **settings)
         key = api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
         self.outgoing = Outgoing(base_url, transport, async_transport, key)
         """Where calls go: the base URL, the API key (never shown) and the transports."""
@@ -217,26 +172,10 @@ class Selector:
         last ``httpx.Response``, its body read). Raises `NoFeasibleTier` or `BudgetExhausted`
         before any send when no plan is possible.
         """
-        # The wire code (httpx2's too, when installed) loads with the first send, not with
-        # `import tiersel`: deciding needs none of it.
-        from tiersel.http.reply import no_reply, read_body, reply
-
         engine = self.engine
         engine.check_sync("send")
         route, started = self._open(body, requirements, path, headers, call_id)
-        send = self.outgoing.sender(transport)
-        clock = engine.clock
-
-        def attempt(effect: Send) -> Reply:
-            request = attempt_request(route, effect, started.call_id)
-            at = clock.now()
-            try:
-                response = send(request)
-                content = read_body(response, keep=True)
-            except httpx.TransportError as exc:
-                return no_reply(exc, at, clock.now())
-            return reply(response, content, clock.now() - at)
-
+        attempt = self.outgoing.attempter(route, started.call_id, engine.clock, transport)
         return engine.run(started, attempt)
 
     async def asend(
@@ -250,21 +189,9 @@ class Selector:
         call_id: str | None = None,
     ) -> CallResult:
         """The async twin of `send`."""
-        from tiersel.http.reply import aread_body, no_reply, reply
-
         route, started = self._open(body, requirements, path, headers, call_id)
-        send = self.outgoing.async_sender(transport)
         clock = self.engine.clock
-
-        async def attempt(effect: Send) -> Reply:
-            request = attempt_request(route, effect, started.call_id)
-            at = clock.now()
-            try:
-                response = await send(request)
-                return reply(response, await aread_body(response, keep=True), clock.now() - at)
-            except httpx.TransportError as exc:
-                return no_reply(exc, at, clock.now())
-
+        attempt = self.outgoing.async_attempter(route, started.call_id, clock, transport)
         return await self.engine.arun(started, attempt)
 
     def _open(
@@ -276,25 +203,15 @@ class Selector:
         call_id: str | None,
     ) -> tuple[Route, Started]:
         """The call's request read into a route (as the transport reads one), and its start."""
-        from tiersel.http.flavours import HTTPX
-        from tiersel.http.route import read_route
-
         engine = self.engine
-        dialect = dialect_for_path(path)
-        if dialect is None:
-            raise RequestNotUnderstood(
-                f"{shown(path)} is not a generation path (chat completions, responses,"
-                " completions or messages)"
-            )
-        request = self.outgoing.request(path, headers, body)
         defaults = requirements if requirements is not None else engine.requirements
-        route = read_route(request, HTTPX, path, dialect, defaults, engine.pricing.tiers)
+        route = self.outgoing.route(body, path, headers, defaults, engine.pricing.tiers)
         started = engine.start(
             route.body,
             requirements=route.requirements,
             path=path,
             call_id=call_id,
-            dialect=dialect,
+            dialect=route.dialect,
         )
         return route, started
 

@@ -509,3 +509,28 @@ def _stalled(stall: float) -> tuple[StalledClock, Upstream, Selector, Requiremen
     call = Call(model="kimi-k3", input_tokens=10, max_output_tokens=200)
     assert sel.decide(call, need).wait_s == pytest.approx(3.0)
     return clock, up, sel, need
+
+
+def test_the_selector_passes_the_engines_settings_on_and_names_a_misspelt_one() -> None:
+    sel = Selector(max_attempts=3, backoff_s=0.5, budget_wait_s=0.0, api_key="")
+    assert (sel.engine.max_attempts, sel.engine.backoff_s, sel.engine.budget_wait_s) == (3, 0.5, 0)
+    with pytest.raises(
+        TypeError, match=r"Selector\(\) .* 'max_atempts' \(did you mean 'max_attempts'\?\)"
+    ):
+        Selector(max_atempts=3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"'transprot' \(did you mean 'transport'\?\)"):
+        Selector(transprot=None)  # type: ignore[call-arg]
+
+
+def test_the_engine_settings_are_the_engines_keywords() -> None:
+    # A door passes `EngineSettings` on to `Engine`: the two must name the same settings.
+    import inspect
+
+    from tiersel.engine import Engine, EngineSettings
+
+    keywords = [
+        p.name
+        for p in inspect.signature(Engine).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    assert keywords == list(EngineSettings.__annotations__)

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from tiersel.engine.billing import classify_reply
-from tiersel.engine.core import Engine, Started, new_call_id, pinned
+from tiersel.engine.core import Engine, EngineSettings, Started, new_call_id, pinned
 from tiersel.engine.effects import (
     ClaimProbe,
     Effect,
@@ -41,6 +41,7 @@ __all__ = [
     "ClaimProbe",
     "Effect",
     "Engine",
+    "EngineSettings",
     "Flow",
     "Notify",
     "Now",

@@ -10,11 +10,12 @@ out with `run` or `arun` and a send of its own; a streamed reply is completed wi
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, TypedDict, cast
 
 from tiersel.budget import AsyncLedger, Ledger
 from tiersel.call import BudgetState, Call, Requirements
@@ -64,7 +65,7 @@ from tiersel.signals import (
     assess,
 )
 
-__all__ = ["Engine", "Started", "new_call_id", "pinned"]
+__all__ = ["Engine", "EngineSettings", "Started", "check_setting_names", "new_call_id", "pinned"]
 
 
 def new_call_id() -> str:
@@ -87,12 +88,72 @@ class Started(NamedTuple):
     call: Call
 
 
+class EngineSettings(TypedDict, total=False):
+    """The `Engine`'s settings besides its four parts, as keywords a door passes on
+    (``Selector(max_attempts=3)``); each defaults as `Engine` says.
+
+    - ``ledger``: a budget `Ledger`; when set, each attempt reserves its worst case first.
+      An `AsyncLedger` works with async calls only.
+    - ``endpoint``: the signal stores' name for the provider (``"fireworks"``).
+    - ``requirements``: a call's requirements when it states none (`Requirements()`).
+    - ``signal_config``: how the signals are kept (`SignalConfig`; default: the store's own).
+    - ``max_attempts`` and ``backoff_s``: the attempts a call may make (4), and the first
+      backoff before a tier is tried again (0.2 s), doubling after each failure.
+    - ``default_max_output_tokens``: the output cap assumed for a body that states none (4096,
+      or the model's own output limit from the price table when that is smaller).
+    - ``bytes_per_token``: how many bytes of a prompt count as one token in its estimate (3.0).
+    - ``unbounded_output``: under a budget, what a body with no output cap is sent with, so that
+      its reservation bounds what it can cost (the cap set is reported in the
+      ``x-tiersel-max-tokens`` response header): ``"share"`` (the default), what a quarter of
+      the money left buys, at least 256 tokens and at most ``default_max_output_tokens``;
+      ``"cap"``, ``default_max_output_tokens`` itself; ``"refuse"``, no send
+      (`RequestNotUnderstood`).
+    - ``budget_wait_s``: how long a call the budget turns down while other calls hold
+      reservations waits for them to settle before `BudgetExhausted` (30 s; never past half the
+      time its deadline leaves, nor the client's timeout; 0 refuses at once). A reservation is
+      a call's worst case, so money in flight usually comes back.
+    - ``on_attempt`` / ``on_result``: called with each attempt's `AttemptRecord`, and with each
+      call's final `CallResult` (a stream's once it ends), whichever door the call came through.
+    """
+
+    ledger: Ledger | AsyncLedger | None
+    endpoint: str
+    requirements: Requirements | None
+    signal_config: SignalConfig | None
+    max_attempts: int
+    backoff_s: float
+    default_max_output_tokens: int
+    bytes_per_token: float
+    unbounded_output: str
+    budget_wait_s: float
+    on_attempt: Callable[[AttemptRecord], None] | None
+    on_result: Callable[[CallResult], None] | None
+
+
+def check_setting_names(door: Callable[..., object], names: Iterable[str]) -> None:
+    """`TypeError` naming the first of ``names`` that is not an `EngineSettings` key (and the
+    closest of those keys and the door's own keywords), as Python names an unexpected keyword
+    argument of ``door``."""
+    known = EngineSettings.__optional_keys__
+    for name in names:
+        if name not in known:
+            own = {
+                p.name
+                for p in inspect.signature(door).parameters.values()
+                if p.kind != p.VAR_KEYWORD
+            }
+            close = difflib.get_close_matches(name, sorted(known | own), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            what = getattr(door, "__name__", "door")
+            raise TypeError(f"{what}() got an unexpected keyword argument {name!r}{hint}")
+
+
 class Engine:
     """Prices, policy, signals, budget and clock for one call's attempts; no I/O of its own
     but the stores'.
 
-    Built by a door with the door's settings (see `tiersel.Selector` for each one). ``signals``
-    or ``ledger`` may be async stores, which only `arun` can use.
+    Built by a door with the door's settings (`EngineSettings`, each explained there).
+    ``signals`` or ``ledger`` may be async stores, which only `arun` can use.
     """
 
     def __init__(
