@@ -500,12 +500,23 @@ def test_a_call_left_no_hope_after_its_wait_is_still_refused() -> None:
     assert up.seen == [] and clock.now() == pytest.approx(18.0)
 
 
-def _stalled(stall: float) -> tuple[StalledClock, Upstream, Selector, Requirements]:
+def test_a_call_that_asked_for_speed_is_not_carried_on_on_slower_terms() -> None:
+    # The first case's call, also asking for its first token within 10 s: a best-effort plan
+    # may use tiers too slow for that, so the call is refused as before, nothing sent.
+    clock, up, sel, need = _stalled(stall=12.0, max_ttft_s=10.0)
+    with pytest.raises(tiersel.NoFeasibleTier):
+        sel.send(BODY, requirements=need)
+    assert up.seen == [] and clock.now() == pytest.approx(15.0)
+
+
+def _stalled(
+    stall: float, max_ttft_s: float | None = None
+) -> tuple[StalledClock, Upstream, Selector, Requirements]:
     clock = StalledClock(stall)
     up = Upstream(lambda body: ok())
     sel = selector(up, clock)
     sel.record("kimi-k3", "standard", Observation(Outcome.rate_limited, retry_after_s=3.0), 0.0)
-    need = Requirements(tiers=["standard"], deadline_s=20, reliability=0.6)
+    need = Requirements(tiers=["standard"], deadline_s=20, reliability=0.6, max_ttft_s=max_ttft_s)
     call = Call(model="kimi-k3", input_tokens=10, max_output_tokens=200)
     assert sel.decide(call, need).wait_s == pytest.approx(3.0)
     return clock, up, sel, need

@@ -284,9 +284,11 @@ def _carried_on(
     """The likeliest schedule left, for a call the policy once planned that no schedule now
     meets (a failure, a stall or a changed signal used up its margin): the call was admitted,
     so it goes on at best effort, within its cost limits, rather than being refused after it
-    waited or spent. None when even that is hopeless (P(success) below `HOPELESS`)."""
-    if req.best_effort:
-        return None  # the policy already looked for the likeliest, and found none
+    waited or spent. None when even that is hopeless (P(success) below `HOPELESS`), and for a
+    call that asked for speed (``min_output_tps``, ``max_ttft_s``): a best-effort plan may use
+    tiers too slow for it, and a late or slow answer is not what such a call can use."""
+    if req.best_effort or req.min_output_tps is not None or req.max_ttft_s is not None:
+        return None  # already the likeliest (best effort), or speed is not to be given up
     effort = req.model_copy(update={"best_effort": True})
     try:
         decision = ctx.sel.policy(prog.call, effort, budget, ctx.prices, signals, now)
