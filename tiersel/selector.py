@@ -77,7 +77,7 @@ class Selector:
         api_key: str | None = None,
         **settings: Unpack[EngineSettings],
     ) -> None:
-        check_setting_names(Selector, settings)
+        check_setting_names(type(self), settings)
         self.engine = Engine(pricing, policy, signals, clock, **settings)
         key = api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
         self.outgoing = Outgoing(base_url, transport, async_transport, key)

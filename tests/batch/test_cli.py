@@ -258,3 +258,28 @@ def test_over_real_http_against_the_simulator_server(tmp_path: Path) -> None:
     assert sum(stats["by_status"].values()) >= 20
     for text in (done.stdout, done.stderr, out.read_text(), Path(f"{out}.journal").read_text()):
         assert secret not in text
+
+
+@pytest.mark.parametrize(("flags", "carry_on"), [([], True), (["--strict"], False)])
+def test_strict_lines_are_not_carried_on_at_best_effort(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], carry_on: bool
+) -> None:
+    # --strict: a line whose requirements no tier can meet is not sent, and one that can no
+    # longer meet them after a failed attempt ends with its error (the engine's carry_on).
+    import tiersel.batch.runner
+
+    engines: list[bool] = []
+    real = tiersel.batch.runner.Selector
+
+    def watched(*args: object, **kwargs: object) -> object:
+        selector = real(*args, **kwargs)  # type: ignore[arg-type]
+        engines.append(selector.engine.carry_on)
+        return selector
+
+    monkeypatch.setattr(tiersel.batch.runner, "Selector", watched)
+    src = write_jsonl(tmp_path / "in.jsonl", lines(3))
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(src), "--out", str(out), "--budget-usd", "1", "--sim", "calm", *flags]
+    assert main(args) == 0
+    assert engines == [carry_on]
+    assert all(r["status"] == "ok" for r in read_rows(out))

@@ -16,6 +16,7 @@ from tiersel.budget import MemoryLedger
 from tiersel.clock import FakeClock
 from tiersel.dialects import Usage
 from tiersel.engine.results import AttemptRecord
+from tiersel.policy import CheapestFeasible
 from tiersel.signals import Observation, Outcome, SignalKey
 
 BODY = {
@@ -509,12 +510,58 @@ def test_a_call_that_asked_for_speed_is_not_carried_on_on_slower_terms() -> None
     assert up.seen == [] and clock.now() == pytest.approx(15.0)
 
 
+def test_carry_on_false_refuses_as_before() -> None:
+    _, up, sel, need = _stalled(stall=12.0, carry_on=False)
+    with pytest.raises(tiersel.NoFeasibleTier):
+        sel.send(BODY, requirements=need)
+    assert up.seen == []
+
+
+def test_a_carried_on_call_keeps_its_policys_floor() -> None:
+    # The policy refuses schedules below P(success) 0.5 for a call with no target: a call
+    # carried on is held to it too (the likeliest schedule left has about 0.23).
+    policy = CheapestFeasible(min_reliability=0.5)
+    _, up, sel, _ = _stalled(stall=12.0, policy=policy)
+    with pytest.raises(tiersel.NoFeasibleTier):
+        sel.send(BODY, requirements=Requirements(tiers=["standard"], deadline_s=20))
+    assert up.seen == []
+
+
+def test_a_stall_during_a_backoff_is_seen_before_the_next_attempt() -> None:
+    # The first attempt fails with a 500. Every wait after it overruns by 5 s: the wait for
+    # the schedule's next attempt (so the call plans again, behind its schedule), then the
+    # backoff before the same tier is tried again. The retry goes out once that backoff ends,
+    # late as it is, with the time then left; and not at all once the deadline has passed.
+    for deadline, sent in ((20.0, 2), (10.0, 1)):
+        clock = StalledClock(5.0)
+        seen: list[tuple[float, float]] = []
+
+        def script(
+            request: httpx.Request, clock: FakeClock = clock, seen: list[Any] = seen
+        ) -> httpx.Response:
+            seen.append((clock.now(), request.extensions["timeout"]["read"]))
+            if len(seen) == 1:
+                return httpx.Response(500, json={"error": {"message": "boom"}})
+            return ok()
+
+        sel = Selector(clock=clock, transport=httpx.MockTransport(script), api_key="")
+        need = Requirements(tiers=["standard"], deadline_s=deadline, reliability=0.9)
+        r = sel.send(BODY, requirements=need)
+        assert len(seen) == sent, (deadline, seen)
+        assert r.ok is (sent == 2)
+        for at, timeout in seen:  # each sent in time, given at most the time then left
+            assert at < deadline and timeout <= deadline - at + 1e-9, (deadline, seen)
+
+
 def _stalled(
-    stall: float, max_ttft_s: float | None = None
+    stall: float,
+    max_ttft_s: float | None = None,
+    carry_on: bool = True,
+    policy: CheapestFeasible | None = None,
 ) -> tuple[StalledClock, Upstream, Selector, Requirements]:
     clock = StalledClock(stall)
     up = Upstream(lambda body: ok())
-    sel = selector(up, clock)
+    sel = selector(up, clock, carry_on=carry_on, policy=policy)
     sel.record("kimi-k3", "standard", Observation(Outcome.rate_limited, retry_after_s=3.0), 0.0)
     need = Requirements(tiers=["standard"], deadline_s=20, reliability=0.6, max_ttft_s=max_ttft_s)
     call = Call(model="kimi-k3", input_tokens=10, max_output_tokens=200)

@@ -72,6 +72,7 @@ async def arun_batch(
     clock: Clock | None = None,
     ledger: Ledger | None = None,
     max_attempts: int = 4,
+    carry_on: bool = True,
     progress: bool | None = None,
     progress_stream: TextIO | None = None,
     store: str | None = None,
@@ -101,6 +102,9 @@ async def arun_batch(
       budget is charged it again, and a budget shared wider raises
       `tiersel.batch.sharing.StoreLostState`.
     - ``shard``: run only this `Shard` of the lines, into its own OUT (``out.<i>-of-<n>.jsonl``).
+    - ``carry_on``: a line sent on a plan that no longer meets its requirements after a failed
+      attempt goes on at best effort (see `tiersel.engine.EngineSettings`); False ends it
+      with its last error (``tiersel batch --strict``).
     - ``instrument``: called with the job's `Selector` before its first line, to watch it
       (``tiersel.prometheus.TierselMetrics``, for one).
 
@@ -145,6 +149,7 @@ async def arun_batch(
             base_url=base_url,
             api_key=api_key,
             max_attempts=max_attempts,
+            carry_on=carry_on,
             requirements=requirements
             if requirements is not None
             else Requirements(best_effort=True),
@@ -279,6 +284,7 @@ class _Runner:
         base_url: str,
         api_key: str | None,
         max_attempts: int,
+        carry_on: bool,
         requirements: Requirements,
         default_max_tokens: int | None,
     ) -> None:
@@ -316,6 +322,7 @@ class _Runner:
             async_transport=transport,
             base_url=base_url,
             max_attempts=max_attempts,
+            carry_on=carry_on,
             api_key=api_key,
             budget_wait_s=0.0,  # the job waits for money in flight itself (see _money_freed)
         )

@@ -141,7 +141,8 @@ def _add_requirement_args(g: Any) -> None:
     g.add_argument(
         "--strict",
         action="store_true",
-        help="do not send a line whose requirements no tier can meet (default: best effort)",
+        help="do not send a line whose requirements no tier can meet, nor carry one on at best"
+        " effort when they no longer can after a failed attempt (default: best effort)",
     )
     g.add_argument(
         "--default-max-tokens",
@@ -294,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             pricing=pricing,
             max_attempts=args.max_attempts,
+            carry_on=not args.strict,
             progress=args.progress,
             store=args.store,
             shard=shard,

@@ -114,6 +114,13 @@ class EngineSettings(TypedDict, total=False):
       a call's worst case, so money in flight usually comes back.
     - ``on_attempt`` / ``on_result``: called with each attempt's `AttemptRecord`, and with each
       call's final `CallResult` (a stream's once it ends), whichever door the call came through.
+    - ``carry_on``: what happens to a call the policy has planned when, later (after a failed
+      attempt, a stall, a changed signal), no schedule meets its reliability target any more.
+      True (the default): it goes on with the likeliest schedule left within its cost limits
+      (its decision says ``best_effort``), unless that is below the policy's
+      ``min_reliability`` or the call asked for speed (``min_output_tps``, ``max_ttft_s``).
+      False: it ends as it would have been refused: `NoFeasibleTier` if nothing was sent
+      yet, else with its last error.
     """
 
     ledger: Ledger | AsyncLedger | None
@@ -128,6 +135,7 @@ class EngineSettings(TypedDict, total=False):
     budget_wait_s: float
     on_attempt: Callable[[AttemptRecord], None] | None
     on_result: Callable[[CallResult], None] | None
+    carry_on: bool
 
 
 def check_setting_names(door: Callable[..., object], names: Iterable[str]) -> None:
@@ -175,6 +183,7 @@ class Engine:
         budget_wait_s: float = 30.0,
         on_attempt: Callable[[AttemptRecord], None] | None = None,
         on_result: Callable[[CallResult], None] | None = None,
+        carry_on: bool = True,
     ) -> None:
         _check_settings(max_attempts, backoff_s, unbounded_output, budget_wait_s)
         if default_max_output_tokens < 1:
@@ -203,6 +212,7 @@ class Engine:
         self.budget_wait_s = budget_wait_s
         self.on_attempt = on_attempt
         self.on_result = on_result
+        self.carry_on = carry_on
         self.plan_at_bound = False
         """Plan each call at its prompt's bound, not its estimate (a batch job's pacing)."""
         self._keys: dict[str, tuple[SignalKey, ...]] = {}

@@ -119,6 +119,9 @@ def call_flow(
                 continue
             if isinstance(at, CallResult):
                 return at
+            if at.decided_at > now:
+                following = at  # it starts after a backoff: `_follow` waits for it
+                continue
         held = yield from _reserve(ctx, prog, at, req)
         if held is _AGAIN:
             continue
@@ -163,7 +166,7 @@ def _follow(
     None when the call is behind its schedule and must plan again."""
     step = at.decision.plan[at.index]
     due = at.decided_at + step.start_s
-    if now > due + _LATE_S:
+    if now > due + _LATE_S and not at.backoff:
         return None
     if due > now:
         yield Sleep(due - now)
@@ -221,11 +224,13 @@ def _plan(
     at = Following(decision, 0, now)
     if prog.last_tier == decision.plan[0].tier and prog.attempts > 0:
         # Planned afresh onto the tier that just failed (a policy that plans one attempt at a
-        # time): back off first, within the deadline.
+        # time): back off first, within the deadline. The call then follows the plan from
+        # the backoff's end (`_follow` sleeps until it), so the time left is read again
+        # before the attempt is sent: a stall during the backoff may have used it up.
         backoff = min(MAX_BACKOFF_S, sel.backoff_s * 2.0 ** min(prog.attempts - 1, 30))
         if req.deadline_s is None or backoff < req.deadline_s / 2:
-            yield Sleep(backoff)
             at.decided_at = now + backoff
+            at.backoff = True
     return at
 
 
@@ -284,17 +289,23 @@ def _carried_on(
     """The likeliest schedule left, for a call the policy once planned that no schedule now
     meets (a failure, a stall or a changed signal used up its margin): the call was admitted,
     so it goes on at best effort, within its cost limits, rather than being refused after it
-    waited or spent. None when even that is hopeless (P(success) below `HOPELESS`), and for a
-    call that asked for speed (``min_output_tps``, ``max_ttft_s``): a best-effort plan may use
-    tiers too slow for it, and a late or slow answer is not what such a call can use."""
-    if req.best_effort or req.min_output_tps is not None or req.max_ttft_s is not None:
-        return None  # already the likeliest (best effort), or speed is not to be given up
+    waited or spent (the engine's ``carry_on``, default True).
+
+    None when that is not wanted; when even that schedule is hopeless (P(success) below the
+    policy's ``min_reliability``, where it has one, else `HOPELESS`); and for a call that
+    asked for speed (``min_output_tps``, ``max_ttft_s``): a best-effort plan may use tiers too
+    slow for it, and a late or slow answer is not what such a call can use."""
+    if not ctx.sel.carry_on or req.best_effort:
+        return None  # not wanted, or the policy already looked for the likeliest
+    if req.min_output_tps is not None or req.max_ttft_s is not None:
+        return None  # speed is not to be given up
     effort = req.model_copy(update={"best_effort": True})
     try:
         decision = ctx.sel.policy(prog.call, effort, budget, ctx.prices, signals, now)
     except NoFeasibleTier:
         return None
-    return decision if decision.p_success >= HOPELESS else None
+    floor = getattr(ctx.sel.policy, "min_reliability", HOPELESS)
+    return decision if decision.p_success >= floor else None
 
 
 def _reserve(

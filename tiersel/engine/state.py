@@ -36,6 +36,7 @@ class FlowHost(Protocol):
     unbounded_output: str
     budget_wait_s: float
     on_attempt: Callable[[AttemptRecord], None] | None
+    carry_on: bool
 
     @property
     def ledger_enabled(self) -> bool: ...
@@ -73,6 +74,7 @@ class Following:
     decision: Decision
     index: int
     decided_at: float
+    backoff: bool = False  # it starts after a backoff: being late for it is no reason to re-plan
 
 
 @dataclass(slots=True)
