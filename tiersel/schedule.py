@@ -293,14 +293,18 @@ def _grow(
     attempt twice its latency before the deadline (a call with no deadline is not kept
     waiting)."""
     push = queue.append
+    ends = node.ends
     for j in range(first, end):
         c = cands[j]
         push((node, j, 0.0))
         if deadline is not None and c.memory:
-            room = deadline - node.ends - 2.0 * c.latency
+            room = deadline - ends - 2.0 * c.latency
             m = c.memory_s
+            # A wait that ends within the tier's cooldown starts the attempt when the cooldown
+            # ends, as no wait does: the same attempt, queued once.
+            cooled = c.wait - ends
             for d in (0.5 * m, m, 2.0 * m, 4.0 * m):
-                if d <= room:
+                if d <= room and d > cooled:
                     push((node, j, d))
 
 
