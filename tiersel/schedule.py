@@ -379,6 +379,16 @@ order than `_extend` computes a schedule's cost, it can come out a unit in the l
 it, and an attempt that just fits must not be skipped."""
 
 
+def _most_served(c: Candidate) -> float:
+    """The most of the calls reaching an attempt on ``c`` that it can serve, whenever it is
+    sent: its shed rate is never below the lower of its window's rate and its lean now (see
+    `_extend`: after a shed on it, the rate is above its window's; otherwise it moves from
+    its lean towards its window's)."""
+    low = c.refusal if c.refusal < c.refused else c.refused
+    served = 1.0 - low - c.error
+    return 0.0 if served < 0.0 else 1.0 if served > 1.0 else served
+
+
 def _least_cost(node: _Node, k: int, c: Candidate) -> float:
     """The least a schedule can cost with one more attempt on ``c`` (candidate ``k``) after
     ``node``, whenever it starts. A schedule's cost is the average bill of its attempts,
@@ -421,6 +431,19 @@ def cheapest(
     bound = math.inf if spendable is None else spendable
     best: _Node | None = None
     best_cost = least = math.inf  # the best's cost; the least cost of any that met the target
+    # The most an attempt on candidate k can serve, and the most one on k or a dearer
+    # candidate can (schedules climb).
+    serves = [_most_served(c) for c in cands]
+    onward = serves[:]
+    for j in range(len(onward) - 2, -1, -1):
+        if onward[j + 1] > onward[j]:
+            onward[j] = onward[j + 1]
+    # fails[k][d]: the least share of the calls left that an attempt on candidate k, added at
+    # depth d + 1, and those still allowed after it on k or dearer candidates, fail to serve.
+    fails = [
+        [(1.0 - serves[k]) * (1.0 - onward[k]) ** (attempts - d - 1) for d in range(attempts)]
+        for k in range(len(cands))
+    ]
     queue = _start(cands, deadline)
     pop = queue.popleft
     budget = SEARCH_BUDGET
@@ -462,10 +485,16 @@ def cheapest(
             ):
                 _grow(queue, cands, nxt, k, k + 1, deadline)
             continue
-        # Extend only what could still reach the target: at best, every call that gets to
-        # the next attempt succeeds.
-        if nxt.depth < attempts and nxt.p + nxt.remains >= target:
-            _grow(queue, cands, nxt, k, len(cands), deadline)
+        # Extend only what could still reach the target: the next attempt, on candidate j,
+        # and those allowed after it serve together at most `1 - prod(1 - served_i)` of the
+        # calls left, which grows with each `served_i`: at best, each serves the most its
+        # tier can, and on time (`fails`). Exact: what is not queued could not meet it.
+        depth = nxt.depth
+        if depth < attempts and nxt.p + nxt.remains >= target:
+            p, remains = nxt.p, nxt.remains
+            for j in range(k, len(cands)):
+                if p + remains * (1.0 - fails[j][depth]) >= target - 1e-9:
+                    _grow(queue, cands, nxt, j, j + 1, deadline)
     return _schedule(best, cands) if best is not None else None
 
 
