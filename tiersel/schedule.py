@@ -489,12 +489,26 @@ def cheapest(
         # and those allowed after it serve together at most `1 - prod(1 - served_i)` of the
         # calls left, which grows with each `served_i`: at best, each serves the most its
         # tier can, and on time (`fails`). Exact: what is not queued could not meet it.
+        # Nor what could not displace the best found: when the best is within the tolerance
+        # of the least cost, a schedule that starts later than it, or as early but cannot be
+        # as likely, wins only by costing 0.1% less, or by lowering the least cost. (Not
+        # queuing it can change which of schedules within 0.1% of each other wins, where one
+        # found later lowers the least cost and drops the best from the tolerance.)
         depth = nxt.depth
         if depth < attempts and nxt.p + nxt.remains >= target:
             p, remains = nxt.p, nxt.remains
+            late, best_p = -1.0, 0.0
+            if best is not None and best_cost < limit:
+                late, best_p = _first_start(nxt) - _first_start(best), best.p
             for j in range(k, len(cands)):
-                if p + remains * (1.0 - fails[j][depth]) >= target - 1e-9:
-                    _grow(queue, cands, nxt, j, j + 1, deadline)
+                reach = p + remains * (1.0 - fails[j][depth])
+                if reach < target - 1e-9:
+                    continue
+                if late > 0.0 or (late == 0.0 and reach < best_p - 1e-9):
+                    cost = _least_cost(nxt, j, cands[j])
+                    if cost >= least and cost * _SAME_COST > best_cost * _ROUNDING:
+                        continue
+                _grow(queue, cands, nxt, j, j + 1, deadline)
     return _schedule(best, cands) if best is not None else None
 
 
