@@ -331,8 +331,6 @@ class CheapestFeasible:
         self._memo[key] = (picks, found[1:], tuple(reasons[before:]), effort)
         return _decision(found, reasons, r.deadline_s, effort)
 
-    # Runs on every decision the memo misses (benchmarks/decide.py, the arm of calls that all
-    # differ): one loop over the growing schedules, kept whole for speed.
     def _search(
         self,
         model: str,
@@ -342,81 +340,122 @@ class CheapestFeasible:
         reasons: list[Reason],
         worst_limit: float | None,
     ) -> tuple[Schedule, bool]:
-        """`choose`'s search: the schedule and whether it is a best effort."""
-        add = reasons.append
+        """`choose`'s search, in its stages: the cheapest ladder meeting the target; a hedge,
+        where the call allows one and it beats that ladder; the ladder, within the money; else
+        the fallback. Returns the schedule and whether it is a best effort."""
         every = cands
         cands = self._fit(requirements, cands, reasons)
-        target = requirements.reliability
-        goal = target if target is not None else self.default_reliability
+        goal = requirements.reliability
+        if goal is None:
+            goal = self.default_reliability
         attempts = requirements.max_attempts or self.max_attempts
         deadline = requirements.deadline_s
         max_ttft = requirements.max_ttft_s
-        backoff = self.backoff_s
         found = (
             cheapest(
                 cands,
                 target=goal,
                 attempts=attempts,
                 deadline=deadline,
-                backoff_s=backoff,
+                backoff_s=self.backoff_s,
                 max_ttft=max_ttft,
             )
             if cands
             else None
         )
         if requirements.hedge and deadline is not None and attempts >= 2 and cands:
-            ladder = found is not None and (
-                spendable is None or found.expected_cost <= spendable * _SAME
+            hedge = self._hedged(
+                found, cands, goal, deadline, max_ttft, spendable, worst_limit, reasons
             )
-            hedge = cheapest_hedge(
-                cands,
-                target=goal,
-                deadline=deadline,
-                spendable=spendable,
-                worst_limit=worst_limit,
-                max_ttft=max_ttft,
-            )
-            if hedge is not None and (
-                found is None
-                or not ladder
-                or hedge.expected_cost < found.expected_cost * (1.0 - HEDGE_SAVING)
-            ):
-                second = hedge.attempts[1].tier
-                raced = (hedge.expected_cost, hedge.p_success, hedge.hedge_s, second)
-                add(_reason((hedge.label, _CHOSEN, _C.hedged, raced)))
-                if found is not None and ladder:
-                    why = (found.expected_cost, hedge.expected_cost)
-                    add(_reason((found.label, _COSTLIER, _C.costlier, why)))
+            if hedge is not None:
                 return hedge, False
-            if hedge is not None and found is not None:
-                if hedge.expected_cost >= found.expected_cost:
-                    why = (hedge.expected_cost, found.expected_cost)
-                    add(_reason((hedge.label, _COSTLIER, _C.costlier, why)))
-                else:
-                    saving = 1.0 - hedge.expected_cost / found.expected_cost
-                    why = (saving, HEDGE_SAVING)
-                    add(_reason((hedge.label, _REJECTED, _C.small_saving, why)))
         if found is not None:
             if spendable is None or found.expected_cost <= spendable * _SAME:
                 wait = found.starts[0]
                 values = (found.expected_cost, found.p_success, wait)
                 code = _C.chosen_after_wait if wait else _C.chosen
-                add(_reason((found.label, _CHOSEN, code, values)))
+                reasons.append(_reason((found.label, _CHOSEN, code, values)))
                 self._passed_over(found, cands, goal, attempts, deadline, reasons)
                 return found, False
-            add(_reason((found.label, _REJECTED, _C.pacing, (found.expected_cost, spendable))))
+            why = (found.expected_cost, spendable)
+            reasons.append(_reason((found.label, _REJECTED, _C.pacing, why)))
         else:
             self._unreliable(cands, goal, attempts, deadline, max_ttft, reasons)
-        if target is not None and not requirements.best_effort:
+        if requirements.reliability is not None and not requirements.best_effort:
             raise NoFeasibleTier(model, reasons)
-        # A best-effort call may fall back on tiers too slow for what it asked.
-        effort = requirements.best_effort
-        best = likeliest(
-            every if effort else cands,
-            attempts=attempts,
+        return self._fallback(model, requirements, every, cands, spendable, reasons), True
+
+    def _hedged(
+        self,
+        found: Schedule | None,
+        cands: list[Candidate],
+        goal: float,
+        deadline: float,
+        max_ttft: float | None,
+        spendable: float | None,
+        worst_limit: float | None,
+        reasons: list[Reason],
+    ) -> Schedule | None:
+        """The cheapest hedge meeting ``goal``, when there is no ladder ``found`` within the
+        money or it costs `HEDGE_SAVING` less than that ladder; else None, with the reason the
+        hedge was passed over."""
+        add = reasons.append
+        ladder = found is not None and (
+            spendable is None or found.expected_cost <= spendable * _SAME
+        )
+        hedge = cheapest_hedge(
+            cands,
+            target=goal,
             deadline=deadline,
-            backoff_s=backoff,
-            max_ttft=None if effort else max_ttft,
+            spendable=spendable,
+            worst_limit=worst_limit,
+            max_ttft=max_ttft,
+        )
+        if hedge is None:
+            return None
+        if (
+            found is None
+            or not ladder
+            or hedge.expected_cost < found.expected_cost * (1.0 - HEDGE_SAVING)
+        ):
+            second = hedge.attempts[1].tier
+            raced = (hedge.expected_cost, hedge.p_success, hedge.hedge_s, second)
+            add(_reason((hedge.label, _CHOSEN, _C.hedged, raced)))
+            if found is not None and ladder:
+                why = (found.expected_cost, hedge.expected_cost)
+                add(_reason((found.label, _COSTLIER, _C.costlier, why)))
+            return hedge
+        if hedge.expected_cost >= found.expected_cost:
+            why = (hedge.expected_cost, found.expected_cost)
+            add(_reason((hedge.label, _COSTLIER, _C.costlier, why)))
+        else:
+            saving = 1.0 - hedge.expected_cost / found.expected_cost
+            add(_reason((hedge.label, _REJECTED, _C.small_saving, (saving, HEDGE_SAVING))))
+        return None
+
+    def _fallback(
+        self,
+        model: str,
+        requirements: Requirements,
+        every: list[Candidate],
+        fit: list[Candidate],
+        spendable: float | None,
+        reasons: list[Reason],
+    ) -> Schedule:
+        """The likeliest schedule within the cost limits, for a call with no reliability target
+        or a best-effort one (which may fall back on tiers too slow for what it asked: ``every``
+        candidate, not only those that ``fit``); `NoFeasibleTier` when there is none, or, for a
+        call with no target, when it is below the policy's ``min_reliability``."""
+        add = reasons.append
+        effort = requirements.best_effort
+        target = requirements.reliability
+        goal = target if target is not None else self.default_reliability
+        best = likeliest(
+            every if effort else fit,
+            attempts=requirements.max_attempts or self.max_attempts,
+            deadline=requirements.deadline_s,
+            backoff_s=self.backoff_s,
+            max_ttft=None if effort else requirements.max_ttft_s,
             spendable=spendable * _SAME if spendable is not None else None,
         )
         if best is None or (
@@ -425,12 +464,12 @@ class CheapestFeasible:
             if best is not None:
                 why = (best.p_success, self.min_reliability)
                 add(_reason((best.label, _REJECTED, _C.reliability, why)))
-            elif (cands or effort) and spendable is None:  # (else the reasons say why)
+            elif (fit or effort) and spendable is None:  # (else the reasons say why)
                 add(_reason(("*", _REJECTED, _C.no_time, ())))
             raise NoFeasibleTier(model, reasons)
-        code = _C.best_effort if requirements.best_effort else _C.likeliest
+        code = _C.best_effort if effort else _C.likeliest
         add(_reason((best.label, _CHOSEN, code, (best.expected_cost, best.p_success, goal))))
-        return best, True
+        return best
 
     def _passed_over(
         self,
