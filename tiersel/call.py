@@ -81,7 +81,9 @@ class Requirements(_Frozen):
     - ``tiers``: the tiers allowed, by name (None: every tier the model offers).
     - ``max_cost_usd``: the most one call may cost, at its worst case.
     - ``best_effort``: when no plan meets the requirements, choose the likeliest to succeed
-      within the cost limits instead of raising `NoFeasibleTier`.
+      within the cost limits instead of raising `NoFeasibleTier`: on the tiers fast enough for
+      ``max_ttft_s`` and ``min_output_tps``, or, where none of those reaches the policy's
+      ``min_reliability``, on any tier.
     - ``max_attempts``: the most attempts the call may make (None: the selector's
       ``max_attempts``); the policy plans its schedule within them.
     - ``hedge``: allow a hedge (`tiersel.hedge`): when the first attempt has not answered after a

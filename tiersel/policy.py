@@ -443,21 +443,34 @@ class CheapestFeasible:
         reasons: list[Reason],
     ) -> Schedule:
         """The likeliest schedule within the cost limits, for a call with no reliability target
-        or a best-effort one (which may fall back on tiers too slow for what it asked: ``every``
-        candidate, not only those that ``fit``); `NoFeasibleTier` when there is none, or, for a
-        call with no target, when it is below the policy's ``min_reliability``."""
+        or a best-effort one; `NoFeasibleTier` when there is none, or, for a call with no
+        target, when it is below the policy's ``min_reliability``.
+
+        It keeps to the tiers that ``fit`` the call's speed limits (``min_output_tps``,
+        ``max_ttft_s``). Only a best-effort call falls back on ``every`` candidate, the tiers too
+        slow for what it asked among them, and only where no schedule on those that fit reaches
+        ``min_reliability``."""
         add = reasons.append
         effort = requirements.best_effort
         target = requirements.reliability
         goal = target if target is not None else self.default_reliability
-        best = likeliest(
-            every if effort else fit,
-            attempts=requirements.max_attempts or self.max_attempts,
-            deadline=requirements.deadline_s,
-            backoff_s=self.backoff_s,
-            max_ttft=None if effort else requirements.max_ttft_s,
-            spendable=spendable * _SAME if spendable is not None else None,
-        )
+        attempts = requirements.max_attempts or self.max_attempts
+        deadline = requirements.deadline_s
+        limit = spendable * _SAME if spendable is not None else None
+
+        def likeliest_of(cands: list[Candidate], max_ttft: float | None) -> Schedule | None:
+            return likeliest(
+                cands,
+                attempts=attempts,
+                deadline=deadline,
+                backoff_s=self.backoff_s,
+                max_ttft=max_ttft,
+                spendable=limit,
+            )
+
+        best = likeliest_of(fit, requirements.max_ttft_s) if fit else None
+        if effort and fit is not every and (best is None or best.p_success < self.min_reliability):
+            best = likeliest_of(every, None)
         if best is None or (
             target is None and not effort and best.p_success < self.min_reliability
         ):

@@ -474,8 +474,12 @@ class StalledClock(FakeClock):
         super().__init__()
         self.stall = stall
 
+    during_sleep: Callable[[], object] | None = None  # what happens while it sleeps
+
     def sleep(self, seconds: float) -> None:
         super().sleep(seconds + self.stall if seconds > 0 else seconds)
+        if self.during_sleep is not None:
+            self.during_sleep()
 
 
 def test_a_call_that_waited_is_carried_on_at_best_effort_not_refused() -> None:
@@ -501,11 +505,29 @@ def test_a_call_left_no_hope_after_its_wait_is_still_refused() -> None:
     assert up.seen == [] and clock.now() == pytest.approx(18.0)
 
 
-def test_a_call_that_asked_for_speed_is_not_carried_on_on_slower_terms() -> None:
-    # The first case's call, also asking for its first token within 10 s: a best-effort plan
-    # may use tiers too slow for that, so the call is refused as before, nothing sent.
+def test_a_call_that_asked_for_speed_is_carried_on_while_its_tier_is_fast_enough() -> None:
+    # The first case's call, also asking for its first token within 10 s: standard still
+    # answers that fast, so the likeliest plan left keeps to it and the call is carried on.
     clock, up, sel, need = _stalled(stall=12.0, max_ttft_s=10.0)
-    with pytest.raises(tiersel.NoFeasibleTier):
+    r = sel.send(BODY, requirements=need)
+    assert r.ok and r.attempts == 1 and up.tiers == ["standard"]
+    assert clock.now() == pytest.approx(15.0)
+    assert r.decision is not None and not any(c.code == "ttft" for c in r.decision.reasons)
+    assert [c.code for c in r.decision.reasons if c.verdict == "chosen"] == ["best_effort"]
+
+
+def test_a_call_that_asked_for_speed_is_not_carried_on_on_slower_terms() -> None:
+    # A call asking for 20 output tokens/s, which standard gave when it was planned. While it
+    # waits, standard is seen writing 15 tokens/s: no plan meets the call's requirements now,
+    # and the likeliest left (standard, in time) is too slow for it, so it is refused, as
+    # without carry-on, and nothing is sent.
+    clock, up, sel, need = _stalled(stall=12.0)
+    need = need.model_copy(update={"deadline_s": 60.0, "min_output_tps": 20.0})
+    call = Call(model="kimi-k3", input_tokens=10, max_output_tokens=200)
+    assert sel.decide(call, need).tier == "standard"
+    slow = Observation(Outcome.ok, latency_s=14.0, ttft_s=0.5, output_tps=15.0)
+    clock.during_sleep = lambda: [sel.record("kimi-k3", "standard", slow) for _ in range(50)]
+    with pytest.raises(tiersel.NoFeasibleTier, match="below min_output_tps 20"):
         sel.send(BODY, requirements=need)
     assert up.seen == [] and clock.now() == pytest.approx(15.0)
 

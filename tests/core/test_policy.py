@@ -155,6 +155,20 @@ def test_best_effort_takes_the_likeliest() -> None:
     assert "best effort" in d.explain()
 
 
+def test_best_effort_keeps_to_the_tiers_fast_enough_while_they_have_a_hope() -> None:
+    # Fast alone writes 100 tokens/s; in one attempt, the target is out of reach. The likeliest
+    # plan fast enough is taken, though slower tiers (which shed fewer calls) are likelier.
+    want = Requirements(reliability=0.9999, min_output_tps=100, max_attempts=1, best_effort=True)
+    d = decide(want)
+    assert d.best_effort and {s.tier for s in d.plan} == {"fast"}
+    assert d.p_success < decide(want.model_copy(update={"min_output_tps": None})).p_success
+    # Where the tiers fast enough have no hope (fast shedding nearly every call), a best-effort
+    # call falls back on slower ones, as before.
+    hopeless = {**CALM, "fast": health(0.995, tps=150, ttft=0.3)}
+    d = CheapestFeasible(min_reliability=0.5)(CALL, want, None, KIMI, hopeless, 0.0)
+    assert d.best_effort and "fast" not in {s.tier for s in d.plan}
+
+
 def test_pacing_keeps_money_for_the_calls_to_come() -> None:
     std = decide(Requirements()).estimated_cost_usd
     fast = decide(Requirements(min_output_tps=100)).estimated_cost_usd

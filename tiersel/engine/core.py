@@ -118,7 +118,8 @@ class EngineSettings(TypedDict, total=False):
       attempt, a stall, a changed signal), no schedule meets its reliability target any more.
       True (the default): it goes on with the likeliest schedule left within its cost limits
       (its decision says ``best_effort``), unless that is below the policy's
-      ``min_reliability`` or the call asked for speed (``min_output_tps``, ``max_ttft_s``).
+      ``min_reliability``, or it uses a tier too slow for the speed the call asked for
+      (``min_output_tps``, ``max_ttft_s``).
       False: it ends as it would have been refused: `NoFeasibleTier` if nothing was sent
       yet, else with its last error.
     """

@@ -15,7 +15,7 @@ from typing import Any
 
 from tiersel.call import BudgetState, Call, Requirements
 from tiersel.cost import charge
-from tiersel.decision import Decision, Step
+from tiersel.decision import Decision, ReasonCode, Step
 from tiersel.dialects import (
     Classified,
     Dialect,
@@ -58,6 +58,8 @@ from tiersel.signals import (
 
 _PLANNED = frozenset({Outcome.shed, Outcome.rate_limited, Outcome.error})
 """Failures a schedule plans for: answered fast, so its next attempt follows as planned."""
+_TOO_SLOW = frozenset({ReasonCode.tps, ReasonCode.ttft})
+"""The codes of a tier rejected as too slow for a call's speed limits."""
 _LATE_S = 0.5
 """How far behind its schedule a call may be and still follow it rather than plan again."""
 
@@ -292,20 +294,24 @@ def _carried_on(
     waited or spent (the engine's ``carry_on``, default True).
 
     None when that is not wanted; when even that schedule is hopeless (P(success) below the
-    policy's ``min_reliability``, where it has one, else `HOPELESS`); and for a call that
-    asked for speed (``min_output_tps``, ``max_ttft_s``): a best-effort plan may use tiers too
-    slow for it, and a late or slow answer is not what such a call can use."""
+    policy's ``min_reliability``, where it has one, else `HOPELESS`); and, for a call that
+    asked for speed (``min_output_tps``, ``max_ttft_s``), when that schedule uses a tier the
+    policy found too slow for it: a slow answer is not what such a call can use."""
     if not ctx.sel.carry_on or req.best_effort:
         return None  # not wanted, or the policy already looked for the likeliest
-    if req.min_output_tps is not None or req.max_ttft_s is not None:
-        return None  # speed is not to be given up
     effort = req.model_copy(update={"best_effort": True})
     try:
         decision = ctx.sel.policy(prog.call, effort, budget, ctx.prices, signals, now)
     except NoFeasibleTier:
         return None
     floor = getattr(ctx.sel.policy, "min_reliability", HOPELESS)
-    return decision if decision.p_success >= floor else None
+    if decision.p_success < floor:
+        return None
+    if req.min_output_tps is not None or req.max_ttft_s is not None:
+        slow = {r.plan for r in decision.reasons if r.code in _TOO_SLOW}
+        if any(step.tier in slow for step in decision.plan):
+            return None  # speed is not to be given up
+    return decision
 
 
 def _reserve(
