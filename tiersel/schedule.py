@@ -38,10 +38,13 @@ Schedules climb. They take tiers in the order of their expected cost, each as ma
 pays. Appending an attempt then never lowers P(success) and never lowers the cost. The search
 (`cheapest`) can therefore stop extending a schedule once it meets the target or costs more than
 the best one found. That is a search over (attempt, time left), with the time left fixed by the
-path. It goes breadth first, every schedule of one attempt before any of two: a search cut
-short by its budget (`SEARCH_BUDGET`) has then weighed the same schedules whatever number of
-attempts is allowed, so allowing more never gives a worse answer (depth first, it did: the
-extra depth spent the budget on one branch and missed a likelier schedule of fewer attempts).
+path. It skips attempts after which the target is out of reach with the attempts allowed, and
+weighs the others by the fewest attempts in all with which their schedule could reach it, then
+breadth first: a search allowed more attempts first weighs, in the same order, every attempt a
+search allowed fewer weighs, so one cut short by its budget (`SEARCH_BUDGET`) never gives a
+worse answer for being allowed more (depth first, it did: the extra depth spent the budget on
+one branch; and plain breadth first, the schedules that only the extra attempts could bring to
+the target spent it before deeper ones that fewer attempts find).
 A schedule that meets the target is extended on its own tier (the same cost, perhaps more
 reliability) only while that could still beat the best found (`_may_beat`).
 """
@@ -389,6 +392,19 @@ def _most_served(c: Candidate) -> float:
     return 0.0 if served < 0.0 else 1.0 if served > 1.0 else served
 
 
+def _fewest(
+    p: float, remains: float, fails: list[float], depth: int, attempts: int, goal: float
+) -> int:
+    """The fewest attempts in all, at most ``attempts``, with which a schedule of ``depth``
+    attempts (``p`` its P(success), ``remains`` the share of calls left after them) and one
+    more, failing at least ``fails[e]`` of the calls left with ``e`` more after it, could
+    reach ``goal``; 0 when none can."""
+    for e in range(attempts - depth):
+        if p + remains * (1.0 - fails[e]) >= goal:
+            return depth + 1 + e
+    return 0
+
+
 def _least_cost(node: _Node, k: int, c: Candidate) -> float:
     """The least a schedule can cost with one more attempt on ``c`` (candidate ``k``) after
     ``node``, whenever it starts. A schedule's cost is the average bill of its attempts,
@@ -425,8 +441,9 @@ def cheapest(
     the one that sends its first attempt sooner wins, then the likelier (`_better`): a call is
     not kept waiting for reliability it did not ask for, but what costs nothing after a failure
     (another attempt on the tier, a wait for a spell to pass) is taken.
-    The search is breadth first, cheapest tiers first, and weighs an attempt's cost before its
-    timing: once a schedule meets the target, those that cost more are dropped unpriced.
+    The search weighs attempts by the fewest attempts in all their schedule needs to reach the
+    target, then breadth first, cheapest tiers first; and an attempt's cost before its timing:
+    once a schedule meets the target, those that cost more are dropped unpriced.
     """
     bound = math.inf if spendable is None else spendable
     best: _Node | None = None
@@ -438,18 +455,31 @@ def cheapest(
     for j in range(len(onward) - 2, -1, -1):
         if onward[j + 1] > onward[j]:
             onward[j] = onward[j + 1]
-    # fails[k][d]: the least share of the calls left that an attempt on candidate k, added at
-    # depth d + 1, and those still allowed after it on k or dearer candidates, fail to serve.
+    # fails[k][e]: the least share of the calls left that an attempt on candidate k, and e
+    # more after it on k or dearer candidates, fail to serve.
     fails = [
-        [(1.0 - serves[k]) * (1.0 - onward[k]) ** (attempts - d - 1) for d in range(attempts)]
+        [(1.0 - serves[k]) * (1.0 - onward[k]) ** e for e in range(attempts)]
         for k in range(len(cands))
     ]
-    queue = _start(cands, deadline)
-    pop = queue.popleft
+    # The attempts to weigh, by the fewest attempts in all with which their schedule could
+    # still reach the target (and displace the best found, see below): ``queues[n]``. They are
+    # weighed from the lowest n up, each queue in order (breadth first): so a search allowed
+    # more attempts first weighs, in the same order, every attempt a search allowed fewer
+    # weighs, and one cut short by its budget never gives a worse answer.
+    queues: list[_Queue] = [deque() for _ in range(attempts + 1)]
+    for j, row in enumerate(fails):
+        n = _fewest(0.0, 1.0, row, 0, attempts, target - 1e-9)
+        if n:
+            _grow(queues[n], cands, _ROOT, j, j + 1, deadline)
+    lo = 1
     budget = SEARCH_BUDGET
     dearer: tuple[_Node, int] | None = None  # an attempt too dear whenever it starts
-    while queue:
-        node, k, delay = pop()
+    while True:
+        while lo <= attempts and not queues[lo]:
+            lo += 1
+        if lo > attempts:
+            break
+        node, k, delay = queues[lo].popleft()
         budget -= 1
         if budget < 0:
             break
@@ -483,7 +513,8 @@ def cheapest(
                 and nxt.remains > _NOTHING
                 and (best is nxt or _may_beat(nxt, best))
             ):
-                _grow(queue, cands, nxt, k, k + 1, deadline)
+                _grow(queues[nxt.depth + 1], cands, nxt, k, k + 1, deadline)
+                lo = min(lo, nxt.depth + 1)
             continue
         # Extend only what could still reach the target: the next attempt, on candidate j,
         # and those allowed after it serve together at most `1 - prod(1 - served_i)` of the
@@ -501,14 +532,19 @@ def cheapest(
             if best is not None and best_cost < limit:
                 late, best_p = _first_start(nxt) - _first_start(best), best.p
             for j in range(k, len(cands)):
-                reach = p + remains * (1.0 - fails[j][depth])
-                if reach < target - 1e-9:
-                    continue
-                if late > 0.0 or (late == 0.0 and reach < best_p - 1e-9):
+                goal = target - 1e-9
+                if late >= 0.0:
                     cost = _least_cost(nxt, j, cands[j])
                     if cost >= least and cost * _SAME_COST > best_cost * _ROUNDING:
-                        continue
-                _grow(queue, cands, nxt, j, j + 1, deadline)
+                        if late > 0.0:
+                            continue
+                        if best_p - 1e-9 > goal:
+                            goal = best_p - 1e-9
+                n = _fewest(p, remains, fails[j], depth, attempts, goal)
+                if n:
+                    _grow(queues[n], cands, nxt, j, j + 1, deadline)
+                    if n < lo:
+                        lo = n
     return _schedule(best, cands) if best is not None else None
 
 

@@ -105,6 +105,45 @@ def test_more_attempts_allowed_never_lowers_the_likeliest_schedule(
     assert len(fewer.attempts) <= attempts and len(more.attempts) <= attempts + 1
 
 
+@given(candidates(), st.floats(20.0, 700.0), st.floats(0.5, 0.9999), st.integers(3, 8))
+@settings(max_examples=150)
+def test_more_attempts_allowed_never_give_a_dearer_cheapest_schedule_even_cut_short(
+    cands: list[Candidate], deadline: float, target: float, attempts: int
+) -> None:
+    # With a budget of 100 attempts priced, most of these searches are cut short.
+    import tiersel.schedule as schedule
+
+    kw = {"target": target, "deadline": deadline, "backoff_s": BACKOFF}
+    budget = schedule.SEARCH_BUDGET
+    schedule.SEARCH_BUDGET = 100
+    try:
+        fewer = cheapest(cands, attempts=attempts, **kw)  # type: ignore[arg-type]
+        more = cheapest(cands, attempts=attempts + 1, **kw)  # type: ignore[arg-type]
+    finally:
+        schedule.SEARCH_BUDGET = budget
+    if fewer is not None:
+        assert more is not None and more.expected_cost <= fewer.expected_cost * 1.001 + 1e-15
+
+
+def test_an_eighth_attempt_allowed_still_finds_the_seven_attempt_schedule() -> None:
+    # Found in review: a long deadline, standard alone, cooling for 3 s. The search allowed
+    # eight attempts kept schedules that only eight could bring to the target, and its budget
+    # ran out on them before it reached the seven-attempt schedule found with seven allowed.
+    health = TierHealth(0.1, 0.0, 0.5, 50.0, 0.3, CircuitState.closed, 0.0, 0)
+    c = Candidate(
+        "standard", KIMI.tiers["standard"], health, 0.00981316883753635, 0.003818089392388215,
+        4.6099454590407625, 0.14660034399763178, 0.14660034399763178, 0.18351090397214642,
+        0.6322419653979487, 3.0, 3.670537590389509, 1.460279208641145, 0.4798358102153033,
+        22.014894996588485,
+    )  # fmt: skip
+    found = [
+        cheapest([c], target=0.999, attempts=n, deadline=545.4953211948767, backoff_s=BACKOFF)
+        for n in (7, 8)
+    ]
+    assert found[0] is not None and found[0].label == "standard*7"
+    assert found[1] is not None and found[1].expected_cost <= found[0].expected_cost * 1.001
+
+
 @given(candidates(), deadlines, st.floats(0.5, 0.9999), st.integers(1, 4))
 @settings(max_examples=60)
 def test_the_cheapest_schedule_meets_its_target_and_none_priced_is_cheaper(
