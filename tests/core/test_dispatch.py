@@ -552,9 +552,11 @@ def test_a_carried_on_call_keeps_its_policys_floor() -> None:
 def test_a_stall_during_a_backoff_is_seen_before_the_next_attempt() -> None:
     # The first attempt fails with a 500. Every wait after it overruns by 5 s: the wait for
     # the schedule's next attempt (so the call plans again, behind its schedule), then the
-    # backoff before the same tier is tried again. The retry goes out once that backoff ends,
-    # late as it is, with the time then left; and not at all once the deadline has passed.
-    for deadline, sent in ((20.0, 2), (10.0, 1)):
+    # backoff before the same tier is tried again. Behind again, the call plans again from the
+    # time then left, with no second backoff: with 9.3 s left the retry goes out at once; with
+    # 0.3 s left (a deadline of 11 s) no plan has a hope and the call ends with its 500,
+    # sending no doomed attempt; and with none left it ends at the deadline.
+    for deadline, sent in ((20.0, 2), (11.0, 1), (10.0, 1)):
         clock = StalledClock(5.0)
         seen: list[tuple[float, float]] = []
 

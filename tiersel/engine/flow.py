@@ -165,10 +165,12 @@ def _follow(
     at: Following, now: float, prog: Progress
 ) -> Generator[Effect, Any, Following | object | None]:
     """The schedule's next attempt, due now; `_AGAIN` after sleeping until its planned start;
-    None when the call is behind its schedule and must plan again."""
+    None when the call is behind its schedule and must plan again (after a backoff, with no
+    second one: the time it was to take has passed)."""
     step = at.decision.plan[at.index]
     due = at.decided_at + step.start_s
-    if now > due + _LATE_S and not at.backoff:
+    if now > due + _LATE_S:
+        prog.backed_off = at.backoff
         return None
     if due > now:
         yield Sleep(due - now)
@@ -224,11 +226,13 @@ def _plan(
         prog.waited = True
         return _AGAIN
     at = Following(decision, 0, now)
-    if prog.last_tier == decision.plan[0].tier and prog.attempts > 0:
+    backed_off, prog.backed_off = prog.backed_off, False
+    if prog.last_tier == decision.plan[0].tier and prog.attempts > 0 and not backed_off:
         # Planned afresh onto the tier that just failed (a policy that plans one attempt at a
         # time): back off first, within the deadline. The call then follows the plan from
         # the backoff's end (`_follow` sleeps until it), so the time left is read again
-        # before the attempt is sent: a stall during the backoff may have used it up.
+        # before the attempt is sent: a stall during the backoff that leaves the call behind
+        # it has it planned again, from the time then left, with no second backoff.
         backoff = min(MAX_BACKOFF_S, sel.backoff_s * 2.0 ** min(prog.attempts - 1, 30))
         if req.deadline_s is None or backoff < req.deadline_s / 2:
             at.decided_at = now + backoff

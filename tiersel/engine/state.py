@@ -59,6 +59,7 @@ class Progress:
     last_tier: str | None = None
     waited: bool = False
     admitted: bool = False  # the policy has planned the call once (see flow._carried_on)
+    backed_off: bool = False  # a backoff was waited out, late: the next plan adds none
     detail: str = ""
     money_waited: float = 0.0  # seconds spent waiting for reservations in flight to settle
     money_polls: int = 0
@@ -74,7 +75,7 @@ class Following:
     decision: Decision
     index: int
     decided_at: float
-    backoff: bool = False  # it starts after a backoff: being late for it is no reason to re-plan
+    backoff: bool = False  # it starts after a backoff (planned again when late: no second one)
 
 
 @dataclass(slots=True)
