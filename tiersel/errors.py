@@ -123,6 +123,11 @@ class RequestNotUnderstood(TierselError, ValueError):
     """A request body tiersel was asked to route is not one it can read (see `tiersel.dialects`)."""
 
 
+class UnknownTier(TierselError, ValueError):
+    """A call's requirements allow a tier, by name, that the price table does not declare (a
+    misspelling: ``tiers=["priorty"]``)."""
+
+
 class ConflictingRequirements(TierselError, ValueError):
     """A call's requirements, merged from the selector's defaults and the enclosing
     ``tiersel.requirements(...)`` blocks, contradict each other (each was valid on its own)."""

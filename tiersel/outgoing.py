@@ -4,6 +4,7 @@ transport and needs none of this."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,14 @@ if TYPE_CHECKING:
 # The wire code (httpx2's too, when installed) loads with the first send, not with a Selector:
 # deciding needs none of it.
 
-__all__ = ["FIREWORKS_BASE_URL", "AsyncTransport", "Outgoing", "Secret", "SyncTransport"]
+__all__ = [
+    "FIREWORKS_BASE_URL",
+    "AsyncTransport",
+    "Outgoing",
+    "Secret",
+    "SyncTransport",
+    "check_base_url",
+]
 
 FIREWORKS_BASE_URL = "https://api.fireworks.ai/inference/v1"
 
@@ -33,6 +41,34 @@ AsyncTransport = (
     | httpx.AsyncClient
     | Callable[[httpx.Request], Awaitable[httpx.Response]]
 )
+
+
+def check_base_url(url: str, *, sends_key: bool) -> str:
+    """``url`` without a trailing slash, once checked: an ``http://`` or ``https://`` URL with
+    a host; and, when an API key goes with the requests (``sends_key``), ``https://``, or
+    ``http://`` only to this machine (loopback), so the key never crosses a network in clear
+    text. Raises ValueError naming ``base_url`` and the problem."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ValueError(f"base_url {url!r} is not a URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"base_url must be an http:// or https:// URL with a host, got {url!r}")
+    if sends_key and parsed.scheme == "http" and not _is_loopback(parsed.host):
+        raise ValueError(
+            f"base_url {url!r} is plain http:// to another machine: the API key would go in"
+            " clear text. Use https://, or http:// to a server on this machine (loopback)"
+        )
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Secret:
@@ -72,7 +108,7 @@ class Outgoing:
         async_transport: AsyncTransport | None,
         api_key: str | None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_base_url(base_url, sends_key=bool(api_key))
         self.transport = transport
         self.async_transport = async_transport
         self.api_key = Secret(api_key)

@@ -149,6 +149,32 @@ def test_exit_2_for_a_missing_input_a_used_out_or_no_provider(
     assert exc.value.code == 2
 
 
+def test_exit_2_for_a_base_url_that_is_not_http_or_would_send_the_key_in_clear_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", lines(2))
+    out = tmp_path / "out.jsonl"
+    monkeypatch.setenv("FIREWORKS_API_KEY", "sk-test")
+    for url, message in (
+        ("ftp://x", "--base-url: base_url must be an http:// or https:// URL"),
+        ("http://192.0.2.2:18999/inference/v1", "the API key would go in clear text"),
+    ):
+        code = main(["batch", str(src), "--out", str(out), "--budget-usd", "1", "--base-url", url])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == [src]  # refused before OUT or its journal was made
+
+
+def test_exit_2_for_an_out_that_is_the_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", lines(2))
+    before = src.read_bytes()
+    code = main(["batch", str(src), "--out", str(src), "--budget-usd", "1", "--sim", "calm"])
+    assert code == 2 and "is the input file" in capsys.readouterr().err
+    assert src.read_bytes() == before and list(tmp_path.iterdir()) == [src]
+
+
 def test_exit_4_while_another_job_holds_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

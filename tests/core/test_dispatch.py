@@ -616,3 +616,28 @@ def test_the_engine_settings_are_the_engines_keywords() -> None:
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     ]
     assert keywords == list(EngineSettings.__annotations__)
+
+
+def test_a_misspelt_tier_is_refused_naming_it_not_dropped() -> None:
+    up = Upstream(lambda body: ok())
+    sel = selector(up, FakeClock())
+    call = Call(model="kimi-k3", input_tokens=10, max_output_tokens=200)
+    with pytest.raises(tiersel.errors.UnknownTier, match=r"'priorty' \(known: standard, "):
+        sel.decide(call, Requirements(tiers=["priorty", "standard"]))
+    with pytest.raises(tiersel.errors.UnknownTier, match="'fsat'"):
+        sel.send(BODY, requirements=Requirements(tiers=["fsat", "standard"]))
+    with tiersel.requirements(tiers=["bogus"]), pytest.raises(tiersel.errors.UnknownTier):
+        sel.send(BODY)
+    assert up.seen == []
+    assert sel.decide(call, Requirements(tiers=["standard"])).tier == "standard"
+
+
+def test_a_base_url_that_would_send_the_key_in_clear_text_is_refused() -> None:
+    with pytest.raises(ValueError, match="the API key would go in clear text"):
+        Selector(base_url="http://192.0.2.2:8000/inference/v1", api_key="sk-test")
+    with pytest.raises(ValueError, match="must be an http:// or https:// URL"):
+        Selector(base_url="ftp://x", api_key="")
+    # Without a key, or to this machine, plain http is fine (a local proxy, the simulator).
+    assert Selector(base_url="http://192.0.2.2:8000/v1", api_key="").outgoing.base_url
+    for local in ("http://127.0.0.1:8000/v1/", "http://localhost/v1", "http://[::1]:80/v1"):
+        assert Selector(base_url=local, api_key="sk-test").outgoing.base_url == local.rstrip("/")

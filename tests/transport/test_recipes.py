@@ -1,6 +1,6 @@
-"""The README's LangChain and pydantic-ai recipes, run as written against the simulator server:
-the real packages, over real HTTP. Each recipe reads its base URL and key from the environment;
-the test points them at the simulator and records every call tiersel ends."""
+"""The README's openai, LangChain and pydantic-ai recipes, run as written against the simulator
+server: the real packages, over real HTTP. Each recipe reads its base URL and key from the
+environment; the test points them at the simulator and records every call tiersel ends."""
 
 from __future__ import annotations
 
@@ -87,4 +87,14 @@ def test_the_pydantic_ai_recipe(recorded: Recorder, calm: RunningServer) -> None
         assert not r.streamed
     assert loose.requirements.deadline_s == 600.0 and loose.streamed
     assert loose.tier == "standard"
+    assert calm.stats()["hinted"] == 0
+
+
+def test_the_openai_recipe(recorded: Recorder, calm: RunningServer) -> None:
+    _run("openai", calm)
+    records = recorded.records
+    assert len(records) == 2 and all(r.ok and r.tier for r in records)
+    block, hinted = records
+    assert (block.requirements.deadline_s, block.requirements.reliability) == (8.0, 0.95)
+    assert hinted.requirements.deadline_s == 8.0
     assert calm.stats()["hinted"] == 0

@@ -41,6 +41,7 @@ from tiersel.call import Requirements
 from tiersel.clock import Clock, FakeClock, SystemClock
 from tiersel.decision import Reason
 from tiersel.errors import BudgetExhausted, NoFeasibleTier
+from tiersel.outgoing import check_base_url
 from tiersel.policy import CheapestFeasible, Policy
 from tiersel.pricing import Pricing, load_pricing
 from tiersel.selector import FIREWORKS_BASE_URL, Selector
@@ -123,6 +124,10 @@ async def arun_batch(
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     if store is not None and (ledger is not None or signals is not None):
         raise ValueError("pass either store= or ledger= and signals=, not both")
+    key = api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
+    check_base_url(base_url, sends_key=bool(key))
+    if os.path.exists(out) and os.path.samefile(input, out):
+        raise ValueError(f"out {os.fspath(out)!r} is the input file: choose another")
     job, summary, shared = await _open(
         input, out, budget_usd, resume=resume, shard=shard, store=store
     )

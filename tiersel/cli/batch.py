@@ -36,6 +36,7 @@ from tiersel.cli.common import (
 from tiersel.clock import Clock, FakeClock
 from tiersel.dialects import check_token_count
 from tiersel.errors import TierselError
+from tiersel.outgoing import check_base_url
 from tiersel.selector import FIREWORKS_BASE_URL, Selector
 from tiersel.stores import BudgetConflict, StoreMisconfigured, StoreUnavailable, parse_store_url
 
@@ -189,6 +190,13 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--metrics-port must be a port number from 1 to 65535, got {args.metrics_port}"
     if not os.path.isfile(args.input):
         return f"{args.input}: no such input file"
+    if os.path.exists(args.out) and os.path.samefile(args.input, args.out):
+        return f"--out {args.out} is the input file: choose another"
+    if args.base_url is not None:
+        try:
+            check_base_url(args.base_url, sends_key=bool(os.environ.get("FIREWORKS_API_KEY")))
+        except ValueError as exc:
+            return f"--base-url: {exc}"
     for option, value, parse in (
         ("--shard", args.shard, Shard.parse),
         ("--store", args.store, parse_store_url),

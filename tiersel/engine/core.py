@@ -50,7 +50,13 @@ from tiersel.engine.flow import call_flow
 from tiersel.engine.race import race_async, race_sync
 from tiersel.engine.results import AttemptRecord, CallResult, Reply, StreamEnd
 from tiersel.engine.stream import stream_flow
-from tiersel.errors import ConflictingRequirements, RequestNotUnderstood, TierselError, shown
+from tiersel.errors import (
+    ConflictingRequirements,
+    RequestNotUnderstood,
+    TierselError,
+    UnknownTier,
+    shown,
+)
 from tiersel.policy import CheapestFeasible, Policy
 from tiersel.pricing import Pricing, load_pricing
 from tiersel.signals import (
@@ -295,15 +301,16 @@ class Engine:
         """
         now = self.clock.now()
         prices, implied = self.pricing.resolve(call.model)
+        req = requirements if requirements is not None else self.requirements
+        self.check_tiers(req)
         if implied is not None:  # a router id: the call is for that tier, as `send` treats it
-            base = requirements if requirements is not None else self.requirements
-            requirements = pinned(base, implied)
+            req = pinned(req, implied)
         ledger = self._sync_ledger("decide")
         if budget is None and ledger is not None:
             budget = ledger.state(now)
         return self.policy(
             call,
-            requirements if requirements is not None else self.requirements,
+            req,
             budget,
             prices,
             _HealthView(self, call.model, now),
@@ -357,6 +364,19 @@ class Engine:
 
     # -- sending ---------------------------------------------------------------------------------
 
+    def check_tiers(self, requirements: Requirements) -> None:
+        """Raise `UnknownTier` when ``requirements`` allow a tier the price table does not
+        declare (every door's calls are checked here; hint headers and batch lines earlier)."""
+        if requirements.tiers is None:
+            return
+        known = self.pricing.tiers
+        unknown = [t for t in requirements.tiers if t not in known]
+        if unknown:
+            raise UnknownTier(
+                f"requirements name unknown tier(s) {', '.join(map(repr, unknown))}"
+                f" (known: {', '.join(known)})"
+            )
+
     def start(
         self,
         body: Mapping[str, Any],
@@ -373,8 +393,9 @@ class Engine:
 
         ``dialect`` is read from ``path`` when not given. ``max_wait()`` bounds each wait of a
         call with no deadline (see `tiersel.engine.call_flow`). Raises `RequestNotUnderstood`
-        for a body or path tiersel cannot read, `ConflictingRequirements` for tiers that leave
-        out the one a router id names.
+        for a body or path tiersel cannot read, `UnknownTier` for a tier name the price table
+        does not declare, `ConflictingRequirements` for tiers that leave out the one a router id
+        names.
         """
         if dialect is None:
             dialect = dialect_for_path(path)
@@ -384,7 +405,9 @@ class Engine:
                 " completions or messages)"
             )
         call, implied = self.call_for(body, dialect)
-        req = pinned(requirements if requirements is not None else self.requirements, implied)
+        req = requirements if requirements is not None else self.requirements
+        self.check_tiers(req)
+        req = pinned(req, implied)
         cid = call_id or new_call_id()
         flow = call_flow(self, body, dialect, call, req, cid, max_wait)
         return Started(flow, dialect, cid, call)
