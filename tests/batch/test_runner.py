@@ -278,6 +278,38 @@ def test_out_is_locked_reused_only_on_resume_and_only_for_its_input(tmp_path: Pa
         )
 
 
+def test_a_line_an_earlier_run_sent_says_so_when_the_budget_cannot_send_it_again(
+    tmp_path: Path,
+) -> None:
+    # One line at a time, a budget that fits the six lines' calls but not a seventh: the
+    # last row is lost in a crash, and on resume its line (charged, so carried) cannot be
+    # reserved again. Its row must not say it was never sent.
+    docs = [body(i) for i in range(6)]
+    w = worst(docs[-1], "standard")
+    (tmp_path / "probe").mkdir()
+    probe, _ = job(tmp_path / "probe", docs, httpx.MockTransport(always_ok), budget_usd=1.0)
+    one = probe.spent_usd / 6
+    assert w > one  # a reservation is more than a call is billed
+    budget = 5 * one + w + one / 2
+    first, rows = job(
+        tmp_path, docs, httpx.MockTransport(always_ok), budget_usd=budget, concurrency=1
+    )
+    assert [r["status"] for r in rows] == ["ok"] * 6
+    out = tmp_path / "out.jsonl"
+    kept = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(b"".join(kept[:-1]))  # the last row lost
+    again, after = job(
+        tmp_path, docs, httpx.MockTransport(always_ok), budget_usd=budget, concurrency=1,
+        resume=True,
+    )  # fmt: skip
+    lost = next(r for r in after if r["line"] == json.loads(kept[-1])["line"])
+    assert lost["status"] == "budget_exhausted" and lost["cost_usd"] == pytest.approx(one)
+    message = lost["error"]["message"]
+    assert message.startswith("sent by an earlier run that ended before writing its row")
+    assert "not sent again: the budget cannot cover" in message
+    assert again.spent_usd == pytest.approx(first.spent_usd)
+
+
 def test_summary_counts_tiers_and_status(tmp_path: Path) -> None:
     lines = [batch_line(f"f{i}", body(i), tiersel={"tiers": ["fast"]}) for i in range(3)]
     lines += [body(10 + i) for i in range(4)] + ["nope"]

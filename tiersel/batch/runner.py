@@ -461,6 +461,15 @@ class _Runner:
     def _unsent(
         self, req: BatchRequest, account: LineAccount, status: Status, code: str, message: str
     ) -> tuple[bytes, Status, str | None, bool]:
+        carried = account.carried
+        if carried.cost_usd > 0:
+            # Sent by an earlier run, which ended before writing its row: the row says so, not
+            # only why this run could not send it again.
+            message = (
+                f"sent by an earlier run that ended before writing its row (charged"
+                f" ${carried.cost_usd:.6f}, ${carried.unconfirmed_usd:.6f} of it unconfirmed);"
+                f" not sent again: {message.removeprefix('not sent: ')}"
+            )
         row = unsent_row(req.custom_id, req.line, status, code, message, account.charges)
         return row, status, None, False
 
