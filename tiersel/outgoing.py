@@ -31,6 +31,7 @@ __all__ = [
     "Secret",
     "SyncTransport",
     "check_base_url",
+    "reaches_network",
 ]
 
 FIREWORKS_BASE_URL = "https://api.fireworks.ai/inference/v1"
@@ -60,6 +61,16 @@ def check_base_url(url: str, *, sends_key: bool) -> str:
             " clear text. Use https://, or http:// to a server on this machine (loopback)"
         )
     return url.rstrip("/")
+
+
+def reaches_network(transport: object) -> bool:
+    """Whether requests through ``transport`` go out over the network: none given (a client of
+    tiersel's own), or an httpx client or HTTP transport. In-process ones (a mock, the
+    simulator's) do not, whatever their base URL says."""
+    return transport is None or isinstance(transport, _NETWORK)
+
+
+_NETWORK = (httpx.Client, httpx.AsyncClient, httpx.HTTPTransport, httpx.AsyncHTTPTransport)
 
 
 def _is_loopback(host: str) -> bool:
@@ -108,7 +119,10 @@ class Outgoing:
         async_transport: AsyncTransport | None,
         api_key: str | None,
     ) -> None:
-        self.base_url = check_base_url(base_url, sends_key=bool(api_key))
+        self.base_url = check_base_url(base_url, sends_key=False)
+        # The key goes only where it cannot be read on the way: checked when a transport that
+        # reaches the network (`reaches_network`) is first used (`_check_key_route`).
+        self._keyed = bool(api_key)
         self.transport = transport
         self.async_transport = async_transport
         self.api_key = Secret(api_key)
@@ -205,8 +219,16 @@ class Outgoing:
 
         return attempt
 
+    def _check_key_route(self) -> None:
+        """Raise ValueError when the key would reach the network in clear text (once: the base
+        URL does not change)."""
+        check_base_url(self.base_url, sends_key=True)
+        self._keyed = False  # checked: the key may go
+
     def _sender(self, transport: SyncTransport | None) -> Callable[[httpx.Request], httpx.Response]:
         t = transport if transport is not None else self.transport
+        if self._keyed and reaches_network(t):
+            self._check_key_route()
         if t is None:
             if self._own_client is None:
                 self._own_client = httpx.Client()
@@ -221,6 +243,8 @@ class Outgoing:
         self, transport: AsyncTransport | None
     ) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
         t = transport if transport is not None else self.async_transport
+        if self._keyed and reaches_network(t):
+            self._check_key_route()
         if t is None:
             if self._own_aclient is None:
                 self._own_aclient = httpx.AsyncClient()

@@ -310,6 +310,58 @@ def test_a_line_an_earlier_run_sent_says_so_when_the_budget_cannot_send_it_again
     assert again.spent_usd == pytest.approx(first.spent_usd)
 
 
+def test_a_resent_line_that_fails_after_this_runs_send_does_not_say_it_was_not_sent(
+    tmp_path: Path,
+) -> None:
+    # Found in review: the last row lost, the line sent again on resume and the transport
+    # failing after the request went out. Its row is this run's failure, not "not sent again".
+    docs = [body(i) for i in range(3)]
+    job(tmp_path, docs, httpx.MockTransport(always_ok), budget_usd=1.0, concurrency=1)
+    out = tmp_path / "out.jsonl"
+    kept = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(b"".join(kept[:-1]))
+    sent: list[httpx.Request] = []
+
+    def boom(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        raise RuntimeError("the transport failed after the request went out")
+
+    _, after = job(
+        tmp_path, docs, httpx.MockTransport(boom), budget_usd=1.0, concurrency=1, resume=True
+    )
+    lost = next(r for r in after if r["line"] == json.loads(kept[-1])["line"])
+    assert len(sent) == 1 and lost["status"] == "failed"
+    assert lost["error"]["message"].startswith("RuntimeError: the transport failed")
+
+
+def test_an_in_process_transport_takes_a_job_whatever_key_the_environment_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key check is for requests that reach the network: a mock (or the simulator) at
+    # http://mock.test takes the job though FIREWORKS_API_KEY is set; a real client is refused.
+    monkeypatch.setenv("FIREWORKS_API_KEY", "sk-test")
+    src = write_jsonl(tmp_path / "in.jsonl", [body(0)])
+    summary = run_batch(
+        src,
+        tmp_path / "out.jsonl",
+        budget_usd=1.0,
+        transport=httpx.MockTransport(always_ok),
+        base_url="http://mock.test/v1",
+        clock=FakeClock(),
+        progress=False,
+    )
+    assert summary.calls_ok == 1
+    with pytest.raises(ValueError, match="the API key would go in clear text"):
+        run_batch(
+            src,
+            tmp_path / "out2.jsonl",
+            budget_usd=1.0,
+            base_url="http://192.0.2.2:8000/v1",
+            progress=False,
+        )
+    assert not (tmp_path / "out2.jsonl").exists()
+
+
 def test_summary_counts_tiers_and_status(tmp_path: Path) -> None:
     lines = [batch_line(f"f{i}", body(i), tiersel={"tiers": ["fast"]}) for i in range(3)]
     lines += [body(10 + i) for i in range(4)] + ["nope"]

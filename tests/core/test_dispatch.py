@@ -633,8 +633,18 @@ def test_a_misspelt_tier_is_refused_naming_it_not_dropped() -> None:
 
 
 def test_a_base_url_that_would_send_the_key_in_clear_text_is_refused() -> None:
-    with pytest.raises(ValueError, match="the API key would go in clear text"):
-        Selector(base_url="http://192.0.2.2:8000/inference/v1", api_key="sk-test")
+    # Refused when the selector's own client would send the call (nothing leaves: the check
+    # comes first), not when an in-process transport (a mock, the simulator) takes it.
+    remote = Selector(base_url="http://192.0.2.2:8000/inference/v1", api_key="sk-test")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="the API key would go in clear text"):
+            remote.send(BODY)
+    mocked = Selector(
+        base_url="http://mock.test/v1",
+        api_key="sk-test",
+        transport=httpx.MockTransport(Upstream(lambda body: ok())),
+    )
+    assert mocked.send(BODY).ok
     with pytest.raises(ValueError, match="must be an http:// or https:// URL"):
         Selector(base_url="ftp://x", api_key="")
     # Without a key, or to this machine, plain http is fine (a local proxy, the simulator).

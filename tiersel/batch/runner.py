@@ -41,7 +41,7 @@ from tiersel.call import Requirements
 from tiersel.clock import Clock, FakeClock, SystemClock
 from tiersel.decision import Reason
 from tiersel.errors import BudgetExhausted, NoFeasibleTier
-from tiersel.outgoing import check_base_url
+from tiersel.outgoing import check_base_url, reaches_network
 from tiersel.policy import CheapestFeasible, Policy
 from tiersel.pricing import Pricing, load_pricing
 from tiersel.selector import FIREWORKS_BASE_URL, Selector
@@ -125,7 +125,7 @@ async def arun_batch(
     if store is not None and (ledger is not None or signals is not None):
         raise ValueError("pass either store= or ledger= and signals=, not both")
     key = api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
-    check_base_url(base_url, sends_key=bool(key))
+    check_base_url(base_url, sends_key=bool(key) and reaches_network(transport))
     if os.path.exists(out) and os.path.samefile(input, out):
         raise ValueError(f"out {os.fspath(out)!r} is the input file: choose another")
     job, summary, shared = await _open(
@@ -462,7 +462,7 @@ class _Runner:
         self, req: BatchRequest, account: LineAccount, status: Status, code: str, message: str
     ) -> tuple[bytes, Status, str | None, bool]:
         carried = account.carried
-        if carried.cost_usd > 0:
+        if carried.cost_usd > 0 and account.attempts == 0 and account.charged_usd == 0:
             # Sent by an earlier run, which ended before writing its row: the row says so, not
             # only why this run could not send it again.
             message = (
