@@ -110,6 +110,17 @@ def dialect_for_path(path: str) -> Dialect | None:
     return None
 
 
+def generation_dialect(path: str) -> Dialect:
+    """The dialect of a generation endpoint; `RequestNotUnderstood` for any other path."""
+    dialect = dialect_for_path(path)
+    if dialect is None:
+        raise RequestNotUnderstood(
+            f"{shown(path)} is not a generation path (chat completions, responses,"
+            " completions or messages)"
+        )
+    return dialect
+
+
 def max_output_tokens(body: Mapping[str, Any], dialect: Dialect) -> int | None:
     """The call's output cap, as the body states it (None when it states none).
 

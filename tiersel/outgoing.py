@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tiersel.dialects import dialect_for_path
+from tiersel.dialects import generation_dialect
 from tiersel.errors import RequestNotUnderstood, shown
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ __all__ = [
     "Secret",
     "SyncTransport",
     "check_base_url",
+    "is_loopback",
     "reaches_network",
 ]
 
@@ -55,7 +56,7 @@ def check_base_url(url: str, *, sends_key: bool) -> str:
         raise ValueError(f"base_url {url!r} is not a URL: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError(f"base_url must be an http:// or https:// URL with a host, got {url!r}")
-    if sends_key and parsed.scheme == "http" and not _is_loopback(parsed.host):
+    if sends_key and parsed.scheme == "http" and not is_loopback(parsed.host):
         raise ValueError(
             f"base_url {url!r} is plain http:// to another machine: the API key would go in"
             " clear text. Use https://, or http:// to a server on this machine (loopback)"
@@ -73,11 +74,13 @@ def reaches_network(transport: object) -> bool:
 _NETWORK = (httpx.Client, httpx.AsyncClient, httpx.HTTPTransport, httpx.AsyncHTTPTransport)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (IPv6 ones without brackets, as
+    ``httpx.URL.host`` gives them)."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
@@ -122,7 +125,7 @@ class Outgoing:
         self.base_url = check_base_url(base_url, sends_key=False)
         # The key goes only where it cannot be read on the way: checked when a transport that
         # reaches the network (`reaches_network`) is first used (`_check_key_route`).
-        self._keyed = bool(api_key)
+        self._key_unchecked = bool(api_key)
         self.transport = transport
         self.async_transport = async_transport
         self.api_key = Secret(api_key)
@@ -147,12 +150,7 @@ class Outgoing:
         from tiersel.http.route import read_route
         from tiersel.http.upstream import dump
 
-        dialect = dialect_for_path(path)
-        if dialect is None:
-            raise RequestNotUnderstood(
-                f"{shown(path)} is not a generation path (chat completions, responses,"
-                " completions or messages)"
-            )
+        dialect = generation_dialect(path)
         content = dump(_sendable(body))
         request = httpx.Request(
             "POST", self._url(path), headers=self._headers(headers), content=content
@@ -223,11 +221,11 @@ class Outgoing:
         """Raise ValueError when the key would reach the network in clear text (once: the base
         URL does not change)."""
         check_base_url(self.base_url, sends_key=True)
-        self._keyed = False  # checked: the key may go
+        self._key_unchecked = False
 
     def _sender(self, transport: SyncTransport | None) -> Callable[[httpx.Request], httpx.Response]:
         t = transport if transport is not None else self.transport
-        if self._keyed and reaches_network(t):
+        if self._key_unchecked and reaches_network(t):
             self._check_key_route()
         if t is None:
             if self._own_client is None:
@@ -243,7 +241,7 @@ class Outgoing:
         self, transport: AsyncTransport | None
     ) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
         t = transport if transport is not None else self.async_transport
-        if self._keyed and reaches_network(t):
+        if self._key_unchecked and reaches_network(t):
             self._check_key_route()
         if t is None:
             if self._own_aclient is None:

@@ -513,8 +513,10 @@ def cheapest(
                 and nxt.remains > _NOTHING
                 and (best is nxt or _may_beat(nxt, best))
             ):
-                _grow(queues[nxt.depth + 1], cands, nxt, k, k + 1, deadline)
-                lo = min(lo, nxt.depth + 1)
+                n = nxt.depth + 1
+                _grow(queues[n], cands, nxt, k, k + 1, deadline)
+                if n < lo:
+                    lo = n
             continue
         # Extend only what could still reach the target: the next attempt, on candidate j,
         # and those allowed after it serve together at most `1 - prod(1 - served_i)` of the

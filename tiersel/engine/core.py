@@ -24,7 +24,7 @@ from tiersel.decision import Decision
 from tiersel.dialects import (
     Dialect,
     check_reservable,
-    dialect_for_path,
+    generation_dialect,
     input_tokens,
     max_output_tokens,
 )
@@ -369,13 +369,10 @@ class Engine:
         declare (every door's calls are checked here; hint headers and batch lines earlier)."""
         if requirements.tiers is None:
             return
-        known = self.pricing.tiers
-        unknown = [t for t in requirements.tiers if t not in known]
-        if unknown:
-            raise UnknownTier(
-                f"requirements name unknown tier(s) {', '.join(map(repr, unknown))}"
-                f" (known: {', '.join(known)})"
-            )
+        try:
+            self.pricing.check_tiers(requirements.tiers)
+        except ValueError as exc:
+            raise UnknownTier(f"requirements: {exc}") from None
 
     def start(
         self,
@@ -398,12 +395,7 @@ class Engine:
         names.
         """
         if dialect is None:
-            dialect = dialect_for_path(path)
-        if dialect is None:
-            raise RequestNotUnderstood(
-                f"{shown(path)} is not a generation path (chat completions, responses,"
-                " completions or messages)"
-            )
+            dialect = generation_dialect(path)
         call, implied = self.call_for(body, dialect)
         req = requirements if requirements is not None else self.requirements
         self.check_tiers(req)

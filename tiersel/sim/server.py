@@ -13,7 +13,6 @@ benchmarks, waits until it answers, and stops it afterwards::
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import re
 import socket
@@ -28,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from tiersel.outgoing import is_loopback
 from tiersel.sim.asgi import SimApp
 from tiersel.sim.scenarios import Scenario
 from tiersel.sim.service import API_PREFIX, SimService
@@ -38,16 +38,6 @@ READY_PREFIX = "tiersel sim: listening on "
 """The line `serve` prints (then the base URL) once its socket accepts connections."""
 
 _READY = re.compile(re.escape(READY_PREFIX) + r"(http://\S+)")
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (the only hosts the simulator binds)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def serve(
