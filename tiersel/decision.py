@@ -39,6 +39,7 @@ class ReasonCode(str, enum.Enum):
     chosen = "chosen"
     chosen_after_wait = "chosen_after_wait"
     hedged = "hedged"
+    watched = "watched"
     small_saving = "small_saving"
     best_effort = "best_effort"
     likeliest = "likeliest"
@@ -71,6 +72,11 @@ _TEMPLATES: Mapping[str, str] = {
     "hedged": (
         "cheapest plan that meets the requirements, a hedge: {3} is sent {2:.2f} s after the"
         " first attempt unless that has answered, and the loser is cancelled: expected"
+        " ${0:.6f}, P(success) {1:.4f}"
+    ),
+    "watched": (
+        "cheapest plan that meets the requirements, a watched first attempt: its pace is checked"
+        " {2:.2f} s after it is sent, and it is cut for {3} if it would end too late: expected"
         " ${0:.6f}, P(success) {1:.4f}"
     ),
     "small_saving": (
@@ -133,6 +139,10 @@ class Step(NamedTuple):
     ``hedge_s`` (None but in a hedge's second attempt, see `tiersel.hedge`): the attempt races
     the one before it, sent this long after it unless that one has answered (or at once if it
     fails fast); the loser is cancelled. ``p_reach`` is then the probability it is sent.
+
+    ``watch_s`` (None but in a watched attempt, see `tiersel.watch`): the attempt's pace is
+    checked this long after it is sent, and it is cut if it would end too late; the next step
+    follows then.
     """
 
     tier: str
@@ -148,6 +158,7 @@ class Step(NamedTuple):
     p_reach: float = 1.0
     p_ok: float = 0.0
     hedge_s: float | None = None
+    watch_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +200,12 @@ class Decision:
     @property
     def label(self) -> str:
         """The schedule's tiers, repeats counted: ``standard*3>priority``; a hedge
-        ``standard~fast``."""
+        ``standard~fast``; a watched first attempt ``standard^>fast``."""
         if len(self.plan) == 2 and self.plan[1].hedge_s is not None:
             return f"{self.plan[0].tier}~{self.plan[1].tier}"
+        if self.plan[0].watch_s is not None:
+            rest = run_label([s.tier for s in self.plan[1:]])
+            return f"{self.plan[0].tier}^>{rest}" if rest else f"{self.plan[0].tier}^"
         return run_label([s.tier for s in self.plan])
 
     def explain(self) -> str:
@@ -222,6 +236,7 @@ class Decision:
                     "p_reach": s.p_reach,
                     "p_ok": s.p_ok,
                     "hedge_s": s.hedge_s,
+                    "watch_s": s.watch_s,
                 }
                 for s in self.plan
             ],

@@ -21,6 +21,7 @@ from tiersel.hedge import HEDGE_SAVING, cheapest_hedge
 from tiersel.pricing import ModelPrices, TierPrice
 from tiersel.schedule import HOPELESS, Candidate, Schedule, cheapest, likeliest, price
 from tiersel.signals import CircuitState, TierHealth
+from tiersel.watch import WATCH_SAVING, cheapest_watched
 
 __all__ = ["CheapestFeasible", "FixedTier", "Policy", "Signals"]
 
@@ -86,6 +87,10 @@ class CheapestFeasible:
       (None: no pacing). Money then goes to calls whose requirements demand a dearer tier only
       while the rest can still be served; a best-effort call, too, gets the likeliest schedule
       within what pacing leaves.
+    - ``watch``: whether a schedule may watch its first attempt (`tiersel.watch`): check its
+      pace part way and cut it, for a quicker tier, when it would end too late. Only for a
+      shell that can watch an attempt's pace (the replay's, `tiersel.replay`), and never for a
+      call with a ``max_cost_usd``, which a cut attempt's bill could push past.
 
     >>> from tiersel import Selector, Call, Requirements
     >>> d = Selector().decide(Call(model="kimi-k3", input_tokens=800, max_output_tokens=200))
@@ -101,6 +106,7 @@ class CheapestFeasible:
         "max_attempts",
         "min_reliability",
         "pacing",
+        "watch",
     )
 
     def __init__(
@@ -112,6 +118,7 @@ class CheapestFeasible:
         default_reliability: float = 0.95,
         min_reliability: float = HOPELESS,
         pacing: float | None = None,
+        watch: bool = False,
     ) -> None:
         if latency_sigma is not None and not latency_sigma > 0:
             raise ValueError(f"latency_sigma must be > 0 or None, got {latency_sigma!r}")
@@ -132,6 +139,7 @@ class CheapestFeasible:
         self.default_reliability = default_reliability
         self.min_reliability = min_reliability
         self.pacing = pacing
+        self.watch = watch
         self._memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
     def __repr__(self) -> str:
@@ -313,6 +321,7 @@ class CheapestFeasible:
             r.min_output_tps,
             r.best_effort,
             r.hedge,
+            r.max_cost_usd is None,
             spendable,
             worst_limit,
             tuple([(c[0], *c[3:]) for c in cands]),
@@ -369,6 +378,9 @@ class CheapestFeasible:
             )
             if hedge is not None:
                 return hedge, False
+        watched = self._watched(requirements, found, cands, goal, attempts, spendable, reasons)
+        if watched is not None:
+            return watched, False
         if found is not None:
             if spendable is None or found.expected_cost <= spendable * _SAME:
                 wait = found.starts[0]
@@ -432,6 +444,47 @@ class CheapestFeasible:
             saving = 1.0 - hedge.expected_cost / found.expected_cost
             add(_reason((hedge.label, _REJECTED, _C.small_saving, (saving, HEDGE_SAVING))))
         return None
+
+    def _watched(
+        self,
+        requirements: Requirements,
+        found: Schedule | None,
+        cands: list[Candidate],
+        goal: float,
+        attempts: int,
+        spendable: float | None,
+        reasons: list[Reason],
+    ) -> Schedule | None:
+        """The cheapest watched schedule meeting ``goal`` within the money (`tiersel.watch`),
+        where the policy watches and the call has a deadline and no ``max_cost_usd``, when there
+        is no ladder ``found`` within the money or it costs `WATCH_SAVING` less than that
+        ladder; else None."""
+        deadline = requirements.deadline_s
+        if not self.watch or deadline is None or attempts < 2 or not cands:
+            return None
+        if requirements.max_cost_usd is not None:
+            return None
+        s = cheapest_watched(
+            cands,
+            target=goal,
+            attempts=attempts,
+            deadline=deadline,
+            backoff_s=self.backoff_s,
+            max_ttft=requirements.max_ttft_s,
+        )
+        if s is None or (spendable is not None and s.expected_cost > spendable * _SAME):
+            return None
+        ladder = found is not None and (
+            spendable is None or found.expected_cost <= spendable * _SAME
+        )
+        if found is not None and ladder:
+            if s.expected_cost >= found.expected_cost * (1.0 - WATCH_SAVING):
+                return None
+            dearer = (found.expected_cost, s.expected_cost)
+            reasons.append(_reason((found.label, _COSTLIER, _C.costlier, dearer)))
+        chosen = (s.expected_cost, s.p_success, s.watch_s, s.attempts[1].tier)
+        reasons.append(_reason((s.label, _CHOSEN, _C.watched, chosen)))
+        return s
 
     def _fallback(
         self,
@@ -609,6 +662,7 @@ def _decision(
                     reach,
                     ok,
                     s.hedge_s if i == 1 else None,
+                    s.watch_s if i == 0 else None,
                 ),
             )
         )

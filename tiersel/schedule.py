@@ -60,7 +60,18 @@ from tiersel.decision import run_label
 from tiersel.pricing import TierPrice
 from tiersel.signals import TierHealth
 
-__all__ = ["Candidate", "Schedule", "cheapest", "likeliest", "p_refused", "p_within", "price"]
+__all__ = [
+    "ROOT",
+    "Candidate",
+    "Node",
+    "Schedule",
+    "cheapest",
+    "extend",
+    "likeliest",
+    "p_refused",
+    "p_within",
+    "price",
+]
 
 _SQRT2 = math.sqrt(2.0)
 _erf = math.erf
@@ -107,12 +118,14 @@ class Schedule(NamedTuple):
     latency: float  # expected seconds to the answer, given the call is served
     label: str  # the tiers, repeats counted: ``standard*2>priority``; a hedge ``standard~fast``
     hedge_s: float | None = None  # a hedge (`tiersel.hedge`): the second attempt's delay
+    watch_s: float | None = None  # a watched first attempt (`tiersel.watch`): its check
 
 
 # A node of the search: the schedule so far as its last attempt and running sums, linked to the
-# node before it (built as plain tuples: the search creates many).
-class _Node(NamedTuple):
-    parent: _Node | None
+# node before it (built as plain tuples: the search creates many). Public for `tiersel.watch`,
+# which builds a watched first attempt's node and extends it here.
+class Node(NamedTuple):
+    parent: Node | None
     k: int  # the candidate of the last attempt
     depth: int  # attempts so far
     start: float  # when the last attempt starts
@@ -128,7 +141,7 @@ class _Node(NamedTuple):
     cap: float  # the most a later attempt is credited: the least P(on time) of those before
 
 
-_ROOT = _Node(None, -1, 0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0)
+ROOT = Node(None, -1, 0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0)
 
 
 def p_refused(c: Candidate, start: float) -> float:
@@ -149,10 +162,10 @@ def p_within(c: Candidate, seconds: float) -> float:
     return 0.5 * (1.0 + _erf(_log(seconds / c.latency) * c.scale))
 
 
-# `_extend` computes `p_refused` and `p_within` inline: it is the search's hot path, where a
+# `extend` computes `p_refused` and `p_within` inline: it is the search's hot path, where a
 # function call per attempt priced adds up (benchmarks/decide.py).
-def _extend(
-    node: _Node,
+def extend(
+    node: Node,
     k: int,
     c: Candidate,
     deadline: float | None,
@@ -160,7 +173,7 @@ def _extend(
     max_ttft: float | None,
     delay: float = 0.0,
     bound: float = math.inf,
-) -> _Node | None:
+) -> Node | None:
     """``node`` with one more attempt on candidate ``k``, sent at least ``delay`` seconds after
     the last one answered; None when it cannot start in time or would cost more than ``bound``."""
     # Unpacked at once: the search's hot path, where attribute reads add up.
@@ -220,7 +233,7 @@ def _extend(
         q = cap
     ok = served * q
     return _new(
-        _Node,
+        Node,
         (
             node,
             k,
@@ -255,7 +268,7 @@ _SAME_COST = 1.001
 """Costs within 0.1% of each other count as the same (see `_better`)."""
 
 
-def _better(node: _Node, best: _Node | None) -> bool:
+def _better(node: Node, best: Node | None) -> bool:
     """Of two schedules costing the same, whether ``node`` beats ``best``: the one whose first
     attempt goes out sooner (a call is not kept waiting for reliability it did not ask for),
     then the likelier (waits and attempts after a failure cost nothing), then the quicker."""
@@ -269,7 +282,7 @@ def _better(node: _Node, best: _Node | None) -> bool:
     return node.late / node.weight < best.late / best.weight
 
 
-def _may_beat(node: _Node, best: _Node | None) -> bool:
+def _may_beat(node: Node, best: Node | None) -> bool:
     """Whether more attempts on ``node``'s last tier (costing the same) could make a schedule
     that `_better` prefers to ``best``: its first attempt goes out no later than the best's, and
     its P(success), which more attempts raise by at most ``node.remains``, could reach the
@@ -279,13 +292,13 @@ def _may_beat(node: _Node, best: _Node | None) -> bool:
     return node.p + node.remains >= best.p - 1e-9 and _first_start(node) <= _first_start(best)
 
 
-_Queue = deque[tuple[_Node, int, float]]
+_Queue = deque[tuple[Node, int, float]]
 
 
 def _grow(
     queue: _Queue,
     cands: Sequence[Candidate],
-    node: _Node,
+    node: Node,
     first: int,
     end: int,
     deadline: float | None,
@@ -315,17 +328,17 @@ def _start(cands: Sequence[Candidate], deadline: float | None) -> _Queue:
     """A search's queue of (the schedule so far, the candidate of the attempt to add, the wait
     before it), holding every first attempt."""
     queue: _Queue = deque()
-    _grow(queue, cands, _ROOT, 0, len(cands), deadline)
+    _grow(queue, cands, ROOT, 0, len(cands), deadline)
     return queue
 
 
-def _first_start(node: _Node) -> float:
+def _first_start(node: Node) -> float:
     while node.depth > 1:
         node = node.parent  # type: ignore[assignment]  # every node past the root has one
     return node.start
 
 
-def _schedule(node: _Node, cands: Sequence[Candidate]) -> Schedule:
+def _schedule(node: Node, cands: Sequence[Candidate]) -> Schedule:
     chain = []
     at = node
     while at.depth:
@@ -347,6 +360,7 @@ def _schedule(node: _Node, cands: Sequence[Candidate]) -> Schedule:
             node.late / weight if weight > 0.0 else node.start,
             run_label([c.tier for c in attempts]),
             None,
+            None,
         ),
     )
 
@@ -363,13 +377,13 @@ def price(
     seconds after the one before answered; None if it is empty or an attempt cannot start in
     time. `cheapest` and `likeliest` price what they weigh the same way."""
     tiers: list[Candidate] = []
-    node = _ROOT
+    node = ROOT
     for i, c in enumerate(attempts):
         k = next((j for j, t in enumerate(tiers) if t.tier == c.tier), len(tiers))
         if k == len(tiers):
             tiers.append(c)
         delay = delays[i] if delays is not None else 0.0
-        nxt = _extend(node, k, c, deadline, backoff_s, max_ttft, delay)
+        nxt = extend(node, k, c, deadline, backoff_s, max_ttft, delay)
         if nxt is None:
             return None
         node = nxt
@@ -378,14 +392,14 @@ def price(
 
 _ROUNDING = 1.0 + 1e-12
 """Room for rounding when `cheapest` compares `_least_cost` with a bound: computed in another
-order than `_extend` computes a schedule's cost, it can come out a unit in the last place above
+order than `extend` computes a schedule's cost, it can come out a unit in the last place above
 it, and an attempt that just fits must not be skipped."""
 
 
 def _most_served(c: Candidate) -> float:
     """The most of the calls reaching an attempt on ``c`` that it can serve, whenever it is
     sent: its shed rate is never below the lower of its window's rate and its lean now (see
-    `_extend`: after a shed on it, the rate is above its window's; otherwise it moves from
+    `extend`: after a shed on it, the rate is above its window's; otherwise it moves from
     its lean towards its window's)."""
     low = c.refusal if c.refusal < c.refused else c.refused
     served = 1.0 - low - c.error
@@ -405,7 +419,7 @@ def _fewest(
     return 0
 
 
-def _least_cost(node: _Node, k: int, c: Candidate) -> float:
+def _least_cost(node: Node, k: int, c: Candidate) -> float:
     """The least a schedule can cost with one more attempt on ``c`` (candidate ``k``) after
     ``node``, whenever it starts. A schedule's cost is the average bill of its attempts,
     weighted by the chance each is served; the new attempt's bill is at least that average
@@ -446,7 +460,7 @@ def cheapest(
     once a schedule meets the target, those that cost more are dropped unpriced.
     """
     bound = math.inf if spendable is None else spendable
-    best: _Node | None = None
+    best: Node | None = None
     best_cost = least = math.inf  # the best's cost; the least cost of any that met the target
     # The most an attempt on candidate k can serve, and the most one on k or a dearer
     # candidate can (schedules climb).
@@ -470,10 +484,10 @@ def cheapest(
     for j, row in enumerate(fails):
         n = _fewest(0.0, 1.0, row, 0, attempts, target - 1e-9)
         if n:
-            _grow(queues[n], cands, _ROOT, j, j + 1, deadline)
+            _grow(queues[n], cands, ROOT, j, j + 1, deadline)
     lo = 1
     budget = SEARCH_BUDGET
-    dearer: tuple[_Node, int] | None = None  # an attempt too dear whenever it starts
+    dearer: tuple[Node, int] | None = None  # an attempt too dear whenever it starts
     while True:
         while lo <= attempts and not queues[lo]:
             lo += 1
@@ -492,7 +506,7 @@ def cheapest(
             # them can cost less than this bound (they still count in the search's budget).
             dearer = (node, k)
             continue
-        nxt = _extend(node, k, cands[k], deadline, backoff_s, max_ttft, delay, most)
+        nxt = extend(node, k, cands[k], deadline, backoff_s, max_ttft, delay, most)
         if nxt is None:
             continue  # too late, or dearer than the best so far (extensions only cost more)
         if nxt.p >= target and nxt.weight > 0.0:
@@ -562,7 +576,7 @@ def likeliest(
     """The climbing schedule most likely to succeed (the cheaper, then the quicker, on ties),
     costing at most ``spendable``; None if no attempt can start in time."""
     bound = math.inf if spendable is None else spendable
-    best: _Node | None = None
+    best: Node | None = None
     best_key = (-1.0, 0.0, 0.0)
     queue = _start(cands, deadline)
     pop = queue.popleft
@@ -572,7 +586,7 @@ def likeliest(
         budget -= 1
         if budget < 0:
             break
-        nxt = _extend(node, k, cands[k], deadline, backoff_s, max_ttft, delay, bound)
+        nxt = extend(node, k, cands[k], deadline, backoff_s, max_ttft, delay, bound)
         if nxt is None:
             continue
         weight = nxt.weight

@@ -170,7 +170,7 @@ def test_a_long_deadline_with_many_attempts_is_searched_within_its_budget() -> N
     from tiersel.schedule import MAX_BACKOFF_S
 
     priced = 0
-    extend = schedule._extend
+    extend = schedule.extend
 
     def counted(*args: object) -> object:
         nonlocal priced
@@ -180,11 +180,11 @@ def test_a_long_deadline_with_many_attempts_is_searched_within_its_budget() -> N
     sel = tiersel.Selector(clock=FakeClock())
     call = tiersel.Call(model="kimi-k3", input_tokens=2000, max_output_tokens=200)
     need = tiersel.Requirements(deadline_s=300, max_attempts=10, tiers="priority,fast")
-    schedule._extend = counted  # type: ignore[assignment]
+    schedule.extend = counted  # type: ignore[assignment]
     try:
         d = sel.decide(call, need)
     finally:
-        schedule._extend = extend
+        schedule.extend = extend
     assert 0 < priced <= schedule.SEARCH_BUDGET + 10  # (+ the reasons' few single-tier prices)
     assert d.p_success >= 0.95 and len(d.plan) <= 10
     gaps = [b.start_s - a.start_s for a, b in zip(d.plan, d.plan[1:], strict=False)]

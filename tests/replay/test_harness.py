@@ -236,3 +236,29 @@ def test_the_default_scenario_sheds_standard_at_times_and_tiersel_rides_it() -> 
     # The oracle sends one attempt, knowing how it will go; tiersel may also wait out a spell
     # on standard for a call with time to spare, which can make it the cheaper of the two.
     assert tiersel.cost_usd <= oracle.cost_usd * 1.10 and tiersel.cost_usd < priority.cost_usd
+
+
+def test_watched_attempts_buy_three_nines_cheaper_than_a_ladder() -> None:
+    # Strict calls (20 s, 0.999): a ~400-token answer is too near the deadline on standard for a
+    # ladder, which buys fast; a watched standard attempt, cut for fast when its pace is too
+    # slow, serves most of them at standard's price (`tiersel.watch`).
+    from tiersel.policy import CheapestFeasible
+    from tiersel.replay.baselines import Contender
+    from tiersel.replay.mix import parse_mix
+
+    watched = Contender("watched", CheapestFeasible(watch=True))
+    ladder = Contender("ladder", CheapestFeasible())
+    trace = shipped_trace("azure-conv").head(3000)
+    both = compare(trace, policies=[watched, ladder], mix=parse_mix("strict=1:20s:0.999"))
+    w, lad = both.metrics("watched"), both.metrics("ladder")
+    assert w.attainment >= 0.999 and lad.attainment >= 0.999
+    assert w.cost_usd < lad.cost_usd * 0.95
+    # Cut attempts are billed: a call served after a cut costs more than its tier's price.
+    prices = load_pricing().model("kimi-k3")
+    cut = 0
+    for r in _result(both, "watched").records:
+        if r.ok and r.attempts > 1 and r.tier is not None:
+            req = trace.requests[r.index]
+            due = tier_cost(prices.tiers[r.tier], req.input_tokens, 0, req.output_tokens)
+            cut += r.cost_usd > due * (1 + 1e-9)
+    assert cut > 10

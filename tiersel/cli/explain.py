@@ -17,6 +17,7 @@ from tiersel.clock import FakeClock
 from tiersel.decision import Decision
 from tiersel.dialects import check_token_count
 from tiersel.errors import ConflictingRequirements, NoFeasibleTier, TierselError
+from tiersel.policy import CheapestFeasible
 from tiersel.selector import Selector
 from tiersel.signals import Observation, Outcome, SignalKey
 
@@ -56,6 +57,12 @@ def add_parser(subs: Any, help: str) -> None:
         "--hedge",
         action="store_true",
         help="allow a hedge: a second tier races a first attempt slow to answer",
+    )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="plan as a shell that watches an attempt's pace would: cut a first attempt that"
+        " would end too late, for a quicker tier (tiersel.watch; the replay's shell does)",
     )
     p.add_argument(
         "--shed-rate",
@@ -100,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     except (TierselError, ValueError) as exc:
         return fail(str(exc))
     clock = FakeClock()
-    selector = Selector(pricing=pricing, clock=clock, api_key="")
+    policy = CheapestFeasible(watch=True) if args.watch else None
+    selector = Selector(pricing=pricing, clock=clock, api_key="", policy=policy)
     for tier, rate in rates.items():
         _observe(selector, prices.name, tier, rate, clock.now())
     try:
@@ -230,7 +238,14 @@ def _print(d: Decision) -> None:
     if d.best_effort:
         print("best effort:        yes (the requirements could not all be met)")
     hedge = d.plan[-1].hedge_s
-    if hedge is not None:
+    watch = d.plan[0].watch_s
+    if watch is not None:
+        print(
+            f"schedule (attempt 1 is watched: its pace is checked {watch:.2f} s after it is sent,"
+            " and it is cut if it would end too late; attempt 2 follows then, and each after it"
+            " if every one before was refused or failed fast):"
+        )
+    elif hedge is not None:
         print(
             f"schedule (a hedge: attempt 2 is sent {hedge:.2f} s after attempt 1 unless that has"
             " answered, at once if it fails fast; the loser is cancelled):"

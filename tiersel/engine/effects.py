@@ -60,11 +60,26 @@ class Release:
 
 
 @dataclass(frozen=True, slots=True)
+class Watch:
+    """How a shell watches an attempt's pace (`tiersel.watch`): ``at_s`` seconds after the send,
+    it projects the attempt's end from its tokens so far (`tiersel.watch.projected_finish`, for
+    ``tokens`` of output, at ``tps`` while it has fewer than two) and, when that is later than
+    ``finish_by_s`` seconds after the send, cuts it: it closes the request and answers with a
+    `Reply` whose ``cut`` is set, its payload the usage so far."""
+
+    at_s: float
+    finish_by_s: float
+    tokens: int
+    tps: float
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
     step: Step
     body: dict[str, Any]
     headers: Mapping[str, str]
     timeout_s: float | None
+    watch: Watch | None = None
 
 
 @dataclass(frozen=True, slots=True)

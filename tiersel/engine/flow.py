@@ -40,6 +40,7 @@ from tiersel.engine.effects import (
     Send,
     Settle,
     Sleep,
+    Watch,
 )
 from tiersel.engine.money import money_wait, only_budget, output_cap, shared_cap
 from tiersel.engine.results import AttemptRecord, CallResult, Reply
@@ -55,6 +56,7 @@ from tiersel.signals import (
     TierStats,
     circuit_state,
 )
+from tiersel.watch import WATCH_MARGIN
 
 _PLANNED = frozenset({Outcome.shed, Outcome.rate_limited, Outcome.error})
 """Failures a schedule plans for: answered fast, so its next attempt follows as planned."""
@@ -95,8 +97,17 @@ def call_flow(
     charged and recorded (`_conclude`), which ends the call or names the next attempt.
     """
     ctx = _context(sel, body, dialect, call, requirements, call_id, max_wait)
-    ctx.start = now = yield Now()
+    ctx.start = yield Now()
     prog = Progress(call, ctx.ceiling)
+    result = yield from _rounds(ctx, prog)
+    if not result.ok and prog.sunk > 0 and sel.ledger_enabled:
+        yield Settle(call_id, prog.sunk)  # what attempts cut for their pace were billed
+    return result
+
+
+def _rounds(ctx: CallContext, prog: Progress) -> Flow:
+    """The rounds of `call_flow`, until the call ends."""
+    now = ctx.start
     following: Following | None = None
     while True:
         if prog.attempts or prog.waited:
@@ -328,7 +339,7 @@ def _reserve(
     step = at.decision.plan[at.index]
     racer = _racer(at.decision, at.index)
     worst = step.worst_cost_usd + (racer.worst_cost_usd if racer is not None else 0.0)
-    held = yield Reserve(ctx.call_id, worst)
+    held = yield Reserve(ctx.call_id, worst + prog.sunk)  # (and what cut attempts were billed)
     if held is not None:
         return True
     if prog.attempts == 0:
@@ -353,7 +364,7 @@ def _attempt(
     send_body = apply_step(ctx.body, step)
     if prog.cap is not None:
         send_body["max_tokens"] = prog.cap
-    sent = Send(step, send_body, step.headers, req.deadline_s)
+    sent = Send(step, send_body, step.headers, req.deadline_s, _watch(ctx, prog, step, req))
     racer = _racer(decision, at.index)
     extra = 0.0
     if racer is None:
@@ -367,6 +378,22 @@ def _attempt(
     prog.last_reply = reply
     prog.last_tier = step.tier
     return step, reply, extra
+
+
+def _watch(ctx: CallContext, prog: Progress, step: Step, req: Requirements) -> Watch | None:
+    """How the shell is to watch the attempt's pace, for a watched step (`tiersel.watch`): its
+    end must be projected `WATCH_MARGIN` short of the time the call has left. None for an
+    attempt not watched. (A stream's first tokens are held until its check.)"""
+    if step.watch_s is None or req.deadline_s is None:
+        return None
+    health = prog.signals.get(step.tier) if prog.signals is not None else None
+    if health is None:
+        return None
+    tokens = prog.call.output_tokens_for_latency
+    if prog.cap is not None:
+        tokens = min(tokens, prog.cap)
+    finish_by = req.deadline_s * (1.0 - WATCH_MARGIN)
+    return Watch(step.watch_s, finish_by, tokens, health.output_tps)
 
 
 def _conclude(
@@ -383,6 +410,8 @@ def _conclude(
     sel, decision = ctx.sel, at.decision
     # The attempt's latency is only reported to an on_attempt hook.
     after = (yield Now()) if sel.on_attempt is not None else now
+    if reply.cut:
+        return (yield from _cut(ctx, prog, at, step, reply, now))
     verdict = classify_reply(reply)
     if reply.streaming and verdict.outcome is Outcome.ok:
         # The stream's wrapper records, charges and notifies once the stream ends.
@@ -397,7 +426,7 @@ def _conclude(
             retry_after_s=verdict.retry_after_s,
         ),
     )
-    cost, served = yield from _charge(ctx, step, verdict.outcome, usage, extra)
+    cost, served = yield from _charge(ctx, prog, step, verdict.outcome, usage, extra)
     if sel.on_attempt is not None:
         yield Notify(
             AttemptRecord(
@@ -415,23 +444,80 @@ def _conclude(
         )
     if verdict.outcome is Outcome.ok:
         return _result(prog, ctx, reply, cost, usage, served, "ok")
+    if step.watch_s is not None:
+        # A watched attempt's next step was planned to follow its check; one that failed fast
+        # plans again, with the time it saved.
+        prog.detail = verdict.detail
+        if not verdict.retryable or prog.attempts >= ctx.most:
+            return _failed(prog, ctx, verdict.detail)
+        return None
     return _after_failure(ctx, prog, at, step, verdict, recorded, now)
 
 
+def _cut(
+    ctx: CallContext, prog: Progress, at: Following, step: Step, reply: Reply, now: float
+) -> Generator[Effect, Any, CallResult | Following | None]:
+    """A watched attempt cut for its pace: its pace recorded (the tier served it, slowly), its
+    bill so far charged, and the schedule's next attempt (or a plan afresh when none is left)."""
+    usage = read_usage(reply.payload, ctx.dialect)
+    tps = None
+    if usage is not None and reply.ttft_s is not None and usage.completion_tokens > 1:
+        generating = reply.elapsed_s - reply.ttft_s
+        tps = (usage.completion_tokens - 1) / generating if generating > 0 else None
+    key = key_of(ctx.keys, step.tier)
+    yield Record(key, Observation(Outcome.ok, ttft_s=reply.ttft_s, output_tps=tps))
+    cost, _ = bill(ctx.prices, step, usage)
+    # Charged with the call's last attempt (a call is settled once); held until then.
+    prog.sunk += cost
+    if ctx.sel.ledger_enabled:
+        yield Reserve(ctx.call_id, prog.sunk)
+    prog.detail = "cut: its pace would have missed the deadline"
+    if ctx.sel.on_attempt is not None:
+        after = yield Now()
+        record = AttemptRecord(
+            ctx.call_id,
+            prog.attempts,
+            ctx.prices.name,
+            step.tier,
+            at.decision,
+            Outcome.timeout,
+            reply.status,
+            after - now,
+            cost,
+            prog.detail,
+        )
+        yield Notify(record)
+    if prog.attempts >= ctx.most:
+        return _failed(prog, ctx, prog.detail)
+    nxt = at.index + 1
+    return Following(at.decision, nxt, at.decided_at) if nxt < len(at.decision.plan) else None
+
+
 def _charge(
-    ctx: CallContext, step: Step, outcome: Outcome, usage: Usage | None, extra: float
+    ctx: CallContext,
+    prog: Progress,
+    step: Step,
+    outcome: Outcome,
+    usage: Usage | None,
+    extra: float,
 ) -> Generator[Effect, Any, tuple[float, str]]:
     """What the attempt is charged (``extra``: a hedge's loser, billed before it) and the tier
-    that served it; the budget settled, or released when there is nothing to charge."""
+    that served it; the budget settled (with what attempts cut for their pace were billed), or
+    released when there is nothing to charge."""
     budgeted = ctx.sel.ledger_enabled
     if outcome is not Outcome.ok:
         if budgeted:
-            yield Settle(ctx.call_id, extra) if extra > 0 else Release(ctx.call_id)
+            if extra > 0:
+                yield Settle(ctx.call_id, extra)
+            elif prog.sunk > 0:  # cut attempts' bills stay held until the call is settled
+                yield Reserve(ctx.call_id, prog.sunk)
+            else:
+                yield Release(ctx.call_id)
         return 0.0, step.tier
     cost, served = bill(ctx.prices, step, usage)
     cost += extra
     if budgeted:
-        yield Settle(ctx.call_id, cost)
+        yield Settle(ctx.call_id, cost + prog.sunk)
     return cost, served
 
 
@@ -480,7 +566,7 @@ def _result(
         reply,
         tuple(prog.decisions),
         prog.attempts,
-        cost,
+        cost + prog.sunk,
         usage,
         tier,
         ctx.call_id,
@@ -566,7 +652,7 @@ def _failed(prog: Progress, ctx: CallContext, detail: str) -> CallResult:
         prog.last_reply,
         tuple(prog.decisions),
         prog.attempts,
-        0.0,
+        prog.sunk,
         None,
         prog.last_tier,
         ctx.call_id,

@@ -37,6 +37,11 @@ class Reply:
     Retry-After given as an HTTP date when the response has no Date header. None: not known."""
     content: bytes | None = None
     """The body as read, when the shell read it whole (a door hands these bytes back)."""
+    cut: bool = False
+    """A watched attempt cut for its pace (`tiersel.engine.effects.Watch`): ``payload`` holds
+    the usage billed until the cut, ``elapsed_s`` is when it was cut."""
+    ttft_s: float | None = None
+    """When the first token came, in seconds after the send, where the shell saw it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,7 +163,7 @@ class Cooldown:
 
 
 def _tiersel() -> Contender:
-    return Contender("tiersel", CheapestFeasible())
+    return Contender("tiersel", CheapestFeasible(watch=True))
 
 
 def _fixed(tier: str) -> Callable[[], Contender]:

@@ -47,7 +47,7 @@ from tiersel.clock import FakeClock
 from tiersel.cost import tier_cost
 from tiersel.dialects import Dialect, Usage
 from tiersel.engine.core import Engine
-from tiersel.engine.effects import Now, Send, Sleep
+from tiersel.engine.effects import Now, Send, Sleep, Watch
 from tiersel.engine.flow import call_flow
 from tiersel.engine.results import CallResult, Reply, StreamEnd
 from tiersel.engine.stream import stream_flow
@@ -60,6 +60,7 @@ from tiersel.replay.mix import DEFAULT_MIX, Mix
 from tiersel.replay.traces import Trace, TraceRequest
 from tiersel.signals import MemorySignalStore, Outcome
 from tiersel.sim import Provider, Scenario, SimRequest, SimResult, load_scenario
+from tiersel.watch import check_at, projected_finish
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -449,6 +450,12 @@ class _Engine:
         if not result.ok:
             flight.sheds += result.status in (503, 429)
         timeout = effect.timeout_s
+        watch = effect.watch
+        if watch is not None and result.ok:
+            cut = _cut(result, watch)
+            if cut is not None:
+                self._push(now + cut[0], flight, cut[1])
+                return
         if not result.ok or not self.work.stream:
             if timeout is not None and result.duration_s > timeout:
                 # The client gives up at its deadline (the SDK's timeout); nothing is billed.
@@ -472,8 +479,10 @@ class _Engine:
         else:
             end = StreamEnd(Outcome.ok, _usage(result), result.duration_s, result.ttft_s, tps)
         flight.streaming = _Stream(now, end)
-        opened = Reply(200, {}, None, result.ttft_s, streaming=True)
-        self._push(now + result.ttft_s, flight, opened)
+        # A watched stream's tokens are held until its check: it opens no sooner.
+        opens = max(result.ttft_s, watch.at_s) if watch is not None else result.ttft_s
+        opened = Reply(200, {}, None, opens, streaming=True)
+        self._push(now + min(opens, result.duration_s), flight, opened)
 
     def _oracle_plan(self, flight: _Flight, first: int) -> None:
         """Plan the call's one attempt: the cheapest tier that would serve it in time.
@@ -571,6 +580,32 @@ class _Engine:
         self.records[flight.index] = record
         if self.on_call is not None:
             self.on_call(record, now)
+
+
+def _cut(result: SimResult, watch: Watch) -> tuple[float, Reply] | None:
+    """A served attempt watched as ``watch`` says: when its pace, at its check, projects its
+    end too late, the time of its cut and its reply (the tokens it generated until then); else
+    None. (The provider's slot is not freed early: the load it sees stays a little high.)"""
+    second = result.ttft_s + (result.token_s if result.completion_tokens > 1 else 0.0)
+    at = min(check_at(watch.at_s, second), watch.finish_by_s)
+    if result.duration_s <= at:
+        return None  # it ended before its check
+    first = result.ttft_s if result.ttft_s <= at else None
+    tokens, last = 0, None
+    if first is not None:
+        # (A hair over: the check at the second token's time must count it, rounding aside.)
+        done = (at - first) / result.token_s + 1e-9 if result.token_s > 0 else 0.0
+        tokens = 1 + int(done)
+        tokens = min(tokens, result.completion_tokens)
+        last = first + (tokens - 1) * result.token_s
+    if projected_finish(at, first, last, tokens, watch.tokens, watch.tps) <= watch.finish_by_s:
+        return None
+    usage = {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": tokens,
+        "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
+    }
+    return at, Reply(200, {}, {"usage": usage}, at, cut=True, ttft_s=first)
 
 
 def _usage(result: SimResult) -> Usage:
