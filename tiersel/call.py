@@ -90,6 +90,11 @@ class Requirements(_Frozen):
       delay, a second request to another tier races it, the loser cancelled. Chosen only where
       it is cheaper than a ladder of attempts for the same reliability, only with a deadline and
       two attempts allowed, and never for a streamed call.
+    - ``watch``: allow a watched first attempt (`tiersel.watch`): its pace checked part way, and
+      cut, for a tier of a quicker pace, when it would end too late (it is then billed what it
+      generated). Chosen only where the policy watches, the call has a deadline and no
+      ``max_cost_usd``, and the shell can watch it (the HTTP doors: a streamed call); False
+      never cuts an attempt.
 
     A deadline shorter than `MIN_DEADLINE_S` is refused: no call can be served in it.
 
@@ -106,6 +111,7 @@ class Requirements(_Frozen):
     best_effort: bool = False
     max_attempts: int | None = Field(None, ge=1)
     hedge: bool = False
+    watch: bool = True
 
     @field_validator("tiers", mode="before")
     @classmethod

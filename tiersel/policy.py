@@ -88,9 +88,10 @@ class CheapestFeasible:
       while the rest can still be served; a best-effort call, too, gets the likeliest schedule
       within what pacing leaves.
     - ``watch``: whether a schedule may watch its first attempt (`tiersel.watch`): check its
-      pace part way and cut it, for a quicker tier, when it would end too late. Only for a
-      shell that can watch an attempt's pace (the replay's, `tiersel.replay`), and never for a
-      call with a ``max_cost_usd``, which a cut attempt's bill could push past.
+      pace part way and cut it, for a tier of a quicker pace, when it would end too late. Only
+      for a call that allows it (``Requirements.watch``) and whose shell can watch it (the
+      flow turns it off otherwise), and never for a call with a ``max_cost_usd``, which a cut
+      attempt's bill could push past.
 
     >>> from tiersel import Selector, Call, Requirements
     >>> d = Selector().decide(Call(model="kimi-k3", input_tokens=800, max_output_tokens=200))
@@ -118,7 +119,7 @@ class CheapestFeasible:
         default_reliability: float = 0.95,
         min_reliability: float = HOPELESS,
         pacing: float | None = None,
-        watch: bool = False,
+        watch: bool = True,
     ) -> None:
         if latency_sigma is not None and not latency_sigma > 0:
             raise ValueError(f"latency_sigma must be > 0 or None, got {latency_sigma!r}")
@@ -146,7 +147,8 @@ class CheapestFeasible:
         return (
             f"CheapestFeasible(latency_sigma={self.latency_sigma},"
             f" max_attempts={self.max_attempts}, backoff_s={self.backoff_s},"
-            f" default_reliability={self.default_reliability}, pacing={self.pacing})"
+            f" default_reliability={self.default_reliability}, pacing={self.pacing},"
+            f" watch={self.watch})"
         )
 
     def __call__(
@@ -321,7 +323,7 @@ class CheapestFeasible:
             r.min_output_tps,
             r.best_effort,
             r.hedge,
-            r.max_cost_usd is None,
+            r.watch and r.max_cost_usd is None,
             spendable,
             worst_limit,
             tuple([(c[0], *c[3:]) for c in cands]),
@@ -372,14 +374,23 @@ class CheapestFeasible:
             if cands
             else None
         )
+        watched = self._watched(requirements, found, cands, goal, attempts, spendable)
         if requirements.hedge and deadline is not None and attempts >= 2 and cands:
+            best = watched if watched is not None else found  # what a hedge must beat
             hedge = self._hedged(
-                found, cands, goal, deadline, max_ttft, spendable, worst_limit, reasons
+                best, cands, goal, deadline, max_ttft, spendable, worst_limit, reasons
             )
             if hedge is not None:
                 return hedge, False
-        watched = self._watched(requirements, found, cands, goal, attempts, spendable, reasons)
         if watched is not None:
+            if found is not None and (
+                spendable is None or found.expected_cost <= spendable * _SAME
+            ):
+                dearer = (found.expected_cost, watched.expected_cost)
+                reasons.append(_reason((found.label, _COSTLIER, _C.costlier, dearer)))
+            s = watched
+            chosen = (s.expected_cost, s.p_success, s.watch_s, s.attempts[1].tier)
+            reasons.append(_reason((s.label, _CHOSEN, _C.watched, chosen)))
             return watched, False
         if found is not None:
             if spendable is None or found.expected_cost <= spendable * _SAME:
@@ -453,16 +464,15 @@ class CheapestFeasible:
         goal: float,
         attempts: int,
         spendable: float | None,
-        reasons: list[Reason],
     ) -> Schedule | None:
         """The cheapest watched schedule meeting ``goal`` within the money (`tiersel.watch`),
         where the policy watches and the call has a deadline and no ``max_cost_usd``, when there
         is no ladder ``found`` within the money or it costs `WATCH_SAVING` less than that
         ladder; else None."""
         deadline = requirements.deadline_s
-        if not self.watch or deadline is None or attempts < 2 or not cands:
+        if not (self.watch and requirements.watch) or deadline is None or attempts < 2:
             return None
-        if requirements.max_cost_usd is not None:
+        if requirements.max_cost_usd is not None or not cands:
             return None
         s = cheapest_watched(
             cands,
@@ -477,13 +487,12 @@ class CheapestFeasible:
         ladder = found is not None and (
             spendable is None or found.expected_cost <= spendable * _SAME
         )
-        if found is not None and ladder:
-            if s.expected_cost >= found.expected_cost * (1.0 - WATCH_SAVING):
-                return None
-            dearer = (found.expected_cost, s.expected_cost)
-            reasons.append(_reason((found.label, _COSTLIER, _C.costlier, dearer)))
-        chosen = (s.expected_cost, s.p_success, s.watch_s, s.attempts[1].tier)
-        reasons.append(_reason((s.label, _CHOSEN, _C.watched, chosen)))
+        if (
+            found is not None
+            and ladder
+            and s.expected_cost >= found.expected_cost * (1.0 - WATCH_SAVING)
+        ):
+            return None
         return s
 
     def _fallback(

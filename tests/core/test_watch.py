@@ -37,6 +37,7 @@ def test_a_call_only_fast_could_serve_in_time_is_bought_a_watched_standard_attem
     # without a watch the call goes to fast; watched, standard serves it when its pace holds,
     # and the call is cut for fast when it does not.
     ladder = _selector(False).decide(LONG, STRICT)
+    assert _selector(True).decide(LONG, STRICT.model_copy(update={"watch": False})) == ladder
     watched = _selector(True).decide(LONG, STRICT)
     assert ladder.label == "fast*4"
     assert watched.label == "standard^>fast"
@@ -57,8 +58,12 @@ def test_no_watch_where_a_ladder_does_as_well_or_a_cost_cap_is_set() -> None:
     assert _selector(True).decide(short, STRICT).plan[0].watch_s is None
     capped = STRICT.model_copy(update={"max_cost_usd": 1.0})
     assert _selector(True).decide(LONG, capped).label == "fast*4"
-    # The default policy watches nothing: only a shell that can watch may plan on it.
-    assert tiersel.Selector(api_key="", clock=FakeClock()).decide(LONG, STRICT).label == "fast*4"
+    # The default policy watches where the call allows it (a door's flow turns that off for a
+    # call its shell cannot watch).
+    assert (
+        tiersel.Selector(api_key="", clock=FakeClock()).decide(LONG, STRICT).label
+        == "standard^>fast"
+    )
 
 
 def test_the_finish_is_projected_from_the_pace_between_the_first_and_last_token() -> None:
@@ -138,7 +143,7 @@ def test_a_watched_attempt_cut_for_its_pace_is_billed_and_the_call_goes_on_to_fa
 
     body = {"model": "kimi-k3", "messages": [{"role": "user", "content": "x" * 6000}]}
     body["max_tokens"] = 500
-    started = engine.start(body, requirements=STRICT)
+    started = engine.start(body, requirements=STRICT, watch=True)
     result = engine.run(started, send)
     assert result.ok and result.tier == "fast" and result.attempts == 2
     assert [e.step.tier for e in sent] == ["standard", "fast"]
@@ -172,7 +177,8 @@ def test_a_watched_attempt_that_keeps_its_pace_is_the_call() -> None:
         return Reply(200, {}, _payload(2000, 500), 15.0)
 
     body = {"model": "kimi-k3", "messages": [{"role": "user", "content": "x" * 6000}]}
-    result = engine.run(engine.start({**body, "max_tokens": 500}, requirements=STRICT), send)
+    started = engine.start({**body, "max_tokens": 500}, requirements=STRICT, watch=True)
+    result = engine.run(started, send)
     assert result.ok and tiers == ["standard"] and result.tier == "standard"
     std = KIMI.tiers["standard"]
     assert result.cost_usd == pytest.approx(2000 * std.input_per_token + 500 * std.output_per_token)
@@ -185,9 +191,10 @@ def test_explain_shows_the_watched_attempt_and_its_check(
 
     argv = ["explain", "--model", "kimi-k3", "--input-tokens", "2000", "--max-tokens", "500"]
     argv += ["--deadline", "20", "--reliability", "0.999"]
-    assert main([*argv, "--watch"]) == 0
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "plan:               standard^>fast" in out
     assert "attempt 1 is watched: its pace is checked 2.20 s after it is sent" in out
     assert "  2  fast         2.20 s    17.80 s" in out
-    assert main(argv) == 0 and "plan:               fast*4" in capsys.readouterr().out
+    assert main([*argv, "--no-watch"]) == 0
+    assert "plan:               fast*4" in capsys.readouterr().out

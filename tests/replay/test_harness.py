@@ -247,7 +247,7 @@ def test_watched_attempts_buy_three_nines_cheaper_than_a_ladder() -> None:
     from tiersel.replay.mix import parse_mix
 
     watched = Contender("watched", CheapestFeasible(watch=True))
-    ladder = Contender("ladder", CheapestFeasible())
+    ladder = Contender("ladder", CheapestFeasible(watch=False))
     trace = shipped_trace("azure-conv").head(3000)
     both = compare(trace, policies=[watched, ladder], mix=parse_mix("strict=1:20s:0.999"))
     w, lad = both.metrics("watched"), both.metrics("ladder")

@@ -17,7 +17,6 @@ from tiersel.clock import FakeClock
 from tiersel.decision import Decision
 from tiersel.dialects import check_token_count
 from tiersel.errors import ConflictingRequirements, NoFeasibleTier, TierselError
-from tiersel.policy import CheapestFeasible
 from tiersel.selector import Selector
 from tiersel.signals import Observation, Outcome, SignalKey
 
@@ -59,10 +58,11 @@ def add_parser(subs: Any, help: str) -> None:
         help="allow a hedge: a second tier races a first attempt slow to answer",
     )
     p.add_argument(
-        "--watch",
-        action="store_true",
-        help="plan as a shell that watches an attempt's pace would: cut a first attempt that"
-        " would end too late, for a quicker tier (tiersel.watch; the replay's shell does)",
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="plan for a call whose attempts cannot be watched (tiersel.watch): no first attempt"
+        " is cut for its pace (a call not streamed through the HTTP doors)",
     )
     p.add_argument(
         "--shed-rate",
@@ -107,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
     except (TierselError, ValueError) as exc:
         return fail(str(exc))
     clock = FakeClock()
-    policy = CheapestFeasible(watch=True) if args.watch else None
-    selector = Selector(pricing=pricing, clock=clock, api_key="", policy=policy)
+    selector = Selector(pricing=pricing, clock=clock, api_key="")
     for tier, rate in rates.items():
         _observe(selector, prices.name, tier, rate, clock.now())
     try:
@@ -165,6 +164,7 @@ def _requirements(args: argparse.Namespace) -> Requirements:
         best_effort=args.best_effort,
         max_attempts=args.max_attempts,
         hedge=args.hedge,
+        watch=args.watch,
     )
 
 

@@ -383,16 +383,18 @@ class Engine:
         call_id: str | None = None,
         dialect: Dialect | None = None,
         max_wait: Callable[[], float | None] | None = None,
+        watch: bool = False,
     ) -> Started:
         """Begin one call: the `Call` ``body`` describes, its requirements (the selector's when
         None; a router id pins its tier), an id, and the flow of its attempts, which `run` or
         `arun` carries out with a shell's own send. Nothing is decided or sent yet.
 
         ``dialect`` is read from ``path`` when not given. ``max_wait()`` bounds each wait of a
-        call with no deadline (see `tiersel.engine.call_flow`). Raises `RequestNotUnderstood`
-        for a body or path tiersel cannot read, `UnknownTier` for a tier name the price table
-        does not declare, `ConflictingRequirements` for tiers that leave out the one a router id
-        names.
+        call with no deadline (see `tiersel.engine.call_flow`); ``watch``: the shell can watch
+        the call's attempts' pace (`tiersel.watch`; else none is planned). Raises
+        `RequestNotUnderstood` for a body or path tiersel cannot read, `UnknownTier` for a tier
+        name the price table does not declare, `ConflictingRequirements` for tiers that leave
+        out the one a router id names.
         """
         if dialect is None:
             dialect = generation_dialect(path)
@@ -401,7 +403,7 @@ class Engine:
         self.check_tiers(req)
         req = pinned(req, implied)
         cid = call_id or new_call_id()
-        flow = call_flow(self, body, dialect, call, req, cid, max_wait)
+        flow = call_flow(self, body, dialect, call, req, cid, max_wait, watch)
         return Started(flow, dialect, cid, call)
 
     def run(self, started: Started, send: Callable[[Send], Reply]) -> CallResult:

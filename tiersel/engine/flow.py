@@ -78,8 +78,12 @@ def call_flow(
     requirements: Requirements,
     call_id: str,
     max_wait: Callable[[], float | None] | None = None,
+    watch: bool = False,
 ) -> Flow:
     """The attempts of one call. Raises `NoFeasibleTier` or `BudgetExhausted` before any send.
+
+    ``watch``: the shell that runs the flow can watch this call's attempts' pace (`Send.watch`,
+    `tiersel.watch`); where it cannot, no watched attempt is planned.
 
     The decision's plan is the schedule the call follows: each attempt at its planned start,
     the next one after a failure the schedule planned for (a shed, a rate limit, a server error,
@@ -96,7 +100,7 @@ def call_flow(
     money reserved (`_reserve`); its send, or a hedge's race (`_race`); and what came back
     charged and recorded (`_conclude`), which ends the call or names the next attempt.
     """
-    ctx = _context(sel, body, dialect, call, requirements, call_id, max_wait)
+    ctx = _context(sel, body, dialect, call, requirements, call_id, max_wait, watch)
     ctx.start = yield Now()
     prog = Progress(call, ctx.ceiling)
     result = yield from _rounds(ctx, prog)
@@ -155,6 +159,7 @@ def _context(
     requirements: Requirements,
     call_id: str,
     max_wait: Callable[[], float | None] | None,
+    watch: bool,
 ) -> CallContext:
     prices = sel.pricing.model(call.model)
     ceiling = output_cap(sel, body, dialect, call)
@@ -165,6 +170,13 @@ def _context(
         # A stream answers with its first token, which says nothing of when it ends: a race
         # settled then would not protect the deadline the hedge is priced for.
         requirements = requirements.model_copy(update={"hedge": False})
+    if (
+        not watch
+        and requirements.watch
+        and requirements.deadline_s is not None
+        and getattr(sel.policy, "watch", False)
+    ):
+        requirements = requirements.model_copy(update={"watch": False})  # it cannot be watched
     sized = ceiling is not None and sel.unbounded_output == "share"
     keys = sel.signal_keys(prices.name)
     return CallContext(
@@ -459,7 +471,10 @@ def _cut(
 ) -> Generator[Effect, Any, CallResult | Following | None]:
     """A watched attempt cut for its pace: its pace recorded (the tier served it, slowly), its
     bill so far charged, and the schedule's next attempt (or a plan afresh when none is left)."""
-    usage = read_usage(reply.payload, ctx.dialect)
+    usage = read_usage(reply.payload, ctx.dialect) if reply.payload is not None else None
+    if usage is None:
+        call = prog.call
+        usage = Usage(call.input_tokens, call.cached_input_tokens, reply.tokens, None)
     tps = None
     if usage is not None and reply.ttft_s is not None and usage.completion_tokens > 1:
         generating = reply.elapsed_s - reply.ttft_s
@@ -472,8 +487,8 @@ def _cut(
     if ctx.sel.ledger_enabled:
         yield Reserve(ctx.call_id, prog.sunk)
     prog.detail = "cut: its pace would have missed the deadline"
+    after = yield Now()
     if ctx.sel.on_attempt is not None:
-        after = yield Now()
         record = AttemptRecord(
             ctx.call_id,
             prog.attempts,
@@ -490,7 +505,12 @@ def _cut(
     if prog.attempts >= ctx.most:
         return _failed(prog, ctx, prog.detail)
     nxt = at.index + 1
-    return Following(at.decision, nxt, at.decided_at) if nxt < len(at.decision.plan) else None
+    if nxt == len(at.decision.plan):
+        return None
+    # The next step follows now: a check comes with the first tokens after its time, so later
+    # than planned (the time the next step has is read again before it goes).
+    late = after - (at.decided_at + at.decision.plan[nxt].start_s)
+    return Following(at.decision, nxt, at.decided_at + max(0.0, late))
 
 
 def _charge(

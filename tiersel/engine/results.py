@@ -38,8 +38,10 @@ class Reply:
     content: bytes | None = None
     """The body as read, when the shell read it whole (a door hands these bytes back)."""
     cut: bool = False
-    """A watched attempt cut for its pace (`tiersel.engine.effects.Watch`): ``payload`` holds
-    the usage billed until the cut, ``elapsed_s`` is when it was cut."""
+    """A watched attempt cut for its pace (`tiersel.engine.effects.Watch`), ``elapsed_s`` after
+    its send: ``payload`` holds the usage billed until then, where the shell knows it, else
+    ``tokens`` the output tokens it saw (the prompt is then taken as estimated)."""
+    tokens: int = 0
     ttft_s: float | None = None
     """When the first token came, in seconds after the send, where the shell saw it."""
 

@@ -163,7 +163,7 @@ class Cooldown:
 
 
 def _tiersel() -> Contender:
-    return Contender("tiersel", CheapestFeasible(watch=True))
+    return Contender("tiersel", CheapestFeasible())
 
 
 def _fixed(tier: str) -> Callable[[], Contender]:

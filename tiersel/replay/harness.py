@@ -391,6 +391,7 @@ class _Engine:
             call,
             requirements,
             f"call-{flight.index}",
+            watch=True,  # `_send` watches an attempt's pace
         )
         self._resume(flight, None)
 

@@ -165,6 +165,9 @@ class Exchange:
                 body, bytes_per_token=engine.bytes_per_token, dialect=route.dialect
             ),
         )
+        ttft = result.reply.ttft_s if result.reply is not None else None
+        if ttft is not None:  # its first tokens were held for a pace check (`tiersel.wrap.pace`)
+            meter.first_token_at = route.sent_at + ttft
         # A body read already is served from memory (decoded, if it was encoded on the wire).
         decode = encoded(upstream) or already_read(upstream)
 
@@ -321,9 +324,11 @@ def _passthrough_refusal(request: Any, *, budgeted: bool) -> TierselError | None
 
 def _stream_headers(result: CallResult) -> list[tuple[bytes, bytes]]:
     """A streamed reply's headers: upstream's, less its framing and retry advice, and tiersel's,
-    with the expected cost (the real one is known when the stream ends: see the record)."""
+    with the expected cost (the real one is known when the stream ends: see the record), and
+    what the call was billed before its stream (a hedge's loser, attempts cut for their pace)."""
     step = result.step
     assert step is not None  # a stream is only pending after a send
     upstream = result.response
     headers = [(k, v) for k, v in upstream.headers.raw if k.lower() not in STREAM_RESPONSE_HEADERS]
-    return headers + response_headers(result, step.expected_cost_usd, CostBasis.estimate)
+    expected = step.expected_cost_usd + result.cost_usd
+    return headers + response_headers(result, expected, CostBasis.estimate)

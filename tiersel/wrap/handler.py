@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tiersel.dialects import Dialect
 from tiersel.engine.core import Started
 from tiersel.engine.effects import Send
-from tiersel.engine.results import CallResult
+from tiersel.engine.results import CallResult, Reply
 from tiersel.errors import TierselError
 from tiersel.http.flavours import Flavour, TransportErrors, flavour_of_request, flavour_of_transport
 from tiersel.http.reply import no_reply, reply
@@ -23,8 +23,20 @@ from tiersel.http.route import Route, generation, read_route
 from tiersel.http.upstream import longest_timeout, upstream_request
 from tiersel.selector import Selector
 from tiersel.wrap.exchange import CallHook, Exchange
+from tiersel.wrap.pace import PaceCheck
 
-__all__ = ["Fetch", "Handler", "Pass", "Read", "Run", "Step", "Steps", "advance", "outcome"]
+__all__ = [
+    "Fetch",
+    "Handler",
+    "Hold",
+    "Pass",
+    "Read",
+    "Run",
+    "Step",
+    "Steps",
+    "advance",
+    "outcome",
+]
 
 
 # The steps of `Handler.handle` that a shell carries out with its own I/O.
@@ -58,6 +70,15 @@ class Run:
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """Read a watched attempt's stream into ``check`` until its pace decides
+    (`tiersel.wrap.pace.hold`); answers True to keep the attempt, False once it is cut."""
+
+    response: Any
+    check: PaceCheck
+
+
+@dataclass(frozen=True, slots=True)
 class Fetch:
     """Send one attempt's request; answers with the response and its body (None when the
     route's stream is left for the caller to read)."""
@@ -67,7 +88,7 @@ class Fetch:
     route: Route
 
 
-Step = Read | Pass | Run | Fetch
+Step = Read | Pass | Run | Fetch | Hold
 Steps = Generator[Step, Any, Any]
 
 
@@ -161,6 +182,7 @@ class Handler:
                 path=route.path,
                 dialect=route.dialect,
                 max_wait=lambda: longest_timeout(route.extensions),
+                watch=route.stream,  # a stream's first tokens can be held for a pace check
             )
         except TierselError as exc:
             return exchange.refuse(request, flavour, found[1], exc)
@@ -174,6 +196,15 @@ class Handler:
         route.sent_at = started = clock.now()
         try:
             response, content = yield Fetch(run.inner, upstream, route)
+            watch = effect.watch
+            if watch is not None and content is None and 200 <= response.status_code < 300:
+                check = PaceCheck(watch, route.dialect, started)
+                if not (yield Hold(response, check)):
+                    elapsed = clock.now() - started
+                    return Reply(
+                        200, {}, None, elapsed, cut=True, ttft_s=check.first, tokens=check.tokens
+                    )
+                return replace(reply(response, None, clock.now() - started), ttft_s=check.first)
         except TransportErrors as exc:
             return no_reply(exc, started, clock.now())
         return reply(response, content, clock.now() - started)

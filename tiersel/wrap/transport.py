@@ -44,7 +44,8 @@ from tiersel.http.response import is_stream
 from tiersel.http.route import without_hints
 from tiersel.selector import Selector
 from tiersel.wrap.exchange import CallHook
-from tiersel.wrap.handler import Fetch, Handler, Read, Run, Step, Steps, advance, outcome
+from tiersel.wrap.handler import Fetch, Handler, Hold, Read, Run, Step, Steps, advance, outcome
+from tiersel.wrap.pace import ahold, hold
 
 __all__ = ["AsyncTierTransport", "TierTransport"]
 
@@ -131,6 +132,8 @@ class TierTransport(_Door, SyncTransportBase):
             return self.selector.engine.run(run.started, send)
         if isinstance(step, Read):
             return step.request.read()
+        if isinstance(step, Hold):
+            return hold(step.response, step.check, self.selector.engine.clock)
         request = without_hints(step.request, step.flavour)
         sent = convert_request(request, step.inner_flavour, asynchronous=False)
         try:
@@ -174,6 +177,8 @@ class AsyncTierTransport(_Door, AsyncTransportBase):
             return await self.selector.engine.arun(step.started, lambda e: self._send(step, e))
         if isinstance(step, Read):
             return await step.request.aread()
+        if isinstance(step, Hold):
+            return await ahold(step.response, step.check, self.selector.engine.clock)
         request = without_hints(step.request, step.flavour)
         try:
             response = await step.inner.handle_async_request(
