@@ -93,7 +93,7 @@ class Requirements(_Frozen):
     - ``watch``: allow a watched first attempt (`tiersel.watch`): its pace checked part way, and
       cut, for a tier of a quicker pace, when it would end too late (it is then billed what it
       generated). Chosen only where the policy watches, the call has a deadline and no
-      ``max_cost_usd``, and the shell can watch it (the HTTP doors: a streamed call); False
+      ``max_cost_usd``, and the shell can watch it (`TierTransport`, the replay); False
       never cuts an attempt.
 
     A deadline shorter than `MIN_DEADLINE_S` is refused: no call can be served in it.

@@ -167,7 +167,8 @@ class CheapestFeasible:
             keep = self.pacing * cands[0].expected * (budget.remaining_calls - 1)
             spendable = max(budget.remaining_usd - keep, cands[0].expected)
         worst_limit = None
-        if requirements.hedge:  # a hedge reserves two worst cases: both must fit
+        watched = self.watch and requirements.watch and requirements.deadline_s is not None
+        if requirements.hedge or watched:  # two worst cases may be billed: both must fit
             limits = [requirements.max_cost_usd, budget.remaining_usd if budget else None]
             worst_limit = min([v for v in limits if v is not None], default=None)
         return self.choose(call.model, requirements, cands, spendable, reasons, worst_limit)
@@ -374,7 +375,7 @@ class CheapestFeasible:
             if cands
             else None
         )
-        watched = self._watched(requirements, found, cands, goal, attempts, spendable)
+        watched = self._watched(requirements, found, cands, goal, attempts, spendable, worst_limit)
         if requirements.hedge and deadline is not None and attempts >= 2 and cands:
             best = watched if watched is not None else found  # what a hedge must beat
             hedge = self._hedged(
@@ -464,11 +465,13 @@ class CheapestFeasible:
         goal: float,
         attempts: int,
         spendable: float | None,
+        worst_limit: float | None,
     ) -> Schedule | None:
-        """The cheapest watched schedule meeting ``goal`` within the money (`tiersel.watch`),
-        where the policy watches and the call has a deadline and no ``max_cost_usd``, when there
-        is no ladder ``found`` within the money or it costs `WATCH_SAVING` less than that
-        ladder; else None."""
+        """The cheapest watched schedule meeting ``goal`` (`tiersel.watch`), its expected cost
+        within ``spendable`` and its worst case (a cut attempt's and the next one's) within
+        ``worst_limit``, where the policy watches and the call has a deadline and no
+        ``max_cost_usd``, when there is no ladder ``found`` within the money or it costs
+        `WATCH_SAVING` less than that ladder; else None."""
         deadline = requirements.deadline_s
         if not (self.watch and requirements.watch) or deadline is None or attempts < 2:
             return None
@@ -483,6 +486,8 @@ class CheapestFeasible:
             max_ttft=requirements.max_ttft_s,
         )
         if s is None or (spendable is not None and s.expected_cost > spendable * _SAME):
+            return None
+        if worst_limit is not None and s.worst_cost > worst_limit:
             return None
         ladder = found is not None and (
             spendable is None or found.expected_cost <= spendable * _SAME

@@ -31,8 +31,9 @@ dearest later attempt's: attempts run one at a time, but a cut one is billed too
 `cheapest_watched` weighs every candidate as A, followed by attempts on one candidate of a quicker
 pace, and keeps the cheapest that meets the target; the policy takes it where it is
 `WATCH_SAVING` cheaper than the cheapest ladder, or where no ladder meets the target. The shells
-that watch: the replay's (`tiersel.replay`) every call, and `tiersel.wrap.TierTransport` and its
-async twin a streamed call (`tiersel.wrap.pace`); for any other call the flow plans no watch.
+that watch: the replay's (`tiersel.replay`) and `tiersel.wrap.TierTransport` and its async twin
+(`tiersel.wrap.pace`; a call that wants its answer whole is read as a stream and handed back
+whole, `tiersel.http.assemble`); for a call of any other shell the flow plans no watch.
 """
 
 from __future__ import annotations

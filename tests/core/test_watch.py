@@ -198,3 +198,47 @@ def test_explain_shows_the_watched_attempt_and_its_check(
     assert "  2  fast         2.20 s    17.80 s" in out
     assert main([*argv, "--no-watch"]) == 0
     assert "plan:               fast*4" in capsys.readouterr().out
+
+
+def _cut_or_served(clock: FakeClock, effect: Send) -> Reply:
+    if effect.watch is not None:
+        clock.advance(effect.watch.at_s)
+        return Reply(200, {}, _payload(2000, 30), effect.watch.at_s, cut=True, ttft_s=0.9)
+    clock.advance(4.0)
+    return Reply(200, {}, _payload(2000, 500), 4.0)
+
+
+BODY = {
+    "model": "kimi-k3",
+    "messages": [{"role": "user", "content": "x" * 6000}],
+    "max_tokens": 500,
+}
+
+
+def test_no_watch_whose_two_worst_cases_the_budget_cannot_cover() -> None:
+    # A cut attempt is billed, and the next one reserves its own worst case: with $0.04 left, a
+    # watched plan (worst $0.065) could end with nothing left for its fast attempt.
+    clock = FakeClock()
+    ledger = MemoryLedger(limit_usd=0.04)
+    engine = Engine(policy=CheapestFeasible(), clock=clock, ledger=ledger)
+    started = engine.start(BODY, requirements=STRICT, watch=True)
+    result = engine.run(started, lambda e: _cut_or_served(clock, e))
+    assert result.ok and result.decisions[0].label == "fast*4"
+
+
+def test_a_cut_is_charged_at_once_so_an_interrupted_call_still_counts_it() -> None:
+    clock = FakeClock()
+    ledger = MemoryLedger(limit_usd=10.0)
+    engine = Engine(policy=CheapestFeasible(), clock=clock, ledger=ledger)
+
+    def send(effect: Send) -> Reply:
+        if effect.watch is not None:
+            return _cut_or_served(clock, effect)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(engine.start(BODY, requirements=STRICT, watch=True), send)
+    std = KIMI.tiers["standard"]
+    state = ledger.state(clock.now())
+    assert state.spent_usd == pytest.approx(2000 * std.input_per_token + 30 * std.output_per_token)
+    assert state.reserved_usd == 0.0

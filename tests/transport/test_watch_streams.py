@@ -95,14 +95,39 @@ def test_a_stream_that_keeps_its_pace_is_handed_on_whole(recorder: Recorder) -> 
     assert record.ttft_s is not None and record.ttft_s < record.decision.plan[0].watch_s
 
 
-def test_a_call_not_streamed_is_never_watched(recorder: Recorder) -> None:
-    # A door cannot hand back a whole answer it read as a stream: the call gets a ladder.
+@pytest.mark.parametrize("out, tier, attempts", [(500, "fast", 2), (450, "standard", 1)])
+def test_a_call_read_whole_is_watched_on_a_stream_and_handed_back_whole(
+    recorder: Recorder, out: int, tier: str, attempts: int
+) -> None:
+    # The door asks upstream for a stream, watches its pace, and hands back the one body a
+    # plain request would have got: the SDK parses a ChatCompletion with the whole answer.
     clock = FakeClock()
     client = _in_process(clock, recorder)
     with tiersel.requirements(**STRICT):
-        client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=500)
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=PROMPT, max_tokens=out
+        )
+    done = raw.parse()
+    assert raw.headers["content-type"] == "application/json"
+    assert done.object == "chat.completion" and done.choices[0].finish_reason == "length"
+    assert len((done.choices[0].message.content or "").split()) == out
+    assert done.usage is not None and done.usage.completion_tokens == out
     record = recorder.last
-    assert record.decision is not None and record.decision.label == "fast*4"
+    assert record.decision is not None and record.decision.plan[0].watch_s is not None
+    assert record.ok and record.tier == tier and record.attempts == attempts
+    assert record.cost_basis.value == "actual"
+
+
+def test_every_dialect_read_whole_comes_back_whole_after_a_cut(recorder: Recorder) -> None:
+    clock = FakeClock()
+    client = _in_process(clock, recorder)
+    with tiersel.requirements(**STRICT):
+        text = client.completions.create(model=MODEL, prompt="x" * 6000, max_tokens=500)
+        assert text.object == "text_completion" and len(text.choices[0].text.split()) == 500
+        assert recorder.last.attempts == 2 and recorder.last.tier == "fast"
+        response = client.responses.create(model=MODEL, input="x" * 6000, max_output_tokens=500)
+        assert len(response.output_text.split()) == 500
+        assert recorder.last.attempts == 2 and recorder.last.tier == "fast"
 
 
 def test_an_async_stream_too_slow_is_cut_for_fast(recorder: Recorder) -> None:
@@ -128,7 +153,7 @@ def test_an_async_stream_too_slow_is_cut_for_fast(recorder: Recorder) -> None:
 
 
 @ANTHROPIC
-def test_an_anthropic_stream_too_slow_is_cut_for_fast(recorder: Recorder) -> None:
+def test_an_anthropic_call_too_slow_is_cut_for_fast_streamed_or_whole(recorder: Recorder) -> None:
     import anthropic
 
     clock = FakeClock()
@@ -149,6 +174,11 @@ def test_an_anthropic_stream_too_slow_is_cut_for_fast(recorder: Recorder) -> Non
     assert len(text.split()) == 500
     record = recorder.last
     assert record.ok and record.tier == "fast" and record.attempts == 2
+    with tiersel.requirements(**STRICT):
+        message = client.messages.create(model=MODEL, max_tokens=500, messages=PROMPT)
+    assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 500
+    assert len(message.content[0].text.split()) == 500  # type: ignore[union-attr]
+    assert recorder.last.tier == "fast" and recorder.last.attempts == 2
 
 
 # -- the check, on its own ----------------------------------------------------------------------

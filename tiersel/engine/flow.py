@@ -103,14 +103,6 @@ def call_flow(
     ctx = _context(sel, body, dialect, call, requirements, call_id, max_wait, watch)
     ctx.start = yield Now()
     prog = Progress(call, ctx.ceiling)
-    result = yield from _rounds(ctx, prog)
-    if not result.ok and prog.sunk > 0 and sel.ledger_enabled:
-        yield Settle(call_id, prog.sunk)  # what attempts cut for their pace were billed
-    return result
-
-
-def _rounds(ctx: CallContext, prog: Progress) -> Flow:
-    """The rounds of `call_flow`, until the call ends."""
     now = ctx.start
     following: Following | None = None
     while True:
@@ -351,7 +343,7 @@ def _reserve(
     step = at.decision.plan[at.index]
     racer = _racer(at.decision, at.index)
     worst = step.worst_cost_usd + (racer.worst_cost_usd if racer is not None else 0.0)
-    held = yield Reserve(ctx.call_id, worst + prog.sunk)  # (and what cut attempts were billed)
+    held = yield Reserve(ctx.call_id, worst)
     if held is not None:
         return True
     if prog.attempts == 0:
@@ -482,10 +474,13 @@ def _cut(
     key = key_of(ctx.keys, step.tier)
     yield Record(key, Observation(Outcome.ok, ttft_s=reply.ttft_s, output_tps=tps))
     cost, _ = bill(ctx.prices, step, usage)
-    # Charged with the call's last attempt (a call is settled once); held until then.
     prog.sunk += cost
+    prog.cuts += 1
     if ctx.sel.ledger_enabled:
-        yield Reserve(ctx.call_id, prog.sunk)
+        # Charged now, under an id of its own (the call's is settled once, by its last
+        # attempt): an interrupted call still counts it.
+        yield Settle(f"{ctx.call_id}#cut{prog.cuts}", cost)
+        yield Release(ctx.call_id)
     prog.detail = "cut: its pace would have missed the deadline"
     after = yield Now()
     if ctx.sel.on_attempt is not None:
@@ -522,22 +517,16 @@ def _charge(
     extra: float,
 ) -> Generator[Effect, Any, tuple[float, str]]:
     """What the attempt is charged (``extra``: a hedge's loser, billed before it) and the tier
-    that served it; the budget settled (with what attempts cut for their pace were billed), or
-    released when there is nothing to charge."""
+    that served it; the budget settled, or released when there is nothing to charge."""
     budgeted = ctx.sel.ledger_enabled
     if outcome is not Outcome.ok:
         if budgeted:
-            if extra > 0:
-                yield Settle(ctx.call_id, extra)
-            elif prog.sunk > 0:  # cut attempts' bills stay held until the call is settled
-                yield Reserve(ctx.call_id, prog.sunk)
-            else:
-                yield Release(ctx.call_id)
+            yield Settle(ctx.call_id, extra) if extra > 0 else Release(ctx.call_id)
         return 0.0, step.tier
     cost, served = bill(ctx.prices, step, usage)
     cost += extra
     if budgeted:
-        yield Settle(ctx.call_id, cost + prog.sunk)
+        yield Settle(ctx.call_id, cost)
     return cost, served
 
 
@@ -595,6 +584,7 @@ def _result(
         started_at=ctx.start,
         max_tokens_set=prog.cap,
         steps=tuple(prog.steps),
+        cut_usd=prog.sunk,
     )
 
 
@@ -680,4 +670,5 @@ def _failed(prog: Progress, ctx: CallContext, detail: str) -> CallResult:
         started_at=ctx.start,
         max_tokens_set=prog.cap,
         steps=tuple(prog.steps),
+        cut_usd=prog.sunk,
     )

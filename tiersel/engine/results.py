@@ -87,6 +87,9 @@ class CallResult:
     budget_stopped: bool = False
     """The budget could not cover a retry, so the call stopped after a failed attempt."""
     steps: tuple[Step, ...] = ()
+    cut_usd: float = 0.0
+    """What attempts cut for their pace were billed (`tiersel.watch`): in ``cost_usd``, and
+    charged already, each under its own ledger id."""
 
     @property
     def decision(self) -> Decision | None:

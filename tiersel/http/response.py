@@ -44,13 +44,27 @@ def response_extensions(response: Any) -> dict[str, Any]:
     return {k: ext[k] for k in ("http_version", "reason_phrase") if k in ext}
 
 
-def is_stream(route: Route, response: Any) -> bool:
-    """Whether ``response`` is the event stream ``route`` asked for (left for the caller to
-    read), not an error or a body to read whole."""
+def is_stream(asked: bool, response: Any) -> bool:
+    """Whether ``response`` is the event stream the request ``asked`` for (left to be read as it
+    comes), not an error or a body to read whole."""
     return (
-        route.stream
+        asked
         and 200 <= response.status_code < 300
         and "text/event-stream" in response.headers.get("content-type", "")
+    )
+
+
+def answered_whole(response: Any, content: bytes, flavour: Flavour) -> Any:
+    """``response`` as if its answer had come whole: ``content`` (JSON) in place of its event
+    stream, its headers saying so."""
+    framing = (b"content-type", b"content-length", b"content-encoding", b"transfer-encoding")
+    headers = [(k, v) for k, v in response.headers.raw if k.lower() not in framing]
+    headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content))]
+    return flavour.response(
+        response.status_code,
+        headers=headers,
+        stream=flavour.byte_stream(content),
+        extensions=response_extensions(response),
     )
 
 

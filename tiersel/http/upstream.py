@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tiersel.engine.effects import Send
+from tiersel.http.assemble import as_stream
 from tiersel.http.flavours import Flavour
 from tiersel.http.route import Route
 from tiersel.tiers import moved
@@ -65,11 +66,15 @@ which call it carries, as the batch job's does."""
 def upstream_request(route: Route, effect: Send, to: Flavour) -> Any:
     """The request for one attempt, in the library of the transport it goes through (``to``):
     the caller's very request when the attempt changes nothing, else a copy with the step's
-    body, headers and host, its timeouts capped at the time the attempt has."""
+    body, headers and host, its timeouts capped at the time the attempt has. A watched attempt
+    of a call that wants its answer whole asks for a stream (`tiersel.http.assemble`)."""
     timeout_s = effect.timeout_s
     content = route.content
     origin = effect.step.base_url
-    if content is not None and effect.body == route.body:
+    body = effect.body
+    if effect.watch is not None and not route.stream:
+        body = as_stream(body, route.dialect)  # read as a stream for its pace, handed back whole
+    if content is not None and body == route.body:
         # The tier asks for no change: the caller's bytes, or its very request.
         if (
             route.request is not None
@@ -80,7 +85,7 @@ def upstream_request(route: Route, effect: Send, to: Flavour) -> Any:
         ):
             return route.request
     else:
-        content = dump(effect.body)
+        content = dump(body)
     length = str(len(content))
     if to is route.flavour:
         url = route.url if origin is None else moved(str(route.url), origin)

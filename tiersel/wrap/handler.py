@@ -17,10 +17,12 @@ from tiersel.engine.core import Started
 from tiersel.engine.effects import Send
 from tiersel.engine.results import CallResult, Reply
 from tiersel.errors import TierselError
+from tiersel.http.assemble import whole_answer
 from tiersel.http.flavours import Flavour, TransportErrors, flavour_of_request, flavour_of_transport
 from tiersel.http.reply import no_reply, reply
+from tiersel.http.response import answered_whole
 from tiersel.http.route import Route, generation, read_route
-from tiersel.http.upstream import longest_timeout, upstream_request
+from tiersel.http.upstream import dump, longest_timeout, upstream_request
 from tiersel.selector import Selector
 from tiersel.wrap.exchange import CallHook, Exchange
 from tiersel.wrap.pace import PaceCheck
@@ -72,20 +74,22 @@ class Run:
 @dataclass(frozen=True, slots=True)
 class Hold:
     """Read a watched attempt's stream into ``check`` until its pace decides
-    (`tiersel.wrap.pace.hold`); answers True to keep the attempt, False once it is cut."""
+    (`tiersel.wrap.pace.hold`); answers False once it is cut, else True, or, ``whole``, the
+    stream's bytes read to its end."""
 
     response: Any
     check: PaceCheck
+    whole: bool
 
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
     """Send one attempt's request; answers with the response and its body (None when the
-    route's stream is left for the caller to read)."""
+    stream it asked for, ``stream``, is left to be read)."""
 
     inner: Any
     request: Any
-    route: Route
+    stream: bool
 
 
 Step = Read | Pass | Run | Fetch | Hold
@@ -182,7 +186,7 @@ class Handler:
                 path=route.path,
                 dialect=route.dialect,
                 max_wait=lambda: longest_timeout(route.extensions),
-                watch=route.stream,  # a stream's first tokens can be held for a pace check
+                watch=True,  # `attempt` watches an attempt's pace on its stream
             )
         except TierselError as exc:
             return exchange.refuse(request, flavour, found[1], exc)
@@ -194,20 +198,24 @@ class Handler:
         clock = self.selector.engine.clock
         upstream = upstream_request(route, effect, run.inner_flavour)
         route.sent_at = started = clock.now()
+        watch = effect.watch
         try:
-            response, content = yield Fetch(run.inner, upstream, route)
-            watch = effect.watch
-            if watch is not None and content is None and 200 <= response.status_code < 300:
-                check = PaceCheck(watch, route.dialect, started)
-                if not (yield Hold(response, check)):
-                    elapsed = clock.now() - started
-                    return Reply(
-                        200, {}, None, elapsed, cut=True, ttft_s=check.first, tokens=check.tokens
-                    )
+            response, content = yield Fetch(run.inner, upstream, route.stream or bool(watch))
+            if watch is None or content is not None:
+                return reply(response, content, clock.now() - started)
+            check = PaceCheck(watch, route.dialect, started)
+            kept = yield Hold(response, check, not route.stream)
+            if kept is False:
+                elapsed = clock.now() - started
+                return Reply(
+                    200, {}, None, elapsed, cut=True, ttft_s=check.first, tokens=check.tokens
+                )
+            if kept is True:
                 return replace(reply(response, None, clock.now() - started), ttft_s=check.first)
+            data = kept
         except TransportErrors as exc:
             return no_reply(exc, started, clock.now())
-        return reply(response, content, clock.now() - started)
+        return _whole(run, response, data, clock.now() - started)
 
     def transports(self) -> list[Any]:
         """The inner transports in use (the given one, or those opened on first use)."""
@@ -218,3 +226,13 @@ class Handler:
         """``door``'s repr: its selector and where its requests go."""
         inner = type(self._given).__name__ if self._given is not None else "default"
         return f"{door}(selector={self.selector!r}, transport={inner})"
+
+
+def _whole(run: Run, response: Any, data: bytes, elapsed: float) -> Reply:
+    """A watched stream kept and read to its end, as the whole answer the call asked for; a
+    stream that did not reach its end is a failed attempt."""
+    body = whole_answer(data, run.route.dialect)
+    if body is None:
+        return Reply(0, {}, None, elapsed, error="the stream ended before its answer did")
+    content = dump(body)
+    return reply(answered_whole(response, content, run.inner_flavour), content, elapsed)

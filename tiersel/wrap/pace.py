@@ -28,6 +28,7 @@ from tiersel.clock import Clock
 from tiersel.dialects import Dialect
 from tiersel.engine.effects import Watch
 from tiersel.http.flavours import AsyncStreamBase, SyncStreamBase
+from tiersel.http.reply import aread_body, read_body
 from tiersel.watch import projected_finish
 
 __all__ = ["AsyncReplayed", "PaceCheck", "Replayed", "ahold", "hold"]
@@ -140,25 +141,26 @@ def _texts(event: dict[str, Any], dialect: Dialect) -> list[str]:
     return [t for t in out if t]
 
 
-def hold(response: Any, check: PaceCheck, clock: Clock) -> bool:
+def hold(response: Any, check: PaceCheck, clock: Clock, whole: bool) -> bool | bytes:
     """Read ``response``'s stream into ``check`` until it decides (or the stream ends: kept).
-    Kept, the response's stream becomes the held bytes then the rest; cut, it is closed."""
+    Kept, the response's stream becomes the held bytes then the rest, and, ``whole``, is read
+    to its end: its bytes are the answer; cut, it is closed: False."""
     chunks = iter(response.stream)
     for chunk in chunks:
         if check.feed(chunk, clock.now()) is not None:
             break
     kept = check.keep(response, Replayed(check.held, chunks, response.stream))
-    return kept or _closed(response)
+    return read_body(response) if kept and whole else kept or _closed(response)
 
 
-async def ahold(response: Any, check: PaceCheck, clock: Clock) -> bool:
+async def ahold(response: Any, check: PaceCheck, clock: Clock, whole: bool) -> bool | bytes:
     """The async twin of `hold`."""
     chunks = response.stream.__aiter__()
     async for chunk in chunks:
         if check.feed(chunk, clock.now()) is not None:
             break
     kept = check.keep(response, AsyncReplayed(check.held, chunks, response.stream))
-    return kept or await _aclosed(response)
+    return await aread_body(response) if kept and whole else kept or await _aclosed(response)
 
 
 def _closed(response: Any) -> bool:

@@ -44,7 +44,17 @@ from tiersel.http.response import is_stream
 from tiersel.http.route import without_hints
 from tiersel.selector import Selector
 from tiersel.wrap.exchange import CallHook
-from tiersel.wrap.handler import Fetch, Handler, Hold, Read, Run, Step, Steps, advance, outcome
+from tiersel.wrap.handler import (
+    Fetch,
+    Handler,
+    Hold,
+    Read,
+    Run,
+    Step,
+    Steps,
+    advance,
+    outcome,
+)
 from tiersel.wrap.pace import ahold, hold
 
 __all__ = ["AsyncTierTransport", "TierTransport"]
@@ -120,7 +130,7 @@ class TierTransport(_Door, SyncTransportBase):
     def _do(self, step: Step) -> Any:
         if isinstance(step, Fetch):
             response = step.inner.handle_request(step.request)
-            streamed = is_stream(step.route, response)
+            streamed = is_stream(step.stream, response)
             return response, None if streamed else read_body(response)
         if isinstance(step, Run):
             run = step
@@ -133,7 +143,7 @@ class TierTransport(_Door, SyncTransportBase):
         if isinstance(step, Read):
             return step.request.read()
         if isinstance(step, Hold):
-            return hold(step.response, step.check, self.selector.engine.clock)
+            return hold(step.response, step.check, self.selector.engine.clock, step.whole)
         request = without_hints(step.request, step.flavour)
         sent = convert_request(request, step.inner_flavour, asynchronous=False)
         try:
@@ -170,7 +180,7 @@ class AsyncTierTransport(_Door, AsyncTransportBase):
     async def _do(self, step: Step) -> Any:
         if isinstance(step, Fetch):
             response = await step.inner.handle_async_request(step.request)
-            if is_stream(step.route, response):
+            if is_stream(step.stream, response):
                 return response, None
             return response, await aread_body(response)
         if isinstance(step, Run):
@@ -178,7 +188,7 @@ class AsyncTierTransport(_Door, AsyncTransportBase):
         if isinstance(step, Read):
             return await step.request.aread()
         if isinstance(step, Hold):
-            return await ahold(step.response, step.check, self.selector.engine.clock)
+            return await ahold(step.response, step.check, self.selector.engine.clock, step.whole)
         request = without_hints(step.request, step.flavour)
         try:
             response = await step.inner.handle_async_request(
