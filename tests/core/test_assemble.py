@@ -53,71 +53,31 @@ def test_anthropic_events_build_the_message_and_its_blocks() -> None:
     usage = {"input_tokens": 9, "output_tokens": 1}
     message = {"id": "m1", "type": "message", "role": "assistant", "content": [], "usage": usage}
     start = {"type": "message_start", "message": message}
+
+    def block(index: int, **content: Any) -> bytes:
+        return _sse({"type": "content_block_start", "index": index, "content_block": content})
+
+    def delta(index: int, kind: str, **fields: str) -> bytes:
+        return _sse(
+            {"type": "content_block_delta", "index": index, "delta": {"type": kind, **fields}}
+        )
+
+    stop = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "tool_use"},
+        "usage": {"output_tokens": 12},
+    }
     events = [
         _sse(start, "message_start"),
-        _sse(
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "thinking", "thinking": ""},
-            }
-        ),
-        _sse(
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "thinking_delta", "thinking": "so"},
-            }
-        ),
-        _sse(
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "signature_delta", "signature": "sig"},
-            }
-        ),
-        _sse(
-            {
-                "type": "content_block_start",
-                "index": 1,
-                "content_block": {"type": "text", "text": ""},
-            }
-        ),
-        _sse(
-            {
-                "type": "content_block_delta",
-                "index": 1,
-                "delta": {"type": "text_delta", "text": "Hi"},
-            }
-        ),
-        _sse(
-            {
-                "type": "content_block_start",
-                "index": 2,
-                "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}},
-            }
-        ),
-        _sse(
-            {
-                "type": "content_block_delta",
-                "index": 2,
-                "delta": {"type": "input_json_delta", "partial_json": '{"a": '},
-            }
-        ),
-        _sse(
-            {
-                "type": "content_block_delta",
-                "index": 2,
-                "delta": {"type": "input_json_delta", "partial_json": "2}"},
-            }
-        ),
-        _sse(
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "tool_use"},
-                "usage": {"output_tokens": 12},
-            }
-        ),
+        block(0, type="thinking", thinking=""),
+        delta(0, "thinking_delta", thinking="so"),
+        delta(0, "signature_delta", signature="sig"),
+        block(1, type="text", text=""),
+        delta(1, "text_delta", text="Hi"),
+        block(2, type="tool_use", id="t", name="f", input={}),
+        delta(2, "input_json_delta", partial_json='{"a": '),
+        delta(2, "input_json_delta", partial_json="2}"),
+        _sse(stop),
         _sse({"type": "message_stop"}),
     ]
     doc = whole_answer(b"".join(events), Dialect.anthropic)
