@@ -204,8 +204,7 @@ class Decision:
         if len(self.plan) == 2 and self.plan[1].hedge_s is not None:
             return f"{self.plan[0].tier}~{self.plan[1].tier}"
         if self.plan[0].watch_s is not None:
-            rest = run_label([s.tier for s in self.plan[1:]])
-            return f"{self.plan[0].tier}^>{rest}" if rest else f"{self.plan[0].tier}^"
+            return watched_label([s.tier for s in self.plan])
         return run_label([s.tier for s in self.plan])
 
     def explain(self) -> str:
@@ -254,6 +253,12 @@ def run_label(tiers: list[str]) -> str:
             parts.append(tier if run == 1 else f"{tier}*{run}")
             run = 0
     return ">".join(parts)
+
+
+def watched_label(tiers: list[str]) -> str:
+    """A schedule whose first attempt is watched (`tiersel.watch`): ``standard^>fast*2``."""
+    rest = run_label(tiers[1:])
+    return f"{tiers[0]}^>{rest}" if rest else f"{tiers[0]}^"
 
 
 _SETTERS = tuple(Decision.__dict__[f.name].__set__ for f in fields(Decision))

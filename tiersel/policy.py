@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from operator import attrgetter
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from tiersel.call import BudgetState, Call, Requirements
 from tiersel.cost import tier_cost
@@ -167,10 +167,16 @@ class CheapestFeasible:
             keep = self.pacing * cands[0].expected * (budget.remaining_calls - 1)
             spendable = max(budget.remaining_usd - keep, cands[0].expected)
         worst_limit = None
-        watched = self.watch and requirements.watch and requirements.deadline_s is not None
-        if requirements.hedge or watched:  # two worst cases may be billed: both must fit
+        if requirements.hedge:  # a hedge reserves two worst cases: both must fit
             limits = [requirements.max_cost_usd, budget.remaining_usd if budget else None]
             worst_limit = min([v for v in limits if v is not None], default=None)
+        elif budget is not None and self.watch and requirements.watch:
+            # A watched plan may bill two attempts (a cut one and the next): bounded by the
+            # money left only where that could bind, so the remembered choices (`choose`)
+            # still serve calls of one shape while the budget is ample.
+            dearest = max([c.worst for c in cands])
+            if budget.remaining_usd < 2.0 * dearest:
+                worst_limit = budget.remaining_usd
         return self.choose(call.model, requirements, cands, spendable, reasons, worst_limit)
 
     # -- stage 1: candidates -----------------------------------------------------------------
@@ -384,9 +390,7 @@ class CheapestFeasible:
             if hedge is not None:
                 return hedge, False
         if watched is not None:
-            if found is not None and (
-                spendable is None or found.expected_cost <= spendable * _SAME
-            ):
+            if _affordable(found, spendable):
                 dearer = (found.expected_cost, watched.expected_cost)
                 reasons.append(_reason((found.label, _COSTLIER, _C.costlier, dearer)))
             s = watched
@@ -394,7 +398,7 @@ class CheapestFeasible:
             reasons.append(_reason((s.label, _CHOSEN, _C.watched, chosen)))
             return watched, False
         if found is not None:
-            if spendable is None or found.expected_cost <= spendable * _SAME:
+            if _affordable(found, spendable):
                 wait = found.starts[0]
                 values = (found.expected_cost, found.p_success, wait)
                 code = _C.chosen_after_wait if wait else _C.chosen
@@ -424,9 +428,7 @@ class CheapestFeasible:
         money or it costs `HEDGE_SAVING` less than that ladder; else None, with the reason the
         hedge was passed over."""
         add = reasons.append
-        ladder = found is not None and (
-            spendable is None or found.expected_cost <= spendable * _SAME
-        )
+        ladder = _affordable(found, spendable)
         hedge = cheapest_hedge(
             cands,
             target=goal,
@@ -485,17 +487,12 @@ class CheapestFeasible:
             backoff_s=self.backoff_s,
             max_ttft=requirements.max_ttft_s,
         )
-        if s is None or (spendable is not None and s.expected_cost > spendable * _SAME):
+        if not _affordable(s, spendable):
             return None
         if worst_limit is not None and s.worst_cost > worst_limit:
             return None
-        ladder = found is not None and (
-            spendable is None or found.expected_cost <= spendable * _SAME
-        )
-        if (
-            found is not None
-            and ladder
-            and s.expected_cost >= found.expected_cost * (1.0 - WATCH_SAVING)
+        if _affordable(found, spendable) and s.expected_cost >= found.expected_cost * (
+            1.0 - WATCH_SAVING
         ):
             return None
         return s
@@ -612,6 +609,11 @@ class CheapestFeasible:
 
 
 _BY_EXPECTED = attrgetter("expected", "worst")
+
+
+def _affordable(s: Schedule | None, spendable: float | None) -> TypeGuard[Schedule]:
+    """Whether there is a schedule ``s`` and its expected cost is within what pacing leaves."""
+    return s is not None and (spendable is None or s.expected_cost <= spendable * _SAME)
 
 
 def _candidate(

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tiersel.decision import watched_label
 from tiersel.schedule import ROOT, Candidate, Node, Schedule, extend, p_refused, p_within
 
 _new = tuple.__new__
@@ -169,7 +170,6 @@ def price_watched(
 def _schedule(nodes: list[Node], attempts: list[Candidate], w: float) -> Schedule:
     last = nodes[-1]
     later = max((c.worst for c in attempts[1:]), default=0.0)
-    label = ">".join([f"{attempts[0].tier}^", *_runs([c.tier for c in attempts[1:]])])
     return _new(
         Schedule,
         (
@@ -181,22 +181,11 @@ def _schedule(nodes: list[Node], attempts: list[Candidate], w: float) -> Schedul
             last.spend / last.weight if last.weight > 0.0 else attempts[-1].expected,
             attempts[0].worst + later,
             last.late / last.weight if last.weight > 0.0 else last.start,
-            label.rstrip(">"),
+            watched_label([c.tier for c in attempts]),
             None,
             w,
         ),
     )
-
-
-def _runs(tiers: list[str]) -> list[str]:
-    out: list[str] = []
-    for tier in tiers:
-        if out and out[-1].split("*")[0] == tier:
-            head, _, n = out[-1].partition("*")
-            out[-1] = f"{head}*{int(n or 1) + 1}"
-        else:
-            out.append(tier)
-    return out
 
 
 def cheapest_watched(

@@ -24,6 +24,11 @@ from tiersel.watch import checkpoint_s, cut_bill, price_watched, projected_finis
 KIMI = load_pricing().model("kimi-k3")
 STRICT = tiersel.Requirements(deadline_s=20, reliability=0.999)
 LONG = tiersel.Call(model="kimi-k3", input_tokens=2000, max_output_tokens=500)
+BODY = {
+    "model": "kimi-k3",
+    "messages": [{"role": "user", "content": "x" * 6000}],
+    "max_tokens": 500,
+}
 
 
 def _selector(watch: bool, **kw: Any) -> tiersel.Selector:
@@ -141,9 +146,7 @@ def test_a_watched_attempt_cut_for_its_pace_is_billed_and_the_call_goes_on_to_fa
         clock.advance(4.0)
         return Reply(200, {}, _payload(2000, 500), 4.0)
 
-    body = {"model": "kimi-k3", "messages": [{"role": "user", "content": "x" * 6000}]}
-    body["max_tokens"] = 500
-    started = engine.start(body, requirements=STRICT, watch=True)
+    started = engine.start(BODY, requirements=STRICT, watch=True)
     result = engine.run(started, send)
     assert result.ok and result.tier == "fast" and result.attempts == 2
     assert [e.step.tier for e in sent] == ["standard", "fast"]
@@ -176,8 +179,7 @@ def test_a_watched_attempt_that_keeps_its_pace_is_the_call() -> None:
         clock.advance(15.0)
         return Reply(200, {}, _payload(2000, 500), 15.0)
 
-    body = {"model": "kimi-k3", "messages": [{"role": "user", "content": "x" * 6000}]}
-    started = engine.start({**body, "max_tokens": 500}, requirements=STRICT, watch=True)
+    started = engine.start(BODY, requirements=STRICT, watch=True)
     result = engine.run(started, send)
     assert result.ok and tiers == ["standard"] and result.tier == "standard"
     std = KIMI.tiers["standard"]
@@ -208,13 +210,6 @@ def _cut_or_served(clock: FakeClock, effect: Send) -> Reply:
     return Reply(200, {}, _payload(2000, 500), 4.0)
 
 
-BODY = {
-    "model": "kimi-k3",
-    "messages": [{"role": "user", "content": "x" * 6000}],
-    "max_tokens": 500,
-}
-
-
 def test_no_watch_whose_two_worst_cases_the_budget_cannot_cover() -> None:
     # A cut attempt is billed, and the next one reserves its own worst case: with $0.04 left, a
     # watched plan (worst $0.065) could end with nothing left for its fast attempt.
@@ -242,3 +237,30 @@ def test_a_cut_is_charged_at_once_so_an_interrupted_call_still_counts_it() -> No
     state = ledger.state(clock.now())
     assert state.spent_usd == pytest.approx(2000 * std.input_per_token + 30 * std.output_per_token)
     assert state.reserved_usd == 0.0
+
+
+def test_a_budget_that_cannot_bind_leaves_the_choice_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The money left bounds a watched plan's two worst cases only where it could bind: with an
+    # ample budget, calls of one shape are searched once however much money is left (the
+    # decision path stays cheap), and a tight one still bars the watch.
+    from tiersel.call import BudgetState
+
+    policy = CheapestFeasible()
+    searched = 0
+    search = CheapestFeasible._search
+
+    def counted(*args: Any) -> Any:
+        nonlocal searched
+        searched += 1
+        return search(*args)
+
+    monkeypatch.setattr(CheapestFeasible, "_search", counted)
+    sel = tiersel.Selector(api_key="", policy=policy, clock=FakeClock())
+    for spent in (0.0, 1.0, 2.5):
+        d = sel.decide(LONG, STRICT, budget=BudgetState(limit_usd=10.0, spent_usd=spent))
+        assert d.label == "standard^>fast"
+    assert searched == 1
+    tight = sel.decide(LONG, STRICT, budget=BudgetState(limit_usd=0.03))  # < $0.03375
+    assert tight.label == "fast*4" and searched == 2

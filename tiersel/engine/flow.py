@@ -432,20 +432,8 @@ def _conclude(
     )
     cost, served = yield from _charge(ctx, prog, step, verdict.outcome, usage, extra)
     if sel.on_attempt is not None:
-        yield Notify(
-            AttemptRecord(
-                ctx.call_id,
-                prog.attempts,
-                ctx.prices.name,
-                served,
-                decision,
-                verdict.outcome,
-                reply.status,
-                after - now,
-                cost,
-                verdict.detail,
-            )
-        )
+        seen = (verdict.outcome, reply.status, after - now, cost, verdict.detail)
+        yield _notify(ctx, prog, served, decision, *seen)
     if verdict.outcome is Outcome.ok:
         return _result(prog, ctx, reply, cost, usage, served, "ok")
     if step.watch_s is not None:
@@ -484,19 +472,8 @@ def _cut(
     prog.detail = "cut: its pace would have missed the deadline"
     after = yield Now()
     if ctx.sel.on_attempt is not None:
-        record = AttemptRecord(
-            ctx.call_id,
-            prog.attempts,
-            ctx.prices.name,
-            step.tier,
-            at.decision,
-            Outcome.timeout,
-            reply.status,
-            after - now,
-            cost,
-            prog.detail,
-        )
-        yield Notify(record)
+        seen = (Outcome.timeout, reply.status, after - now, cost, prog.detail)
+        yield _notify(ctx, prog, step.tier, at.decision, *seen)
     if prog.attempts >= ctx.most:
         return _failed(prog, ctx, prog.detail)
     nxt = at.index + 1
@@ -506,6 +483,33 @@ def _cut(
     # than planned (the time the next step has is read again before it goes).
     late = after - (at.decided_at + at.decision.plan[nxt].start_s)
     return Following(at.decision, nxt, at.decided_at + max(0.0, late))
+
+
+def _notify(
+    ctx: CallContext,
+    prog: Progress,
+    tier: str,
+    decision: Decision,
+    outcome: Outcome,
+    status: int,
+    latency_s: float,
+    cost: float,
+    detail: str,
+) -> Notify:
+    """The on_attempt hook's record of the attempt just made."""
+    record = AttemptRecord(
+        ctx.call_id,
+        prog.attempts,
+        ctx.prices.name,
+        tier,
+        decision,
+        outcome,
+        status,
+        latency_s,
+        cost,
+        detail,
+    )
+    return Notify(record)
 
 
 def _charge(

@@ -21,16 +21,14 @@ None when the stream did not reach its end (it broke, or carried an error): the 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from tiersel.dialects import Dialect
+from tiersel.http.sse import CHAT_TEXT, DONE, EVENT_END, event_data
 
 __all__ = ["as_stream", "whole_answer"]
 
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_CHAT_TEXT = ("content", "reasoning_content", "refusal")
 _CHUNK_FIELDS = ("id", "created", "model", "service_tier", "system_fingerprint")
 
 
@@ -56,19 +54,11 @@ def whole_answer(data: bytes, dialect: Dialect) -> dict[str, Any] | None:
 
 
 def _events(data: bytes) -> Iterator[Any]:
-    """Each event's data, parsed (``[DONE]`` as the string)."""
-    for block in _EVENT_END.split(data):
-        lines = [line[5:].strip() for line in block.splitlines() if line.startswith(b"data:")]
-        if not lines:
-            continue
-        raw = b"\n".join(lines)
-        if raw == b"[DONE]":
-            yield "[DONE]"
-            continue
-        try:
-            yield json.loads(raw)
-        except ValueError:
-            continue
+    """Each event's data, parsed (`DONE` as the string)."""
+    for block in EVENT_END.split(data):
+        event = event_data(block)
+        if event is not None:
+            yield event
 
 
 def _chunks(events: list[Any], *, chat: bool) -> dict[str, Any] | None:
@@ -76,7 +66,7 @@ def _chunks(events: list[Any], *, chat: bool) -> dict[str, Any] | None:
     choices: dict[int, dict[str, Any]] = {}
     done = False
     for event in events:
-        if event == "[DONE]":
+        if event == DONE:
             done = True
             continue
         if not isinstance(event, dict) or event.get("error"):
@@ -124,7 +114,7 @@ def _choice(choices: dict[int, dict[str, Any]], chunk: dict[str, Any], chat: boo
     message = into["message"]
     if isinstance(delta.get("role"), str):
         message["role"] = delta["role"]
-    for key in _CHAT_TEXT:
+    for key in CHAT_TEXT:
         if isinstance(delta.get(key), str):
             message[key] = (message.get(key) or "") + delta[key]
     for call in delta.get("tool_calls") or ():

@@ -17,8 +17,6 @@ reads slow and the attempt is cut a little early, on the side of the deadline.
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -29,12 +27,10 @@ from tiersel.dialects import Dialect
 from tiersel.engine.effects import Watch
 from tiersel.http.flavours import AsyncStreamBase, SyncStreamBase
 from tiersel.http.reply import aread_body, read_body
+from tiersel.http.sse import CHAT_TEXT, EVENT_END, event_data
 from tiersel.watch import projected_finish
 
 __all__ = ["AsyncReplayed", "PaceCheck", "Replayed", "ahold", "hold"]
-
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_CHAT_TEXT = ("content", "reasoning_content", "refusal")
 
 
 class PaceCheck:
@@ -60,7 +56,7 @@ class PaceCheck:
         t = now - self.sent_at
         buf = self._buf + chunk
         pos = 0
-        match = _EVENT_END.search(buf)
+        match = EVENT_END.search(buf)
         while match is not None:
             n = _tokens(buf[pos : match.start()], self.dialect)
             if n:
@@ -69,7 +65,7 @@ class PaceCheck:
                 self.tokens += n
                 self.last = t
             pos = match.end()
-            match = _EVENT_END.search(buf, pos)
+            match = EVENT_END.search(buf, pos)
         self._buf = buf[pos:]
         return self.verdict(now)
 
@@ -96,13 +92,7 @@ class PaceCheck:
 
 def _tokens(block: bytes, dialect: Dialect) -> int:
     """The output tokens one SSE event carries (0: none, or not an output event)."""
-    data = [line[5:].strip() for line in block.splitlines() if line.startswith(b"data:")]
-    if not data or data[0] == b"[DONE]":
-        return 0
-    try:
-        event = json.loads(b"\n".join(data))
-    except ValueError:
-        return 0
+    event = event_data(block)
     if not isinstance(event, dict):
         return 0
     texts = _texts(event, dialect)
@@ -133,7 +123,7 @@ def _texts(event: dict[str, Any], dialect: Dialect) -> list[str]:
             out.append(text)
         delta = choice.get("delta")
         if isinstance(delta, dict):
-            out += [delta[k] for k in _CHAT_TEXT if isinstance(delta.get(k), str)]
+            out += [delta[k] for k in CHAT_TEXT if isinstance(delta.get(k), str)]
             for call in delta.get("tool_calls") or ():
                 fn = call.get("function") if isinstance(call, dict) else None
                 if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):

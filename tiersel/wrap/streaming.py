@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -37,6 +36,7 @@ from tiersel.clock import Clock
 from tiersel.dialects import Dialect, Usage, read_usage
 from tiersel.engine.results import StreamEnd
 from tiersel.http.flavours import AsyncStreamBase, SyncStreamBase, TimeoutErrors
+from tiersel.http.sse import EVENT_END
 from tiersel.signals import Outcome
 
 __all__ = ["Abandoned", "AsyncMeteredStream", "MeteredStream", "StreamMeter"]
@@ -45,7 +45,6 @@ log = logging.getLogger("tiersel.wrap")
 
 _R = TypeVar("_R")
 
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _OUTPUT_FIELDS = ("content", "reasoning_content", "tool_calls", "refusal", "function_call")
 _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _ANTHROPIC_USAGE = (
@@ -105,14 +104,14 @@ class StreamMeter:
         buf = self._buf + chunk if self._buf else chunk
         pos = 0
         kept: list[bytes] = []
-        match = _EVENT_END.search(buf, pos)
+        match = EVENT_END.search(buf, pos)
         while match is not None:
             end = match.end()
             keep = self._event(buf[pos : match.start()])
             if self._drop_usage_only and keep:
                 kept.append(buf[pos:end])
             pos = end
-            match = _EVENT_END.search(buf, pos)
+            match = EVENT_END.search(buf, pos)
         self._buf = buf[pos:]
         if not self._drop_usage_only:
             return chunk
