@@ -115,6 +115,10 @@ class SignalConfig:
     - ``open_after``: consecutive failures that open the circuit, for ``open_s`` (doubling with
       each further failure, up to ``max_open_s``); after that one probe may go (half-open).
     - ``probe_interval_s``: the least time between two probes of a half-open tier.
+    - ``refresh_s``: how long a tier's health, once assessed, is reused while only successes
+      come in (their timings move its means by a hair a call); any failure, cooldown or change
+      of circuit is read at once. Reuse is what lets the policy remember its choice for calls
+      of one shape (`CheapestFeasible.choose`) under steady traffic; 0 assesses every call.
     """
 
     window_s: float = 60.0
@@ -124,12 +128,15 @@ class SignalConfig:
     open_s: float = 5.0
     max_open_s: float = 30.0
     probe_interval_s: float = 2.0
+    refresh_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not (self.window_s > 0 and self.buckets >= 1 and self.prior_weight > 0):
             raise ValueError("SignalConfig: window_s, buckets and prior_weight must be positive")
         if self.open_after < 1 or self.open_s < 0 or self.max_open_s < self.open_s:
             raise ValueError("SignalConfig: open_after >= 1 and 0 <= open_s <= max_open_s")
+        if not self.refresh_s >= 0:
+            raise ValueError(f"SignalConfig: refresh_s must be >= 0, got {self.refresh_s!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +211,20 @@ def assess(
         refusal_now,
         priors.memory_after_shed,
         priors.memory_s,
+    )
+
+
+def same_failures(a: TierStats, b: TierStats) -> bool:
+    """Whether two counters of one key differ at most in their successes and timings: no
+    failure, cooldown or streak came or went between them."""
+    return (
+        a.shed == b.shed
+        and a.rate_limited == b.rate_limited
+        and a.error == b.error
+        and a.timeout == b.timeout
+        and a.consecutive_failures == b.consecutive_failures
+        and a.cooldown_until == b.cooldown_until
+        and a.last_failure_at == b.last_failure_at
     )
 
 

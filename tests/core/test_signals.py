@@ -123,3 +123,48 @@ def test_bad_config_is_refused() -> None:
         SignalConfig(window_s=0)
     with pytest.raises(ValueError, match="open_after"):
         SignalConfig(open_after=0)
+
+
+def test_successes_are_read_once_a_refresh_and_failures_at_once() -> None:
+    # A tier's health is reused for refresh_s while only successes come in (so the policy's
+    # memo serves calls of one shape under steady traffic); a shed is read at the next call.
+    from tiersel.clock import FakeClock
+    from tiersel.engine import Engine
+
+    clock = FakeClock()
+    engine = Engine(clock=clock, signal_config=SignalConfig(refresh_s=1.0, open_after=1000))
+    key = engine.signal_keys("kimi-k3")[0]
+
+    def health() -> float:
+        stats = engine.signals.stats(key, clock.now())
+        return engine.assess(key, stats, clock.now()).ttft_s
+
+    before = health()
+    engine.record("kimi-k3", key.tier, Observation(Outcome.ok, ttft_s=before * 4))
+    clock.advance(0.5)
+    assert health() == before  # within refresh_s: the same view
+    clock.advance(0.6)
+    slower = health()
+    assert slower > before  # a refresh later, the slow success is seen
+    engine.record("kimi-k3", key.tier, Observation(Outcome.ok, ttft_s=before * 4))
+    assert health() == slower
+    rate = engine.assess(key, engine.signals.stats(key, clock.now()), clock.now()).refusal_rate
+    engine.record("kimi-k3", key.tier, Observation(Outcome.shed))
+    shed = engine.assess(key, engine.signals.stats(key, clock.now()), clock.now())
+    assert shed.refusal_rate > rate and shed.ttft_s > slower  # read at once, successes with it
+
+
+def test_a_refresh_of_zero_reads_every_success() -> None:
+    from tiersel.clock import FakeClock
+    from tiersel.engine import Engine
+
+    clock = FakeClock()
+    engine = Engine(clock=clock, signal_config=SignalConfig(refresh_s=0.0))
+    key = engine.signal_keys("kimi-k3")[0]
+    stats = engine.signals.stats(key, 0.0)
+    before = engine.assess(key, stats, 0.0).ttft_s
+    engine.record("kimi-k3", key.tier, Observation(Outcome.ok, ttft_s=before * 4))
+    stats = engine.signals.stats(key, 0.0)
+    assert engine.assess(key, stats, 0.0).ttft_s > before
+    with pytest.raises(ValueError, match="refresh_s"):
+        SignalConfig(refresh_s=-1.0)

@@ -69,6 +69,7 @@ from tiersel.signals import (
     TierHealth,
     TierStats,
     assess,
+    same_failures,
 )
 
 __all__ = ["Engine", "EngineSettings", "Started", "check_setting_names", "new_call_id", "pinned"]
@@ -225,7 +226,7 @@ class Engine:
         self._keys: dict[str, tuple[SignalKey, ...]] = {}
         self._keys_by_tier: dict[str, dict[str, SignalKey]] = {}
         # Keyed by the price table's (model, tier) pairs, so bounded by the table.
-        self._health_cache: dict[SignalKey, tuple[TierStats, TierHealth, float]] = {}
+        self._health_cache: dict[SignalKey, tuple[TierStats, TierHealth, float, float]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -252,20 +253,28 @@ class Engine:
     def assess(
         self, key: SignalKey, stats: TierStats, now: float, *, probing: bool = False
     ) -> TierHealth:
-        """A tier's health from its counters, cached while neither counters nor circuit change
-        (after a failure, for `_LEAN_S` only: the shed rate it implies fades as time passes)."""
+        """A tier's health from its counters, reused while they do not change (after a failure,
+        for `_LEAN_S` only: the shed rate it implies fades as time passes), and for
+        ``SignalConfig.refresh_s`` while only successes come in."""
         config = self.signal_config
         steady = stats.cooldown_until <= now and stats.consecutive_failures < config.open_after
         if steady and not probing:
             hit = self._health_cache.get(key)
-            # Counters equal to those the health was assessed from (the memory store hands back
-            # the same object while nothing changed: the identity test is the fast path).
-            if hit is not None and (hit[0] is stats or hit[0] == stats) and now <= hit[2]:
-                return hit[1]
+            if hit is not None:
+                seen, health, same_until, fresh_until = hit
+                # The memory store hands back the same object while nothing changed: the
+                # identity test is the fast path.
+                if seen is stats or seen == stats:
+                    if now <= same_until:
+                        return health
+                elif now < fresh_until and same_failures(seen, stats):
+                    return health
         health = assess(stats, self.pricing.tiers[key.tier].priors, config, now, probing=probing)
         if steady and not probing:
-            until = now + _LEAN_S if stats.consecutive_failures else math.inf
-            self._health_cache[key] = (stats, health, until)
+            lean = stats.consecutive_failures > 0
+            same_until = now + _LEAN_S if lean else math.inf
+            fresh_until = min(same_until, now + config.refresh_s)
+            self._health_cache[key] = (stats, health, same_until, fresh_until)
         return health
 
     def _tier_keys(self, model: str) -> dict[str, SignalKey]:
