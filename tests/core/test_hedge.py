@@ -363,6 +363,26 @@ async def test_an_error_not_worth_retrying_ends_the_race_without_a_second_reques
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
+async def test_a_race_lost_to_a_final_error_still_reports_what_the_loser_was_billed(
+    asynchronous: bool,
+) -> None:
+    # Fast refuses the request (400) while standard is still in flight: the race ends, standard
+    # is billed (its prompt when cancelled, its worst case when it cannot be), and the call's
+    # cost says so, as the ledger does.
+    up, ledger = Upstream(fast="bad"), Reservations(1.0)
+    sel = _selector(up, ledger)
+    r = await _send(sel, Requirements(deadline_s=30), asynchronous)
+    assert not r.ok and r.tried == ("standard", "fast")
+    state = ledger.state(0.0)
+    if asynchronous:  # its prompt as estimated (the error reported no usage), no output yet
+        assert up.cancelled == ["standard"]
+        assert 0.0 < state.spent_usd < _step("standard").worst_cost_usd
+    else:
+        assert state.spent_usd == pytest.approx(_step("standard").worst_cost_usd)
+    assert state.reserved_usd == 0.0 and r.cost_usd == pytest.approx(state.spent_usd)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
 async def test_a_racer_whose_send_raises_is_a_failed_attempt_and_the_other_still_counts(
     asynchronous: bool,
 ) -> None:

@@ -524,6 +524,7 @@ def _charge(
     that served it; the budget settled, or released when there is nothing to charge."""
     budgeted = ctx.sel.ledger_enabled
     if outcome is not Outcome.ok:
+        prog.sunk += extra  # a race lost to a failure: its loser is still billed
         if budgeted:
             yield Settle(ctx.call_id, extra) if extra > 0 else Release(ctx.call_id)
         return 0.0, step.tier
@@ -588,7 +589,7 @@ def _result(
         started_at=ctx.start,
         max_tokens_set=prog.cap,
         steps=tuple(prog.steps),
-        cut_usd=prog.sunk,
+        sunk_usd=prog.sunk,
     )
 
 
@@ -674,5 +675,5 @@ def _failed(prog: Progress, ctx: CallContext, detail: str) -> CallResult:
         started_at=ctx.start,
         max_tokens_set=prog.cap,
         steps=tuple(prog.steps),
-        cut_usd=prog.sunk,
+        sunk_usd=prog.sunk,
     )

@@ -87,9 +87,10 @@ class CallResult:
     budget_stopped: bool = False
     """The budget could not cover a retry, so the call stopped after a failed attempt."""
     steps: tuple[Step, ...] = ()
-    cut_usd: float = 0.0
-    """What attempts cut for their pace were billed (`tiersel.watch`): in ``cost_usd``, and
-    charged already, each under its own ledger id."""
+    sunk_usd: float = 0.0
+    """What attempts before the one that ended the call were billed and charged already:
+    attempts cut for their pace (`tiersel.watch`), each under its own ledger id, and a hedge's
+    loser when the race ended in a failure. Part of ``cost_usd``."""
 
     @property
     def decision(self) -> Decision | None:

@@ -63,8 +63,8 @@ class Progress:
     detail: str = ""
     money_waited: float = 0.0  # seconds spent waiting for reservations in flight to settle
     money_polls: int = 0
-    sunk: float = 0.0  # what attempts cut for their pace were billed (`tiersel.watch`)
-    cuts: int = 0  # how many were cut
+    sunk: float = 0.0  # what earlier attempts were billed and charged (`CallResult.sunk_usd`)
+    cuts: int = 0  # how many attempts were cut for their pace
     refused: tuple[Reason, ...] = ()  # the budget's refusal that started those waits
     signals: Mapping[str, TierHealth] | None = None  # the tiers' health at the last decision
     budget: BudgetState | None = None  # the budget at the last decision

@@ -52,7 +52,7 @@ def stream_flow(sel: FlowHost, result: CallResult, end: StreamEnd) -> Flow:
         cost += step.worst_cost_usd
     if sel.ledger_enabled:
         if cost > 0 or end.outcome is Outcome.ok:
-            yield Settle(result.call_id, cost - result.cut_usd)  # (cuts were charged already)
+            yield Settle(result.call_id, cost - result.sunk_usd)  # (charged already)
         else:
             yield Release(result.call_id)
     status = result.reply.status if result.reply is not None else 0
