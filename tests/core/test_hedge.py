@@ -362,6 +362,14 @@ async def test_an_error_not_worth_retrying_ends_the_race_without_a_second_reques
     assert ledger.state(0.0).spent_usd == 0.0 and ledger.state(0.0).reserved_usd == 0.0
 
 
+async def _raced(asynchronous: bool, **behaviour: str) -> tuple[Upstream, Any, Any]:
+    """A hedged call (deadline 30 s) against ``behaviour``: the upstream, the ledger's state
+    after it, and its result."""
+    up, ledger = Upstream(**behaviour), Reservations(1.0)
+    r = await _send(_selector(up, ledger), Requirements(deadline_s=30), asynchronous)
+    return up, ledger.state(0.0), r
+
+
 @pytest.mark.parametrize("asynchronous", [False, True])
 async def test_a_race_lost_to_a_final_error_still_reports_what_the_loser_was_billed(
     asynchronous: bool,
@@ -369,11 +377,8 @@ async def test_a_race_lost_to_a_final_error_still_reports_what_the_loser_was_bil
     # Fast refuses the request (400) while standard is still in flight: the race ends, standard
     # is billed (its prompt when cancelled, its worst case when it cannot be), and the call's
     # cost says so, as the ledger does.
-    up, ledger = Upstream(fast="bad"), Reservations(1.0)
-    sel = _selector(up, ledger)
-    r = await _send(sel, Requirements(deadline_s=30), asynchronous)
+    up, state, r = await _raced(asynchronous, fast="bad")
     assert not r.ok and r.tried == ("standard", "fast")
-    state = ledger.state(0.0)
     if asynchronous:  # its prompt as estimated (the error reported no usage), no output yet
         assert up.cancelled == ["standard"]
         assert 0.0 < state.spent_usd < _step("standard").worst_cost_usd
@@ -387,11 +392,8 @@ async def test_a_racer_whose_send_raises_is_a_failed_attempt_and_the_other_still
     asynchronous: bool,
 ) -> None:
     # Standard's send raises after the hedge went out: fast wins, and is charged.
-    up, ledger = Upstream(standard="raise"), Reservations(1.0)
-    sel = _selector(up, ledger)
-    r = await _send(sel, Requirements(deadline_s=30), asynchronous)
+    _, state, r = await _raced(asynchronous, standard="raise")
     assert r.ok and r.tier == "fast"
-    state = ledger.state(0.0)
     assert state.reserved_usd == 0.0 and state.spent_usd == pytest.approx(r.cost_usd)
     assert r.cost_usd >= _cost("fast", OUTPUT)
 
