@@ -100,7 +100,9 @@ class CheapestFeasible:
     """
 
     __slots__ = (
+        "_made",
         "_memo",
+        "_read",
         "backoff_s",
         "default_reliability",
         "latency_sigma",
@@ -142,6 +144,8 @@ class CheapestFeasible:
         self.pacing = pacing
         self.watch = watch
         self._memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._made: dict[tuple[Any, ...], Decision] = {}
+        self._read: dict[tuple[str, tuple[str, ...] | None], frozenset[str]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -178,6 +182,24 @@ class CheapestFeasible:
             if budget.remaining_usd < 2.0 * dearest:
                 worst_limit = budget.remaining_usd
         return self.choose(call.model, requirements, cands, spendable, reasons, worst_limit)
+
+    def tiers_read(self, prices: ModelPrices, requirements: Requirements) -> frozenset[str]:
+        """The tiers whose health a decision for a call with ``requirements`` reads: those it
+        may use (``requirements.tiers``, else those not opt-in). The flow reads the signals of
+        these only (`tiersel.engine.Engine.read_keys`)."""
+        key = (prices.name, requirements.tiers)
+        found = self._read.get(key)
+        if found is None:
+            allowed = requirements.tiers
+            found = frozenset(
+                name
+                for name, tp in prices.tiers.items()
+                if (name in allowed if allowed is not None else not tp.spec.opt_in)
+            )
+            if len(self._read) >= _MEMO_SIZE:
+                self._read.clear()
+            self._read[key] = found
+        return found
 
     # -- stage 1: candidates -----------------------------------------------------------------
 
@@ -335,19 +357,32 @@ class CheapestFeasible:
             worst_limit,
             tuple([(c[0], *c[3:]) for c in cands]),
         )
+        # The decision itself, for a call whose earlier reasons are the same too (a Decision
+        # is immutable, and its steps carry the model's ids: the model is part of the key).
+        made_key = (key, model, tuple(reasons))
+        made = self._made.get(made_key)
+        if made is not None:
+            return made
         hit = self._memo.get(key)
         if hit is not None:
             picks, numbers, added, effort = hit
             attempts = tuple([cands[i] for i in picks])
             reasons.extend(added)
-            return _decision(_new(Schedule, (attempts, *numbers)), reasons, r.deadline_s, effort)
-        before = len(reasons)
-        found, effort = self._search(model, requirements, cands, spendable, reasons, worst_limit)
-        picks = tuple([next(i for i, c in enumerate(cands) if c is a) for a in found.attempts])
-        if len(self._memo) >= _MEMO_SIZE:
-            self._memo.clear()
-        self._memo[key] = (picks, found[1:], tuple(reasons[before:]), effort)
-        return _decision(found, reasons, r.deadline_s, effort)
+            found = _new(Schedule, (attempts, *numbers))
+        else:
+            before = len(reasons)
+            found, effort = self._search(
+                model, requirements, cands, spendable, reasons, worst_limit
+            )
+            picks = tuple([next(i for i, c in enumerate(cands) if c is a) for a in found.attempts])
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = (picks, found[1:], tuple(reasons[before:]), effort)
+        decision = _decision(found, reasons, r.deadline_s, effort)
+        if len(self._made) >= _MEMO_SIZE:
+            self._made.clear()
+        self._made[made_key] = decision
+        return decision
 
     def _search(
         self,

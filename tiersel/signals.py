@@ -354,24 +354,25 @@ class _Series:
 
     def snapshot(self) -> TierStats:
         t = self.total
+        # Positional, in TierStats' field order: a snapshot is taken after every record.
         return TierStats(
-            n=round(t[_N]),
-            ok=round(t[_OK]),
-            shed=round(t[_SHED]),
-            rate_limited=round(t[_RL]),
-            error=round(t[_ERR]),
-            timeout=round(t[_TO]),
-            ttft_sum=max(0.0, t[_TTFT]),
-            ttft_n=round(t[_TTFT_N]),
-            tps_sum=max(0.0, t[_TPS]),
-            tps_n=round(t[_TPS_N]),
-            ttft_log_sum=t[_TTFT_LOG],
-            ttft_log_sq=max(0.0, t[_TTFT_LOG_SQ]),
-            tps_log_sum=t[_TPS_LOG],
-            tps_log_sq=max(0.0, t[_TPS_LOG_SQ]),
-            cooldown_until=self.cooldown_until,
-            consecutive_failures=self.consecutive,
-            last_failure_at=self.last_failure_at,
+            round(t[_N]),
+            round(t[_OK]),
+            round(t[_SHED]),
+            round(t[_RL]),
+            round(t[_ERR]),
+            round(t[_TO]),
+            max(0.0, t[_TTFT]),
+            round(t[_TTFT_N]),
+            max(0.0, t[_TPS]),
+            round(t[_TPS_N]),
+            t[_TTFT_LOG],
+            max(0.0, t[_TTFT_LOG_SQ]),
+            t[_TPS_LOG],
+            max(0.0, t[_TPS_LOG_SQ]),
+            self.cooldown_until,
+            self.consecutive,
+            self.last_failure_at,
         )
 
 
@@ -410,26 +411,25 @@ class MemorySignalStore:
             else:
                 counts = [0.0] * _SLOTS
                 series.buckets.append((bucket, counts))
-            delta = [0.0] * _SLOTS
-            delta[_N] = 1.0
-            delta[_OUTCOME_SLOT[obs.outcome]] = 1.0
-            if obs.ttft_s is not None and obs.ttft_s > 0:
-                delta[_TTFT] = obs.ttft_s
-                delta[_TTFT_N] = 1.0
-                log = math.log(obs.ttft_s)
-                delta[_TTFT_LOG] = log
-                delta[_TTFT_LOG_SQ] = log * log
-            if obs.output_tps is not None and obs.output_tps > 0:
-                delta[_TPS] = obs.output_tps
-                delta[_TPS_N] = 1.0
-                log = math.log(obs.output_tps)
-                delta[_TPS_LOG] = log
-                delta[_TPS_LOG_SQ] = log * log
             total = series.total
-            for i, v in enumerate(delta):
-                if v:
-                    counts[i] += v
-                    total[i] += v
+            # Only the slots this observation touches (the hot path: one record per attempt).
+            added = [(_N, 1.0), (_OUTCOME_SLOT[obs.outcome], 1.0)]
+            ttft = obs.ttft_s
+            if ttft is not None and ttft > 0:
+                log = math.log(ttft)
+                added += (
+                    (_TTFT, ttft),
+                    (_TTFT_N, 1.0),
+                    (_TTFT_LOG, log),
+                    (_TTFT_LOG_SQ, log * log),
+                )
+            tps = obs.output_tps
+            if tps is not None and tps > 0:
+                log = math.log(tps)
+                added += ((_TPS, tps), (_TPS_N, 1.0), (_TPS_LOG, log), (_TPS_LOG_SQ, log * log))
+            for i, v in added:
+                counts[i] += v
+                total[i] += v
             if obs.outcome is Outcome.ok:
                 series.consecutive = 0
             else:

@@ -122,3 +122,43 @@ def test_an_unknown_effect_is_refused() -> None:
         selector.engine.perform(Sleep(1.0))  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="needs a ledger"):
         selector.engine.perform(Reserve("call-1", 0.01))
+
+
+def test_only_the_tiers_a_call_may_use_have_their_signals_read() -> None:
+    # The default policy never uses an opt-in tier unasked, so the flow reads none of their
+    # signals; a call that names the tiers it allows reads those.
+    from tiersel import Requirements
+    from tiersel.engine.effects import ReadSignals
+
+    selector = Selector(clock=FakeClock(), api_key="")
+    offered = {k.tier for k in selector.engine.signal_keys("kimi-k3")}
+    assert {"spot", "us"} <= offered
+
+    def read(requirements: Requirements | None) -> set[str]:
+        flow = selector.engine.start(BODY, requirements=requirements).flow
+        effect = flow.send(None)
+        while not isinstance(effect, ReadSignals):  # (the clock read first)
+            effect = flow.send(selector.engine.perform(effect))
+        flow.close()
+        return {k.tier for k in effect.keys}
+
+    assert read(None) == {"standard", "priority", "fast"}
+    assert read(Requirements(tiers=("spot", "standard"))) == {"spot", "standard"}
+    d = selector.decide(selector.engine.call_for(BODY, Dialect.openai)[0])
+    assert {r.plan for r in d.reasons if r.code.value == "opt_in"} == offered - {
+        "standard",
+        "priority",
+        "fast",
+    }
+
+
+def test_calls_of_one_shape_share_one_decision_and_models_do_not() -> None:
+    from tiersel import Call
+
+    selector = Selector(clock=FakeClock(), api_key="")
+    first = selector.decide(Call(model="kimi-k3", input_tokens=500, max_output_tokens=200))
+    again = selector.decide(Call(model="kimi-k3", input_tokens=500, max_output_tokens=200))
+    assert again is first  # immutable, so the same object serves both
+    other = selector.decide(Call(model="glm-5p3", input_tokens=500, max_output_tokens=200))
+    assert other.model != first.model and "glm-5p3" in other.model
+    assert selector.decide(Call(model="kimi-k3", input_tokens=900, max_output_tokens=200)) != first

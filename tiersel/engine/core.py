@@ -58,7 +58,7 @@ from tiersel.errors import (
     shown,
 )
 from tiersel.policy import CheapestFeasible, Policy
-from tiersel.pricing import Pricing, load_pricing
+from tiersel.pricing import ModelPrices, Pricing, load_pricing
 from tiersel.signals import (
     AsyncSignalStore,
     MemorySignalStore,
@@ -226,6 +226,7 @@ class Engine:
         self._keys: dict[str, tuple[SignalKey, ...]] = {}
         self._keys_by_tier: dict[str, dict[str, SignalKey]] = {}
         # Keyed by the price table's (model, tier) pairs, so bounded by the table.
+        self._read_keys: dict[tuple[str, frozenset[str]], tuple[SignalKey, ...]] = {}
         self._health_cache: dict[SignalKey, tuple[TierStats, TierHealth, float, float]] = {}
 
     def __repr__(self) -> str:
@@ -282,6 +283,23 @@ class Engine:
         if keys is None:
             keys = self._keys_by_tier[model] = {k.tier: k for k in self.signal_keys(model)}
         return keys
+
+    def read_keys(self, prices: ModelPrices, requirements: Requirements) -> tuple[SignalKey, ...]:
+        """The signal keys a decision for a call with ``requirements`` reads: those of the tiers
+        the policy says it reads (its ``tiers_read(prices, requirements)``, where it has one),
+        else every tier's."""
+        read = getattr(self.policy, "tiers_read", None)
+        keys = self.signal_keys(prices.name)
+        if read is None:
+            return keys
+        wanted: frozenset[str] = read(prices, requirements)
+        found = self._read_keys.get((prices.name, wanted))
+        if found is None:
+            if len(self._read_keys) >= _KEYS_KEPT:
+                self._read_keys.clear()
+            found = tuple(k for k in keys if k.tier in wanted)
+            self._read_keys[(prices.name, wanted)] = found
+        return found
 
     def signal_keys(self, model: str) -> tuple[SignalKey, ...]:
         """The signal keys of every tier of ``model`` at this selector's endpoint."""
@@ -421,7 +439,7 @@ class Engine:
         Raises `NoFeasibleTier` or `BudgetExhausted` before any send; interrupted, it leaves
         nothing reserved."""
         try:
-            result = run(started.flow, self._performer(send, self.clock.sleep))
+            result = run(started.flow, self._performer(send, self.clock.sleep, False))
         except BaseException:
             self._release_quietly(started.call_id)
             raise
@@ -431,7 +449,7 @@ class Engine:
         """The async twin of `run`: ``send`` is awaited, a hedge's race runs in tasks, and async
         stores are awaited."""
         try:
-            result = await arun(started.flow, self._performer(send, self.clock.asleep))
+            result = await arun(started.flow, self._performer(send, self.clock.asleep, True))
         except BaseException:
             await self._arelease_quietly(started.call_id)
             raise
@@ -509,15 +527,14 @@ class Engine:
         return self._ledger_for(effect).release(effect.call_id, self.clock.now())
 
     def _performer(
-        self, send: Callable[[Send], Any], sleep: Callable[[float], Any]
+        self, send: Callable[[Send], Any], sleep: Callable[[float], Any], asynchronous: bool
     ) -> Callable[[Effect], Any]:
         """What carries out one call's effects for `run` / `arun`: ``send`` and ``sleep`` are the
-        shell's own (sync, or returning awaitables: the shell is async when ``sleep`` is a
-        coroutine function); a hedge's race runs on ``send``; every other effect is the
-        selector's."""
+        shell's own (sync, or, ``asynchronous``, returning awaitables); a hedge's race runs on
+        ``send``; every other effect is the selector's."""
         common = self.perform
         clock = self.clock
-        if inspect.iscoroutinefunction(sleep):
+        if asynchronous:
 
             def race(effect: Race) -> Any:
                 return race_async(send, effect, clock)
@@ -598,6 +615,8 @@ def _check_settings(
     if not budget_wait_s >= 0:
         raise ValueError(f"budget_wait_s must be >= 0, got {budget_wait_s!r}")
 
+
+_KEYS_KEPT = 4096  # sets of keys a decision reads, kept per engine (cleared when full)
 
 _LEAN_S = 0.5
 """How long a tier's health is reused after a failure (its lean fades over tens of seconds)."""

@@ -171,8 +171,20 @@ def _context(
         requirements = requirements.model_copy(update={"watch": False})  # it cannot be watched
     sized = ceiling is not None and sel.unbounded_output == "share"
     keys = sel.signal_keys(prices.name)
+    read = sel.read_keys(prices, requirements)
     return CallContext(
-        sel, body, dialect, requirements, call_id, max_wait, prices, keys, most, ceiling, sized
+        sel,
+        body,
+        dialect,
+        requirements,
+        call_id,
+        max_wait,
+        prices,
+        keys,
+        read,
+        most,
+        ceiling,
+        sized,
     )
 
 
@@ -197,9 +209,9 @@ def _follow(
 def _health(ctx: CallContext, now: float) -> Generator[Effect, Any, dict[str, TierHealth]]:
     """Every tier's health now, from its counters (claiming the probe of a half-open one)."""
     sel = ctx.sel
-    stats: list[TierStats] = yield ReadSignals(ctx.keys)
+    stats: list[TierStats] = yield ReadSignals(ctx.read)
     signals: dict[str, TierHealth] = {}
-    for key, st in zip(ctx.keys, stats, strict=True):
+    for key, st in zip(ctx.read, stats, strict=True):
         health = sel.assess(key, st, now)
         if health.state is CircuitState.half_open:
             claimed = yield ClaimProbe(key)

@@ -43,6 +43,10 @@ class FlowHost(Protocol):
 
     def signal_keys(self, model: str) -> tuple[SignalKey, ...]: ...
 
+    def read_keys(
+        self, prices: ModelPrices, requirements: Requirements
+    ) -> tuple[SignalKey, ...]: ...
+
     def assess(
         self, key: SignalKey, stats: TierStats, now: float, *, probing: bool = False
     ) -> TierHealth: ...
@@ -91,7 +95,8 @@ class CallContext:
     call_id: str
     max_wait: Callable[[], float | None] | None
     prices: ModelPrices
-    keys: tuple[SignalKey, ...]
+    keys: tuple[SignalKey, ...]  # every tier's
+    read: tuple[SignalKey, ...]  # those whose health a decision reads (`FlowHost.read_keys`)
     most: int  # attempts allowed
     ceiling: int | None  # the output cap before the budget's share sizes it
     sized: bool  # the output cap is the call's share of the money left
