@@ -267,7 +267,7 @@ class CheapestFeasible:
                 continue
             tps = health.output_tps
             wait = 0.0
-            ttft = health.ttft_s
+            ttft = health.ttft_s + tp.spec.priors.prefill_s(uncached)
             decode = out_exp / tps
             latency = ttft + decode
             if health.state is _OPEN:
@@ -289,7 +289,7 @@ class CheapestFeasible:
                     math.hypot(ttft * health.ttft_spread, decode * health.tps_spread) * _SQRT2
                 )
             expected = base + out_exp * tp.output_per_token
-            cand = _candidate(name, tp, health, worst, expected, latency, wait, scale, base)
+            cand = _candidate(name, tp, health, worst, expected, latency, wait, scale, base, ttft)
             out.append(cand)
         if not out:
             raise NoFeasibleTier(call.model, reasons)
@@ -661,6 +661,7 @@ def _candidate(
     wait: float,
     scale: float,
     prompt: float,
+    ttft: float,
 ) -> Candidate:
     refusal = health.refusal_rate
     now = health.refusal_now
@@ -679,7 +680,7 @@ def _candidate(
             health.shed_latency_s,
             wait,
             scale,
-            health.ttft_s,
+            ttft,
             health.memory_after_shed,
             health.memory_s,
             prompt,
@@ -775,13 +776,16 @@ class FixedTier:
         out = call.output_tokens_for_latency
         expected = base + out * tp.output_per_token
         health = signals.get(name) or _NO_HEALTH
-        ttft = health.ttft_s
+        uncached = call.input_tokens - call.cached_input_tokens
+        ttft = health.ttft_s + (
+            tp.spec.priors.prefill_s(uncached) if health is not _NO_HEALTH else 0.0
+        )
         decode = out / health.output_tps
         latency = ttft + decode
         deadline = requirements.deadline_s
         spread = math.hypot(ttft * health.ttft_spread, decode * health.tps_spread)
         scale = latency / (spread * _SQRT2) if deadline is not None and spread > 0 else 0.0
-        c = _candidate(name, tp, health, worst, expected, latency, 0.0, scale, base)
+        c = _candidate(name, tp, health, worst, expected, latency, 0.0, scale, base, ttft)
         attempts = requirements.max_attempts or self.max_attempts
         s = None
         while s is None and attempts > 0:  # as many attempts as can start before the deadline

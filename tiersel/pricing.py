@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from tiersel.errors import PricingError, RetiredTier, TierselWarning, UnknownModel
-from tiersel.tiers import DEFAULT_LOG_SPREAD, TierPriors, TierSpec, tier_name
+from tiersel.tiers import DEFAULT_LOG_SPREAD, DEFAULT_PREFILL_S, TierPriors, TierSpec, tier_name
 
 __all__ = ["ModelPrices", "Pricing", "TierPrice", "bundled_pricing_path", "load_pricing"]
 
@@ -72,6 +72,8 @@ class _PriorsDoc(_Strict):
     memory_after_shed: _Number = Field(0.75, ge=0.0, le=1.0)
     memory_after_ok: _Number = Field(0.4, ge=0.0, le=1.0)
     memory_s: _Number = Field(45.0, gt=0.0, le=_MAX_PRIOR_S)
+    # At most a millisecond a token (eight times the default).
+    prefill_s_per_token: _Number = Field(DEFAULT_PREFILL_S, ge=0.0, le=1e-3)
 
 
 class _RequestDoc(_Strict):

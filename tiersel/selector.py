@@ -139,7 +139,8 @@ class Selector:
     def record(
         self, model: str, tier: str, observation: Observation, now: float | None = None
     ) -> TierStats:
-        """Feed one observation into the signals (for callers that dispatch on their own)."""
+        """Feed one observation into the signals (for callers that dispatch on their own). Its
+        ``ttft_s`` is taken as the tier's, less any prefill: see `TierPriors.base_ttft`."""
         return self.engine.record(model, tier, observation, now)
 
     def finish_stream(self, result: CallResult, end: StreamEnd) -> CallResult:

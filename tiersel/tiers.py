@@ -34,6 +34,9 @@ _BY_NAME = {t.value: t for t in Tier}
 DEFAULT_LOG_SPREAD = 0.35
 """The prior spread of a tier's log TTFT and log output rate, before observations refine it."""
 
+DEFAULT_PREFILL_S = 0.1247e-3
+"""Seconds of TTFT per uncached prompt token (see `TierPriors`)."""
+
 
 def tier_name(name: str) -> str:
     """Return the `Tier` member for a known name, or the name itself for a tier declared in data."""
@@ -57,6 +60,13 @@ class TierPriors:
     success was shed 15% and 41% of the time: *m'* is about 0.35-0.5. Both fade over a minute
     or more; *t* = 45 s is fitted on the calibration of replays (see the price table's overlay).
     The measuring script is ``benchmarks/shed_memory.py``.
+
+    A long prompt takes longer to its first token: ``prefill_s_per_token`` seconds for each
+    prompt token not read from the cache. A tier's TTFT is learned less that part (its
+    ``ttft_s`` is the rest: overhead and queueing), and each call's is that plus its own
+    prompt's. The default, 0.1247 ms a token, is the Splitwise profile's slope of prefill time
+    against prompt size that the bundled simulator uses (`tiersel.sim.latency`); the fast
+    routers, 5.5x faster there, get 0.0227 ms (the price table's priors).
     """
 
     shed_rate: float = 0.02
@@ -68,8 +78,22 @@ class TierPriors:
     memory_after_shed: float = 0.75
     memory_after_ok: float = 0.4
     memory_s: float = 45.0
+    prefill_s_per_token: float = DEFAULT_PREFILL_S
+
+    def prefill_s(self, uncached_tokens: float) -> float:
+        """Seconds a prompt of ``uncached_tokens`` (not read from a cache) adds to TTFT."""
+        return self.prefill_s_per_token * uncached_tokens if uncached_tokens > 0 else 0.0
+
+    def base_ttft(self, ttft_s: float, uncached_tokens: float) -> float:
+        """An observed TTFT less its prompt's prefill: what the tier's signals learn. A tier
+        that reads prompts faster than its prior leaves a fifth of the TTFT, never nothing."""
+        return max(ttft_s - self.prefill_s(uncached_tokens), 0.2 * ttft_s)
 
     def __post_init__(self) -> None:
+        if not self.prefill_s_per_token >= 0:
+            raise ValueError(
+                f"TierPriors: prefill_s_per_token must be >= 0, got {self.prefill_s_per_token!r}"
+            )
         if not self.log_spread > 0:
             raise ValueError(f"TierPriors: log_spread must be > 0, got {self.log_spread!r}")
         for name in ("memory_after_shed", "memory_after_ok"):

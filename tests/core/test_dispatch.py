@@ -14,7 +14,7 @@ import tiersel
 from tiersel import Call, Requirements, Selector
 from tiersel.budget import MemoryLedger
 from tiersel.clock import FakeClock
-from tiersel.dialects import Usage
+from tiersel.dialects import Dialect, Usage
 from tiersel.engine.results import AttemptRecord
 from tiersel.policy import CheapestFeasible
 from tiersel.signals import Observation, Outcome, SignalKey
@@ -221,9 +221,9 @@ def test_transport_errors_and_timeouts_are_retried_and_recorded() -> None:
 
 
 def test_a_reply_read_whole_records_its_output_rate_after_the_expected_first_token() -> None:
-    # 80 tokens in 3 s, where the tier's first token is expected after 1 s: 40 tokens/s, not
-    # the 26.7 of tokens over the whole call (a latency estimate of TTFT plus tokens over that
-    # rate would count the TTFT twice).
+    # 80 tokens in 3 s, where the call's first token is expected after about 1 s (the tier's,
+    # and its prompt's prefill): about 40 tokens/s, not the 26.7 of tokens over the whole call
+    # (a latency estimate of TTFT plus tokens over that rate would count the TTFT twice).
     clock = FakeClock()
 
     def slow(request: httpx.Request) -> httpx.Response:
@@ -232,7 +232,14 @@ def test_a_reply_read_whole_records_its_output_rate_after_the_expected_first_tok
 
     sel = Selector(clock=clock, transport=httpx.MockTransport(slow), api_key="")
     key = SignalKey("fireworks", "kimi-k3", "standard")
-    ttft = sel.health("kimi-k3", clock.now())["standard"].ttft_s
+    call, _ = sel.engine.call_for(BODY, Dialect.openai)
+    prefill = (
+        sel.pricing.model("kimi-k3")
+        .tiers["standard"]
+        .spec.priors.prefill_s(call.input_tokens - call.cached_input_tokens)
+    )
+    assert prefill > 0
+    ttft = sel.health("kimi-k3", clock.now())["standard"].ttft_s + prefill
     r = sel.send(BODY, requirements=Requirements(tiers=("standard",)))
     assert r.ok
     stats = sel.signals.stats(key, clock.now())

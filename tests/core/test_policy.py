@@ -250,3 +250,20 @@ def test_a_tier_shed_more_often_never_becomes_a_better_first_attempt() -> None:
         signals = {"standard": tier(3.0, refusal), "priority": tier(0.5), "fast": tier(0.5)}
         d = CheapestFeasible()(call, need, None, KIMI, signals, 0.0)
         assert [s.tier for s in d.plan] == ["priority"] * len(d.plan), (refusal, d.label)
+
+
+def test_a_long_prompt_takes_its_prefill_to_the_first_token_unless_it_is_cached() -> None:
+    # 60,000 prompt tokens at standard's 0.12 ms each put its first token 7.5 s out: with 100
+    # output tokens it cannot make a 9 s deadline, and fast (whose prefill is 5.5x quicker)
+    # serves. The same prompt read from the cache has no prefill: standard serves.
+    prefill = KIMI.tiers["standard"].spec.priors.prefill_s(60_000)
+    assert prefill == pytest.approx(60_000 * 0.1247e-3)
+    req = Requirements(deadline_s=9, reliability=0.9)
+    fresh = Call(model="kimi-k3", input_tokens=60_000, max_output_tokens=100)
+    cached = fresh.model_copy(update={"cached_input_tokens": 60_000})
+    d = CheapestFeasible()(fresh, req, None, KIMI, CALM, 0.0)
+    assert d.tier == Tier.fast
+    assert CheapestFeasible()(cached, req, None, KIMI, CALM, 0.0).tier == Tier.standard
+    # The latency it expects counts the prefill: fast's TTFT, its prompt's, then 100 tokens.
+    fast = KIMI.tiers["fast"].spec.priors
+    assert d.expected_latency_s == pytest.approx(0.3 + fast.prefill_s(60_000) + 100 / 150, rel=0.05)

@@ -168,3 +168,36 @@ def test_a_refresh_of_zero_reads_every_success() -> None:
     assert engine.assess(key, stats, 0.0).ttft_s > before
     with pytest.raises(ValueError, match="refresh_s"):
         SignalConfig(refresh_s=-1.0)
+
+
+def test_a_tier_learns_its_ttft_less_each_prompts_prefill() -> None:
+    # A stream whose 30,000-token prompt had 10,000 tokens cached reached its first token at
+    # 4 s: the tier learns 4 s less 20,000 tokens' prefill. A prefill above the TTFT seen (a
+    # tier quicker than its prior) leaves a fifth of it.
+    from tiersel import Requirements
+    from tiersel.clock import FakeClock
+    from tiersel.dialects import Usage
+    from tiersel.engine import Engine
+    from tiersel.engine.results import Reply, StreamEnd
+    from tiersel.tiers import DEFAULT_PREFILL_S
+
+    engine = Engine(clock=FakeClock())
+    key = engine.signal_keys("kimi-k3")[0]
+    body = {
+        "model": "kimi-k3",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 50,
+        "stream": True,
+    }
+    for ttft, sum_after in ((4.0, 4.0 - 20_000 * DEFAULT_PREFILL_S), (1.0, None)):
+        started = engine.start(body, requirements=Requirements(tiers=("standard",)))
+        result = engine.run(started, lambda effect: Reply(200, {}, None, 0.1, True))
+        assert result.pending_stream
+        usage = Usage(30_000, 10_000, 50, None)
+        engine.finish_stream(result, StreamEnd(Outcome.ok, usage, 6.0, ttft_s=ttft))
+        stats = engine.signals.stats(key, engine.clock.now())
+        if sum_after is not None:
+            assert stats.ttft_sum == pytest.approx(sum_after)
+            first = stats.ttft_sum
+    assert stats.ttft_n == 2
+    assert stats.ttft_sum == pytest.approx(first + 0.2 * 1.0)  # 20,000 tokens' 2.5 s > 1 s

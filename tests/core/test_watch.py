@@ -19,6 +19,7 @@ from tiersel.policy import CheapestFeasible
 from tiersel.pricing import load_pricing
 from tiersel.schedule import Candidate
 from tiersel.signals import CircuitState, TierHealth
+from tiersel.tiers import DEFAULT_PREFILL_S
 from tiersel.watch import checkpoint_s, cut_bill, price_watched, projected_finish
 
 KIMI = load_pricing().model("kimi-k3")
@@ -200,8 +201,10 @@ def test_explain_shows_the_watched_attempt_and_its_check(
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "plan:               standard^>fast" in out
-    assert "attempt 1 is watched: its pace is checked 2.20 s after it is sent" in out
-    assert "  2  fast         2.20 s    17.80 s" in out
+    # Checked at 1.5x the call's expected TTFT, plus 1 s: standard's, and 2,000 tokens' prefill.
+    w = 1.5 * (0.8 + 2000 * DEFAULT_PREFILL_S) + 1.0
+    assert f"attempt 1 is watched: its pace is checked {w:.2f} s after it is sent" in out
+    assert f"  2  fast         {w:.2f} s    {20 - w:.2f} s" in out
     assert main([*argv, "--no-watch"]) == 0
     assert "plan:               fast*4" in capsys.readouterr().out
 

@@ -347,7 +347,8 @@ class Engine:
     def record(
         self, model: str, tier: str, observation: Observation, now: float | None = None
     ) -> TierStats:
-        """Feed one observation into the signals (for callers that dispatch on their own)."""
+        """Feed one observation into the signals (for callers that dispatch on their own). Its
+        ``ttft_s`` is taken as the tier's, less any prefill: see `TierPriors.base_ttft`."""
         prices = self.pricing.model(model)
         t = self.clock.now() if now is None else now
         key = SignalKey(self.endpoint, prices.name, tier)

@@ -438,7 +438,7 @@ def _conclude(
         Observation(
             verdict.outcome,
             latency_s=reply.elapsed_s,
-            output_tps=reply_tps(usage, reply.elapsed_s, _ttft(prog, step.tier)),
+            output_tps=reply_tps(usage, reply.elapsed_s, _ttft(ctx, prog, step.tier)),
             retry_after_s=verdict.retry_after_s,
         ),
     )
@@ -472,7 +472,11 @@ def _cut(
         generating = reply.elapsed_s - reply.ttft_s
         tps = (usage.completion_tokens - 1) / generating if generating > 0 else None
     key = key_of(ctx.keys, step.tier)
-    yield Record(key, Observation(Outcome.ok, ttft_s=reply.ttft_s, output_tps=tps))
+    ttft = reply.ttft_s
+    if ttft is not None:  # the signals learn a TTFT less its prompt's prefill
+        uncached = usage.prompt_tokens - usage.cached_tokens
+        ttft = ctx.prices.tiers[step.tier].spec.priors.base_ttft(ttft, uncached)
+    yield Record(key, Observation(Outcome.ok, ttft_s=ttft, output_tps=tps))
     cost, _ = bill(ctx.prices, step, usage)
     prog.sunk += cost
     prog.cuts += 1
@@ -602,6 +606,7 @@ def _result(
         max_tokens_set=prog.cap,
         steps=tuple(prog.steps),
         sunk_usd=prog.sunk,
+        uncached_input_tokens=prog.call.input_tokens - prog.call.cached_input_tokens,
     )
 
 
@@ -653,9 +658,10 @@ def _cancelled_bill(ctx: CallContext, prog: Progress, lost: Step, raced: Raced) 
     generated until then at its tier's expected rate after its expected first token."""
     call = prog.call
     health = prog.signals.get(lost.tier) if prog.signals is not None else None
+    ttft = _ttft(ctx, prog, lost.tier)
     out = 0.0
-    if health is not None:
-        out = max(0.0, raced.other_elapsed_s - health.ttft_s) * health.output_tps
+    if health is not None and ttft is not None:
+        out = max(0.0, raced.other_elapsed_s - ttft) * health.output_tps
     out = min(out, float(prog.cap if prog.cap is not None else call.max_output_tokens))
     # The prompt as the winner's usage counted it (the same prompt), else as estimated.
     payload = raced.reply.payload
@@ -667,10 +673,15 @@ def _cancelled_bill(ctx: CallContext, prog: Progress, lost: Step, raced: Raced) 
     return min(billed, lost.worst_cost_usd)
 
 
-def _ttft(prog: Progress, tier: str) -> float | None:
-    """The tier's expected time to first token at the call's last decision."""
+def _ttft(ctx: CallContext, prog: Progress, tier: str) -> float | None:
+    """The call's expected time to first token on ``tier`` at its last decision: the tier's,
+    and its prompt's prefill."""
     health = prog.signals.get(tier) if prog.signals is not None else None
-    return health.ttft_s if health is not None else None
+    if health is None:
+        return None
+    call = prog.call
+    uncached = call.input_tokens - call.cached_input_tokens
+    return health.ttft_s + ctx.prices.tiers[tier].spec.priors.prefill_s(uncached)
 
 
 def _failed(prog: Progress, ctx: CallContext, detail: str) -> CallResult:

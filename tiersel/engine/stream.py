@@ -28,12 +28,19 @@ def stream_flow(sel: FlowHost, result: CallResult, end: StreamEnd) -> Flow:
     step = result.steps[-1]
     prices = sel.pricing.model(step.model)
     key = SignalKey(sel.endpoint, prices.name, step.tier)
+    ttft = end.ttft_s
+    if ttft is not None:  # the signals learn a TTFT less its prompt's prefill
+        usage = end.usage
+        uncached = result.uncached_input_tokens
+        if usage is not None:
+            uncached = usage.prompt_tokens - usage.cached_tokens
+        ttft = prices.tiers[step.tier].spec.priors.base_ttft(ttft, uncached)
     yield Record(
         key,
         Observation(
             end.outcome,
             latency_s=end.elapsed_s,
-            ttft_s=end.ttft_s,
+            ttft_s=ttft,
             output_tps=end.output_tps,
         ),
     )
