@@ -181,3 +181,20 @@ def test_the_generated_multiturn_trace_is_long_bursty_and_repeatable() -> None:
     assert variance > 3 * mean
     with pytest.raises(ValueError, match="duration_s"):
         multiturn(duration_s=0)
+
+
+def test_the_generated_rag_trace_mixes_short_prompts_with_long_context() -> None:
+    from tiersel.replay.synth import rag
+
+    t = load_trace("synth-rag")
+    assert t.name == "synth-rag" and t == rag(seed=0) != rag(seed=1)
+    times = [r.arrival_s for r in t]
+    assert times == sorted(times) and times[0] == 0.0
+    assert 3.5 < len(t) / t.duration_s < 4.5  # steady, at about 4 a second
+    prompts = [r.input_tokens for r in t]
+    short = sum(1 for p in prompts if p < 3_000) / len(prompts)
+    assert 0.28 < short < 0.39  # a third without retrieved context
+    assert max(prompts) == 120_000 and sorted(prompts)[len(prompts) // 2] > 8_000
+    assert all(1 <= r.output_tokens <= 4_000 for r in t)
+    with pytest.raises(ValueError, match="duration_s"):
+        rag(duration_s=float("nan"))

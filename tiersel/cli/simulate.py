@@ -47,7 +47,7 @@ def _add_workload_args(p: Any) -> None:
         + ", ".join(SHIPPED_TRACES)
         + ") or a generated one ("
         + ", ".join(GENERATED_TRACES)
-        + ": long multi-turn conversations in bursts)",
+        + ": long multi-turn conversations in bursts; calls carrying retrieved context)",
     )
     p.add_argument(
         "--policy",

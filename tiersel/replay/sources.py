@@ -5,22 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tiersel.replay.synth import multiturn
+from tiersel.replay.synth import multiturn, rag
 from tiersel.replay.traces import SHIPPED_TRACES, Trace, TraceError, parse_trace, shipped_trace
 
 __all__ = ["GENERATED_TRACES", "load_trace"]
 
-GENERATED_TRACES = ("synth-multiturn",)
-"""Trace names `load_trace` generates (seed 0): `tiersel.replay.synth.multiturn`."""
+GENERATED_TRACES = ("synth-multiturn", "synth-rag")
+"""Trace names `load_trace` generates (seed 0): `tiersel.replay.synth.multiturn` and `rag`."""
 
 
 def load_trace(source: str | Path) -> Trace:
     """Read a trace from a CSV file, or a shipped trace by name (``azure-code``, ``azure-conv``),
-    or generate one (``synth-multiturn``)."""
+    or generate one (``synth-multiturn``, ``synth-rag``)."""
     if isinstance(source, str) and source in SHIPPED_TRACES:
         return shipped_trace(source)
     if source == "synth-multiturn":
         return multiturn()
+    if source == "synth-rag":
+        return rag()
     path = Path(source)
     try:
         text = path.read_text(encoding="utf-8-sig")

@@ -1,4 +1,5 @@
-"""A second kind of trace, generated: long multi-turn conversations arriving in bursts.
+"""Two more kinds of trace, generated: long multi-turn conversations arriving in bursts
+(`multiturn`), and retrieval-augmented calls whose prompts carry long context (`rag`).
 
 The bundled Azure traces are single requests of a few thousand tokens at a fairly steady pace.
 This one is shaped differently, so that a policy is not tuned to one shape. Sessions open in
@@ -18,6 +19,16 @@ long. The numbers are drawn from a seeded generator, so a seed gives the same tr
 >>> t = multiturn(duration_s=300.0, seed=1)
 >>> t.name, len(t) > 100, max(r.input_tokens for r in t) > 10_000
 ('synth-multiturn', True, True)
+
+`rag` mixes prompt lengths instead, where a tier's time to first token is most a matter of the
+prompt (`tiersel.tiers.TierPriors.prefill_s`): calls arrive steadily (Poisson, 4/s); each has
+a system prompt of about 800 tokens (log-normal, sigma 0.3) and a question of about 60 (sigma
+0.6); a third carry no retrieved context, the rest about 20,000 tokens of it (log-normal,
+sigma 0.8, at most 120,000 in all); answers are about 250 tokens (sigma 0.7, at most 4,000).
+
+>>> r = rag(duration_s=60.0, seed=1)
+>>> r.name, 150 < len(r) < 350, max(x.input_tokens for x in r) > 30_000
+('synth-rag', True, True)
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ import random
 
 from tiersel.replay.traces import Trace, TraceRequest
 
-__all__ = ["multiturn"]
+__all__ = ["multiturn", "rag"]
 
 _CALM_RATE = 0.25
 _BURST_RATE = 2.0
@@ -37,11 +48,16 @@ _MAX_PROMPT = 128_000
 _MAX_ANSWER = 4_000
 
 
-def multiturn(*, duration_s: float = 2400.0, seed: int = 0) -> Trace:
-    """Conversations opening over ``duration_s`` seconds (turns may run on past it)."""
+def _start(kind: str, duration_s: float, seed: int) -> random.Random:
+    """The seeded generator of a ``kind`` of trace, once ``duration_s`` is checked."""
     if not (math.isfinite(duration_s) and duration_s > 0):
         raise ValueError(f"duration_s must be a finite number > 0, got {duration_s!r}")
-    rng = random.Random(f"tiersel-multiturn:{seed}")
+    return random.Random(f"tiersel-{kind}:{seed}")
+
+
+def multiturn(*, duration_s: float = 2400.0, seed: int = 0) -> Trace:
+    """Conversations opening over ``duration_s`` seconds (turns may run on past it)."""
+    rng = _start("multiturn", duration_s, seed)
     requests: list[TraceRequest] = []
     now, burst = 0.0, False
     spell_end = rng.expovariate(1.0 / _CALM_S)
@@ -75,3 +91,26 @@ def _session(rng: random.Random, start: float, out: list[TraceRequest]) -> None:
         out.append(TraceRequest(at, prompt, answer))
         history = prompt + answer
         at += rng.lognormvariate(math.log(20.0), 0.8)
+
+
+_RAG_RATE = 4.0
+_RAG_SHARE = 2.0 / 3.0
+_MAX_RAG_PROMPT = 120_000
+
+
+def rag(*, duration_s: float = 2400.0, seed: int = 0) -> Trace:
+    """Retrieval-augmented calls arriving over ``duration_s`` seconds (see the module)."""
+    rng = _start("rag", duration_s, seed)
+    requests: list[TraceRequest] = []
+    now = 0.0
+    while True:
+        if requests:
+            now += rng.expovariate(_RAG_RATE)
+        if now >= duration_s:
+            break
+        prompt = rng.lognormvariate(math.log(800.0), 0.3) + rng.lognormvariate(math.log(60.0), 0.6)
+        if rng.random() < _RAG_SHARE:
+            prompt += rng.lognormvariate(math.log(20_000.0), 0.8)
+        answer = min(_MAX_ANSWER, max(1, int(rng.lognormvariate(math.log(250.0), 0.7))))
+        requests.append(TraceRequest(now, min(_MAX_RAG_PROMPT, int(prompt)), answer))
+    return Trace("synth-rag", tuple(requests))
