@@ -267,3 +267,15 @@ def test_a_long_prompt_takes_its_prefill_to_the_first_token_unless_it_is_cached(
     # The latency it expects counts the prefill: fast's TTFT, its prompt's, then 100 tokens.
     fast = KIMI.tiers["fast"].spec.priors
     assert d.expected_latency_s == pytest.approx(0.3 + fast.prefill_s(60_000) + 100 / 150, rel=0.05)
+
+
+def test_a_cooldown_is_not_waited_out_when_the_prompt_s_prefill_would_then_end_too_late() -> None:
+    from tiersel.engine.waits import shortest_cooldown
+
+    cooling = {"standard": health(state=CircuitState.open)}  # open for 3 s
+    req = Requirements(deadline_s=9)
+    short = Call(model="kimi-k3", input_tokens=1_000, max_output_tokens=100)
+    long = Call(model="kimi-k3", input_tokens=60_000, max_output_tokens=100)  # 7.5 s prefill
+    assert shortest_cooldown(cooling, req, short, prices=KIMI) == pytest.approx(3.0, abs=0.01)
+    assert shortest_cooldown(cooling, req, long, prices=KIMI) is None
+    assert shortest_cooldown(cooling, req, long) is not None  # (prices unknown: no prefill)

@@ -282,7 +282,7 @@ def _no_plan(
     call = prog.call
     liftable = waitable(signals, exc)
     any_cooling = cooling(liftable)
-    wait = shortest_cooldown(liftable, req, call, ctx.max_wait) if any_cooling else None
+    wait = shortest_cooldown(liftable, req, call, ctx.max_wait, ctx.prices) if any_cooling else None
     if prog.attempts == 0 and wait is None:
         # Nothing sent and no cooldown worth waiting out. When money alone bars the tiers that
         # could serve in time, the budget is what stops the call, unless money in flight

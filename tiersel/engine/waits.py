@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from tiersel.call import Call, Requirements
 from tiersel.errors import NoFeasibleTier
+from tiersel.pricing import ModelPrices
 from tiersel.signals import (
     CircuitState,
     TierHealth,
@@ -39,17 +40,28 @@ def shortest_cooldown(
     req: Requirements,
     call: Call,
     max_wait: Callable[[], float | None] | None = None,
+    prices: ModelPrices | None = None,
 ) -> float | None:
     """The shortest cooldown worth waiting out: with a deadline, one that leaves the tier its
-    expected time to serve the call (a wait that ends too late to finish is no wait at all)."""
+    expected time to serve the call, its prompt's prefill included where ``prices`` are given
+    (a wait that ends too late to finish is no wait at all)."""
     deadline = req.deadline_s
     out = call.output_tokens_for_latency
+    uncached = call.input_tokens - call.cached_input_tokens
+
+    def serves_in_time(name: str, h: TierHealth) -> bool:
+        if deadline is None:
+            return True
+        tier = prices.tiers.get(name) if prices is not None else None
+        prefill = tier.spec.priors.prefill_s(uncached) if tier is not None else 0.0
+        return h.cooldown_s + h.ttft_s + prefill + out / h.output_tps < deadline
+
     waits = [
         h.cooldown_s
         for name, h in signals.items()
         if h.state is CircuitState.open
         and (req.tiers is None or name in req.tiers)
-        and (deadline is None or h.cooldown_s + h.ttft_s + out / h.output_tps < deadline)
+        and serves_in_time(name, h)
     ]
     if not waits:
         return None
