@@ -144,8 +144,10 @@ class CheapestFeasible:
         self.pacing = pacing
         self.watch = watch
         self._memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        self._made: dict[tuple[Any, ...], Decision] = {}
-        self._read: dict[tuple[str, tuple[str, ...] | None], frozenset[str]] = {}
+        self._made: dict[tuple[Any, ...], tuple[tuple[TierPrice, ...], Decision]] = {}
+        self._read: dict[
+            tuple[str, tuple[str, ...] | None], tuple[ModelPrices, frozenset[str]]
+        ] = {}
 
     def __repr__(self) -> str:
         return (
@@ -188,17 +190,18 @@ class CheapestFeasible:
         may use (``requirements.tiers``, else those not opt-in). The flow reads the signals of
         these only (`tiersel.engine.Engine.read_keys`)."""
         key = (prices.name, requirements.tiers)
-        found = self._read.get(key)
-        if found is None:
-            allowed = requirements.tiers
-            found = frozenset(
-                name
-                for name, tp in prices.tiers.items()
-                if (name in allowed if allowed is not None else not tp.spec.opt_in)
-            )
-            if len(self._read) >= _MEMO_SIZE:
-                self._read.clear()
-            self._read[key] = found
+        hit = self._read.get(key)
+        if hit is not None and hit[0] is prices:  # (the very table: a policy may serve two)
+            return hit[1]
+        allowed = requirements.tiers
+        found = frozenset(
+            name
+            for name, tp in prices.tiers.items()
+            if (name in allowed if allowed is not None else not tp.spec.opt_in)
+        )
+        if len(self._read) >= _MEMO_SIZE:
+            self._read.clear()
+        self._read[key] = (prices, found)
         return found
 
     # -- stage 1: candidates -----------------------------------------------------------------
@@ -361,8 +364,10 @@ class CheapestFeasible:
         # is immutable, and its steps carry the model's ids: the model is part of the key).
         made_key = (key, model, tuple(reasons))
         made = self._made.get(made_key)
-        if made is not None:
-            return made
+        # Its steps carry the price table's ids and fields: only where the candidates' prices
+        # are the very ones it was made from (a policy may serve two tables).
+        if made is not None and all(p is c.price for p, c in zip(made[0], cands, strict=True)):
+            return made[1]
         hit = self._memo.get(key)
         if hit is not None:
             picks, numbers, added, effort = hit
@@ -381,7 +386,7 @@ class CheapestFeasible:
         decision = _decision(found, reasons, r.deadline_s, effort)
         if len(self._made) >= _MEMO_SIZE:
             self._made.clear()
-        self._made[made_key] = decision
+        self._made[made_key] = (tuple([c.price for c in cands]), decision)
         return decision
 
     def _search(

@@ -162,3 +162,39 @@ def test_calls_of_one_shape_share_one_decision_and_models_do_not() -> None:
     other = selector.decide(Call(model="glm-5p3", input_tokens=500, max_output_tokens=200))
     assert other.model != first.model and "glm-5p3" in other.model
     assert selector.decide(Call(model="kimi-k3", input_tokens=900, max_output_tokens=200)) != first
+
+
+def test_a_policy_serving_two_price_tables_never_hands_one_the_other_s_ids(
+    tmp_path: Any,
+) -> None:
+    # Same model, same prices, another fast router id: the remembered decision of one table
+    # must not serve the other.
+    from tiersel import Call, Requirements
+    from tiersel.policy import CheapestFeasible
+    from tiersel.pricing import load_pricing
+
+    overlay = tmp_path / "moved.yaml"
+    overlay.write_text(
+        "models:\n  kimi-k3:\n    fast: {router: accounts/fireworks/routers/kimi-k3-fast-v2,"
+        " input: 4.5, cached_input: 0.45, output: 22.5}\n"
+    )
+    policy = CheapestFeasible()
+    call = Call(model="kimi-k3", input_tokens=500, max_output_tokens=200)
+    fast = Requirements(min_output_tps=100)
+    ids = set()
+    for pricing in (load_pricing(), load_pricing(overlay=overlay)):
+        selector = Selector(clock=FakeClock(), api_key="", policy=policy, pricing=pricing)
+        ids.add(selector.decide(call, fast).model)
+    assert ids == {
+        "accounts/fireworks/routers/kimi-k3-fast",
+        "accounts/fireworks/routers/kimi-k3-fast-v2",
+    }
+    # Nor the tiers one reads: a table where spot is not opt-in reads spot's signals.
+    opened = tmp_path / "spot.yaml"
+    opened.write_text("tiers:\n  spot: {opt_in: false}\n")
+    read = []
+    for pricing in (load_pricing(), load_pricing(overlay=opened)):
+        engine = Selector(clock=FakeClock(), api_key="", policy=policy, pricing=pricing).engine
+        keys = engine.read_keys(pricing.model("kimi-k3"), Requirements())
+        read.append({k.tier for k in keys})
+    assert "spot" not in read[0] and "spot" in read[1]
