@@ -137,11 +137,19 @@ class Selector:
         return self.engine.health(model, now)
 
     def record(
-        self, model: str, tier: str, observation: Observation, now: float | None = None
+        self,
+        model: str,
+        tier: str,
+        observation: Observation,
+        now: float | None = None,
+        *,
+        uncached_input_tokens: int = 0,
     ) -> TierStats:
-        """Feed one observation into the signals (for callers that dispatch on their own). Its
-        ``ttft_s`` is taken as the tier's, less any prefill: see `TierPriors.base_ttft`."""
-        return self.engine.record(model, tier, observation, now)
+        """Feed one observation into the signals (for callers that dispatch on their own); see
+        `Engine.record` (``uncached_input_tokens``: the prompt behind its ``ttft_s``)."""
+        return self.engine.record(
+            model, tier, observation, now, uncached_input_tokens=uncached_input_tokens
+        )
 
     def finish_stream(self, result: CallResult, end: StreamEnd) -> CallResult:
         """Complete a `send` whose streamed reply ended (see `Engine.finish_stream`)."""

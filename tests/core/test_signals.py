@@ -201,3 +201,18 @@ def test_a_tier_learns_its_ttft_less_each_prompts_prefill() -> None:
             first = stats.ttft_sum
     assert stats.ttft_n == 2
     assert stats.ttft_sum == pytest.approx(first + 0.2 * 1.0)  # 20,000 tokens' 2.5 s > 1 s
+
+
+def test_a_caller_feeding_observations_can_name_the_prompt_behind_a_ttft() -> None:
+    from tiersel import Selector
+    from tiersel.clock import FakeClock
+    from tiersel.tiers import DEFAULT_PREFILL_S
+
+    sel = Selector(clock=FakeClock(), api_key="")
+    key = sel.engine.signal_keys("kimi-k3")[0]
+    seen = Observation(Outcome.ok, ttft_s=4.0)
+    stats = sel.record("kimi-k3", "standard", seen, uncached_input_tokens=20_000)
+    assert stats.ttft_sum == pytest.approx(4.0 - 20_000 * DEFAULT_PREFILL_S)
+    stats = sel.record("kimi-k3", "standard", seen)  # no prompt named: taken as the tier's
+    assert stats.ttft_sum == pytest.approx(8.0 - 20_000 * DEFAULT_PREFILL_S)
+    assert key.tier == "standard"

@@ -15,6 +15,7 @@ import inspect
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple, TypedDict, cast
 
 from tiersel.budget import AsyncLedger, Ledger
@@ -345,13 +346,24 @@ class Engine:
         )
 
     def record(
-        self, model: str, tier: str, observation: Observation, now: float | None = None
+        self,
+        model: str,
+        tier: str,
+        observation: Observation,
+        now: float | None = None,
+        *,
+        uncached_input_tokens: int = 0,
     ) -> TierStats:
-        """Feed one observation into the signals (for callers that dispatch on their own). Its
-        ``ttft_s`` is taken as the tier's, less any prefill: see `TierPriors.base_ttft`."""
+        """Feed one observation into the signals (for callers that dispatch on their own). Give
+        the call's prompt tokens not read from a cache, ``uncached_input_tokens``, with a
+        ``ttft_s``: the tier learns its TTFT less their prefill (`TierPriors.base_ttft`)."""
         prices = self.pricing.model(model)
         t = self.clock.now() if now is None else now
         key = SignalKey(self.endpoint, prices.name, tier)
+        ttft = observation.ttft_s
+        if ttft is not None and uncached_input_tokens > 0 and tier in prices.tiers:
+            base = prices.tiers[tier].spec.priors.base_ttft(ttft, uncached_input_tokens)
+            observation = replace(observation, ttft_s=base)
         return self._sync_signals("record").record(key, observation, t)
 
     def call_for(self, body: Mapping[str, Any], dialect: Dialect) -> tuple[Call, str | None]:
