@@ -386,3 +386,22 @@ def test_a_retired_us_only_router_is_refused_naming_its_successor() -> None:
     assert (
         turbo.returncode == 0 and "'kimi-k2p6-turbo' (fast of kimi-k2p6) is retired" in turbo.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--max-tokens", "200000"], "--max-tokens 200,000 is above the model's limit: kimi-k3"),
+        (["--input-tokens", "2000000"], "--input-tokens 2,000,000 is above the model's limit"),
+    ],
+)
+def test_explain_refuses_token_counts_above_the_model_s_limits(
+    capsys: pytest.CaptureFixture[str], flags: list[str], said: str
+) -> None:
+    # kimi-k3 writes at most 131,072 tokens and reads at most 1,048,576: a call beyond either
+    # is one the provider refuses, so explain names the flag rather than price it.
+    args = ["explain", "--model", "kimi-k3", "--input-tokens", "2000", "--max-tokens", "300"]
+    assert main([*args, *flags]) == 2
+    captured = capsys.readouterr()
+    assert said in captured.err and captured.out == ""
+    assert main([*args, "--max-tokens", "131072"]) == 0  # at the limit: priced

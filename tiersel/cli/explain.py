@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         prices = pricing.model(args.model)
         rates = _shed_rates(args.shed_rate, pricing.tiers)
         call = _call(args)
+        _within_limits(args, prices)
         req = _requirements(args)
         check_tiers("--tiers", req.tiers, pricing)
     except ValidationError as exc:
@@ -151,6 +152,24 @@ def _call(args: argparse.Namespace) -> Call:
         max_output_tokens=args.max_tokens,
         expected_output_tokens=args.expected_output_tokens,
     )
+
+
+def _within_limits(args: argparse.Namespace, prices: Any) -> None:
+    """`ValueError` naming a token count above what the model takes or writes, as the price
+    table gives its limits: the provider would refuse such a call, so there is nothing to
+    price."""
+    limits = (
+        ("--max-tokens", args.max_tokens, prices.max_output_tokens, "writes at most"),
+        ("--input-tokens", args.input_tokens, prices.max_input_tokens, "reads at most"),
+        ("--max-input-tokens", args.max_input_tokens, prices.max_input_tokens, "reads at most"),
+    )
+    for option, count, limit, verb in limits:
+        if count is not None and limit and count > limit:
+            raise ValueError(
+                f"{option} {count:,} is above the model's limit: {prices.name} {verb}"
+                f" {limit:,} tokens (the price table's max_"
+                f"{'output' if option == '--max-tokens' else 'input'}_tokens)"
+            )
 
 
 def _requirements(args: argparse.Namespace) -> Requirements:
