@@ -60,6 +60,11 @@ class Call(_Frozen):
         return self.max_input_tokens if self.max_input_tokens is not None else self.input_tokens
 
     @property
+    def uncached_input_tokens(self) -> int:
+        """The prompt tokens not read from a cache: those whose prefill delays the first token."""
+        return self.input_tokens - self.cached_input_tokens
+
+    @property
     def output_tokens_for_latency(self) -> int:
         """Output tokens to plan latency on: the expected count when known, else the maximum."""
         if self.expected_output_tokens is not None:

@@ -394,6 +394,11 @@ class Usage:
     completion_tokens: int
     served_tier: str | None = None
 
+    @property
+    def uncached_tokens(self) -> int:
+        """The prompt tokens not read from a cache."""
+        return self.prompt_tokens - self.cached_tokens
+
 
 def _int(value: Any) -> int:
     if type(value) is int:  # JSON's ints, and never a bool: the common case, tested cheaply

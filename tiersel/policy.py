@@ -781,10 +781,8 @@ class FixedTier:
         out = call.output_tokens_for_latency
         expected = base + out * tp.output_per_token
         health = signals.get(name) or _NO_HEALTH
-        uncached = call.input_tokens - call.cached_input_tokens
-        ttft = health.ttft_s + (
-            tp.spec.priors.prefill_s(uncached) if health is not _NO_HEALTH else 0.0
-        )
+        prefill = tp.spec.priors.prefill_s(call.uncached_input_tokens)
+        ttft = health.ttft_s + (prefill if health is not _NO_HEALTH else 0.0)
         decode = out / health.output_tps
         latency = ttft + decode
         deadline = requirements.deadline_s

@@ -17,6 +17,7 @@ from tiersel.clock import FakeClock
 from tiersel.decision import Decision
 from tiersel.dialects import check_token_count
 from tiersel.errors import ConflictingRequirements, NoFeasibleTier, TierselError
+from tiersel.pricing import ModelPrices
 from tiersel.selector import Selector
 from tiersel.signals import Observation, Outcome, SignalKey
 
@@ -154,21 +155,21 @@ def _call(args: argparse.Namespace) -> Call:
     )
 
 
-def _within_limits(args: argparse.Namespace, prices: Any) -> None:
+def _within_limits(args: argparse.Namespace, prices: ModelPrices) -> None:
     """`ValueError` naming a token count above what the model takes or writes, as the price
     table gives its limits: the provider would refuse such a call, so there is nothing to
     price."""
+    out, into = prices.max_output_tokens, prices.max_input_tokens
     limits = (
-        ("--max-tokens", args.max_tokens, prices.max_output_tokens, "writes at most"),
-        ("--input-tokens", args.input_tokens, prices.max_input_tokens, "reads at most"),
-        ("--max-input-tokens", args.max_input_tokens, prices.max_input_tokens, "reads at most"),
+        ("--max-tokens", args.max_tokens, out, "writes", "max_output_tokens"),
+        ("--input-tokens", args.input_tokens, into, "reads", "max_input_tokens"),
+        ("--max-input-tokens", args.max_input_tokens, into, "reads", "max_input_tokens"),
     )
-    for option, count, limit, verb in limits:
+    for option, count, limit, verb, field in limits:
         if count is not None and limit and count > limit:
             raise ValueError(
-                f"{option} {count:,} is above the model's limit: {prices.name} {verb}"
-                f" {limit:,} tokens (the price table's max_"
-                f"{'output' if option == '--max-tokens' else 'input'}_tokens)"
+                f"{option} {count:,} is above the model's limit: {prices.name} {verb} at most"
+                f" {limit:,} tokens (the price table's {field})"
             )
 
 

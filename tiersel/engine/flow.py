@@ -474,8 +474,7 @@ def _cut(
     key = key_of(ctx.keys, step.tier)
     ttft = reply.ttft_s
     if ttft is not None:  # the signals learn a TTFT less its prompt's prefill
-        uncached = usage.prompt_tokens - usage.cached_tokens
-        ttft = ctx.prices.tiers[step.tier].spec.priors.base_ttft(ttft, uncached)
+        ttft = ctx.prices.tiers[step.tier].spec.priors.base_ttft(ttft, usage.uncached_tokens)
     yield Record(key, Observation(Outcome.ok, ttft_s=ttft, output_tps=tps))
     cost, _ = bill(ctx.prices, step, usage)
     prog.sunk += cost
@@ -606,7 +605,7 @@ def _result(
         max_tokens_set=prog.cap,
         steps=tuple(prog.steps),
         sunk_usd=prog.sunk,
-        uncached_input_tokens=prog.call.input_tokens - prog.call.cached_input_tokens,
+        uncached_input_tokens=prog.call.uncached_input_tokens,
     )
 
 
@@ -679,9 +678,8 @@ def _ttft(ctx: CallContext, prog: Progress, tier: str) -> float | None:
     health = prog.signals.get(tier) if prog.signals is not None else None
     if health is None:
         return None
-    call = prog.call
-    uncached = call.input_tokens - call.cached_input_tokens
-    return health.ttft_s + ctx.prices.tiers[tier].spec.priors.prefill_s(uncached)
+    prefill = ctx.prices.tiers[tier].spec.priors.prefill_s(prog.call.uncached_input_tokens)
+    return health.ttft_s + prefill
 
 
 def _failed(prog: Progress, ctx: CallContext, detail: str) -> CallResult:

@@ -31,9 +31,7 @@ def stream_flow(sel: FlowHost, result: CallResult, end: StreamEnd) -> Flow:
     ttft = end.ttft_s
     if ttft is not None:  # the signals learn a TTFT less its prompt's prefill
         usage = end.usage
-        uncached = result.uncached_input_tokens
-        if usage is not None:
-            uncached = usage.prompt_tokens - usage.cached_tokens
+        uncached = usage.uncached_tokens if usage is not None else result.uncached_input_tokens
         ttft = prices.tiers[step.tier].spec.priors.base_ttft(ttft, uncached)
     yield Record(
         key,

@@ -47,7 +47,7 @@ def shortest_cooldown(
     (a wait that ends too late to finish is no wait at all)."""
     deadline = req.deadline_s
     out = call.output_tokens_for_latency
-    uncached = call.input_tokens - call.cached_input_tokens
+    uncached = call.uncached_input_tokens
 
     def serves_in_time(name: str, h: TierHealth) -> bool:
         if deadline is None:
