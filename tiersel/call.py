@@ -31,12 +31,24 @@ class Call(_Frozen):
     max_input_tokens: int | None = Field(None, ge=0)
     """An upper bound of the prompt tokens the provider can bill (`input_tokens` is an estimate):
     worst-case costs, and so budget reservations, use it when set."""
+    expected_cached_input_tokens: int | None = Field(None, ge=0)
+    """The prompt tokens expected to be read from the provider's cache when the caller does not
+    know (`cached_input_tokens` is what it knows): the expected time to the first token counts
+    the prefill of the rest. Costs never count it: a guess must not lower a reservation. A door
+    that reads a request body sets it from the share of prompt tokens its replies reported
+    cached (`tiersel.engine.Engine.cached_share`)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Call:
         if self.cached_input_tokens > self.input_tokens:
             raise ValueError(
                 f"cached_input_tokens ({self.cached_input_tokens}) cannot exceed "
+                f"input_tokens ({self.input_tokens})"
+            )
+        expected = self.expected_cached_input_tokens
+        if expected is not None and expected > self.input_tokens:
+            raise ValueError(
+                f"expected_cached_input_tokens ({expected}) cannot exceed "
                 f"input_tokens ({self.input_tokens})"
             )
         if self.max_input_tokens is not None and self.max_input_tokens < self.input_tokens:
@@ -61,8 +73,13 @@ class Call(_Frozen):
 
     @property
     def uncached_input_tokens(self) -> int:
-        """The prompt tokens not read from a cache: those whose prefill delays the first token."""
-        return self.input_tokens - self.cached_input_tokens
+        """The prompt tokens not read from a cache, as known or else as expected: those whose
+        prefill delays the first token."""
+        cached = self.cached_input_tokens
+        expected = self.expected_cached_input_tokens
+        if expected is not None and expected > cached:
+            cached = expected
+        return self.input_tokens - cached
 
     @property
     def output_tokens_for_latency(self) -> int:

@@ -231,6 +231,7 @@ class CheapestFeasible:
 
         uncached = call.input_tokens - call.cached_input_tokens
         cached = call.cached_input_tokens
+        unread = call.uncached_input_tokens  # for latency: the cached share expected counts
         # The worst case counts the prompt at its bound (what the provider can bill at most).
         bound = call.max_input_tokens
         extra_in = bound - call.input_tokens if bound is not None else 0
@@ -270,7 +271,7 @@ class CheapestFeasible:
                 continue
             tps = health.output_tps
             wait = 0.0
-            ttft = health.ttft_s + tp.spec.priors.prefill_s(uncached)
+            ttft = health.ttft_s + tp.spec.priors.prefill_s(unread)
             decode = out_exp / tps
             latency = ttft + decode
             if health.state is _OPEN:

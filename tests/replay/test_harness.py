@@ -262,3 +262,24 @@ def test_watched_attempts_buy_three_nines_cheaper_than_a_ladder() -> None:
             due = tier_cost(prices.tiers[r.tier], req.input_tokens, 0, req.output_tokens)
             cut += r.cost_usd > due * (1 + 1e-9)
     assert cut > 10
+
+
+def test_a_replayed_session_finds_its_prefix_cached_and_is_planned_so() -> None:
+    # Two turns of one session over a 40,000-token context, 30 s apart, each due in 6 s: the
+    # first waits about 5 s of prefill on standard, so it is planned on fast; the second finds
+    # the context in the provider's cache (the engine saw the first served), and standard
+    # serves it in time, billed the cached rate for the context.
+    from tiersel.replay.traces import parse_trace
+
+    trace = parse_trace(
+        "timestamp_s,input_tokens,output_tokens,deadline_s,reliability,prefix,prefix_tokens\n"
+        "0,40200,100,6,0.95,chat/1,40000\n30,40500,100,6,0.95,chat/1,40300\n"
+    )
+    result = _result(compare(trace, policies=["tiersel"], scenario="calm"), "tiersel")
+    first, second = result.records
+    assert first.met and second.met
+    assert first.tier == "fast" and second.tier == "standard"
+    prices = load_pricing().model("kimi-k3").tiers["standard"]
+    uncached = tier_cost(prices, 40_500, 0, 100)
+    assert second.cost_usd == pytest.approx(tier_cost(prices, 40_500, 40_300, 100))
+    assert second.cost_usd < 0.6 * uncached

@@ -14,6 +14,7 @@ from tiersel.replay.sources import load_trace
 from tiersel.replay.traces import (
     SHIPPED_TRACES,
     TraceError,
+    TraceRequest,
     parse_trace,
     shipped_trace,
 )
@@ -65,6 +66,16 @@ def test_plain_csv_with_optional_requirements(tmp_path: Path) -> None:
     ]
 
 
+def test_plain_csv_may_name_each_requests_cacheable_prefix() -> None:
+    trace = parse_trace(
+        "timestamp_s,input_tokens,output_tokens,deadline_s,prefix,prefix_tokens\n"
+        "0,5000,10,,chat/1,4000\n1,900,10,8,,\n"
+    )
+    first, second = trace.requests
+    assert (first.prefix, first.prefix_tokens, first.deadline_s) == ("chat/1", 4000, None)
+    assert (second.prefix, second.prefix_tokens, second.deadline_s) == (None, 0, 8.0)
+
+
 def test_plain_csv_may_give_only_reliability() -> None:
     trace = parse_trace("timestamp_s,input_tokens,output_tokens,reliability\n0,1,1,0.9\n")
     assert trace.requests[0].reliability == 0.9 and trace.requests[0].deadline_s is None
@@ -103,6 +114,18 @@ def test_plain_csv_may_give_only_reliability() -> None:
         (
             "timestamp_s,input_tokens,output_tokens,deadline_s,deadline_s\n",
             "trace.csv: line 1: unrecognised header",
+        ),
+        (
+            "timestamp_s,input_tokens,output_tokens,prefix\n1,2,3,p\n",
+            "trace.csv: line 1: unrecognised header",
+        ),
+        (
+            "timestamp_s,input_tokens,output_tokens,prefix,prefix_tokens\n1,20,3,p,21\n",
+            "trace.csv: line 2: prefix_tokens 21 is more than input_tokens 20",
+        ),
+        (
+            "timestamp_s,input_tokens,output_tokens,prefix,prefix_tokens\n1,20,3,p,\n",
+            "trace.csv: line 2: prefix_tokens '' is not a whole number",
         ),
         (
             "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,10,2\n"
@@ -179,6 +202,12 @@ def test_the_generated_multiturn_trace_is_long_bursty_and_repeatable() -> None:
     mean = sum(counts) / len(counts)
     variance = sum((c - mean) ** 2 for c in counts) / len(counts)
     assert variance > 3 * mean
+    # Each session's turns share its prefix: all of a turn's prompt but its new message.
+    sessions: dict[str | None, list[TraceRequest]] = {}
+    for r in t:
+        sessions.setdefault(r.prefix, []).append(r)
+    assert None not in sessions and 0.1 * len(t) < len(sessions) < 0.4 * len(t)
+    assert all(0 < r.prefix_tokens < r.input_tokens for r in t)
     with pytest.raises(ValueError, match="duration_s"):
         multiturn(duration_s=0)
 
@@ -196,5 +225,10 @@ def test_the_generated_rag_trace_mixes_short_prompts_with_long_context() -> None
     assert 0.28 < short < 0.39  # a third without retrieved context
     assert max(prompts) == 120_000 and sorted(prompts)[len(prompts) // 2] > 8_000
     assert all(1 <= r.output_tokens <= 4_000 for r in t)
+    # One system prompt of about 800 tokens, shared by every call (the context is not cached).
+    assert {r.prefix for r in t} == {"rag/system"}
+    sizes = sorted(r.prefix_tokens for r in t)
+    assert 700 < sizes[len(sizes) // 2] < 900
+    assert all(0 < r.prefix_tokens < r.input_tokens for r in t)
     with pytest.raises(ValueError, match="duration_s"):
         rag(duration_s=float("nan"))

@@ -216,11 +216,14 @@ def test_our_own_in_flight_requests_load_the_pool(scenario_file: Callable[[str],
 
 def test_a_repeated_prompt_prefix_is_cached() -> None:
     provider = Provider("calm")
-    req = SimRequest(KIMI, 3000, 10, prefix="p1", prefix_tokens=2500)
+    req = SimRequest(KIMI, 3000, 10, prefixes=(("p1", 2500), ("p2", 3000)))
     first = provider.admit(req, 0.0, key="x")
     second = provider.admit(req, 10.0, key="x")
-    assert (first.cached_tokens, second.cached_tokens) == (0, 2500)
+    assert (first.cached_tokens, second.cached_tokens) == (0, 3000)
     assert second.ttft_s < first.ttft_s
+    # The longest prefix seen counts: a prompt that shares the first part only reads that part.
+    branch = SimRequest(KIMI, 2800, 10, prefixes=(("p1", 2500), ("p3", 2800)))
+    assert provider.admit(branch, 20.0, key="y").cached_tokens == 2500
     assert provider.admit(req, 10_000.0).cached_tokens == 0  # past cache_ttl_s
 
 

@@ -47,14 +47,29 @@ def test_sync_call_advances_the_fake_clock_by_the_simulated_duration() -> None:
 
 def test_prompt_tokens_are_estimated_from_the_text_and_prefixes_are_cached() -> None:
     transport = SimTransport(scenario="calm")
+    follow_up = _chat()
+    follow_up["messages"] += [
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "and then?"},
+    ]
+    other = _chat()
+    other["messages"][1]["content"] = "bye"
     with httpx.Client(transport=transport, base_url=BASE) as client:
         first = client.post("/chat/completions", json=_chat()).json()["usage"]
-        second = client.post("/chat/completions", json=_chat()).json()["usage"]
+        again = client.post("/chat/completions", json=_chat()).json()["usage"]
+        longer = client.post("/chat/completions", json=follow_up).json()["usage"]
+        shorter = client.post("/chat/completions", json=other).json()["usage"]
     # 450 bytes of system text + 2 of user text at 4 bytes a token, plus 8 per message + 8.
     assert first["prompt_tokens"] == 113 + 24
     assert first["prompt_tokens_details"]["cached_tokens"] == 0
-    # The system message is the cached prefix: its 450 bytes, 8 tokens for it and 8 of framing.
-    assert second["prompt_tokens_details"]["cached_tokens"] == 113 + 16
+    # The same prompt again: all of it is in the cache.
+    assert again["prompt_tokens_details"]["cached_tokens"] == 137
+    # A conversation that goes on from it: the first prompt's share of it is (its JSON bytes'
+    # share: `tiersel.prompts.prompt_prefixes`), the rest is not.
+    assert 0.85 * 137 < longer["prompt_tokens_details"]["cached_tokens"] < longer["prompt_tokens"]
+    # One that shares only the system message: that message is.
+    cached = shorter["prompt_tokens_details"]["cached_tokens"]
+    assert 0.85 * 137 < cached < shorter["prompt_tokens"]
 
 
 def _events(lines: list[tuple[float, str]]) -> list[tuple[float, Any]]:

@@ -5,6 +5,7 @@ handed on whole when it keeps its pace; the real SDKs, over real HTTP and in pro
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
@@ -26,7 +27,15 @@ from tiersel.wrap import AsyncTierTransport, TierTransport
 from tiersel.wrap.pace import PaceCheck
 
 KIMI = load_pricing().model("kimi-k3")
-PROMPT = [{"role": "user", "content": "x" * 6000}]  # about 2,000 tokens
+_ASKED = itertools.count()
+
+
+def _prompt() -> list[dict[str, str]]:
+    """About 2,000 tokens, never sent before: a prompt the provider's cache cannot serve (these
+    tests time an uncached prompt's prefill; the servers are shared)."""
+    return [{"role": "user", "content": f"{next(_ASKED)} " + "x" * 6000}]
+
+
 STRICT = {"deadline_s": 20, "reliability": 0.999}
 
 
@@ -46,7 +55,7 @@ def test_a_stream_too_slow_for_its_deadline_is_cut_for_fast_over_real_http(
     client = openai.OpenAI(api_key="sk-test", base_url=calm.openai_base_url, http_client=http)
     with tiersel.requirements(**STRICT):
         stream = client.chat.completions.create(
-            model=MODEL, messages=PROMPT, max_tokens=500, stream=True
+            model=MODEL, messages=_prompt(), max_tokens=500, stream=True
         )
         words = _words(stream)
     record = recorder.last
@@ -58,7 +67,12 @@ def test_a_stream_too_slow_for_its_deadline_is_cut_for_fast_over_real_http(
     fast = KIMI.tiers["fast"]
     served = record.usage
     assert served is not None and served.completion_tokens == 500
-    alone = served.prompt_tokens * fast.input_per_token + 500 * fast.output_per_token
+    # (the prompt the cut attempt sent is in the provider's cache now: fast reads it there)
+    alone = (
+        served.uncached_tokens * fast.input_per_token
+        + served.cached_tokens * fast.cached_input_per_token
+        + 500 * fast.output_per_token
+    )
     cut = record.cost_usd - alone
     std = KIMI.tiers["standard"]
     assert (
@@ -85,7 +99,7 @@ def test_a_stream_that_keeps_its_pace_is_handed_on_whole(recorder: Recorder) -> 
     client = _in_process(clock, recorder)
     with tiersel.requirements(**STRICT):
         stream = client.chat.completions.create(
-            model=MODEL, messages=PROMPT, max_tokens=450, stream=True
+            model=MODEL, messages=_prompt(), max_tokens=450, stream=True
         )
         words = _words(stream)
     record = recorder.last
@@ -105,7 +119,7 @@ def test_a_call_read_whole_is_watched_on_a_stream_and_handed_back_whole(
     client = _in_process(clock, recorder)
     with tiersel.requirements(**STRICT):
         raw = client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=PROMPT, max_tokens=out
+            model=MODEL, messages=_prompt(), max_tokens=out
         )
     done = raw.parse()
     assert raw.headers["content-type"] == "application/json"
@@ -122,10 +136,10 @@ def test_every_dialect_read_whole_comes_back_whole_after_a_cut(recorder: Recorde
     clock = FakeClock()
     client = _in_process(clock, recorder)
     with tiersel.requirements(**STRICT):
-        text = client.completions.create(model=MODEL, prompt="x" * 6000, max_tokens=500)
+        text = client.completions.create(model=MODEL, prompt="p" * 6000, max_tokens=500)
         assert text.object == "text_completion" and len(text.choices[0].text.split()) == 500
         assert recorder.last.attempts == 2 and recorder.last.tier == "fast"
-        response = client.responses.create(model=MODEL, input="x" * 6000, max_output_tokens=500)
+        response = client.responses.create(model=MODEL, input="r" * 6000, max_output_tokens=500)
         assert len(response.output_text.split()) == 500
         assert recorder.last.attempts == 2 and recorder.last.tier == "fast"
 
@@ -142,7 +156,7 @@ def test_an_async_stream_too_slow_is_cut_for_fast(recorder: Recorder) -> None:
             )
             with tiersel.requirements(**STRICT):
                 stream = await client.chat.completions.create(
-                    model=MODEL, messages=PROMPT, max_tokens=500, stream=True
+                    model=MODEL, messages=_prompt(), max_tokens=500, stream=True
                 )
                 chunks = [c async for c in stream]
         return _words(chunks)
@@ -168,14 +182,14 @@ def test_an_anthropic_call_too_slow_is_cut_for_fast_streamed_or_whole(recorder: 
     )
     with (
         tiersel.requirements(**STRICT),
-        client.messages.stream(model=MODEL, max_tokens=500, messages=PROMPT) as stream,
+        client.messages.stream(model=MODEL, max_tokens=500, messages=_prompt()) as stream,
     ):
         text = "".join(stream.text_stream)
     assert len(text.split()) == 500
     record = recorder.last
     assert record.ok and record.tier == "fast" and record.attempts == 2
     with tiersel.requirements(**STRICT):
-        message = client.messages.create(model=MODEL, max_tokens=500, messages=PROMPT)
+        message = client.messages.create(model=MODEL, max_tokens=500, messages=_prompt())
     assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 500
     assert len(message.content[0].text.split()) == 500  # type: ignore[union-attr]
     assert recorder.last.tier == "fast" and recorder.last.attempts == 2

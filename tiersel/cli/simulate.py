@@ -26,8 +26,9 @@ def add_parser(subs: Any, help: str) -> None:
         help=help,
         description=(
             "Replay a request trace (the Azure LLM trace CSV, or timestamp_s,input_tokens,"
-            "output_tokens[,deadline_s][,reliability]) against the simulated provider on a"
-            " virtual clock, through each policy, and print one row per policy."
+            "output_tokens[,deadline_s][,reliability][,prefix,prefix_tokens]) against the"
+            " simulated provider on a virtual clock, through each policy, and print one row per"
+            " policy."
         ),
     )
     _add_workload_args(p)

@@ -24,6 +24,7 @@ from tiersel.clock import Clock, SystemClock
 from tiersel.decision import Decision
 from tiersel.dialects import (
     Dialect,
+    Usage,
     check_reservable,
     generation_dialect,
     input_tokens,
@@ -60,6 +61,7 @@ from tiersel.errors import (
 )
 from tiersel.policy import CheapestFeasible, Policy
 from tiersel.pricing import ModelPrices, Pricing, load_pricing
+from tiersel.prompts import MIN_CACHED_TOKENS, Prefix, Prompt, PromptMemory, prompt_prefixes
 from tiersel.signals import (
     AsyncSignalStore,
     MemorySignalStore,
@@ -229,6 +231,10 @@ class Engine:
         # Keyed by the price table's (model, tier) pairs, so bounded by the table.
         self._read_keys: dict[tuple[str, frozenset[str]], tuple[SignalKey, ...]] = {}
         self._health_cache: dict[SignalKey, tuple[TierStats, TierHealth, float, float]] = {}
+        self.prompts = PromptMemory()
+        """The prefixes of the prompts served lately (`tiersel.prompts`)."""
+        # Moving sums of the prompt tokens expected cached, and of those replies said were.
+        self._hits: tuple[float, float] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -443,7 +449,11 @@ class Engine:
         self.check_tiers(req)
         req = pinned(req, implied)
         cid = call_id or new_call_id()
-        flow = call_flow(self, body, dialect, call, req, cid, max_wait, watch)
+        prompt = None
+        if call.input_tokens >= MIN_CACHED_TOKENS:  # a shorter prompt's prefill hardly counts
+            prefixes = prompt_prefixes(body, dialect, call.input_tokens)
+            call, prompt = self.expect_cached(call, prefixes)
+        flow = call_flow(self, body, dialect, call, req, cid, max_wait, watch, prompt)
         return Started(flow, dialect, cid, call)
 
     def run(self, started: Started, send: Callable[[Send], Reply]) -> CallResult:
@@ -506,7 +516,43 @@ class Engine:
         )
 
     def _record(self, effect: Record) -> Any:
+        usage, prompt = effect.usage, effect.prompt
+        if usage is not None and prompt is not None:
+            self._learn_prompt(prompt, usage)
         return self.signals.record(effect.key, effect.observation, self.clock.now())
+
+    def _learn_prompt(self, prompt: Prompt, usage: Usage) -> None:
+        self.prompts.remember(prompt.model, prompt.prefixes, self.clock.now())
+        expected = prompt.expected_cached
+        if expected <= 0:
+            return
+        got = float(min(usage.cached_tokens, expected))
+        hits = self._hits
+        if hits is None:
+            self._hits = (float(expected), got)
+        else:
+            w = _HIT_WEIGHT
+            self._hits = (hits[0] + w * (expected - hits[0]), hits[1] + w * (got - hits[1]))
+
+    @property
+    def cache_hit_rate(self) -> float:
+        """Of the prompt tokens this engine expected the provider's cache to serve, the share
+        its replies reported cached: a moving average over recent calls (each weighs its
+        expected tokens), 1.0 until one reported. A call expects the tokens of its longest
+        prefix the provider read recently (`tiersel.prompts`) times this rate."""
+        hits = self._hits
+        return hits[1] / hits[0] if hits is not None else 1.0
+
+    def expect_cached(self, call: Call, prefixes: Sequence[Prefix]) -> tuple[Call, Prompt]:
+        """``call`` with the prompt tokens it may expect read from the provider's cache
+        (`Call.expected_cached_input_tokens`): those of the longest of its ``prefixes`` (see
+        `tiersel.prompts.prompt_prefixes`) a served call had within the cache's lifetime, times
+        `cache_hit_rate`; and the `Prompt` its flow hands back with its reply's usage."""
+        seen = self.prompts.cached(call.model, prefixes, self.clock.now())
+        expected = min(call.input_tokens, int(seen * self.cache_hit_rate))
+        if expected > call.cached_input_tokens:
+            call = call.model_copy(update={"expected_cached_input_tokens": expected})
+        return call, Prompt(call.model, tuple(prefixes), expected)
 
     def _notify(self, effect: Notify) -> None:
         if self.on_attempt is not None:
@@ -670,6 +716,10 @@ class _HealthView(Mapping[str, TierHealth]):
 
     def __len__(self) -> int:
         return len(self._keys)
+
+
+_HIT_WEIGHT = 0.05
+"""How much one call moves the engine's `Engine.cache_hit_rate`: about the last 20 calls count."""
 
 
 _EFFECT_HANDLERS: dict[type, Callable[[Engine, Any], Any]] = {

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tiersel.decision import Step
+from tiersel.dialects import Usage
 from tiersel.engine.results import AttemptRecord, CallResult, Reply
+from tiersel.prompts import Prompt
 from tiersel.signals import (
     Observation,
     SignalKey,
@@ -112,8 +114,14 @@ class Raced:
 
 @dataclass(frozen=True, slots=True)
 class Record:
+    """An attempt's observation for the signals. A served attempt's ``usage``, when the provider
+    reported it, tells the engine that ``prompt``'s prefixes are cached now, and how many of its
+    tokens the cache served (`tiersel.prompts`)."""
+
     key: SignalKey
     observation: Observation
+    usage: Usage | None = None
+    prompt: Prompt | None = None
 
 
 @dataclass(frozen=True, slots=True)

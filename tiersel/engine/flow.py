@@ -47,6 +47,7 @@ from tiersel.engine.results import AttemptRecord, CallResult, Reply
 from tiersel.engine.state import CallContext, FlowHost, Following, Progress
 from tiersel.engine.waits import as_open, cooling, shortest_cooldown, waitable
 from tiersel.errors import BudgetExhausted, NoFeasibleTier
+from tiersel.prompts import Prompt
 from tiersel.schedule import HOPELESS, MAX_BACKOFF_S
 from tiersel.signals import (
     CircuitState,
@@ -79,11 +80,13 @@ def call_flow(
     call_id: str,
     max_wait: Callable[[], float | None] | None = None,
     watch: bool = False,
+    prompt: Prompt | None = None,
 ) -> Flow:
     """The attempts of one call. Raises `NoFeasibleTier` or `BudgetExhausted` before any send.
 
     ``watch``: the shell that runs the flow can watch this call's attempts' pace (`Send.watch`,
-    `tiersel.watch`); where it cannot, no watched attempt is planned.
+    `tiersel.watch`); where it cannot, no watched attempt is planned. ``prompt``: its prompt's
+    prefixes (`tiersel.prompts`), which a served attempt's usage teaches the host.
 
     The decision's plan is the schedule the call follows: each attempt at its planned start,
     the next one after a failure the schedule planned for (a shed, a rate limit, a server error,
@@ -101,6 +104,7 @@ def call_flow(
     charged and recorded (`_conclude`), which ends the call or names the next attempt.
     """
     ctx = _context(sel, body, dialect, call, requirements, call_id, max_wait, watch)
+    ctx.prompt = prompt
     ctx.start = yield Now()
     prog = Progress(call, ctx.ceiling)
     now = ctx.start
@@ -441,6 +445,8 @@ def _conclude(
             output_tps=reply_tps(usage, reply.elapsed_s, _ttft(ctx, prog, step.tier)),
             retry_after_s=verdict.retry_after_s,
         ),
+        usage,
+        ctx.prompt,
     )
     cost, served = yield from _charge(ctx, prog, step, verdict.outcome, usage, extra)
     if sel.on_attempt is not None:
@@ -463,19 +469,21 @@ def _cut(
 ) -> Generator[Effect, Any, CallResult | Following | None]:
     """A watched attempt cut for its pace: its pace recorded (the tier served it, slowly), its
     bill so far charged, and the schedule's next attempt (or a plan afresh when none is left)."""
-    usage = read_usage(reply.payload, ctx.dialect) if reply.payload is not None else None
-    if usage is None:
-        call = prog.call
+    call = prog.call
+    reported = read_usage(reply.payload, ctx.dialect) if reply.payload is not None else None
+    usage = reported
+    if usage is None:  # billed as estimated; its prefill as expected
         usage = Usage(call.input_tokens, call.cached_input_tokens, reply.tokens, None)
     tps = None
-    if usage is not None and reply.ttft_s is not None and usage.completion_tokens > 1:
+    if reply.ttft_s is not None and usage.completion_tokens > 1:
         generating = reply.elapsed_s - reply.ttft_s
         tps = (usage.completion_tokens - 1) / generating if generating > 0 else None
     key = key_of(ctx.keys, step.tier)
     ttft = reply.ttft_s
     if ttft is not None:  # the signals learn a TTFT less its prompt's prefill
-        ttft = ctx.prices.tiers[step.tier].spec.priors.base_ttft(ttft, usage.uncached_tokens)
-    yield Record(key, Observation(Outcome.ok, ttft_s=ttft, output_tps=tps))
+        unread = reported.uncached_tokens if reported is not None else call.uncached_input_tokens
+        ttft = ctx.prices.tiers[step.tier].spec.priors.base_ttft(ttft, unread)
+    yield Record(key, Observation(Outcome.ok, ttft_s=ttft, output_tps=tps), reported, ctx.prompt)
     cost, _ = bill(ctx.prices, step, usage)
     prog.sunk += cost
     prog.cuts += 1
@@ -606,6 +614,7 @@ def _result(
         steps=tuple(prog.steps),
         sunk_usd=prog.sunk,
         uncached_input_tokens=prog.call.uncached_input_tokens,
+        prompt=ctx.prompt,
     )
 
 

@@ -11,6 +11,7 @@ from tiersel.decision import Decision, Step
 from tiersel.dialects import (
     Usage,
 )
+from tiersel.prompts import Prompt
 from tiersel.signals import (
     Outcome,
 )
@@ -94,6 +95,9 @@ class CallResult:
     uncached_input_tokens: int = 0
     """The call's prompt tokens not read from a cache, as estimated before it was sent (for the
     prefill in a stream's TTFT, when its usage does not say)."""
+    prompt: Prompt | None = None
+    """The prefixes of the call's prompt and the tokens expected cached (`tiersel.prompts`),
+    which the usage of its reply teaches the engine (for a stream, once it ends)."""
 
     @property
     def decision(self) -> Decision | None:

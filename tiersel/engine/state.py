@@ -14,6 +14,7 @@ from tiersel.dialects import (
 )
 from tiersel.engine.results import AttemptRecord, Reply
 from tiersel.pricing import ModelPrices, Pricing
+from tiersel.prompts import Prompt
 from tiersel.signals import (
     SignalConfig,
     SignalKey,
@@ -101,3 +102,4 @@ class CallContext:
     ceiling: int | None  # the output cap before the budget's share sizes it
     sized: bool  # the output cap is the call's share of the money left
     start: float = 0.0
+    prompt: Prompt | None = None  # its prompt's prefixes, for the provider's cache

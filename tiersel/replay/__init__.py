@@ -6,7 +6,8 @@
 ['tiersel', 'always-priority']
 
 - `load_trace` reads the Azure LLM trace CSV or a plain ``timestamp_s,input_tokens,
-  output_tokens[,deadline_s][,reliability]`` CSV; ``azure-code`` and ``azure-conv`` are shipped.
+  output_tokens[,deadline_s][,reliability][,prefix,prefix_tokens]`` CSV; ``azure-code`` and
+  ``azure-conv`` are shipped.
 - `parse_mix` / `DEFAULT_MIX` give calls without requirements a deadline and a reliability.
 - `compare` replays a trace through several policies (`POLICY_NAMES`, or your own `Contender`)
   against the simulated provider (`tiersel.sim.Provider`), each call through the core's own

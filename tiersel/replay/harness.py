@@ -53,6 +53,7 @@ from tiersel.engine.results import CallResult, Reply, StreamEnd
 from tiersel.engine.stream import stream_flow
 from tiersel.errors import BudgetExhausted, NoFeasibleTier
 from tiersel.pricing import ModelPrices, Pricing, load_pricing
+from tiersel.prompts import Prompt
 from tiersel.replay.baselines import POLICY_NAMES, Contender, contender
 from tiersel.replay.capacity import DEFAULT_TENANT_SHARE, sized
 from tiersel.replay.metrics import AttemptEvent, CallRecord, PolicyMetrics, summarize
@@ -369,13 +370,16 @@ class _Engine:
     def _push(self, at: float, flight: _Flight, value: Any) -> None:
         heapq.heappush(self.heap, (at, next(self.seq), flight, value))
 
-    def _call(self, flight: _Flight) -> Call:
+    def _call(self, flight: _Flight) -> tuple[Call, Prompt]:
+        """The call a trace's request makes, and what the engine expects of its prompt's prefix
+        (the caller knows its prompt's size, not what the provider has cached)."""
         req = flight.request
-        return Call(
+        call = Call(
             model=self.prices.name,
             input_tokens=req.input_tokens,
             max_output_tokens=max(1, req.output_tokens),
         )
+        return self.engine.expect_cached(call, _prefixes(req))
 
     def _start(self, flight: _Flight, requirements: Requirements | None = None) -> None:
         if requirements is None:
@@ -383,7 +387,7 @@ class _Engine:
                 self._oracle_plan(flight, 1)
                 return
             requirements = flight.requirements
-        call = self._call(flight)
+        call, prompt = self._call(flight)
         flight.flow = call_flow(
             self.engine,
             {**self.body, "max_tokens": call.max_output_tokens},  # the caller sized it
@@ -392,6 +396,7 @@ class _Engine:
             requirements,
             f"call-{flight.index}",
             watch=True,  # `_send` watches an attempt's pace
+            prompt=prompt,
         )
         self._resume(flight, None)
 
@@ -437,6 +442,7 @@ class _Engine:
             prompt_tokens=flight.request.input_tokens,
             max_tokens=max(1, flight.request.output_tokens),
             service_tier=st if isinstance(st, str) else None,
+            prefixes=_prefixes(flight.request),
         )
 
     def _send(self, flight: _Flight, effect: Send) -> None:
@@ -639,3 +645,8 @@ def _reply(request: SimRequest, result: SimResult) -> Reply:
             }
         }
     return Reply(result.status, headers, payload, result.duration_s)
+
+
+def _prefixes(req: TraceRequest) -> tuple[tuple[bytes, int], ...]:
+    """A trace request's cacheable prefix, as the simulator and the engine name prefixes."""
+    return ((req.prefix.encode(), req.prefix_tokens),) if req.prefix is not None else ()

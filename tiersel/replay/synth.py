@@ -14,7 +14,10 @@ long. The numbers are drawn from a seeded generator, so a seed gives the same tr
   (median; sigma 0.7, at most 4,000), and a turn's prompt is the system prompt plus every
   message and answer before it plus the new message, at most 128,000 tokens;
 - the next turn comes about 20 s after the last one arrived (log-normal, median 20 s, sigma 0.8):
-  the user reads the answer and writes.
+  the user reads the answer and writes;
+- a turn's prompt but its new message is the session's prefix (``TraceRequest.prefix``, one per
+  session): the provider reads it from its cache when the session's last turn reached the model
+  within its cache's lifetime (the simulator's ``cache_ttl_s``), as a prefix cache does.
 
 >>> t = multiturn(duration_s=300.0, seed=1)
 >>> t.name, len(t) > 100, max(r.input_tokens for r in t) > 10_000
@@ -25,6 +28,8 @@ prompt (`tiersel.tiers.TierPriors.prefill_s`): calls arrive steadily (Poisson, 4
 a system prompt of about 800 tokens (log-normal, sigma 0.3) and a question of about 60 (sigma
 0.6); a third carry no retrieved context, the rest about 20,000 tokens of it (log-normal,
 sigma 0.8, at most 120,000 in all); answers are about 250 tokens (sigma 0.7, at most 4,000).
+The system prompt is one prefix shared by every call (the provider's cache serves it to all
+after the first); the retrieved context is never cached.
 
 >>> r = rag(duration_s=60.0, seed=1)
 >>> r.name, 150 < len(r) < 350, max(x.input_tokens for x in r) > 30_000
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 from tiersel.replay.traces import Trace, TraceRequest
 
@@ -74,9 +80,7 @@ def multiturn(*, duration_s: float = 2400.0, seed: int = 0) -> Trace:
             _session(rng, now, requests)
     requests.sort(key=lambda r: r.arrival_s)
     first = requests[0].arrival_s if requests else 0.0
-    shifted = tuple(
-        TraceRequest(r.arrival_s - first, r.input_tokens, r.output_tokens) for r in requests
-    )
+    shifted = tuple(replace(r, arrival_s=r.arrival_s - first) for r in requests)
     return Trace("synth-multiturn", shifted)
 
 
@@ -84,11 +88,14 @@ def _session(rng: random.Random, start: float, out: list[TraceRequest]) -> None:
     turns = min(30, 1 + int(math.log(1.0 - rng.random()) / math.log(5.0 / 6.0)))
     history = int(rng.lognormvariate(math.log(2500.0), 0.5))
     at = start
+    session = f"multiturn/{len(out)}"  # the index of its first turn: one name per session
     for _ in range(turns):
         message = max(1, int(rng.lognormvariate(math.log(150.0), 0.8)))
         answer = min(_MAX_ANSWER, max(1, int(rng.lognormvariate(math.log(300.0), 0.7))))
         prompt = min(_MAX_PROMPT, history + message)
-        out.append(TraceRequest(at, prompt, answer))
+        out.append(
+            TraceRequest(at, prompt, answer, prefix=session, prefix_tokens=max(0, prompt - message))
+        )
         history = prompt + answer
         at += rng.lognormvariate(math.log(20.0), 0.8)
 
@@ -108,9 +115,13 @@ def rag(*, duration_s: float = 2400.0, seed: int = 0) -> Trace:
             now += rng.expovariate(_RAG_RATE)
         if now >= duration_s:
             break
-        prompt = rng.lognormvariate(math.log(800.0), 0.3) + rng.lognormvariate(math.log(60.0), 0.6)
+        system = rng.lognormvariate(math.log(800.0), 0.3)
+        prompt = system + rng.lognormvariate(math.log(60.0), 0.6)
         if rng.random() < _RAG_SHARE:
             prompt += rng.lognormvariate(math.log(20_000.0), 0.8)
         answer = min(_MAX_ANSWER, max(1, int(rng.lognormvariate(math.log(250.0), 0.7))))
-        requests.append(TraceRequest(now, min(_MAX_RAG_PROMPT, int(prompt)), answer))
+        size = min(_MAX_RAG_PROMPT, int(prompt))
+        requests.append(
+            TraceRequest(now, size, answer, prefix="rag/system", prefix_tokens=int(system))
+        )
     return Trace("synth-rag", tuple(requests))

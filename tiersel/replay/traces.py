@@ -5,7 +5,10 @@ Two formats are read, told apart by their header line:
 - the Azure LLM inference trace, ``TIMESTAMP,ContextTokens,GeneratedTokens``, with timestamps such
   as ``2023-11-16 18:17:03.9799600`` (two slices ship with tiersel: `shipped_trace`);
 - a plain CSV, ``timestamp_s,input_tokens,output_tokens``, optionally followed by ``deadline_s``
-  and/or ``reliability`` (an empty cell means "no requirement": the mix assigns one).
+  and/or ``reliability`` (an empty cell means "no requirement": the mix assigns one), and
+  ``prefix,prefix_tokens``: a name for the request's cacheable prompt prefix and its size (the
+  simulated provider reads those tokens from its cache when a request with the same prefix
+  reached the model within its ``cache_ttl_s``; an empty prefix: nothing cacheable).
 
 Arrival times are kept relative to the first request. Rows out of time order are sorted (stably).
 """
@@ -39,7 +42,7 @@ files they name."""
 
 _AZURE_HEADER = ("timestamp", "contexttokens", "generatedtokens")
 _PLAIN_HEADER = ("timestamp_s", "input_tokens", "output_tokens")
-_PLAIN_OPTIONAL = ("deadline_s", "reliability")
+_PLAIN_OPTIONAL = ("deadline_s", "reliability", "prefix", "prefix_tokens")
 _AZURE_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
 
 
@@ -59,7 +62,9 @@ class TraceRequest:
     """One request of a trace.
 
     ``arrival_s`` counts from the trace's first arrival; ``deadline_s`` and ``reliability`` are
-    the request's own requirements when the trace states them (None otherwise).
+    the request's own requirements when the trace states them (None otherwise). ``prefix``
+    names the prompt's cacheable prefix (None: nothing cacheable), ``prefix_tokens`` its size:
+    requests that share a prefix share the provider's cached copy of it.
     """
 
     arrival_s: float
@@ -67,6 +72,8 @@ class TraceRequest:
     output_tokens: int
     deadline_s: float | None = None
     reliability: float | None = None
+    prefix: str | None = None
+    prefix_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,25 +154,27 @@ def parse_trace(text: str, *, name: str = "trace", source: str | None = None) ->
             line,
             f"unrecognised header {','.join(header)!r}: expected"
             f" 'TIMESTAMP,ContextTokens,GeneratedTokens' (Azure trace) or"
-            f" 'timestamp_s,input_tokens,output_tokens[,deadline_s][,reliability]'",
+            f" 'timestamp_s,input_tokens,output_tokens[,deadline_s][,reliability]"
+            f"[,prefix,prefix_tokens]'",
         )
     if not requests:
         raise TraceError(where, None, "no requests after the header")
     requests.sort(key=_by_time)
-    t0 = requests[0][0]
-    return Trace(name, tuple(TraceRequest(t - t0, i, o, d, r) for t, i, o, d, r in requests))
+    t0 = requests[0].arrival_s
+    return Trace(name, tuple(replace(r, arrival_s=r.arrival_s - t0) for r in requests))
 
 
-_Row = tuple[float, int, int, float | None, float | None]
+_Row = TraceRequest  # its arrival time absolute until the trace is sorted
 _Reader = Any  # csv.reader's type is private to the csv module
 
 
 def _by_time(row: _Row) -> float:
-    return row[0]
+    return row.arrival_s
 
 
 def _optional_ok(extra: Sequence[str]) -> bool:
-    return len(set(extra)) == len(extra) and all(c in _PLAIN_OPTIONAL for c in extra)
+    both = ("prefix" in extra) == ("prefix_tokens" in extra)
+    return both and len(set(extra)) == len(extra) and all(c in _PLAIN_OPTIONAL for c in extra)
 
 
 def _azure_rows(rows: _Reader, name: str) -> list[_Row]:
@@ -201,12 +210,10 @@ def _azure_rows(rows: _Reader, name: str) -> list[_Row]:
             raise TraceError(name, line, f"TIMESTAMP {stamp!r}: time of day out of range")
         t = base + hh * 3600 + mm * 60 + ss + (int(frac) / 10 ** len(frac) if frac else 0.0)
         out.append(
-            (
+            TraceRequest(
                 t,
                 _count(ctx, "ContextTokens", name, line),
                 _count(gen, "GeneratedTokens", name, line),
-                None,
-                None,
             )
         )
     return out
@@ -234,13 +241,25 @@ def _plain_rows(rows: _Reader, name: str, extra: Sequence[str]) -> list[_Row]:
             reliability = _number(raw, "reliability", name, line)
             if not 0 < reliability <= 1:
                 raise TraceError(name, line, f"reliability {raw!r} must be in (0, 1]")
+        prefix = values.get("prefix", "").strip() or None
+        shared = 0
+        if prefix is not None:
+            shared = _count(values["prefix_tokens"], "prefix_tokens", name, line)
+            if shared > _count(cells[1], "input_tokens", name, line):
+                raise TraceError(
+                    name,
+                    line,
+                    f"prefix_tokens {shared} is more than input_tokens {cells[1].strip()}",
+                )
         out.append(
-            (
+            TraceRequest(
                 stamp,
                 _count(cells[1], "input_tokens", name, line),
                 _count(cells[2], "output_tokens", name, line),
                 deadline,
                 reliability,
+                prefix,
+                shared,
             )
         )
     return out

@@ -24,8 +24,9 @@ What happens to a request, in order:
 5. Rarely, a 500 (``errors.error_rate``).
 6. Served: latency from `tiersel.sim.latency`; completion tokens = ``max_tokens`` (or the
    scenario's ``default_max_tokens``), at most the scenario's ``answer_tokens`` (where a model
-   stops on its own); cached tokens = the prefix's tokens if the same prompt prefix (everything
-   before the last message) reached this model within ``cache_ttl_s``.
+   stops on its own); cached tokens = those of the request's longest prompt prefix (taken at
+   message boundaries, `tiersel.prompts.prompt_prefixes`) that a request admitted to this model
+   within ``cache_ttl_s`` had too, as a provider's prefix cache serves them.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ class SimRequest:
     """One generation request, as the provider model sees it.
 
     ``model`` is the id as sent; ``prompt_tokens`` the provider's count of the prompt (see
-    `tiersel.sim.wire` for how it is estimated from a body); ``prefix`` identifies the cacheable
-    prompt prefix (None: nothing cacheable) and ``prefix_tokens`` its size.
+    `tiersel.sim.wire` for how it is estimated from a body); ``prefixes`` are its prompt's
+    cacheable prefixes, shortest first, each a key naming it and its tokens (none: nothing
+    cacheable).
     """
 
     model: str
@@ -75,8 +77,7 @@ class SimRequest:
     stream: bool = False
     include_usage: bool = False
     hinted: bool = False
-    prefix: str | None = None
-    prefix_tokens: int = 0
+    prefixes: tuple[tuple[str | bytes, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 0:
@@ -150,7 +151,7 @@ class _State:
     seq: int = 0
     inflight: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     buckets: dict[tuple[str, str], _Bucket] = field(default_factory=dict)
-    cache: dict[tuple[str, str], float] = field(default_factory=dict)
+    cache: dict[tuple[str, str | bytes], float] = field(default_factory=dict)
     stats: SimStats = field(default_factory=SimStats)
 
 
@@ -427,18 +428,24 @@ class Provider:
         return pool.background.at(now) + busy / (pool.slots * pool.replicas)
 
     def _cached(self, model: str, req: SimRequest, now: float, commit: bool) -> int:
-        if req.prefix is None or req.prefix_tokens <= 0:
+        prefixes = req.prefixes
+        if not prefixes:
             return 0
         cache = self._state.cache
-        seen = cache.get((model, req.prefix))
-        hit = seen is not None and now - seen <= self.scenario.cache_ttl_s
+        ttl = self.scenario.cache_ttl_s
+        hit = 0
+        for key, tokens in reversed(prefixes):
+            seen = cache.get((model, key))
+            if seen is not None and now - seen <= ttl:
+                hit = tokens
+                break
         if commit:
             if len(cache) > 50_000:
-                ttl = self.scenario.cache_ttl_s
                 for k in [k for k, t in cache.items() if now - t > ttl]:
                     del cache[k]
-            cache[(model, req.prefix)] = now
-        return min(req.prefix_tokens, req.prompt_tokens) if hit else 0
+            for key, _ in prefixes:
+                cache[(model, key)] = now
+        return min(hit, req.prompt_tokens)
 
     def _bucket(self, model: str, group: str, limit: RateLimit, now: float) -> _Bucket:
         full_p = (limit.prompt_tokens_per_s or 0.0) * limit.burst_s

@@ -5,8 +5,9 @@ Pure functions, shared by the HTTP server and the in-process transports.
 Prompt tokens are estimated from the request text with `tiersel.dialects.estimate_input_tokens`
 at 4 bytes a token (what BPE tokenizers average on English text; tiersel's own client-side
 estimate uses 3, so it errs high), counting message contents, ``system`` and ``tools`` plus 8
-tokens of framing per message. The cacheable prefix is everything but the last message (with
-``system`` and ``tools``); it is identified by a SHA-256 of its canonical JSON.
+tokens of framing per message. The cacheable prefixes are taken at message boundaries (the
+system prompt and tools, then each message in turn), as tiersel names them
+(`tiersel.prompts.prompt_prefixes`).
 
 Streams send the first token alone at the time to first token, then the rest in up to 31 chunks,
 each when its last token is due; the bodies and events of each API shape are `tiersel.sim.shapes`'.
@@ -14,7 +15,6 @@ each when its last token is due; the bodies and events of each API shape are `ti
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,9 +25,9 @@ from tiersel.dialects import (
     Dialect,
     estimate_input_tokens,
     max_output_tokens,
-    prompt_of,
 )
 from tiersel.errors import RequestNotUnderstood
+from tiersel.prompts import prompt_prefixes
 from tiersel.sim import shapes
 from tiersel.sim.provider import SimRequest, SimResult
 
@@ -98,7 +98,7 @@ def parse_request(dialect: Dialect, content: bytes, headers: Mapping[str, str]) 
         max_tokens = max_output_tokens(body, dialect)
     except RequestNotUnderstood as exc:
         raise BadRequest(str(exc)) from None
-    prefix, prefix_tokens = _prefix(body, dialect)
+    prefixes: tuple[tuple[str | bytes, int], ...] = prompt_prefixes(body, dialect, prompt)
     return SimRequest(
         model=model,
         prompt_tokens=prompt,
@@ -108,21 +108,8 @@ def parse_request(dialect: Dialect, content: bytes, headers: Mapping[str, str]) 
         stream=stream,
         include_usage=include_usage,
         hinted=any(k.lower().startswith(HINT_PREFIX) for k in headers),
-        prefix=prefix,
-        prefix_tokens=prefix_tokens,
+        prefixes=prefixes,
     )
-
-
-def _prefix(body: Mapping[str, Any], dialect: Dialect) -> tuple[str | None, int]:
-    """The cacheable prefix: the prompt but its last message (or input item), with the system
-    prompt (or instructions) and tools."""
-    items, preamble = prompt_of(body, dialect)
-    part = {"messages": items[:-1], "system": preamble, "tools": body.get("tools")}
-    if not part["messages"] and not part["system"] and not part["tools"]:
-        return None, 0
-    canonical = json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
-    return digest, estimate_input_tokens(part, bytes_per_token=BYTES_PER_TOKEN)
 
 
 def error_body(error_type: str, code: str, message: str) -> bytes:

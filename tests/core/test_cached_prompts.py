@@ -1,0 +1,151 @@
+"""A prompt the provider reads from its cache: its prefill is not waited for. The engine cannot
+see the provider's cache, but it sees the prompts it sent: a call whose prompt begins with one
+served lately expects that part cached, at the rate the replies' usage bears out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from tiersel import Call, Requirements, Selector
+from tiersel.clock import FakeClock
+from tiersel.dialects import Usage
+from tiersel.engine import Engine
+from tiersel.engine.results import Reply, StreamEnd
+from tiersel.prompts import CACHE_TTL_S
+from tiersel.signals import Outcome
+
+CONTEXT = {"role": "system", "content": "c" * 150_000}  # about 50,000 tokens at 3 bytes a token
+STANDARD = Requirements(tiers=("standard",))
+FIVE_SECONDS = Requirements(deadline_s=5, reliability=0.9)
+
+
+def _turn(*messages: str) -> dict[str, Any]:
+    """A turn of a conversation over ``CONTEXT``: its messages so far."""
+    said = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": m}
+        for i, m in enumerate(messages)
+    ]
+    return {"model": "kimi-k3", "messages": [CONTEXT, *said], "max_tokens": 100, "stream": True}
+
+
+def _serve(engine: Engine, body: dict[str, Any], cached: int, ttft_s: float) -> int:
+    """Stream ``body`` on standard; the provider reports ``cached`` prompt tokens read from its
+    cache and a first token at ``ttft_s``. Returns the tokens the call expected cached."""
+    started = engine.start(body, requirements=STANDARD)
+    result = engine.run(started, lambda effect: Reply(200, {}, None, 0.1, True))
+    assert result.pending_stream
+    usage = Usage(started.call.input_tokens, cached, 100, None)
+    engine.finish_stream(result, StreamEnd(Outcome.ok, usage, ttft_s + 2.0, ttft_s=ttft_s))
+    engine.clock.advance(10.0)
+    return started.call.expected_cached_input_tokens or 0
+
+
+def _decide(engine: Engine, body: dict[str, Any]) -> Any:
+    started = engine.start(body, requirements=FIVE_SECONDS)
+    decision = engine.decide(started.call, FIVE_SECONDS)
+    started.flow.close()
+    return started.call, decision
+
+
+def test_a_turn_that_goes_on_from_a_served_prompt_expects_it_cached() -> None:
+    # A 50,000-token context: its first turn waits about 6 s of prefill, so a 5 s deadline
+    # is not planned on standard. Once the provider has read it, the next turn expects those
+    # tokens cached and standard meets the deadline; a prompt that was never sent still
+    # expects none, however many cached ones came before (the share is the call's own).
+    engine = Engine(clock=FakeClock())
+    first = _turn("what does it say?")
+    call, fresh = _decide(engine, first)
+    assert call.expected_cached_input_tokens is None
+    assert not fresh.tier.startswith("standard")
+
+    assert _serve(engine, first, 0, 6.5) == 0
+    second = _turn("what does it say?", "it says c", "and then?")
+    call, learned = _decide(engine, second)
+    expected = call.expected_cached_input_tokens
+    assert expected is not None and 0.95 * call.input_tokens < expected < call.input_tokens
+    assert learned.tier == "standard" and learned.expected_latency_s < 5.0
+
+    other = _turn("a question never asked")
+    other["messages"][0] = {"role": "system", "content": "d" * 150_000}
+    call, unseen = _decide(engine, other)
+    assert call.expected_cached_input_tokens is None
+    assert not unseen.tier.startswith("standard")
+
+    # A guess never lowers a cost, and so never what is reserved.
+    call, _ = _decide(engine, second)
+    stated = call.model_copy(update={"expected_cached_input_tokens": None})
+    guessed, known = engine.decide(call, STANDARD), engine.decide(stated, STANDARD)
+    assert guessed.worst_case_cost_usd == known.worst_case_cost_usd
+    assert guessed.estimated_cost_usd == known.estimated_cost_usd
+
+
+def test_the_hit_rate_follows_what_replies_report() -> None:
+    # A provider whose cache serves half of what tiersel expects, then none of it (a cache
+    # lost, or one not shared across its replicas): the expectation follows.
+    engine = Engine(clock=FakeClock())
+    body = _turn("hello")
+    _serve(engine, body, 0, 6.5)
+    expected = _serve(engine, body, 0, 6.5)  # the same prompt again: all of it expected
+    assert expected > 0 and engine.cache_hit_rate == 0.0
+    engine = Engine(clock=FakeClock())
+    _serve(engine, body, 0, 6.5)
+    for _ in range(40):
+        expected = _serve(engine, body, expected // 2 if expected else 0, 3.0)
+    assert engine.cache_hit_rate == pytest.approx(0.5, abs=0.02)
+
+
+def test_a_prefix_is_forgotten_after_the_caches_lifetime() -> None:
+    engine = Engine(clock=FakeClock())
+    body = _turn("hello")
+    _serve(engine, body, 0, 6.5)
+    engine.clock.advance(CACHE_TTL_S)
+    assert _serve(engine, body, 50_000, 0.5) == 0
+
+
+def test_replies_read_whole_teach_it_too_and_short_prompts_are_not_looked_up() -> None:
+    seen: list[int] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        usage: dict[str, Any] = {
+            "prompt_tokens": 4000,
+            "completion_tokens": 20,
+            "prompt_tokens_details": {"cached_tokens": 3000},
+        }
+        return httpx.Response(200, json={"id": "c", "choices": [], "usage": usage})
+
+    sel = Selector(
+        clock=FakeClock(),
+        transport=httpx.MockTransport(upstream),
+        api_key="",
+        on_result=lambda r: seen.append(r.prompt.expected_cached if r.prompt else -1),
+    )
+    body = {"model": "kimi-k3", "messages": [{"role": "user", "content": "q" * 12_000}]}
+    assert sel.send(body).ok and sel.send(body).ok
+    assert seen[0] == 0 and seen[1] > 3000
+    short = {"model": "kimi-k3", "messages": [{"role": "user", "content": "hi"}]}
+    assert sel.send(short).ok and sel.send(short).ok
+    assert seen[2:] == [-1, -1]  # under `MIN_CACHED_TOKENS`: no prefixes taken
+
+
+def test_an_expected_cached_count_above_the_prompt_is_refused() -> None:
+    with pytest.raises(
+        ValidationError, match=r"expected_cached_input_tokens \(900\) cannot exceed"
+    ):
+        Call(
+            model="kimi-k3",
+            input_tokens=800,
+            max_output_tokens=10,
+            expected_cached_input_tokens=900,
+        )
+    known = Call(
+        model="kimi-k3",
+        input_tokens=800,
+        cached_input_tokens=600,
+        max_output_tokens=10,
+        expected_cached_input_tokens=100,
+    )
+    assert known.uncached_input_tokens == 200  # what is known beats a lower guess
