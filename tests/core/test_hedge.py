@@ -238,11 +238,12 @@ class Upstream:
         return self._answer(tier)
 
 
-def _selector(up: Upstream, ledger: MemoryLedger, **kw: Any) -> Selector:
+def _selector(up: Upstream, ledger: MemoryLedger, on_attempt: Any = None, **kw: Any) -> Selector:
     return Selector(
         api_key="",
         policy=Hedging(**kw),
         ledger=ledger,
+        on_attempt=on_attempt,
         transport=httpx.MockTransport(up.sync),
         async_transport=httpx.MockTransport(up.asynchronous),
     )
@@ -265,9 +266,15 @@ class Reservations(MemoryLedger):
         super().__init__(limit)
         self.held: list[float] = []
 
+        self.charged: list[str] = []
+
     def reserve(self, call_id: str, amount_usd: float, now: float) -> Any:
         self.held.append(amount_usd)
         return super().reserve(call_id, amount_usd, now)
+
+    def settle(self, call_id: str, actual_usd: float, now: float) -> Any:
+        self.charged.append(call_id)
+        return super().settle(call_id, actual_usd, now)
 
 
 def test_a_slow_first_attempt_is_raced_and_the_loser_is_charged_as_not_cancelled_sync() -> None:
@@ -377,8 +384,16 @@ async def test_a_race_lost_to_a_final_error_still_reports_what_the_loser_was_bil
     # Fast refuses the request (400) while standard is still in flight: the race ends, standard
     # is billed (its prompt when cancelled, its worst case when it cannot be), and the call's
     # cost says so, as the ledger does.
-    up, state, r = await _raced(asynchronous, fast="bad")
+    up, ledger = Upstream(fast="bad"), Reservations(1.0)
+    seen: list[Any] = []
+    sel = _selector(up, ledger, on_attempt=seen.append)
+    r = await _send(sel, Requirements(deadline_s=30), asynchronous)
+    state = ledger.state(0.0)
     assert not r.ok and r.tried == ("standard", "fast")
+    # The loser's bill is settled under an id of its own (a call's id is settled once, by
+    # its last attempt), and the attempt's record for the hook counts it, as the result does.
+    assert ledger.charged == [f"{r.call_id}#hedge2"]
+    assert sum(a.cost_usd for a in seen) == pytest.approx(r.cost_usd)
     if asynchronous:  # its prompt as estimated (the error reported no usage), no output yet
         assert up.cancelled == ["standard"]
         assert 0.0 < state.spent_usd < _step("standard").worst_cost_usd

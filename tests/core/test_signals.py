@@ -154,6 +154,28 @@ def test_successes_are_read_once_a_refresh_and_failures_at_once() -> None:
     assert shed.refusal_rate > rate and shed.ttft_s > slower  # read at once, successes with it
 
 
+def test_an_attempt_cut_for_its_pace_is_read_at_once() -> None:
+    # A cut is a success on the counters (the tier served, slowly), but it says the tier is
+    # slower than planned: the next decision reads it, not the view kept for refresh_s.
+    from tiersel.clock import FakeClock
+    from tiersel.engine import Engine
+    from tiersel.engine.effects import Record
+
+    clock = FakeClock()
+    engine = Engine(clock=clock, signal_config=SignalConfig(refresh_s=1.0))
+    key = engine.signal_keys("kimi-k3")[0]
+
+    def tps() -> float:
+        stats = engine.signals.stats(key, clock.now())
+        return engine.assess(key, stats, clock.now()).output_tps
+
+    before = tps()
+    engine.perform(Record(key, Observation(Outcome.ok, output_tps=before / 10)))
+    assert tps() == before  # a slow success: kept until the refresh
+    engine.perform(Record(key, Observation(Outcome.ok, output_tps=before / 10), cut=True))
+    assert tps() < before
+
+
 def test_a_refresh_of_zero_reads_every_success() -> None:
     from tiersel.clock import FakeClock
     from tiersel.engine import Engine

@@ -519,6 +519,8 @@ class Engine:
         usage, prompt = effect.usage, effect.prompt
         if usage is not None and prompt is not None:
             self._learn_prompt(prompt, usage)
+        if effect.cut:
+            self._health_cache.pop(effect.key, None)
         return self.signals.record(effect.key, effect.observation, self.clock.now())
 
     def _learn_prompt(self, prompt: Prompt, usage: Usage) -> None:

@@ -116,12 +116,15 @@ class Raced:
 class Record:
     """An attempt's observation for the signals. A served attempt's ``usage``, when the provider
     reported it, tells the engine that ``prompt``'s prefixes are cached now, and how many of its
-    tokens the cache served (`tiersel.prompts`)."""
+    tokens the cache served (`tiersel.prompts`). ``cut``: the attempt was cut for its pace,
+    which the counters take as a success: the tier's health is read afresh at the next decision,
+    not reused for `tiersel.signals.SignalConfig.refresh_s` as after a success."""
 
     key: SignalKey
     observation: Observation
     usage: Usage | None = None
     prompt: Prompt | None = None
+    cut: bool = False
 
 
 @dataclass(frozen=True, slots=True)

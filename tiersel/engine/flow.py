@@ -483,7 +483,9 @@ def _cut(
     if ttft is not None:  # the signals learn a TTFT less its prompt's prefill
         unread = reported.uncached_tokens if reported is not None else call.uncached_input_tokens
         ttft = ctx.prices.tiers[step.tier].spec.priors.base_ttft(ttft, unread)
-    yield Record(key, Observation(Outcome.ok, ttft_s=ttft, output_tps=tps), reported, ctx.prompt)
+    yield Record(
+        key, Observation(Outcome.ok, ttft_s=ttft, output_tps=tps), reported, ctx.prompt, cut=True
+    )
     cost, _ = bill(ctx.prices, step, usage)
     prog.sunk += cost
     prog.cuts += 1
@@ -547,10 +549,15 @@ def _charge(
     that served it; the budget settled, or released when there is nothing to charge."""
     budgeted = ctx.sel.ledger_enabled
     if outcome is not Outcome.ok:
-        prog.sunk += extra  # a race lost to a failure: its loser is still billed
+        if extra > 0:  # a race lost to a failure: its loser is still billed
+            prog.sunk += extra
+            if budgeted:
+                # Under an id of its own, as a cut is: the call's is settled once, by its last
+                # attempt (settling an id again is a no-op).
+                yield Settle(f"{ctx.call_id}#hedge{prog.attempts}", extra)
         if budgeted:
-            yield Settle(ctx.call_id, extra) if extra > 0 else Release(ctx.call_id)
-        return 0.0, step.tier
+            yield Release(ctx.call_id)
+        return extra, step.tier
     cost, served = bill(ctx.prices, step, usage)
     cost += extra
     if budgeted:
