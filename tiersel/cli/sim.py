@@ -24,11 +24,11 @@ def add_parser(subs: Any, help: str) -> None:
     serve = sim.add_parser(
         "serve",
         help="serve the simulator over HTTP on loopback",
-        description="Serve the simulated provider: POST /inference/v1/chat/completions and "
-        "/inference/v1/messages; GET /sim/stats (what it saw); POST /sim/reset (forget every "
-        "request; optional JSON body {seed, time_s}); POST /sim/hold (answer no generation request "
-        "until released) and POST /sim/release (answer the held ones, each after its simulated "
-        "latency).",
+        description="Serve the simulated provider: POST /inference/v1/chat/completions, "
+        "/inference/v1/completions, /inference/v1/responses and /inference/v1/messages; "
+        "GET /sim/stats (what it saw); POST /sim/reset (forget every request; optional JSON "
+        "body {seed, time_s}); POST /sim/hold (answer no generation request until released) "
+        "and POST /sim/release (answer the held ones, each after its simulated latency).",
     )
     serve.add_argument(
         "--port", type=int, default=8787, help="TCP port; 0 picks a free one (default 8787)"
