@@ -196,7 +196,10 @@ def test_a_long_outage_on_a_model_without_priority() -> None:
     # glm-5p1 offers standard and fast only. always-standard keeps sending standard through the
     # three-minute outage (its failure streak runs past a thousand): the replay must carry on,
     # and the oracle must find fast for every call that standard cannot serve.
-    trace = shipped_trace("azure-conv").head(1200)  # to 253 s: the outage and its end
+    # Every other call of the first 1,200, to 253 s: the outage and its end, at half the cost
+    # of replaying (tiersel plans again at each cooldown's end, about four times a call).
+    first = shipped_trace("azure-conv").head(1200)
+    trace = Trace(first.name, first.requests[::2])
     result = compare(
         trace,
         scenario="outage",
@@ -205,7 +208,7 @@ def test_a_long_outage_on_a_model_without_priority() -> None:
     )
     standard = _result(result, "always-standard")
     in_outage = [r for r in standard.records if 61 < r.arrival_s < 237]
-    assert len(in_outage) > 500 and not any(r.ok for r in in_outage)
+    assert len(in_outage) > 250 and not any(r.ok for r in in_outage)
     assert all(r.attempts == 4 for r in in_outage)
     oracle, tiersel = result.metrics("oracle"), result.metrics("tiersel")
     assert oracle.attainment > 0.99 and tiersel.attainment > 0.99
