@@ -15,12 +15,12 @@ message). Each is named by a hash of everything up to it, so a prompt's text is 
 >>> body = {"messages": [{"role": "system", "content": "s" * 3000},
 ...                      {"role": "user", "content": "hi"}]}
 >>> [tokens for _, tokens in prompt_prefixes(body, Dialect.openai, 1010)]
-[1000, 1010]
+[989, 1010]
 >>> memory = PromptMemory(ttl_s=300.0)
 >>> memory.remember("m", prompt_prefixes(body, Dialect.openai, 1010), now=0.0)
 >>> longer = {"messages": [*body["messages"], {"role": "user", "content": "more"}]}
 >>> memory.cached("m", prompt_prefixes(longer, Dialect.openai, 1012), now=60.0)  # the first
-1001
+991
 >>> memory.cached("m", prompt_prefixes(longer, Dialect.openai, 1012), now=400.0)
 0
 """
@@ -28,12 +28,10 @@ message). Each is named by a hash of everything up to it, so a prompt's text is 
 from __future__ import annotations
 
 import hashlib
-import json
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from cachetools import LRUCache
 
 from tiersel.dialects import Dialect, prompt_of
 
@@ -80,7 +78,7 @@ def prompt_prefixes(
     Raises `RequestNotUnderstood` for a body with no prompt (see `prompt_of`).
     """
     items, preamble = prompt_of(body, dialect)
-    digest = hashlib.blake2b(digest_size=16)
+    digest = hashlib.sha1(usedforsecurity=False)  # a name, not a secret
     ends: list[tuple[bytes, int]] = []
     size = 0
     head: list[Any] = [preamble, body.get("tools")]
@@ -95,25 +93,55 @@ def prompt_prefixes(
     return tuple((key, input_tokens * part // size) for key, part in ends)
 
 
-def _feed(digest: Any, value: Any) -> int:
-    data = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
-    # Each part is framed by its length, so that two splits of one text name different prefixes.
-    digest.update(len(data).to_bytes(8, "little"))
+def _feed(digest: Any, value: Any, depth: int = 0) -> int:
+    """Feed ``value`` into ``digest`` in a canonical form (a tag, a length, then the data;
+    mappings in key order), returning the bytes fed: a prompt's text is read once, not
+    rendered as JSON first (three times slower on long prompts: benchmarks/prompt_memory.py)."""
+    if isinstance(value, str):
+        data = value.encode("utf-8", "surrogatepass")
+        digest.update(b"s" + len(data).to_bytes(8, "little"))
+        digest.update(data)
+        return len(data) + 9
+    if depth < _DEEPEST:
+        if isinstance(value, Mapping):
+            digest.update(b"m" + len(value).to_bytes(8, "little"))
+            size = 9
+            for key in sorted(value, key=str):
+                size += _feed(digest, str(key), depth + 1)
+                size += _feed(digest, value[key], depth + 1)
+            return size
+        if isinstance(value, (list, tuple)):
+            digest.update(b"l" + len(value).to_bytes(8, "little"))
+            return 9 + sum([_feed(digest, item, depth + 1) for item in value])
+    data = repr(value).encode("utf-8", "surrogatepass")  # numbers, None, what nests too deep
+    digest.update(b"r" + len(data).to_bytes(8, "little"))
     digest.update(data)
-    return len(data)
+    return len(data) + 9
+
+
+_DEEPEST = 64
 
 
 class PromptMemory:
     """The prefixes of the prompts a provider has read, per model, for ``ttl_s`` seconds after
-    each was last read; at most ``maxsize`` of them (the least recently read go first)."""
+    each was last read; at most ``maxsize`` of them, the least recently read going first (about
+    200 bytes each: 4 MB at the default 20,000, the prompts of 5,000 calls; measured by
+    ``benchmarks/prompt_memory.py``).
 
-    def __init__(self, ttl_s: float = CACHE_TTL_S, maxsize: int = 100_000) -> None:
+    Of each prompt it keeps four prefixes: the two shortest (a system prompt, or context, that
+    other calls share) and the two longest (the whole prompt, which a conversation's next turn
+    or a retry begins with)."""
+
+    def __init__(self, ttl_s: float = CACHE_TTL_S, maxsize: int = 20_000) -> None:
         if not ttl_s >= 0:
             raise ValueError(f"PromptMemory: ttl_s must be >= 0, got {ttl_s!r}")
         if maxsize < 1:
             raise ValueError(f"PromptMemory: maxsize must be >= 1, got {maxsize!r}")
         self.ttl_s = ttl_s
-        self._seen: LRUCache[tuple[str, bytes], float] = LRUCache(maxsize)
+        self.maxsize = maxsize
+        # Keyed by the model's name and the prefix's key in one bytes object, least recently
+        # read first.
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"PromptMemory(ttl_s={self.ttl_s:g}, prefixes={len(self._seen)})"
@@ -121,8 +149,9 @@ class PromptMemory:
     def cached(self, model: str, prefixes: Sequence[Prefix], now: float) -> int:
         """The tokens of the longest of ``prefixes`` read within ``ttl_s`` before ``now``."""
         seen = self._seen
+        name = model.encode()
         for key, tokens in reversed(prefixes):
-            at = seen.get((model, key))
+            at = seen.get(name + key)
             if at is not None and now - at <= self.ttl_s:
                 return tokens
         return 0
@@ -130,5 +159,11 @@ class PromptMemory:
     def remember(self, model: str, prefixes: Sequence[Prefix], now: float) -> None:
         """Note that the provider read a prompt with ``prefixes`` at ``now``."""
         seen = self._seen
-        for key, _ in prefixes:
-            seen[(model, key)] = now
+        name = model.encode()
+        kept = prefixes if len(prefixes) <= 4 else (*prefixes[:2], *prefixes[-2:])
+        for key, _ in kept:
+            full = name + key
+            seen[full] = now
+            seen.move_to_end(full)
+        while len(seen) > self.maxsize:
+            seen.popitem(last=False)
