@@ -43,6 +43,7 @@ __all__ = [
     "max_output_tokens",
     "prompt_of",
     "read_usage",
+    "text_bytes",
 ]
 
 HINT_PREFIX = "x-tiersel-"
@@ -222,6 +223,12 @@ def _measure(root: Any) -> tuple[int, int, int]:
         else:
             bound += len(str(value))
     return text, bound, images
+
+
+def text_bytes(value: Any) -> int:
+    """UTF-8 bytes of the text in ``value`` (a message, a system prompt, tools) as
+    `estimate_input_tokens` counts it: string values but roles and part types; images none."""
+    return _measure(value)[0]
 
 
 def _json_bytes(value: Any) -> int:

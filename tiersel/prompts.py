@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tiersel.dialects import Dialect, prompt_of
+from tiersel.dialects import Dialect, prompt_of, text_bytes
 
 __all__ = [
     "CACHE_TTL_S",
@@ -60,10 +60,12 @@ and prefix caches commonly start at 1,024 tokens (OpenAI's documented minimum)."
 @dataclass(frozen=True, slots=True)
 class Prompt:
     """What the engine knows of a call's prompt for the provider's cache: its ``prefixes``
-    (shortest first) and the tokens it expects read from the cache, ``expected_cached``."""
+    (shortest first), the tokens of the longest of them the provider read lately, ``seen``,
+    and of those the tokens it expects read from the cache, ``expected_cached``."""
 
     model: str
     prefixes: tuple[Prefix, ...]
+    seen: int
     expected_cached: int
 
 
@@ -73,50 +75,57 @@ def prompt_prefixes(
     """The cacheable prefixes of ``body``'s prompt, shortest first: the preamble (system prompt
     or instructions, and tools) when it has one, then each message (or input item) added in
     turn, the last being the whole prompt. Each prefix's tokens are ``input_tokens`` (the
-    call's estimate) in proportion to its share of the prompt's JSON bytes.
+    call's estimate) in proportion to its share of the prompt's text as the estimate counts it
+    (`tiersel.dialects.text_bytes`: an image counts none).
 
-    Raises `RequestNotUnderstood` for a body with no prompt (see `prompt_of`).
+    Raises `RequestNotUnderstood` for a body with no prompt (see `prompt_of`). A prompt whose
+    values cannot be named (nested too deep) has none: nothing is expected cached.
     """
     items, preamble = prompt_of(body, dialect)
     digest = hashlib.sha1(usedforsecurity=False)  # a name, not a secret
     ends: list[tuple[bytes, int]] = []
     size = 0
     head: list[Any] = [preamble, body.get("tools")]
-    if head != [None, None]:
-        size += _feed(digest, head)
-        ends.append((digest.copy().digest(), size))
-    for item in items:
-        size += _feed(digest, item)
-        ends.append((digest.copy().digest(), size))
+    try:
+        if head != [None, None]:
+            _feed(digest, head)
+            size += text_bytes(head)
+            ends.append((digest.copy().digest(), size))
+        for item in items:
+            _feed(digest, item)
+            size += text_bytes(item)
+            ends.append((digest.copy().digest(), size))
+    except (RecursionError, ValueError, TypeError):
+        return ()
     if size == 0:
         return ()
     return tuple((key, input_tokens * part // size) for key, part in ends)
 
 
-def _feed(digest: Any, value: Any, depth: int = 0) -> int:
+def _feed(digest: Any, value: Any, depth: int = 0) -> None:
     """Feed ``value`` into ``digest`` in a canonical form (a tag, a length, then the data;
-    mappings in key order), returning the bytes fed: a prompt's text is read once, not
-    rendered as JSON first (three times slower on long prompts: benchmarks/prompt_memory.py)."""
+    mappings in key order): a prompt's text is read once, not rendered as JSON first (three
+    times slower on long prompts: benchmarks/prompt_memory.py)."""
     if isinstance(value, str):
         data = value.encode("utf-8", "surrogatepass")
         digest.update(b"s" + len(data).to_bytes(8, "little"))
         digest.update(data)
-        return len(data) + 9
+        return
     if depth < _DEEPEST:
         if isinstance(value, Mapping):
             digest.update(b"m" + len(value).to_bytes(8, "little"))
-            size = 9
             for key in sorted(value, key=str):
-                size += _feed(digest, str(key), depth + 1)
-                size += _feed(digest, value[key], depth + 1)
-            return size
+                _feed(digest, str(key), depth + 1)
+                _feed(digest, value[key], depth + 1)
+            return
         if isinstance(value, (list, tuple)):
             digest.update(b"l" + len(value).to_bytes(8, "little"))
-            return 9 + sum([_feed(digest, item, depth + 1) for item in value])
+            for item in value:
+                _feed(digest, item, depth + 1)
+            return
     data = repr(value).encode("utf-8", "surrogatepass")  # numbers, None, what nests too deep
     digest.update(b"r" + len(data).to_bytes(8, "little"))
     digest.update(data)
-    return len(data) + 9
 
 
 _DEEPEST = 64

@@ -32,14 +32,24 @@ def _turn(*messages: str) -> dict[str, Any]:
     return {"model": "kimi-k3", "messages": [CONTEXT, *said], "max_tokens": 100, "stream": True}
 
 
-def _serve(engine: Engine, body: dict[str, Any], cached: int, ttft_s: float) -> int:
+def _serve(
+    engine: Engine,
+    body: dict[str, Any],
+    cached: int,
+    ttft_s: float,
+    *,
+    estimated: bool = False,
+    outcome: Outcome = Outcome.ok,
+) -> int:
     """Stream ``body`` on standard; the provider reports ``cached`` prompt tokens read from its
-    cache and a first token at ``ttft_s``. Returns the tokens the call expected cached."""
+    cache and a first token at ``ttft_s`` (``estimated``: the stream reported no usage, and the
+    door estimated it). Returns the tokens the call expected cached."""
     started = engine.start(body, requirements=STANDARD)
     result = engine.run(started, lambda effect: Reply(200, {}, None, 0.1, True))
     assert result.pending_stream
     usage = Usage(started.call.input_tokens, cached, 100, None)
-    engine.finish_stream(result, StreamEnd(Outcome.ok, usage, ttft_s + 2.0, ttft_s=ttft_s))
+    end = StreamEnd(outcome, usage, ttft_s + 2.0, ttft_s=ttft_s, usage_estimated=estimated)
+    engine.finish_stream(result, end)
     engine.clock.advance(10.0)
     return started.call.expected_cached_input_tokens or 0
 
@@ -84,18 +94,46 @@ def test_a_turn_that_goes_on_from_a_served_prompt_expects_it_cached() -> None:
 
 
 def test_the_hit_rate_follows_what_replies_report() -> None:
-    # A provider whose cache serves half of what tiersel expects, then none of it (a cache
-    # lost, or one not shared across its replicas): the expectation follows.
+    # A provider whose cache serves none of what was read before (a cache lost, or one not
+    # shared across replicas), then all of it, then half: the expectation follows each, and a
+    # rate fallen to 0 still learns (it is learned on what was seen, not on what was expected).
     engine = Engine(clock=FakeClock())
     body = _turn("hello")
     _serve(engine, body, 0, 6.5)
-    expected = _serve(engine, body, 0, 6.5)  # the same prompt again: all of it expected
-    assert expected > 0 and engine.cache_hit_rate == 0.0
-    engine = Engine(clock=FakeClock())
-    _serve(engine, body, 0, 6.5)
-    for _ in range(40):
-        expected = _serve(engine, body, expected // 2 if expected else 0, 3.0)
+    assert _serve(engine, body, 0, 6.5) > 0  # the same prompt again: all of it expected
+    assert engine.cache_hit_rate == 0.0
+    assert _serve(engine, body, 50_000, 0.5) == 0  # expected none, but the cache served it
+    for _ in range(60):
+        _serve(engine, body, 50_000, 0.5)
+    assert engine.cache_hit_rate > 0.95
+    for _ in range(150):
+        expected = _serve(engine, body, 25_000, 3.0)
     assert engine.cache_hit_rate == pytest.approx(0.5, abs=0.02)
+    assert expected == pytest.approx(25_000, rel=0.05)
+
+
+def test_an_estimated_usage_says_nothing_of_the_cache() -> None:
+    # A stream the caller closed, or that broke, reported no usage: its estimate counts no
+    # cached tokens, which is not a miss. Its prompt was read all the same: it is remembered.
+    engine = Engine(clock=FakeClock())
+    body = _turn("hello")
+    _serve(engine, body, 0, 6.5, estimated=True, outcome=Outcome.error)
+    assert _serve(engine, body, 0, 6.5, estimated=True) > 0
+    assert engine.cache_hit_rate == 1.0
+
+
+def test_an_image_counts_no_tokens_of_a_prefix() -> None:
+    # The token estimate counts text, not images: a shared first message that holds only an
+    # image is no part of the prompt's expected cached tokens.
+    engine = Engine(clock=FakeClock())
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 400_000}}
+
+    def asking(question: str) -> dict[str, Any]:
+        said = [{"role": "user", "content": [image]}, {"role": "user", "content": question}]
+        return {"model": "kimi-k3", "messages": said, "max_tokens": 100, "stream": True}
+
+    _serve(engine, asking("a" * 30_000), 0, 2.0)
+    assert _serve(engine, asking("b" * 30_000), 0, 2.0) == 0
 
 
 def test_a_prefix_is_forgotten_after_the_caches_lifetime() -> None:
@@ -149,3 +187,26 @@ def test_an_expected_cached_count_above_the_prompt_is_refused() -> None:
         expected_cached_input_tokens=100,
     )
     assert known.uncached_input_tokens == 200  # what is known beats a lower guess
+
+
+def test_a_prompt_the_provider_never_served_is_not_remembered() -> None:
+    # Shed on every attempt: the provider read nothing, so nothing is expected cached after.
+    shed = {
+        "error": {"object": "error", "type": "server_overloaded", "code": "503", "message": "x"}
+    }
+    answers = [httpx.Response(503, json=shed)] * 4
+    served = {"id": "c", "choices": [], "usage": {"prompt_tokens": 4000, "completion_tokens": 5}}
+    answers.append(httpx.Response(200, json=served))
+    seen: list[int] = []
+    sel = Selector(
+        clock=FakeClock(),
+        transport=httpx.MockTransport(lambda request: answers.pop(0)),
+        api_key="",
+        max_attempts=4,
+        on_result=lambda r: seen.append(r.prompt.seen if r.prompt else -1),
+    )
+    body = {"model": "kimi-k3", "messages": [{"role": "user", "content": "q" * 12_000}]}
+    only_standard = Requirements(tiers=("standard",))
+    assert not sel.send(body, requirements=only_standard).ok
+    assert sel.send(body, requirements=only_standard).ok
+    assert len(seen) == 2 and seen[1] == 0  # the second call saw no prefix read before

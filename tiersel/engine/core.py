@@ -516,32 +516,33 @@ class Engine:
         )
 
     def _record(self, effect: Record) -> Any:
-        usage, prompt = effect.usage, effect.prompt
-        if usage is not None and prompt is not None:
-            self._learn_prompt(prompt, usage)
+        if effect.prompt is not None:
+            self._learn_prompt(effect.prompt, effect.usage)
         if effect.cut:
             self._health_cache.pop(effect.key, None)
         return self.signals.record(effect.key, effect.observation, self.clock.now())
 
-    def _learn_prompt(self, prompt: Prompt, usage: Usage) -> None:
+    def _learn_prompt(self, prompt: Prompt, usage: Usage | None) -> None:
+        """The provider read ``prompt``: its prefixes are cached now. Its ``usage``, when the
+        provider reported it, says how much of the part seen before the cache served."""
         self.prompts.remember(prompt.model, prompt.prefixes, self.clock.now())
-        expected = prompt.expected_cached
-        if expected <= 0:
+        seen = prompt.seen
+        if usage is None or seen <= 0:
             return
-        got = float(min(usage.cached_tokens, expected))
+        got = float(min(usage.cached_tokens, seen))
         hits = self._hits
         if hits is None:
-            self._hits = (float(expected), got)
+            self._hits = (float(seen), got)
         else:
             w = _HIT_WEIGHT
-            self._hits = (hits[0] + w * (expected - hits[0]), hits[1] + w * (got - hits[1]))
+            self._hits = (hits[0] + w * (seen - hits[0]), hits[1] + w * (got - hits[1]))
 
     @property
     def cache_hit_rate(self) -> float:
-        """Of the prompt tokens this engine expected the provider's cache to serve, the share
-        its replies reported cached: a moving average over recent calls (each weighs its
-        expected tokens), 1.0 until one reported. A call expects the tokens of its longest
-        prefix the provider read recently (`tiersel.prompts`) times this rate."""
+        """Of the prompt tokens whose prefix the provider had read lately, the share its replies
+        reported cached: a moving average over recent calls (each weighs those tokens), 1.0
+        until one reported. A call expects the tokens of its longest prefix the provider read
+        lately (`tiersel.prompts`) times this rate."""
         hits = self._hits
         return hits[1] / hits[0] if hits is not None else 1.0
 
@@ -554,7 +555,7 @@ class Engine:
         expected = min(call.input_tokens, int(seen * self.cache_hit_rate))
         if expected > call.cached_input_tokens:
             call = call.model_copy(update={"expected_cached_input_tokens": expected})
-        return call, Prompt(call.model, tuple(prefixes), expected)
+        return call, Prompt(call.model, tuple(prefixes), seen, expected)
 
     def _notify(self, effect: Notify) -> None:
         if self.on_attempt is not None:

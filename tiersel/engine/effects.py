@@ -114,9 +114,10 @@ class Raced:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """An attempt's observation for the signals. A served attempt's ``usage``, when the provider
-    reported it, tells the engine that ``prompt``'s prefixes are cached now, and how many of its
-    tokens the cache served (`tiersel.prompts`). ``cut``: the attempt was cut for its pace,
+    """An attempt's observation for the signals. ``prompt``, given for an attempt the provider
+    served (so read its prompt), tells the engine its prefixes are cached now; ``usage``, the
+    reply's usage when the provider reported it, how many of its tokens the cache served
+    (`tiersel.prompts`). ``cut``: the attempt was cut for its pace,
     which the counters take as a success: the tier's health is read afresh at the next decision,
     not reused for `tiersel.signals.SignalConfig.refresh_s` as after a success."""
 

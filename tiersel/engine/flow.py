@@ -446,7 +446,7 @@ def _conclude(
             retry_after_s=verdict.retry_after_s,
         ),
         usage,
-        ctx.prompt,
+        ctx.prompt if verdict.outcome is Outcome.ok else None,  # only a served one read it
     )
     cost, served = yield from _charge(ctx, prog, step, verdict.outcome, usage, extra)
     if sel.on_attempt is not None:

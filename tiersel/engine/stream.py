@@ -41,8 +41,8 @@ def stream_flow(sel: FlowHost, result: CallResult, end: StreamEnd) -> Flow:
             ttft_s=ttft,
             output_tps=end.output_tps,
         ),
-        end.usage,
-        result.prompt,
+        None if end.usage_estimated else end.usage,  # an estimate says nothing of the cache
+        result.prompt,  # read before the stream began, however it ended
     )
     served = step.tier
     cost = result.cost_usd  # what the call was billed before its stream (a hedge's loser)
