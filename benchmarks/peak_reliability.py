@@ -90,6 +90,13 @@ def main() -> None:
         f" {refused} given no tier"
     )
     print("served by:", ", ".join(f"{t} {n}" for t, n in tiers.most_common()))
+    for r in done:
+        if r is not None and not (r.ok and r.elapsed_s <= args.deadline):
+            print(
+                f"  missed: {r.call_id} tried {'>'.join(map(str, r.tried))} in"
+                f" {r.elapsed_s:.2f} s, p_success {r.decision.p_success if r.decision else None}:"
+                f" {r.detail or 'served late'}"
+            )
     print("the simulator saw:", stats["by_tier"])
 
 
