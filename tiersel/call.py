@@ -35,8 +35,9 @@ class Call(_Frozen):
     """The prompt tokens expected to be read from the provider's cache when the caller does not
     know (`cached_input_tokens` is what it knows): the expected time to the first token counts
     the prefill of the rest. Costs never count it: a guess must not lower a reservation. A door
-    that reads a request body sets it from the share of prompt tokens its replies reported
-    cached (`tiersel.engine.Engine.cached_share`)."""
+    that reads a request body sets it to the tokens of the prompt's longest prefix the provider
+    read lately, times the share of such tokens replies reported cached
+    (`tiersel.engine.Engine.expect_cached`, `tiersel.prompts`)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Call:

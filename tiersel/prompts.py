@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tiersel.dialects import Dialect, prompt_of, text_bytes
+from tiersel.dialects import STORED_CONTEXT_FIELDS, Dialect, prompt_of, text_bytes
 
 __all__ = [
     "CACHE_TTL_S",
@@ -79,9 +79,12 @@ def prompt_prefixes(
     (`tiersel.dialects.text_bytes`: an image counts none).
 
     Raises `RequestNotUnderstood` for a body with no prompt (see `prompt_of`). A prompt whose
-    values cannot be named (nested too deep) has none: nothing is expected cached.
+    values cannot be named (nested too deep), or a Responses API call that continues a
+    conversation stored upstream, has none: nothing is expected cached.
     """
     items, preamble = prompt_of(body, dialect)
+    if dialect is Dialect.responses and any(body.get(f) is not None for f in STORED_CONTEXT_FIELDS):
+        return ()  # the prompt begins with a conversation stored upstream, which it cannot see
     digest = hashlib.sha1(usedforsecurity=False)  # a name, not a secret
     ends: list[tuple[bytes, int]] = []
     size = 0

@@ -101,14 +101,14 @@ def test_the_hit_rate_follows_what_replies_report() -> None:
     body = _turn("hello")
     _serve(engine, body, 0, 6.5)
     assert _serve(engine, body, 0, 6.5) > 0  # the same prompt again: all of it expected
-    assert engine.cache_hit_rate == 0.0
+    assert engine.cache_hit_rate("kimi-k3") == 0.0
     assert _serve(engine, body, 50_000, 0.5) == 0  # expected none, but the cache served it
     for _ in range(60):
         _serve(engine, body, 50_000, 0.5)
-    assert engine.cache_hit_rate > 0.95
+    assert engine.cache_hit_rate("kimi-k3") > 0.95
     for _ in range(150):
         expected = _serve(engine, body, 25_000, 3.0)
-    assert engine.cache_hit_rate == pytest.approx(0.5, abs=0.02)
+    assert engine.cache_hit_rate("kimi-k3") == pytest.approx(0.5, abs=0.02)
     assert expected == pytest.approx(25_000, rel=0.05)
 
 
@@ -119,7 +119,7 @@ def test_an_estimated_usage_says_nothing_of_the_cache() -> None:
     body = _turn("hello")
     _serve(engine, body, 0, 6.5, estimated=True, outcome=Outcome.error)
     assert _serve(engine, body, 0, 6.5, estimated=True) > 0
-    assert engine.cache_hit_rate == 1.0
+    assert engine.cache_hit_rate("kimi-k3") == 1.0
 
 
 def test_an_image_counts_no_tokens_of_a_prefix() -> None:
@@ -210,3 +210,43 @@ def test_a_prompt_the_provider_never_served_is_not_remembered() -> None:
     assert not sel.send(body, requirements=only_standard).ok
     assert sel.send(body, requirements=only_standard).ok
     assert len(seen) == 2 and seen[1] == 0  # the second call saw no prefix read before
+
+
+def test_a_prompt_is_cached_from_when_it_was_sent_and_each_model_has_its_rate() -> None:
+    # A 250 s call: the provider read its prompt when it was sent, so 400 s after that (150 s
+    # after the reply) it is past the cache's lifetime, whatever the reply's time. A miss on
+    # kimi-k3 says nothing of another model's cache.
+    engine = Engine(clock=FakeClock())
+    body = {**_turn("hello"), "stream": False}
+    usage = {"prompt_tokens": 50_000, "completion_tokens": 4000}
+
+    def slow(effect: Any) -> Reply:
+        engine.clock.advance(250.0)
+        return Reply(200, {}, {"id": "c", "choices": [], "usage": usage}, 250.0)
+
+    engine.run(engine.start(body, requirements=STANDARD), slow)
+    engine.clock.advance(CACHE_TTL_S - 250.0 - 1.0)
+    within = engine.start(body, requirements=STANDARD)
+    within.flow.close()
+    assert within.call.expected_cached_input_tokens == within.call.input_tokens
+    engine.clock.advance(2.0)
+    past = engine.start(body, requirements=STANDARD)
+    past.flow.close()
+    assert past.call.expected_cached_input_tokens is None
+
+    _serve(engine, _turn("again"), 0, 6.5)
+    _serve(engine, _turn("again"), 0, 6.5)  # a miss on kimi-k3
+    assert engine.cache_hit_rate("kimi-k3") == 0.0
+    assert engine.cache_hit_rate("glm-5p3") == 1.0
+
+
+def test_a_prompt_that_continues_a_stored_conversation_is_not_named() -> None:
+    # The Responses API's previous_response_id puts a stored conversation before the input:
+    # two such calls with the same input are different prompts.
+    from tiersel.dialects import Dialect
+    from tiersel.prompts import prompt_prefixes
+
+    asked = {"model": "kimi-k3", "input": "q" * 12_000}
+    assert prompt_prefixes(asked, Dialect.responses, 4000)
+    stored = {**asked, "previous_response_id": "resp_1"}
+    assert prompt_prefixes(stored, Dialect.responses, 4000) == ()

@@ -233,8 +233,9 @@ class Engine:
         self._health_cache: dict[SignalKey, tuple[TierStats, TierHealth, float, float]] = {}
         self.prompts = PromptMemory()
         """The prefixes of the prompts served lately (`tiersel.prompts`)."""
-        # Moving sums of the prompt tokens expected cached, and of those replies said were.
-        self._hits: tuple[float, float] | None = None
+        # Per model: moving sums of the prompt tokens whose prefix was read lately, and of
+        # those replies said were cached.
+        self._hits: dict[str, tuple[float, float]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -451,8 +452,9 @@ class Engine:
         cid = call_id or new_call_id()
         prompt = None
         if call.input_tokens >= MIN_CACHED_TOKENS:  # a shorter prompt's prefill hardly counts
-            prefixes = prompt_prefixes(body, dialect, call.input_tokens)
-            call, prompt = self.expect_cached(call, prefixes)
+            call, prompt = self.expect_cached(
+                call, prompt_prefixes(body, dialect, call.input_tokens)
+            )
         flow = call_flow(self, body, dialect, call, req, cid, max_wait, watch, prompt)
         return Started(flow, dialect, cid, call)
 
@@ -517,42 +519,52 @@ class Engine:
 
     def _record(self, effect: Record) -> Any:
         if effect.prompt is not None:
-            self._learn_prompt(effect.prompt, effect.usage)
+            sent_s_ago = effect.observation.latency_s or 0.0
+            self._learn_prompt(effect.prompt, effect.usage, sent_s_ago)
         if effect.cut:
             self._health_cache.pop(effect.key, None)
         return self.signals.record(effect.key, effect.observation, self.clock.now())
 
-    def _learn_prompt(self, prompt: Prompt, usage: Usage | None) -> None:
-        """The provider read ``prompt``: its prefixes are cached now. Its ``usage``, when the
-        provider reported it, says how much of the part seen before the cache served."""
-        self.prompts.remember(prompt.model, prompt.prefixes, self.clock.now())
+    def _learn_prompt(self, prompt: Prompt, usage: Usage | None, sent_s_ago: float) -> None:
+        """The provider read ``prompt`` when its attempt was sent, ``sent_s_ago``: its prefixes
+        are cached since. Its ``usage``, when the provider reported it, says how much of the
+        part read before the cache served."""
+        now = self.clock.now()
+        self.prompts.remember(prompt.model, prompt.prefixes, now - sent_s_ago)
         seen = prompt.seen
         if usage is None or seen <= 0:
             return
         got = float(min(usage.cached_tokens, seen))
-        hits = self._hits
+        hits = self._hits.get(prompt.model)
         if hits is None:
-            self._hits = (float(seen), got)
+            self._hits[prompt.model] = (float(seen), got)
         else:
             w = _HIT_WEIGHT
-            self._hits = (hits[0] + w * (seen - hits[0]), hits[1] + w * (got - hits[1]))
+            self._hits[prompt.model] = (
+                hits[0] + w * (seen - hits[0]),
+                hits[1] + w * (got - hits[1]),
+            )
 
-    @property
-    def cache_hit_rate(self) -> float:
-        """Of the prompt tokens whose prefix the provider had read lately, the share its replies
-        reported cached: a moving average over recent calls (each weighs those tokens), 1.0
-        until one reported. A call expects the tokens of its longest prefix the provider read
-        lately (`tiersel.prompts`) times this rate."""
-        hits = self._hits
+    def cache_hit_rate(self, model: str) -> float:
+        """Of ``model``'s prompt tokens whose prefix the provider had read lately, the share its
+        replies reported cached: a moving average over recent calls (each weighs those tokens),
+        1.0 until one reported. A call expects the tokens of its longest prefix the provider
+        read lately (`tiersel.prompts`) times this rate."""
+        hits = self._hits.get(self.pricing.model(model).name)
         return hits[1] / hits[0] if hits is not None else 1.0
 
-    def expect_cached(self, call: Call, prefixes: Sequence[Prefix]) -> tuple[Call, Prompt]:
+    def expect_cached(self, call: Call, prefixes: Sequence[Prefix]) -> tuple[Call, Prompt | None]:
         """``call`` with the prompt tokens it may expect read from the provider's cache
         (`Call.expected_cached_input_tokens`): those of the longest of its ``prefixes`` (see
         `tiersel.prompts.prompt_prefixes`) a served call had within the cache's lifetime, times
-        `cache_hit_rate`; and the `Prompt` its flow hands back with its reply's usage."""
+        `cache_hit_rate`; and the `Prompt` its flow hands back with its reply's usage. A prompt
+        under `tiersel.prompts.MIN_CACHED_TOKENS` is not looked up (None)."""
+        if call.input_tokens < MIN_CACHED_TOKENS:
+            return call, None
         seen = self.prompts.cached(call.model, prefixes, self.clock.now())
-        expected = min(call.input_tokens, int(seen * self.cache_hit_rate))
+        hits = self._hits.get(call.model)
+        rate = hits[1] / hits[0] if hits is not None else 1.0
+        expected = min(call.input_tokens, int(seen * rate))
         if expected > call.cached_input_tokens:
             call = call.model_copy(update={"expected_cached_input_tokens": expected})
         return call, Prompt(call.model, tuple(prefixes), seen, expected)

@@ -370,7 +370,7 @@ class _Engine:
     def _push(self, at: float, flight: _Flight, value: Any) -> None:
         heapq.heappush(self.heap, (at, next(self.seq), flight, value))
 
-    def _call(self, flight: _Flight) -> tuple[Call, Prompt]:
+    def _call(self, flight: _Flight) -> tuple[Call, Prompt | None]:
         """The call a trace's request makes, and what the engine expects of its prompt's prefix
         (the caller knows its prompt's size, not what the provider has cached)."""
         req = flight.request
