@@ -139,9 +139,10 @@ class Node(NamedTuple):
     ends: float  # when the last attempt's failure answers (the next may start)
     remains: float  # P(the last attempt failed fast, so one more is made)
     cap: float  # the most a later attempt is credited: the least P(on time) of those before
+    first: float  # when the first attempt starts (kept, not walked back to: the search asks often)
 
 
-ROOT = Node(None, -1, 0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0)
+ROOT = Node(None, -1, 0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0)
 
 
 def p_refused(c: Candidate, start: float) -> float:
@@ -177,7 +178,7 @@ def extend(
     """``node`` with one more attempt on candidate ``k``, sent at least ``delay`` seconds after
     the last one answered; None when it cannot start in time or would cost more than ``bound``."""
     # Unpacked at once: the search's hot path, where attribute reads add up.
-    _, last, depth, _, _, _, p, weight, spend, late, worst, ends, remains, cap = node
+    _, last, depth, _, _, _, p, weight, spend, late, worst, ends, remains, cap, first = node
     (
         _,
         _,
@@ -249,6 +250,7 @@ def extend(
             start + fail_s,
             remains - served,
             q,
+            first if depth else start,
         ),
     )
 
@@ -333,9 +335,7 @@ def _start(cands: Sequence[Candidate], deadline: float | None) -> _Queue:
 
 
 def _first_start(node: Node) -> float:
-    while node.depth > 1:
-        node = node.parent  # type: ignore[assignment]  # every node past the root has one
-    return node.start
+    return node.first
 
 
 def _schedule(node: Node, cands: Sequence[Candidate]) -> Schedule:

@@ -136,7 +136,7 @@ def _watched(
     late = kept * (start + c.latency)
     # Every failure of the attempt hands the call on at the check: the cap stays as it was.
     node = (ROOT, k, 1, start, 1.0, kept, kept, kept, spend, late, c.worst, start + w)
-    return _new(Node, (*node, 1.0 - kept, 1.0))
+    return _new(Node, (*node, 1.0 - kept, 1.0, start))
 
 
 def price_watched(
