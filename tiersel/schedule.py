@@ -276,7 +276,7 @@ def _better(node: Node, best: Node | None) -> bool:
     then the likelier (waits and attempts after a failure cost nothing), then the quicker."""
     if best is None:
         return True
-    first, best_first = _first_start(node), _first_start(best)
+    first, best_first = node.first, best.first
     if first != best_first:
         return first < best_first
     if abs(node.p - best.p) > 1e-9:
@@ -291,7 +291,7 @@ def _may_beat(node: Node, best: Node | None) -> bool:
     best's."""
     if best is None:
         return True
-    return node.p + node.remains >= best.p - 1e-9 and _first_start(node) <= _first_start(best)
+    return node.p + node.remains >= best.p - 1e-9 and node.first <= best.first
 
 
 _Queue = deque[tuple[Node, int, float]]
@@ -332,10 +332,6 @@ def _start(cands: Sequence[Candidate], deadline: float | None) -> _Queue:
     queue: _Queue = deque()
     _grow(queue, cands, ROOT, 0, len(cands), deadline)
     return queue
-
-
-def _first_start(node: Node) -> float:
-    return node.first
 
 
 def _schedule(node: Node, cands: Sequence[Candidate]) -> Schedule:
@@ -546,7 +542,7 @@ def cheapest(
             p, remains = nxt.p, nxt.remains
             late, best_p = -1.0, 0.0
             if best is not None and best_cost < limit:
-                late, best_p = _first_start(nxt) - _first_start(best), best.p
+                late, best_p = nxt.first - best.first, best.p
             for j in range(k, len(cands)):
                 goal = target - 1e-9
                 if late >= 0.0:
