@@ -181,6 +181,53 @@ def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
+_CYCLE_CHECK_AT = 100_000
+"""Objects a walk of a prompt has entered when it checks, once, that the prompt holds no
+reference cycle (only a body built in Python can, and the walk would never end): a JSON body
+of that size is rare, and the check costs one more walk."""
+
+
+def refuse_cycles(root: Any) -> None:
+    """Raise `RequestNotUnderstood` naming where ``root`` (a prompt built in Python) holds itself
+    (a dict or list that contains itself, at any depth); nothing for one that does not."""
+    path: list[str] = []
+    on_path: set[int] = set()
+    # Each frame: a container and an iterator over its (label, child) pairs.
+    frames: list[tuple[Any, Any]] = []
+
+    def enter(value: Any) -> None:
+        items: Any
+        if isinstance(value, Mapping):
+            items = ((f"[{k!r}]", v) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            items = ((f"[{i}]", v) for i, v in enumerate(value))
+        else:
+            return
+        on_path.add(id(value))
+        frames.append((value, iter(items)))
+
+    enter(root)
+    while frames:
+        value, items = frames[-1]
+        step = next(items, None)
+        if step is None:
+            frames.pop()
+            on_path.discard(id(value))
+            if path:
+                path.pop()
+            continue
+        label, child = step
+        if id(child) in on_path:
+            where = "".join([*path, label])
+            raise RequestNotUnderstood(
+                f"the prompt holds a reference cycle: the value at {where} contains itself"
+                " (a body built in Python; it cannot be sent as JSON)"
+            )
+        if isinstance(child, (Mapping, list, tuple)):
+            path.append(label)
+            enter(child)
+
+
 def _measure(root: Any) -> tuple[int, int, int]:
     """``(text, bound, images)`` of a request's messages (or system prompt, or tools):
 
@@ -194,6 +241,7 @@ def _measure(root: Any) -> tuple[int, int, int]:
     text = bound = images = 0
     stack = [root]
     pop, push = stack.pop, stack.append
+    walked = 0
     while stack:
         value = pop()
         if isinstance(value, str):
@@ -204,6 +252,9 @@ def _measure(root: Any) -> tuple[int, int, int]:
             if value.get("type") in _IMAGE_TYPES:
                 images += 1
                 continue
+            walked += 1
+            if walked == _CYCLE_CHECK_AT:
+                refuse_cycles(root)
             bound += 2
             for k, v in value.items():
                 bound += (_utf8_len(k) if isinstance(k, str) else len(str(k))) + 4
@@ -212,6 +263,9 @@ def _measure(root: Any) -> tuple[int, int, int]:
                 else:
                     push(v)
         elif isinstance(value, (list, tuple)):
+            walked += 1
+            if walked == _CYCLE_CHECK_AT:
+                refuse_cycles(root)
             bound += 2 + len(value)
             stack.extend(value)
         elif isinstance(value, bool) or value is None:
@@ -245,7 +299,7 @@ def _json_bytes(value: Any) -> int:
 def _text_bytes(root: Any) -> int:
     """UTF-8 bytes of the string values in ``root``, but roles and part types (`_measure`'s
     ``text`` alone, for the estimate: a lighter walk, as deep as it likes)."""
-    size = 0
+    size = walked = 0
     stack = [root]
     pop, extend = stack.pop, stack.extend
     while stack:
@@ -255,10 +309,14 @@ def _text_bytes(root: Any) -> int:
         elif isinstance(value, dict):
             if value.get("type") in _IMAGE_TYPES:
                 continue
+            walked += 1
+            if walked == _CYCLE_CHECK_AT:
+                refuse_cycles(root)
             extend(v for k, v in value.items() if k not in _UNCOUNTED_KEYS)
-        elif isinstance(value, list):
-            extend(value)
-        elif isinstance(value, (Mapping, tuple)):
+        elif isinstance(value, (list, Mapping, tuple)):
+            walked += 1
+            if walked == _CYCLE_CHECK_AT:
+                refuse_cycles(root)
             extend(value.values() if isinstance(value, Mapping) else value)
     return size
 

@@ -87,3 +87,51 @@ def test_an_output_cap_up_to_the_limit_is_read_as_it_is() -> None:
     assert max_output_tokens({"max_tokens": TOKEN_LIMIT}, Dialect.openai) == TOKEN_LIMIT
     with pytest.raises(RequestNotUnderstood, match=f"got {TOKEN_LIMIT + 1}$"):
         max_output_tokens({"max_tokens": TOKEN_LIMIT + 1}, Dialect.anthropic)
+
+
+def _looped_message() -> dict[str, object]:
+    message: dict[str, object] = {"role": "user", "content": "hi"}
+    message["parts"] = [{"type": "text", "text": "again", "back": message}]
+    return message
+
+
+def _looped_list() -> list[object]:
+    inner: list[object] = ["text"]
+    inner.append(inner)
+    return inner
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"messages": [_looped_message()]}, "[0]['parts'][0]['back']"),
+        ({"messages": [{"role": "user", "content": _looped_list()}]}, "[0]['content'][1]"),
+        (
+            {"messages": [{"role": "user", "content": "x"}], "tools": [_looped_message()]},
+            "[0]['parts'][0]['back']",
+        ),
+    ],
+    ids=["dict", "list", "tools"],
+)
+def test_a_prompt_built_in_python_that_holds_itself_is_refused_naming_where(
+    body: dict[str, object], where: str
+) -> None:
+    """Only Python code can build such a body; the token walk went round it for ever."""
+    from tiersel.dialects import estimate_input_tokens, input_tokens
+
+    for count in (estimate_input_tokens, input_tokens):
+        with pytest.raises(RequestNotUnderstood, match="reference cycle") as got:
+            count(body)
+        assert f"at {where} contains itself" in str(got.value)
+
+
+def test_a_large_prompt_that_shares_a_value_without_a_cycle_is_counted() -> None:
+    """The cycle check runs once a walk has entered 100,000 objects; shared (not cyclic) values
+    pass it and count once per place, as JSON would write them."""
+    from tiersel.dialects import estimate_input_tokens, input_tokens
+
+    shared = {"type": "text", "text": "abc"}
+    body = {"messages": [{"role": "user", "content": [shared] * 60_000}] * 2}
+    text = 2 * 60_000 * 3  # every "abc"
+    assert estimate_input_tokens(body, bytes_per_token=1.0) == text + 8 * 3
+    assert input_tokens(body, bytes_per_token=1.0)[0] == text + 8 * 3
