@@ -17,6 +17,10 @@ Each round sends one call through each arm, in an order that rotates from round 
   ``floor-report`` also reports, as the issue asks: it hands back a response carrying two
   ``x-tiersel-*`` headers. Neither decides anything, records a signal or reserves budget. Their
   added time is a floor, measured in the same run, under any ``TierTransport``'s.
+- ``parts``: a third reference, tiersel's own parts on the happy path with none of a door's
+  bookkeeping: the call read, decided by the policy, sent, one signals record, its cost and
+  three headers; no retries, hints, budget, hooks or prompt memory. What any door that decides
+  each call with tiersel's policy adds at least.
 
 The cases:
 
@@ -32,7 +36,7 @@ background threads that would slow the arms beside it).
 Prints, per case and arm, the median per-call time, the added microseconds over ``plain`` (the
 difference of the medians, and the median of the per-round differences) and the ratio of the
 medians. Target (issue 3): <= 50 us added per call (median) and <= 5% for non-streaming calls.
-The floor arms run in the non-streaming cases only.
+The reference arms run in the non-streaming cases only.
 """
 
 from __future__ import annotations
@@ -191,7 +195,11 @@ def _against(added: dict[tuple[str, str], float], with_litellm: bool) -> None:
     1/40 of what litellm.completion adds over a plain openai call."""
     for case in ("httpx", "openai"):
         ours, floor = added[(case, "tiersel")], added[(case, "floor-report")]
-        print(f"{case}: tiersel adds {ours / floor:.1f}x what floor-report adds (target <= 2.5x)")
+        parts = added[(case, "parts")]
+        print(
+            f"{case}: tiersel adds {ours / floor:.1f}x what floor-report adds (target <= 2.5x);"
+            f" tiersel's parts alone, {parts / floor:.1f}x"
+        )
     if not with_litellm:
         print("litellm is not installed (pip install litellm): its arm was not run")
         return
@@ -249,6 +257,72 @@ def _floor_transport(report: bool) -> Any:
             self.inner.close()
 
     return Floor()
+
+
+def _parts_transport() -> Any:
+    """A reference transport of tiersel's own parts with none of a door's bookkeeping (see the
+    module's docstring): the call read (`Engine.call_for`), decided (`Selector.decide`), its
+    step applied when it changes the request, sent, the reply parsed and its usage read, one
+    signals record (`Selector.record`), its cost, and the decision headers. Happy path only: no
+    retries, hints, requirements blocks, budget, hooks or prompt memory."""
+    import httpx
+
+    import tiersel
+    from tiersel.cost import charge
+    from tiersel.dialects import Dialect, apply_step, classify, read_usage
+    from tiersel.signals import Observation
+
+    sel = tiersel.Selector(api_key="")
+    engine, clock = sel.engine, sel.clock
+
+    class Parts(httpx.BaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.HTTPTransport()
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            body = json.loads(request.content)
+            call, _ = engine.call_for(body, Dialect.openai)
+            step = sel.decide(call).plan[0]
+            upstream = request
+            if step.model != body["model"] or step.body:
+                content = json.dumps(apply_step(body, step)).encode()
+                upstream = httpx.Request(
+                    "POST", request.url, headers=request.headers, content=content
+                )
+            started = clock.now()
+            response = self.inner.handle_request(upstream)
+            stream = response.stream
+            try:
+                content = b"".join(stream)  # type: ignore[arg-type]
+            finally:
+                stream.close()
+            elapsed = clock.now() - started
+            payload = json.loads(content)
+            outcome = classify(response.status_code, {}, payload).outcome
+            usage = read_usage(payload, Dialect.openai)
+            assert usage is not None
+            sel.record(call.model, step.tier, Observation(outcome, latency_s=elapsed))
+            cost = charge(
+                engine.pricing.model(call.model),
+                step.tier,
+                usage.prompt_tokens,
+                usage.cached_tokens,
+                usage.completion_tokens,
+            )
+            headers = [
+                *response.headers.raw,
+                (b"x-tiersel-tier", step.tier.encode()),
+                (b"x-tiersel-model", step.model.encode()),
+                (b"x-tiersel-cost-usd", f"{cost:.9f}".encode()),
+            ]
+            return httpx.Response(
+                response.status_code, headers=headers, stream=httpx.ByteStream(content)
+            )
+
+        def close(self) -> None:
+            self.inner.close()
+
+    return Parts()
 
 
 def _attribution(body: dict[str, Any], url: str, n: int) -> None:
@@ -320,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             "tiersel": httpx.Client(transport=TierTransport(selector)),
             "floor-read": httpx.Client(transport=_floor_transport(report=False)),
             "floor-report": httpx.Client(transport=_floor_transport(report=True)),
+            "parts": httpx.Client(transport=_parts_transport()),
         }
         body = {
             "model": "accounts/fireworks/models/kimi-k3",
