@@ -204,6 +204,36 @@ def test_a_table_older_than_90_days_warns_once(tmp_path: Path) -> None:
         load_pricing(path, today=datetime.date(2026, 6, 1))
 
 
+def test_a_table_file_is_parsed_once_and_again_when_it_changes(tmp_path: Path) -> None:
+    """Each `Selector()` loads its table: a file's parsed document is kept for the next load of
+    the same text, so an edit (even within the same millisecond, at the same size) is read at
+    once."""
+    from tiersel import pricing as module
+
+    path = _write(
+        tmp_path,
+        HEAD.replace('"2026-01"', '"2026-11-01"') + "  m1: {standard: {input: 1, output: 1}}\n",
+    )
+    today = datetime.date(2026, 12, 1)
+    parsed: list[Path] = []
+    parse = module._parse
+
+    def counted(p: Path, text: str) -> dict[str, Any]:
+        parsed.append(p)
+        return parse(p, text)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "_parse", counted)
+        first, again = load_pricing(path, today=today), load_pricing(path, today=today)
+        assert parsed == [path]
+        assert first is not again and again.model("m1").tiers["standard"].input_per_token == 1e-6
+        path.write_text(path.read_text().replace("input: 1,", "input: 2,"))
+        changed = load_pricing(path, today=today)
+        assert parsed == [path, path]
+        assert changed.model("m1").tiers["standard"].input_per_token == 2e-6
+        assert first.model("m1").tiers["standard"].input_per_token == 1e-6  # kept as loaded
+
+
 def test_tiers_say_how_they_are_requested(pricing: Pricing) -> None:
     assert dict(pricing.tiers["standard"].body) == {}
     assert dict(pricing.tiers["priority"].body) == {"service_tier": "priority"}
