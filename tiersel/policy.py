@@ -271,7 +271,8 @@ class CheapestFeasible:
                 continue
             tps = health.output_tps
             wait = 0.0
-            ttft = health.ttft_s + tp.spec.priors.prefill_s(unread)
+            prefill = tp.spec.priors.prefill_s(unread)
+            ttft = health.ttft_s + prefill
             decode = out_exp / tps
             latency = ttft + decode
             if health.state is _OPEN:
@@ -288,9 +289,18 @@ class CheapestFeasible:
                 # it, combined as if TTFT and output rate stray independently. (Adding them, as
                 # if they strayed together, bounds it from above; replays of the bundled traces
                 # showed that bound pessimistic: 15.7 failures predicted for 3 seen, against
-                # 12.3 so combined.)
+                # 12.3 so combined.) The prompt's prefill is compute on the GPUs that decode,
+                # so it strays as the output rate does; the learned TTFT's spread is that of
+                # the rest (queueing and overhead), far wider in relative terms. Applied to a
+                # long prompt's whole TTFT, it gave priority's 20-50k-token calls in the
+                # generated RAG trace under peak (minimax-m3) a spread of 0.18 where their
+                # durations' was 0.12; so, 0.13 for 0.13.
                 scale = fixed_scale or latency / (
-                    math.hypot(ttft * health.ttft_spread, decode * health.tps_spread) * _SQRT2
+                    math.hypot(
+                        health.ttft_s * health.ttft_spread,
+                        (prefill + decode) * health.tps_spread,
+                    )
+                    * _SQRT2
                 )
             expected = base + out_exp * tp.output_per_token
             cand = _candidate(name, tp, health, worst, expected, latency, wait, scale, base, ttft)
@@ -783,11 +793,15 @@ class FixedTier:
         expected = base + out * tp.output_per_token
         health = signals.get(name) or _NO_HEALTH
         prefill = tp.spec.priors.prefill_s(call.uncached_input_tokens)
-        ttft = health.ttft_s + (prefill if health is not _NO_HEALTH else 0.0)
+        if health is _NO_HEALTH:
+            prefill = 0.0
+        ttft = health.ttft_s + prefill
         decode = out / health.output_tps
         latency = ttft + decode
         deadline = requirements.deadline_s
-        spread = math.hypot(ttft * health.ttft_spread, decode * health.tps_spread)
+        spread = math.hypot(
+            health.ttft_s * health.ttft_spread, (prefill + decode) * health.tps_spread
+        )
         scale = latency / (spread * _SQRT2) if deadline is not None and spread > 0 else 0.0
         c = _candidate(name, tp, health, worst, expected, latency, 0.0, scale, base, ttft)
         attempts = requirements.max_attempts or self.max_attempts
