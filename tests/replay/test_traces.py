@@ -140,6 +140,23 @@ def test_plain_csv_may_give_only_reliability() -> None:
             "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,10,two\n",
             "trace.csv: line 2: GeneratedTokens 'two' is not a whole number",
         ),
+        (
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.1+25:00,10,2\n",
+            "trace.csv: line 2: TIMESTAMP '2024-05-10 00:00:00.1+25:00': UTC offset out of range",
+        ),
+        (
+            "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+            "5,ChatGPT,472,-1,471,Conversation log\n",
+            "trace.csv: line 2: Response tokens '-1' must be >= 0",
+        ),
+        (
+            "Timestamp,Model,Request tokens,Response tokens\n-5,ChatGPT,472,18\n",
+            "trace.csv: line 2: Timestamp '-5' must be >= 0",
+        ),
+        (
+            "Timestamp,Model,Request tokens,Colour\n5,ChatGPT,472,red\n",
+            "trace.csv: line 1: unrecognised header",
+        ),
     ],
 )
 def test_bad_input_names_the_file_line_and_problem(text: str, message: str) -> None:
@@ -232,3 +249,45 @@ def test_the_generated_rag_trace_mixes_short_prompts_with_long_context() -> None
     assert all(0 < r.prefix_tokens < r.input_tokens for r in t)
     with pytest.raises(ValueError, match="duration_s"):
         rag(duration_s=float("nan"))
+
+
+def test_the_azure_2024_release_with_its_utc_offsets() -> None:
+    """The 2024 week-long release writes ``2024-05-10 00:00:00.009930+00:00``: six digits and a
+    UTC offset. Times in another offset are made UTC before they are ordered."""
+    text = (
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2024-05-10 00:00:00.009930+00:00,374,44\n"
+        "2024-05-10 00:00:01.561000+00:00,879,63\n"
+        "2024-05-10 02:00:00.500000+02:00,10,1\n"  # 00:00:00.5 UTC
+        "2024-05-09 23:59:59.999999-00:00,7,3\n"
+        "2024-05-10T00:00:02Z,5,5\n"
+    )
+    trace = parse_trace(text, name="az24.csv")
+    got = [(round(r.arrival_s, 6), r.input_tokens, r.output_tokens) for r in trace.requests]
+    assert got == [
+        (0.0, 7, 3),
+        (0.009931, 374, 44),
+        (0.500001, 10, 1),
+        (1.561001, 879, 63),
+        (2.000001, 5, 5),
+    ]
+
+
+def test_burstgpt_columns_in_any_order() -> None:
+    """BurstGPT's CSV (github.com/HPMLL/BurstGPT): seconds from its start, and the request's
+    and response's tokens; its model, total and log type are not read. A request that failed
+    there (0 response tokens) is kept."""
+    written = (
+        "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+        "5,ChatGPT,472,18,490,Conversation log\n"
+        "45,ChatGPT,1087,0,1087,Conversation log\n"
+        "12,GPT-4,228,322,550,API log\n"
+    )
+    exported = "Log Type,Timestamp,Request tokens,Response tokens,Total tokens,Model\n" + "".join(
+        f"{t},{s},{q},{r},{tot},{m}\n"
+        for s, m, q, r, tot, t in (line.split(",") for line in written.splitlines()[1:])
+    )
+    for text in (written, exported):
+        trace = parse_trace(text, name="burst.csv")
+        got = [(r.arrival_s, r.input_tokens, r.output_tokens) for r in trace.requests]
+        assert got == [(0.0, 472, 18), (7.0, 228, 322), (40.0, 1087, 0)]

@@ -25,8 +25,9 @@ def add_parser(subs: Any, help: str) -> None:
         "simulate",
         help=help,
         description=(
-            "Replay a request trace (the Azure LLM trace CSV, or timestamp_s,input_tokens,"
-            "output_tokens[,deadline_s][,reliability][,prefix,prefix_tokens]) against the"
+            "Replay a request trace (the Azure LLM trace CSV of 2023 or 2024, BurstGPT's CSV,"
+            " or timestamp_s,input_tokens,output_tokens[,deadline_s][,reliability]"
+            "[,prefix,prefix_tokens]) against the"
             " simulated provider on a virtual clock, through each policy, and print one row per"
             " policy."
         ),

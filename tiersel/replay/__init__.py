@@ -5,9 +5,9 @@
 >>> [m.policy for m in result.policies]
 ['tiersel', 'always-priority']
 
-- `load_trace` reads the Azure LLM trace CSV or a plain ``timestamp_s,input_tokens,
-  output_tokens[,deadline_s][,reliability][,prefix,prefix_tokens]`` CSV; ``azure-code`` and
-  ``azure-conv`` are shipped.
+- `load_trace` reads the Azure LLM trace CSV (its 2023 and 2024 releases), BurstGPT's CSV, or
+  a plain ``timestamp_s,input_tokens,output_tokens[,deadline_s][,reliability][,prefix,
+  prefix_tokens]`` CSV; ``azure-code`` and ``azure-conv`` are shipped.
 - `parse_mix` / `DEFAULT_MIX` give calls without requirements a deadline and a reliability.
 - `compare` replays a trace through several policies (`POLICY_NAMES`, or your own `Contender`)
   against the simulated provider (`tiersel.sim.Provider`), each call through the core's own

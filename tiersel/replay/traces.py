@@ -1,9 +1,15 @@
 """Request traces to replay: arrival times and token counts, read from a CSV file.
 
-Two formats are read, told apart by their header line:
+Three formats are read, told apart by their header line:
 
 - the Azure LLM inference trace, ``TIMESTAMP,ContextTokens,GeneratedTokens``, with timestamps such
-  as ``2023-11-16 18:17:03.9799600`` (two slices ship with tiersel: `shipped_trace`);
+  as ``2023-11-16 18:17:03.9799600`` (the 2023 release; two slices ship with tiersel:
+  `shipped_trace`) or ``2024-05-10 00:00:00.009930+00:00`` (the 2024 week-long release, whose
+  times carry a UTC offset; github.com/Azure/AzurePublicDataset, AzureLLMInferenceDataset2024);
+- BurstGPT's (github.com/HPMLL/BurstGPT): the columns ``Timestamp`` (seconds from the trace's
+  start), ``Request tokens`` and ``Response tokens``, in any order, beside its ``Model``,
+  ``Total tokens`` and ``Log Type``, which are not read (every call asks for the replay's
+  model). A request that failed there has 0 response tokens: it is replayed as a call for one;
 - a plain CSV, ``timestamp_s,input_tokens,output_tokens``, optionally followed by ``deadline_s``
   and/or ``reliability`` (an empty cell means "no requirement": the mix assigns one), and
   ``prefix,prefix_tokens``: a name for the request's cacheable prompt prefix and its size (the
@@ -43,7 +49,12 @@ files they name."""
 _AZURE_HEADER = ("timestamp", "contexttokens", "generatedtokens")
 _PLAIN_HEADER = ("timestamp_s", "input_tokens", "output_tokens")
 _PLAIN_OPTIONAL = ("deadline_s", "reliability", "prefix", "prefix_tokens")
-_AZURE_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
+_AZURE_TIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(Z|[+-]\d{2}:?\d{2})?$"
+)
+_BURST_COLUMNS = ("timestamp", "request tokens", "response tokens")
+_BURST_OTHERS = ("model", "total tokens", "log type")
 
 
 class TraceError(TierselError, ValueError):
@@ -148,14 +159,17 @@ def parse_trace(text: str, *, name: str = "trace", source: str | None = None) ->
         requests = _azure_rows(rows, where)
     elif columns[:3] == _PLAIN_HEADER and _optional_ok(columns[3:]):
         requests = _plain_rows(rows, where, columns[3:])
+    elif _burst_ok(columns):
+        requests = _burst_rows(rows, where, columns)
     else:
         raise TraceError(
             where,
             line,
             f"unrecognised header {','.join(header)!r}: expected"
-            f" 'TIMESTAMP,ContextTokens,GeneratedTokens' (Azure trace) or"
+            f" 'TIMESTAMP,ContextTokens,GeneratedTokens' (Azure trace),"
             f" 'timestamp_s,input_tokens,output_tokens[,deadline_s][,reliability]"
-            f"[,prefix,prefix_tokens]'",
+            f"[,prefix,prefix_tokens]', or BurstGPT's columns (Timestamp, Request tokens,"
+            f" Response tokens, in any order, with Model, Total tokens and Log Type)",
         )
     if not requests:
         raise TraceError(where, None, "no requests after the header")
@@ -192,9 +206,12 @@ def _azure_rows(rows: _Reader, name: str) -> list[_Row]:
         m = _AZURE_TIME.match(stamp)
         if m is None:
             raise TraceError(
-                name, line, f"TIMESTAMP {stamp!r} is not of the form YYYY-MM-DD HH:MM:SS.fffffff"
+                name,
+                line,
+                f"TIMESTAMP {stamp!r} is not of the form YYYY-MM-DD HH:MM:SS.fffffff"
+                " (optionally with a UTC offset, +00:00)",
             )
-        y, mo, d, h, mi, s, frac = m.groups()
+        y, mo, d, h, mi, s, frac, zone = m.groups()
         key = (int(y), int(mo), int(d))
         base = day_base.get(key)
         if base is None:
@@ -209,6 +226,12 @@ def _azure_rows(rows: _Reader, name: str) -> list[_Row]:
         if hh > 23 or mm > 59 or ss > 60:
             raise TraceError(name, line, f"TIMESTAMP {stamp!r}: time of day out of range")
         t = base + hh * 3600 + mm * 60 + ss + (int(frac) / 10 ** len(frac) if frac else 0.0)
+        if zone and zone != "Z":  # the 2024 release's "+00:00": times are made UTC
+            digits = zone[1:].replace(":", "")
+            oh, om = int(digits[:2]), int(digits[2:])
+            if oh > 23 or om > 59:
+                raise TraceError(name, line, f"TIMESTAMP {stamp!r}: UTC offset out of range")
+            t -= (1 if zone[0] == "+" else -1) * (oh * 3600 + om * 60)
         out.append(
             TraceRequest(
                 t,
@@ -260,6 +283,37 @@ def _plain_rows(rows: _Reader, name: str, extra: Sequence[str]) -> list[_Row]:
                 reliability,
                 prefix,
                 shared,
+            )
+        )
+    return out
+
+
+def _burst_ok(columns: Sequence[str]) -> bool:
+    known = set(_BURST_COLUMNS) | set(_BURST_OTHERS)
+    return (
+        all(c in columns for c in _BURST_COLUMNS)
+        and len(set(columns)) == len(columns)
+        and all(c in known for c in columns)
+    )
+
+
+def _burst_rows(rows: _Reader, name: str, columns: Sequence[str]) -> list[_Row]:
+    at, ask, got = (columns.index(c) for c in _BURST_COLUMNS)
+    out: list[_Row] = []
+    for cells in rows:
+        line = rows.line_num
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(columns):
+            raise TraceError(name, line, f"expected {len(columns)} fields, found {len(cells)}")
+        stamp = _number(cells[at], "Timestamp", name, line)
+        if stamp < 0:
+            raise TraceError(name, line, f"Timestamp {cells[at]!r} must be >= 0")
+        out.append(
+            TraceRequest(
+                stamp,
+                _count(cells[ask], "Request tokens", name, line),
+                _count(cells[got], "Response tokens", name, line),
             )
         )
     return out
