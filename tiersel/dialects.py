@@ -10,6 +10,7 @@ classifying errors. Pure functions; no I/O.
 from __future__ import annotations
 
 import contextlib
+import copy
 import enum
 import json
 import math
@@ -440,7 +441,9 @@ def apply_step(body: Mapping[str, Any], step: Step) -> dict[str, Any]:
     out["model"] = step.model
     out.pop("service_tier", None)
     for key, value in step.body.items():
-        out[key] = value
+        # A nested value is copied: the body sent (which hooks may edit) must not share it
+        # with the price table's tier.
+        out[key] = value if isinstance(value, str) else copy.deepcopy(value)
     if "service_tier" in out:
         model = str(out["model"])
         if "/routers/" in model and not model.endswith("-us"):

@@ -7,6 +7,7 @@ USD prices per 1M tokens per tier. ``load_pricing()`` with no argument loads the
 
 from __future__ import annotations
 
+import copy
 import datetime
 import difflib
 import functools
@@ -312,7 +313,7 @@ class Pricing:
                 name: TierSpec(
                     name=tier_name(name),
                     description=t.description,
-                    body=MappingProxyType(dict(t.request.body)),
+                    body=MappingProxyType(copy.deepcopy(t.request.body)),
                     headers=MappingProxyType(dict(t.request.headers)),
                     base_url=t.request.base_url,
                     uses_router=t.request.model == "router",
@@ -562,7 +563,8 @@ def _read(path: Path) -> dict[str, Any]:
     `Selector()` without a table of its own loads it: the document of a file's text is kept for
     the next load of the same text (at most `_READ_KEPT` files; reading the file again takes
     a fraction of a millisecond). The document is shared: `_merge` and `_build` read it and
-    never change it."""
+    never change it, and a `Pricing` copies the nested values it hands out (a tier's request
+    body), so nothing a caller does to them reaches the next load."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

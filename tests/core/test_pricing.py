@@ -22,7 +22,7 @@ import tiersel
 from tiersel import PricingError, UnknownModel
 from tiersel.clock import FakeClock
 from tiersel.errors import RetiredTier
-from tiersel.pricing import Pricing, load_pricing
+from tiersel.pricing import Pricing, bundled_pricing_path, load_pricing
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ROOT = Path(__file__).resolve().parents[2]
@@ -232,6 +232,35 @@ def test_a_table_file_is_parsed_once_and_again_when_it_changes(tmp_path: Path) -
         assert parsed == [path, path]
         assert changed.model("m1").tiers["standard"].input_per_token == 2e-6
         assert first.model("m1").tiers["standard"].input_per_token == 1e-6  # kept as loaded
+
+
+def test_a_sent_body_shares_nothing_with_the_table_or_its_next_load(tmp_path: Path) -> None:
+    """A tier's body may hold nested values; a body tiersel sends carries them, and a hook may
+    edit it. Neither the table it came from nor the next load of the same file (whose parsed
+    document is kept) sees the edit."""
+    from tiersel.dialects import apply_step
+
+    text = (
+        bundled_pricing_path()
+        .read_text()
+        .replace(
+            "body: {service_tier: priority}",
+            "body: {service_tier: priority, metadata: {team: a}}",
+            1,
+        )
+    )
+    path = tmp_path / "table.yaml"
+    path.write_text(text)
+    table = load_pricing(path)
+    sel = tiersel.Selector(pricing=table, clock=FakeClock(), api_key="")
+    call = tiersel.Call(model="kimi-k3", input_tokens=200, max_output_tokens=30)
+    step = sel.decide(call, tiersel.Requirements(tiers="priority")).plan[0]
+    sent = apply_step({"model": "kimi-k3", "messages": []}, step)
+    assert sent["metadata"] == {"team": "a"}
+    sent["metadata"]["team"] = "b"
+    assert table.tiers["priority"].body["metadata"] == {"team": "a"}
+    assert apply_step({"model": "kimi-k3"}, step)["metadata"] == {"team": "a"}
+    assert load_pricing(path).tiers["priority"].body["metadata"] == {"team": "a"}
 
 
 def test_tiers_say_how_they_are_requested(pricing: Pricing) -> None:
