@@ -396,7 +396,15 @@ class Engine:
         tokens, bound = input_tokens(body, bytes_per_token=self.bytes_per_token, dialect=dialect)
         # Every field was checked above (the cap by max_output_tokens, the model by the table):
         # skip validating them again on the hot path.
-        call = Call.checked(prices.name, tokens, out, self.endpoint, bound)
+        call = Call.model_construct(
+            model=prices.name,
+            input_tokens=tokens,
+            cached_input_tokens=0,
+            max_output_tokens=out,
+            expected_output_tokens=None,
+            endpoint=self.endpoint,
+            max_input_tokens=bound,
+        )
         if self.plan_at_bound and bound is not None:
             call = call.model_copy(update={"input_tokens": bound})
         return call, implied
