@@ -174,6 +174,13 @@ _IMAGE_TYPES = frozenset({"image_url", "image", "input_image"})
 _UNCOUNTED_KEYS = ("role", "type")
 
 
+def _is_image(part: Mapping[Any, Any]) -> bool:
+    """Whether a message part is an image (its ``type`` says so; a ``type`` that is not a
+    string, which only a body built in Python holds, is not one)."""
+    kind = part.get("type")
+    return isinstance(kind, str) and kind in _IMAGE_TYPES
+
+
 def _utf8_len(text: str) -> int:
     # An ASCII string's length is its size in bytes: no need to encode it. A lone surrogate
     # ("\ud800", which JSON allows) counts as the 3 bytes it would take.
@@ -250,7 +257,7 @@ def _measure(root: Any) -> tuple[int, int, int]:
             text += n
             bound += n + 2
         elif isinstance(value, (dict, Mapping)):
-            if value.get("type") in _IMAGE_TYPES:
+            if _is_image(value):
                 images += 1
                 continue
             walked += 1
@@ -293,6 +300,7 @@ def _json_bytes(value: Any) -> int:
     try:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
     except (RecursionError, ValueError, TypeError):
+        refuse_cycles(value)  # json's "Circular reference": `_measure` would go round it too
         return 6 * _measure(value)[1]
     return _utf8_len(text)
 
@@ -308,7 +316,7 @@ def _text_bytes(root: Any) -> int:
         if isinstance(value, str):
             size += _utf8_len(value)
         elif isinstance(value, dict):
-            if value.get("type") in _IMAGE_TYPES:
+            if _is_image(value):
                 continue
             walked += 1
             if walked == _CYCLE_CHECK_AT:

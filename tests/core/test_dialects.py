@@ -135,3 +135,25 @@ def test_a_large_prompt_that_shares_a_value_without_a_cycle_is_counted() -> None
     text = 2 * 60_000 * 3  # every "abc"
     assert estimate_input_tokens(body, bytes_per_token=1.0) == text + 8 * 3
     assert input_tokens(body, bytes_per_token=1.0)[0] == text + 8 * 3
+
+
+def test_a_cycle_through_a_role_or_a_part_type_is_refused_by_the_bound() -> None:
+    """Roles and part types are rendered as JSON for the bound: one that holds its message
+    went round json's fallback until the stack ran out (RecursionError), and a list ``type``
+    was looked up in a set (TypeError). The estimate, which reads neither, still counts."""
+    from tiersel.dialects import estimate_input_tokens, input_tokens
+
+    looped: dict[str, object] = {"role": None, "content": "hi"}
+    looped["role"] = looped
+    part: dict[str, object] = {"type": "text", "text": "hi"}
+    part["type"] = [part]
+    for body, where in (
+        ({"messages": [looped]}, "['role']"),
+        ({"messages": [{"role": "user", "content": [part]}]}, "[0]['type']"),
+    ):
+        with pytest.raises(RequestNotUnderstood, match="reference cycle") as got:
+            input_tokens(body)
+        assert f"at {where} contains itself" in str(got.value)
+        assert estimate_input_tokens(body) > 0
+    listed = {"messages": [{"role": "user", "content": [{"type": ["image_url"], "text": "hi"}]}]}
+    assert input_tokens(listed)[0] == estimate_input_tokens(listed)
