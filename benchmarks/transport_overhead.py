@@ -210,6 +210,26 @@ def _against(added: dict[tuple[str, str], float], with_litellm: bool) -> None:
     )
 
 
+def _fetch_whole(inner: Any, request: Any) -> tuple[Any, bytes]:
+    """A reference transport's send: the response from ``inner`` and its whole body, read."""
+    response = inner.handle_request(request)
+    stream = response.stream
+    try:
+        content = b"".join(stream)
+    finally:
+        stream.close()
+    return response, content
+
+
+def _answer(response: Any, content: bytes, extra: list[tuple[bytes, str]]) -> Any:
+    """The response handed back: ``response``'s status, headers and ``content``, with ``extra``
+    headers."""
+    import httpx
+
+    headers = [*response.headers.raw, *((k, v.encode()) for k, v in extra)]
+    return httpx.Response(response.status_code, headers=headers, stream=httpx.ByteStream(content))
+
+
 def _floor_transport(report: bool) -> Any:
     """A reference transport (see the module's docstring): the unavoidable part of choosing a
     tier per call, and nothing else. ``report``: also hand back two decision headers (the cost
@@ -227,12 +247,7 @@ def _floor_transport(report: bool) -> Any:
 
         def handle_request(self, request: httpx.Request) -> httpx.Response:
             model = json.loads(request.content)["model"]
-            response = self.inner.handle_request(request)
-            stream = response.stream
-            try:
-                content = b"".join(stream)  # type: ignore[arg-type]
-            finally:
-                stream.close()
+            response, content = _fetch_whole(self.inner, request)
             usage = json.loads(content)["usage"]
             if not report:
                 response.stream = httpx.ByteStream(content)
@@ -244,14 +259,8 @@ def _floor_transport(report: bool) -> Any:
                 0,
                 usage["completion_tokens"],
             )
-            headers = [
-                *response.headers.raw,
-                (b"x-tiersel-model", model.encode()),
-                (b"x-tiersel-cost-usd", f"{cost:.8f}".encode()),
-            ]
-            return httpx.Response(
-                response.status_code, headers=headers, stream=httpx.ByteStream(content)
-            )
+            extra = [(b"x-tiersel-model", model), (b"x-tiersel-cost-usd", f"{cost:.8f}")]
+            return _answer(response, content, extra)
 
         def close(self) -> None:
             self.inner.close()
@@ -290,12 +299,7 @@ def _parts_transport() -> Any:
                     "POST", request.url, headers=request.headers, content=content
                 )
             started = clock.now()
-            response = self.inner.handle_request(upstream)
-            stream = response.stream
-            try:
-                content = b"".join(stream)  # type: ignore[arg-type]
-            finally:
-                stream.close()
+            response, content = _fetch_whole(self.inner, upstream)
             elapsed = clock.now() - started
             payload = json.loads(content)
             outcome = classify(response.status_code, {}, payload).outcome
@@ -309,15 +313,12 @@ def _parts_transport() -> Any:
                 usage.cached_tokens,
                 usage.completion_tokens,
             )
-            headers = [
-                *response.headers.raw,
-                (b"x-tiersel-tier", step.tier.encode()),
-                (b"x-tiersel-model", step.model.encode()),
-                (b"x-tiersel-cost-usd", f"{cost:.9f}".encode()),
+            extra = [
+                (b"x-tiersel-tier", step.tier),
+                (b"x-tiersel-model", step.model),
+                (b"x-tiersel-cost-usd", f"{cost:.9f}"),
             ]
-            return httpx.Response(
-                response.status_code, headers=headers, stream=httpx.ByteStream(content)
-            )
+            return _answer(response, content, extra)
 
         def close(self) -> None:
             self.inner.close()
