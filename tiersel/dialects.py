@@ -174,13 +174,6 @@ _IMAGE_TYPES = frozenset({"image_url", "image", "input_image"})
 _UNCOUNTED_KEYS = ("role", "type")
 
 
-def _is_image(part: Mapping[Any, Any]) -> bool:
-    """Whether a message part is an image (its ``type`` says so; a ``type`` that is not a
-    string, which only a body built in Python holds, is not one)."""
-    kind = part.get("type")
-    return isinstance(kind, str) and kind in _IMAGE_TYPES
-
-
 def _utf8_len(text: str) -> int:
     # An ASCII string's length is its size in bytes: no need to encode it. A lone surrogate
     # ("\ud800", which JSON allows) counts as the 3 bytes it would take.
@@ -257,7 +250,8 @@ def _measure(root: Any) -> tuple[int, int, int]:
             text += n
             bound += n + 2
         elif isinstance(value, (dict, Mapping)):
-            if _is_image(value):
+            kind = value.get("type")  # (a type that is no string, from Python, is no image)
+            if isinstance(kind, str) and kind in _IMAGE_TYPES:
                 images += 1
                 continue
             walked += 1
@@ -316,7 +310,8 @@ def _text_bytes(root: Any) -> int:
         if isinstance(value, str):
             size += _utf8_len(value)
         elif isinstance(value, dict):
-            if _is_image(value):
+            kind = value.get("type")  # (a type that is no string, from Python, is no image)
+            if isinstance(kind, str) and kind in _IMAGE_TYPES:
                 continue
             walked += 1
             if walked == _CYCLE_CHECK_AT:
