@@ -287,6 +287,61 @@ def test_a_stream_dropped_unread_is_settled_when_the_transport_closes(
     assert ledger.state(0).spent_usd == pytest.approx(recorder.last.cost_usd) == pytest.approx(held)
 
 
+def test_a_stream_open_when_its_transport_closes_is_settled_by_the_close(
+    recorder: Recorder,
+) -> None:
+    # Closing the client closes the transport and the stream's connection: no later call would
+    # report the stream, so the close does, charging what it read (found by a new user's probe:
+    # the reservation stayed held for good, and nothing was reported, when the stream was
+    # dropped after the close).
+    ledger, http = _plain(recorder)
+    response = http.send(http.build_request("POST", URL, json=STREAM_BODY), stream=True)
+    chunks = response.iter_bytes()
+    assert next(chunks)
+    held = ledger.state(0).reserved_usd
+    assert recorder.records == [] and held > 0
+    http.close()
+    (closed,) = recorder.records
+    assert closed.ok and closed.streamed
+    assert closed.detail.startswith("its transport was closed before the end of the stream")
+    assert closed.cost_basis is CostBasis.estimate and 0 < closed.cost_usd < held
+    state = ledger.state(0)
+    assert state.reserved_usd == 0 and state.spent_usd == pytest.approx(closed.cost_usd)
+    # Read on, dropped and collected afterwards, it is not reported or charged again.
+    for _ in chunks:
+        pass
+    del response, chunks
+    gc.collect()
+    assert len(recorder.records) == 1 and ledger.state(0).spent_usd == state.spent_usd
+
+
+def test_an_async_stream_open_when_its_transport_closes_is_settled_by_the_close(
+    recorder: Recorder,
+) -> None:
+    async def main() -> MemoryLedger:
+        clock = FakeClock()
+        ledger = MemoryLedger(1.0)
+        selector = tiersel.Selector(clock=clock, ledger=ledger, api_key="", max_attempts=1)
+        sim = AsyncSimTransport(scenario="calm", clock=clock)
+        http = httpx.AsyncClient(transport=AsyncTierTransport(selector, sim, on_call=recorder))
+        response = await http.send(http.build_request("POST", URL, json=STREAM_BODY), stream=True)
+        async for _ in response.aiter_bytes():
+            break
+        assert recorder.records == [] and ledger.state(0).reserved_usd > 0
+        await http.aclose()
+        assert len(recorder.records) == 1
+        del response
+        gc.collect()
+        return ledger
+
+    ledger = asyncio.run(main())
+    (closed,) = recorder.records
+    assert closed.detail.startswith("its transport was closed before the end of the stream")
+    assert closed.cost_basis is CostBasis.estimate
+    state = ledger.state(0)
+    assert state.reserved_usd == 0 and state.spent_usd == pytest.approx(closed.cost_usd)
+
+
 def test_an_sdk_stream_closed_by_the_garbage_collector_is_reported_after_it(
     recorder: Recorder,
 ) -> None:

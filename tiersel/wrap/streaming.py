@@ -244,9 +244,12 @@ class StreamMeter:
         broke: BaseException | None = None,
         exhausted: bool = False,
         abandoned: bool = False,
+        transport_closed: bool = False,
     ) -> StreamEnd:
         """How the stream ended: it ``broke`` with an exception, was ``exhausted`` (upstream
-        sent everything), or neither (the caller closed it, or dropped it: ``abandoned``)."""
+        sent everything), or neither (the caller closed it, or dropped it: ``abandoned``, or
+        closed the transport it came through while it was open: ``transport_closed``, which
+        closes its connection as a close of the stream would)."""
         now = self._clock.now()
         usage = self.usage()
         detail = "ok"
@@ -261,6 +264,8 @@ class StreamMeter:
             outcome, detail = Outcome.error, "the stream ended before its final event"
         elif abandoned:
             outcome, detail = Outcome.ok, "dropped by the caller, unclosed, before the end"
+        elif transport_closed:
+            outcome, detail = Outcome.ok, "its transport was closed before the end of the stream"
         else:
             outcome, detail = Outcome.ok, "closed by the caller before the end of the stream"
         complete = usage is not None and (self.finished or self.dialect.chunked_usage)
@@ -358,46 +363,80 @@ def _same(exc: Exception) -> Exception:
 
 
 class Abandoned:
-    """Ends of streams dropped unclosed, waiting for a safe point to be reported.
+    """The streams a transport handed out that have not reported their end, and the ends of
+    those dropped unclosed, waiting for a safe point to be reported.
 
     The collector only appends (a deque's append takes no lock of ours); `drain` and `adrain`
     report each end, through the stream's own ``on_end``, at the transport's next call or close.
+    At its close, `end_open` first ends the streams still open: the close shuts their
+    connections, and no later call would report them.
     """
 
-    __slots__ = ("_queue",)
+    __slots__ = ("_open", "_queue")
 
     def __init__(self) -> None:
-        self._queue: deque[tuple[Callable[[StreamEnd], Any], StreamMeter]] = deque()
+        self._queue: deque[tuple[Callable[[StreamEnd], Any], StreamEnd | StreamMeter]] = deque()
+        # The open streams' claims on their ``on_end`` (see `_Metered`), by the claim's id.
+        self._open: dict[int, tuple[list[Callable[[StreamEnd], Any]], StreamMeter, Any]] = {}
 
     def __len__(self) -> int:
         return len(self._queue)
 
     def watch(
         self, stream: object, meter: StreamMeter, pending: list[Callable[[StreamEnd], Any]]
-    ) -> Any:
-        """Queue ``meter``'s end if ``stream`` is collected while its ``on_end`` is still
-        ``pending`` (a one-item list the stream empties when it reports its end itself)."""
-        return weakref.finalize(stream, self._dropped, pending, meter)
+    ) -> None:
+        """Follow ``stream`` until it reports its end (`settled`): queue ``meter``'s end if it is
+        collected first, or end it at `end_open`, while its ``on_end`` is still ``pending`` (a
+        one-item list the stream empties when it reports its end itself)."""
+        key = id(pending)  # the list lives while its entry does: the id is not reused meanwhile
+        self._open[key] = (pending, meter, weakref.finalize(stream, self._dropped, key))
 
-    def _dropped(self, pending: list[Callable[[StreamEnd], Any]], meter: StreamMeter) -> None:
-        if pending:
-            self._queue.append((pending.pop(), meter))
+    def settled(self, pending: list[Callable[[StreamEnd], Any]]) -> None:
+        """The stream holding ``pending`` has reported its end: stop following it."""
+        entry = self._open.pop(id(pending), None)
+        if entry is not None:
+            entry[2].detach()
 
-    def drain(self) -> None:
+    def _dropped(self, key: int) -> None:
+        entry = self._open.pop(key, None)
+        if entry is not None:
+            self._claim(entry[0], entry[1])
+
+    def _claim(
+        self, pending: list[Callable[[StreamEnd], Any]], end: StreamEnd | StreamMeter
+    ) -> None:
+        try:
+            on_end = pending.pop()
+        except IndexError:  # the stream reported its end itself meanwhile
+            return
+        self._queue.append((on_end, end))
+
+    def end_open(self) -> None:
+        """End every stream still open, as its transport closes (their ends are then drained)."""
+        for key in list(self._open):
+            entry = self._open.pop(key, None)
+            if entry is not None:
+                pending, meter, finalizer = entry
+                finalizer.detach()
+                self._claim(pending, meter.end(transport_closed=True))
+
+    def _ends(self) -> Iterator[tuple[Callable[[StreamEnd], Any], StreamEnd]]:
         queue = self._queue
         while queue:
-            on_end, meter = queue.popleft()
+            on_end, end = queue.popleft()
+            yield on_end, end.end(abandoned=True) if isinstance(end, StreamMeter) else end
+
+    def drain(self) -> None:
+        for on_end, end in self._ends():
             try:
-                on_end(meter.end(abandoned=True))
+                on_end(end)
             except Exception:  # not the current call's failure: say so and go on
                 log.warning("tiersel: could not settle a dropped stream", exc_info=True)
 
     async def adrain(self) -> None:
-        queue = self._queue
-        while queue:
-            on_end, meter = queue.popleft()
+        for on_end, end in self._ends():
             try:
-                await on_end(meter.end(abandoned=True))
+                await on_end(end)
             except Exception:
                 log.warning("tiersel: could not settle a dropped stream", exc_info=True)
 
@@ -421,7 +460,9 @@ class _Metered(Generic[_R]):
         self._meter = meter
         self._pending: list[Callable[[StreamEnd], _R]] = [on_end]
         self._errors = errors
-        self._watch = abandoned.watch(self, meter, self._pending) if abandoned is not None else None
+        self._abandoned = abandoned
+        if abandoned is not None:
+            abandoned.watch(self, meter, self._pending)
 
     def _claim(
         self, broke: BaseException | None, exhausted: bool
@@ -431,8 +472,8 @@ class _Metered(Generic[_R]):
             on_end = self._pending.pop()
         except IndexError:
             return None
-        if self._watch is not None:
-            self._watch.detach()
+        if self._abandoned is not None:
+            self._abandoned.settled(self._pending)
         return on_end, self._meter.end(broke=broke, exhausted=exhausted)
 
 

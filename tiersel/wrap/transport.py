@@ -153,6 +153,7 @@ class TierTransport(_Door, SyncTransportBase):
         return convert_response(response, step.flavour, asynchronous=False)
 
     def close(self) -> None:
+        self._handler.exchange.abandoned.end_open()
         self._handler.exchange.abandoned.drain()
         for t in self._handler.transports():
             t.close()
@@ -203,6 +204,7 @@ class AsyncTierTransport(_Door, AsyncTransportBase):
         return answer
 
     async def aclose(self) -> None:
+        self._handler.exchange.abandoned.end_open()
         await self._handler.exchange.abandoned.adrain()
         for t in self._handler.transports():
             await t.aclose()
