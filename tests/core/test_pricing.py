@@ -644,3 +644,41 @@ def test_decide_on_a_router_id_is_for_its_tier() -> None:
     assert sel.decide(call).tier == "us"
     with pytest.raises(tiersel.ConflictingRequirements, match="names the us tier"):
         sel.decide(call, tiersel.Requirements(tiers="spot"))
+
+
+def test_a_us_router_id_serves_its_priority_tier_where_the_allowed_tiers_ask_for_it() -> None:
+    # The US-only router is sold standard and priority under one id: allowing us_priority alone
+    # was refused as contradicting the id (found by a new user's probe), though the same id with
+    # service_tier "priority" in the body is sent as us_priority.
+    from tiersel.clock import FakeClock
+    from tiersel.dialects import apply_step
+    from tiersel.engine.effects import Send
+    from tiersel.engine.results import Reply
+
+    sel = tiersel.Selector(clock=FakeClock(), api_key="")
+    router = "accounts/fireworks/routers/kimi-k3-us"
+    call = tiersel.Call(model=router, input_tokens=100, max_output_tokens=100)
+    decision = sel.decide(call, tiersel.Requirements(tiers="us_priority"))
+    assert decision.tier == "us_priority"
+    body = {"model": router, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+    sent = apply_step(body, decision.plan[0])
+    assert sent["model"] == router and sent["service_tier"] == "priority"
+    both = sel.decide(call, tiersel.Requirements(tiers=("us", "us_priority")))
+    assert {s.tier for s in both.plan} <= {"us", "us_priority"}
+    assert sel.decide(call).tier == "us"  # the bare id, nothing allowed: the id's own tier
+    started = sel.engine.start(body, requirements=tiersel.Requirements(tiers="us_priority"))
+    sends: list[Send] = []
+
+    def send(effect: Send) -> Reply:
+        sends.append(effect)
+        return Reply(200, {}, {"usage": {"prompt_tokens": 9, "completion_tokens": 4}}, 0.5)
+
+    assert sel.engine.run(started, send).ok
+    assert [(s.step.tier, s.body["model"], s.body["service_tier"]) for s in sends] == [
+        ("us_priority", router, "priority")
+    ]
+    # A body that asks for priority itself names us_priority: allowing only us contradicts it.
+    with pytest.raises(tiersel.ConflictingRequirements, match="names the us_priority tier"):
+        sel.engine.start(
+            {**body, "service_tier": "priority"}, requirements=tiersel.Requirements(tiers="us")
+        )

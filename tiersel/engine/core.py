@@ -14,7 +14,7 @@ import difflib
 import inspect
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple, TypedDict, cast
 
@@ -339,7 +339,7 @@ class Engine:
         req = requirements if requirements is not None else self.requirements
         self.check_tiers(req)
         if implied is not None:  # a router id: the call is for that tier, as `send` treats it
-            req = pinned(req, implied)
+            req = pinned(req, implied, siblings(prices, implied))
         ledger = self._sync_ledger("decide")
         if budget is None and ledger is not None:
             budget = ledger.state(now)
@@ -448,7 +448,8 @@ class Engine:
         call, implied = self.call_for(body, dialect)
         req = requirements if requirements is not None else self.requirements
         self.check_tiers(req)
-        req = pinned(req, implied)
+        if implied is not None:
+            req = pinned(req, implied, siblings(self.pricing.model(call.model), implied))
         cid = call_id or new_call_id()
         prompt = None
         if call.input_tokens >= MIN_CACHED_TOKENS:  # a shorter prompt's prefill hardly counts
@@ -777,14 +778,30 @@ async def _awaited(pending: Sequence[Any]) -> list[Any]:
     return done
 
 
-def pinned(req: Requirements, implied: str | None) -> Requirements:
-    """``req`` for a call whose model id names a tier (a router id): that tier alone. Allowed
-    tiers that leave it out contradict the id (``--model kimi-k3-us --tiers spot``)."""
+def pinned(req: Requirements, implied: str | None, siblings: Collection[str] = ()) -> Requirements:
+    """``req`` for a call whose model id names a tier (a router id): that tier alone, or, where
+    the allowed tiers name them, the ``siblings`` the same id also serves (a US-only router is
+    sold with priority too: ``--model kimi-k3-us --tiers us_priority``). Allowed tiers that
+    leave all of them out contradict the id (``--model kimi-k3-us --tiers spot``)."""
     if implied is None:
         return req
-    if req.tiers is not None and implied not in req.tiers:
+    if req.tiers is None:
+        return req.model_copy(update={"tiers": (implied,)})
+    kept = tuple(t for t in req.tiers if t == implied or t in siblings)
+    if not kept:
         raise ConflictingRequirements(
             f"the model id names the {implied} tier, but the allowed tiers are"
             f" {', '.join(req.tiers)}"
         )
-    return req.model_copy(update={"tiers": (implied,)})
+    return req.model_copy(update={"tiers": kept})
+
+
+def siblings(prices: ModelPrices, implied: str | None) -> tuple[str, ...]:
+    """The other tiers served by the router id that names tier ``implied`` (``us_priority``
+    for ``us``); none for a tier that a request's ``service_tier`` asked for already."""
+    if implied is None or implied.endswith("_priority") or implied not in prices.tiers:
+        return ()
+    model_id = prices.tiers[implied].model_id
+    return tuple(
+        name for name, tp in prices.tiers.items() if name != implied and tp.model_id == model_id
+    )
