@@ -221,3 +221,15 @@ def test_a_service_and_a_separate_clock_are_refused() -> None:
 def test_a_time_scale_that_is_not_a_finite_positive_number_is_refused(scale: float) -> None:
     with pytest.raises(ValueError, match="time_scale must be a finite number > 0"):
         SimService("calm", clock=FakeClock(), time_scale=scale)
+
+
+def test_a_routers_priority_tier_is_echoed_as_priority() -> None:
+    # The US-only router with service_tier priority is billed us_priority: it answered
+    # "default", which reads as a downgrade to a client that bills by the echoed tier.
+    transport = SimTransport(scenario="calm", clock=FakeClock())
+    body = _chat(model="accounts/fireworks/routers/kimi-k3-us", service_tier="priority")
+    with httpx.Client(transport=transport, base_url=BASE) as client:
+        r = client.post("/chat/completions", json=body)
+    assert r.status_code == 200 and r.headers["x-sim-tier"] == "us_priority"
+    assert r.json()["service_tier"] == "priority"
+    assert transport.stats()["by_tier"] == {"us_priority": {"200": 1}}

@@ -144,8 +144,8 @@ def _headers(result: SimResult, *, stream: bool) -> list[tuple[str, str]]:
 def _echo(req: SimRequest, result: SimResult, dialect: Dialect) -> str | None:
     if req.service_tier is None:
         return None
-    if result.tier == "priority":
-        return "priority"
+    if result.tier is not None and (result.tier == "priority" or result.tier.endswith("_priority")):
+        return "priority"  # a router's priority tier (us_priority) is priority on the wire too
     return "standard" if dialect is Dialect.anthropic else "default"
 
 
