@@ -416,13 +416,18 @@ class Pricing:
         if key in self._warned:
             return
         self._warned.add(key)
+        when = f" on {mp.deprecation_date}" if mp.deprecation_date else ""
         if tier:
             what = f"{model!r} ({tier} of {mp.name}) is retired; it is sent as {mp.model_id!r}"
+            if mp.retired:  # (the model's own warning is given once, maybe before this one)
+                what += f", itself retired{when}"
         else:
-            when = f" on {mp.deprecation_date}" if mp.deprecation_date else ""
             what = f"model {mp.name!r} was retired{when}"
+        if mp.retired:
             if mp.successor:
                 what += f"; its successor is {mp.successor!r}"
+            else:
+                what += "; the price table names no successor"
         warnings.warn(f"{what} (price table {self.as_of})", TierselWarning, stacklevel=3)
 
     def check_tiers(self, names: Iterable[str]) -> None:

@@ -176,6 +176,25 @@ def test_a_retired_model_warns_once_naming_its_successor() -> None:
         table.model("glm-5p2")  # once
 
 
+def test_a_retired_model_with_no_successor_and_its_retired_router_say_so() -> None:
+    # kimi-k2p6's fast router is sent as kimi-k2p6, itself retired, which the table gives no
+    # successor: the warnings said neither (a new user's probe read the router's as current).
+    table = load_pricing()
+    with pytest.warns(tiersel.TierselWarning) as seen:
+        table.resolve("accounts/fireworks/routers/kimi-k2p6-fast")
+        table.resolve("kimi-k2p6")
+    said = [str(w.message) for w in seen]
+    assert any(
+        "it is sent as 'accounts/fireworks/models/kimi-k2p6', itself retired on 2026-09-25;"
+        " the price table names no successor" in m
+        for m in said
+    ), said
+    assert any(
+        "model 'kimi-k2p6' was retired on 2026-09-25; the price table names no successor" in m
+        for m in said
+    ), said
+
+
 def test_a_model_retires_on_its_deprecation_date(tmp_path: Path) -> None:
     path = _write(
         tmp_path,
