@@ -184,3 +184,25 @@ def test_held_answers_wait_for_release_then_each_takes_its_latency(
     # The gate is open again: a new call is answered without a release.
     assert client.post("/chat/completions", json=_body()).status_code == 200
     assert server.stats()["held"] == 0
+
+
+def test_a_stream_closed_early_is_billed_what_was_generated(
+    server: RunningServer, client: httpx.Client
+) -> None:
+    # It was billed its whole answer when it was admitted, and a client's going away counted
+    # nothing (a new user's probe: 2,000 tokens billed for a stream closed after 4 chunks).
+    body = _body(max_tokens=3000, stream=True)
+    with client.stream("POST", "/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        r.read()
+    whole = server.stats()["billed_usd"]
+    server.reset(time_s=0)
+    with client.stream("POST", "/chat/completions", json=body) as r:
+        next(line for line in r.iter_lines() if line.startswith("data:"))
+    # The stream is closed: the server sees the client go at its next chunk's due time.
+    deadline = time.monotonic() + 10
+    while (stats := server.stats())["cancelled"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stats["cancelled"] == 1
+    # Its prompt and the first of 3,000 tokens, at 15 times the price of a prompt token.
+    assert 0 < stats["billed_usd"] < whole / 10, (stats["billed_usd"], whole)

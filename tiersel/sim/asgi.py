@@ -64,8 +64,11 @@ class SimApp:
         async def until(due_s: float) -> None:
             await clock.asleep(start + due_s * scale - clock.now())
 
+        def gone() -> None:  # the client went away first: nothing more is generated
+            self.service.cancelled(rendered, (clock.now() - start) / scale)
+
         if not await _unless_gone(until(rendered.at_s), receive):
-            self.service.cancelled()  # the client went away first: nothing more is generated
+            gone()
             return
         await send(
             {
@@ -81,10 +84,13 @@ class SimApp:
             return
         try:
             for due, data in rendered.chunks:
-                await until(due)
+                if not await _unless_gone(until(due), receive):
+                    gone()  # a stream closed early: billed what was generated until then
+                    return
                 await send({"type": "http.response.body", "body": data, "more_body": True})
         except OSError:
-            return  # the client went away mid-stream
+            gone()  # the client went away mid-stream
+            return
         if rendered.broken:
             raise SimulatedStreamBreak("simulated broken stream: dropping the connection")
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -112,11 +112,14 @@ class SimService:
             "cancelled": self._cancelled,
         }
 
-    def cancelled(self) -> None:
-        """Count a request whose client went away before its answer was due (a hedge's loser):
-        a real provider stops generating for it, and bills its prompt and the output so far."""
+    def cancelled(self, rendered: Rendered, after_s: float) -> None:
+        """Count a request whose client went away ``after_s`` scenario seconds after sending it,
+        before its answer was all sent (a hedge's loser, a stream closed early): a real provider
+        stops generating for it, and bills its prompt and the output so far."""
         with self._lock:
             self._cancelled += 1
+        if rendered.result is not None:
+            self.provider.cancel(rendered.result, after_s)
 
     def hold(self) -> None:
         """Close the gate: answers to generation requests wait until `release`."""
@@ -195,6 +198,7 @@ class SimService:
             created=_EPOCH + int(now),
             echo_tier=self.provider.scenario.echo_service_tier,
         )
+        rendered = replace(rendered, result=result)
         if result.retry_after_s is None or self.time_scale == 1.0:
             return rendered
         # Retry-After tells the client how long to wait on its clock: scale it like latencies.

@@ -64,6 +64,7 @@ class Rendered:
     at_s: float = 0.0
     chunks: tuple[tuple[float, bytes], ...] = ()
     broken: bool = False
+    result: SimResult | None = None  # what the provider did, for a generation request
 
     @property
     def streamed(self) -> bool:
