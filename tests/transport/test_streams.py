@@ -24,7 +24,7 @@ import tiersel
 from tests.transport.conftest import ANTHROPIC, MODEL, Recorder
 from tiersel.budget import MemoryLedger
 from tiersel.clock import FakeClock
-from tiersel.dialects import Dialect
+from tiersel.dialects import Dialect, Usage
 from tiersel.signals import Outcome, SignalKey
 from tiersel.sim import AsyncSimTransport, SimTransport
 from tiersel.wrap import AsyncTierTransport, CostBasis, TierTransport
@@ -133,6 +133,25 @@ def test_a_stream_cut_short_is_a_failure_and_its_tokens_are_estimated() -> None:
     assert end.detail.startswith("the stream broke: RemoteProtocolError")
     assert end.usage_estimated and end.usage is not None
     assert (end.usage.prompt_tokens, end.usage.completion_tokens) == (99, 2)
+
+
+def test_a_stream_cut_short_counts_the_tokens_of_events_that_carry_several() -> None:
+    # Anthropic's text deltas often carry several tokens: counting events undercounted what a
+    # stream closed early had been billed (a simulator's 64-token chunks: 4 counted of ~200).
+    sentence = "The quick brown fox jumps over the lazy dog, then it naps in the warm sun. "
+    meter = StreamMeter(Dialect.anthropic, FakeClock(), 0.0, input_tokens=lambda: 10)
+    for _ in range(3):
+        delta = {"type": "content_block_delta", "delta": {"type": "text_delta", "text": sentence}}
+        meter.feed(_sse({"index": 0, **delta}, "content_block_delta"))
+    end = meter.end()
+    assert end.usage_estimated and end.usage is not None
+    # 3 x 74 bytes of text at 4 bytes a token, less what the smallest event's share hides.
+    assert 3 * 15 <= end.usage.completion_tokens <= 3 * 19, end.usage
+    # One token an event stays one token an event.
+    single = StreamMeter(Dialect.openai, FakeClock(), 0.0, input_tokens=lambda: 10)
+    for word in ("a", " bb", " c", " dddd", " e"):
+        single.feed(_sse(_chunk(word)))
+    assert single.end().usage == Usage(10, 0, 5)
 
 
 def test_an_error_event_in_the_stream_is_a_failure() -> None:

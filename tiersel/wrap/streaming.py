@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -46,6 +47,19 @@ log = logging.getLogger("tiersel.wrap")
 _R = TypeVar("_R")
 
 _OUTPUT_FIELDS = ("content", "reasoning_content", "tool_calls", "refusal", "function_call")
+OUTPUT_BYTES_PER_TOKEN = 4.0
+"""Bytes of streamed text taken as one output token when a stream's usage must be estimated: "one
+token generally corresponds to ~4 characters of text for common English text" (OpenAI, "What are
+tokens and how to count them"). Never fewer tokens than content events are counted."""
+
+_TEXT = re.compile(
+    rb'"(?:content|text|partial_json|thinking|delta|arguments|reasoning_content)"\s*:\s*"'
+    rb'((?:[^"\\]|\\.)*)"'
+)
+"""The string values of a content event that carry generated text (chat's ``content``, a
+completion's ``text``, Anthropic's ``text`` / ``partial_json`` / ``thinking``, the Responses
+API's ``delta``, a tool call's ``arguments``), found without parsing the event."""
+
 _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _ANTHROPIC_USAGE = (
     "input_tokens",
@@ -67,6 +81,7 @@ class StreamMeter:
         "_clock",
         "_drop_usage_only",
         "_input_tokens",
+        "_text_bytes",
         "_usage",
         "content_events",
         "dialect",
@@ -96,6 +111,7 @@ class StreamMeter:
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.content_events = 0
+        self._text_bytes = 0  # the bytes of text the content events carried
         self.finished = False
         self.error: tuple[Outcome, str] | None = None
 
@@ -147,19 +163,26 @@ class StreamMeter:
             self._anthropic(name, payload)
         return True
 
-    def _token(self) -> None:
+    def _token(self, data: bytes) -> None:
         now = self._clock.now()
         if self.first_token_at is None:
             self.first_token_at = now
         self.last_token_at = now
         self.content_events += 1
+        self._text_bytes += sum(map(len, _TEXT.findall(data)))
+
+    def output_tokens(self) -> int:
+        """The output tokens the content events read so far carry, estimated: at least one an
+        event, or their text at `OUTPUT_BYTES_PER_TOKEN` (a provider may send several tokens in
+        one event: Anthropic's text deltas often do)."""
+        return max(self.content_events, round(self._text_bytes / OUTPUT_BYTES_PER_TOKEN))
 
     def _openai(self, data: bytes) -> bool:
         if data == b"[DONE]":
             self.finished = True
             return True
         if self.first_token_at is not None and b'"error"' not in data and _no_usage(data):
-            self._token()  # the common case: a content chunk, counted without parsing it
+            self._token(data)  # the common case: a content chunk, counted unparsed
             return True
         chunk = _json(data)
         if chunk is None:
@@ -170,7 +193,7 @@ class StreamMeter:
             return True
         choices = chunk.get("choices")
         if _has_output(choices):
-            self._token()
+            self._token(data)
         if isinstance(chunk.get("usage"), dict):
             self._usage = chunk
             if self._drop_usage_only and not choices:
@@ -179,14 +202,14 @@ class StreamMeter:
 
     def _anthropic(self, name: bytes | None, data: bytes) -> None:
         if name == b"content_block_delta":
-            self._token()
+            self._token(data)
             return
         event = _json(data)
         if event is None:
             return
         kind = event.get("type")
         if kind == "content_block_delta":
-            self._token()
+            self._token(data)
         elif kind == "message_start":
             message = event.get("message")
             if isinstance(message, dict):
@@ -200,7 +223,7 @@ class StreamMeter:
 
     def _responses(self, name: bytes | None, data: bytes) -> None:
         if name is not None and name.endswith(b".delta"):
-            self._token()  # output text, a refusal, reasoning or a tool call's arguments
+            self._token(data)  # output text, a refusal, reasoning or a tool call's arguments
             return
         event = _json(data)
         if event is None:
@@ -209,7 +232,7 @@ class StreamMeter:
         if not isinstance(kind, str):
             return
         if kind.endswith(".delta"):
-            self._token()
+            self._token(data)
         elif kind in _RESPONSES_FINAL:
             self.finished = True
             response = event.get("response")
@@ -310,7 +333,7 @@ class StreamMeter:
         return Usage(
             prompt_tokens=prompt,
             cached_tokens=usage.cached_tokens if usage is not None else 0,
-            completion_tokens=max(reported, self.content_events),
+            completion_tokens=max(reported, self.output_tokens()),
             served_tier=usage.served_tier if usage is not None else None,
         )
 
