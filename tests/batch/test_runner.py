@@ -402,3 +402,35 @@ def test_resume_cuts_a_half_written_last_line_and_refuses_a_corrupt_out(tmp_path
     out.write_bytes(lines[0] + b"garbage\n" + b"".join(lines[1:]))
     with pytest.raises(JournalError, match=r"out.jsonl: row 2 is not a tiersel batch row"):
         job(tmp_path, docs, httpx.MockTransport(always_ok), budget_usd=1.0, resume=True)
+
+
+def test_a_ledger_whose_limit_is_not_the_budget_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    # A ledger of $10 under a $0.1 budget spent 4.4x the budget, and the summary showed no
+    # overrun (a new user's probe): the job's cap is the ledger's, so the two must agree.
+    from tiersel.budget import MemoryLedger
+
+    src = write_jsonl(tmp_path / "in.jsonl", [body(i) for i in range(3)])
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(ValueError, match=r"ledger: its limit is \$10, but budget_usd is \$0.1"):
+        run_batch(
+            src,
+            out,
+            budget_usd=0.1,
+            ledger=MemoryLedger(10.0),
+            transport=httpx.MockTransport(always_ok),
+            clock=FakeClock(),
+            api_key="",
+            progress=False,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no OUT, no journal
+    # A ledger of the budget's limit runs.
+    summary, rows = job(
+        tmp_path,
+        [body(i) for i in range(3)],
+        httpx.MockTransport(always_ok),
+        budget_usd=0.1,
+        ledger=MemoryLedger(0.1),
+    )
+    assert summary.complete and [r["status"] for r in rows] == ["ok"] * 3

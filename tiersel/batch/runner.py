@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -95,7 +96,8 @@ async def arun_batch(
       budget the job started with.
     - ``policy``: default ``CheapestFeasible(pacing=1.0)``. ``ledger``: default a `MemoryLedger`
       of ``budget_usd`` holding what earlier runs spent; a ledger passed in (a shared one) must
-      already hold it.
+      already hold it, and have ``budget_usd`` as its limit (else `ValueError`, before anything
+      is written).
     - ``progress``: a bar on ``progress_stream`` (stderr); None: only when it is a terminal.
     - ``store``: a store URL (``redis://...``, see `tiersel.batch.sharing`) holding the budget and
       signals this job shares with other jobs or shards, instead of ``ledger`` and ``signals``.
@@ -124,6 +126,13 @@ async def arun_batch(
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     if store is not None and (ledger is not None or signals is not None):
         raise ValueError("pass either store= or ledger= and signals=, not both")
+    if ledger is not None:
+        limit = ledger.state((clock if clock is not None else SystemClock()).now()).limit_usd
+        if not math.isclose(limit, budget_usd, rel_tol=1e-9, abs_tol=1e-12):
+            raise ValueError(
+                f"ledger: its limit is ${limit:g}, but budget_usd is ${budget_usd:g}; a job"
+                " spends at most its budget: give it a ledger of that limit, or none"
+            )
     key = api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
     check_base_url(base_url, sends_key=bool(key) and reaches_network(transport))
     if os.path.exists(out) and os.path.samefile(input, out):
