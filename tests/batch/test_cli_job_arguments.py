@@ -29,6 +29,19 @@ TIERSEL = [sys.executable, "-m", "tiersel"]
             "--tiers: unknown tier 'bogus' (known: standard, priority, fast, fast_us, flex,"
             " spot, ultrafast, us, us_priority)",
         ),
+        (
+            # Each shard held the whole budget in its own memory: two spent twice the budget.
+            ["--shard", "1/2"],
+            "--shard 1/2: the shards must share one budget: give --store redis://host:port/db,"
+            " named by every shard (in each worker's own memory, the default, each shard would"
+            " spend the whole budget)",
+        ),
+        (
+            ["--shard", "2/3", "--store", "memory://"],
+            "--shard 2/3: the shards must share one budget: give --store redis://host:port/db,"
+            " named by every shard (in each worker's own memory, the default, each shard would"
+            " spend the whole budget)",
+        ),
         (["--sim-time-scale", "nan"], "--sim-time-scale must be a finite number > 0, got nan"),
         (["--sim-time-scale", "-1"], "--sim-time-scale must be a finite number > 0, got -1.0"),
         (

@@ -434,3 +434,27 @@ def test_a_ledger_whose_limit_is_not_the_budget_is_refused_before_anything_is_wr
         ledger=MemoryLedger(0.1),
     )
     assert summary.complete and [r["status"] for r in rows] == ["ok"] * 3
+
+
+def test_shards_that_cannot_share_a_budget_are_refused(tmp_path: Path) -> None:
+    from tiersel.batch.sharing import Shard
+
+    src = write_jsonl(tmp_path / "in.jsonl", [body(i) for i in range(4)])
+
+    def run(shard: str) -> Any:
+        return run_batch(
+            src,
+            tmp_path / "out.jsonl",
+            budget_usd=1.0,
+            shard=Shard.parse(shard),
+            transport=httpx.MockTransport(always_ok),
+            clock=FakeClock(),
+            api_key="",
+            progress=False,
+        )
+
+    with pytest.raises(ValueError, match="shard 1/2: the shards must share one budget"):
+        run("1/2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    # One shard of one is the whole job: its budget is its own.
+    assert run("1/1").complete and len(read_rows(tmp_path / "out.1-of-1.jsonl")) == 4
