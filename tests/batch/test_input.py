@@ -79,6 +79,13 @@ def test_default_max_tokens_is_written_into_the_body() -> None:
             "Expecting property name enclosed in double quotes (column 29)",
         ),
         (b"\xff\xfe{}", "7", "not UTF-8"),
+        # Read by Python's json, then refused when the request was written to be sent.
+        (
+            b'{"model": "kimi-k3", "max_tokens": 5, "temperature": NaN, "messages": []}',
+            "7",
+            "invalid JSON: NaN is not a JSON value (JSON numbers are finite)",
+        ),
+        (b'{"model": "kimi-k3", "top_p": -Infinity}', "7", "invalid JSON: -Infinity is not a"),
         ([1, 2], "7", "expected a JSON object, got an array"),
         (
             {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
@@ -141,6 +148,24 @@ def test_default_max_tokens_is_written_into_the_body() -> None:
             {**batch_line("c-4", body(1)), "extra": 1},
             "c-4",
             "unknown field 'extra' in a batch line",
+        ),
+        # Past the model's output limit: it was reserved at that cap (budget_exhausted, "the
+        # cheapest needed $15000000"), or sent, where the provider refuses it.
+        (
+            body(1, max_tokens=200_000),
+            "7",
+            "max_tokens 200000 is more than kimi-k3 can write (131072, per the price table)",
+        ),
+        # A batch line with no body was read as a bare body: its id lost, 'model' blamed.
+        (
+            {"custom_id": "nobody", "method": "POST", "url": "/v1/chat/completions"},
+            "nobody",
+            "a batch line needs 'body', the request's JSON object",
+        ),
+        (
+            {"custom_id": "typo", "url": "/v1/chat/completions", "bdy": body(1)},
+            "typo",
+            "a batch line needs 'body', the request's JSON object (unknown field 'bdy')",
         ),
     ],
 )

@@ -102,7 +102,7 @@ def test_no_response_at_all_becomes_one_gateway_error(recorder: Recorder) -> Non
     assert caught.value.status_code == 502
     assert "no response after 4 attempt(s)" in caught.value.message
     assert len(upstream.bodies) == 4
-    assert recorder.last.detail == "ConnectError"
+    assert recorder.last.detail == "ConnectError: connection refused"
 
 
 def test_a_final_client_error_is_not_retried() -> None:
@@ -159,3 +159,15 @@ def test_a_call_without_a_deadline_waits_no_longer_than_its_clients_timeout(
         assert response.status_code == 503 and response.headers["x-should-retry"] == "false"
         assert response.headers["x-tiersel-attempts"] == "1" and clock.now() < 5
     assert len(upstream.bodies) == (2 if waits else 1)
+
+
+def test_an_attempt_with_no_response_says_what_failed_and_where_but_no_path() -> None:
+    # A job pointed at a wrong --base-url said only "ConnectError" on every row (a new user's
+    # probe). The server is named by scheme, host and port: a path or query may hold a key.
+    from tiersel.http.reply import failure
+
+    where = httpx.Request("POST", "https://api.example.test:8443/v1/chat?key=SECRET")
+    said = failure(httpx.ConnectError("[Errno 111] Connection refused", request=where))
+    assert said == "ConnectError: [Errno 111] Connection refused (https://api.example.test:8443)"
+    assert failure(httpx.ConnectError("refused")) == "ConnectError: refused"  # no request known
+    assert failure(httpx.RemoteProtocolError("")) == "RemoteProtocolError"

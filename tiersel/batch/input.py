@@ -31,6 +31,8 @@ __all__ = ["BatchRequest", "InputScan", "InvalidLine", "LineParser", "iter_lines
 
 _CHUNK = 1 << 20
 _BATCH_KEYS = frozenset({"custom_id", "method", "url", "body", "tiersel"})
+_BARE_KEYS = frozenset({"custom_id", "method", "url"})
+"""A batch line's keys that no request body has: a line with any of them is a batch line."""
 _OUTPUT_CAPS = ("max_tokens", "max_completion_tokens")
 
 
@@ -137,9 +139,11 @@ class LineParser:
     def parse(self, line: int, raw: bytes) -> BatchRequest | InvalidLine:
         try:
             text = raw.decode("utf-8")
-            doc = json.loads(text)
+            doc = json.loads(text, parse_constant=_not_json)
         except UnicodeDecodeError:
             return InvalidLine(line, str(line), "not UTF-8 text")
+        except _NotJSON as exc:
+            return InvalidLine(line, str(line), f"invalid JSON: {exc}")
         except json.JSONDecodeError as exc:
             return InvalidLine(line, str(line), _json_problem(exc, text))
         except RecursionError:
@@ -160,6 +164,14 @@ class LineParser:
     def _request(self, line: int, doc: dict[str, Any]) -> BatchRequest:
         custom_id = str(line)
         path = "/chat/completions"
+        if "body" not in doc and not _BARE_KEYS.isdisjoint(doc):
+            # A batch line (a bare body has none of these keys) that lost its body, or misspelt it.
+            cid = doc.get("custom_id")
+            if isinstance(cid, str) and cid:
+                custom_id = cid
+            unknown = sorted(set(doc) - _BATCH_KEYS)
+            also = f" (unknown field {unknown[0]!r})" if unknown else ""
+            raise _Bad(custom_id, f"a batch line needs 'body', the request's JSON object{also}")
         if "body" in doc:
             unknown = sorted(set(doc) - _BATCH_KEYS)
             cid = doc.get("custom_id")
@@ -197,9 +209,18 @@ class LineParser:
         if n != 1:
             raise _Bad(custom_id, f"n: only one choice per line is supported, got {n!r}")
         try:
-            max_output_tokens(body, dialect)
+            cap = max_output_tokens(body, dialect)
         except TierselError as exc:
             raise _Bad(custom_id, str(exc)) from None
+        prices, _ = self._pricing.resolve(body["model"])
+        limit = prices.max_output_tokens
+        if cap is not None and limit and cap > limit:
+            # The provider refuses it; reserved at that cap, it read as a budget too small.
+            raise _Bad(
+                custom_id,
+                f"max_tokens {cap} is more than {prices.name} can write ({limit}, per the"
+                " price table): the provider would refuse the call",
+            )
         return BatchRequest(line, custom_id, body, path, requirements)
 
     def _check_model(self, custom_id: str, body: dict[str, Any]) -> None:
@@ -251,6 +272,15 @@ class LineParser:
                 " in the body or give the job a default (--default-max-tokens N)",
             )
         body["max_tokens"] = self._default_max_tokens
+
+
+class _NotJSON(Exception):
+    pass
+
+
+def _not_json(name: str) -> Any:
+    """Python's json reads NaN and Infinity, which JSON has not: the request could not be sent."""
+    raise _NotJSON(f"{name} is not a JSON value (JSON numbers are finite)")
 
 
 class _Bad(Exception):

@@ -115,4 +115,17 @@ def no_reply(exc: BaseException, started: float, now: float) -> Reply:
     """An attempt that got no response: a timeout or another transport error."""
     if isinstance(exc, TimeoutErrors):
         return Reply(0, {}, None, now - started, timed_out=True, error="timed out")
-    return Reply(0, {}, None, now - started, error=type(exc).__name__)
+    return Reply(0, {}, None, now - started, error=failure(exc))
+
+
+def failure(exc: BaseException) -> str:
+    """What went wrong with an attempt that got no response, for its record: the error's class,
+    its message, and the server it was trying (scheme, host and port only: a path or query may
+    hold a key), e.g. ``ConnectError: [Errno 111] Connection refused (http://127.0.0.1:1)``."""
+    said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    try:
+        url = exc.request.url  # type: ignore[attr-defined]  # httpx's and httpx2's errors
+    except (AttributeError, RuntimeError):  # (RuntimeError: an error raised with no request)
+        return said
+    port = f":{url.port}" if url.port is not None else ""
+    return f"{said} ({url.scheme}://{url.host}{port})"
