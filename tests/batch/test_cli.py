@@ -124,6 +124,9 @@ def test_exit_2_for_a_missing_input_a_used_out_or_no_provider(
         == 2
     )
     assert "nope.jsonl: no such input file" in capsys.readouterr().err
+    args = ["--out", str(out), "--budget-usd", "1", "--sim", "calm"]
+    assert main(["batch", str(tmp_path), *args]) == 2
+    assert f"{tmp_path}: is a folder, not an input file" in capsys.readouterr().err
     src = write_jsonl(tmp_path / "in.jsonl", lines(2))
     assert main(["batch", str(src), "--out", str(out), "--budget-usd", "1", "--sim", "calm"]) == 0
     assert main(["batch", str(src), "--out", str(out), "--budget-usd", "1", "--sim", "calm"]) == 2

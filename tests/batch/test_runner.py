@@ -458,3 +458,13 @@ def test_shards_that_cannot_share_a_budget_are_refused(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
     # One shard of one is the whole job: its budget is its own.
     assert run("1/1").complete and len(read_rows(tmp_path / "out.1-of-1.jsonl")) == 4
+
+
+def test_a_damaged_journal_is_named_with_what_to_do(tmp_path: Path) -> None:
+    three, upstream = [body(i) for i in range(3)], httpx.MockTransport(always_ok)
+    job(tmp_path, three, upstream, budget_usd=1.0)
+    journal = tmp_path / "out.jsonl.journal"
+    records = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join([*records[:2], b"not json\n", *records[2:]]))
+    with pytest.raises(JournalError, match="record 3 is not a journal record: the file is dam"):
+        job(tmp_path, three, upstream, budget_usd=1.0, resume=True)

@@ -514,7 +514,12 @@ def _replay(journal: Path, resumed: Resumed) -> None:
                         if rec.get("u"):
                             acc[1] += float(rec["usd"])
             except (ValueError, KeyError, TypeError):
-                raise JournalError(f"{journal}: record {number} is not a journal record") from None
+                raise JournalError(
+                    f"{journal}: record {number} is not a journal record: the file is damaged"
+                    " (edited, or written by something else), so what the job spent cannot be"
+                    " read; restore it from a copy, or start afresh under another --out with"
+                    " the budget that is left"
+                ) from None
     for line, amount in held.values():
         acc = lost.setdefault(line, [0.0, 0.0])
         acc[0] += amount

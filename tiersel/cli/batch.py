@@ -188,6 +188,8 @@ def _check(args: argparse.Namespace) -> str | None:
             return problem
     if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
         return f"--metrics-port must be a port number from 1 to 65535, got {args.metrics_port}"
+    if os.path.isdir(args.input):
+        return f"{args.input}: is a folder, not an input file"
     if not os.path.isfile(args.input):
         return f"{args.input}: no such input file"
     if os.path.exists(args.out) and os.path.samefile(args.input, args.out):
