@@ -10,6 +10,7 @@ test sees each loser cancelled on the provider's side.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import httpx
@@ -84,6 +85,7 @@ def test_sync_hedges_race_and_charge_the_uncancelled_loser_its_worst_case(
     recorder = Recorder()
     ledger = MemoryLedger(10.0)
     selector = tiersel.Selector(clock=clock, api_key="", ledger=ledger)
+    threads = threading.active_count()
     with httpx.Client(transport=TierTransport(selector, on_call=recorder)) as h:
         client = openai.OpenAI(api_key="sk-test", base_url=calm.openai_base_url, http_client=h)
         for _ in range(12):
@@ -91,6 +93,12 @@ def test_sync_hedges_race_and_charge_the_uncancelled_loser_its_worst_case(
                 client.chat.completions.create(
                     model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=200
                 )
+        # A loser runs on in its own thread after its race: let the last ones end before the
+        # client closes, which would close their connections (a cancel, on the server's count).
+        # On a busy CI machine one was still running at the close.
+        until = time.monotonic() + 30
+        while threading.active_count() > threads and time.monotonic() < until:
+            time.sleep(0.01)
     records = recorder.records
     assert len(records) == 12 and all(r.ok for r in records)
     assert records[0].decisions[0].label == "standard~fast"  # on the priors
