@@ -111,7 +111,12 @@ class Reason(NamedTuple):
 
     @property
     def message(self) -> str:
-        return _TEMPLATES.get(self.code, self.code).format(*self.values)
+        template = _TEMPLATES.get(self.code, self.code)
+        if self.code == "reliability" and len(self.values) == 2:
+            p, target = self.values
+            if f"{p:.4f}" == f"{target:.4f}":  # "1.0000 is below the target 1.0000": say more
+                template = "P(success within deadline) {0!r} is below the target {1!r}"
+        return template.format(*self.values)
 
     def __str__(self) -> str:
         return f"{self.plan}: {self.verdict.value}: {self.message}"

@@ -279,3 +279,14 @@ def test_a_cooldown_is_not_waited_out_when_the_prompt_s_prefill_would_then_end_t
     assert shortest_cooldown(cooling, req, short, prices=KIMI) == pytest.approx(3.0, abs=0.01)
     assert shortest_cooldown(cooling, req, long, prices=KIMI) is None
     assert shortest_cooldown(cooling, req, long) is not None  # (prices unknown: no prefill)
+
+
+def test_a_reliability_reason_too_close_to_its_target_to_show_in_four_places_shows_more() -> None:
+    # At reliability 1.0, explain said "P(success within deadline) 1.0000 is below the target
+    # 1.0000" (a new user's probe).
+    from tiersel.decision import Reason, Verdict
+
+    close = Reason("priority*4", Verdict.rejected, "reliability", (0.9999925164154913, 1.0))
+    assert close.message == "P(success within deadline) 0.9999925164154913 is below the target 1.0"
+    apart = Reason("standard*4", Verdict.rejected, "reliability", (0.9894, 0.999))
+    assert apart.message == "P(success within deadline) 0.9894 is below the target 0.9990"

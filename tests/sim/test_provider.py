@@ -234,3 +234,36 @@ def test_hinted_requests_are_counted() -> None:
     assert provider.stats()["hinted"] == 1
     provider.reset()
     assert provider.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    ("prompt", "max_tokens", "code", "said"),
+    [
+        (
+            2_000_000,
+            100,
+            "context_length_exceeded",
+            "The prompt is 2000000 tokens long; 'accounts/fireworks/models/kimi-k3' reads at most"
+            " 1048576.",
+        ),
+        (
+            100,
+            200_000,
+            "invalid_request",
+            "max_tokens 200000 is more than 'accounts/fireworks/models/kimi-k3' can write"
+            " (131072).",
+        ),
+    ],
+)
+def test_a_request_past_the_models_limits_is_refused_unbilled(
+    prompt: int, max_tokens: int, code: str, said: str
+) -> None:
+    # It was served: a replayed trace line of 5,000,000 prompt tokens cost $22.50 on fast, where
+    # the API refuses it (a new user's probe; `tiersel explain` refused it).
+    provider = Provider("calm")
+    result = provider.admit(SimRequest(KIMI, prompt, max_tokens=max_tokens), 0.0)
+    assert (result.status, result.kind, result.error_code) == (400, ResultKind.rejected, code)
+    assert result.message == said
+    assert provider.stats()["billed_usd"] == 0.0
+    fine = provider.admit(SimRequest(KIMI, 1_048_576, max_tokens=131_072), 1.0)
+    assert fine.kind is not ResultKind.rejected  # the limits themselves are allowed

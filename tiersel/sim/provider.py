@@ -12,7 +12,9 @@ What happens to a request, in order:
 1. Its model id must be a full model id (``accounts/fireworks/models/<name>``) or a router id from
    the price table; anything else is a 404 (a short name gets a hint). ``service_tier`` must be
    absent, ``default``, ``auto``, ``standard`` or ``priority`` (else 400); priority on a router
-   id is a 400. Priority on a model with no priority tier is served at standard.
+   id is a 400. Priority on a model with no priority tier is served at standard. A prompt longer
+   than the model reads, or a ``max_tokens`` above what it writes (the price table's limits), is
+   a 400.
 2. Past the model's rate limit (a token bucket per model; standard and priority share one, each
    router tier has its own): 429 with ``Retry-After``.
 3. In a scenario outage window for its tier: the outage's status (503).
@@ -272,6 +274,9 @@ class Provider:
         if isinstance(resolved, SimResult):
             return resolved
         mp, tier, uses_router, downgraded = resolved
+        too_big = _past_limits(req, mp)
+        if too_big is not None:
+            return too_big
         lat = self._latency
         rng = random.Random(f"{self.seed}:{key if key is not None else st.seq}")
         if commit:
@@ -566,6 +571,28 @@ def _limited(limit: RateLimit) -> bool:
 
 def _not_found(model: str) -> str:
     return f"Model not found, inaccessible, and/or not deployed: {model!r}."
+
+
+def _past_limits(req: SimRequest, mp: ModelPrices) -> SimResult | None:
+    """A 400 for a request past what the model reads or writes (as the API refuses it), else
+    None."""
+    if mp.max_input_tokens and req.prompt_tokens > mp.max_input_tokens:
+        message = (
+            f"The prompt is {req.prompt_tokens} tokens long; {req.model!r} reads at most"
+            f" {mp.max_input_tokens}."
+        )
+        return _rejected(req, 400, "context_length_exceeded", message, model=mp.name)
+    if (
+        mp.max_output_tokens
+        and req.max_tokens is not None
+        and req.max_tokens > mp.max_output_tokens
+    ):
+        message = (
+            f"max_tokens {req.max_tokens} is more than {req.model!r} can write"
+            f" ({mp.max_output_tokens})."
+        )
+        return _rejected(req, 400, "invalid_request", message, model=mp.name)
+    return None
 
 
 def _rejected(
