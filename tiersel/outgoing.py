@@ -123,6 +123,8 @@ class Outgoing:
         api_key: str | None,
     ) -> None:
         self.base_url = check_base_url(base_url, sends_key=False)
+        _check_kind("transport", transport, "handle_async_request", "async_transport")
+        _check_kind("async_transport", async_transport, "handle_request", "transport")
         # The key goes only where it cannot be read on the way: checked when a transport that
         # reaches the network (`reaches_network`) is first used (`_check_key_route`).
         self._key_unchecked = bool(api_key)
@@ -225,6 +227,11 @@ class Outgoing:
 
     def _sender(self, transport: SyncTransport | None) -> Callable[[httpx.Request], httpx.Response]:
         t = transport if transport is not None else self.transport
+        if t is None and self.async_transport is not None:
+            raise TypeError(
+                "this Selector was given async_transport= only: send would go to the network"
+                " through a client of its own; call asend, or give transport= too"
+            )
         if self._key_unchecked and reaches_network(t):
             self._check_key_route()
         if t is None:
@@ -241,6 +248,12 @@ class Outgoing:
         self, transport: AsyncTransport | None
     ) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
         t = transport if transport is not None else self.async_transport
+        if t is None and self.transport is not None:
+            raise TypeError(
+                "this Selector was given transport= only: asend would go to the network through"
+                " a client of its own; call send, or give async_transport= too (an"
+                " AsyncSimTransport beside a SimTransport, say)"
+            )
         if self._key_unchecked and reaches_network(t):
             self._check_key_route()
         if t is None:
@@ -287,3 +300,22 @@ def _sendable(body: Any) -> Mapping[str, Any]:
     except (ValueError, TypeError, RecursionError) as exc:
         raise RequestNotUnderstood(f"the body cannot be sent as JSON: {shown(str(exc))}") from None
     return body
+
+
+def _check_kind(name: str, transport: object, other_kind: str, other_name: str) -> None:
+    """`TypeError` for a transport of the other kind (an async one as ``transport=``, a sync one
+    as ``async_transport=``): it failed later, as "object is not callable" or "can't be used in
+    'await' expression". An httpx client is known by its class; a transport by its method."""
+    if transport is None:
+        return
+    wrong = isinstance(
+        transport, httpx.AsyncClient if other_name == "async_transport" else httpx.Client
+    )
+    if not wrong and not isinstance(transport, (httpx.Client, httpx.AsyncClient)):
+        mine = "handle_request" if other_kind == "handle_async_request" else "handle_async_request"
+        wrong = hasattr(transport, other_kind) and not hasattr(transport, mine)
+    if wrong:
+        kind = "async" if name == "transport" else "sync"
+        raise TypeError(
+            f"{name}={type(transport).__name__}(...) is {kind}: pass it as {other_name}="
+        )

@@ -658,3 +658,28 @@ def test_a_base_url_that_would_send_the_key_in_clear_text_is_refused() -> None:
     assert Selector(base_url="http://192.0.2.2:8000/v1", api_key="").outgoing.base_url
     for local in ("http://127.0.0.1:8000/v1/", "http://localhost/v1", "http://[::1]:80/v1"):
         assert Selector(base_url=local, api_key="sk-test").outgoing.base_url == local.rstrip("/")
+
+
+def test_a_selector_never_reaches_the_network_past_the_transport_it_was_given() -> None:
+    # asend on a Selector given only a sync transport= went to api.fireworks.ai through a client
+    # of its own (with FIREWORKS_API_KEY set, a test meant for a mock sends paid calls); send with
+    # only async_transport= did the same (a new user's probe).
+    from tiersel.sim import AsyncSimTransport, SimTransport
+
+    body = {"model": "kimi-k3", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9}
+    sync, other = SimTransport(scenario="calm"), AsyncSimTransport(scenario="calm")
+    with pytest.raises(TypeError, match="given transport= only: asend would go to the network"):
+        asyncio.run(Selector(transport=sync, clock=sync.clock, api_key="").asend(body))
+    with pytest.raises(TypeError, match="given async_transport= only: send would go to the"):
+        Selector(async_transport=other, clock=other.clock, api_key="").send(body)
+    assert sync.stats()["requests"] == other.stats()["requests"] == 0
+    # A transport of the other kind is named when the selector is built, not at its first call.
+    with pytest.raises(TypeError, match=r"transport=AsyncSimTransport\(...\) is async: pass it"):
+        Selector(transport=other, api_key="")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"async_transport=SimTransport\(...\) is sync: pass it"):
+        Selector(async_transport=sync, api_key="")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"transport=AsyncClient\(...\) is async"):
+        Selector(transport=httpx.AsyncClient(transport=other), api_key="")  # type: ignore[arg-type]
+    # Both given: each call goes through its own.
+    both = Selector(transport=sync, async_transport=other, clock=sync.clock, api_key="")
+    assert both.send(body).ok and asyncio.run(both.asend(body)).ok
