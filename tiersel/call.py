@@ -90,6 +90,10 @@ class Call(_Frozen):
         return self.max_output_tokens
 
 
+MAX_ATTEMPTS = 1000
+"""The most attempts a call may be allowed. A schedule's attempts are spaced by backoffs of up to
+10 s, so more would outlast any deadline; a million made each decision take seconds."""
+
 MIN_DEADLINE_S = 0.001
 """The shortest deadline `Requirements` accepts, in seconds."""
 
@@ -132,7 +136,7 @@ class Requirements(_Frozen):
     tiers: tuple[str, ...] | None = None
     max_cost_usd: float | None = Field(None, ge=0.0)
     best_effort: bool = False
-    max_attempts: int | None = Field(None, ge=1)
+    max_attempts: int | None = Field(None, ge=1, le=MAX_ATTEMPTS)
     hedge: bool = False
     watch: bool = True
 

@@ -3,6 +3,7 @@ clock, to date an error reply (a Retry-After may be an HTTP date, `tiersel.engin
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Protocol, runtime_checkable
@@ -55,12 +56,15 @@ class FakeClock:
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = float(start)
+        if not math.isfinite(self._now):
+            raise ValueError(f"FakeClock: start must be a finite time, got {start!r}")
         self._lock = threading.Lock()
 
     def now(self) -> float:
         return self._now
 
     def advance(self, seconds: float) -> float:
+        _finite(seconds)
         if seconds < 0:
             raise ValueError(f"cannot move a clock backwards ({seconds} s)")
         with self._lock:
@@ -68,6 +72,8 @@ class FakeClock:
             return self._now
 
     def sleep(self, seconds: float) -> None:
+        """Advance the clock by ``seconds`` (a wait of no time, or less, is none)."""
+        _finite(seconds)
         self.advance(max(0.0, seconds))
 
     async def asleep(self, seconds: float) -> None:
@@ -75,6 +81,7 @@ class FakeClock:
         virtual time (concurrent waits overlap; the loop moves the clock). Anywhere else, advance
         the clock at once and let the other tasks run: simple for one task, but concurrent sleeps
         then add up."""
+        _finite(seconds)
         if seconds <= 0:
             return  # nothing to wait for: no yield to the loop either
         import asyncio
@@ -88,6 +95,13 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"FakeClock(now={self._now})"
+
+
+def _finite(seconds: float) -> None:
+    """A NaN or infinite time moved a `FakeClock` to a time every later decision failed on
+    ("cannot convert float NaN to integer"), naming neither the clock nor the input."""
+    if not math.isfinite(seconds):
+        raise ValueError(f"FakeClock: cannot move by {seconds!r} s: give a finite time")
 
 
 class ScaledClock:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from operator import attrgetter
 from typing import Any, Protocol, TypeGuard
 
-from tiersel.call import BudgetState, Call, Requirements
+from tiersel.call import MAX_ATTEMPTS, BudgetState, Call, Requirements
 from tiersel.cost import tier_cost
 from tiersel.decision import Decision, Reason, ReasonCode, Step, Verdict, new_decision
 from tiersel.errors import NoFeasibleTier
@@ -125,8 +125,8 @@ class CheapestFeasible:
     ) -> None:
         if latency_sigma is not None and not latency_sigma > 0:
             raise ValueError(f"latency_sigma must be > 0 or None, got {latency_sigma!r}")
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
+        if not 1 <= max_attempts <= MAX_ATTEMPTS:
+            raise ValueError(f"max_attempts must be 1 to {MAX_ATTEMPTS}, got {max_attempts!r}")
         if not backoff_s >= 0:
             raise ValueError(f"backoff_s must be >= 0, got {backoff_s!r}")
         if not 0 < min_reliability <= default_reliability <= 1:

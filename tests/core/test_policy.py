@@ -290,3 +290,40 @@ def test_a_reliability_reason_too_close_to_its_target_to_show_in_four_places_sho
     assert close.message == "P(success within deadline) 0.9999925164154913 is below the target 1.0"
     apart = Reason("standard*4", Verdict.rejected, "reliability", (0.9894, 0.999))
     assert apart.message == "P(success within deadline) 0.9894 is below the target 0.9990"
+
+
+def test_max_attempts_past_any_use_are_refused_naming_the_bound() -> None:
+    # A million took 2.2 s to decide, ten million 29 s (a new user's probe); 1,000 attempts at
+    # backoffs of up to 10 s outlast any deadline.
+    from pydantic import ValidationError
+
+    from tiersel.call import MAX_ATTEMPTS
+
+    with pytest.raises(ValidationError, match="less than or equal to 1000"):
+        Requirements(max_attempts=10**6)
+    with pytest.raises(ValueError, match="max_attempts must be 1 to 1000, got 1000000"):
+        tiersel.Selector(max_attempts=10**6, api_key="")
+    with pytest.raises(ValueError, match="max_attempts must be 1 to 1000"):
+        CheapestFeasible(max_attempts=0)
+    call = Call(model="kimi-k3", input_tokens=100, max_output_tokens=100)
+    decision = tiersel.Selector(api_key="").decide(
+        call, Requirements(max_attempts=MAX_ATTEMPTS, deadline_s=30)
+    )
+    assert 1 <= len(decision.plan) <= MAX_ATTEMPTS
+
+
+def test_a_fake_clock_never_moves_to_a_time_that_is_not_finite() -> None:
+    # NaN or infinite times were accepted; the next decision failed with "cannot convert float
+    # NaN to integer", naming neither the clock nor the input (a new user's probe).
+    from tiersel.clock import FakeClock
+
+    with pytest.raises(ValueError, match="FakeClock: start must be a finite time, got nan"):
+        FakeClock(float("nan"))
+    clock = FakeClock(5.0)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="FakeClock: cannot move by"):
+            clock.advance(bad)
+        with pytest.raises(ValueError, match="FakeClock: cannot move by"):
+            clock.sleep(bad)
+    clock.sleep(-1.0)  # a wait of less than no time is none, as asyncio.sleep's
+    assert clock.now() == 5.0

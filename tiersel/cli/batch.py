@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from tiersel.batch import JobLocked, JobWriteError, JournalError, run_batch
 from tiersel.batch.runner import DEFAULT_CONCURRENCY
 from tiersel.batch.sharing import Shard, StoreLostState
-from tiersel.call import Requirements
+from tiersel.call import MAX_ATTEMPTS, Requirements
 from tiersel.cli.common import (
     add_pricing_args,
     check_positive,
@@ -179,8 +179,8 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--concurrency must be >= 1, got {args.concurrency}"
     if args.default_max_tokens is not None and args.default_max_tokens < 1:
         return f"--default-max-tokens must be >= 1, got {args.default_max_tokens}"
-    if args.max_attempts < 1:
-        return f"--max-attempts must be >= 1, got {args.max_attempts}"
+    if not 1 <= args.max_attempts <= MAX_ATTEMPTS:
+        return f"--max-attempts must be 1 to {MAX_ATTEMPTS}, got {args.max_attempts}"
     if args.sim_time_scale is not None:
         if not (args.sim or args.base_url):
             return "--sim-time-scale needs --sim, or --base-url to a simulator server"

@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any, NamedTuple, TypedDict, cast
 
 from tiersel.budget import AsyncLedger, Ledger
-from tiersel.call import BudgetState, Call, Requirements
+from tiersel.call import MAX_ATTEMPTS, BudgetState, Call, Requirements
 from tiersel.clock import Clock, SystemClock
 from tiersel.decision import Decision
 from tiersel.dialects import (
@@ -679,8 +679,8 @@ def _check_settings(
     max_attempts: int, backoff_s: float, unbounded_output: str, budget_wait_s: float
 ) -> None:
     """`ValueError` naming the first setting out of its range."""
-    if max_attempts < 1:
-        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+    if not 1 <= max_attempts <= MAX_ATTEMPTS:
+        raise ValueError(f"max_attempts must be 1 to {MAX_ATTEMPTS}, got {max_attempts}")
     if backoff_s < 0:
         raise ValueError(f"backoff_s must be >= 0, got {backoff_s}")
     if unbounded_output not in ("share", "cap", "refuse"):
