@@ -39,6 +39,28 @@ class Call(_Frozen):
     read lately, times the share of such tokens replies reported cached
     (`tiersel.engine.Engine.expect_cached`, `tiersel.prompts`)."""
 
+    @field_validator("model")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"model must name a model, got {value!r}")
+        return value
+
+    @field_validator(
+        "input_tokens",
+        "cached_input_tokens",
+        "max_output_tokens",
+        "expected_output_tokens",
+        "max_input_tokens",
+        "expected_cached_input_tokens",
+        mode="before",
+    )
+    @classmethod
+    def _not_bool(cls, value: object) -> object:
+        if isinstance(value, bool):  # an int to Python and to pydantic's lax mode
+            raise ValueError(f"a token count must be a number, got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Call:
         if self.cached_input_tokens > self.input_tokens:

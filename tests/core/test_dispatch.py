@@ -683,3 +683,17 @@ def test_a_selector_never_reaches_the_network_past_the_transport_it_was_given() 
     # Both given: each call goes through its own.
     both = Selector(transport=sync, async_transport=other, clock=sync.clock, api_key="")
     assert both.send(body).ok and asyncio.run(both.asend(body)).ok
+
+
+def test_decide_with_an_async_ledger_takes_its_awaited_state() -> None:
+    # decide said "use asend", which has no decide; it now takes budget=, the state awaited.
+    from tiersel.stores.memory import AsyncMemoryLedger
+
+    ledger = AsyncMemoryLedger(MemoryLedger(0.0001))
+    sel = Selector(ledger=ledger, async_transport=lambda r: None, api_key="")  # type: ignore[arg-type, return-value]
+    call = Call(model="kimi-k3", input_tokens=1000, max_output_tokens=1000)
+    with pytest.raises(TypeError, match=r"is async; use asend or an AsyncTierTransport.*budget="):
+        sel.decide(call)
+    state = asyncio.run(ledger.state(0.0))
+    with pytest.raises(tiersel.NoFeasibleTier, match="exceeds the remaining budget"):
+        sel.decide(call, budget=state)  # the money it has, as the ledger says

@@ -327,3 +327,12 @@ def test_a_fake_clock_never_moves_to_a_time_that_is_not_finite() -> None:
             clock.sleep(bad)
     clock.sleep(-1.0)  # a wait of less than no time is none, as asyncio.sleep's
     assert clock.now() == 5.0
+
+
+def test_a_call_with_a_blank_model_or_a_boolean_token_count_is_refused() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="model must name a model, got '   '"):
+        Call(model="   ", input_tokens=10, max_output_tokens=10)
+    with pytest.raises(ValidationError, match="a token count must be a number, got True"):
+        Call(model="kimi-k3", input_tokens=True, max_output_tokens=10)  # type: ignore[arg-type]

@@ -233,3 +233,9 @@ def test_a_routers_priority_tier_is_echoed_as_priority() -> None:
     assert r.status_code == 200 and r.headers["x-sim-tier"] == "us_priority"
     assert r.json()["service_tier"] == "priority"
     assert transport.stats()["by_tier"] == {"us_priority": {"200": 1}}
+
+
+def test_a_scenario_given_where_the_service_goes_is_named() -> None:
+    # SimTransport("calm") was accepted, then failed with "'str' object has no attribute 'clock'".
+    with pytest.raises(TypeError, match="service must be a SimService, got 'calm'; for a scen"):
+        SimTransport("calm")  # type: ignore[arg-type]

@@ -164,6 +164,7 @@ def test_hint_headers_set_requirements_and_never_go_upstream(
     [
         ("x-tiersel-deadline", "soon", "is not a number"),
         ("x-tiersel-deadline", "-5", "greater than or equal to 0.001"),
+        ("x-tiersel-deadline", "1e-320", "greater than or equal to 0.001"),  # not 9.99989e-321
         ("x-tiersel-deadline", "1_0", "is not a number"),
         ("x-tiersel-reliability", "1.5", "less than or equal to 1"),
         ("x-tiersel-max-cost", "nan", "must be finite"),

@@ -340,9 +340,10 @@ class Engine:
         self.check_tiers(req)
         if implied is not None:  # a router id: the call is for that tier, as `send` treats it
             req = pinned(req, implied, siblings(prices, implied))
-        ledger = self._sync_ledger("decide")
-        if budget is None and ledger is not None:
-            budget = ledger.state(now)
+        if budget is None:  # (an async ledger's state, awaited, may be given as budget=)
+            ledger = self._sync_ledger("decide")
+            if ledger is not None:
+                budget = ledger.state(now)
         return self.policy(
             call,
             req,
@@ -666,13 +667,19 @@ class Engine:
 
     def _sync_signals(self, what: str) -> SignalStore:
         if _is_async(self.signals, "stats"):
-            raise TypeError(f"{what}: the signal store {self.signals!r} is async; use asend")
+            raise TypeError(f"{what}: the signal store {self.signals!r} is async; {_ASYNC_WAY}")
         return cast(SignalStore, self.signals)
 
     def _sync_ledger(self, what: str) -> Ledger | None:
         if self.ledger is not None and _is_async(self.ledger, "reserve"):
-            raise TypeError(f"{what}: the budget ledger {self.ledger!r} is async; use asend")
+            raise TypeError(
+                f"{what}: the budget ledger {self.ledger!r} is async; {_ASYNC_WAY} (decide takes"
+                " budget=, its state awaited)"
+            )
         return cast("Ledger | None", self.ledger)
+
+
+_ASYNC_WAY = "use asend or an AsyncTierTransport, which await it"
 
 
 def _check_settings(

@@ -162,8 +162,15 @@ def _raise(header: str, value: Any, problem: str) -> Requirements:
     if isinstance(value, tuple):
         text = ",".join(value)
     else:
-        text = f"{value:g}" if isinstance(value, float) else str(value)
+        text = _written(value) if isinstance(value, float) else str(value)
     raise InvalidHint(header, text, f"is not valid: {problem}")
+
+
+def _written(value: float) -> str:
+    """A number as a header would write it: -5 (not -5.0), 1e-320 (not 9.99989e-321), 1234567
+    (not 1.23457e+06): the shorter of ``:g`` and ``repr``, which ``:g`` rounds and repr never."""
+    short, whole = f"{value:g}", repr(value)
+    return short if len(short) <= len(whole) and float(short) == value else whole
 
 
 def _shown(hinted: Mapping[str, Any]) -> str:

@@ -50,6 +50,11 @@ class SimShell:
         pricing: Pricing | None = None,
         wait: bool = True,
     ) -> None:
+        if service is not None and not isinstance(service, SimService):
+            raise TypeError(
+                f"service must be a SimService, got {service!r}; for a scenario, pass"
+                f" scenario={service!r}"
+            )
         if service is None:
             service = SimService(
                 scenario,
