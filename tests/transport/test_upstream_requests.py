@@ -182,3 +182,35 @@ def test_a_tier_base_url_must_be_https_except_on_loopback(tmp_path: Any) -> None
     assert "tiers.eu.request.base_url: must be an https:// URL" in str(info.value)
     overlay.write_text("tiers:\n  eu: {request: {base_url: 'http://127.0.0.1:8080/ignored'}}\n")
     assert load_pricing(overlay=overlay).tiers["eu"].base_url == "http://127.0.0.1:8080"
+
+
+def test_a_door_given_no_transport_uses_its_selectors_rather_than_the_network() -> None:
+    # TierTransport(Selector(transport=sim)) sent to api.fireworks.ai (a DNS failure, a 502, in a
+    # new user's probe; with a key set, a paid call from a test meant for the simulator).
+    import asyncio
+
+    from tiersel.sim import AsyncSimTransport, SimTransport
+
+    url = "https://api.fireworks.ai/inference/v1/chat/completions"
+    body = {"model": "kimi-k3", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    clock = FakeClock()
+    sim = SimTransport(scenario="calm", clock=clock)
+    door = tiersel.TierTransport(tiersel.Selector(transport=sim, clock=clock, api_key=""))
+    with httpx.Client(transport=door) as client:
+        assert client.post(url, json=body).status_code == 200
+    assert sim.stats()["requests"] == 1
+
+    async def go() -> None:
+        other = AsyncSimTransport(scenario="calm", clock=clock)
+        selector = tiersel.Selector(async_transport=other, clock=clock, api_key="")
+        async with httpx.AsyncClient(transport=tiersel.AsyncTierTransport(selector)) as client:
+            assert (await client.post(url, json=body)).status_code == 200
+        assert other.stats()["requests"] == 1
+
+    asyncio.run(go())
+    # A function cannot be a door's transport: said at once, not sent to the network instead.
+    with pytest.raises(TypeError, match="TierTransport: the selector's transport= is a function"):
+        tiersel.TierTransport(tiersel.Selector(transport=sim.handle_request, api_key=""))
+    # A selector over an httpx client: the door's own default, as before.
+    over_client = tiersel.TierTransport(tiersel.Selector(transport=httpx.Client(), api_key=""))
+    assert repr(over_client).endswith("transport=default)")

@@ -12,6 +12,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from typing import Any
 
+import httpx
+
 from tiersel.dialects import Dialect
 from tiersel.engine.core import Started
 from tiersel.engine.effects import Send
@@ -128,6 +130,8 @@ class Handler:
         self.selector = selector if selector is not None else Selector()
         self.sync = sync
         self.exchange = Exchange(self.selector.engine, on_call, refusals)
+        if transport is None:
+            transport = _selectors_transport(self.selector, sync)
         self._given = transport
         self._given_flavour = flavour_of_transport(transport) if transport is not None else None
         self._defaults: dict[str, Any] = {}
@@ -226,6 +230,26 @@ class Handler:
         """``door``'s repr: its selector and where its requests go."""
         inner = type(self._given).__name__ if self._given is not None else "default"
         return f"{door}(selector={self.selector!r}, transport={inner})"
+
+
+def _selectors_transport(selector: Selector, sync: bool) -> Any:
+    """The transport a door uses when given none: the selector's own of the door's kind where it
+    is a transport (a simulator's, a mock), so that a door over a selector built for tests does
+    not reach the network; None (the client's library's own) where the selector has none, or an
+    httpx client. A plain function cannot be a door's transport: `TypeError`."""
+    out = selector.outgoing
+    given = out.transport if sync else out.async_transport
+    if given is None or isinstance(given, (httpx.Client, httpx.AsyncClient)):
+        return None
+    if flavour_of_transport(given) is not None:
+        return given
+    name, door = (
+        ("transport", "TierTransport") if sync else ("async_transport", "AsyncTierTransport")
+    )
+    raise TypeError(
+        f"{door}: the selector's {name}= is a function, which a door cannot send through; give"
+        f" the door a transport ({door}(selector, transport=...)), an httpx or httpx2 one"
+    )
 
 
 def _whole(run: Run, response: Any, data: bytes, elapsed: float) -> Reply:

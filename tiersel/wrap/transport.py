@@ -96,7 +96,9 @@ class TierTransport(_Door, SyncTransportBase):
     ``httpx.Client`` or an ``httpx2.Client``.
 
     - ``selector``: the `Selector` that decides (default: ``Selector()``).
-    - ``transport``: where requests go (default: the real HTTP transport of the client's library).
+    - ``transport``: where requests go (default: the selector's own transport of this kind when
+      it was given one, a simulator's or a mock's; else the real HTTP transport of the client's
+      library).
     - ``on_call``: a function handed a frozen `CallRecord` as each routed call ends.
     - ``refusals``: how a call tiersel refuses before sending it (a bad hint, an unknown model,
       no feasible tier, an exhausted budget) comes back: ``"raise"`` its `TierselError`,
