@@ -70,7 +70,9 @@ def add_parser(subs: Any, help: str) -> None:
         action="append",
         default=[],
         metavar="TIER=RATE",
-        help="what-if: a tier's shed rate, as if the signals had seen it (repeatable)",
+        help="what-if: a tier's shed rate, fed to its signals as observations at that rate,"
+        " which blend with the tier's priors and lean towards the last answer, as real ones do"
+        " (so a plan may show another rate; repeatable)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_pricing_args(p)
