@@ -123,8 +123,8 @@ class Outgoing:
         api_key: str | None,
     ) -> None:
         self.base_url = check_base_url(base_url, sends_key=False)
-        _check_kind("transport", transport, "handle_async_request", "async_transport")
-        _check_kind("async_transport", async_transport, "handle_request", "transport")
+        _check_kind("transport", transport, sync=True)
+        _check_kind("async_transport", async_transport, sync=False)
         # The key goes only where it cannot be read on the way: checked when a transport that
         # reaches the network (`reaches_network`) is first used (`_check_key_route`).
         self._key_unchecked = bool(api_key)
@@ -302,20 +302,20 @@ def _sendable(body: Any) -> Mapping[str, Any]:
     return body
 
 
-def _check_kind(name: str, transport: object, other_kind: str, other_name: str) -> None:
+def _check_kind(name: str, transport: object, sync: bool) -> None:
     """`TypeError` for a transport of the other kind (an async one as ``transport=``, a sync one
     as ``async_transport=``): it failed later, as "object is not callable" or "can't be used in
-    'await' expression". An httpx client is known by its class; a transport by its method."""
-    if transport is None:
-        return
-    wrong = isinstance(
-        transport, httpx.AsyncClient if other_name == "async_transport" else httpx.Client
-    )
-    if not wrong and not isinstance(transport, (httpx.Client, httpx.AsyncClient)):
-        mine = "handle_request" if other_kind == "handle_async_request" else "handle_async_request"
-        wrong = hasattr(transport, other_kind) and not hasattr(transport, mine)
+    'await' expression". A client is known by its class, a transport by its only method."""
+    if sync:
+        wrong = isinstance(transport, httpx.AsyncClient) or _only(transport, "handle_async_request")
+    else:
+        wrong = isinstance(transport, httpx.Client) or _only(transport, "handle_request")
     if wrong:
-        kind = "async" if name == "transport" else "sync"
-        raise TypeError(
-            f"{name}={type(transport).__name__}(...) is {kind}: pass it as {other_name}="
-        )
+        kind, other = ("async", "async_transport") if sync else ("sync", "transport")
+        raise TypeError(f"{name}={type(transport).__name__}(...) is {kind}: pass it as {other}=")
+
+
+def _only(transport: object, method: str) -> bool:
+    """Whether ``transport`` has ``method`` and not its twin (a transport of one kind)."""
+    twin = "handle_request" if method == "handle_async_request" else "handle_async_request"
+    return hasattr(transport, method) and not hasattr(transport, twin)

@@ -255,6 +255,19 @@ class ModelPrices:
     def retired(self) -> bool:
         return self.status == "retired"
 
+    def beyond(self, tokens: int | None, *, output: bool) -> str | None:
+        """What the model allows, said, when ``tokens`` (of output, or of prompt) is more than
+        the price table's limit for it: "kimi-k3 writes at most 131,072 tokens (the price
+        table's max_output_tokens)"; None within it, or when the table gives no limit. The
+        provider refuses such a call."""
+        limit = self.max_output_tokens if output else self.max_input_tokens
+        if tokens is None or not limit or tokens <= limit:
+            return None
+        verb, field_name = (
+            ("writes", "max_output_tokens") if output else ("reads", "max_input_tokens")
+        )
+        return f"{self.name} {verb} at most {limit:,} tokens (the price table's {field_name})"
+
     def ids(self) -> tuple[str, ...]:
         """Every id that names this model (its own, its aliases, its tiers' router ids)."""
         out = dict.fromkeys((self.model_id, self.name, *self.aliases))

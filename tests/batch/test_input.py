@@ -154,7 +154,8 @@ def test_default_max_tokens_is_written_into_the_body() -> None:
         (
             body(1, max_tokens=200_000),
             "7",
-            "max_tokens 200000 is more than kimi-k3 can write (131072, per the price table)",
+            "max_tokens 200,000 is above the model's limit: kimi-k3 writes at most 131,072"
+            " tokens (the price table's max_output_tokens)",
         ),
         # A batch line with no body was read as a bare body: its id lost, 'model' blamed.
         (

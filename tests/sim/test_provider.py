@@ -243,15 +243,15 @@ def test_hinted_requests_are_counted() -> None:
             2_000_000,
             100,
             "context_length_exceeded",
-            "The prompt is 2000000 tokens long; 'accounts/fireworks/models/kimi-k3' reads at most"
-            " 1048576.",
+            "The prompt is 2,000,000 tokens long; kimi-k3 reads at most 1,048,576 tokens (the"
+            " price table's max_input_tokens).",
         ),
         (
             100,
             200_000,
             "invalid_request",
-            "max_tokens 200000 is more than 'accounts/fireworks/models/kimi-k3' can write"
-            " (131072).",
+            "max_tokens 200,000 is more than the model allows: kimi-k3 writes at most 131,072"
+            " tokens (the price table's max_output_tokens).",
         ),
     ],
 )

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from tiersel.call import Requirements
 from tiersel.dialects import Dialect, check_token_count, dialect_for_path, max_output_tokens
 from tiersel.errors import TierselError, UnpricedModel
-from tiersel.pricing import Pricing
+from tiersel.pricing import ModelPrices, Pricing
 
 __all__ = ["BatchRequest", "InputScan", "InvalidLine", "LineParser", "iter_lines", "scan_input"]
 
@@ -197,7 +197,7 @@ class LineParser:
             hints = body.pop("tiersel", None)
         dialect = dialect_for_path(path)
         assert dialect is not None  # _path admits only generation paths
-        self._check_model(custom_id, body)
+        prices = self._check_model(custom_id, body)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _Bad(custom_id, f"messages must be a non-empty array, got {_kind(messages)}")
@@ -212,18 +212,13 @@ class LineParser:
             cap = max_output_tokens(body, dialect)
         except TierselError as exc:
             raise _Bad(custom_id, str(exc)) from None
-        prices, _ = self._pricing.resolve(body["model"])
-        limit = prices.max_output_tokens
-        if cap is not None and limit and cap > limit:
+        allowed = prices.beyond(cap, output=True)
+        if allowed is not None:
             # The provider refuses it; reserved at that cap, it read as a budget too small.
-            raise _Bad(
-                custom_id,
-                f"max_tokens {cap} is more than {prices.name} can write ({limit}, per the"
-                " price table): the provider would refuse the call",
-            )
+            raise _Bad(custom_id, f"max_tokens {cap:,} is above the model's limit: {allowed}")
         return BatchRequest(line, custom_id, body, path, requirements)
 
-    def _check_model(self, custom_id: str, body: dict[str, Any]) -> None:
+    def _check_model(self, custom_id: str, body: dict[str, Any]) -> ModelPrices:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise _Bad(custom_id, f"model must be a non-empty string, got {_kind(model)}")
@@ -234,6 +229,7 @@ class LineParser:
         if not prices.priced:
             # A job is budgeted: a line it cannot reserve for is not sent.
             raise _Bad(custom_id, str(UnpricedModel(model, self._pricing.origin, known=True)))
+        return prices
 
     def _requirements(self, custom_id: str, hints: Any) -> Requirements:
         if hints is None or hints == {}:

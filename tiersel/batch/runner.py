@@ -48,7 +48,6 @@ from tiersel.pricing import Pricing, load_pricing
 from tiersel.selector import FIREWORKS_BASE_URL, Selector
 from tiersel.signals import AsyncSignalStore, SignalStore
 from tiersel.stores import StoreUnavailable
-from tiersel.stores.url import parse_store_url
 from tiersel.virtual_time import run_virtual
 
 __all__ = ["DEFAULT_CONCURRENCY", "arun_batch", "run_batch"]
@@ -127,7 +126,7 @@ async def arun_batch(
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     if store is not None and (ledger is not None or signals is not None):
         raise ValueError("pass either store= or ledger= and signals=, not both")
-    if shard is not None and shard.count > 1 and ledger is None and _own_memory(store):
+    if shard is not None and ledger is None and shard.alone_with(store):
         raise ValueError(
             f"shard {shard}: the shards must share one budget: give a store= (redis://...) that"
             " every shard names, or a shared ledger= (in this process's memory each shard would"
@@ -549,8 +548,3 @@ def _exhausted(exc: BudgetExhausted) -> str:
         f" it in time (cheapest worst case ${float(cheapest.values[0]):.6f} on {cheapest.plan};"
         f" ${float(cheapest.values[1]):.6f} left{also})"
     )
-
-
-def _own_memory(store: str | None) -> bool:
-    """Whether ``store`` keeps the budget in this process's memory (no store, or memory://)."""
-    return store is None or parse_store_url(store).backend == "memory"

@@ -100,6 +100,12 @@ class Shard:
         path = Path(out)
         return path.with_name(f"{path.stem}.{self.index}-of-{self.count}{path.suffix}")
 
+    def alone_with(self, store: str | None) -> bool:
+        """Whether this shard, one of several, would hold the job's budget alone with
+        ``store``: none, or ``memory://``, is each worker's own memory, where every shard would
+        spend the whole budget."""
+        return self.count > 1 and (store is None or parse_store_url(store).backend == "memory")
+
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
 

@@ -208,11 +208,7 @@ def _check(args: argparse.Namespace) -> str | None:
                 parse(value)
         except ValueError as exc:
             return f"{option}: {exc}"
-    if (
-        args.shard is not None
-        and Shard.parse(args.shard).count > 1
-        and (args.store is None or parse_store_url(args.store).backend == "memory")
-    ):
+    if args.shard is not None and Shard.parse(args.shard).alone_with(args.store):
         return (
             f"--shard {args.shard}: the shards must share one budget: give --store"
             " redis://host:port/db, named by every shard (in each worker's own memory, the"

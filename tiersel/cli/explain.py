@@ -161,18 +161,15 @@ def _within_limits(args: argparse.Namespace, prices: ModelPrices) -> None:
     """`ValueError` naming a token count above what the model takes or writes, as the price
     table gives its limits: the provider would refuse such a call, so there is nothing to
     price."""
-    out, into = prices.max_output_tokens, prices.max_input_tokens
-    limits = (
-        ("--max-tokens", args.max_tokens, out, "writes", "max_output_tokens"),
-        ("--input-tokens", args.input_tokens, into, "reads", "max_input_tokens"),
-        ("--max-input-tokens", args.max_input_tokens, into, "reads", "max_input_tokens"),
+    counts = (
+        ("--max-tokens", args.max_tokens, True),
+        ("--input-tokens", args.input_tokens, False),
+        ("--max-input-tokens", args.max_input_tokens, False),
     )
-    for option, count, limit, verb, field in limits:
-        if count is not None and limit and count > limit:
-            raise ValueError(
-                f"{option} {count:,} is above the model's limit: {prices.name} {verb} at most"
-                f" {limit:,} tokens (the price table's {field})"
-            )
+    for option, count, output in counts:
+        allowed = prices.beyond(count, output=output)
+        if allowed is not None:
+            raise ValueError(f"{option} {count:,} is above the model's limit: {allowed}")
 
 
 def _requirements(args: argparse.Namespace) -> Requirements:

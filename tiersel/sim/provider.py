@@ -576,21 +576,13 @@ def _not_found(model: str) -> str:
 def _past_limits(req: SimRequest, mp: ModelPrices) -> SimResult | None:
     """A 400 for a request past what the model reads or writes (as the API refuses it), else
     None."""
-    if mp.max_input_tokens and req.prompt_tokens > mp.max_input_tokens:
-        message = (
-            f"The prompt is {req.prompt_tokens} tokens long; {req.model!r} reads at most"
-            f" {mp.max_input_tokens}."
-        )
+    allowed = mp.beyond(req.prompt_tokens, output=False)
+    if allowed is not None:
+        message = f"The prompt is {req.prompt_tokens:,} tokens long; {allowed}."
         return _rejected(req, 400, "context_length_exceeded", message, model=mp.name)
-    if (
-        mp.max_output_tokens
-        and req.max_tokens is not None
-        and req.max_tokens > mp.max_output_tokens
-    ):
-        message = (
-            f"max_tokens {req.max_tokens} is more than {req.model!r} can write"
-            f" ({mp.max_output_tokens})."
-        )
+    allowed = mp.beyond(req.max_tokens, output=True)
+    if allowed is not None:
+        message = f"max_tokens {req.max_tokens:,} is more than the model allows: {allowed}."
         return _rejected(req, 400, "invalid_request", message, model=mp.name)
     return None
 

@@ -23,6 +23,7 @@ bytes are handed on event by event (an event is never held longer than it takes 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -398,7 +399,8 @@ class Abandoned:
     __slots__ = ("_open", "_queue")
 
     def __init__(self) -> None:
-        self._queue: deque[tuple[Callable[[StreamEnd], Any], StreamEnd | StreamMeter]] = deque()
+        # Each end to report, with how to make it once reported (the meter's end then).
+        self._queue: deque[tuple[Callable[[StreamEnd], Any], Callable[[], StreamEnd]]] = deque()
         # The open streams' claims on their ``on_end`` (see `_Metered`), by the claim's id.
         self._open: dict[int, tuple[list[Callable[[StreamEnd], Any]], StreamMeter, Any]] = {}
 
@@ -423,10 +425,10 @@ class Abandoned:
     def _dropped(self, key: int) -> None:
         entry = self._open.pop(key, None)
         if entry is not None:
-            self._claim(entry[0], entry[1])
+            self._claim(entry[0], functools.partial(entry[1].end, abandoned=True))
 
     def _claim(
-        self, pending: list[Callable[[StreamEnd], Any]], end: StreamEnd | StreamMeter
+        self, pending: list[Callable[[StreamEnd], Any]], end: Callable[[], StreamEnd]
     ) -> None:
         try:
             on_end = pending.pop()
@@ -441,13 +443,13 @@ class Abandoned:
             if entry is not None:
                 pending, meter, finalizer = entry
                 finalizer.detach()
-                self._claim(pending, meter.end(transport_closed=True))
+                self._claim(pending, functools.partial(meter.end, transport_closed=True))
 
     def _ends(self) -> Iterator[tuple[Callable[[StreamEnd], Any], StreamEnd]]:
         queue = self._queue
         while queue:
             on_end, end = queue.popleft()
-            yield on_end, end.end(abandoned=True) if isinstance(end, StreamMeter) else end
+            yield on_end, end()
 
     def drain(self) -> None:
         for on_end, end in self._ends():
