@@ -100,6 +100,7 @@ class CheapestFeasible:
     """
 
     __slots__ = (
+        "_decided",
         "_made",
         "_memo",
         "_read",
@@ -145,6 +146,7 @@ class CheapestFeasible:
         self.watch = watch
         self._memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._made: dict[tuple[Any, ...], tuple[tuple[TierPrice, ...], Decision]] = {}
+        self._decided: dict[tuple[Any, ...], tuple[ModelPrices, tuple[Any, ...], Decision]] = {}
         self._read: dict[
             tuple[str, tuple[str, ...] | None], tuple[ModelPrices, frozenset[str]]
         ] = {}
@@ -165,6 +167,55 @@ class CheapestFeasible:
         prices: ModelPrices,
         signals: Signals,
         now: float,
+    ) -> Decision:
+        if budget is not None:
+            return self._decide(call, requirements, budget, prices, signals)
+        # With no budget the decision depends only on the call, its requirements, the table,
+        # the health of the tiers it may use and the policy's settings (never on ``now``: the
+        # health says how long a cooldown has left). The signals hand back the very same
+        # health while a tier's counters stand still (`tiersel.engine.Engine.assess`), so
+        # calls of one shape are decided once per snapshot: remembered by those objects'
+        # identities, checked on a hit (an id may be reused once its object is gone).
+        try:
+            read = self.tiers_read(prices, requirements)
+        except TypeError:  # requirements built unvalidated, with a list of tiers in them
+            return self._decide(call, requirements, None, prices, signals)
+        healths = tuple([signals.get(t) for t in read])
+        key = (
+            call,
+            requirements,
+            id(prices),
+            *[id(h) for h in healths],
+            self.latency_sigma,
+            self.max_attempts,
+            self.backoff_s,
+            self.default_reliability,
+            self.min_reliability,
+            self.watch,
+        )
+        try:
+            hit = self._decided.get(key)
+        except TypeError:  # a call built unvalidated, with a list in it
+            return self._decide(call, requirements, None, prices, signals)
+        if (
+            hit is not None
+            and hit[0] is prices
+            and all(a is b for a, b in zip(hit[1], healths, strict=True))
+        ):
+            return hit[2]
+        decision = self._decide(call, requirements, None, prices, signals)
+        if len(self._decided) >= _MEMO_SIZE:
+            self._decided.clear()
+        self._decided[key] = (prices, healths, decision)
+        return decision
+
+    def _decide(
+        self,
+        call: Call,
+        requirements: Requirements,
+        budget: BudgetState | None,
+        prices: ModelPrices,
+        signals: Signals,
     ) -> Decision:
         reasons: list[Reason] = []
         cands = self.candidates(call, requirements, budget, prices, signals, reasons)

@@ -336,3 +336,36 @@ def test_a_call_with_a_blank_model_or_a_boolean_token_count_is_refused() -> None
         Call(model="   ", input_tokens=10, max_output_tokens=10)
     with pytest.raises(ValidationError, match="a token count must be a number, got True"):
         Call(model="kimi-k3", input_tokens=True, max_output_tokens=10)  # type: ignore[arg-type]
+
+
+def test_a_remembered_decision_is_never_stale() -> None:
+    # With no budget, calls of one shape on one snapshot of the signals are decided once: the
+    # same health objects give the very decision made before; any change is decided afresh.
+    policy = CheapestFeasible()
+    req = Requirements(deadline_s=20, reliability=0.99)
+    first = policy(CALL, req, None, KIMI, CALM, 0.0)
+    assert policy(CALL, req, None, KIMI, dict(CALM), 5.0) is first  # same healths: remembered
+
+    def fresh(signals: dict[str, TierHealth], r: Requirements = req) -> tiersel.Decision:
+        return CheapestFeasible()(CALL, r, None, KIMI, signals, 0.0)
+
+    shed = {**CALM, "standard": health(0.6)}  # a new snapshot: standard sheds
+    again = policy(CALL, req, None, KIMI, shed, 0.0)
+    assert again == fresh(shed) and again.plan != first.plan
+    copies = {t: dataclasses.replace(h) for t, h in CALM.items()}  # equal, not the same objects
+    assert policy(CALL, req, None, KIMI, copies, 0.0) == first
+    other = Requirements(deadline_s=20, reliability=0.99, tiers=("priority", "fast"))
+    assert policy(CALL, other, None, KIMI, CALM, 0.0) == fresh(CALM, other) != first
+    bigger = CALL.model_copy(update={"max_output_tokens": 400})
+    assert policy(bigger, req, None, KIMI, CALM, 0.0).plan[0].worst_cost_usd > (
+        first.plan[0].worst_cost_usd
+    )
+    loose = Requirements(deadline_s=20)
+    assert len(policy(CALL, loose, None, KIMI, CALM, 0.0).plan) > 1
+    policy.max_attempts = 1  # the policy's own settings are part of what it remembers by
+    assert len(policy(CALL, loose, None, KIMI, CALM, 0.0).plan) == 1
+    # A budget is read afresh each call: never remembered by this memo.
+    budget = BudgetState(limit_usd=1.0, spent_usd=0.0, reserved_usd=0.0)
+    assert policy(CALL, req, budget, KIMI, CALM, 0.0) == CheapestFeasible(max_attempts=1)(
+        CALL, req, budget, KIMI, CALM, 0.0
+    )
