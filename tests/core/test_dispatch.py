@@ -220,6 +220,49 @@ def test_transport_errors_and_timeouts_are_retried_and_recorded() -> None:
     assert stats.error + stats.timeout + stats.ok >= 1
 
 
+def test_a_request_that_timed_out_is_charged_what_the_provider_bills_for_it() -> None:
+    # The provider worked on a request until the client gave up on it, and bills its prompt and
+    # the output made until then: the budget counts that estimate (the prompt as estimated,
+    # the output at the tier's expected rate after its expected first token), as for a hedge's
+    # cancelled loser; before, a timeout was charged nothing and a budget could be overspent.
+    clock = FakeClock()
+    calls = {"n": 0}
+
+    def slow_once(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            clock.advance(2.5)
+            raise httpx.ReadTimeout("slow", request=request)
+        return ok()
+
+    ledger = MemoryLedger(1.0)
+    sel = Selector(clock=clock, transport=httpx.MockTransport(slow_once), api_key="", ledger=ledger)
+    call, _ = sel.engine.call_for(BODY, Dialect.openai)
+    kimi = sel.pricing.model("kimi-k3").tiers["standard"]
+
+    def estimate() -> float:  # what the next call's timed-out attempt is to be charged
+        health = sel.health("kimi-k3")["standard"]
+        ttft = health.ttft_s + kimi.spec.priors.prefill_s(call.uncached_input_tokens)
+        made = min(200, round((2.5 - ttft) * health.output_tps))
+        assert 0 < made < 200
+        return call.input_tokens * kimi.input_per_token + made * kimi.output_per_token
+
+    dropped = estimate()
+    r = sel.send(BODY)
+    served = 120 * kimi.input_per_token + 80 * kimi.output_per_token
+    assert r.ok and r.attempts == 2 and r.sunk_usd == pytest.approx(dropped)
+    assert r.cost_usd == pytest.approx(dropped + served)
+    state = ledger.state(clock.now())
+    assert state.spent_usd == pytest.approx(dropped + served) and state.reserved_usd == 0.0
+    # With no retry left, the call fails, charged that bill alone.
+    calls["n"], spent = 0, state.spent_usd
+    again = estimate()
+    r = sel.send(BODY, requirements=Requirements(max_attempts=1, tiers=("standard",)))
+    assert not r.ok and r.cost_usd == pytest.approx(again)
+    state = ledger.state(clock.now())
+    assert state.spent_usd == pytest.approx(spent + again) and state.reserved_usd == 0.0
+
+
 def test_a_reply_read_whole_records_its_output_rate_after_the_expected_first_token() -> None:
     # 80 tokens in 3 s, where the call's first token is expected after about 1 s (the tier's,
     # and its prompt's prefill): about 40 tokens/s, not the 26.7 of tokens over the whole call

@@ -69,6 +69,10 @@ class JournaledLedger:
     ``on_change`` is called whenever money held comes free (a charge, or a line done).
     """
 
+    charges_doubt = True
+    """It charges an attempt that got no answer at its worst case itself, on its release (the
+    engine then charges no estimate of its own: `tiersel.engine.Engine.charges_doubt`)."""
+
     def __init__(
         self,
         inner: Ledger,

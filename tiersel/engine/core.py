@@ -257,6 +257,13 @@ class Engine:
     def ledger_enabled(self) -> bool:
         return self.ledger is not None
 
+    @property
+    def charges_doubt(self) -> bool:
+        """Whether the ledger charges an attempt that got no answer (a timeout) itself, as the
+        batch job's does at its worst case (a ledger's ``charges_doubt``); else the flow charges
+        what the provider bills for a request given up on, as estimated."""
+        return bool(getattr(self.ledger, "charges_doubt", False))
+
     # -- deciding --------------------------------------------------------------------------------
 
     def assess(

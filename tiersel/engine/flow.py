@@ -448,7 +448,13 @@ def _conclude(
         usage,
         ctx.prompt if verdict.outcome is Outcome.ok else None,  # only a served one read it
     )
-    cost, served = yield from _charge(ctx, prog, step, verdict.outcome, usage, extra)
+    # A request that timed out reached the provider, which bills a request given up on for its
+    # prompt and the output made until then (as a hedge's cancelled loser is billed), unless
+    # the ledger charges such an attempt itself (the batch job's, at its worst case).
+    dropped = 0.0
+    if reply.timed_out and not sel.charges_doubt:
+        dropped = _partial_bill(ctx, prog, step, reply.elapsed_s, None)
+    cost, served = yield from _charge(ctx, prog, step, verdict.outcome, usage, extra, dropped)
     if sel.on_attempt is not None:
         seen = (verdict.outcome, reply.status, after - now, cost, verdict.detail)
         yield _notify(ctx, prog, served, decision, *seen)
@@ -544,20 +550,24 @@ def _charge(
     outcome: Outcome,
     usage: Usage | None,
     extra: float,
+    dropped: float = 0.0,
 ) -> Generator[Effect, Any, tuple[float, str]]:
-    """What the attempt is charged (``extra``: a hedge's loser, billed before it) and the tier
-    that served it; the budget settled, or released when there is nothing to charge."""
+    """What the attempt is charged (``extra``: a hedge's loser, billed before it; ``dropped``:
+    the bill of a failed attempt the provider worked on, a timeout) and the tier that served
+    it; the budget settled, or released when there is nothing to charge."""
     budgeted = ctx.sel.ledger_enabled
     if outcome is not Outcome.ok:
-        if extra > 0:  # a race lost to a failure: its loser is still billed
-            prog.sunk += extra
-            if budgeted:
-                # Under an id of its own, as a cut is: the call's is settled once, by its last
-                # attempt (settling an id again is a no-op).
-                yield Settle(f"{ctx.call_id}#hedge{prog.attempts}", extra)
+        # A race lost to a failure (its loser is still billed), a request given up on.
+        for kind, owed in (("hedge", extra), ("timeout", dropped)):
+            if owed > 0:
+                prog.sunk += owed
+                if budgeted:
+                    # Under an id of its own, as a cut is: the call's is settled once, by its
+                    # last attempt (settling an id again is a no-op).
+                    yield Settle(f"{ctx.call_id}#{kind}{prog.attempts}", owed)
         if budgeted:
             yield Release(ctx.call_id)
-        return extra, step.tier
+        return extra + dropped, step.tier
     cost, served = bill(ctx.prices, step, usage)
     cost += extra
     if budgeted:
@@ -665,27 +675,32 @@ def _race(
         return won, raced.reply, 0.0
     if not raced.cancelled:
         return won, raced.reply, lost.worst_cost_usd
-    return won, raced.reply, _cancelled_bill(ctx, prog, lost, raced)
+    # The prompt as the winner's usage counted it (the same prompt), else as estimated.
+    bill_ = _partial_bill(ctx, prog, lost, raced.other_elapsed_s, raced.reply.payload)
+    return won, raced.reply, bill_
 
 
-def _cancelled_bill(ctx: CallContext, prog: Progress, lost: Step, raced: Raced) -> float:
-    """What a hedge's loser cancelled in flight is billed: its prompt, and the output it
-    generated until then at its tier's expected rate after its expected first token."""
+def _partial_bill(
+    ctx: CallContext, prog: Progress, step: Step, elapsed_s: float, payload: Any
+) -> float:
+    """What an attempt the client gave up on ``elapsed_s`` after its send (a hedge's loser
+    cancelled in flight, a timeout) is billed: its prompt, and the output it generated until
+    then at its tier's expected rate after its expected first token; at most its worst case.
+    The prompt is counted as ``payload``'s usage says (another reply to the same prompt), else
+    as estimated."""
     call = prog.call
-    health = prog.signals.get(lost.tier) if prog.signals is not None else None
-    ttft = _ttft(ctx, prog, lost.tier)
+    health = prog.signals.get(step.tier) if prog.signals is not None else None
+    ttft = _ttft(ctx, prog, step.tier)
     out = 0.0
     if health is not None and ttft is not None:
-        out = max(0.0, raced.other_elapsed_s - ttft) * health.output_tps
+        out = max(0.0, elapsed_s - ttft) * health.output_tps
     out = min(out, float(prog.cap if prog.cap is not None else call.max_output_tokens))
-    # The prompt as the winner's usage counted it (the same prompt), else as estimated.
-    payload = raced.reply.payload
     usage = read_usage(payload, ctx.dialect) if payload is not None else None
     prompt, cached = call.input_tokens, call.cached_input_tokens
     if usage is not None:
         prompt, cached = usage.prompt_tokens, usage.cached_tokens
-    billed = charge(ctx.prices, lost.tier, prompt, cached, round(out))
-    return min(billed, lost.worst_cost_usd)
+    billed = charge(ctx.prices, step.tier, prompt, cached, round(out))
+    return min(billed, step.worst_cost_usd)
 
 
 def _ttft(ctx: CallContext, prog: Progress, tier: str) -> float | None:

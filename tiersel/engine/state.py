@@ -42,6 +42,9 @@ class FlowHost(Protocol):
     @property
     def ledger_enabled(self) -> bool: ...
 
+    @property
+    def charges_doubt(self) -> bool: ...
+
     def signal_keys(self, model: str) -> tuple[SignalKey, ...]: ...
 
     def read_keys(

@@ -14,7 +14,11 @@ What the shell assumes, as a client would see it:
 - calls are streamed (`Workload.stream`): the stream opens at the time to first token, ends at
   the last token, and reports its usage; TTFT and the output rate reach the signals;
 - the client's timeout is the call's remaining deadline: an attempt still running then is
-  abandoned (before its first token, or mid-stream), counts as a failure and is not billed;
+  abandoned (before its first token, or mid-stream) and counts as a failure. The provider bills
+  a request given up on for its prompt and the output made until then, as the simulator's
+  server does: tiersel charges one abandoned before its first token at that bill as expected
+  (`tiersel.engine.flow`), and one abandoned mid-stream at the tokens its stream showed, as
+  the transport does;
 - refusals (503, 429) and errors come back after the provider's own refusal latency.
 
 Each replay gets its own `Provider` (the same scenario and seed for every policy), so policies
@@ -468,7 +472,7 @@ class _Engine:
                 return
         if not result.ok or not self.work.stream:
             if timeout is not None and result.duration_s > timeout:
-                # The client gives up at its deadline (the SDK's timeout); nothing is billed.
+                # The client gives up at its deadline (the SDK's timeout), with no answer.
                 reply = Reply(0, {}, None, timeout, timed_out=True, error="timed out")
                 self._push(now + timeout, flight, reply)
                 return
@@ -480,11 +484,21 @@ class _Engine:
             return
         # The stream opens with its first token; the attempt loop hands it over to be read, and
         # `stream_flow` records, charges and settles once it ends (or the client gives up on it
-        # at its deadline, mid-stream: a failure, unbilled here as nothing reported usage).
+        # at its deadline, mid-stream: a failure, charged for the tokens it showed, as the
+        # transport estimates a stream closed before its usage came).
         tps = result.output_tps
         if timeout is not None and result.duration_s > timeout:
+            made = (timeout - result.ttft_s) * (tps or 0.0)
+            shown = min(result.completion_tokens, round(made))
+            seen = Usage(result.prompt_tokens, result.cached_tokens, max(1, shown), result.tier)
             end = StreamEnd(
-                Outcome.timeout, None, timeout, result.ttft_s, tps, "deadline passed mid-stream"
+                Outcome.timeout,
+                seen,
+                timeout,
+                result.ttft_s,
+                tps,
+                "deadline passed mid-stream",
+                usage_estimated=True,
             )
         else:
             end = StreamEnd(Outcome.ok, _usage(result), result.duration_s, result.ttft_s, tps)
