@@ -405,17 +405,71 @@ def test_bad_bodies_are_refused_clearly() -> None:
         sel.send(BODY, path="/embeddings")
 
 
-def test_an_interrupted_call_leaves_nothing_reserved() -> None:
+def given_up_bill(sel: Selector, after_s: float) -> float:
+    """What BODY's attempt on standard is billed when given up on ``after_s`` seconds in: its
+    prompt as estimated and the output made until then at standard's expected pace."""
+    call, _ = sel.engine.call_for(BODY, Dialect.openai)
+    kimi = sel.pricing.model("kimi-k3").tiers["standard"]
+    health = sel.health("kimi-k3")["standard"]
+    ttft = health.ttft_s + kimi.spec.priors.prefill_s(call.uncached_input_tokens)
+    made = min(200, round(max(0.0, after_s - ttft) * health.output_tps))
+    return call.input_tokens * kimi.input_per_token + made * kimi.output_per_token
+
+
+def test_an_interrupted_call_leaves_nothing_reserved_and_charges_its_attempt_in_flight() -> None:
+    # The request left, and the provider bills it for its prompt and the output made until the
+    # interrupt: the budget is charged that (before, nothing: the reservation was released).
+    clock = FakeClock()
+
     def boom(request: httpx.Request) -> httpx.Response:
+        clock.advance(2.0)
         raise KeyboardInterrupt
 
     ledger = MemoryLedger(1.0)
-    sel = Selector(
-        clock=FakeClock(), transport=httpx.MockTransport(boom), ledger=ledger, api_key=""
+    sel = Selector(clock=clock, transport=httpx.MockTransport(boom), ledger=ledger, api_key="")
+    billed = given_up_bill(sel, 2.0)
+    with pytest.raises(KeyboardInterrupt):
+        sel.send(BODY, requirements=Requirements(tiers=("standard",)))
+    state = ledger.state(clock.now())
+    assert state.reserved_usd == 0.0 and state.spent_usd == pytest.approx(billed) and billed > 0
+    # Interrupted before any request left (here, while reserving): nothing is charged.
+    spent = state.spent_usd
+
+    class Interrupting(MemoryLedger):
+        def reserve(self, *args: Any, **kw: Any) -> Any:
+            raise KeyboardInterrupt
+
+    quiet = Selector(
+        clock=clock, transport=httpx.MockTransport(boom), ledger=Interrupting(1.0), api_key=""
     )
     with pytest.raises(KeyboardInterrupt):
-        sel.send(BODY)
-    assert ledger.state(0.0).reserved_usd == 0.0
+        quiet.send(BODY)
+    assert quiet.engine.ledger.state(clock.now()).spent_usd == 0.0  # type: ignore[union-attr]
+    assert ledger.state(clock.now()).spent_usd == spent
+
+
+async def test_a_cancelled_async_call_charges_its_attempt_in_flight() -> None:
+    clock = FakeClock()
+    sent = asyncio.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        clock.advance(1.5)
+        sent.set()
+        await asyncio.Event().wait()  # never answers
+        raise AssertionError("unreachable")
+
+    ledger = MemoryLedger(1.0)
+    sel = Selector(
+        clock=clock, async_transport=httpx.MockTransport(hang), ledger=ledger, api_key=""
+    )
+    billed = given_up_bill(sel, 1.5)
+    task = asyncio.create_task(sel.asend(BODY, requirements=Requirements(tiers=("standard",))))
+    await sent.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    state = ledger.state(clock.now())
+    assert state.reserved_usd == 0.0 and state.spent_usd == pytest.approx(billed) and billed > 0
 
 
 def test_api_key_is_sent_but_never_shown() -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import tiersel
 from tiersel.budget import MemoryLedger
 from tiersel.clock import FakeClock
+from tiersel.dialects import Dialect
 from tiersel.engine import Engine
 from tiersel.engine.effects import Send
 from tiersel.engine.results import Reply
@@ -240,9 +241,13 @@ def test_a_cut_is_charged_at_once_so_an_interrupted_call_still_counts_it() -> No
 
     with pytest.raises(KeyboardInterrupt):
         engine.run(engine.start(BODY, requirements=STRICT, watch=True), send)
-    std = KIMI.tiers["standard"]
+    std, fast = KIMI.tiers["standard"], KIMI.tiers["fast"]
     state = ledger.state(clock.now())
-    assert state.spent_usd == pytest.approx(2000 * std.input_per_token + 30 * std.output_per_token)
+    cut = 2000 * std.input_per_token + 30 * std.output_per_token
+    # And the attempt in flight at the interrupt (on fast, just sent) is charged its prompt,
+    # as estimated.
+    prompt = engine.call_for(BODY, Dialect.openai)[0].input_tokens
+    assert state.spent_usd == pytest.approx(cut + prompt * fast.input_per_token)
     assert state.reserved_usd == 0.0
 
 

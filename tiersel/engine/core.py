@@ -471,23 +471,37 @@ class Engine:
         """Carry out a `start`-ed call with a sync ``send`` (one attempt's request to its reply):
         sleeps on the selector's clock, a hedge's race in threads, every other effect here.
         Raises `NoFeasibleTier` or `BudgetExhausted` before any send; interrupted, it leaves
-        nothing reserved."""
+        nothing reserved: an attempt in flight then is charged what the provider bills for a
+        request given up on (`Send.given_up`)."""
+        flight: list[tuple[Send | Race, float] | None] = [None]
         try:
-            result = run(started.flow, self._performer(send, self.clock.sleep, False))
+            result = run(started.flow, self._performer(send, self.clock.sleep, False, flight))
         except BaseException:
-            self._release_quietly(started.call_id)
+            self._settle_quietly(started.call_id, self._given_up(flight[0]))
             raise
         return self._ended(result)
 
     async def arun(self, started: Started, send: Callable[[Send], Awaitable[Reply]]) -> CallResult:
         """The async twin of `run`: ``send`` is awaited, a hedge's race runs in tasks, and async
         stores are awaited."""
+        flight: list[tuple[Send | Race, float] | None] = [None]
         try:
-            result = await arun(started.flow, self._performer(send, self.clock.asleep, True))
+            result = await arun(
+                started.flow, self._performer(send, self.clock.asleep, True, flight)
+            )
         except BaseException:
-            await self._arelease_quietly(started.call_id)
+            await self._asettle_quietly(started.call_id, self._given_up(flight[0]))
             raise
         return self._ended(result)
+
+    def _given_up(self, in_flight: tuple[Send | Race, float] | None) -> float | None:
+        """What an interrupted call's attempt in flight (sent when the clock read the second
+        item) is billed, for the budget; None when none was in flight, or when the ledger
+        charges such an attempt itself (`charges_doubt`)."""
+        if in_flight is None or self.charges_doubt:
+            return None
+        effect, sent_at = in_flight
+        return effect.billed_after(max(0.0, self.clock.now() - sent_at))
 
     def _ended(self, result: CallResult) -> CallResult:
         """Hand a call's final result to ``on_result`` (a stream's, once it ends)."""
@@ -610,11 +624,17 @@ class Engine:
         return self._ledger_for(effect).release(effect.call_id, self.clock.now())
 
     def _performer(
-        self, send: Callable[[Send], Any], sleep: Callable[[float], Any], asynchronous: bool
+        self,
+        send: Callable[[Send], Any],
+        sleep: Callable[[float], Any],
+        asynchronous: bool,
+        flight: list[tuple[Send | Race, float] | None],
     ) -> Callable[[Effect], Any]:
         """What carries out one call's effects for `run` / `arun`: ``send`` and ``sleep`` are the
         shell's own (sync, or, ``asynchronous``, returning awaitables); a hedge's race runs on
-        ``send``; every other effect is the selector's."""
+        ``send``; every other effect is the selector's. ``flight[0]`` holds the send or race
+        under way and when it began (None otherwise): the flow asks for nothing else while an
+        attempt is in flight, so the next effect clears it."""
         common = self.perform
         clock = self.clock
         if asynchronous:
@@ -629,10 +649,13 @@ class Engine:
         def perform(effect: Effect) -> Any:
             kind = type(effect)
             if kind is Send:
+                flight[0] = (effect, clock.now())  # type: ignore[assignment]
                 return send(effect)  # type: ignore[arg-type]
+            flight[0] = None
             if kind is Sleep:
                 return sleep(effect.seconds)  # type: ignore[union-attr]
             if kind is Race:
+                flight[0] = (effect, clock.now())  # type: ignore[assignment]
                 return race(effect)  # type: ignore[arg-type]
             return common(effect)
 
@@ -654,23 +677,31 @@ class Engine:
             raise ValueError(f"call {result.call_id} has no pending stream to finish")
         return self._ended(await arun(stream_flow(self, result, end), self.perform))
 
-    def _release_quietly(self, call_id: str) -> None:
-        # Interrupted mid-attempt (cancelled, KeyboardInterrupt): leave no budget reserved. A
-        # reservation that cannot be dropped here (an async ledger, a store that is away) lapses
-        # at its expiry.
+    def _settle_quietly(self, call_id: str, billed: float | None) -> None:
+        # Interrupted mid-attempt (cancelled, KeyboardInterrupt): leave no budget reserved, and
+        # charge what an attempt in flight is billed (``billed``; None: release). A reservation
+        # that cannot be dropped here (an async ledger, a store that is away) lapses at its
+        # expiry.
         if self.ledger is None or _is_async(self.ledger, "release"):
             return
         with contextlib.suppress(TierselError):
-            self.ledger.release(call_id, self.clock.now())
+            if billed is None:
+                self.ledger.release(call_id, self.clock.now())
+            else:
+                self.ledger.settle(call_id, billed, self.clock.now())
 
-    async def _arelease_quietly(self, call_id: str) -> None:
-        """The async twin of `_release_quietly`, for sync and async ledgers alike."""
+    async def _asettle_quietly(self, call_id: str, billed: float | None) -> None:
+        """The async twin of `_settle_quietly`, for sync and async ledgers alike."""
         if self.ledger is None:
             return
         with contextlib.suppress(TierselError):
-            released = self.ledger.release(call_id, self.clock.now())
-            if inspect.isawaitable(released):
-                await released
+            now = self.clock.now()
+            if billed is None:
+                done = self.ledger.release(call_id, now)
+            else:
+                done = self.ledger.settle(call_id, billed, now)
+            if inspect.isawaitable(done):
+                await done
 
     def _sync_signals(self, what: str) -> SignalStore:
         if _is_async(self.signals, "stats"):

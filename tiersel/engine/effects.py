@@ -77,11 +77,22 @@ class Watch:
 
 @dataclass(frozen=True, slots=True)
 class Send:
+    """Send one attempt. ``given_up(s)``: what the provider bills for it if the call is
+    interrupted ``s`` seconds after it left (its prompt and the output made until then, as
+    estimated); the engine charges that to a budget then (`tiersel.engine.Engine.run`)."""
+
     step: Step
     body: dict[str, Any]
     headers: Mapping[str, str]
     timeout_s: float | None
     watch: Watch | None = None
+    given_up: Callable[[float], float] | None = None
+
+    def billed_after(self, elapsed_s: float) -> float:
+        """``given_up(elapsed_s)``, or the step's worst case where the flow gave no estimate."""
+        if self.given_up is None:
+            return self.step.worst_cost_usd
+        return self.given_up(elapsed_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +105,15 @@ class Race:
     first: Send
     second: Send
     after_s: float
+
+    def billed_after(self, elapsed_s: float) -> float:
+        """What both requests are billed if the call is interrupted ``elapsed_s`` seconds into
+        the race: the second's counted from when it would have gone (it may have gone sooner,
+        after a failure of the first, so this may fall short by that much)."""
+        second = 0.0
+        if elapsed_s > self.after_s:
+            second = self.second.billed_after(elapsed_s - self.after_s)
+        return self.first.billed_after(elapsed_s) + second
 
 
 @dataclass(frozen=True, slots=True)

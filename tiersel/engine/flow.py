@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from tiersel.call import BudgetState, Call, Requirements
@@ -384,7 +385,9 @@ def _attempt(
     send_body = apply_step(ctx.body, step)
     if prog.cap is not None:
         send_body["max_tokens"] = prog.cap
-    sent = Send(step, send_body, step.headers, req.deadline_s, _watch(ctx, prog, step, req))
+    watch = _watch(ctx, prog, step, req)
+    given_up = partial(_partial_bill, ctx, prog, step, payload=None)
+    sent = Send(step, send_body, step.headers, req.deadline_s, watch, given_up)
     racer = _racer(decision, at.index)
     extra = 0.0
     if racer is None:
@@ -656,7 +659,8 @@ def _race(
     if prog.cap is not None:
         second_body["max_tokens"] = prog.cap
     # Its timeout is the time left when the race starts, less the time until it goes.
-    second = Send(racer, second_body, racer.headers, first.timeout_s)
+    given_up = partial(_partial_bill, ctx, prog, racer, payload=None)
+    second = Send(racer, second_body, racer.headers, first.timeout_s, None, given_up)
     raced: Raced = yield Race(first, second, hedge_s)
     prog.attempts += 2 if raced.other_sent else 1
     steps = (first.step, racer)
