@@ -104,7 +104,12 @@ class MemoryLedger:
         on_expiry: OnExpiry = OnExpiry.release,
     ) -> None:
         for name, value in (("limit_usd", limit_usd), ("spent_usd", spent_usd)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if reservation_ttl_s is not None and not reservation_ttl_s > 0:
             raise ValueError(f"reservation_ttl_s must be > 0 or None, got {reservation_ttl_s!r}")

@@ -131,3 +131,19 @@ class UnknownTier(TierselError, ValueError):
 class ConflictingRequirements(TierselError, ValueError):
     """A call's requirements, merged from the selector's defaults and the enclosing
     ``tiersel.requirements(...)`` blocks, contradict each other (each was valid on its own)."""
+
+
+class StoreUnavailable(TierselError):
+    """A shared store's server did not answer, so the operation may not have taken effect.
+
+    ``store`` is ``"budget"`` or ``"signals"``; ``url`` is the store's URL without its password.
+    """
+
+    def __init__(self, store: str, url: str, cause: BaseException, consequence: str) -> None:
+        self.store = store
+        self.url = url
+        self.cause = cause
+        super().__init__(
+            f"the {store} store at {url} is unreachable ({type(cause).__name__}: {cause});"
+            f" {consequence}"
+        )

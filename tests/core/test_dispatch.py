@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from tiersel.budget import MemoryLedger
 from tiersel.clock import FakeClock
 from tiersel.dialects import Dialect, Usage
 from tiersel.engine.results import AttemptRecord
+from tiersel.errors import StoreUnavailable
 from tiersel.policy import CheapestFeasible
 from tiersel.signals import Observation, Outcome, SignalKey
 
@@ -794,3 +796,31 @@ def test_decide_with_an_async_ledger_takes_its_awaited_state() -> None:
     state = asyncio.run(ledger.state(0.0))
     with pytest.raises(tiersel.NoFeasibleTier, match="exceeds the remaining budget"):
         sel.decide(call, budget=state)  # the money it has, as the ledger says
+
+
+def test_a_budget_store_lost_after_the_send_does_not_cost_the_caller_its_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The provider answered (and billed): a store that is away when the call settles is logged,
+    # saying what becomes of the money, and the answer is handed back. It raised before, and a
+    # paid answer was thrown away.
+    class Lost(MemoryLedger):
+        def settle(self, call_id: str, actual_usd: float, now: float) -> Any:
+            raise StoreUnavailable(
+                "budget", "redis://x", ConnectionError("gone"), "its reservation lapses"
+            )
+
+    sel = Selector(
+        clock=FakeClock(), transport=httpx.MockTransport(Upstream(lambda b: ok())), api_key=""
+    )
+    sel.engine.ledger = Lost(1.0)
+    with caplog.at_level(logging.WARNING, logger="tiersel.engine"):
+        r = sel.send(BODY)
+    assert r.ok and r.cost_usd > 0 and r.response.status_code == 200
+    assert "is unreachable" in caplog.text and "its reservation lapses" in caplog.text
+
+
+@pytest.mark.parametrize("limit", [True, False])
+def test_a_boolean_is_no_budget(limit: bool) -> None:
+    with pytest.raises(ValueError, match="limit_usd must be a finite number"):
+        MemoryLedger(limit)

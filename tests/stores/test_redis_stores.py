@@ -8,7 +8,9 @@ import asyncio
 import json
 import logging
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -153,6 +155,102 @@ def test_an_unreachable_async_budget_fails_closed_too() -> None:
         assert sent == []
 
     asyncio.run(go())
+
+
+class FakeServer:
+    """A TCP server on loopback that is no working Redis: it answers every command it reads
+    with ``answer`` (None: never answers, as a hung server), counting what it was sent."""
+
+    def __init__(self, answer: bytes | None) -> None:
+        self.answer = answer
+        self.commands = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"redis://:{CANARY}@127.0.0.1:{self.sock.getsockname()[1]}/0"
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: socket.socket) -> None:
+        conn.settimeout(0.1)
+        with conn:
+            while not self.stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                self.commands += data.count(b"*")  # about one per command sent (RESP arrays)
+                if self.answer is not None:
+                    conn.sendall(self.answer)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def test_a_hung_budget_server_is_asked_once_and_then_not_for_a_while() -> None:
+    # A server that accepts and never answers: a read times out once (no retry of a timeout:
+    # it took 4 tries of every operation, 16.6 s a call, before), and the next calls are
+    # refused without asking it again for a few seconds: one stalled call, not every one.
+    hung = FakeServer(None)
+    try:
+        sent: list[httpx.Request] = []
+        ledger = open_ledger(hung.url + "?socket_timeout=0.3", limit_usd=5.0)
+        sel = Selector(transport=lambda r: sent.append(r) or httpx.Response(200), ledger=ledger)
+        with pytest.raises(StoreUnavailable, match="no call is sent"):
+            sel.send(BODY, requirements=Requirements(deadline_s=30))
+        asked = hung.commands
+        assert 1 <= asked <= 2  # the script (and the client's greeting, if it sends one)
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable, match="TimeoutError"):
+                sel.send(BODY, requirements=Requirements(deadline_s=30))
+        assert hung.commands == asked and sent == []
+    finally:
+        hung.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "does not answer as Redis does"),
+        (b"-WRONGPASS invalid username-password pair or user is disabled.\r\n", "credentials"),
+    ],
+    ids=["not-redis", "wrong-password"],
+)
+@pytest.mark.parametrize("kind", ["ledger", "signals"])
+def test_a_url_that_cannot_work_is_misconfigured_not_an_outage(
+    answer: bytes, problem: str, kind: str
+) -> None:
+    # Waiting will not mend a wrong password or a URL at some other server: never taken for an
+    # outage (where signals fall back to memory and a fail_open budget stops checking).
+    fake = FakeServer(answer)
+    try:
+        if kind == "ledger":
+            store: Any = open_ledger(
+                fake.url, limit_usd=1.0, on_unavailable=LedgerFallback.fail_open
+            )
+            with pytest.raises(StoreMisconfigured, match=problem) as info:
+                store.state(0.0)
+        else:
+            store = open_signal_store(fake.url)
+            with pytest.raises(StoreMisconfigured, match=problem) as info:
+                store.stats(KEY, 0.0)
+        assert "127.0.0.1" in str(info.value) and CANARY not in str(info.value)
+    finally:
+        fake.close()
 
 
 def test_a_budget_may_choose_to_fail_open(caplog: pytest.LogCaptureFixture) -> None:

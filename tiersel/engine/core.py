@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, TypedDict, cast
 
 from tiersel.budget import AsyncLedger, Ledger
@@ -55,6 +56,7 @@ from tiersel.engine.stream import stream_flow
 from tiersel.errors import (
     ConflictingRequirements,
     RequestNotUnderstood,
+    StoreUnavailable,
     TierselError,
     UnknownTier,
     shown,
@@ -74,6 +76,8 @@ from tiersel.signals import (
     assess,
     same_failures,
 )
+
+log = logging.getLogger("tiersel.engine")
 
 __all__ = ["Engine", "EngineSettings", "Started", "check_setting_names", "new_call_id", "pinned"]
 
@@ -473,24 +477,24 @@ class Engine:
         Raises `NoFeasibleTier` or `BudgetExhausted` before any send; interrupted, it leaves
         nothing reserved: an attempt in flight then is charged what the provider bills for a
         request given up on (`Send.given_up`)."""
-        flight: list[tuple[Send | Race, float] | None] = [None]
+        held = _Held(started.call_id)
         try:
-            result = run(started.flow, self._performer(send, self.clock.sleep, False, flight))
+            result = run(started.flow, self._performer(send, self.clock.sleep, False, held))
         except BaseException:
-            self._settle_quietly(started.call_id, self._given_up(flight[0]))
+            if held.money:
+                self._settle_quietly(started.call_id, self._given_up(held.attempt))
             raise
         return self._ended(result)
 
     async def arun(self, started: Started, send: Callable[[Send], Awaitable[Reply]]) -> CallResult:
         """The async twin of `run`: ``send`` is awaited, a hedge's race runs in tasks, and async
         stores are awaited."""
-        flight: list[tuple[Send | Race, float] | None] = [None]
+        held = _Held(started.call_id)
         try:
-            result = await arun(
-                started.flow, self._performer(send, self.clock.asleep, True, flight)
-            )
+            result = await arun(started.flow, self._performer(send, self.clock.asleep, True, held))
         except BaseException:
-            await self._asettle_quietly(started.call_id, self._given_up(flight[0]))
+            if held.money:
+                await self._asettle_quietly(started.call_id, self._given_up(held.attempt))
             raise
         return self._ended(result)
 
@@ -618,23 +622,24 @@ class Engine:
 
     def _settle(self, effect: Settle) -> Any:
         ledger = self._ledger_for(effect)
-        return ledger.settle(effect.call_id, effect.amount_usd, self.clock.now())
+        return _accounted(
+            lambda: ledger.settle(effect.call_id, effect.amount_usd, self.clock.now())
+        )
 
     def _release(self, effect: Release) -> Any:
-        return self._ledger_for(effect).release(effect.call_id, self.clock.now())
+        ledger = self._ledger_for(effect)
+        return _accounted(lambda: ledger.release(effect.call_id, self.clock.now()))
 
     def _performer(
         self,
         send: Callable[[Send], Any],
         sleep: Callable[[float], Any],
         asynchronous: bool,
-        flight: list[tuple[Send | Race, float] | None],
+        held: _Held,
     ) -> Callable[[Effect], Any]:
         """What carries out one call's effects for `run` / `arun`: ``send`` and ``sleep`` are the
         shell's own (sync, or, ``asynchronous``, returning awaitables); a hedge's race runs on
-        ``send``; every other effect is the selector's. ``flight[0]`` holds the send or race
-        under way and when it began (None otherwise): the flow asks for nothing else while an
-        attempt is in flight, so the next effect clears it."""
+        ``send``; every other effect is the selector's. It keeps ``held`` up to date."""
         common = self.perform
         clock = self.clock
         if asynchronous:
@@ -649,14 +654,18 @@ class Engine:
         def perform(effect: Effect) -> Any:
             kind = type(effect)
             if kind is Send:
-                flight[0] = (effect, clock.now())  # type: ignore[assignment]
+                held.attempt = (effect, clock.now())  # type: ignore[assignment]
                 return send(effect)  # type: ignore[arg-type]
-            flight[0] = None
+            held.attempt = None  # the flow asks for nothing else while an attempt is in flight
             if kind is Sleep:
                 return sleep(effect.seconds)  # type: ignore[union-attr]
             if kind is Race:
-                flight[0] = (effect, clock.now())  # type: ignore[assignment]
+                held.attempt = (effect, clock.now())  # type: ignore[assignment]
                 return race(effect)  # type: ignore[arg-type]
+            if kind is Reserve:
+                held.money = True  # (at worst, one not granted is released: a no-op)
+            elif (kind is Settle or kind is Release) and effect.call_id == held.call_id:  # type: ignore[union-attr]
+                held.money = False
             return common(effect)
 
         return perform
@@ -718,6 +727,17 @@ class Engine:
 
 
 _ASYNC_WAY = "use asend or an AsyncTierTransport, which await it"
+
+
+@dataclass(slots=True)
+class _Held:
+    """What an interrupted call (``call_id``) leaves to settle: whether it holds a reservation
+    (``money``: reserved, not yet settled or released), and the send or race under way with the
+    time it began (``attempt``)."""
+
+    call_id: str
+    money: bool = False
+    attempt: tuple[Send | Race, float] | None = None
 
 
 def _check_settings(
@@ -806,6 +826,27 @@ def _is_async(store: object, method: str) -> bool:
     if found is None:
         found = _ASYNC_METHODS[key] = inspect.iscoroutinefunction(getattr(key[0], method, None))
     return found
+
+
+def _accounted(do: Callable[[], Any]) -> Any:
+    """A settle or a release, ``do()``: the call's request has gone, so a budget store that is
+    away then must not cost the caller its answer (which the provider has billed). The store's
+    error is logged (it says what became of the money: the reservation lapses at its expiry)
+    and the call goes on; an async store's is caught when awaited."""
+    try:
+        done = do()
+    except StoreUnavailable as exc:
+        log.warning("tiersel: %s", exc)
+        return None
+    return _aaccounted(done) if inspect.isawaitable(done) else done
+
+
+async def _aaccounted(pending: Awaitable[Any]) -> Any:
+    try:
+        return await pending
+    except StoreUnavailable as exc:
+        log.warning("tiersel: %s", exc)
+        return None
 
 
 async def _awaited(pending: Sequence[Any]) -> list[Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from tiersel.errors import TierselError
+from tiersel.errors import StoreUnavailable, TierselError
 
 __all__ = [
     "BudgetConflict",
@@ -52,22 +52,6 @@ class StoreClock(str, enum.Enum):
 
     server = "server"
     caller = "caller"
-
-
-class StoreUnavailable(TierselError):
-    """A shared store's server did not answer, so the operation may not have taken effect.
-
-    ``store`` is ``"budget"`` or ``"signals"``; ``url`` is the store's URL without its password.
-    """
-
-    def __init__(self, store: str, url: str, cause: BaseException, consequence: str) -> None:
-        self.store = store
-        self.url = url
-        self.cause = cause
-        super().__init__(
-            f"the {store} store at {url} is unreachable ({type(cause).__name__}: {cause});"
-            f" {consequence}"
-        )
 
 
 class BudgetConflict(TierselError, ValueError):

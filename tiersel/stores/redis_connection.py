@@ -24,6 +24,7 @@ __all__ = [
     "LEDGER_RETRIES",
     "SIGNAL_RETRIES",
     "STORE_ERRORS",
+    "TIMEOUTS",
     "UNREACHABLE",
     "async_client",
     "check_refusal",
@@ -60,9 +61,17 @@ def _backoff() -> redis.backoff.ExponentialBackoff:
     return redis.backoff.ExponentialBackoff(cap=0.2, base=0.02)
 
 
+# A command is tried again only after a connection error (refused, reset: they come at once),
+# never after a timeout: a server that hangs would stall each operation that many timeouts
+# (a budget read took 16.6 s before `StoreUnavailable` with the redis-server stopped).
+_RETRIED = (redis.exceptions.ConnectionError,)
+TIMEOUTS: tuple[type[BaseException], ...] = (redis.exceptions.TimeoutError, TimeoutError)
+
+
 def sync_client(url: str, *, retries: int) -> redis.Redis:
-    """A client for ``url`` that retries a failed command ``retries`` times, briefly."""
-    retry = redis.retry.Retry(_backoff(), retries)
+    """A client for ``url`` that retries a command that lost its connection ``retries`` times,
+    briefly."""
+    retry = redis.retry.Retry(_backoff(), retries, supported_errors=_RETRIED)
     return redis.Redis.from_url(
         url, retry=retry, socket_connect_timeout=_CONNECT_TIMEOUT_S, socket_timeout=_TIMEOUT_S
     )
@@ -70,7 +79,7 @@ def sync_client(url: str, *, retries: int) -> redis.Redis:
 
 def async_client(url: str, *, retries: int) -> redis.asyncio.Redis:
     """The asyncio twin of `sync_client`."""
-    retry = redis.asyncio.retry.Retry(_backoff(), retries)
+    retry = redis.asyncio.retry.Retry(_backoff(), retries, supported_errors=_RETRIED)
     return redis.asyncio.Redis.from_url(
         url, retry=retry, socket_connect_timeout=_CONNECT_TIMEOUT_S, socket_timeout=_TIMEOUT_S
     )
@@ -117,10 +126,20 @@ def url_options(url: str) -> dict[str, Any]:
         raise ValueError(text[:1].lower() + text[1:]) from None
 
 
-def check_refusal(exc: redis.exceptions.ResponseError, client: Any, url: str) -> None:
-    """Raise `StoreMisconfigured` when ``exc`` is the server refusing the URL's database (it has
-    no such one: a mistake in the URL, not a failure to retry); return for any other error."""
+def check_refusal(exc: BaseException, client: Any, url: str) -> None:
+    """Raise `StoreMisconfigured` when ``exc`` says the URL is wrong, not that its server is
+    away: the server refuses its credentials or its database, or is no Redis server at all (it
+    answers in another protocol). Such a mistake does not mend with time, so it is never taken
+    for an outage (falling back, or retried later). Return for any other error."""
     text = str(exc)
-    if "DB index" in text or "SELECT is not allowed" in text:
+    if isinstance(exc, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)):
+        raise StoreMisconfigured(url, f"the server refused its credentials ({text})") from None
+    if isinstance(exc, redis.exceptions.InvalidResponse):
+        raise StoreMisconfigured(
+            url, f"the server there does not answer as Redis does ({text})"
+        ) from None
+    if isinstance(exc, redis.exceptions.ResponseError) and (
+        "DB index" in text or "SELECT is not allowed" in text
+    ):
         db = client.connection_pool.connection_kwargs.get("db", 0)
         raise StoreMisconfigured(url, f"the server has no database {db} ({text})") from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -41,6 +42,9 @@ log = logging.getLogger("tiersel.stores")
 _Client = TypeVar("_Client")
 
 NANOS_PER_USD = 1_000_000_000
+AWAY_S = 5.0
+"""How long after the server failed to answer a read or a reservation is refused (or, failing
+open, let through) without asking it again."""
 DEFAULT_RESERVATION_TTL_S = 600.0
 DEFAULT_SETTLED_KEEP_S = 7 * 24 * 3600.0
 
@@ -48,7 +52,8 @@ _OPS = ("state", "reserve", "settle", "release")
 
 
 def _nanos(usd: float, what: str) -> int:
-    if not isinstance(usd, (int, float)) or not math.isfinite(usd) or usd < 0:
+    bad = isinstance(usd, bool) or not isinstance(usd, (int, float))
+    if bad or not math.isfinite(usd) or usd < 0:
         raise ValueError(f"{what} must be a finite amount >= 0, got {usd!r}")
     return round(usd * NANOS_PER_USD)
 
@@ -70,6 +75,11 @@ class _LedgerCore:
         clock: StoreClock,
     ) -> None:
         self.limit_nanos = _nanos(limit_usd, "limit_usd")
+        if limit_usd > 0 and not self.limit_nanos:
+            raise ValueError(
+                f"limit_usd must be 0 or at least $0.000000001 (the store counts whole"
+                f" nano-dollars), got {limit_usd!r}"
+            )
         self.by_caller = StoreClock(clock) is StoreClock.caller
         self.limit_usd = float(limit_usd)
         if not name:
@@ -90,6 +100,10 @@ class _LedgerCore:
         self.keys = [f"{base}:{part}".encode() for part in ("state", "held", "expiry", "settled")]
         self.last = BudgetState(limit_usd=self.limit_usd)
         self._warned = False
+        # After the server failed to answer, until when (monotonic) a read or a reservation is
+        # answered as if it failed again, without asking: one stalled call, not every one.
+        self._away_until = -math.inf
+        self._away_cause: BaseException | None = None
 
     def reserve_args(
         self, call_id: str, amount_usd: float, ttl_s: float | None, now: float
@@ -121,6 +135,7 @@ class _LedgerCore:
             raise BudgetConflict(
                 self.name, self.url, limit / NANOS_PER_USD, self.limit_nanos / NANOS_PER_USD
             )
+        self._away_until = -math.inf  # it answers
         self.last = BudgetState(
             limit_usd=limit / NANOS_PER_USD,
             spent_usd=spent / NANOS_PER_USD,
@@ -134,18 +149,28 @@ class _LedgerCore:
     ) -> BudgetState | None:
         """A sync script's state: ``run()``'s reply decoded, or the fallback (see `failed`)."""
         try:
+            self.check_away(op)
             reply = run()
         except STORE_ERRORS as exc:
             return self.failed(exc, client, op, call_id)
         return self.decode(reply)
 
+    def check_away(self, op: str) -> None:
+        """Raise `_StillAway` for a read or a reservation (a settle or a release is always tried:
+        it accounts for money spent) while the server is known to be away: for `AWAY_S` after it
+        last failed to answer."""
+        if op in ("state", "reserve") and time.monotonic() < self._away_until:
+            raise _StillAway(self._away_cause)
+
     def failed(self, exc: BaseException, client: Any, op: str, call_id: str | None) -> BudgetState:
         """The fallback for a Redis that is away (see `unavailable`); any other error raised (a
         database the server refuses: `StoreMisconfigured`)."""
+        if isinstance(exc, _StillAway):
+            return self.unavailable(op, call_id, exc.cause)
+        check_refusal(exc, client, self.url)
         if isinstance(exc, UNREACHABLE):
+            self._away_until, self._away_cause = time.monotonic() + AWAY_S, exc
             return self.unavailable(op, call_id, exc)
-        if isinstance(exc, redis.exceptions.ResponseError):
-            check_refusal(exc, client, self.url)
         raise exc
 
     def unavailable(self, op: str, call_id: str | None, exc: BaseException) -> BudgetState:
@@ -292,6 +317,7 @@ class AsyncRedisLedger(_RedisLedgerBase["redis.asyncio.Redis"]):
     async def _run(self, op: str, args: list[str | int], call_id: str | None) -> BudgetState | None:
         core = self._core
         try:
+            core.check_away(op)
             reply = await self._scripts.run(op, core.keys, args)
         except STORE_ERRORS as exc:
             return core.failed(exc, self.client, op, call_id)
@@ -321,3 +347,11 @@ class AsyncRedisLedger(_RedisLedgerBase["redis.asyncio.Redis"]):
     async def aclose(self) -> None:
         """Close the client's connections."""
         await self.client.aclose()
+
+
+class _StillAway(redis.exceptions.ConnectionError):
+    """Not asked: the server failed to answer moments ago (`_LedgerCore.check_away`)."""
+
+    def __init__(self, cause: BaseException | None) -> None:
+        super().__init__(str(cause))
+        self.cause: BaseException = cause if cause is not None else self

@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
-from tiersel.stores.redis_connection import UNREACHABLE
+from tiersel.stores.redis_connection import TIMEOUTS, UNREACHABLE
 
 __all__ = ["AsyncScripts"]
 
@@ -116,10 +116,10 @@ class AsyncScripts:
                     except redis.exceptions.ResponseError as exc:  # this script's own error
                         replies.append(exc)
                 return replies
-            except UNREACHABLE:
+            except UNREACHABLE as exc:
                 await conn.disconnect()  # half-read: this connection cannot be trusted again
-                if attempt == self._retries:
-                    raise
+                if attempt == self._retries or isinstance(exc, TIMEOUTS):
+                    raise  # (a server that hangs is not waited on again: see TIMEOUTS)
                 await asyncio.sleep(0.02 * 2**attempt)
             except BaseException:
                 await conn.disconnect()

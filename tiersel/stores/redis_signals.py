@@ -139,11 +139,10 @@ class _SignalsCore:
     def failed(self, exc: BaseException, client: Any, now: float) -> None:
         """None (use local memory, or raise: see `unavailable`) for a Redis that is away; any
         other error raised (a database the server refuses: `StoreMisconfigured`)."""
+        check_refusal(exc, client, self.url)
         if isinstance(exc, UNREACHABLE):
             self.unavailable(exc, now)
             return None
-        if isinstance(exc, redis.exceptions.ResponseError):
-            check_refusal(exc, client, self.url)
         raise exc
 
     def answered(self, reply: Any) -> Any:
