@@ -72,6 +72,9 @@ class JournaledLedger:
     charges_doubt = True
     """It charges an attempt that got no answer at its worst case itself, on its release (the
     engine then charges no estimate of its own: `tiersel.engine.Engine.charges_doubt`)."""
+    stops_when_lost = True
+    """A settle or release its store cannot take ends the job (`StoreUnavailable` goes on up),
+    rather than being logged while the call goes on, as the engine does for other ledgers."""
 
     def __init__(
         self,

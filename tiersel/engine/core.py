@@ -621,14 +621,19 @@ class Engine:
         return ledger.reserve(effect.call_id, effect.amount_usd, self.clock.now())
 
     def _settle(self, effect: Settle) -> Any:
-        ledger = self._ledger_for(effect)
-        return _accounted(
-            lambda: ledger.settle(effect.call_id, effect.amount_usd, self.clock.now())
-        )
+        ledger, now = self._ledger_for(effect), self.clock.now()
+        return self._accounted(lambda: ledger.settle(effect.call_id, effect.amount_usd, now))
 
     def _release(self, effect: Release) -> Any:
-        ledger = self._ledger_for(effect)
-        return _accounted(lambda: ledger.release(effect.call_id, self.clock.now()))
+        ledger, now = self._ledger_for(effect), self.clock.now()
+        return self._accounted(lambda: ledger.release(effect.call_id, now))
+
+    def _accounted(self, do: Callable[[], Any]) -> Any:
+        """A settle or a release, ``do()``, which the store's loss does not stop (`_accounted`),
+        unless the ledger says it must (``stops_when_lost``: the batch job's, which then ends)."""
+        if getattr(self.ledger, "stops_when_lost", False):
+            return do()
+        return _accounted(do)
 
     def _performer(
         self,
