@@ -133,6 +133,22 @@ def test_bad_trace_row_names_the_file_and_line(tmp_path: Path) -> None:
     assert done.returncode == 2 and "absent.csv: no such file" in done.stderr
 
 
+def test_a_row_past_the_models_limits_is_refused_with_its_line(tmp_path: Path) -> None:
+    # The provider refuses such a call; replayed, it was counted as a failure and sized the
+    # provider's pools for itself (1,948,439 replicas for one 10^11-token prompt).
+    path = tmp_path / "huge.csv"
+    path.write_text("timestamp_s,input_tokens,output_tokens\n0,10,5\n1,10,200000\n")
+    done = simulate("--trace", str(path))
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"tiersel: error: {path}: line 3: 200,000 output tokens: kimi-k3 writes at most 131,072"
+        " tokens (the price table's max_output_tokens)"
+    )
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,2000000,5\n")
+    done = simulate("--trace", str(path))
+    assert done.returncode == 2 and f"{path}: line 2: 2,000,000 input tokens" in done.stderr
+
+
 def test_json_reports_each_predicting_policys_calibration(
     small_trace: Path, flapping_json: subprocess.CompletedProcess[str]
 ) -> None:

@@ -12,8 +12,9 @@ import pytest
 
 import tiersel
 from tests.transport.conftest import ANTHROPIC, MODEL, Recorder
+from tiersel.budget import MemoryLedger
 from tiersel.clock import FakeClock
-from tiersel.wrap import TierTransport
+from tiersel.wrap import CostBasis, TierTransport
 
 SHED = {"error": {"object": "error", "type": "overloaded", "code": "overloaded", "message": "busy"}}
 
@@ -103,6 +104,33 @@ def test_no_response_at_all_becomes_one_gateway_error(recorder: Recorder) -> Non
     assert "no response after 4 attempt(s)" in caught.value.message
     assert len(upstream.bodies) == 4
     assert recorder.last.detail == "ConnectError: connection refused"
+
+
+def test_timeouts_are_charged_and_the_response_says_it_is_an_estimate(
+    recorder: Recorder,
+) -> None:
+    # A request that timed out was worked on, and is billed: the call failed, yet its cost is
+    # not nothing, and the basis says how it is known (it said "none", "nothing billed").
+    upstream = Upstream(error=httpx.ReadTimeout("the provider went quiet"))
+    ledger = MemoryLedger(1.0)
+    selector = tiersel.Selector(clock=FakeClock(), api_key="", max_attempts=2, ledger=ledger)
+    transport = TierTransport(selector, httpx.MockTransport(upstream), on_call=recorder)
+    client = openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://provider.test/inference/v1",
+        http_client=httpx.Client(transport=transport),
+        max_retries=0,
+    )
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8
+        )
+    headers = caught.value.response.headers
+    assert caught.value.status_code == 504 and headers["x-tiersel-cost-basis"] == "estimate"
+    record = recorder.last
+    assert not record.ok and record.cost_basis is CostBasis.estimate and record.cost_usd > 0
+    assert float(headers["x-tiersel-cost-usd"]) == pytest.approx(record.cost_usd)
+    assert ledger.state(0.0).spent_usd == pytest.approx(record.cost_usd)
 
 
 def test_a_final_client_error_is_not_retried() -> None:

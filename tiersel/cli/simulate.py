@@ -17,7 +17,7 @@ from tiersel.replay.harness import DEFAULT_MODEL, DEFAULT_SCENARIO, Comparison, 
 from tiersel.replay.metrics import PolicyMetrics
 from tiersel.replay.mix import DEFAULT_MIX, Mix, parse_mix
 from tiersel.replay.sources import GENERATED_TRACES, load_trace
-from tiersel.replay.traces import SHIPPED_TRACES
+from tiersel.replay.traces import SHIPPED_TRACES, check_limits
 
 
 def add_parser(subs: Any, help: str) -> None:
@@ -124,10 +124,11 @@ def run(args: argparse.Namespace) -> int:
         policies = _policies(args.policy)
         mix: Mix = parse_mix(args.mix) if args.mix is not None else DEFAULT_MIX
         pricing = pricing_from(args)
-        pricing.model(args.model)
+        prices = pricing.model(args.model)
         trace = load_trace(args.trace)
         if args.limit is not None:
             trace = trace.head(args.limit)
+        check_limits(trace, prices, args.trace)
         result = compare(
             trace,
             policies=policies,

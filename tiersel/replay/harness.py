@@ -65,7 +65,7 @@ from tiersel.replay.baselines import POLICY_NAMES, Contender, contender
 from tiersel.replay.capacity import DEFAULT_TENANT_SHARE, sized
 from tiersel.replay.metrics import AttemptEvent, CallRecord, PolicyMetrics, summarize
 from tiersel.replay.mix import DEFAULT_MIX, Mix
-from tiersel.replay.traces import Trace, TraceRequest
+from tiersel.replay.traces import Trace, TraceRequest, check_limits
 from tiersel.signals import MemorySignalStore, Outcome
 from tiersel.sim import Provider, Scenario, SimRequest, SimResult, load_scenario
 from tiersel.watch import check_at, projected_finish
@@ -209,7 +209,8 @@ def compare(
 
     ``policies`` holds names (`POLICY_NAMES`, the default being all of them) or `Contender`
     objects, for a policy of your own. The scenario's pools are first sized to the uncompressed
-    trace (`tiersel.replay.capacity`): at speedup 1 it takes about ``tenant_share`` of them.
+    trace (`tiersel.replay.capacity`): at speedup 1 it takes about ``tenant_share`` of them. A
+    request past what the model reads or writes is a `TraceError` (`check_limits`).
 
     >>> from tiersel.replay.traces import parse_trace
     >>> t = parse_trace("timestamp_s,input_tokens,output_tokens\\n0,900,60\\n1,1200,80\\n")
@@ -218,6 +219,7 @@ def compare(
     [('tiersel', 1.0), ('always-priority', 1.0)]
     """
     pricing = pricing if pricing is not None else load_pricing()
+    check_limits(trace, pricing.model(model))
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     sc, replicas = sized(sc, trace, tenant_share)
     fast = trace.compressed(speedup)

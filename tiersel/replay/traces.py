@@ -27,17 +27,19 @@ import io
 import math
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
 from tiersel.errors import TierselError
+from tiersel.pricing import ModelPrices
 
 __all__ = [
     "SHIPPED_TRACES",
     "Trace",
     "TraceError",
     "TraceRequest",
+    "check_limits",
     "parse_trace",
     "shipped_trace",
 ]
@@ -85,6 +87,8 @@ class TraceRequest:
     reliability: float | None = None
     prefix: str | None = None
     prefix_tokens: int = 0
+    line: int | None = field(default=None, compare=False, repr=False)
+    """The line of the file it was read from (None: not read from one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +241,7 @@ def _azure_rows(rows: _Reader, name: str) -> list[_Row]:
                 t,
                 _count(ctx, "ContextTokens", name, line),
                 _count(gen, "GeneratedTokens", name, line),
+                line=line,
             )
         )
     return out
@@ -283,6 +288,7 @@ def _plain_rows(rows: _Reader, name: str, extra: Sequence[str]) -> list[_Row]:
                 reliability,
                 prefix,
                 shared,
+                line=line,
             )
         )
     return out
@@ -314,9 +320,26 @@ def _burst_rows(rows: _Reader, name: str, columns: Sequence[str]) -> list[_Row]:
                 stamp,
                 _count(cells[ask], "Request tokens", name, line),
                 _count(cells[got], "Response tokens", name, line),
+                line=line,
             )
         )
     return out
+
+
+def check_limits(trace: Trace, prices: ModelPrices, source: str | None = None) -> None:
+    """`TraceError` naming the first request of ``trace`` that asks for more than ``prices``'
+    model reads or writes (and its line, when read from a file; ``source`` names the file, else
+    the trace's name): the provider refuses such a call, and a replay that sent it would size the
+    provider's pools for it."""
+    for r in trace:
+        for tokens, output, what in (
+            (r.input_tokens, False, "input tokens"),
+            (r.output_tokens, True, "output tokens"),
+        ):
+            said = prices.beyond(tokens, output=output)
+            if said is not None:
+                where = source if source is not None else trace.name
+                raise TraceError(where, r.line, f"{tokens:,} {what}: {said}")
 
 
 def _count(raw: str, column: str, name: str, line: int) -> int:

@@ -123,7 +123,7 @@ class Exchange:
         if result.ok:
             basis = CostBasis.actual if result.usage is not None else CostBasis.worst_case
         else:
-            basis = CostBasis.none
+            basis = _unserved(result)
         extra = response_headers(result, result.cost_usd, basis)
         response = whole_response(route, result, extra)
         upstream = result.response
@@ -177,7 +177,7 @@ class Exchange:
         def report(final: CallResult, end: StreamEnd) -> None:
             basis = CostBasis.actual
             if final.usage is None:
-                basis = CostBasis.worst_case if final.ok else CostBasis.none
+                basis = CostBasis.worst_case if final.ok else _unserved(final)
             elif end.usage_estimated:
                 basis = CostBasis.estimate
             self.notify(route, final, basis, upstream.status_code, end=end)
@@ -320,6 +320,12 @@ def _passthrough_refusal(request: Any, *, budgeted: bool) -> TierselError | None
             " the two do not combine, so tiersel does not send it"
         )
     return None
+
+
+def _unserved(result: CallResult) -> CostBasis:
+    """How a call that failed knows its cost: nothing billed, or attempts the provider worked on
+    and was given up on (a timeout, a hedge's loser, a cut), charged as estimated."""
+    return CostBasis.estimate if result.cost_usd > 0 else CostBasis.none
 
 
 def _stream_headers(result: CallResult) -> list[tuple[bytes, bytes]]:
