@@ -122,6 +122,9 @@ class MemoryLedger:
         self._reserved = 0.0
         # Ids already settled, so a repeated settle charges nothing; bounded, oldest dropped first.
         self._settled: LRUCache[str, bool] = LRUCache(maxsize=settled_memory)
+        # Ids whose reservation lapsed (freed at its expiry): a late settle of one is a charge
+        # no reservation covered (see `settle`).
+        self._lapsed: LRUCache[str, bool] = LRUCache(maxsize=settled_memory)
         self._lock = threading.Lock()
 
     def _expire(self, now: float) -> None:
@@ -132,6 +135,8 @@ class MemoryLedger:
             if self.on_expiry is OnExpiry.charge and r.call_id not in self._settled:
                 self._spent += r.amount_usd
                 self._settled[r.call_id] = True
+            else:
+                self._lapsed[r.call_id] = True
         if not self._held:
             self._reserved = 0.0
 
@@ -178,6 +183,11 @@ class MemoryLedger:
                 return self._state()
             if held is not None and actual_usd > held.amount_usd:
                 self._overrun += actual_usd - held.amount_usd
+            elif held is None and self._lapsed.pop(call_id, False):
+                # Its reservation lapsed while the call ran, and others may have taken the
+                # money: what this charge takes past the money free now is an overrun too.
+                free = max(0.0, self.limit_usd - self._spent - self._reserved)
+                self._overrun += max(0.0, actual_usd - free)
             self._spent += actual_usd
             self._settled[call_id] = True
             return self._state()

@@ -104,6 +104,30 @@ def test_the_ledger_default_ttl_applies_to_reservations_without_one(backend: Bac
     assert ledger.settle("a", 0.5, now()).spent_usd == approx(0.5)
 
 
+def test_a_call_that_outlived_its_reservation_reports_what_it_took_past_the_cap(
+    backend: Backend,
+) -> None:
+    # A's reservation lapses while its call still runs; B takes the money it freed; A settles.
+    # Spent then passes the limit, and the ledger says by how much (it said 0 before: the cap
+    # was passed in silence).
+    ledger = backend.ledger(0.005)
+    assert ledger.reserve("a", 0.0036, now(), ttl_s=0.5) is not None
+    advance(0.6)
+    assert ledger.reserve("b", 0.0036, now()) is not None
+    ledger.settle("b", 0.00305, now())
+    state = ledger.settle("a", 0.00306, now())
+    assert state.spent_usd == approx(0.00611)
+    assert state.overrun_usd == approx(0.00611 - 0.005)  # past the cap, all of it reported
+
+
+def test_a_late_settle_within_the_money_free_is_no_overrun(backend: Backend) -> None:
+    ledger = backend.ledger(1.0)
+    ledger.reserve("c", 0.2, now(), ttl_s=0.5)
+    advance(0.6)
+    assert ledger.settle("c", 0.1, now()).overrun_usd == 0.0
+    assert ledger.settle("c", 0.1, now()).spent_usd == approx(0.1)  # settled once
+
+
 def test_a_lapsed_reservation_may_be_charged_in_full_instead(backend: Backend) -> None:
     """on_expiry=charge: its holder may have died after the call was billed; the cap holds."""
     ledger = backend.ledger(1.0, reservation_ttl_s=0.5, on_expiry=OnExpiry.charge)

@@ -97,7 +97,8 @@ class _LedgerCore:
         self.url = url
         # A hash tag keeps one budget's keys in one slot (Redis Cluster runs a script on one slot).
         base = f"{prefix}:budget:{{{name}}}"
-        self.keys = [f"{base}:{part}".encode() for part in ("state", "held", "expiry", "settled")]
+        parts = ("state", "held", "expiry", "settled", "lapsed")
+        self.keys = [f"{base}:{part}".encode() for part in parts]
         self.last = BudgetState(limit_usd=self.limit_usd)
         self._warned = False
         # After the server failed to answer, until when (monotonic) a read or a reservation is

@@ -4,6 +4,11 @@ local had = drop(id)
 if not redis.call('ZSCORE', settled, id) then
   if had ~= nil and actual > had then
     overrun = overrun + (actual - had)
+  elseif had == nil and redis.call('ZREM', lapsed, id) == 1 then
+    -- Its reservation lapsed while the call ran, and others may have taken the money: what
+    -- this charge takes past the money free now is an overrun too.
+    local free = math.max(0, limit - spent - reserved)
+    overrun = overrun + math.max(0, actual - free)
   end
   spent = spent + actual
   redis.call('ZADD', settled, now_ms, id)
