@@ -195,7 +195,11 @@ class TierselMetrics(Collector):
 
 
 def _outcome(result: CallResult) -> str:
-    """The outcome a failed call ended on: its last reply's (``shed``, ``error``, ...)."""
+    """The outcome a failed call ended on: ``budget`` when the budget could not cover its
+    retry (its last reply, often a shed, is not why it ended), else its last reply's (``shed``,
+    ``error``, ...)."""
+    if result.budget_stopped:
+        return "budget"
     if result.reply is None:
-        return "budget" if result.budget_stopped else "not_sent"
+        return "not_sent"
     return str(classify_reply(result.reply).outcome.value)

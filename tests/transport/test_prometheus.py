@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import tiersel
 from tests.transport.conftest import CANARY_KEY, MODEL, Recorder
 from tiersel.budget import MemoryLedger
-from tiersel.clock import ScaledClock
+from tiersel.clock import FakeClock, ScaledClock
 from tiersel.prometheus import TierselMetrics
 from tiersel.signals import Observation, Outcome, SignalKey
 from tiersel.sim.server import RunningServer
@@ -134,3 +134,28 @@ def _taken() -> CollectorRegistry:
     registry = CollectorRegistry()
     TierselMetrics(tiersel.Selector(api_key="k"), registry=registry)
     return registry
+
+
+def test_a_call_the_budget_stopped_after_a_shed_counts_as_budget() -> None:
+    # Its last reply was a shed, but the budget is why it ended (it counted as "shed", where its
+    # OpenTelemetry span said "budget exhausted before a retry").
+    class FirstOnly(MemoryLedger):
+        granted = 0
+
+        def reserve(self, *args: object, **kw: object) -> object:
+            self.granted += 1
+            return super().reserve(*args, **kw) if self.granted == 1 else None  # type: ignore[arg-type]
+
+    registry = CollectorRegistry()
+    sel = tiersel.Selector(
+        transport=httpx.MockTransport(_upstream_sheds),
+        api_key="k",
+        ledger=FirstOnly(1.0),
+        clock=FakeClock(),  # the schedule's wait before its retry passes at once
+    )
+    TierselMetrics(sel, registry=registry)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+    result = sel.send(body, requirements=tiersel.Requirements(deadline_s=30))
+    assert not result.ok and result.budget_stopped and result.attempts == 1
+    got = _samples(registry)
+    assert [(s["outcome"], v) for s, v in got["tiersel_calls_total"]] == [("budget", 1.0)]
