@@ -149,6 +149,17 @@ def test_a_row_past_the_models_limits_is_refused_with_its_line(tmp_path: Path) -
     assert done.returncode == 2 and f"{path}: line 2: 2,000,000 input tokens" in done.stderr
 
 
+def test_a_router_id_is_no_model_to_simulate() -> None:
+    # It ran kimi-k3 with every tier, saying "model kimi-k3", as if the id had been honoured.
+    done = simulate("--trace", "azure-code", "--model", "accounts/fireworks/routers/kimi-k3-fast")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == (
+        "tiersel: error: --model accounts/fireworks/routers/kimi-k3-fast: that id names"
+        " kimi-k3's fast tier, but the policies compared choose the tiers: give the model,"
+        " --model kimi-k3"
+    )
+
+
 def test_json_reports_each_predicting_policys_calibration(
     small_trace: Path, flapping_json: subprocess.CompletedProcess[str]
 ) -> None:

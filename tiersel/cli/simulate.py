@@ -124,7 +124,12 @@ def run(args: argparse.Namespace) -> int:
         policies = _policies(args.policy)
         mix: Mix = parse_mix(args.mix) if args.mix is not None else DEFAULT_MIX
         pricing = pricing_from(args)
-        prices = pricing.model(args.model)
+        prices, implied = pricing.resolve(args.model)
+        if implied is not None:
+            return fail(
+                f"--model {args.model}: that id names {prices.name}'s {implied} tier, but the"
+                f" policies compared choose the tiers: give the model, --model {prices.name}"
+            )
         trace = load_trace(args.trace)
         if args.limit is not None:
             trace = trace.head(args.limit)
