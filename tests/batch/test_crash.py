@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tiersel.batch.journal import DoneLines, Resumed, _replay
 from tiersel.sim.server import RunningServer, serve_in_subprocess
 
@@ -50,6 +52,7 @@ def spent_on_disk(out: Path) -> float:
     return sum(r["cost_usd"] for r in rows) + resumed.lost_usd
 
 
+@pytest.mark.slow
 def test_sigkill_at_chosen_points_then_resume(tmp_path: Path) -> None:
     with serve_in_subprocess("peak", seed=5, time_scale=TIME_SCALE) as server:
         crash_and_resume(tmp_path, server)

@@ -61,6 +61,7 @@ def wait_for_rows(job: subprocess.Popen[str], out: Path, n: int) -> None:
 LINES = 400  # the first run writes about 20 rows in 0.6 s and all 400 in about 2 s
 
 
+@pytest.mark.slow
 def test_the_store_going_away_ends_the_job_at_once_with_one_line(tmp_path: Path) -> None:
     server, url = start_redis(tmp_path)
     src = write_jsonl(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from tiersel.batch import arun_batch
 from tiersel.clock import ScaledClock
 from tiersel.pricing import load_pricing
@@ -16,6 +18,7 @@ LINES = 1200
 IN_FLIGHT = 600
 
 
+@pytest.mark.slow
 def test_six_hundred_in_flight_under_peak_never_pass_the_cap(tmp_path: Path) -> None:
     pricing = load_pricing()
     src = write_jsonl(

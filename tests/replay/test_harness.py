@@ -45,6 +45,7 @@ def comparison(name: str, seed: int = 0) -> Comparison:
 COMPARISONS = pytest.mark.xdist_group("replay-comparisons")
 
 
+@pytest.mark.slow
 def test_same_seed_same_replay_and_another_seed_differs() -> None:
     trace = conv_slice().head(400)
     work = Workload.build(trace.compressed(SPEEDUP), DEFAULT_MIX, seed=5)
@@ -192,6 +193,7 @@ def _result(comparison: Comparison, policy: str) -> ReplayResult:
     return next(r for r in comparison.results if r.policy == policy)
 
 
+@pytest.mark.slow
 def test_a_long_outage_on_a_model_without_priority() -> None:
     # glm-5p1 offers standard and fast only. always-standard keeps sending standard through the
     # three-minute outage (its failure streak runs past a thousand): the replay must carry on,
@@ -219,6 +221,7 @@ def test_a_long_outage_on_a_model_without_priority() -> None:
     assert set(oracle.tier_mix) == {"standard", "fast"}
 
 
+@pytest.mark.slow
 def test_the_default_scenario_sheds_standard_at_times_and_tiersel_rides_it() -> None:
     # The code trace's first ~7 minutes at its own pace, under the default scenario (`busy`):
     # other tenants overload the shared pool from 270 s to 330 s, ramping over 30 s either side.
@@ -241,6 +244,7 @@ def test_the_default_scenario_sheds_standard_at_times_and_tiersel_rides_it() -> 
     assert tiersel.cost_usd <= oracle.cost_usd * 1.10 and tiersel.cost_usd < priority.cost_usd
 
 
+@pytest.mark.slow
 def test_watched_attempts_buy_three_nines_cheaper_than_a_ladder() -> None:
     # Strict calls (20 s, 0.999): a ~400-token answer is too near the deadline on standard for a
     # ladder, which buys fast; a watched standard attempt, cut for fast when its pace is too

@@ -13,6 +13,7 @@ from nbclient import NotebookClient
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "tier_tradeoffs.ipynb"
 
 
+@pytest.mark.slow
 def test_notebook_executes_and_draws_every_figure(monkeypatch: pytest.MonkeyPatch) -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     stored = [c for c in nb.cells if c.cell_type == "code"]

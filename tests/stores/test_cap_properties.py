@@ -101,6 +101,7 @@ async def run(work: dict[str, Any], ledger: Any) -> None:
     assert state.reserved_usd == 0, (state, work)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(work=workloads())
 def test_spent_never_passes_the_cap_in_memory(work: dict[str, Any]) -> None:

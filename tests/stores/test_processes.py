@@ -46,6 +46,7 @@ def peak_sim() -> Iterator[RunningServer]:
         yield server
 
 
+@pytest.mark.slow
 def test_signals_one_process_records_steer_another_process(
     redis_url: str, prefix: str, peak_sim: RunningServer
 ) -> None:
@@ -166,6 +167,7 @@ def wait_until_held(sim: RunningServer, n: int, workers: list[subprocess.Popen[s
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_four_workers_with_64_in_flight_share_one_budget_under_peak(
     redis_url: str, prefix: str, peak_sim: RunningServer, tmp_path: Path
 ) -> None:
@@ -218,6 +220,7 @@ def test_four_workers_with_64_in_flight_share_one_budget_under_peak(
     assert stats["hinted"] == 0 and stats["priority_with_router"] == 0
 
 
+@pytest.mark.slow
 def test_a_killed_worker_pins_nothing_past_expiry_and_its_shard_resumes(
     redis_url: str, prefix: str, peak_sim: RunningServer, tmp_path: Path
 ) -> None:
@@ -357,6 +360,7 @@ def test_a_database_the_server_does_not_have_is_one_line_and_exit_2(
 # -- wrapper processes sharing one budget ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_four_wrapper_processes_and_a_restarted_one_share_one_budget(
     redis_url: str, prefix: str
 ) -> None:

@@ -16,6 +16,7 @@ from tiersel.sim import load_scenario
 from tiersel.sim.server import RunningServer
 
 
+@pytest.mark.slow
 def test_the_demo_runs_every_arm_on_the_same_workload(
     server: RunningServer, tmp_path: Path
 ) -> None:

@@ -32,6 +32,7 @@ def _samples(registry: CollectorRegistry) -> dict[str, list[tuple[dict[str, str]
     return out
 
 
+@pytest.mark.slow
 def test_after_calls_the_metrics_count_them(server: RunningServer, clock: ScaledClock) -> None:
     server.reset(time_s=100.0)  # the peak: standard is shed much of the time
     registry = CollectorRegistry()
