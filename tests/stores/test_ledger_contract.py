@@ -95,6 +95,22 @@ def test_a_reservation_lapses_at_its_expiry(backend: Backend) -> None:
     assert ledger.reserve("c", 0.5, now()) is not None
 
 
+def test_reserving_again_under_one_id_restarts_its_expiry(backend: Backend) -> None:
+    # How a streamed call keeps its reservation while its stream outlives the expiry
+    # (`tiersel.engine.lease`), and what `reservation_ttl_s` tells it.
+    ledger = backend.ledger(1.0, reservation_ttl_s=0.5)
+    assert ledger.reservation_ttl_s == 0.5
+    ledger.reserve("long-stream", 0.8, now())
+    for _ in range(3):
+        advance(0.3)
+        assert ledger.reserve("long-stream", 0.8, now()) is not None
+    advance(0.3)  # 1.2 s after it was first made: alive, renewed 0.3 s ago
+    assert ledger.state(now()).reserved_usd == approx(0.8)
+    assert ledger.reserve("other", 0.5, now()) is None
+    advance(0.3)  # 0.6 s after its last renewal: lapsed
+    assert ledger.state(now()).reserved_usd == approx(0.0)
+
+
 def test_the_ledger_default_ttl_applies_to_reservations_without_one(backend: Backend) -> None:
     ledger = backend.ledger(1.0, reservation_ttl_s=0.5)
     ledger.reserve("a", 0.8, now())

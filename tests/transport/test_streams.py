@@ -442,3 +442,68 @@ def test_an_async_broken_anthropic_stream(breaking: Path, recorder: Recorder) ->
     # The input tokens came in message_start; the output is counted from the chunks that came.
     assert record.usage is not None and record.usage.prompt_tokens > 0
     assert record.cost_basis is CostBasis.estimate
+
+
+# -- a stream that outlives its reservation's expiry ---------------------------------------------
+
+LONG_STREAM = {**STREAM_BODY, "max_tokens": 300}
+STEP_S = 20.0  # of the test's clock between two chunks read: a stream of many minutes
+
+
+def _held_after(clock: FakeClock, ledger: MemoryLedger) -> float:
+    """What the ledger holds `STEP_S` after a chunk was read (before the next is)."""
+    clock.advance(STEP_S)
+    return ledger.state(clock.now()).reserved_usd
+
+
+def _check_long_stream(
+    recorder: Recorder, ledger: MemoryLedger, clock: FakeClock, held: list[float]
+) -> None:
+    # The stream ran well past the 30 s expiry, and its reservation never lapsed: no other call
+    # could have reserved that money while it was still being generated.
+    assert clock.now() > 10 * 30.0, clock.now()
+    assert held[0] > 0 and all(h == pytest.approx(held[0]) for h in held), held
+    (done,) = recorder.records
+    assert done.ok and done.streamed and done.cost_basis is CostBasis.actual
+    state = ledger.state(clock.now())
+    assert state.reserved_usd == 0 and state.overrun_usd == 0
+    assert state.spent_usd == pytest.approx(done.cost_usd)
+
+
+def test_a_stream_longer_than_the_ledgers_expiry_keeps_its_reservation(
+    recorder: Recorder,
+) -> None:
+    clock = FakeClock()
+    ledger = MemoryLedger(1.0, reservation_ttl_s=30.0)
+    selector = tiersel.Selector(clock=clock, ledger=ledger, api_key="", max_attempts=1)
+    sim = SimTransport(scenario="calm", clock=clock)
+    held: list[float] = []
+    http = httpx.Client(transport=TierTransport(selector, sim, on_call=recorder))
+    with http, http.stream("POST", URL, json=LONG_STREAM) as response:
+        for _ in response.iter_bytes():
+            held.append(_held_after(clock, ledger))
+    _check_long_stream(recorder, ledger, clock, held)
+
+
+@pytest.mark.parametrize("awaited", [False, True], ids=["sync-ledger", "async-ledger"])
+def test_an_async_stream_longer_than_the_ledgers_expiry_keeps_its_reservation(
+    recorder: Recorder, awaited: bool
+) -> None:
+    from tiersel.stores.memory import AsyncMemoryLedger
+
+    clock = FakeClock()
+    ledger = MemoryLedger(1.0, reservation_ttl_s=30.0)
+    used = AsyncMemoryLedger(ledger) if awaited else ledger
+    selector = tiersel.Selector(clock=clock, ledger=used, api_key="", max_attempts=1)
+    sim = AsyncSimTransport(scenario="calm", clock=clock)
+    held: list[float] = []
+
+    async def main() -> None:
+        transport = AsyncTierTransport(selector, sim, on_call=recorder)
+        http = httpx.AsyncClient(transport=transport)
+        async with http, http.stream("POST", URL, json=LONG_STREAM) as response:
+            async for _ in response.aiter_bytes():
+                held.append(_held_after(clock, ledger))
+
+    asyncio.run(main())
+    _check_long_stream(recorder, ledger, clock, held)

@@ -19,6 +19,10 @@ class AsyncMemoryLedger:
     def limit_usd(self) -> float:
         return self.ledger.limit_usd
 
+    @property
+    def reservation_ttl_s(self) -> float | None:
+        return self.ledger.reservation_ttl_s
+
     async def state(self, now: float) -> BudgetState:
         return self.ledger.state(now)
 

@@ -249,6 +249,11 @@ class _RedisLedgerBase(Generic[_Client]):
     def limit_usd(self) -> float:
         return self._core.limit_usd
 
+    @property
+    def reservation_ttl_s(self) -> float | None:
+        """The expiry of a reservation made without a ``ttl_s`` of its own (None: none)."""
+        return self._core.reservation_ttl_s
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._core!r})"
 
