@@ -305,7 +305,9 @@ def _sendable(body: Any) -> Mapping[str, Any]:
 def _check_kind(name: str, transport: object, sync: bool) -> None:
     """`TypeError` for a transport of the other kind (an async one as ``transport=``, a sync one
     as ``async_transport=``): it failed later, as "object is not callable" or "can't be used in
-    'await' expression". A client is known by its class, a transport by its only method."""
+    'await' expression". A client is known by its class, a transport by its only method. And
+    for what is no transport at all (a URL, a number): it failed at the first send, after the
+    budget was charged for an attempt in flight."""
     if sync:
         wrong = isinstance(transport, httpx.AsyncClient) or _only(transport, "handle_async_request")
     else:
@@ -313,6 +315,18 @@ def _check_kind(name: str, transport: object, sync: bool) -> None:
     if wrong:
         kind, other = ("async", "async_transport") if sync else ("sync", "transport")
         raise TypeError(f"{name}={type(transport).__name__}(...) is {kind}: pass it as {other}=")
+    client, base = (
+        (httpx.Client, httpx.BaseTransport)
+        if sync
+        else (httpx.AsyncClient, httpx.AsyncBaseTransport)
+    )
+    if transport is None or isinstance(transport, (client, base)) or callable(transport):
+        return
+    hint = " (a URL goes in base_url=)" if isinstance(transport, str) else ""
+    raise TypeError(
+        f"{name}={shown(transport)} is not a transport: give an httpx {client.__name__}, an httpx"
+        f" transport or a function from httpx.Request to httpx.Response{hint}"
+    )
 
 
 def _only(transport: object, method: str) -> bool:

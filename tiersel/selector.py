@@ -11,6 +11,7 @@ from tiersel.budget import AsyncLedger, Ledger
 from tiersel.call import BudgetState, Call, Requirements
 from tiersel.clock import Clock
 from tiersel.decision import Decision
+from tiersel.engine.checks import check_requirements
 from tiersel.engine.core import Engine, EngineSettings, Started, check_setting_names
 from tiersel.engine.results import CallResult, StreamEnd
 from tiersel.outgoing import (
@@ -213,6 +214,7 @@ class Selector:
     ) -> tuple[Route, Started]:
         """The call's request read into a route (as the transport reads one), and its start."""
         engine = self.engine
+        check_requirements("send", requirements)
         defaults = requirements if requirements is not None else engine.requirements
         route = self.outgoing.route(body, path, headers, defaults, engine.pricing.tiers)
         started = engine.start(

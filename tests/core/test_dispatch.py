@@ -17,7 +17,7 @@ from tiersel.budget import MemoryLedger
 from tiersel.clock import FakeClock
 from tiersel.dialects import Dialect, Usage
 from tiersel.engine.results import AttemptRecord
-from tiersel.errors import StoreUnavailable
+from tiersel.errors import StoreUnavailable, UnknownTier
 from tiersel.policy import CheapestFeasible
 from tiersel.signals import Observation, Outcome, SignalKey
 
@@ -708,6 +708,51 @@ def test_the_selector_passes_the_engines_settings_on_and_names_a_misspelt_one() 
         Selector(max_atempts=3)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match=r"'transprot' \(did you mean 'transport'\?\)"):
         Selector(transprot=None)  # type: ignore[call-arg]
+
+
+def test_parts_of_the_wrong_kind_are_named_when_the_selector_is_built() -> None:
+    # A new user's probe: each of these was taken, then failed at the first call with an
+    # AttributeError that named neither the parameter nor what it wants ('float' object has no
+    # attribute 'state'); a URL as transport= charged the budget for a request never sent.
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"ledger": 5.0}, r"ledger=5\.0 is not a ledger \(state, reserve, settle, release\)"),
+        ({"clock": __import__("time").monotonic}, r"clock=<built-in function monotonic> is not a"),
+        ({"policy": "cheapest"}, r"policy='cheapest' is not a Policy: a callable"),
+        ({"signals": {}}, r"signals=\{\} is not a signal store"),
+        ({"pricing": "pricing/fireworks.yaml"}, r"pricing='pricing/fireworks.yaml' is not a Pric"),
+        ({"requirements": {"deadline_s": 10}}, r"requirements=\{'deadline_s': 10\} is not a tier"),
+        ({"max_attempts": "3"}, r"max_attempts must be an int, got '3'"),
+        ({"backoff_s": None}, r"backoff_s must be a number, got None"),
+        ({"bytes_per_token": 0}, r"bytes_per_token must be > 0, got 0"),
+        ({"transport": "http://localhost:8787"}, r"transport='http://localhost:8787' is not a"
+         r" transport: give an httpx Client, .* \(a URL goes in base_url=\)"),
+        ({"async_transport": 42}, r"async_transport=42 is not a transport: give an httpx Async"),
+    ]  # fmt: skip
+    for given, message in cases:
+        with pytest.raises(TypeError if "must be >" not in message else ValueError, match=message):
+            Selector(api_key="", **given)
+    sel = Selector(api_key="", transport=lambda r: ok())  # a function is a transport
+    call = Call(model="kimi-k3", input_tokens=100, max_output_tokens=100)
+    with pytest.raises(TypeError, match=r"decide: requirements=\{'deadline_s': 10\} is not a"):
+        sel.decide(call, {"deadline_s": 10})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"decide: call=\{'model': 'kimi-k3'\} is not a tiersel"):
+        sel.decide({"model": "kimi-k3"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"send: requirements=\{'deadline_s': 10\} is not a"):
+        sel.send(BODY, requirements={"deadline_s": 10})  # type: ignore[arg-type]
+
+
+def test_a_tier_the_model_is_not_sold_on_is_not_recorded() -> None:
+    # A misspelt tier was recorded where no decision reads it: a test's scripted overload then
+    # did nothing, without a word.
+    sel = Selector(api_key="", clock=FakeClock())
+    shed = Observation(Outcome.shed, retry_after_s=5)
+    for tier in ("Standard", "turbo"):
+        with pytest.raises(UnknownTier, match=f"record: kimi-k3 has no tier '{tier}'"):
+            sel.record("kimi-k3", tier, shed)
+    assert sel.record("kimi-k3", "standard", shed).shed == 1
+    assert sel.decide(Call(model="kimi-k3", input_tokens=100, max_output_tokens=100)).tier != (
+        "standard"
+    )
 
 
 def test_the_engine_settings_are_the_engines_keywords() -> None:

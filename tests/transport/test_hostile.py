@@ -20,7 +20,7 @@ from tiersel.clock import FakeClock
 from tiersel.dialects import Dialect
 from tiersel.sim import AsyncSimTransport, SimTransport
 from tiersel.sim.server import RunningServer
-from tiersel.wrap import AsyncTierTransport, TierTransport
+from tiersel.wrap import AsyncTierTransport, CallRecord, TierTransport
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 
@@ -130,11 +130,15 @@ class OneAttemptLedger(MemoryLedger):
 def test_a_budget_that_cannot_cover_a_retry_is_tiersels_402_not_the_providers_503() -> None:
     sel = tiersel.Selector(api_key="", clock=FakeClock(), ledger=OneAttemptLedger(1.0))
     shedding = shed_once_then(httpx.Response(200, json={}))
-    with httpx.Client(transport=TierTransport(sel, shedding)) as client:
+    records: list[CallRecord] = []
+    with httpx.Client(transport=TierTransport(sel, shedding, on_call=records.append)) as client:
         response = client.post(
             "http://x/v1/chat/completions", json=BODY, headers={"x-tiersel-tiers": "standard"}
         )
     assert response.status_code == 402
+    # The call's record says the status its caller got, not the last upstream answer's.
+    (record,) = records
+    assert (record.ok, record.status, record.attempts) == (False, 402, 1)
     assert response.headers["x-should-retry"] == "false"
     assert "budget cannot cover another attempt after 1 failed attempt(s)" in response.text
     assert "the last: HTTP 503" in response.text

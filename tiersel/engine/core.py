@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, TypedDict, cast
 
 from tiersel.budget import AsyncLedger, Ledger
-from tiersel.call import MAX_ATTEMPTS, BudgetState, Call, Requirements
+from tiersel.call import BudgetState, Call, Requirements
 from tiersel.clock import Clock, SystemClock
 from tiersel.decision import Decision
 from tiersel.dialects import (
@@ -31,6 +31,7 @@ from tiersel.dialects import (
     input_tokens,
     max_output_tokens,
 )
+from tiersel.engine.checks import check_call, check_parts, check_requirements, check_settings
 from tiersel.engine.effects import (
     ClaimProbe,
     Effect,
@@ -200,11 +201,16 @@ class Engine:
         on_result: Callable[[CallResult], None] | None = None,
         carry_on: bool = True,
     ) -> None:
-        _check_settings(max_attempts, backoff_s, unbounded_output, budget_wait_s)
-        if default_max_output_tokens < 1:
-            raise ValueError(
-                f"default_max_output_tokens must be >= 1, got {default_max_output_tokens}"
-            )
+        check_settings(
+            max_attempts,
+            backoff_s,
+            unbounded_output,
+            budget_wait_s,
+            default_max_output_tokens,
+            bytes_per_token,
+        )
+        check_parts(pricing, policy, signals, clock, ledger)
+        check_requirements("the selector's", requirements)
         self.pricing = pricing if pricing is not None else load_pricing()
         self.policy: Policy = (
             policy
@@ -345,6 +351,8 @@ class Engine:
 
         ``budget`` defaults to the ledger's state when the selector has one.
         """
+        check_call("decide", call)
+        check_requirements("decide", requirements)
         now = self.clock.now()
         prices, implied = self.pricing.resolve(call.model)
         req = requirements if requirements is not None else self.requirements
@@ -375,12 +383,18 @@ class Engine:
     ) -> TierStats:
         """Feed one observation into the signals (for callers that dispatch on their own). Give
         the call's prompt tokens not read from a cache, ``uncached_input_tokens``, with a
-        ``ttft_s``: the tier learns its TTFT less their prefill (`TierPriors.base_ttft`)."""
+        ``ttft_s``: the tier learns its TTFT less their prefill (`TierPriors.base_ttft`).
+        `UnknownTier` when ``model`` is not sold on ``tier`` (a misspelt tier would be recorded
+        where no decision reads it)."""
         prices = self.pricing.model(model)
+        if tier not in prices.tiers:
+            raise UnknownTier(
+                f"record: {prices.name} has no tier {tier!r} (its tiers: {', '.join(prices.tiers)})"
+            )
         t = self.clock.now() if now is None else now
         key = SignalKey(self.endpoint, prices.name, tier)
         ttft = observation.ttft_s
-        if ttft is not None and uncached_input_tokens > 0 and tier in prices.tiers:
+        if ttft is not None and uncached_input_tokens > 0:
             base = prices.tiers[tier].spec.priors.base_ttft(ttft, uncached_input_tokens)
             observation = replace(observation, ttft_s=base)
         return self._sync_signals("record").record(key, observation, t)
@@ -455,6 +469,7 @@ class Engine:
         name the price table does not declare, `ConflictingRequirements` for tiers that leave
         out the one a router id names.
         """
+        check_requirements("start", requirements)
         if dialect is None:
             dialect = generation_dialect(path)
         call, implied = self.call_for(body, dialect)
@@ -743,22 +758,6 @@ class _Held:
     call_id: str
     money: bool = False
     attempt: tuple[Send | Race, float] | None = None
-
-
-def _check_settings(
-    max_attempts: int, backoff_s: float, unbounded_output: str, budget_wait_s: float
-) -> None:
-    """`ValueError` naming the first setting out of its range."""
-    if not 1 <= max_attempts <= MAX_ATTEMPTS:
-        raise ValueError(f"max_attempts must be 1 to {MAX_ATTEMPTS}, got {max_attempts}")
-    if backoff_s < 0:
-        raise ValueError(f"backoff_s must be >= 0, got {backoff_s}")
-    if unbounded_output not in ("share", "cap", "refuse"):
-        raise ValueError(
-            f"unbounded_output must be 'share', 'cap' or 'refuse', got {unbounded_output!r}"
-        )
-    if not budget_wait_s >= 0:
-        raise ValueError(f"budget_wait_s must be >= 0, got {budget_wait_s!r}")
 
 
 _KEYS_KEPT = 4096  # sets of keys a decision reads, kept per engine (cleared when full)

@@ -132,9 +132,7 @@ class Exchange:
             basis = _unserved(result)
         extra = response_headers(result, result.cost_usd, basis)
         response = whole_response(route, result, extra)
-        upstream = result.response
-        status = upstream.status_code if upstream is not None else response.status_code
-        self.notify(route, result, basis, status)
+        self.notify(route, result, basis, response.status_code)  # what the caller gets
         return response
 
     def responds_to_refusals(self, request: Any) -> bool:

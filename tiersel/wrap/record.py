@@ -31,10 +31,12 @@ class CallRecord:
 
     ``tier`` and ``model_id`` say what the last attempt asked for (``tier`` is the tier that
     served, when the response says so); ``cost_usd`` is what the call was charged, with
-    ``cost_basis`` saying how it is known. For a stream, the record is made when the stream
-    ends, with its time to first token and output rate. ``decisions`` holds the policy's
-    `Decision` each attempt followed and ``steps`` the step of its plan each attempt sent, in
-    order (empty when no tier could be chosen: ``attempts`` is then 0 and ``detail`` says why).
+    ``cost_basis`` saying how it is known; ``status`` is the HTTP status the caller got (a
+    stand-in's, such as a budget stop's 402, where tiersel answered). For a stream, the record
+    is made when the stream ends, with its time to first token and output rate. ``decisions``
+    holds the policy's `Decision` each attempt followed and ``steps`` the step of its plan each
+    attempt sent, in order (empty when no tier could be chosen: ``attempts`` is then 0 and
+    ``detail`` says why).
     Holds no request headers, so no credential.
     """
 
