@@ -16,6 +16,10 @@ from tiersel.budget import MemoryLedger
 from tiersel.clock import FakeClock
 from tiersel.wrap import CostBasis, TierTransport
 
+ANSWER = {
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
+}
 SHED = {"error": {"object": "error", "type": "overloaded", "code": "overloaded", "message": "busy"}}
 
 
@@ -131,6 +135,38 @@ def test_timeouts_are_charged_and_the_response_says_it_is_an_estimate(
     assert not record.ok and record.cost_basis is CostBasis.estimate and record.cost_usd > 0
     assert float(headers["x-tiersel-cost-usd"]) == pytest.approx(record.cost_usd)
     assert ledger.state(0.0).spent_usd == pytest.approx(record.cost_usd)
+
+
+def test_a_call_served_after_a_timeout_says_its_cost_is_partly_an_estimate(
+    recorder: Recorder,
+) -> None:
+    # Its cost is the served attempt's reported usage plus the timed-out attempt's estimated
+    # bill: "actual" (the usage the provider reported) would say more than is known.
+    answers: list[Exception | httpx.Response] = [
+        httpx.ReadTimeout("the provider went quiet"),
+        httpx.Response(200, json=ANSWER),
+    ]
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    ledger = MemoryLedger(1.0)
+    selector = tiersel.Selector(clock=FakeClock(), api_key="", max_attempts=2, ledger=ledger)
+    transport = TierTransport(selector, httpx.MockTransport(upstream), on_call=recorder)
+    with httpx.Client(transport=transport) as http:
+        response = http.post(
+            "http://provider.test/inference/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
+        )
+    assert response.status_code == 200 and response.headers["x-tiersel-attempts"] == "2"
+    record = recorder.last
+    assert record.ok and record.cost_basis is CostBasis.estimate
+    assert response.headers["x-tiersel-cost-basis"] == "estimate"
+    served = float(response.headers["x-tiersel-cost-usd"])
+    assert served == pytest.approx(record.cost_usd) == pytest.approx(ledger.state(0.0).spent_usd)
 
 
 def test_a_final_client_error_is_not_retried() -> None:

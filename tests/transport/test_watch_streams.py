@@ -129,7 +129,8 @@ def test_a_call_read_whole_is_watched_on_a_stream_and_handed_back_whole(
     record = recorder.last
     assert record.decision is not None and record.decision.plan[0].watch_s is not None
     assert record.ok and record.tier == tier and record.attempts == attempts
-    assert record.cost_basis.value == "actual"
+    # A cut attempt's bill is estimated from the tokens seen: the call's cost is then partly so.
+    assert record.cost_basis.value == ("actual" if attempts == 1 else "estimate")
 
 
 def test_every_dialect_read_whole_comes_back_whole_after_a_cut(recorder: Recorder) -> None:

@@ -126,10 +126,7 @@ class Exchange:
         """The response for the caller once the attempt flow has ended."""
         if result.pending_stream:
             return self._stream_response(route, result, asynchronous=asynchronous)
-        if result.ok:
-            basis = CostBasis.actual if result.usage is not None else CostBasis.worst_case
-        else:
-            basis = _unserved(result)
+        basis = _served(result, estimated=False) if result.ok else _unserved(result)
         extra = response_headers(result, result.cost_usd, basis)
         response = whole_response(route, result, extra)
         self.notify(route, result, basis, response.status_code)  # what the caller gets
@@ -179,11 +176,10 @@ class Exchange:
             return as_flavour(exc, route.flavour)
 
         def report(final: CallResult, end: StreamEnd) -> None:
-            basis = CostBasis.actual
-            if final.usage is None:
-                basis = CostBasis.worst_case if final.ok else _unserved(final)
-            elif end.usage_estimated:
-                basis = CostBasis.estimate
+            if final.usage is None and not final.ok:
+                basis = _unserved(final)
+            else:
+                basis = _served(final, estimated=end.usage_estimated)
             self.notify(route, final, basis, upstream.status_code, end=end)
 
         async def aended(end: StreamEnd) -> None:
@@ -330,6 +326,16 @@ def _passthrough_refusal(request: Any, *, budgeted: bool) -> TierselError | None
             " the two do not combine, so tiersel does not send it"
         )
     return None
+
+
+def _served(result: CallResult, *, estimated: bool) -> CostBasis:
+    """How a call that was answered knows its cost: the usage reported, unless its usage was
+    ``estimated`` (a stream that ended before reporting it) or it was also charged for attempts
+    given up on before its answer (a timeout, a hedge's loser, a cut: ``sunk_usd``), which are
+    estimates; its worst case when no usage came at all."""
+    if result.usage is None:
+        return CostBasis.worst_case
+    return CostBasis.estimate if estimated or result.sunk_usd > 0 else CostBasis.actual
 
 
 def _unserved(result: CallResult) -> CostBasis:

@@ -19,8 +19,8 @@ class CostBasis(str, enum.Enum):
 
     actual = "actual"  # the usage the provider reported, at the tier that served
     estimate = "estimate"  # estimated: a stream's expected cost (in its headers), usage
-    # estimated from a stream that ended before reporting it, or what a failed call's attempts
-    # given up on (a timeout, a hedge's cancelled loser, a cut) are billed
+    # estimated from a stream that ended before reporting it, or a call charged what its
+    # attempts given up on (a timeout, a hedge's cancelled loser, a cut) are billed
     worst_case = "worst_case"  # served without reported usage: charged at its worst case
     none = "none"  # not served: nothing billed
 
