@@ -81,6 +81,14 @@ def test_plain_csv_may_give_only_reliability() -> None:
     assert trace.requests[0].reliability == 0.9 and trace.requests[0].deadline_s is None
 
 
+def test_rows_out_of_time_order_are_replayed_in_time_order_ties_as_they_came() -> None:
+    # Traces merged from several files come out of order: replayed by arrival, from the earliest
+    # (arrivals count from it), rows of one time in the file's order; each keeps its line.
+    trace = parse_trace("timestamp_s,input_tokens,output_tokens\n5,1,1\n2,2,2\n5,3,3\n2,4,4\n")
+    got = [(r.arrival_s, r.input_tokens, r.line) for r in trace.requests]
+    assert got == [(0.0, 2, 3), (0.0, 4, 5), (3.0, 1, 2), (3.0, 3, 4)]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
