@@ -89,7 +89,8 @@ def test_the_cap_tiersel_sets_is_reported_and_can_be_refused(tmp_path: Path) -> 
     )
 
     async def one(transport: AsyncTierTransport, **create: Any) -> httpx.Response:
-        async with httpx.AsyncClient(transport=transport) as http:
+        # The openai SDK's timeout, not httpx's 5 s: 16,000 tokens take minutes to generate.
+        async with httpx.AsyncClient(transport=transport, timeout=600.0) as http:
             body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **create}
             return await http.post("http://sim/inference/v1/chat/completions", json=body)
 

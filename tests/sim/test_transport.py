@@ -239,3 +239,71 @@ def test_a_scenario_given_where_the_service_goes_is_named() -> None:
     # SimTransport("calm") was accepted, then failed with "'str' object has no attribute 'clock'".
     with pytest.raises(TypeError, match="service must be a SimService, got 'calm'; for a scen"):
         SimTransport("calm")  # type: ignore[arg-type]
+
+
+# -- a client that gives up: its read timeout, or a stream it closes ----------------------------
+# The in-process transports do what the simulator's server does over a socket: a client whose
+# read timeout passes before its next bytes are due gets its library's ReadTimeout, at that
+# timeout on the clock, and a request given up on (so, a stream closed early) is billed its
+# prompt and the output generated until then. Before, the answer came whatever the client's
+# timeout (a 3 s deadline's call answered after 80 s, recorded ok), and was billed whole.
+
+LONG = _chat(max_tokens=3000)
+
+
+def _whole_bill(stream: bool = False) -> float:
+    transport = SimTransport(scenario="calm")
+    with httpx.Client(transport=transport, base_url=BASE, timeout=None) as client:
+        client.post("/chat/completions", json={**LONG, "stream": stream}).raise_for_status()
+    billed: float = transport.stats()["billed_usd"]
+    return billed
+
+
+@pytest.mark.parametrize("lib", [httpx, httpx2], ids=["httpx", "httpx2"])
+def test_a_clients_read_timeout_ends_the_call_there_and_it_is_billed_until_then(lib: Any) -> None:
+    clock = FakeClock()
+    transport = (SimTransport if lib is httpx else SimTransport2)(scenario="calm", clock=clock)
+    client = lib.Client(transport=transport, base_url=BASE, timeout=5.0)
+    with client, pytest.raises(lib.ReadTimeout, match="simulated: the client's read timeout"):
+        client.post("/chat/completions", json=LONG)
+    assert clock.now() == pytest.approx(5.0)
+    stats = transport.stats()
+    assert stats["cancelled"] == 1
+    assert 0 < stats["billed_usd"] < _whole_bill() / 5, stats["billed_usd"]
+
+
+async def test_an_async_stream_whose_next_chunk_is_late_times_out_and_a_closed_one_is_billed() -> (
+    None
+):
+    clock = FakeClock()
+    transport = AsyncSimTransport(scenario="calm", clock=clock)
+    body = {**LONG, "stream": True}
+    # Its first token is due after a 0.01 s read timeout.
+    client = httpx.AsyncClient(transport=transport, base_url=BASE, timeout=0.01)
+    async with client, client.stream("POST", "/chat/completions", json=body) as r:
+        with pytest.raises(httpx.ReadTimeout):
+            await r.aread()
+    assert transport.stats()["cancelled"] == 1
+    transport.reset(time_s=0)
+    client = httpx.AsyncClient(transport=transport, base_url=BASE, timeout=60)
+    async with client, client.stream("POST", "/chat/completions", json=body) as r:
+        async for _ in r.aiter_lines():
+            break  # closed after its first chunk
+    stats = transport.stats()
+    assert stats["cancelled"] == 1
+    assert 0 < stats["billed_usd"] < _whole_bill(stream=True) / 10, stats["billed_usd"]
+
+
+def test_a_call_whose_deadline_passes_on_the_simulator_is_a_timeout_charged_its_estimate() -> None:
+    from tiersel.budget import MemoryLedger
+
+    clock = FakeClock()
+    sim = SimTransport(scenario="calm", clock=clock)
+    ledger = MemoryLedger(1.0)
+    sel = Selector(clock=clock, transport=sim, ledger=ledger, api_key="", max_attempts=1)
+    need = Requirements(deadline_s=3.0, tiers=["standard"], best_effort=True)
+    result = sel.send(LONG, requirements=need)
+    assert not result.ok and result.detail == "timed out" and clock.now() == pytest.approx(3.0)
+    # tiersel's estimate of the bill covers what the provider billed for it.
+    billed = sim.stats()["billed_usd"]
+    assert 0 < billed <= ledger.state(clock.now()).spent_usd == pytest.approx(result.cost_usd)

@@ -161,7 +161,8 @@ def test_mutated_bodies_through_selector_send_and_the_simulator() -> None:
     sim = SimTransport(scenario="calm", clock=clock)
     sel = tiersel.Selector(api_key="", clock=clock, transport=sim, ledger=MemoryLedger(1.0))
     sent = refused = 0
-    with httpx.Client(transport=sim) as raw_client:
+    # The openai SDK's timeout, not httpx's 5 s: the simulator honours a client's, as a server.
+    with httpx.Client(transport=sim, timeout=600.0) as raw_client:
         for _ in range(1000):
             doc = mutate(rng, SEED_BODY)
             try:

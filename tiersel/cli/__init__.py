@@ -68,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
+        # As Python's defaults have it: a socket another part of the process left for the
+        # garbage collector is no warning of the command's (pytest turns these on).
+        warnings.simplefilter("ignore", ResourceWarning)
         try:
             code: int = args.run(args)
         except BrokenPipeError:

@@ -19,7 +19,8 @@ on any other event loop each call's wait advances the shared clock in turn, so w
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from tiersel.sim.scenarios import Scenario
 from tiersel.sim.service import SimService
 from tiersel.sim.wire import Rendered
 
-__all__ = ["AsyncSimTransport", "SimShell", "SimTransport"]
+__all__ = ["AsyncChunks", "AsyncSimTransport", "SimShell", "SimTransport", "SyncChunks"]
 
 STREAM_BROKEN = "peer closed connection without sending complete message body (simulated)"
 
@@ -100,21 +101,42 @@ class SimShell:
     def respond_sync(self, lib: Any, stream: Any, request: Any, body: bytes) -> Any:
         """Answer ``request`` (its ``body`` read), waiting on the clock until it is due."""
         rendered, start = self._answer(request.method, request.url.path, request.headers, body)
-        self.clock.sleep(self._delay(start, rendered.at_s))
+        limit = _read_timeout(request)
+        delay = self._delay(start, rendered.at_s)
+        self.clock.sleep(min(delay, limit))
+        if delay > limit:
+            raise self.gave_up(lib, request, rendered, start)
         if rendered.streamed:
-            return self._response(
-                lib, request, rendered, stream(self._chunks(lib, rendered, start))
-            )
+            chunks = self._chunks(lib, request, rendered, start, limit)
+            return self._response(lib, request, rendered, stream(chunks))
         return self._response(lib, request, rendered, None)
 
     async def respond_async(self, lib: Any, stream: Any, request: Any, body: bytes) -> Any:
         """The async twin of `respond_sync`."""
         rendered, start = self._answer(request.method, request.url.path, request.headers, body)
-        await self.clock.asleep(self._delay(start, rendered.at_s))
+        limit = _read_timeout(request)
+        delay = self._delay(start, rendered.at_s)
+        await self.clock.asleep(min(delay, limit))
+        if delay > limit:
+            raise self.gave_up(lib, request, rendered, start)
         if rendered.streamed:
-            chunks = self._achunks(lib, rendered, start)
+            chunks = self._achunks(lib, request, rendered, start, limit)
             return self._response(lib, request, rendered, stream(chunks))
         return self._response(lib, request, rendered, None)
+
+    def gone(self, rendered: Rendered, start: float) -> None:
+        """The client went away (closed the stream, or timed out): the provider stops generating
+        and bills the prompt and the output so far, as the simulator's server does."""
+        self.service.cancelled(rendered, (self.clock.now() - start) / self.service.time_scale)
+
+    def gave_up(self, lib: Any, request: Any, rendered: Rendered, start: float) -> Exception:
+        """The client's read timeout passed before the next bytes were due: its error, raised
+        where an httpx transport raises it, the request billed as given up on (`gone`)."""
+        self.gone(rendered, start)
+        error: Exception = lib.ReadTimeout(
+            "timed out (simulated: the client's read timeout)", request=request
+        )
+        return error
 
     @staticmethod
     def _response(lib: Any, request: Any, rendered: Rendered, stream: Any) -> Any:
@@ -125,37 +147,113 @@ class SimShell:
             rendered.status, headers=headers, content=rendered.body, request=request
         )
 
-    def _chunks(self, lib: Any, rendered: Rendered, start: float) -> Iterator[bytes]:
+    def _chunks(
+        self, lib: Any, request: Any, rendered: Rendered, start: float, limit: float
+    ) -> Generator[bytes, None, None]:
         """A streamed body's chunks, each at its due time; a broken stream ends in ``lib``'s
-        protocol error, as a dropped connection does."""
+        protocol error, as a dropped connection does, and one whose next chunk is due after
+        the client's read timeout (``limit``, clock seconds) in its timeout error. A stream
+        closed before its end is billed what was generated until then."""
+        with _Reading(self, rendered, start) as reading:
+            for wait, data in self._steps(rendered, start, limit):
+                self.clock.sleep(wait)
+                yield reading.arrived(lib, request, data)
+            reading.end(lib)
+
+    async def _achunks(
+        self, lib: Any, request: Any, rendered: Rendered, start: float, limit: float
+    ) -> AsyncGenerator[bytes, None]:
+        with _Reading(self, rendered, start) as reading:
+            for wait, data in self._steps(rendered, start, limit):
+                await self.clock.asleep(wait)
+                yield reading.arrived(lib, request, data)
+            reading.end(lib)
+
+    def _steps(
+        self, rendered: Rendered, start: float, limit: float
+    ) -> Iterator[tuple[float, bytes | None]]:
+        """How long to wait for each chunk, and the chunk; None when the client's read timeout
+        (``limit``) passes before it is due (the last step then)."""
         for due, data in rendered.chunks:
-            self.clock.sleep(self._delay(start, due))
-            yield data
-        if rendered.broken:
+            delay = self._delay(start, due)
+            if delay > limit:
+                yield limit, None
+                return
+            yield delay, data
+
+
+class _Reading:
+    """One simulated stream as its client reads it: unless it was read to its ``ended``, its
+    request is billed as given up on when the reading stops (`SimShell.gone`)."""
+
+    def __init__(self, shell: SimShell, rendered: Rendered, start: float) -> None:
+        self.shell, self.rendered, self.start = shell, rendered, start
+        self.ended = False
+
+    def __enter__(self) -> _Reading:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.ended:
+            self.shell.gone(self.rendered, self.start)
+
+    def end(self, lib: Any) -> None:
+        """Every chunk was read: a broken stream ends in ``lib``'s protocol error, as a dropped
+        connection does (billed whole: it was all generated)."""
+        self.ended = True
+        if self.rendered.broken:
             raise lib.RemoteProtocolError(STREAM_BROKEN)
 
-    async def _achunks(self, lib: Any, rendered: Rendered, start: float) -> AsyncIterator[bytes]:
-        for due, data in rendered.chunks:
-            await self.clock.asleep(self._delay(start, due))
-            yield data
-        if rendered.broken:
-            raise lib.RemoteProtocolError(STREAM_BROKEN)
+    def arrived(self, lib: Any, request: Any, data: bytes | None) -> bytes:
+        """``data``, or the client's timeout error when none came in time (`SimShell.gave_up`)."""
+        if data is None:
+            self.ended = True  # (billed by gave_up)
+            raise self.shell.gave_up(lib, request, self.rendered, self.start)
+        return data
 
 
-class _SyncStream(httpx.SyncByteStream):
-    def __init__(self, chunks: Iterator[bytes]) -> None:
+def _read_timeout(request: Any) -> float:
+    """The most clock seconds the client waits for the next bytes (``inf``: no limit): the read
+    timeout httpx and httpx2 carry in the request's ``timeout`` extension."""
+    timeout = request.extensions.get("timeout") or {}
+    read = timeout.get("read") if isinstance(timeout, dict) else None
+    return float(read) if read is not None else math.inf
+
+
+class SyncChunks:
+    """A simulated body over its chunks' generator, which a close ends (the generator then bills
+    what was generated, as the server does when its client goes away). Mixed into each HTTP
+    library's own byte stream class."""
+
+    def __init__(self, chunks: Generator[bytes, None, None]) -> None:
         self._chunks = chunks
 
     def __iter__(self) -> Iterator[bytes]:
         return self._chunks
 
+    def close(self) -> None:
+        self._chunks.close()
 
-class _AsyncStream(httpx.AsyncByteStream):
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+
+class AsyncChunks:
+    """The async twin of `SyncChunks`."""
+
+    def __init__(self, chunks: AsyncGenerator[bytes, None]) -> None:
         self._chunks = chunks
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
+
+
+class _SyncStream(SyncChunks, httpx.SyncByteStream):
+    pass
+
+
+class _AsyncStream(AsyncChunks, httpx.AsyncByteStream):
+    pass
 
 
 class SimTransport(SimShell, httpx.BaseTransport):

@@ -4,29 +4,19 @@ own HTTP library). Same behaviour as `tiersel.sim.transport`; needs ``httpx2`` i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
 import httpx2
 
-from tiersel.sim.transport import SimShell
+from tiersel.sim.transport import AsyncChunks, SimShell, SyncChunks
 
 __all__ = ["AsyncSimTransport2", "SimTransport2"]
 
 
-class _SyncStream(httpx2.SyncByteStream):
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._chunks
+class _SyncStream(SyncChunks, httpx2.SyncByteStream):
+    pass
 
 
-class _AsyncStream(httpx2.AsyncByteStream):
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self._chunks = chunks
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks
+class _AsyncStream(AsyncChunks, httpx2.AsyncByteStream):
+    pass
 
 
 class SimTransport2(SimShell, httpx2.BaseTransport):
