@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 import threading
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -111,10 +112,15 @@ class MemoryLedger:
                 or value < 0
             ):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if reservation_ttl_s is not None and not reservation_ttl_s > 0:
-            raise ValueError(f"reservation_ttl_s must be > 0 or None, got {reservation_ttl_s!r}")
+        ttl = reservation_ttl_s
+        if ttl is not None and (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, numbers.Real)
+            or not 0 < float(ttl) < math.inf
+        ):
+            raise ValueError(f"reservation_ttl_s must be a number > 0 or None, got {ttl!r}")
         self.limit_usd = float(limit_usd)
-        self.reservation_ttl_s = reservation_ttl_s
+        self.reservation_ttl_s = float(ttl) if ttl is not None else None
         self.on_expiry = OnExpiry(on_expiry)
         self._spent = float(spent_usd)
         self._overrun = 0.0

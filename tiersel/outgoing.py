@@ -315,17 +315,16 @@ def _check_kind(name: str, transport: object, sync: bool) -> None:
     if wrong:
         kind, other = ("async", "async_transport") if sync else ("sync", "transport")
         raise TypeError(f"{name}={type(transport).__name__}(...) is {kind}: pass it as {other}=")
-    client, base = (
-        (httpx.Client, httpx.BaseTransport)
-        if sync
-        else (httpx.AsyncClient, httpx.AsyncBaseTransport)
-    )
-    if transport is None or isinstance(transport, (client, base)) or callable(transport):
+    client = httpx.Client if sync else httpx.AsyncClient
+    method = "handle_request" if sync else "handle_async_request"
+    if transport is None or isinstance(transport, client) or hasattr(transport, method):
+        return  # (an httpx2 transport too: a door sends through it, `tiersel.wrap`)
+    if callable(transport):
         return
     hint = " (a URL goes in base_url=)" if isinstance(transport, str) else ""
     raise TypeError(
         f"{name}={shown(transport)} is not a transport: give an httpx {client.__name__}, an httpx"
-        f" transport or a function from httpx.Request to httpx.Response{hint}"
+        f" or httpx2 transport, or a function from httpx.Request to httpx.Response{hint}"
     )
 
 

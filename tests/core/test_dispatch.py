@@ -731,7 +731,11 @@ def test_parts_of_the_wrong_kind_are_named_when_the_selector_is_built() -> None:
     for given, message in cases:
         with pytest.raises(TypeError if "must be >" not in message else ValueError, match=message):
             Selector(api_key="", **given)
-    sel = Selector(api_key="", transport=lambda r: ok())  # a function is a transport
+    # An httpx2 transport is one (a door sends through it), and so is a function.
+    from tiersel.sim.transport_httpx2 import AsyncSimTransport2, SimTransport2
+
+    Selector(api_key="", transport=SimTransport2(), async_transport=AsyncSimTransport2())
+    sel = Selector(api_key="", transport=lambda r: ok())
     call = Call(model="kimi-k3", input_tokens=100, max_output_tokens=100)
     with pytest.raises(TypeError, match=r"decide: requirements=\{'deadline_s': 10\} is not a"):
         sel.decide(call, {"deadline_s": 10})  # type: ignore[arg-type]
@@ -869,3 +873,11 @@ def test_a_budget_store_lost_after_the_send_does_not_cost_the_caller_its_answer(
 def test_a_boolean_is_no_budget(limit: bool) -> None:
     with pytest.raises(ValueError, match="limit_usd must be a finite number"):
         MemoryLedger(limit)
+
+
+@pytest.mark.parametrize("ttl", ["30", True, 0, float("inf"), __import__("decimal").Decimal(30)])
+def test_an_expiry_that_is_no_positive_real_number_is_refused(ttl: object) -> None:
+    # A Decimal was taken, then failed in the ledger's first reserve (float + Decimal), after
+    # the door had read the request.
+    with pytest.raises(ValueError, match="reservation_ttl_s must be a number > 0 or None"):
+        MemoryLedger(1.0, reservation_ttl_s=ttl)  # type: ignore[arg-type]

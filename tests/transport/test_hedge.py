@@ -329,6 +329,8 @@ def test_sync_hedges_race_and_charge_the_uncancelled_loser_its_worst_case(
         # it is not billed.
         ran_on = r.cost_usd == pytest.approx(served + lost.worst_cost_usd)
         assert ran_on or r.cost_usd == pytest.approx(served)
+        # Part of its cost is the loser's estimated bill: the basis says so.
+        assert r.cost_basis.value == ("estimate" if ran_on else "actual"), (r.cost_usd, served)
         uncancelled += ran_on
     assert uncancelled > 0
     assert ledger.state(clock.now()).spent_usd == pytest.approx(sum(r.cost_usd for r in records))

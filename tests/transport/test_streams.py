@@ -10,11 +10,13 @@ import asyncio
 import gc
 import itertools
 import json
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import httpx
 import httpx2
+import numpy as np
 import openai
 import pytest
 from hypothesis import given
@@ -470,11 +472,16 @@ def _check_long_stream(
     assert state.spent_usd == pytest.approx(done.cost_usd)
 
 
+@pytest.mark.parametrize(
+    "ttl", [30.0, Fraction(30), np.float32(30.0)], ids=["float", "fraction", "numpy"]
+)
 def test_a_stream_longer_than_the_ledgers_expiry_keeps_its_reservation(
-    recorder: Recorder,
+    recorder: Recorder, ttl: Any
 ) -> None:
+    # (An expiry of any real number type: a numpy float once failed an assertion in the door,
+    # after the request was sent, with its worst case left reserved.)
     clock = FakeClock()
-    ledger = MemoryLedger(1.0, reservation_ttl_s=30.0)
+    ledger = MemoryLedger(1.0, reservation_ttl_s=ttl)
     selector = tiersel.Selector(clock=clock, ledger=ledger, api_key="", max_attempts=1)
     sim = SimTransport(scenario="calm", clock=clock)
     held: list[float] = []
@@ -507,3 +514,55 @@ def test_an_async_stream_longer_than_the_ledgers_expiry_keeps_its_reservation(
 
     asyncio.run(main())
     _check_long_stream(recorder, ledger, clock, held)
+
+
+class RenewalsFail(MemoryLedger):
+    """A ledger (of a caller's own, say) whose renewals fail: every reserve after the first."""
+
+    def reserve(
+        self, call_id: str, amount_usd: float, now: float, ttl_s: float | None = None
+    ) -> Any:
+        if getattr(self, "reserved", False):
+            raise ConnectionError("the budget service went away")
+        self.reserved = True
+        return super().reserve(call_id, amount_usd, now, ttl_s)
+
+
+def test_a_failing_renewal_is_logged_once_and_the_stream_goes_on(
+    recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A renewal is upkeep: an error from it (here not tiersel's own StoreUnavailable) broke the
+    # caller's stream, which was recorded as broken while upstream was healthy.
+    clock = FakeClock()
+    ledger = RenewalsFail(1.0, reservation_ttl_s=30.0)
+    selector = tiersel.Selector(clock=clock, ledger=ledger, api_key="", max_attempts=1)
+    sim = SimTransport(scenario="calm", clock=clock)
+    http = httpx.Client(transport=TierTransport(selector, sim, on_call=recorder))
+    watching = caplog.at_level("WARNING", logger="tiersel.engine")
+    with watching, http, http.stream("POST", URL, json=LONG_STREAM) as response:
+        for _ in response.iter_bytes():
+            clock.advance(STEP_S)
+    (done,) = recorder.records
+    assert done.ok and done.detail == "ok" and done.cost_basis is CostBasis.actual
+    warned = [r.getMessage() for r in caplog.records if "renew" in r.getMessage()]
+    assert len(warned) == 1 and "ConnectionError: the budget service went away" in warned[0]
+    assert ledger.state(clock.now()).reserved_usd == 0
+
+
+def test_a_stream_read_on_after_its_transport_closed_renews_nothing(recorder: Recorder) -> None:
+    # Closing the transport settled the call: a renewal after that would hold its money again,
+    # with no settle to come, until the reservation's expiry.
+    clock = FakeClock()
+    ledger = MemoryLedger(1.0, reservation_ttl_s=30.0)
+    selector = tiersel.Selector(clock=clock, ledger=ledger, api_key="", max_attempts=1)
+    sim = SimTransport(scenario="calm", clock=clock)
+    transport = TierTransport(selector, sim, on_call=recorder)
+    http = httpx.Client(transport=transport)
+    with http.stream("POST", URL, json=LONG_STREAM) as response:
+        chunks = response.iter_raw()
+        next(chunks)
+        transport.close()
+        assert len(recorder.records) == 1
+        for _ in chunks:
+            clock.advance(STEP_S)
+            assert ledger.state(clock.now()).reserved_usd == 0

@@ -438,7 +438,8 @@ def _conclude(
     verdict = classify_reply(reply)
     if reply.streaming and verdict.outcome is Outcome.ok:
         # The stream's wrapper records, charges and notifies once the stream ends.
-        return _result(prog, ctx, reply, extra, None, step.tier, "streaming", pending=True)
+        yield from _loser_billed(ctx, prog, extra)
+        return _result(prog, ctx, reply, 0.0, None, step.tier, "streaming", pending=True)
     usage = read_usage(reply.payload, ctx.dialect) if verdict.outcome is Outcome.ok else None
     recorded = yield Record(
         key_of(ctx.keys, step.tier),
@@ -462,7 +463,7 @@ def _conclude(
         seen = (verdict.outcome, reply.status, after - now, cost, verdict.detail)
         yield _notify(ctx, prog, served, decision, *seen)
     if verdict.outcome is Outcome.ok:
-        return _result(prog, ctx, reply, cost, usage, served, "ok")
+        return _result(prog, ctx, reply, cost - extra, usage, served, "ok")  # (extra: sunk)
     if step.watch_s is not None:
         # A watched attempt's next step was planned to follow its check; one that failed fast
         # plans again, with the time it saved.
@@ -572,10 +573,20 @@ def _charge(
             yield Release(ctx.call_id)
         return extra + dropped, step.tier
     cost, served = bill(ctx.prices, step, usage)
-    cost += extra
+    yield from _loser_billed(ctx, prog, extra)
     if budgeted:
         yield Settle(ctx.call_id, cost)
-    return cost, served
+    return cost + extra, served
+
+
+def _loser_billed(ctx: CallContext, prog: Progress, extra: float) -> Generator[Effect, Any, None]:
+    """Charge a won race's loser (``extra``, its estimated bill) apart, under an id of its own,
+    as a lost race's is: it counts as sunk (an estimate in the call's cost), and what the
+    call's own reservation still covers is the winner alone."""
+    if extra > 0:
+        prog.sunk += extra
+        if ctx.sel.ledger_enabled:
+            yield Settle(f"{ctx.call_id}#hedge{prog.attempts}", extra)
 
 
 def _after_failure(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from tiersel.dialects import (
     Dialect,
@@ -17,7 +17,7 @@ from tiersel.dialects import (
     parse_json,
 )
 from tiersel.engine.core import Engine
-from tiersel.engine.lease import arenew, lease_for, renew
+from tiersel.engine.lease import renewal_for
 from tiersel.engine.results import CallResult, StreamEnd
 from tiersel.errors import (
     RequestNotUnderstood,
@@ -39,11 +39,6 @@ from tiersel.http.response import (
 from tiersel.http.route import Route
 from tiersel.wrap.record import CallRecord, CostBasis, response_headers
 from tiersel.wrap.streaming import Abandoned, AsyncMeteredStream, MeteredStream, StreamMeter
-
-if TYPE_CHECKING:
-    from tiersel.budget import AsyncLedger, Ledger
-
-    AnyLedger = Ledger | AsyncLedger
 
 log = logging.getLogger("tiersel.wrap")
 
@@ -185,12 +180,11 @@ class Exchange:
         async def aended(end: StreamEnd) -> None:
             report(await engine.afinish_stream(result, end), end)
 
-        ledger, clock = engine.ledger, engine.clock
-        lease = lease_for(ledger, clock, route.sent_at)
+        renewal = renewal_for(engine.ledger, result, engine.clock, route.sent_at)
         if asynchronous:
             return AsyncMeteredStream(
                 upstream, meter, aended, errors, decode=decode, abandoned=self.abandoned,
-                lease=lease, renew=lambda: arenew(cast("AnyLedger", ledger), result, clock.now()),
+                renewal=renewal,
             )  # fmt: skip
         return MeteredStream(
             upstream,
@@ -199,9 +193,7 @@ class Exchange:
             errors,
             decode=decode,
             abandoned=self.abandoned,
-            lease=lease,
-            # (A sync call's ledger is sync: `Engine.run` refuses an async one.)
-            renew=lambda: renew(cast("Ledger", ledger), result, clock.now()),
+            renewal=renewal,
         )
 
     # -- records --------------------------------------------------------------------------------

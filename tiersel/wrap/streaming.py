@@ -36,7 +36,7 @@ import httpx
 
 from tiersel.clock import Clock
 from tiersel.dialects import Dialect, Usage, read_usage
-from tiersel.engine.lease import Lease
+from tiersel.engine.lease import Renewal
 from tiersel.engine.results import StreamEnd
 from tiersel.http.flavours import AsyncStreamBase, SyncStreamBase, TimeoutErrors
 from tiersel.http.sse import EVENT_END
@@ -480,20 +480,23 @@ class _Metered(Generic[_R]):
         *,
         decode: bool = True,
         abandoned: Abandoned | None = None,
-        lease: Lease | None = None,
-        renew: Callable[[], _R] | None = None,
+        renewal: Renewal | None = None,
     ) -> None:
         self._upstream = upstream
         self._decode = decode
         self._meter = meter
         # The call's reservation, made again while the stream runs (`tiersel.engine.lease`).
-        self._lease = lease if renew is not None else None
-        self._renew = renew
+        self._renewal = renewal
         self._pending: list[Callable[[StreamEnd], _R]] = [on_end]
         self._errors = errors
         self._abandoned = abandoned
         if abandoned is not None:
             abandoned.watch(self, meter, self._pending)
+
+    def _renewal_due(self, renewal: Renewal) -> bool:
+        """Whether to renew now: due, and the end not yet reported (a transport closed under a
+        stream still read has settled its call)."""
+        return bool(self._pending) and renewal.due()
 
     def _claim(
         self, broke: BaseException | None, exhausted: bool
@@ -515,8 +518,8 @@ class MeteredStream(_Metered[None], httpx.SyncByteStream, SyncStreamBase):
     once: when the body is exhausted, when reading it fails, or when it is closed (or, through
     ``abandoned``, after it is dropped unclosed). ``errors`` maps an exception from upstream to
     the one to raise (another library's, say). With ``decode=False`` (a body with no
-    content-encoding) the raw stream is read directly. ``renew`` is called before a chunk is
-    handed on whenever ``lease`` says a renewal of the call's reservation is due.
+    content-encoding) the raw stream is read directly. ``renewal`` renews the call's reservation
+    before a chunk is handed on, when one is due and the end is not yet reported.
     """
 
     _chunks: Iterator[bytes] | None = None
@@ -532,12 +535,12 @@ class MeteredStream(_Metered[None], httpx.SyncByteStream, SyncStreamBase):
         if self._chunks is None:
             up = self._upstream
             self._chunks = up.iter_bytes() if self._decode else iter(up.stream)
-        lease, renew = self._lease, self._renew
+        renewal = self._renewal
         try:
             # Iterating again (an SDK draining the body after the last event) reads on.
             for chunk in self._chunks:
-                if lease is not None and renew is not None and lease.due():
-                    renew()
+                if renewal is not None and self._renewal_due(renewal):
+                    renewal.renew()
                 out = meter.feed(chunk)
                 if out:
                     yield out
@@ -575,11 +578,11 @@ class AsyncMeteredStream(_Metered[Awaitable[None]], httpx.AsyncByteStream, Async
         if self._chunks is None:
             up = self._upstream
             self._chunks = up.aiter_bytes() if self._decode else aiter(up.stream)
-        lease, renew = self._lease, self._renew
+        renewal = self._renewal
         try:
             async for chunk in self._chunks:
-                if lease is not None and renew is not None and lease.due():
-                    await renew()
+                if renewal is not None and self._renewal_due(renewal):
+                    await renewal.arenew()
                 out = meter.feed(chunk)
                 if out:
                     yield out
