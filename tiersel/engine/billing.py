@@ -4,6 +4,7 @@ served it, and its charge."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from tiersel.cost import charge
@@ -13,12 +14,13 @@ from tiersel.dialects import (
     Usage,
     classify,
 )
-from tiersel.engine.results import Reply
+from tiersel.engine.results import Reply, StreamEnd
 from tiersel.pricing import ModelPrices
 from tiersel.signals import (
     Outcome,
     SignalKey,
 )
+from tiersel.tiers import TierPriors
 
 
 def bill(prices: ModelPrices, step: Step, usage: Usage | None) -> tuple[float, str]:
@@ -68,3 +70,28 @@ def served_tier(usage: Usage, asked: str, offered: Mapping[str, Any]) -> str:
     if served is None or served == asked or asked not in ("standard", "priority"):
         return asked
     return served if served in offered else asked
+
+
+_PACE_SEEN = 20
+"""Tokens a stream must have shown for its own pace to be taken as the provider's."""
+
+
+def generated_by_close(usage: Usage, end: StreamEnd, priors: TierPriors, cap: int) -> Usage:
+    """The usage a stream given up on before its end is billed (``end.usage_estimated``): the
+    provider generates at its own pace whether or not the caller reads, until the stream is
+    closed. So at least the tokens seen and at most ``cap`` (0: no cap known): the pace the
+    stream showed over `_PACE_SEEN` tokens or more (else the tier's expected one), over the
+    time from its first token (as seen, else expected) to the close. A caller that read a few
+    chunks, paused while the rest was generated, then closed the stream, was charged the few."""
+    ttft = end.ttft_s
+    if ttft is None:
+        ttft = priors.ttft_s + priors.prefill_s(usage.uncached_tokens)
+    pace = priors.output_tps
+    if end.output_tps is not None and usage.completion_tokens >= _PACE_SEEN:
+        pace = end.output_tps  # (a few tokens' spacing says little of it)
+    made = int(pace * max(0.0, end.elapsed_s - ttft))
+    if cap > 0:
+        made = min(made, cap)
+    if made <= usage.completion_tokens:
+        return usage
+    return replace(usage, completion_tokens=made)

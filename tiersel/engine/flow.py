@@ -646,6 +646,7 @@ def _result(
         sunk_usd=prog.sunk,
         uncached_input_tokens=prog.call.uncached_input_tokens,
         prompt=ctx.prompt,
+        output_cap=prog.cap if prog.cap is not None else prog.call.max_output_tokens,
     )
 
 

@@ -92,6 +92,8 @@ class CallResult:
     """What attempts before the one that ended the call were billed and charged already:
     attempts cut for their pace (`tiersel.watch`), each under its own ledger id, and a hedge's
     loser when the race ended in a failure. Part of ``cost_usd``."""
+    output_cap: int = 0
+    """The most output tokens its last attempt could be billed for (0: not known)."""
     uncached_input_tokens: int = 0
     """The call's prompt tokens not read from a cache, as estimated before it was sent (for the
     prefill in a stream's TTFT, when its usage does not say)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tiersel.cost import charge
-from tiersel.engine.billing import served_tier
+from tiersel.engine.billing import generated_by_close, served_tier
 from tiersel.engine.effects import Flow, Notify, Record, Release, Settle
 from tiersel.engine.results import AttemptRecord, CallResult, StreamEnd
 from tiersel.engine.state import FlowHost
@@ -28,6 +28,9 @@ def stream_flow(sel: FlowHost, result: CallResult, end: StreamEnd) -> Flow:
     step = result.steps[-1]
     prices = sel.pricing.model(step.model)
     key = SignalKey(sel.endpoint, prices.name, step.tier)
+    if end.usage_estimated and end.usage is not None:
+        priors = prices.tiers[step.tier].spec.priors
+        end = replace(end, usage=generated_by_close(end.usage, end, priors, result.output_cap))
     ttft = end.ttft_s
     if ttft is not None:  # the signals learn a TTFT less its prompt's prefill
         usage = end.usage
