@@ -355,6 +355,9 @@ def test_signals_go_back_to_redis_once_it_answers(tmp_path: Path) -> None:
         ("redis://h:1/0?max_connections=many", "invalid value for 'max_connections'"),
         ("unix:///tmp/r.sock?db=two", "the database 'two' is not a number"),
         ("redis://[::1/0", "not a URL"),
+        # Quoted as typed, not rewritten (it said 'redis:///127...' and '://127...'):
+        ("redis:/127.0.0.1:6395/0", "'redis:/127.0.0.1:6395/0': the database '127.0.0.1:63"),
+        ("127.0.0.1:6395", "'127.0.0.1:6395': unknown scheme ''"),
     ],
 )
 def test_bad_urls_name_the_url_and_the_problem(url: str, problem: str) -> None:

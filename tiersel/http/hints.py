@@ -147,9 +147,10 @@ def merge_requirements(
         if name in source:
             header = source[name]
             return _raise(header, hinted[name], problem)
-        headers = sorted(source.values())
-        if headers:
-            return _raise(" / ".join(headers), _shown(hinted), problem)
+        if source:  # a conflict among fields, one of them a header's: each header as written
+            names = sorted(source, key=lambda n: source[n])
+            given = " / ".join(_text(hinted[n]) for n in names)
+            return _raise(" / ".join(source[n] for n in names), given, problem)
         given = _shown(scope.fields) if scope is not None else ""
         defaults = _shown({n: getattr(base, n) for n in base.model_fields_set})
         raise ConflictingRequirements(
@@ -159,11 +160,15 @@ def merge_requirements(
 
 
 def _raise(header: str, value: Any, problem: str) -> Requirements:
-    if isinstance(value, tuple):
-        text = ",".join(value)
-    else:
-        text = _written(value) if isinstance(value, float) else str(value)
+    text = value if isinstance(value, str) else _text(value)
     raise InvalidHint(header, text, f"is not valid: {problem}")
+
+
+def _text(value: Any) -> str:
+    """A hint's value as its header wrote it."""
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return _written(value) if isinstance(value, float) else str(value)
 
 
 def _written(value: float) -> str:

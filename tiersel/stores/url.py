@@ -82,7 +82,7 @@ def parse_store_url(url: str) -> StoreURL:
         parts = urlsplit(url)
     except ValueError as exc:  # not shown: it cannot be split, so neither can its password
         raise ValueError(f"the store URL is not a URL ({exc})") from None
-    public = _mask(parts)
+    public = _mask(url, parts)
     own: dict[str, str] = {}
     rest: list[tuple[str, str]] = []
     for k, v in parse_qsl(parts.query, keep_blank_values=True):
@@ -201,14 +201,20 @@ def _port_text(netloc: str) -> str:
     return host.rpartition(":")[2]
 
 
-def _mask(parts: SplitResult) -> str:
-    """The URL with any password, in its user part or its query, shown as ``***``."""
-    userinfo, at, host = parts.netloc.rpartition("@")
-    netloc = parts.netloc
+def _mask(url: str, parts: SplitResult) -> str:
+    """``url`` as given, with any password, in its user part or its query, shown as ``***``
+    (an error quotes what was typed, not a rewriting of it: ``redis:/host`` is not shown as
+    ``redis:///host``)."""
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    head, mark, query = url.partition("?")
     if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
-    query = _SECRET_QUERY.sub(r"\1***", parts.query)
-    return _unsplit(parts._replace(netloc=netloc, query=query))
+        user, _, password = userinfo.partition(":")
+        head = head.replace(f"{user}:{password}@", f"{user}:***@", 1)
+    if mark:
+        query, hash_, fragment = query.partition("#")
+        query = "&".join(_SECRET_QUERY.sub(r"\1***", q) for q in query.split("&"))
+        return f"{head}?{query}{hash_}{fragment}"
+    return head
 
 
 def _unsplit(parts: SplitResult) -> str:
