@@ -146,7 +146,7 @@ class CheapestFeasible:
         self.watch = watch
         self._memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._made: dict[tuple[Any, ...], tuple[tuple[TierPrice, ...], Decision]] = {}
-        self._decided: dict[tuple[Any, ...], tuple[ModelPrices, tuple[Any, ...], Decision]] = {}
+        self._decided: dict[tuple[Any, ...], tuple[ModelPrices, Decision]] = {}
         self._read: dict[
             tuple[str, tuple[str, ...] | None], tuple[ModelPrices, frozenset[str]]
         ] = {}
@@ -172,10 +172,10 @@ class CheapestFeasible:
             return self._decide(call, requirements, budget, prices, signals)
         # With no budget the decision depends only on the call, its requirements, the table,
         # the health of the tiers it may use and the policy's settings (never on ``now``: the
-        # health says how long a cooldown has left). The signals hand back the very same
-        # health while a tier's counters stand still (`tiersel.engine.Engine.assess`), so
-        # calls of one shape are decided once per snapshot: remembered by those objects'
-        # identities, checked on a hit (an id may be reused once its object is gone).
+        # health says how long a cooldown has left). So calls of one shape on one snapshot of
+        # the signals are decided once: remembered by those values (a `TierHealth` is frozen
+        # and compared by value), the table by its model's name and checked to be the same
+        # table on a hit.
         try:
             read = self.tiers_read(prices, requirements)
         except TypeError:  # requirements built unvalidated, with a list of tiers in them
@@ -184,8 +184,8 @@ class CheapestFeasible:
         key = (
             call,
             requirements,
-            id(prices),
-            *[id(h) for h in healths],
+            prices.name,
+            healths,
             self.latency_sigma,
             self.max_attempts,
             self.backoff_s,
@@ -197,16 +197,12 @@ class CheapestFeasible:
             hit = self._decided.get(key)
         except TypeError:  # a call built unvalidated, with a list in it
             return self._decide(call, requirements, None, prices, signals)
-        if (
-            hit is not None
-            and hit[0] is prices
-            and all(a is b for a, b in zip(hit[1], healths, strict=True))
-        ):
-            return hit[2]
+        if hit is not None and hit[0] is prices:
+            return hit[1]
         decision = self._decide(call, requirements, None, prices, signals)
         if len(self._decided) >= _MEMO_SIZE:
             self._decided.clear()
-        self._decided[key] = (prices, healths, decision)
+        self._decided[key] = (prices, decision)
         return decision
 
     def _decide(

@@ -339,8 +339,9 @@ def test_a_call_with_a_blank_model_or_a_boolean_token_count_is_refused() -> None
 
 
 def test_a_remembered_decision_is_never_stale() -> None:
-    # With no budget, calls of one shape on one snapshot of the signals are decided once: the
-    # same health objects give the very decision made before; any change is decided afresh.
+    # With no budget, calls of one shape on one snapshot of the signals are decided once:
+    # equal health gives the very decision made before (remembered by value, not by the
+    # objects' identities); any change is decided afresh.
     policy = CheapestFeasible()
     req = Requirements(deadline_s=20, reliability=0.99)
     first = policy(CALL, req, None, KIMI, CALM, 0.0)
@@ -353,7 +354,7 @@ def test_a_remembered_decision_is_never_stale() -> None:
     again = policy(CALL, req, None, KIMI, shed, 0.0)
     assert again == fresh(shed) and again.plan != first.plan
     copies = {t: dataclasses.replace(h) for t, h in CALM.items()}  # equal, not the same objects
-    assert policy(CALL, req, None, KIMI, copies, 0.0) == first
+    assert policy(CALL, req, None, KIMI, copies, 0.0) is first
     other = Requirements(deadline_s=20, reliability=0.99, tiers=("priority", "fast"))
     assert policy(CALL, other, None, KIMI, CALM, 0.0) == fresh(CALM, other) != first
     bigger = CALL.model_copy(update={"max_output_tokens": 400})
