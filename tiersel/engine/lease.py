@@ -8,8 +8,8 @@ same id, with the amount it holds, at most every `RENEW_EVERY_S` (a third of the
 expiry, when that is shorter): the ledger contract's re-reserve, which replaces the amount and
 restarts the expiry. A dead worker's reservation still lapses, one expiry after its last renewal.
 
-Renewals happen as chunks are read: a caller that stops reading for longer than the expiry lets
-the reservation lapse. A renewal that is refused (it lapsed already and the money was taken, or
+Renewals happen as chunks are read, and while none is, from the transport's watchdog thread
+(`tiersel.wrap.watchdog`). A renewal that is refused (it lapsed already and the money was taken, or
 spending is past the limit) or fails (a lost store) is logged on ``tiersel.engine``, once per
 stream; the stream goes on, and its settle reports what it took past the cap as
 ``overrun_usd``.

@@ -23,6 +23,7 @@ bytes are handed on event by event (an event is never held longer than it takes 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -41,6 +42,7 @@ from tiersel.engine.results import StreamEnd
 from tiersel.http.flavours import AsyncStreamBase, SyncStreamBase, TimeoutErrors
 from tiersel.http.sse import EVENT_END
 from tiersel.signals import Outcome
+from tiersel.wrap.watchdog import Watchdog
 
 __all__ = ["Abandoned", "AsyncMeteredStream", "MeteredStream", "StreamMeter"]
 
@@ -397,13 +399,15 @@ class Abandoned:
     connections, and no later call would report them.
     """
 
-    __slots__ = ("_open", "_queue")
+    __slots__ = ("_open", "_queue", "watchdog")
 
     def __init__(self) -> None:
         # Each end to report, with how to make it once reported (the meter's end then).
         self._queue: deque[tuple[Callable[[StreamEnd], Any], Callable[[], StreamEnd]]] = deque()
         # The open streams' claims on their ``on_end`` (see `_Metered`), by the claim's id.
         self._open: dict[int, tuple[list[Callable[[StreamEnd], Any]], StreamMeter, Any]] = {}
+        self.watchdog = Watchdog()
+        """Renews the open streams' reservations while their readers pause."""
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -419,11 +423,13 @@ class Abandoned:
 
     def settled(self, pending: list[Callable[[StreamEnd], Any]]) -> None:
         """The stream holding ``pending`` has reported its end: stop following it."""
+        self.watchdog.forget(id(pending))
         entry = self._open.pop(id(pending), None)
         if entry is not None:
             entry[2].detach()
 
     def _dropped(self, key: int) -> None:
+        self.watchdog.forget(key)
         entry = self._open.pop(key, None)
         if entry is not None:
             self._claim(entry[0], functools.partial(entry[1].end, abandoned=True))
@@ -440,6 +446,7 @@ class Abandoned:
     def end_open(self) -> None:
         """End every stream still open, as its transport closes (their ends are then drained)."""
         for key in list(self._open):
+            self.watchdog.forget(key)
             entry = self._open.pop(key, None)
             if entry is not None:
                 pending, meter, finalizer = entry
@@ -485,13 +492,21 @@ class _Metered(Generic[_R]):
         self._upstream = upstream
         self._decode = decode
         self._meter = meter
-        # The call's reservation, made again while the stream runs (`tiersel.engine.lease`).
+        # The call's reservation, made again while the stream runs (`tiersel.engine.lease`): as
+        # its chunks pass, and by the watchdog while its reader pauses.
         self._renewal = renewal
         self._pending: list[Callable[[StreamEnd], _R]] = [on_end]
         self._errors = errors
         self._abandoned = abandoned
         if abandoned is not None:
             abandoned.watch(self, meter, self._pending)
+            if renewal is not None:
+                abandoned.watchdog.follow(id(self._pending), renewal, self._loop())
+
+    @staticmethod
+    def _loop() -> asyncio.AbstractEventLoop | None:
+        """The event loop an async stream is opened on (None for a sync stream)."""
+        return None
 
     def _renewal_due(self, renewal: Renewal) -> bool:
         """Whether to renew now: due, and the end not yet reported (a transport closed under a
@@ -564,6 +579,10 @@ class MeteredStream(_Metered[None], httpx.SyncByteStream, SyncStreamBase):
 
 class AsyncMeteredStream(_Metered[Awaitable[None]], httpx.AsyncByteStream, AsyncStreamBase):
     """The async twin of `MeteredStream`; ``on_end`` is awaited."""
+
+    @staticmethod
+    def _loop() -> asyncio.AbstractEventLoop | None:
+        return asyncio.get_running_loop()
 
     _chunks: AsyncIterator[bytes] | None = None
 
