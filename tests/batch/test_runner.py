@@ -468,3 +468,31 @@ def test_a_damaged_journal_is_named_with_what_to_do(tmp_path: Path) -> None:
     journal.write_bytes(b"".join([*records[:2], b"not json\n", *records[2:]]))
     with pytest.raises(JournalError, match="record 3 is not a journal record: the file is dam"):
         job(tmp_path, three, upstream, budget_usd=1.0, resume=True)
+
+
+def test_hedged_lines_are_served_and_their_losers_charged_to_the_line(tmp_path: Path) -> None:
+    # A line may ask for a hedge. The engine charged a won race's loser under an id of its own
+    # (<call>#hedge<n>), which the job's ledger, accounting lines by their call ids, refused
+    # with a KeyError: every such line failed and was charged nothing for what was billed.
+    from tiersel.sim import AsyncSimTransport
+
+    src = tmp_path / "in.jsonl"
+    body = {"model": "kimi-k3", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200}
+    need = {"deadline_s": 8.0, "reliability": 0.99, "hedge": True, "watch": False}
+    lines = [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        | {"tiersel": need}
+        for i in range(12)
+    ]
+    src.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    clock = FakeClock()
+    sim = AsyncSimTransport(scenario="calm", clock=clock)
+    summary = run_batch(
+        src, tmp_path / "out.jsonl", budget_usd=5.0, transport=sim, clock=clock, api_key="",
+        progress=False, concurrency=4,
+    )  # fmt: skip
+    assert summary.calls_ok == 12 and summary.calls_failed == 0
+    stats = sim.stats()
+    assert stats["requests"] == 24  # each line's two requests raced
+    # The losers ran on and were billed: the job's spend covers them (within the estimate).
+    assert summary.spent_usd == pytest.approx(stats["billed_usd"], rel=0.01)

@@ -307,3 +307,33 @@ def test_a_call_whose_deadline_passes_on_the_simulator_is_a_timeout_charged_its_
     # tiersel's estimate of the bill covers what the provider billed for it.
     billed = sim.stats()["billed_usd"]
     assert 0 < billed <= ledger.state(clock.now()).spent_usd == pytest.approx(result.cost_usd)
+
+
+def test_a_stream_closed_unread_is_billed_until_then_and_one_read_whole_is_not_cancelled() -> None:
+    # Closed before its first chunk was read, its generator never ran: it was billed whole.
+    body = {**LONG, "stream": True}
+    whole = _whole_bill(stream=True)
+    clock = FakeClock()
+    transport = SimTransport(scenario="calm", clock=clock)
+    with httpx.Client(transport=transport, base_url=BASE, timeout=600) as client:
+        with client.stream("POST", "/chat/completions", json=body):
+            pass  # headers only
+        assert transport.stats()["cancelled"] == 1
+        assert transport.stats()["billed_usd"] < whole / 100
+        transport.reset(time_s=0)
+        with client.stream("POST", "/chat/completions", json=body) as r:
+            for line in r.iter_lines():
+                if line == "data: [DONE]":
+                    break  # the usual end of a reader: everything arrived
+    assert transport.stats()["cancelled"] == 0
+    assert transport.stats()["billed_usd"] == pytest.approx(whole)
+
+
+def test_a_transport_that_does_not_wait_bills_a_stream_whole() -> None:
+    # wait=False moves no clock: a stream closed at its last event was 'cancelled' at 0 s and
+    # billed its prompt only.
+    transport = SimTransport(scenario="calm", wait=False)
+    client = httpx.Client(transport=transport, base_url=BASE, timeout=600)
+    with client, client.stream("POST", "/chat/completions", json={**LONG, "stream": True}) as r:
+        next(r.iter_lines())
+    assert transport.stats()["billed_usd"] == pytest.approx(_whole_bill(stream=True))

@@ -401,6 +401,10 @@ def test_a_unix_socket_url_keeps_its_slashes() -> None:
         f"redis://:{CANARY}@h:1/abc",
         f"redis://h:1/0?password={CANARY}&reservation_ttl_s=x",
         f"redis://h:1/0?ssl_password={CANARY}&colour=red",
+        # Read from a file with its newline (urlsplit drops it; the URL as typed keeps it):
+        f"redis://:{CANARY}\n@h:1/0?colour=red",
+        f"redis://h:1/0?Password={CANARY}&colour=red",
+        f"redis://:{CANARY}/b64==@h:1/0?colour=red",
     ],
 )
 def test_a_password_never_shows_in_the_errors_of_malformed_urls(url: str) -> None:

@@ -75,23 +75,29 @@ def served_tier(usage: Usage, asked: str, offered: Mapping[str, Any]) -> str:
 _PACE_SEEN = 20
 """Tokens a stream must have shown for its own pace to be taken as the provider's."""
 
+_PACE_MOST = 4.0
+"""The most a stream's own pace is taken as, in times the tier's expected pace: a reader that
+takes in buffered chunks in a burst sees a pace no provider made."""
+
 
 def generated_by_close(usage: Usage, end: StreamEnd, priors: TierPriors, cap: int) -> Usage:
-    """The usage a stream given up on before its end is billed (``end.usage_estimated``): the
-    provider generates at its own pace whether or not the caller reads, until the stream is
-    closed. So at least the tokens seen and at most ``cap`` (0: no cap known): the pace the
-    stream showed over `_PACE_SEEN` tokens or more (else the tier's expected one), over the
-    time from its first token (as seen, else expected) to the close. A caller that read a few
-    chunks, paused while the rest was generated, then closed the stream, was charged the few."""
-    ttft = end.ttft_s
-    if ttft is None:
-        ttft = priors.ttft_s + priors.prefill_s(usage.uncached_tokens)
+    """The usage a stream the caller closed before its end is billed (its transport's close
+    too): the provider generates at its own pace whether or not the caller reads, until the
+    close, so at least the tokens seen and at most ``cap`` (0: no cap known; the tokens seen,
+    counted from bytes, are held to it too). Generation is taken to begin at the tier's
+    expected first token (or the one seen, if sooner: a reader that began reading late saw it
+    late) and to run at the stream's own pace over `_PACE_SEEN` tokens or more (at most
+    `_PACE_MOST` times the tier's expected pace), else at the expected pace, until the close.
+    A caller that read a few chunks, paused while the rest was generated, then closed the
+    stream, was charged the few."""
+    expected = priors.ttft_s + priors.prefill_s(usage.uncached_tokens)
+    ttft = expected if end.ttft_s is None else min(end.ttft_s, expected)
     pace = priors.output_tps
     if end.output_tps is not None and usage.completion_tokens >= _PACE_SEEN:
-        pace = end.output_tps  # (a few tokens' spacing says little of it)
-    made = int(pace * max(0.0, end.elapsed_s - ttft))
+        pace = min(end.output_tps, _PACE_MOST * priors.output_tps)
+    made = max(usage.completion_tokens, int(pace * max(0.0, end.elapsed_s - ttft)))
     if cap > 0:
         made = min(made, cap)
-    if made <= usage.completion_tokens:
+    if made == usage.completion_tokens:
         return usage
     return replace(usage, completion_tokens=made)

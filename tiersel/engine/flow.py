@@ -558,34 +558,39 @@ def _charge(
 ) -> Generator[Effect, Any, tuple[float, str]]:
     """What the attempt is charged (``extra``: a hedge's loser, billed before it; ``dropped``:
     the bill of a failed attempt the provider worked on, a timeout) and the tier that served
-    it; the budget settled, or released when there is nothing to charge."""
+    it; the budget settled, or released when there is nothing to charge.
+
+    Bills of requests given up on count as sunk (estimates in the call's cost) and are settled
+    under ids of their own (``<call>#hedge<n>``, ``#timeout<n>``), as a cut is: the call's own
+    is settled once, by its last attempt, and its reservation then covers that attempt alone.
+    A ledger that accounts each call's attempts itself (the batch job's, which charges doubt:
+    ``charges_doubt``) takes the call's own id only: the loser's bill goes into the attempt's."""
     budgeted = ctx.sel.ledger_enabled
+    apart = budgeted and not ctx.sel.charges_doubt
     if outcome is not Outcome.ok:
         # A race lost to a failure (its loser is still billed), a request given up on.
         for kind, owed in (("hedge", extra), ("timeout", dropped)):
             if owed > 0:
                 prog.sunk += owed
-                if budgeted:
-                    # Under an id of its own, as a cut is: the call's is settled once, by its
-                    # last attempt (settling an id again is a no-op).
+                if apart:
                     yield Settle(f"{ctx.call_id}#{kind}{prog.attempts}", owed)
-        if budgeted:
+        if budgeted and not apart and extra + dropped > 0:
+            yield Settle(ctx.call_id, extra + dropped)
+        elif budgeted:
             yield Release(ctx.call_id)
         return extra + dropped, step.tier
     cost, served = bill(ctx.prices, step, usage)
     yield from _loser_billed(ctx, prog, extra)
     if budgeted:
-        yield Settle(ctx.call_id, cost)
+        yield Settle(ctx.call_id, cost if apart else cost + extra)
     return cost + extra, served
 
 
 def _loser_billed(ctx: CallContext, prog: Progress, extra: float) -> Generator[Effect, Any, None]:
-    """Charge a won race's loser (``extra``, its estimated bill) apart, under an id of its own,
-    as a lost race's is: it counts as sunk (an estimate in the call's cost), and what the
-    call's own reservation still covers is the winner alone."""
+    """A won race's loser (``extra``, its estimated bill), charged apart (see `_charge`)."""
     if extra > 0:
         prog.sunk += extra
-        if ctx.sel.ledger_enabled:
+        if ctx.sel.ledger_enabled and not ctx.sel.charges_doubt:
             yield Settle(f"{ctx.call_id}#hedge{prog.attempts}", extra)
 
 

@@ -28,7 +28,8 @@ def stream_flow(sel: FlowHost, result: CallResult, end: StreamEnd) -> Flow:
     step = result.steps[-1]
     prices = sel.pricing.model(step.model)
     key = SignalKey(sel.endpoint, prices.name, step.tier)
-    if end.usage_estimated and end.usage is not None:
+    if end.usage_estimated and end.usage is not None and end.outcome is Outcome.ok:
+        # Closed by its caller before its end (a stream that broke stopped generating then).
         priors = prices.tiers[step.tier].spec.priors
         end = replace(end, usage=generated_by_close(end.usage, end, priors, result.output_cap))
     ttft = end.ttft_s

@@ -107,8 +107,9 @@ class SimShell:
         if delay > limit:
             raise self.gave_up(lib, request, rendered, start)
         if rendered.streamed:
-            chunks = self._chunks(lib, request, rendered, start, limit)
-            return self._response(lib, request, rendered, stream(chunks))
+            reading = _Reading(self, rendered, start)
+            chunks = self._chunks(lib, request, reading, limit)
+            return self._response(lib, request, rendered, stream(chunks, reading))
         return self._response(lib, request, rendered, None)
 
     async def respond_async(self, lib: Any, stream: Any, request: Any, body: bytes) -> Any:
@@ -120,8 +121,9 @@ class SimShell:
         if delay > limit:
             raise self.gave_up(lib, request, rendered, start)
         if rendered.streamed:
-            chunks = self._achunks(lib, request, rendered, start, limit)
-            return self._response(lib, request, rendered, stream(chunks))
+            reading = _Reading(self, rendered, start)
+            chunks = self._achunks(lib, request, reading, limit)
+            return self._response(lib, request, rendered, stream(chunks, reading))
         return self._response(lib, request, rendered, None)
 
     def gone(self, rendered: Rendered, start: float) -> None:
@@ -148,43 +150,46 @@ class SimShell:
         )
 
     def _chunks(
-        self, lib: Any, request: Any, rendered: Rendered, start: float, limit: float
+        self, lib: Any, request: Any, reading: _Reading, limit: float
     ) -> Generator[bytes, None, None]:
         """A streamed body's chunks, each at its due time; a broken stream ends in ``lib``'s
         protocol error, as a dropped connection does, and one whose next chunk is due after
         the client's read timeout (``limit``, clock seconds) in its timeout error. A stream
         closed before its end is billed what was generated until then."""
-        with _Reading(self, rendered, start) as reading:
-            for wait, data in self._steps(rendered, start, limit):
+        with reading:
+            for wait, data in self._steps(reading, limit):
                 self.clock.sleep(wait)
                 yield reading.arrived(lib, request, data)
             reading.end(lib)
 
     async def _achunks(
-        self, lib: Any, request: Any, rendered: Rendered, start: float, limit: float
+        self, lib: Any, request: Any, reading: _Reading, limit: float
     ) -> AsyncGenerator[bytes, None]:
-        with _Reading(self, rendered, start) as reading:
-            for wait, data in self._steps(rendered, start, limit):
+        with reading:
+            for wait, data in self._steps(reading, limit):
                 await self.clock.asleep(wait)
                 yield reading.arrived(lib, request, data)
             reading.end(lib)
 
-    def _steps(
-        self, rendered: Rendered, start: float, limit: float
-    ) -> Iterator[tuple[float, bytes | None]]:
+    def _steps(self, reading: _Reading, limit: float) -> Iterator[tuple[float, bytes | None]]:
         """How long to wait for each chunk, and the chunk; None when the client's read timeout
-        (``limit``) passes before it is due (the last step then)."""
-        for due, data in rendered.chunks:
-            delay = self._delay(start, due)
+        (``limit``) passes before it is due (the last step then). The last chunk's arrival ends
+        the reading: all was generated."""
+        chunks = reading.rendered.chunks
+        for i, (due, data) in enumerate(chunks):
+            delay = self._delay(reading.start, due)
             if delay > limit:
                 yield limit, None
                 return
+            reading.ended = i == len(chunks) - 1
             yield delay, data
 
 
 class _Reading:
     """One simulated stream as its client reads it: unless it was read to its ``ended``, its
-    request is billed as given up on when the reading stops (`SimShell.gone`)."""
+    request is billed as given up on when the reading stops (`SimShell.gone`), whether its
+    chunks' generator was closed while it ran or its body was closed before it began. A
+    transport that does not wait (``wait=False``) moves no clock: nothing can be given up on."""
 
     def __init__(self, shell: SimShell, rendered: Rendered, start: float) -> None:
         self.shell, self.rendered, self.start = shell, rendered, start
@@ -194,8 +199,14 @@ class _Reading:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """The reading stopped (once: a later stop bills nothing more)."""
         if not self.ended:
-            self.shell.gone(self.rendered, self.start)
+            self.ended = True
+            if self.shell.wait:
+                self.shell.gone(self.rendered, self.start)
 
     def end(self, lib: Any) -> None:
         """Every chunk was read: a broken stream ends in ``lib``'s protocol error, as a dropped
@@ -225,27 +236,29 @@ class SyncChunks:
     what was generated, as the server does when its client goes away). Mixed into each HTTP
     library's own byte stream class."""
 
-    def __init__(self, chunks: Generator[bytes, None, None]) -> None:
-        self._chunks = chunks
+    def __init__(self, chunks: Generator[bytes, None, None], reading: _Reading) -> None:
+        self._chunks, self._reading = chunks, reading
 
     def __iter__(self) -> Iterator[bytes]:
         return self._chunks
 
     def close(self) -> None:
         self._chunks.close()
+        self._reading.stop()  # (a generator closed before it began runs none of its body)
 
 
 class AsyncChunks:
     """The async twin of `SyncChunks`."""
 
-    def __init__(self, chunks: AsyncGenerator[bytes, None]) -> None:
-        self._chunks = chunks
+    def __init__(self, chunks: AsyncGenerator[bytes, None], reading: _Reading) -> None:
+        self._chunks, self._reading = chunks, reading
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks
 
     async def aclose(self) -> None:
         await self._chunks.aclose()
+        self._reading.stop()
 
 
 class _SyncStream(SyncChunks, httpx.SyncByteStream):

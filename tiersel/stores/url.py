@@ -54,7 +54,7 @@ __all__ = [
 DEFAULT_URL = "memory://"
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _OWN = ("prefix", "budget", "reservation_ttl_s", "on_expiry", "clock")
-_SECRET_QUERY = re.compile(r"((?:^|&)(?:ssl_)?password=)[^&]*")
+_SECRET_QUERY = re.compile(r"((?:^|&)(?:ssl_)?password=)[^&]*", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,14 @@ def parse_store_url(url: str) -> StoreURL:
     except ValueError as exc:  # not shown: it cannot be split, so neither can its password
         raise ValueError(f"the store URL is not a URL ({exc})") from None
     public = _mask(url, parts)
+    begin, end = _authority(url)
+    if "@" in url[begin:end] and "@" not in parts.netloc:
+        # A user part holding "/": read as a path, it would be quoted in a port or database
+        # problem, password and all.
+        raise ValueError(
+            f"store URL {public!r}: its user or password holds '/' (or '?', '#'):"
+            " percent-encode it ('/' as %2F, '?' as %3F, '#' as %23)"
+        )
     own: dict[str, str] = {}
     rest: list[tuple[str, str]] = []
     for k, v in parse_qsl(parts.query, keep_blank_values=True):
@@ -201,20 +209,32 @@ def _port_text(netloc: str) -> str:
     return host.rpartition(":")[2]
 
 
+def _authority(url: str) -> tuple[int, int]:
+    """Where what stands between ``url``'s ``://`` and its query or fragment begins and ends:
+    host, port, path and any user part, as typed (with the tabs and newlines `urlsplit`
+    drops)."""
+    begin = url.find("://")
+    begin = begin + 3 if begin >= 0 else 0
+    ends = [i for i in (url.find("?", begin), url.find("#", begin)) if i >= 0]
+    return begin, min(ends, default=len(url))
+
+
 def _mask(url: str, parts: SplitResult) -> str:
     """``url`` as given, with any password, in its user part or its query, shown as ``***``
     (an error quotes what was typed, not a rewriting of it: ``redis:/host`` is not shown as
-    ``redis:///host``)."""
-    userinfo, at, _ = parts.netloc.rpartition("@")
+    ``redis:///host``). The user part is found in the text itself, not in ``parts``, which
+    drops tabs and newlines (a password read from a file with its newline)."""
+    begin, end = _authority(url)
+    at = url.rfind("@", begin, end)
+    if at >= 0 and ":" in url[begin:at]:
+        user = url[begin:at].split(":", 1)[0]
+        url = f"{url[:begin]}{user}:***{url[at:]}"
     head, mark, query = url.partition("?")
-    if at and ":" in userinfo:
-        user, _, password = userinfo.partition(":")
-        head = head.replace(f"{user}:{password}@", f"{user}:***@", 1)
-    if mark:
-        query, hash_, fragment = query.partition("#")
-        query = "&".join(_SECRET_QUERY.sub(r"\1***", q) for q in query.split("&"))
-        return f"{head}?{query}{hash_}{fragment}"
-    return head
+    if not mark:
+        return head
+    query, hash_, fragment = query.partition("#")
+    query = "&".join(_SECRET_QUERY.sub(r"\1***", q) for q in query.split("&"))
+    return f"{head}?{query}{hash_}{fragment}"
 
 
 def _unsplit(parts: SplitResult) -> str:
