@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from tiersel.clock import real_seconds_per_second
 from tiersel.dialects import generation_dialect
 from tiersel.errors import RequestNotUnderstood, shown
 
@@ -189,7 +190,7 @@ class Outgoing:
         send = self._sender(transport)
 
         def attempt(effect: Send) -> Reply:
-            request = _attempt_request(route, effect, call_id)
+            request = _attempt_request(route, effect, call_id, clock)
             at = clock.now()
             try:
                 response = send(request)
@@ -209,7 +210,7 @@ class Outgoing:
         send = self._async_sender(transport)
 
         async def attempt(effect: Send) -> Reply:
-            request = _attempt_request(route, effect, call_id)
+            request = _attempt_request(route, effect, call_id, clock)
             at = clock.now()
             try:
                 response = await send(request)
@@ -277,14 +278,15 @@ class Outgoing:
             self._own_aclient = None
 
 
-def _attempt_request(route: Route, effect: Send, call_id: str) -> httpx.Request:
+def _attempt_request(route: Route, effect: Send, call_id: str, clock: Clock) -> httpx.Request:
     """One attempt's request: the transport's own builder's, marked with its call id (an
     extension, never sent), its body read (it is in memory; a plain function transport may read
-    ``request.content``)."""
+    ``request.content``), its timeouts in real seconds (``clock``'s may run faster)."""
     from tiersel.http.flavours import HTTPX
     from tiersel.http.upstream import CALL_ID, upstream_request
 
-    request: httpx.Request = upstream_request(route, effect, HTTPX)
+    scale = real_seconds_per_second(clock)
+    request: httpx.Request = upstream_request(route, effect, HTTPX, scale)
     request.extensions = {**request.extensions, CALL_ID: call_id}
     request.read()
     return request
