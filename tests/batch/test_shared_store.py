@@ -206,3 +206,28 @@ def test_a_shard_whose_store_was_flushed_is_refused_and_its_files_are_untouched(
         " the store's data, then rerun with --resume\n"
     )
     assert {p: p.read_bytes() for p in files} == files
+
+
+def test_a_shards_summary_says_what_the_shared_budget_has_left(tmp_path: Path) -> None:
+    # Shard 1 spends; shard 2's summary said 'left $1.000000' and remaining_usd 1.0 while the
+    # shared budget had less (helper-31): it showed its own spend only.
+    server, url = start_redis(tmp_path)
+    src = write_jsonl(tmp_path / "in.jsonl", [body(i, max_tokens=30) for i in range(20)])
+    args = [*TIERSEL, "batch", str(src), "--out", str(tmp_path / "out.jsonl")]
+    args += ["--budget-usd", "1", "--sim", "calm", "--store", url, "--json"]
+    try:
+        runs = [
+            subprocess.run([*args, "--shard", f"{i}/2"], capture_output=True, text=True, timeout=60)
+            for i in (1, 2)
+        ]
+        shared = open_ledger(f"{url}?budget=batch-out.jsonl-{scan_input(src).sha256[:12]}",
+                             limit_usd=1.0).state(0.0)  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    first, second = (json.loads(r.stdout) for r in runs)
+    both = first["spent_usd"] + second["spent_usd"]
+    assert shared.spent_usd == pytest.approx(both, abs=1e-9) and first["spent_usd"] > 0
+    assert second["shared_spent_usd"] == pytest.approx(both, abs=1e-9)
+    assert second["remaining_usd"] == pytest.approx(1.0 - both, abs=1e-9)

@@ -18,6 +18,7 @@ shell. Each valid line goes through `Selector.asend`, the core's one dispatch fl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import math
@@ -41,7 +42,7 @@ from tiersel.budget import Ledger, MemoryLedger
 from tiersel.call import Requirements
 from tiersel.clock import Clock, FakeClock, SystemClock
 from tiersel.decision import Reason
-from tiersel.errors import BudgetExhausted, NoFeasibleTier
+from tiersel.errors import BudgetExhausted, NoFeasibleTier, TierselError
 from tiersel.outgoing import check_base_url, reaches_network
 from tiersel.policy import CheapestFeasible, Policy
 from tiersel.pricing import Pricing, load_pricing
@@ -185,6 +186,10 @@ async def arun_batch(
             await own_client.aclose()
         job.close()
         if shared is not None:
+            if not shared.own:  # other shards or jobs spend it too: say what it holds now
+                now = (clock if clock is not None else SystemClock()).now()
+                with contextlib.suppress(TierselError):
+                    summary.shared_spent_usd = shared.ledger.state(now).spent_usd
             await shared.aclose()
     summary.peak_in_flight = durable.peak_in_flight
     summary.overrun_usd = runner.ledger.overrun_usd

@@ -57,6 +57,9 @@ class BatchSummary:
     least_needed_usd: float | None = None
     least_needed_tier: str | None = None
     invalid_lines: list[tuple[int, str]] = field(default_factory=list)
+    shared_spent_usd: float | None = None
+    """What the budget this job shares with other shards or jobs had spent when it ended (None
+    when the budget is its own): ``remaining_usd`` is what that leaves."""
 
     @property
     def rows(self) -> int:
@@ -64,7 +67,8 @@ class BatchSummary:
 
     @property
     def remaining_usd(self) -> float:
-        return max(0.0, self.budget_usd - self.spent_usd)
+        spent = self.spent_usd if self.shared_spent_usd is None else self.shared_spent_usd
+        return max(0.0, self.budget_usd - spent)
 
     @property
     def complete(self) -> bool:
@@ -146,6 +150,9 @@ class BatchSummary:
             "budget_usd": self.budget_usd,
             "spent_usd": billed(self.spent_usd),
             "remaining_usd": billed(self.remaining_usd),
+            "shared_spent_usd": (
+                None if self.shared_spent_usd is None else billed(self.shared_spent_usd)
+            ),
             "unconfirmed_usd": billed(self.unconfirmed_usd),
             "overrun_usd": self.overrun_usd,
             "calls_ok": self.calls_ok,
@@ -195,10 +202,17 @@ class BatchSummary:
                 out.append(f"  {name:<12}{t.calls:>8}{t.ok:>8}{t.failed:>8}{spent:>14}")
         out.append(f"  escalations {self.escalations} (calls that climbed to a dearer tier)")
         pct = 100.0 * self.spent_usd / self.budget_usd if self.budget_usd > 0 else 0.0
-        out.append(
-            f"  spent ${self.spent_usd:.6f} of ${self.budget_usd:.6f} ({pct:.1f}%);"
-            f" left ${self.remaining_usd:.6f}"
-        )
+        if self.shared_spent_usd is None:
+            out.append(
+                f"  spent ${self.spent_usd:.6f} of ${self.budget_usd:.6f} ({pct:.1f}%);"
+                f" left ${self.remaining_usd:.6f}"
+            )
+        else:
+            out.append(
+                f"  spent ${self.spent_usd:.6f} here ({pct:.1f}% of ${self.budget_usd:.6f});"
+                f" the shared budget: spent ${self.shared_spent_usd:.6f}, left"
+                f" ${self.remaining_usd:.6f}"
+            )
         if self.calls_budget_exhausted and self.least_needed_usd is not None:
             on = f" on {self.least_needed_tier}" if self.least_needed_tier else ""
             out.append(

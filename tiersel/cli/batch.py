@@ -85,7 +85,7 @@ def _add_job_args(p: Any) -> None:
         "--shard",
         metavar="I/N",
         help="send only every N-th line, from the I-th, into OUT's own shard file"
-        " (OUT.I-of-N.jsonl); run I = 1..N as separate workers",
+        " (out.jsonl -> out.I-of-N.jsonl); run I = 1..N as separate workers",
     )
     p.add_argument(
         "--store",
