@@ -134,14 +134,3 @@ class ScaledClock:
 
     def __repr__(self) -> str:
         return f"ScaledClock({self.scale})"
-
-
-def real_seconds_per_second(clock: object) -> float:
-    """How many real seconds one of ``clock``'s seconds lasts: a `ScaledClock`'s ``scale``, else
-    1. Timeouts handed to an HTTP library are real seconds, a deadline is the clock's: against
-    a simulator running 20 times fast, a 10 s deadline is half a real second. (A `FakeClock`
-    pairs with an in-process simulator on that same clock, which reads them alike.)"""
-    scale = getattr(clock, "scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        return 1.0
-    return float(scale)

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tiersel.clock import real_seconds_per_second
 from tiersel.dialects import generation_dialect
 from tiersel.errors import RequestNotUnderstood, shown
 
@@ -190,7 +189,7 @@ class Outgoing:
         send = self._sender(transport)
 
         def attempt(effect: Send) -> Reply:
-            request = _attempt_request(route, effect, call_id, clock)
+            request = _attempt_request(route, effect, call_id)
             at = clock.now()
             try:
                 response = send(request)
@@ -210,7 +209,7 @@ class Outgoing:
         send = self._async_sender(transport)
 
         async def attempt(effect: Send) -> Reply:
-            request = _attempt_request(route, effect, call_id, clock)
+            request = _attempt_request(route, effect, call_id)
             at = clock.now()
             try:
                 response = await send(request)
@@ -278,15 +277,14 @@ class Outgoing:
             self._own_aclient = None
 
 
-def _attempt_request(route: Route, effect: Send, call_id: str, clock: Clock) -> httpx.Request:
+def _attempt_request(route: Route, effect: Send, call_id: str) -> httpx.Request:
     """One attempt's request: the transport's own builder's, marked with its call id (an
     extension, never sent), its body read (it is in memory; a plain function transport may read
-    ``request.content``), its timeouts in real seconds (``clock``'s may run faster)."""
+    ``request.content``)."""
     from tiersel.http.flavours import HTTPX
     from tiersel.http.upstream import CALL_ID, upstream_request
 
-    scale = real_seconds_per_second(clock)
-    request: httpx.Request = upstream_request(route, effect, HTTPX, scale)
+    request: httpx.Request = upstream_request(route, effect, HTTPX)
     request.extensions = {**request.extensions, CALL_ID: call_id}
     request.read()
     return request

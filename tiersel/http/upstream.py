@@ -18,16 +18,15 @@ DROPPED_REQUEST_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 MOVED_DROPPED = DROPPED_REQUEST_HEADERS | {b"host"}  # a tier served from its own host
 
 
-def longest_timeout(extensions: Mapping[str, Any], scale: float = 1.0) -> float | None:
-    """The longest of a request's finite timeouts (connect, read, write, pool), if any, in
-    seconds of a clock whose one lasts ``scale`` real ones: a call with no deadline never waits
-    longer than this between attempts, as its client would not wait that long for an answer
-    either."""
+def longest_timeout(extensions: Mapping[str, Any]) -> float | None:
+    """The longest of a request's finite timeouts (connect, read, write, pool), if any: a call
+    with no deadline never waits longer than this between attempts, as its client would not
+    wait that long for an answer either."""
     current = extensions.get("timeout")
     if not isinstance(current, Mapping):
         return None
     finite = [float(v) for v in current.values() if v is not None and math.isfinite(float(v))]
-    return max(finite) / scale if finite else None
+    return max(finite) if finite else None
 
 
 def with_timeout(extensions: Mapping[str, Any], timeout_s: float | None) -> Mapping[str, Any]:
@@ -64,16 +63,12 @@ CALL_ID = "tiersel.call_id"
 which call it carries, as the batch job's does."""
 
 
-def upstream_request(route: Route, effect: Send, to: Flavour, scale: float = 1.0) -> Any:
+def upstream_request(route: Route, effect: Send, to: Flavour) -> Any:
     """The request for one attempt, in the library of the transport it goes through (``to``):
     the caller's very request when the attempt changes nothing, else a copy with the step's
-    body, headers and host, its timeouts capped at the time the attempt has (in real seconds:
-    ``scale`` of them in one of the clock's, `tiersel.clock.real_seconds_per_second`). A
-    watched attempt of a call that wants its answer whole asks for a stream
-    (`tiersel.http.assemble`)."""
+    body, headers and host, its timeouts capped at the time the attempt has. A watched attempt
+    of a call that wants its answer whole asks for a stream (`tiersel.http.assemble`)."""
     timeout_s = effect.timeout_s
-    if timeout_s is not None:
-        timeout_s *= scale
     content = route.content
     origin = effect.step.base_url
     body = effect.body

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from tiersel.clock import Clock, FakeClock, real_seconds_per_second
+from tiersel.clock import Clock, FakeClock
 from tiersel.pricing import Pricing
 from tiersel.sim.scenarios import Scenario
 from tiersel.sim.service import SimService
@@ -101,7 +101,7 @@ class SimShell:
     def respond_sync(self, lib: Any, stream: Any, request: Any, body: bytes) -> Any:
         """Answer ``request`` (its ``body`` read), waiting on the clock until it is due."""
         rendered, start = self._answer(request.method, request.url.path, request.headers, body)
-        limit = _read_timeout(request, self.clock)
+        limit = _read_timeout(request)
         delay = self._delay(start, rendered.at_s)
         self.clock.sleep(min(delay, limit))
         if delay > limit:
@@ -115,7 +115,7 @@ class SimShell:
     async def respond_async(self, lib: Any, stream: Any, request: Any, body: bytes) -> Any:
         """The async twin of `respond_sync`."""
         rendered, start = self._answer(request.method, request.url.path, request.headers, body)
-        limit = _read_timeout(request, self.clock)
+        limit = _read_timeout(request)
         delay = self._delay(start, rendered.at_s)
         await self.clock.asleep(min(delay, limit))
         if delay > limit:
@@ -223,15 +223,12 @@ class _Reading:
         return data
 
 
-def _read_timeout(request: Any, clock: Clock) -> float:
-    """The most of ``clock``'s seconds the client waits for the next bytes (``inf``: no limit):
-    the read timeout, in real seconds, that httpx and httpx2 carry in the request's ``timeout``
-    extension."""
+def _read_timeout(request: Any) -> float:
+    """The most clock seconds the client waits for the next bytes (``inf``: no limit): the read
+    timeout httpx and httpx2 carry in the request's ``timeout`` extension."""
     timeout = request.extensions.get("timeout") or {}
     read = timeout.get("read") if isinstance(timeout, dict) else None
-    if read is None:
-        return math.inf
-    return float(read) / real_seconds_per_second(clock)
+    return float(read) if read is not None else math.inf
 
 
 class SyncChunks:

@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 
-from tiersel.clock import real_seconds_per_second
 from tiersel.dialects import Dialect
 from tiersel.engine.core import Started
 from tiersel.engine.effects import Send
@@ -131,8 +130,6 @@ class Handler:
         self.selector = selector if selector is not None else Selector()
         self.sync = sync
         self.exchange = Exchange(self.selector.engine, on_call, refusals)
-        # Real seconds in one of the engine's clock's: timeouts handed upstream are real ones.
-        self.scale = real_seconds_per_second(self.selector.engine.clock)
         if transport is None:
             transport = _selectors_transport(self.selector, sync)
         self._given = transport
@@ -192,7 +189,7 @@ class Handler:
                 requirements=route.requirements,
                 path=route.path,
                 dialect=route.dialect,
-                max_wait=lambda: longest_timeout(route.extensions, self.scale),
+                max_wait=lambda: longest_timeout(route.extensions),
                 watch=True,  # `attempt` watches an attempt's pace on its stream
             )
         except TierselError as exc:
@@ -203,7 +200,7 @@ class Handler:
         """One attempt of a routed call: its request upstream, and what came back."""
         route = run.route
         clock = self.selector.engine.clock
-        upstream = upstream_request(route, effect, run.inner_flavour, self.scale)
+        upstream = upstream_request(route, effect, run.inner_flavour)
         route.sent_at = started = clock.now()
         watch = effect.watch
         try:
