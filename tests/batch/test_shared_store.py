@@ -231,3 +231,15 @@ def test_a_shards_summary_says_what_the_shared_budget_has_left(tmp_path: Path) -
     assert shared.spent_usd == pytest.approx(both, abs=1e-9) and first["spent_usd"] > 0
     assert second["shared_spent_usd"] == pytest.approx(both, abs=1e-9)
     assert second["remaining_usd"] == pytest.approx(1.0 - both, abs=1e-9)
+
+
+def test_a_store_away_before_the_job_began_says_to_run_it_again(tmp_path: Path) -> None:
+    # It said 'rerun with --resume' when there was no OUT to resume (helper-31).
+    src = write_jsonl(tmp_path / "in.jsonl", [body(i) for i in range(3)])
+    out = tmp_path / "out.jsonl"
+    args = [*TIERSEL, "batch", str(src), "--out", str(out), "--budget-usd", "1", "--sim", "calm"]
+    args += ["--store", "redis://127.0.0.1:1/0?socket_connect_timeout=0.5"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 5, done.stderr
+    assert done.stderr.rstrip().endswith("; run it again once it answers"), done.stderr
+    assert "--resume" not in done.stderr and not out.exists()

@@ -159,6 +159,14 @@ def test_every_id_a_user_may_write_resolves(
     assert (mp.name, implied) == (model, tier)
 
 
+def test_a_retired_model_is_not_offered_where_a_current_one_is_close(pricing: Pricing) -> None:
+    # 'kimi-k9' was answered 'closest: kimi-k3, kimi-k2p6, kimi-k2p5': kimi-k2p6 retired on
+    # 2026-09-25 (helper-31).
+    with pytest.raises(UnknownModel) as info:
+        pricing.model("kimi-k9")
+    assert "kimi-k3" in str(info.value) and "kimi-k2p6" not in str(info.value)
+
+
 def test_an_unknown_id_names_the_closest_known_ids(pricing: Pricing) -> None:
     with pytest.raises(UnknownModel) as info:
         pricing.model("kimi-k3x")

@@ -323,7 +323,7 @@ def test_an_unreachable_store_sends_nothing_writes_nothing_and_exits_5(
                     "--store", f"redis://:pw-canary@127.0.0.1:{port}/0")  # fmt: skip
     assert code == 5, err
     assert "unreachable" in err and "no call is sent" in err
-    assert "--resume once it answers" in err and "pw-canary" not in err
+    assert "run it again once it answers" in err and "pw-canary" not in err  # nothing to resume
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 

@@ -154,12 +154,14 @@ def _add_requirement_args(g: Any) -> None:
     g.add_argument("--max-attempts", type=int, default=4, metavar="N", help="attempts per call")
 
 
-def _failed(exc: Exception) -> int:
-    """Say why the job stopped (and how to go on, where it can), and the exit code for it."""
+def _failed(exc: Exception, *, began: bool) -> int:
+    """Say why the job stopped (and how to go on, where it can), and the exit code for it
+    (``began``: OUT was written, so a rerun resumes it)."""
     if isinstance(exc, JobLocked):
         return fail(str(exc), EXIT_LOCKED)
     if isinstance(exc, StoreUnavailable):
-        return fail(f"{exc}; rerun with --resume once it answers", EXIT_STORE)
+        again = "rerun with --resume" if began else "run it again"
+        return fail(f"{exc}; {again} once it answers", EXIT_STORE)
     if isinstance(exc, (BudgetConflict, StoreLostState)):
         return fail(str(exc), EXIT_STORE)
     if isinstance(exc, JobWriteError):
@@ -319,9 +321,9 @@ def run(args: argparse.Namespace) -> int:
             **where,
         )
     except (JobLocked, StoreUnavailable, BudgetConflict, StoreLostState, JobWriteError) as exc:
-        return _failed(exc)
+        return _failed(exc, began=os.path.exists(out))
     except (StoreMisconfigured, JournalError, OSError) as exc:
-        return _failed(exc)
+        return _failed(exc, began=os.path.exists(out))
     except KeyboardInterrupt:
         sys.stderr.write(
             f"tiersel: interrupted; every finished line is in {out}: rerun with --resume\n"
