@@ -416,11 +416,10 @@ class Pricing:
         """The error for an id this table does not know, naming the closest ids it does."""
         bare = self._unprefixed(model) if isinstance(model, str) else ""
         # Current models first: a retired one is named only when nothing current is close.
-        ids = sorted(self._by_id, key=lambda i: self._by_id[i][0].retired)
-        current = [i for i in ids if not self._by_id[i][0].retired]
+        current = [i for i, hit in self._by_id.items() if not hit[0].retired]
         closest = difflib.get_close_matches(bare, current, n=3, cutoff=0.6)
         if not closest:
-            closest = difflib.get_close_matches(bare, ids, n=3, cutoff=0.6)
+            closest = difflib.get_close_matches(bare, list(self._by_id), n=3, cutoff=0.6)
         return UnknownModel(model, self.origin, closest)
 
     def _unprefixed(self, model: str) -> str:

@@ -438,7 +438,7 @@ def _conclude(
     verdict = classify_reply(reply)
     if reply.streaming and verdict.outcome is Outcome.ok:
         # The stream's wrapper records, charges and notifies once the stream ends.
-        yield from _loser_billed(ctx, prog, extra)
+        yield from _given_up(ctx, prog, "hedge", extra)
         return _result(prog, ctx, reply, 0.0, None, step.tier, "streaming", pending=True)
     usage = read_usage(reply.payload, ctx.dialect) if verdict.outcome is Outcome.ok else None
     recorded = yield Record(
@@ -566,32 +566,31 @@ def _charge(
     A ledger that accounts each call's attempts itself (the batch job's, which charges doubt:
     ``charges_doubt``) takes the call's own id only: the loser's bill goes into the attempt's."""
     budgeted = ctx.sel.ledger_enabled
-    apart = budgeted and not ctx.sel.charges_doubt
+    # A race's loser (lost to a failure, or won), a request that timed out: billed, given up.
+    yield from _given_up(ctx, prog, "hedge", extra)
     if outcome is not Outcome.ok:
-        # A race lost to a failure (its loser is still billed), a request given up on.
-        for kind, owed in (("hedge", extra), ("timeout", dropped)):
-            if owed > 0:
-                prog.sunk += owed
-                if apart:
-                    yield Settle(f"{ctx.call_id}#{kind}{prog.attempts}", owed)
-        if budgeted and not apart and extra + dropped > 0:
+        yield from _given_up(ctx, prog, "timeout", dropped)
+        if budgeted and ctx.sel.charges_doubt and extra + dropped > 0:
             yield Settle(ctx.call_id, extra + dropped)
         elif budgeted:
             yield Release(ctx.call_id)
         return extra + dropped, step.tier
     cost, served = bill(ctx.prices, step, usage)
-    yield from _loser_billed(ctx, prog, extra)
     if budgeted:
-        yield Settle(ctx.call_id, cost if apart else cost + extra)
+        yield Settle(ctx.call_id, cost + extra if ctx.sel.charges_doubt else cost)
     return cost + extra, served
 
 
-def _loser_billed(ctx: CallContext, prog: Progress, extra: float) -> Generator[Effect, Any, None]:
-    """A won race's loser (``extra``, its estimated bill), charged apart (see `_charge`)."""
-    if extra > 0:
-        prog.sunk += extra
+def _given_up(
+    ctx: CallContext, prog: Progress, kind: str, owed: float
+) -> Generator[Effect, Any, None]:
+    """The bill of a request given up on (``kind``: a race's loser, a timeout), ``owed``: sunk,
+    and settled under an id of its own unless the ledger charges the call's attempts itself
+    (see `_charge`)."""
+    if owed > 0:
+        prog.sunk += owed
         if ctx.sel.ledger_enabled and not ctx.sel.charges_doubt:
-            yield Settle(f"{ctx.call_id}#hedge{prog.attempts}", extra)
+            yield Settle(f"{ctx.call_id}#{kind}{prog.attempts}", owed)
 
 
 def _after_failure(

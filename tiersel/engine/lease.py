@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 import numbers
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tiersel.budget import AsyncLedger, Ledger
@@ -72,7 +72,7 @@ class Renewal:
     def renew(self) -> None:
         """Reserve again what the call holds (a sync ledger's)."""
         try:
-            state = self.ledger.reserve(self.result.call_id, self.held_usd, self.clock.now())
+            state = self._reserve()
             assert not inspect.isawaitable(state)  # (a sync call's ledger is sync)
         except Exception as exc:
             self._failed(exc)
@@ -82,12 +82,15 @@ class Renewal:
     async def arenew(self) -> None:
         """The async twin of `renew`, for sync and async ledgers alike."""
         try:
-            done = self.ledger.reserve(self.result.call_id, self.held_usd, self.clock.now())
+            done = self._reserve()
             state = await done if inspect.isawaitable(done) else done
         except Exception as exc:
             self._failed(exc)
             return
         self._refused(state)
+
+    def _reserve(self) -> Any:
+        return self.ledger.reserve(self.result.call_id, self.held_usd, self.clock.now())
 
     def _failed(self, exc: Exception) -> None:
         if not self.told:
