@@ -21,6 +21,10 @@ Each round sends one call through each arm, in an order that rotates from round 
   bookkeeping: the call read, decided by the policy, sent, one signals record, its cost and
   three headers; no retries, hints, budget, hooks or prompt memory. What any door that decides
   each call with tiersel's policy adds at least.
+- ``bare``: a fourth, tiersel's reporting alone: hints scanned, the usage billed at a step
+  decided once for the first call, and the seven headers a ``TierTransport`` hands back; nothing
+  decided or recorded per call. What a door that reports as tiersel does adds even with no
+  decision at all.
 
 The cases:
 
@@ -198,15 +202,18 @@ def _against(added: dict[tuple[str, str], float], with_litellm: bool) -> None:
         parts = added[(case, "parts")]
         print(
             f"{case}: tiersel adds {ours / floor:.1f}x what floor-report adds (target <= 2.5x);"
-            f" tiersel's parts alone, {parts / floor:.1f}x"
+            f" tiersel's parts alone, {parts / floor:.1f}x;"
+            f" bare, {added[(case, 'bare')] / floor:.1f}x"
         )
     if not with_litellm:
         print("litellm is not installed (pip install litellm): its arm was not run")
         return
     ours, theirs = added[("openai", "tiersel")], added[("openai", "litellm")]
+    bare = added[("openai", "bare")]
     print(
         f"openai: tiersel adds {ours:.0f} us, litellm.completion {theirs:.0f} us:"
-        f" 1/{theirs / ours:.0f} of LiteLLM's (target <= 1/40)"
+        f" 1/{theirs / ours:.0f} of LiteLLM's (target <= 1/40, {theirs / 40:.0f} us);"
+        f" bare, with nothing decided, adds {bare:.0f} us: 1/{theirs / bare:.0f}"
     )
 
 
@@ -326,6 +333,56 @@ def _parts_transport() -> Any:
     return Parts()
 
 
+def _bare_transport() -> Any:
+    """A reference transport of tiersel's reporting alone (see the module's docstring): the
+    request's hint headers scanned and its model read, sent unchanged, the reply's usage read
+    and billed at a step decided once, for the first call, and the seven ``x-tiersel-*``
+    headers a `TierTransport` hands back on a served call. Nothing decided per call, no
+    signals recorded, no budget."""
+    import httpx
+
+    import tiersel
+    from tiersel.dialects import Dialect, dialect_for_path, read_usage
+    from tiersel.engine.billing import bill
+    from tiersel.engine.core import new_call_id
+    from tiersel.http.route import scan_headers
+
+    sel = tiersel.Selector(api_key="")
+    engine = sel.engine
+
+    class Bare(httpx.BaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.HTTPTransport()
+            self.decided: Any = None
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            dialect = dialect_for_path(request.url.path) or Dialect.openai
+            scan_headers(request.headers.raw)
+            body = json.loads(request.content)
+            if self.decided is None:
+                call, _ = engine.call_for(body, dialect)
+                self.decided = engine.pricing.model(call.model), sel.decide(call).plan[0]
+            prices, step = self.decided
+            response, content = _fetch_whole(self.inner, request)
+            usage = read_usage(json.loads(content), dialect)
+            cost, served = bill(prices, step, usage)
+            extra = [
+                (b"x-tiersel-call-id", new_call_id()),
+                (b"x-tiersel-attempts", "1"),
+                (b"x-tiersel-tried", step.tier),
+                (b"x-tiersel-cost-usd", f"{cost:.9f}"),
+                (b"x-tiersel-cost-basis", "actual"),
+                (b"x-tiersel-tier", served),
+                (b"x-tiersel-model", step.model),
+            ]
+            return _answer(response, content, extra)
+
+        def close(self) -> None:
+            self.inner.close()
+
+    return Bare()
+
+
 def _attribution(body: dict[str, Any], url: str, n: int) -> None:
     """Where the added time goes, in process (no network): the core's attempt flow alone
     (`Selector.send` to a function that answers at once) and the whole transport (its
@@ -396,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             "floor-read": httpx.Client(transport=_floor_transport(report=False)),
             "floor-report": httpx.Client(transport=_floor_transport(report=True)),
             "parts": httpx.Client(transport=_parts_transport()),
+            "bare": httpx.Client(transport=_bare_transport()),
         }
         body = {
             "model": "accounts/fireworks/models/kimi-k3",
