@@ -19,7 +19,10 @@ when nothing else can run. Real work is waited for in real time with the clock s
 
 - work in a thread (``run_in_executor``, ``asyncio.to_thread``: the batch journal's fsyncs) holds
   the clock until it ends;
-- while sockets are open on the loop (a Redis store, say), a reply already on its way is given
+- a network round trip inside `real_io` (a Redis store's) runs at real speed: while one is in
+  flight the clock moves no faster than real time, so a reply that takes 30 ms under load comes
+  30 ms of the clock later, not after a jump to its socket timeout;
+- otherwise, while sockets are open on the loop, a reply already on its way is given
   `SOCKET_GRACE_S` of real time to arrive before the clock jumps.
 
 Without such a loop a `FakeClock` advances at each ``asleep`` in turn, so 64 tasks waiting 1 s
@@ -30,12 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from tiersel.clock import FakeClock
 
-__all__ = ["SOCKET_GRACE_S", "VirtualTimeLoop", "run_virtual"]
+__all__ = ["SOCKET_GRACE_S", "VirtualTimeLoop", "real_io", "run_virtual"]
 
 T = TypeVar("T")
 
@@ -59,6 +63,13 @@ class _VirtualSelector(selectors.DefaultSelector):
             # No timer, or a thread still working: wait for the real world (a thread's end
             # wakes the loop through its self-pipe), with the clock stopped.
             return super().select(None)
+        if loop.real_io:
+            # A round trip in flight: the next timer comes after as much real time (a socket
+            # timeout fires when the server really is that slow).
+            ready = super().select(timeout)
+            if not ready:
+                loop.clock.advance(timeout)
+            return ready
         if len(self.get_map()) > 1:  # sockets besides the loop's own self-pipe
             ready = super().select(SOCKET_GRACE_S)
             if ready:
@@ -74,6 +85,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self, clock: FakeClock | None = None) -> None:
         self.clock = clock if clock is not None else FakeClock()
         self.real_work = 0  # executor jobs in flight
+        self.real_io = 0  # round trips in flight (`real_io`)
         selector = _VirtualSelector()
         super().__init__(selector)
         selector.loop = self
@@ -91,6 +103,24 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def _real_work_done(self, _future: asyncio.Future[Any]) -> None:
         self.real_work -= 1
+
+
+@contextmanager
+def real_io() -> Iterator[None]:
+    """Mark a network round trip: on a `VirtualTimeLoop`, the clock moves no faster than real
+    time until it ends (see the module's docstring); elsewhere, nothing."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if not isinstance(loop, VirtualTimeLoop):
+        yield
+        return
+    loop.real_io += 1
+    try:
+        yield
+    finally:
+        loop.real_io -= 1
 
 
 def run_virtual(main: Coroutine[Any, Any, T], clock: FakeClock | None = None) -> T:

@@ -22,6 +22,7 @@ from redis.crc import key_slot
 
 from tests.stores.conftest import free_port, start_redis
 from tiersel import Requirements, Selector
+from tiersel.clock import FakeClock
 from tiersel.signals import Observation, Outcome, SignalConfig, SignalKey
 from tiersel.stores import (
     BudgetConflict,
@@ -37,6 +38,7 @@ from tiersel.stores import (
     parse_store_url,
 )
 from tiersel.stores.redis_ledger import RedisLedger
+from tiersel.virtual_time import run_virtual
 
 KEY = SignalKey("fireworks", "kimi-k3", "standard")
 BODY = {
@@ -576,3 +578,48 @@ def test_by_default_a_redis_store_runs_on_the_servers_clock(redis_url: str, pref
     finally:
         close_store(ledger)
         close_store(signals)
+
+
+# Blocks the server for 150 ms of real time (a script runs alone): a slow reply, on demand.
+_BUSY_150_MS = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat
+  t = redis.call('TIME')
+until t[1] * 1000000 + t[2] - start > 150000
+return 1
+"""
+
+
+def test_a_slow_reply_on_a_virtual_clock_is_waited_for_in_real_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # tiersel batch --sim with a Redis store (helper-31, d3): every task waits on the store's
+    # reply, its socket timeout is the loop's only timer, and the virtual clock jumped to it
+    # after 2 ms: "unreachable (TimeoutError)" whenever the server took longer than that.
+    proc, url = start_redis(tmp_path)
+    blocker = redis.Redis.from_url(url)
+    clock = FakeClock()
+    try:
+
+        async def go() -> float:
+            store = open_async_signal_store(url)
+            await store.record(KEY, Observation(Outcome.ok), clock.now())  # connected
+            busy = threading.Thread(target=blocker.eval, args=(_BUSY_150_MS, 0))
+            busy.start()
+            time.sleep(0.03)  # (real time: the script is running)
+            before = clock.now()
+            stats = await store.record(KEY, Observation(Outcome.shed), clock.now())
+            busy.join()
+            assert stats.ok == 1 and stats.shed == 1
+            await store.aclose()  # type: ignore[attr-defined]
+            return clock.now() - before
+
+        with caplog.at_level(logging.WARNING, logger="tiersel.stores"):
+            took = run_virtual(go(), clock)
+    finally:
+        blocker.close()
+        proc.terminate()
+        proc.wait(10)
+    assert not caplog.records, caplog.text  # no fallback to memory
+    assert took < 1.0  # the clock ran at most at real speed while the reply came

@@ -18,6 +18,7 @@ import redis.asyncio
 import redis.exceptions
 
 from tiersel.stores.redis_connection import TIMEOUTS, UNREACHABLE
+from tiersel.virtual_time import real_io
 
 __all__ = ["AsyncScripts"]
 
@@ -66,6 +67,10 @@ class AsyncScripts:
                     future.cancel()
 
     async def _send(self, batch: list[_Pending]) -> None:
+        with real_io():  # on a virtual clock, the trip takes real time (`tiersel.virtual_time`)
+            await self._trip(batch)
+
+    async def _trip(self, batch: list[_Pending]) -> None:
         try:
             replies = await self._pipeline(batch)
             unknown = [
