@@ -159,6 +159,12 @@ class MemoryLedger:
             self._expire(now)
             return self._state()
 
+    def held_ids(self, prefix: str, now: float) -> list[str]:
+        """The ids of the reservations held at ``now`` that start with ``prefix``."""
+        with self._lock:
+            self._expire(now)
+            return [call_id for call_id in self._held if call_id.startswith(prefix)]
+
     def reserve(
         self, call_id: str, amount_usd: float, now: float, ttl_s: float | None = None
     ) -> BudgetState | None:

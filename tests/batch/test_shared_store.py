@@ -17,6 +17,7 @@ import redis
 
 from tests.stores.conftest import start_redis
 from tiersel.batch.input import scan_input
+from tiersel.batch.journal import release_record, reserve_record
 from tiersel.stores import open_ledger
 
 from .conftest import batch_line, body, write_jsonl
@@ -56,6 +57,31 @@ def wait_for_rows(job: subprocess.Popen[str], out: Path, n: int) -> None:
         assert job.poll() is None, job.communicate()[1]
         assert time.monotonic() < deadline, f"fewer than {n} rows after 60 s"
         time.sleep(0.01)
+
+
+def peak_job(tmp_path: Path, url: str, budget: float) -> tuple[Path, Path, list[str]]:
+    """A job of 300 lines of 400 tokens on the peak scenario, budgeted in the store at ``url``:
+    its input, its OUT and its command line."""
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [batch_line(f"r{i}", body(i, max_tokens=400)) for i in range(300)],
+    )
+    out = tmp_path / "out.jsonl"
+    args = [*TIERSEL, "batch", str(src), "--out", str(out), "--budget-usd", repr(budget)]
+    return src, out, [*args, "--sim", "peak", "--store", url, "--json"]
+
+
+def killed_after_rows(args: list[str], out: Path, n: int) -> None:
+    """Run the job ``args`` until OUT has ``n`` rows, then SIGKILL it."""
+    job = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    try:
+        wait_for_rows(job, out, n)
+        job.send_signal(signal.SIGKILL)
+        job.wait(10)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
 
 
 LINES = 400  # the first run writes about 20 rows in 0.6 s and all 400 in about 2 s
@@ -129,28 +155,10 @@ def test_the_store_going_away_ends_the_job_at_once_with_one_line(tmp_path: Path)
 
 def test_a_resumed_job_whose_store_was_flushed_stays_within_its_budget(tmp_path: Path) -> None:
     server, url = start_redis(tmp_path)
-    src = write_jsonl(
-        tmp_path / "in.jsonl",
-        [batch_line(f"r{i}", body(i, max_tokens=400)) for i in range(300)],
-    )
-    out = tmp_path / "out.jsonl"
     budget = 0.3
-    args = [*TIERSEL, "batch", str(src), "--out", str(out), "--budget-usd", repr(budget)]
-    args += ["--sim", "peak", "--store", url, "--json"]
+    src, out, args = peak_job(tmp_path, url, budget)
     try:
-        job = subprocess.Popen(
-            [*args, "--sim-time-scale", "0.02", "--concurrency", "16"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_for_rows(job, out, 15)  # type: ignore[arg-type]
-            job.send_signal(signal.SIGKILL)
-            job.wait(10)
-        finally:
-            if job.poll() is None:
-                job.kill()
-                job.wait()
+        killed_after_rows([*args, "--sim-time-scale", "0.02", "--concurrency", "16"], out, 15)
         client = redis.Redis.from_url(url)
         client.flushall()  # as a restart of a Redis without persistence would
         client.close()
@@ -243,3 +251,69 @@ def test_a_store_away_before_the_job_began_says_to_run_it_again(tmp_path: Path) 
     assert done.returncode == 5, done.stderr
     assert done.stderr.rstrip().endswith("; run it again once it answers"), done.stderr
     assert "--resume" not in done.stderr and not out.exists()
+
+
+@pytest.mark.slow
+def test_a_resumed_job_closes_the_reservations_its_killed_run_left_open(tmp_path: Path) -> None:
+    # helper-31 (d6): a run killed with lines between attempts left their reservations in the
+    # store, which charged each in full at its expiry ($0.43 for requests never sent). The
+    # resume closes every reservation of the job's earlier runs at once: those the journal
+    # shows in flight are charged their reservation, as the journal counts them; the rest
+    # (held between attempts, or never journaled, so never sent) are given back.
+    server, url = start_redis(tmp_path)
+    budget = 5.0
+    src, out, args = peak_job(tmp_path, url, budget)
+    args += ["--sim-time-scale", "0.02"]
+    ledger = open_ledger(
+        url, limit_usd=budget, name=f"batch-{out.name}-{scan_input(src).sha256[:12]}"
+    )
+    try:
+        killed_after_rows([*args, "--concurrency", "32"], out, 15)
+        # Four more of the killed run's lines, as the run could have left them (lines far
+        # down the input, which it never reached): 297's answer was charged its actual cost
+        # in the store before the run died, but not in the journal, which counts its whole
+        # reservation; 298 held money between attempts (its first was shed); 299's reservation
+        # was made but never journaled; 300's request was in flight. And another job's
+        # reservation in the same budget, which is not this job's.
+        jid = json.loads(Path(f"{out}.journal").read_bytes().split(b"\n")[0])["job"]
+        assert not {297, 298, 299, 300} & {r["line"] for r in whole_rows(out)}
+        served, idle, unjournaled, flying = (f"{jid}:{n}:1#1" for n in (297, 298, 299, 300))
+        other = "another-job:1:1#1"
+        for rid in (served, idle, unjournaled, flying):
+            assert ledger.reserve(rid, 0.01, 0.0) is not None
+        assert ledger.reserve(other, 0.001, 0.0) is not None
+        ledger.settle(served, 0.002, 0.0)
+        with open(f"{out}.journal", "ab") as f:
+            f.write(reserve_record(297, served, 0.01))
+            f.write(reserve_record(298, idle, 0.01) + release_record(idle))
+            f.write(reserve_record(300, flying, 0.01))
+        left = ledger.state(0.0)
+        done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=120)
+        assert done.returncode in (0, 1), done.stderr
+        summary = json.loads(done.stdout)
+        after = ledger.state(0.0)
+        other_left = ledger.held_ids("another-job:", 0.0)  # type: ignore[attr-defined]
+    finally:
+        ledger.close()  # type: ignore[attr-defined]
+        server.terminate()
+        server.wait(10)
+    rows = {r["line"]: r for r in whole_rows(out)}
+    assert sorted(rows) == list(range(1, 301))
+    # Nothing of this job is left reserved; the other job's reservation is untouched.
+    assert other_left == [other] and after.reserved_usd == pytest.approx(0.001, abs=1e-9)
+    # The in-flight request was charged its reservation, and its line's row carries it.
+    journal = Path(f"{out}.journal").read_text()
+    assert f'{{"op":"s","a":"{flying}","usd":0.01,"u":1}}' in journal
+    assert rows[300]["unconfirmed_usd"] >= 0.01 and rows[300]["cost_usd"] >= 0.01
+    # The two that sent nothing were given back, with what the killed run held that way.
+    assert 0.02 - 1e-9 <= summary["store_freed_usd"] <= left.reserved_usd - 0.02 + 1e-9
+    # The store charged what the rows say, less what a killed run charged at a worst case
+    # that the store had settled at its actual cost before the journal said so.
+    spent = sum(r["cost_usd"] for r in rows.values())
+    unconfirmed = sum(r["unconfirmed_usd"] for r in rows.values())
+    assert spent - unconfirmed - 1e-6 <= after.spent_usd <= spent + 1e-6
+    assert summary["spent_usd"] == pytest.approx(spent, abs=1e-9)
+    # 297 cost the store less than the journal counts: no false alarm of a store that lost
+    # its data (it was one: the difference was charged again).
+    assert summary["store_restored_usd"] == 0.0, done.stderr
+    assert "lost its data" not in done.stderr

@@ -126,7 +126,11 @@ class DoneLines:
 
 @dataclass(slots=True)
 class Resumed:
-    """What earlier runs of this job left: done lines, their spend, and charges still unrowed."""
+    """What earlier runs of this job left: done lines, their spend, and charges still unrowed.
+
+    ``in_flight``: the attempts still open at the end of the journal (requests that may have
+    been billed), by the id of the reservation their line holds in the budget's store (its
+    envelope, `tiersel.batch.ledger`): the attempt's id and its reservation."""
 
     job: str
     run: int
@@ -134,6 +138,7 @@ class Resumed:
     rows_usd: float = 0.0
     lost: dict[int, Charges] = field(default_factory=dict)
     open_usd: float = 0.0  # of lost: reservations still open at the crash (requests in flight)
+    in_flight: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     @property
     def lost_usd(self) -> float:
@@ -495,6 +500,9 @@ def _replay(journal: Path, resumed: Resumed) -> None:
     done = resumed.done
     held: dict[str, tuple[int, float]] = {}
     lost: dict[int, list[float]] = {}
+    # Each unrowed line's envelope (`tiersel.batch.ledger`), by call: opened by a reservation
+    # when the line holds none, kept through an attempt released unbilled, gone with a charge.
+    envelopes: dict[str, str] = {}
     with open(journal, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.endswith(b"\n"):
@@ -506,8 +514,11 @@ def _replay(journal: Path, resumed: Resumed) -> None:
                     line = int(rec["l"])
                     if line not in done:
                         held[rec["a"]] = (line, float(rec["usd"]))
+                        envelopes.setdefault(_call_of(rec["a"]), rec["a"])
                 elif op in ("s", "x"):
                     hit = held.pop(rec["a"], None)
+                    if op == "s":
+                        envelopes.pop(_call_of(rec["a"]), None)
                     if hit is not None and op == "s":
                         acc = lost.setdefault(hit[0], [0.0, 0.0])
                         acc[0] += float(rec["usd"])
@@ -520,14 +531,22 @@ def _replay(journal: Path, resumed: Resumed) -> None:
                     " read; restore it from a copy, or start afresh under another --out with"
                     " the budget that is left"
                 ) from None
-    for line, amount in held.values():
+    for attempt, (line, amount) in held.items():
         acc = lost.setdefault(line, [0.0, 0.0])
         acc[0] += amount
         acc[1] += amount
         resumed.open_usd += amount
+        envelope = envelopes.get(_call_of(attempt))
+        if envelope is not None:
+            resumed.in_flight[envelope] = (attempt, amount)
     resumed.lost = {
         line: Charges(total, unconfirmed) for line, (total, unconfirmed) in lost.items()
     }
+
+
+def _call_of(attempt_id: str) -> str:
+    """The call id of attempt ``<call id>#<n>``."""
+    return str(attempt_id).rpartition("#")[0]
 
 
 def reserve_record(line: int, attempt_id: str, amount_usd: float) -> bytes:

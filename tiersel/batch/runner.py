@@ -31,7 +31,7 @@ from typing import Any, TextIO
 import httpx
 
 from tiersel.batch.input import BatchRequest, InvalidLine, LineParser, iter_lines, scan_input
-from tiersel.batch.journal import JobFiles, OpenJob, Resumed, open_job
+from tiersel.batch.journal import JobFiles, OpenJob, Resumed, open_job, settle_record
 from tiersel.batch.ledger import JournaledLedger, LineAccount
 from tiersel.batch.progress import ProgressBar
 from tiersel.batch.rows import Charges, Status, call_row, invalid_row, unsent_row
@@ -144,8 +144,9 @@ async def arun_batch(
     check_base_url(base_url, sends_key=bool(key) and reaches_network(transport))
     if os.path.exists(out) and os.path.samefile(input, out):
         raise ValueError(f"out {os.fspath(out)!r} is the input file: choose another")
+    clock = clock if clock is not None else SystemClock()
     job, summary, shared = await _open(
-        input, out, budget_usd, resume=resume, shard=shard, store=store
+        input, out, budget_usd, resume=resume, shard=shard, store=store, clock=clock
     )
     if shared is not None:
         ledger, signals = shared.ledger, shared.signals
@@ -165,7 +166,7 @@ async def arun_batch(
             pricing=pricing if pricing is not None else load_pricing(),
             policy=policy if policy is not None else CheapestFeasible(pacing=1.0),
             signals=signals,
-            clock=clock if clock is not None else SystemClock(),
+            clock=clock,
             ledger=ledger,
             base_url=base_url,
             api_key=api_key,
@@ -187,7 +188,7 @@ async def arun_batch(
         job.close()
         if shared is not None:
             if not shared.own:  # other shards or jobs spend it too: say what it holds now
-                now = (clock if clock is not None else SystemClock()).now()
+                now = clock.now()
                 with contextlib.suppress(TierselError):
                     summary.shared_spent_usd = shared.ledger.state(now).spent_usd
             await shared.aclose()
@@ -206,9 +207,11 @@ async def _open(
     resume: bool,
     shard: Shard | None,
     store: str | None,
+    clock: Clock,
 ) -> tuple[OpenJob, BatchSummary, SharedStores | None]:
     """The job's files (locked, checked against the input and the budget, resumed where
-    earlier runs left it), its summary so far, and the shared stores ``store`` names."""
+    earlier runs left it), its summary so far, and the shared stores ``store`` names, with the
+    reservations an earlier run left open in them closed."""
     scan = scan_input(input)
     lines = scan.lines if shard is None else shard.size(scan.lines)
     shared = None
@@ -224,8 +227,9 @@ async def _open(
         out = shard.out_path(out)
     summary = BatchSummary(input=str(input), out=str(out), budget_usd=budget_usd, lines=lines)
     check = None
+    charged: list[tuple[str, float]] = []
     if shared is not None:
-        check = _store_check(shared, summary, JobFiles.for_out(out).journal)
+        check = _store_check(shared, summary, JobFiles.for_out(out).journal, clock, charged)
     try:
         job = open_job(
             out,
@@ -241,6 +245,10 @@ async def _open(
             await shared.aclose()
         raise
     summary.run = job.resumed.run
+    if charged:  # attempts in flight at the end of the last run, charged in the store
+        for attempt_id, amount in charged:
+            job.writer.record(settle_record(attempt_id, amount, unconfirmed=True))
+        job.writer.flush_now()
     return job, summary, shared
 
 
@@ -254,15 +262,28 @@ def _default_client(concurrency: int) -> httpx.AsyncClient:
 
 
 def _store_check(
-    shared: SharedStores, summary: BatchSummary, journal: Path
+    shared: SharedStores,
+    summary: BatchSummary,
+    journal: Path,
+    clock: Clock,
+    charged: list[tuple[str, float]],
 ) -> Callable[[Resumed], None]:
-    """Before a run is recorded: the shared budget must hold what earlier runs spent (a store
+    """Before a run is recorded: the reservations earlier runs left open in the shared budget
+    are closed (`SharedStores.close_left_open`; the attempts in flight it charges are added to
+    ``charged``, for the journal), and the budget must hold what earlier runs spent (a store
     that lost its data would otherwise let the job spend it again)."""
 
     def check(resumed: Resumed) -> None:
+        if resumed.run > 1:
+            closed = shared.close_left_open(resumed.job, resumed.in_flight, clock.now())
+            summary.store_freed_usd = closed.freed_usd
+            charged.extend(closed.charged)
+            unseen = resumed.open_usd - closed.charged_usd
+        else:
+            unseen = resumed.open_usd
         summary.store_restored_usd = shared.restore_spend(
             resumed.spent_usd,
-            resumed.open_usd,
+            max(0.0, unseen),
             journal=journal,
             charge_id=f"{resumed.job}:{resumed.run}:restored",
         )

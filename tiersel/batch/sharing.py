@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tiersel.budget import Ledger, OnExpiry
@@ -110,6 +110,20 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
+@dataclass(frozen=True, slots=True)
+class LeftOpen:
+    """What `SharedStores.close_left_open` did: the money it gave back to the budget (its spend
+    and reservations before, less after), and the attempts in flight it charged (id and
+    amount), which the journal is to record."""
+
+    freed_usd: float = 0.0
+    charged: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def charged_usd(self) -> float:
+        return sum(amount for _, amount in self.charged)
+
+
 @dataclass(slots=True)
 class SharedStores:
     """The budget and signals a job shares with its other shards (or other jobs).
@@ -131,16 +145,17 @@ class SharedStores:
         """Make the budget hold what this job's journal shows the job spent; return what it had
         lost and was charged again (0.0 when nothing was lost).
 
-        ``spent_usd``: everything the journal shows charged, ``open_usd`` of it reservations
-        still open when the last run ended (which the store may have freed at their expiry, if
-        it frees expired ones). Raises `StoreLostState` when the budget lost money and is not
-        this job's alone.
+        ``spent_usd``: everything the journal shows charged, ``open_usd`` of it attempts still
+        open when the last run ended, at their reservations, that the store was not seen to
+        hold (`close_left_open` charges those it holds): the store may have charged one less
+        (it was settled, and the run died before its journal said so) or freed it at its
+        expiry. Raises `StoreLostState` when the budget lost money and is not this job's alone.
         """
         if spent_usd <= 0:
             return 0.0
         state = self.ledger.state(0.0)
         held = state.spent_usd + state.reserved_usd
-        least = spent_usd - (open_usd if self.on_expiry is OnExpiry.release else 0.0)
+        least = spent_usd - open_usd
         if held >= least - _ROUNDING_USD * (1.0 + spent_usd):
             return 0.0
         if not self.own:
@@ -167,6 +182,38 @@ class SharedStores:
             missing,
         )
         return missing
+
+    def close_left_open(
+        self, job: str, in_flight: Mapping[str, tuple[str, float]], now: float
+    ) -> LeftOpen:
+        """Close the reservations earlier runs of job ``job`` left open in the store (a run
+        killed, or its store away), rather than leave them to their expiry, which charges each
+        in full by default. Every run of the job but this one has ended (the job's lock says
+        so), so each reservation under the job's ids is closed: one whose attempt was in flight
+        (``in_flight``, by reservation id: the attempt's id and reservation, from the journal)
+        is charged that reservation, as the journal counts it; any other is released: nothing
+        was sent under it (a line held it between attempts, or its request waited for its
+        journal record when the run died). One the store no longer holds (charged or freed at
+        its expiry, or settled by the run before its journal said so) is left as it is."""
+        listing = getattr(self.ledger, "held_ids", None)
+        if listing is None:  # a ledger that cannot list them: they lapse at their expiry
+            return LeftOpen()
+        held: list[str] = listing(f"{job}:", now)
+        if not held:
+            return LeftOpen()
+        before = self.ledger.state(now)
+        charged: list[tuple[str, float]] = []
+        for reservation in held:
+            attempt = in_flight.get(reservation)
+            if attempt is None:
+                self.ledger.release(reservation, now)
+            else:
+                self.ledger.settle(reservation, attempt[1], now)
+                charged.append(attempt)
+        after = self.ledger.state(now)
+        spent_and_held = before.spent_usd + before.reserved_usd
+        freed = max(0.0, spent_and_held - (after.spent_usd + after.reserved_usd))
+        return LeftOpen(freed, charged)
 
     async def aclose(self) -> None:
         close_store(self.ledger)

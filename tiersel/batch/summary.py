@@ -31,8 +31,11 @@ class BatchSummary:
     ``spent_usd`` is the sum of the rows' ``cost_usd``: every charge of every attempt, including
     those of earlier runs. ``stopped`` says why a job stopped sending before its end, if it did.
     ``store_restored_usd``: what a shared store had lost of this job's spend when it resumed, and
-    was charged again (see `tiersel.batch.sharing`). ``least_needed_usd``: the least worst case a
-    line of this run was refused for (``budget_exhausted``): the money left was less than that.
+    was charged again (see `tiersel.batch.sharing`). ``store_freed_usd``: what the reservations
+    an earlier run left open in a shared store held beyond the requests then in flight, given
+    back when this run began (`SharedStores.close_left_open`). ``least_needed_usd``: the least
+    worst case a line of this run was refused for (``budget_exhausted``): the money left was
+    less than that.
     """
 
     input: str
@@ -54,6 +57,7 @@ class BatchSummary:
     elapsed_s: float = 0.0
     stopped: str | None = None
     store_restored_usd: float = 0.0
+    store_freed_usd: float = 0.0
     least_needed_usd: float | None = None
     least_needed_tier: str | None = None
     invalid_lines: list[tuple[int, str]] = field(default_factory=list)
@@ -173,6 +177,7 @@ class BatchSummary:
             "elapsed_s": self.elapsed_s,
             "stopped": self.stopped,
             "store_restored_usd": self.store_restored_usd,
+            "store_freed_usd": self.store_freed_usd,
             "least_needed_usd": self.least_needed_usd,
             "least_needed_tier": self.least_needed_tier,
             "invalid_lines": [{"line": n, "reason": r} for n, r in self.invalid_lines],
@@ -229,6 +234,11 @@ class BatchSummary:
             out.append(
                 f"  the shared store had lost ${self.store_restored_usd:.6f} of this job's spend"
                 " (flushed, or restarted without persistence): charged to it again from the journal"
+            )
+        if self.store_freed_usd > 0:
+            out.append(
+                f"  ${self.store_freed_usd:.6f} that the last run's reservations held between"
+                " attempts was given back to the shared budget"
             )
         if self.stopped:
             out.append(f"  stopped early: {self.stopped}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -307,6 +308,18 @@ class RedisLedger(_RedisLedgerBase["redis.Redis"]):
 
     def release(self, call_id: str, now: float) -> BudgetState:
         return self._run_state("release", self._core.id_args(call_id, now), call_id)
+
+    def held_ids(self, prefix: str, now: float) -> list[str]:
+        """The ids of the reservations held at ``now`` that start with ``prefix`` (read after
+        the budget's state, so that reservations past their expiry are gone)."""
+        self.state(now)
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+        try:
+            found = self.client.hscan_iter(self._core.keys[1], match=pattern)
+            return sorted(k.decode() if isinstance(k, bytes) else str(k) for k, _ in found)
+        except STORE_ERRORS as exc:
+            self._core.failed(exc, self.client, "state", None)
+            return []  # (failing open: none known)
 
     def close(self) -> None:
         """Close the client's connections."""
