@@ -407,12 +407,26 @@ def test_a_unix_socket_url_keeps_its_slashes() -> None:
         f"redis://:{CANARY}\n@h:1/0?colour=red",
         f"redis://h:1/0?Password={CANARY}&colour=red",
         f"redis://:{CANARY}/b64==@h:1/0?colour=red",
+        # helper-30: a password holding '?' or '#', one with no user before it, a setting's
+        # name percent-encoded, a scheme with one slash.
+        f"redis://:ab?{CANARY}@h:1/0",
+        f"redis://:ab#{CANARY}@h:1/0",
+        f"redis://{CANARY}@h:1/0?colour=red",
+        f"redis://h:1/0?pass%77ord={CANARY}&colour=red",
+        f"redis:/u:{CANARY}@h:1/0",
     ],
 )
 def test_a_password_never_shows_in_the_errors_of_malformed_urls(url: str) -> None:
     with pytest.raises(ValueError) as info:
         parse_store_url(url)
     assert CANARY not in str(info.value) and "***" in str(info.value), info.value
+
+
+def test_an_at_sign_in_the_settings_is_no_user_part() -> None:
+    where = parse_store_url("redis://h:1/0?client_name=me@corp")
+    assert where.public == "redis://h:1/0?client_name=me@corp"
+    with pytest.raises(ValueError, match=r"percent-encode it"):
+        parse_store_url("redis://:ab?cd@h:1/0")  # not a port 'ab'
 
 
 @pytest.mark.parametrize("kind", ["ledger", "async-ledger", "signals", "async-signals"])

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -54,7 +53,7 @@ __all__ = [
 DEFAULT_URL = "memory://"
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _OWN = ("prefix", "budget", "reservation_ttl_s", "on_expiry", "clock")
-_SECRET_QUERY = re.compile(r"((?:^|&)(?:ssl_)?password=)[^&]*", re.IGNORECASE)
+_SECRET_SETTINGS = frozenset({"password", "ssl_password"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +82,7 @@ def parse_store_url(url: str) -> StoreURL:
     except ValueError as exc:  # not shown: it cannot be split, so neither can its password
         raise ValueError(f"the store URL is not a URL ({exc})") from None
     public = _mask(url, parts)
-    begin, end = _authority(url)
-    if "@" in url[begin:end] and "@" not in parts.netloc:
+    if _user_end(url) >= 0 and "@" not in parts.netloc:
         # A user part holding "/": read as a path, it would be quoted in a port or database
         # problem, password and all.
         raise ValueError(
@@ -219,22 +217,45 @@ def _authority(url: str) -> tuple[int, int]:
     return begin, min(ends, default=len(url))
 
 
+def _user_end(url: str) -> int:
+    """Where ``url``'s user part ends (its ``@``), as typed; -1 when it has none. A password
+    holding ``?`` or ``#`` ends the authority early where a URL is split, but not as typed:
+    an ``@`` past it, with no ``/`` before it, still ends the user part."""
+    begin, end = _authority(url)
+    at = url.rfind("@", begin, end)
+    if at < 0:
+        at = url.find("@", end)
+        if at >= 0 and "/" in url[begin:at]:
+            at = -1  # an "@" in the path or query, such as ?client_name=me@host
+    return at
+
+
 def _mask(url: str, parts: SplitResult) -> str:
     """``url`` as given, with any password, in its user part or its query, shown as ``***``
     (an error quotes what was typed, not a rewriting of it: ``redis:/host`` is not shown as
     ``redis:///host``). The user part is found in the text itself, not in ``parts``, which
-    drops tabs and newlines (a password read from a file with its newline)."""
-    begin, end = _authority(url)
-    at = url.rfind("@", begin, end)
-    if at >= 0 and ":" in url[begin:at]:
-        user = url[begin:at].split(":", 1)[0]
-        url = f"{url[:begin]}{user}:***{url[at:]}"
+    drops tabs and newlines (a password read from a file with its newline). A user part with
+    no ``:`` is masked whole: it is a user name to redis-py, but often a password meant."""
+    begin, _ = _authority(url)
+    at = _user_end(url)
+    if at >= 0:
+        user, colon, _ = url[begin:at].partition(":")
+        url = f"{url[:begin]}{user}:***{url[at:]}" if colon else f"{url[:begin]}***{url[at:]}"
     head, mark, query = url.partition("?")
     if not mark:
         return head
     query, hash_, fragment = query.partition("#")
-    query = "&".join(_SECRET_QUERY.sub(r"\1***", q) for q in query.split("&"))
+    query = "&".join(_masked_setting(q) for q in query.split("&"))
     return f"{head}?{query}{hash_}{fragment}"
+
+
+def _masked_setting(setting: str) -> str:
+    """One ``name=value`` of a URL's query, its value masked when its name, percent-decoded,
+    is a password's."""
+    name, eq, _ = setting.partition("=")
+    if eq and unquote(name).lower() in _SECRET_SETTINGS:
+        return f"{name}=***"
+    return setting
 
 
 def _unsplit(parts: SplitResult) -> str:
