@@ -112,11 +112,18 @@ class NoFeasibleTier(TierselError):
 
 
 class BudgetExhausted(NoFeasibleTier):
-    """The budget cannot cover the worst-case cost of any allowed tier for this call."""
+    """The budget cannot cover the worst-case cost of any allowed tier for this call.
 
-    def __init__(self, model: str, reasons: Sequence[Reason]) -> None:
+    ``waited_s``: how long the call waited for other calls' reservations to settle first (the
+    selector's ``budget_wait_s``), 0.0 when it did not."""
+
+    def __init__(self, model: str, reasons: Sequence[Reason], *, waited_s: float = 0.0) -> None:
         super().__init__(model, reasons)
-        self.args = (f"the budget cannot cover a call to {model} on any allowed tier",)
+        self.waited_s = waited_s
+        message = f"the budget cannot cover a call to {model} on any allowed tier"
+        if waited_s > 0:
+            message += f", after waiting {waited_s:.3g} s for money in flight to come back"
+        self.args = (message,)
 
 
 class RequestNotUnderstood(TierselError, ValueError):

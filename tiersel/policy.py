@@ -820,6 +820,11 @@ class FixedTier:
     def __repr__(self) -> str:
         return f"FixedTier({self.tier!r})"
 
+    def tiers_named(self) -> tuple[str, ...]:
+        """The tier names it was given, which the `Selector` checks against its price table: a
+        misspelt one would fall back on every call, unseen."""
+        return (self.tier, self.fallback)
+
     def __call__(
         self,
         call: Call,

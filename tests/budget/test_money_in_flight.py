@@ -111,6 +111,10 @@ def test_the_wait_is_bounded_by_the_deadline_and_by_budget_wait_s() -> None:
         _, second, ended = run_virtual(two_calls(sel), clock)
         assert isinstance(second, tiersel.BudgetExhausted)
         assert lo <= ended <= hi + 1e-9, (wait_s, ended)
+        # The refusal says how long it waited (helper-29: it read as a refusal at once).
+        assert second.waited_s == pytest.approx(ended - 0.1)
+        said = f", after waiting {second.waited_s:.3g} s for money in flight to come back"
+        assert str(second).endswith(said) == (wait_s > 0), str(second)
 
 
 def test_budget_wait_s_must_not_be_negative() -> None:

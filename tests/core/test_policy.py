@@ -11,6 +11,7 @@ from tiersel import Call, NoFeasibleTier, Requirements
 from tiersel.call import BudgetState
 from tiersel.clock import FakeClock
 from tiersel.decision import Verdict
+from tiersel.errors import UnknownTier
 from tiersel.policy import CheapestFeasible, FixedTier
 from tiersel.pricing import load_pricing
 from tiersel.signals import CircuitState, TierHealth
@@ -370,3 +371,18 @@ def test_a_remembered_decision_is_never_stale() -> None:
     assert policy(CALL, req, budget, KIMI, CALM, 0.0) == CheapestFeasible(max_attempts=1)(
         CALL, req, budget, KIMI, CALM, 0.0
     )
+
+
+@pytest.mark.parametrize(
+    ("policy", "named"),
+    [(FixedTier("turbo"), "'turbo'"), (FixedTier("priority", fallback="standrd"), "'standrd'")],
+)
+def test_a_fixed_tier_the_table_does_not_declare_is_refused_when_the_selector_is_built(
+    policy: FixedTier, named: str
+) -> None:
+    # helper-27: FixedTier("turbo") fell back to standard on every call, and said nothing.
+    with pytest.raises(UnknownTier) as caught:
+        tiersel.Selector(api_key="", policy=policy)
+    assert str(caught.value).startswith(f"policy={policy!r}: unknown tier {named} (known: ")
+    # A tier some model does not sell is no typo: it falls back for that model, as documented.
+    assert tiersel.Selector(api_key="", policy=FixedTier("flex")).policy.tier == "flex"

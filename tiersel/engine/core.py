@@ -217,6 +217,12 @@ class Engine:
             if policy is not None
             else CheapestFeasible(max_attempts=max_attempts, backoff_s=backoff_s)
         )
+        named = getattr(self.policy, "tiers_named", None)
+        if named is not None:  # (a policy built with tier names: all must be the table's)
+            try:
+                self.pricing.check_tiers(named())
+            except ValueError as exc:
+                raise UnknownTier(f"policy={self.policy!r}: {exc}") from None
         if signals is None:
             signals = MemorySignalStore(signal_config)
         self.signals = signals

@@ -296,13 +296,13 @@ def _no_plan(
             need = min(float(r.values[0]) for r in exc.reasons if r.code == "budget")
             pause = money_wait(ctx.sel, need, budget, req, ctx.max_wait, prog)
             if pause is None:
-                raise BudgetExhausted(call.model, exc.reasons) from None
+                raise BudgetExhausted(call.model, exc.reasons, waited_s=prog.money_waited) from None
             prog.refused = exc.reasons
             yield Sleep(pause)
             return _AGAIN
         if prog.refused:
             # It waited for money, and now time bars it: the budget stopped it.
-            raise BudgetExhausted(call.model, prog.refused) from None
+            raise BudgetExhausted(call.model, prog.refused, waited_s=prog.money_waited) from None
     if wait is None or prog.attempts >= ctx.most:
         if prog.admitted and prog.attempts < ctx.most:
             carried = _carried_on(ctx, prog, req, signals, budget, now)
@@ -368,7 +368,8 @@ def _reserve(
         assert prog.budget is not None
         pause = money_wait(ctx.sel, worst, prog.budget, req, ctx.max_wait, prog)
         if pause is None:
-            raise BudgetExhausted(prog.call.model, prog.refused or at.decision.reasons)
+            reasons = prog.refused or at.decision.reasons
+            raise BudgetExhausted(prog.call.model, reasons, waited_s=prog.money_waited)
         yield Sleep(pause)
         return _AGAIN
     stopped = _failed(prog, ctx, "budget exhausted before a retry")
