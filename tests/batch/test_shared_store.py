@@ -59,12 +59,14 @@ def wait_for_rows(job: subprocess.Popen[str], out: Path, n: int) -> None:
         time.sleep(0.01)
 
 
-def peak_job(tmp_path: Path, url: str, budget: float) -> tuple[Path, Path, list[str]]:
-    """A job of 300 lines of 400 tokens on the peak scenario, budgeted in the store at ``url``:
-    its input, its OUT and its command line."""
+def peak_job(
+    tmp_path: Path, url: str, budget: float, lines: int = 300
+) -> tuple[Path, Path, list[str]]:
+    """A job of ``lines`` lines of 400 tokens on the peak scenario, budgeted in the store at
+    ``url``: its input, its OUT and its command line."""
     src = write_jsonl(
         tmp_path / "in.jsonl",
-        [batch_line(f"r{i}", body(i, max_tokens=400)) for i in range(300)],
+        [batch_line(f"r{i}", body(i, max_tokens=400)) for i in range(lines)],
     )
     out = tmp_path / "out.jsonl"
     args = [*TIERSEL, "batch", str(src), "--out", str(out), "--budget-usd", repr(budget)]
@@ -262,7 +264,7 @@ def test_a_resumed_job_closes_the_reservations_its_killed_run_left_open(tmp_path
     # (held between attempts, or never journaled, so never sent) are given back.
     server, url = start_redis(tmp_path)
     budget = 5.0
-    src, out, args = peak_job(tmp_path, url, budget)
+    src, out, args = peak_job(tmp_path, url, budget, lines=150)
     args += ["--sim-time-scale", "0.02"]
     ledger = open_ledger(
         url, limit_usd=budget, name=f"batch-{out.name}-{scan_input(src).sha256[:12]}"
@@ -270,23 +272,23 @@ def test_a_resumed_job_closes_the_reservations_its_killed_run_left_open(tmp_path
     try:
         killed_after_rows([*args, "--concurrency", "32"], out, 15)
         # Four more of the killed run's lines, as the run could have left them (lines far
-        # down the input, which it never reached): 297's answer was charged its actual cost
+        # down the input, which it never reached): 147's answer was charged its actual cost
         # in the store before the run died, but not in the journal, which counts its whole
-        # reservation; 298 held money between attempts (its first was shed); 299's reservation
-        # was made but never journaled; 300's request was in flight. And another job's
+        # reservation; 148 held money between attempts (its first was shed); 149's reservation
+        # was made but never journaled; 150's request was in flight. And another job's
         # reservation in the same budget, which is not this job's.
         jid = json.loads(Path(f"{out}.journal").read_bytes().split(b"\n")[0])["job"]
-        assert not {297, 298, 299, 300} & {r["line"] for r in whole_rows(out)}
-        served, idle, unjournaled, flying = (f"{jid}:{n}:1#1" for n in (297, 298, 299, 300))
+        assert not {147, 148, 149, 150} & {r["line"] for r in whole_rows(out)}
+        served, idle, unjournaled, flying = (f"{jid}:{n}:1#1" for n in (147, 148, 149, 150))
         other = "another-job:1:1#1"
         for rid in (served, idle, unjournaled, flying):
             assert ledger.reserve(rid, 0.01, 0.0) is not None
         assert ledger.reserve(other, 0.001, 0.0) is not None
         ledger.settle(served, 0.002, 0.0)
         with open(f"{out}.journal", "ab") as f:
-            f.write(reserve_record(297, served, 0.01))
-            f.write(reserve_record(298, idle, 0.01) + release_record(idle))
-            f.write(reserve_record(300, flying, 0.01))
+            f.write(reserve_record(147, served, 0.01))
+            f.write(reserve_record(148, idle, 0.01) + release_record(idle))
+            f.write(reserve_record(150, flying, 0.01))
         left = ledger.state(0.0)
         done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=120)
         assert done.returncode in (0, 1), done.stderr
@@ -298,13 +300,13 @@ def test_a_resumed_job_closes_the_reservations_its_killed_run_left_open(tmp_path
         server.terminate()
         server.wait(10)
     rows = {r["line"]: r for r in whole_rows(out)}
-    assert sorted(rows) == list(range(1, 301))
+    assert sorted(rows) == list(range(1, 151))
     # Nothing of this job is left reserved; the other job's reservation is untouched.
     assert other_left == [other] and after.reserved_usd == pytest.approx(0.001, abs=1e-9)
     # The in-flight request was charged its reservation, and its line's row carries it.
     journal = Path(f"{out}.journal").read_text()
     assert f'{{"op":"s","a":"{flying}","usd":0.01,"u":1}}' in journal
-    assert rows[300]["unconfirmed_usd"] >= 0.01 and rows[300]["cost_usd"] >= 0.01
+    assert rows[150]["unconfirmed_usd"] >= 0.01 and rows[150]["cost_usd"] >= 0.01
     # The two that sent nothing were given back, with what the killed run held that way.
     assert 0.02 - 1e-9 <= summary["store_freed_usd"] <= left.reserved_usd - 0.02 + 1e-9
     # The store charged what the rows say, less what a killed run charged at a worst case
@@ -313,7 +315,7 @@ def test_a_resumed_job_closes_the_reservations_its_killed_run_left_open(tmp_path
     unconfirmed = sum(r["unconfirmed_usd"] for r in rows.values())
     assert spent - unconfirmed - 1e-6 <= after.spent_usd <= spent + 1e-6
     assert summary["spent_usd"] == pytest.approx(spent, abs=1e-9)
-    # 297 cost the store less than the journal counts: no false alarm of a store that lost
+    # 147 cost the store less than the journal counts: no false alarm of a store that lost
     # its data (it was one: the difference was charged again).
     assert summary["store_restored_usd"] == 0.0, done.stderr
     assert "lost its data" not in done.stderr
