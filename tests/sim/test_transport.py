@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,9 +15,10 @@ import httpx2
 import pytest
 
 from tiersel import Requirements, Selector
-from tiersel.clock import FakeClock
+from tiersel.clock import FakeClock, SystemClock
 from tiersel.sim import AsyncSimTransport, SimService, SimTransport
 from tiersel.sim.transport_httpx2 import AsyncSimTransport2, SimTransport2
+from tiersel.virtual_time import run_virtual
 
 KIMI = "accounts/fireworks/models/kimi-k3"
 BASE = "http://sim.local/inference/v1"
@@ -337,3 +341,56 @@ def test_a_transport_that_does_not_wait_bills_a_stream_whole() -> None:
     with client, client.stream("POST", "/chat/completions", json={**LONG, "stream": True}) as r:
         next(r.iter_lines())
     assert transport.stats()["billed_usd"] == pytest.approx(_whole_bill(stream=True))
+
+
+def test_a_stream_closed_by_another_task_ends_its_reader_and_is_billed_until_then() -> None:
+    # helper-30: aclose() from another task raised 'asynchronous generator is already
+    # running', and the reader read on to the end, billed whole.
+    clock = FakeClock()
+    transport = AsyncSimTransport(scenario="calm", clock=clock)
+    body = {**LONG, "stream": True}
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=transport, base_url=BASE, timeout=600) as client:
+            request = client.build_request("POST", "/chat/completions", json=body)
+            response = await client.send(request, stream=True)
+
+            async def read() -> None:
+                async for _ in response.aiter_raw():
+                    pass
+
+            reader = asyncio.create_task(read())
+            await clock.asleep(5.0)
+            await response.aclose()
+            with pytest.raises(httpx.ReadError, match="closed while it was read"):
+                await reader
+
+    run_virtual(main(), clock)
+    stats = transport.stats()
+    assert stats["cancelled"] == 1
+    assert 0 < stats["billed_usd"] < _whole_bill(stream=True) / 5, stats["billed_usd"]
+
+
+def test_a_stream_closed_by_another_thread_ends_its_reader_too() -> None:
+    transport = SimTransport(scenario="calm", clock=SystemClock(), time_scale=0.01)
+    failed: list[BaseException] = []
+    with httpx.Client(transport=transport, base_url=BASE, timeout=600) as client:
+        request = client.build_request("POST", "/chat/completions", json={**LONG, "stream": True})
+        response = client.send(request, stream=True)
+
+        def read() -> None:
+            try:
+                for _ in response.iter_raw():
+                    pass
+            except httpx.ReadError as exc:
+                failed.append(exc)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        time.sleep(0.05)  # 5 simulated seconds
+        response.close()
+        reader.join(10)
+    assert not reader.is_alive() and len(failed) == 1
+    stats = transport.stats()
+    assert stats["cancelled"] == 1
+    assert 0 < stats["billed_usd"] < _whole_bill(stream=True) / 5, stats["billed_usd"]

@@ -194,6 +194,12 @@ class _Reading:
     def __init__(self, shell: SimShell, rendered: Rendered, start: float) -> None:
         self.shell, self.rendered, self.start = shell, rendered, start
         self.ended = False
+        self.closed = False  # its client closed it
+
+    def close(self) -> None:
+        """Its client closed it: billed now (`stop`); a reader waiting in it gets an error."""
+        self.closed = True
+        self.stop()
 
     def __enter__(self) -> _Reading:
         return self
@@ -216,7 +222,11 @@ class _Reading:
             raise lib.RemoteProtocolError(STREAM_BROKEN)
 
     def arrived(self, lib: Any, request: Any, data: bytes | None) -> bytes:
-        """``data``, or the client's timeout error when none came in time (`SimShell.gave_up`)."""
+        """``data``, or the client's timeout error when none came in time (`SimShell.gave_up`),
+        or ``lib.ReadError`` when the stream was closed (by another thread or task) while its
+        reader waited for it."""
+        if self.closed:
+            raise lib.ReadError("the stream was closed while it was read", request=request)
         if data is None:
             self.ended = True  # (billed by gave_up)
             raise self.shell.gave_up(lib, request, self.rendered, self.start)
@@ -243,8 +253,9 @@ class SyncChunks:
         return self._chunks
 
     def close(self) -> None:
-        self._chunks.close()
-        self._reading.stop()  # (a generator closed before it began runs none of its body)
+        self._reading.close()  # (a generator closed before it began runs none of its body)
+        if not self._chunks.gi_running:  # (else its reader, in another thread, ends it)
+            self._chunks.close()
 
 
 class AsyncChunks:
@@ -257,8 +268,9 @@ class AsyncChunks:
         return self._chunks
 
     async def aclose(self) -> None:
-        await self._chunks.aclose()
-        self._reading.stop()
+        self._reading.close()
+        if not self._chunks.ag_running:  # (else its reader, in another task, ends it)
+            await self._chunks.aclose()
 
 
 class _SyncStream(SyncChunks, httpx.SyncByteStream):
