@@ -19,6 +19,7 @@ on any other event loop each call's wait advances the shared clock in turn, so w
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from pathlib import Path
@@ -254,7 +255,8 @@ class SyncChunks:
 
     def close(self) -> None:
         self._reading.close()  # (a generator closed before it began runs none of its body)
-        if not self._chunks.gi_running:  # (else its reader, in another thread, ends it)
+        if inspect.getgeneratorstate(self._chunks) != inspect.GEN_RUNNING:
+            # (else its reader, in another thread, ends it at its next chunk)
             self._chunks.close()
 
 
@@ -269,7 +271,8 @@ class AsyncChunks:
 
     async def aclose(self) -> None:
         self._reading.close()
-        if not self._chunks.ag_running:  # (else its reader, in another task, ends it)
+        if not getattr(self._chunks, "ag_running", False):
+            # (else its reader, in another task, ends it at its next chunk)
             await self._chunks.aclose()
 
 
