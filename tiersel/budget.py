@@ -10,6 +10,7 @@ import enum
 import math
 import numbers
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -17,7 +18,15 @@ from cachetools import LRUCache
 
 from tiersel.call import BudgetState
 
-__all__ = ["AsyncLedger", "Ledger", "MemoryLedger", "OnExpiry", "Reservation"]
+__all__ = [
+    "AsyncLedger",
+    "Ledger",
+    "ListsReservations",
+    "MemoryLedger",
+    "OnExpiry",
+    "Reservation",
+    "Whereabouts",
+]
 
 
 class OnExpiry(str, enum.Enum):
@@ -33,11 +42,34 @@ class OnExpiry(str, enum.Enum):
     charge = "charge"
 
 
+class Whereabouts(str, enum.Enum):
+    """Where a reservation id stands in a ledger (`MemoryLedger.whereabouts`): ``held`` now;
+    ``settled``: charged (settled, or charged in full at its expiry); ``lapsed``: freed at its
+    expiry; ``unknown``: never reserved there, or settled so long ago it is forgotten."""
+
+    held = "held"
+    settled = "settled"
+    lapsed = "lapsed"
+    unknown = "unknown"
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     call_id: str
     amount_usd: float
     expires_at: float | None
+
+
+@runtime_checkable
+class ListsReservations(Protocol):
+    """A sync ledger that can say which reservations it holds and where an id stands: what a
+    resumed batch job reads to close the reservations its killed run left
+    (`tiersel.batch.sharing.SharedStores.close_left_open`). `MemoryLedger` and the Redis
+    ledger are."""
+
+    def reservations(self, prefix: str, now: float) -> dict[str, float]: ...
+
+    def whereabouts(self, call_ids: Iterable[str], now: float) -> dict[str, Whereabouts]: ...
 
 
 @runtime_checkable
@@ -159,11 +191,26 @@ class MemoryLedger:
             self._expire(now)
             return self._state()
 
-    def held_ids(self, prefix: str, now: float) -> list[str]:
-        """The ids of the reservations held at ``now`` that start with ``prefix``."""
+    def reservations(self, prefix: str, now: float) -> dict[str, float]:
+        """The reservations held at ``now`` whose ids start with ``prefix``: id to amount."""
         with self._lock:
             self._expire(now)
-            return [call_id for call_id in self._held if call_id.startswith(prefix)]
+            return {i: r.amount_usd for i, r in self._held.items() if i.startswith(prefix)}
+
+    def whereabouts(self, call_ids: Iterable[str], now: float) -> dict[str, Whereabouts]:
+        """Where each of ``call_ids`` stands at ``now`` (a `Whereabouts`)."""
+        with self._lock:
+            self._expire(now)
+            return {i: self._whereabouts(i) for i in call_ids}
+
+    def _whereabouts(self, call_id: str) -> Whereabouts:
+        if call_id in self._held:
+            return Whereabouts.held
+        if call_id in self._settled:
+            return Whereabouts.settled
+        if call_id in self._lapsed:
+            return Whereabouts.lapsed
+        return Whereabouts.unknown
 
     def reserve(
         self, call_id: str, amount_usd: float, now: float, ttl_s: float | None = None

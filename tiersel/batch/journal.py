@@ -31,7 +31,7 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,9 @@ __all__ = [
     "JobWriteError",
     "JobWriter",
     "JournalError",
+    "Journaled",
     "Resumed",
+    "journaled",
     "open_job",
 ]
 
@@ -542,6 +544,55 @@ def _replay(journal: Path, resumed: Resumed) -> None:
     resumed.lost = {
         line: Charges(total, unconfirmed) for line, (total, unconfirmed) in lost.items()
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Journaled:
+    """What a job's journal says of one line's reservation in its store (an envelope,
+    `tiersel.batch.ledger`): its attempt ``attempt_id`` was ``charged`` ``usd`` (the run ended
+    before the store took the charge, if the store still holds it), or is still open
+    (``charged`` False: reserved at ``usd``, its request may have been billed)."""
+
+    attempt_id: str
+    usd: float
+    charged: bool
+
+
+def journaled(journal: Path, reservations: Collection[str]) -> dict[str, Journaled]:
+    """What ``journal`` says of each of ``reservations`` (reservation ids in the store) that it
+    records an attempt under: its charge, or its attempt still open. One held between attempts
+    (its last attempt released unbilled), or never journaled, is not in the result: nothing was
+    sent under it. Reads the journal once, keeping only the calls of ``reservations``."""
+    wanted = set(reservations)
+    calls = {_call_of(r) for r in wanted}
+    envelope: dict[str, str] = {}  # call -> its envelope now
+    open_: dict[str, tuple[str, float]] = {}  # call -> its attempt open now
+    found: dict[str, Journaled] = {}
+    with open(journal, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n") or raw.startswith(b'{"op": "job"'):
+                continue
+            rec = json.loads(raw)
+            attempt = str(rec.get("a", ""))
+            call = _call_of(attempt)
+            if call not in calls:
+                continue
+            op = rec["op"]
+            if op == "r":
+                envelope.setdefault(call, attempt)
+                open_[call] = (attempt, float(rec["usd"]))
+            elif op == "x":
+                open_.pop(call, None)
+            elif op == "s":
+                open_.pop(call, None)
+                held = envelope.pop(call, None)
+                if held in wanted:
+                    found[held] = Journaled(attempt, float(rec["usd"]), charged=True)
+    for call, held in envelope.items():
+        attempt_open = open_.get(call)
+        if held in wanted and attempt_open is not None:
+            found[held] = Journaled(*attempt_open, charged=False)
+    return found
 
 
 def _call_of(attempt_id: str) -> str:

@@ -274,16 +274,16 @@ def _store_check(
     that lost its data would otherwise let the job spend it again)."""
 
     def check(resumed: Resumed) -> None:
+        forgiven = 0.0
         if resumed.run > 1:
-            closed = shared.close_left_open(resumed.job, resumed.in_flight, clock.now())
+            now = clock.now()
+            forgiven = shared.forgiven(resumed.in_flight, now)  # (before any is closed)
+            closed = shared.close_left_open(resumed.job, journal, now)
             summary.store_freed_usd = closed.freed_usd
             charged.extend(closed.charged)
-            unseen = resumed.open_usd - closed.charged_usd
-        else:
-            unseen = resumed.open_usd
         summary.store_restored_usd = shared.restore_spend(
             resumed.spent_usd,
-            max(0.0, unseen),
+            forgiven,
             journal=journal,
             charge_id=f"{resumed.job}:{resumed.run}:restored",
         )

@@ -28,7 +28,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tiersel.budget import Ledger, OnExpiry
+from tiersel.batch.journal import journaled
+from tiersel.budget import Ledger, ListsReservations, OnExpiry, Whereabouts
 from tiersel.errors import TierselError
 from tiersel.signals import AsyncSignalStore
 from tiersel.stores import (
@@ -112,16 +113,12 @@ class Shard:
 
 @dataclass(frozen=True, slots=True)
 class LeftOpen:
-    """What `SharedStores.close_left_open` did: the money it gave back to the budget (its spend
-    and reservations before, less after), and the attempts in flight it charged (id and
-    amount), which the journal is to record."""
+    """What `SharedStores.close_left_open` did: the money it gave back to the budget (the
+    reservations it released, and what those it charged held past their charge), and the
+    attempts in flight it charged (id and amount), which the journal is to record."""
 
     freed_usd: float = 0.0
     charged: list[tuple[str, float]] = field(default_factory=list)
-
-    @property
-    def charged_usd(self) -> float:
-        return sum(amount for _, amount in self.charged)
 
 
 @dataclass(slots=True)
@@ -129,7 +126,7 @@ class SharedStores:
     """The budget and signals a job shares with its other shards (or other jobs).
 
     ``own``: the budget is this job's alone (no shards, and named after the job, not by
-    ``?budget=``). ``on_expiry``: what the store makes of a reservation past its expiry.
+    ``?budget=``).
     """
 
     ledger: Ledger
@@ -137,38 +134,36 @@ class SharedStores:
     budget: str
     url: str = ""
     own: bool = False
-    on_expiry: OnExpiry = OnExpiry.charge
 
     def restore_spend(
-        self, spent_usd: float, open_usd: float, *, journal: Path, charge_id: str
+        self, spent_usd: float, forgiven_usd: float, *, journal: Path, charge_id: str
     ) -> float:
         """Make the budget hold what this job's journal shows the job spent; return what it had
         lost and was charged again (0.0 when nothing was lost).
 
-        ``spent_usd``: everything the journal shows charged, ``open_usd`` of it attempts still
-        open when the last run ended, at their reservations, that the store was not seen to
-        hold (`close_left_open` charges those it holds): the store may have charged one less
-        (it was settled, and the run died before its journal said so) or freed it at its
-        expiry. Raises `StoreLostState` when the budget lost money and is not this job's alone.
+        ``spent_usd``: everything the journal shows charged; ``forgiven_usd`` of it, requests
+        in flight when the last run ended that the store need not hold (`forgiven`): the store
+        must hold the rest. Raises `StoreLostState` when the budget lost money and is not this
+        job's alone.
         """
         if spent_usd <= 0:
             return 0.0
         state = self.ledger.state(0.0)
         held = state.spent_usd + state.reserved_usd
-        least = spent_usd - open_usd
+        least = spent_usd - forgiven_usd
         if held >= least - _ROUNDING_USD * (1.0 + spent_usd):
             return 0.0
         if not self.own:
             raise StoreLostState(
                 f"the shared budget {self.budget!r} at {self.url} holds ${held:.6f}, less than"
-                f" the ${spent_usd:.6f} that {journal} shows this job spent: the store lost its"
+                f" the ${least:.6f} that {journal} shows this job spent: the store lost its"
                 " data (flushed, or restarted without persistence). Other shards or jobs share"
                 " this budget and their spend is not in this journal, so it cannot be rebuilt"
                 " from here: restore the store's data, then rerun with --resume"
             )
         # The budget is this job's alone, so the journal knows all it spent: charge the
         # difference (one atomic charge, under an id of this run's, so it is never made twice).
-        missing = spent_usd - held
+        missing = least - held
         self.ledger.settle(charge_id, missing, 0.0)
         log.warning(
             "the budget %r at %s held $%.6f, less than the $%.6f that %s shows this job spent:"
@@ -177,43 +172,53 @@ class SharedStores:
             self.budget,
             self.url,
             held,
-            spent_usd,
+            least,
             journal,
             missing,
         )
         return missing
 
-    def close_left_open(
-        self, job: str, in_flight: Mapping[str, tuple[str, float]], now: float
-    ) -> LeftOpen:
+    def close_left_open(self, job: str, journal: Path, now: float) -> LeftOpen:
         """Close the reservations earlier runs of job ``job`` left open in the store (a run
         killed, or its store away), rather than leave them to their expiry, which charges each
         in full by default. Every run of the job but this one has ended (the job's lock says
-        so), so each reservation under the job's ids is closed: one whose attempt was in flight
-        (``in_flight``, by reservation id: the attempt's id and reservation, from the journal)
-        is charged that reservation, as the journal counts it; any other is released: nothing
-        was sent under it (a line held it between attempts, or its request waited for its
-        journal record when the run died). One the store no longer holds (charged or freed at
-        its expiry, or settled by the run before its journal said so) is left as it is."""
-        listing = getattr(self.ledger, "held_ids", None)
-        if listing is None:  # a ledger that cannot list them: they lapse at their expiry
+        so), so each reservation under the job's ids is closed as its ``journal`` says
+        (`tiersel.batch.journal.journaled`): charged what the journal charged it (the run
+        ended before the store took the charge), or, for a request still in flight, its
+        reservation, as the journal counts it; any other is released: nothing was sent under
+        it (a line held it between attempts, or its request waited for its journal record when
+        the run died). One the store no longer holds is left as it is. A ledger that cannot
+        list its reservations (`ListsReservations`) leaves them to their expiry."""
+        if not isinstance(self.ledger, ListsReservations):
             return LeftOpen()
-        held: list[str] = listing(f"{job}:", now)
+        held = self.ledger.reservations(f"{job}:", now)
         if not held:
             return LeftOpen()
-        before = self.ledger.state(now)
+        said = journaled(journal, held)
+        freed = 0.0
         charged: list[tuple[str, float]] = []
-        for reservation in held:
-            attempt = in_flight.get(reservation)
-            if attempt is None:
+        for reservation, amount in held.items():
+            entry = said.get(reservation)
+            if entry is None:
                 self.ledger.release(reservation, now)
-            else:
-                self.ledger.settle(reservation, attempt[1], now)
-                charged.append(attempt)
-        after = self.ledger.state(now)
-        spent_and_held = before.spent_usd + before.reserved_usd
-        freed = max(0.0, spent_and_held - (after.spent_usd + after.reserved_usd))
+                freed += amount
+                continue
+            self.ledger.settle(reservation, entry.usd, now)
+            freed += max(0.0, amount - entry.usd)
+            if not entry.charged:
+                charged.append((entry.attempt_id, entry.usd))
         return LeftOpen(freed, charged)
+
+    def forgiven(self, in_flight: Mapping[str, tuple[str, float]], now: float) -> float:
+        """Of the requests in flight when the last run ended (``in_flight``, by reservation id:
+        attempt id and reservation), what the store need not hold for them: those it settled
+        (at their actual cost, before the journal said so, or in full at their expiry) or freed
+        at their expiry. One it does not know at all is money it lost."""
+        if not in_flight or not isinstance(self.ledger, ListsReservations):
+            return 0.0
+        where = self.ledger.whereabouts(in_flight, now)
+        gone = (Whereabouts.settled, Whereabouts.lapsed)
+        return sum(usd for r, (_, usd) in in_flight.items() if where.get(r) in gone)
 
     async def aclose(self) -> None:
         close_store(self.ledger)
@@ -247,6 +252,4 @@ def open_shared_stores(
         close_store(ledger)
         raise
     own = where.budget is None and not sharded
-    return SharedStores(
-        ledger, open_async_signal_store(url), name, where.public, own=own, on_expiry=on_expiry
-    )
+    return SharedStores(ledger, open_async_signal_store(url), name, where.public, own=own)

@@ -237,8 +237,9 @@ class BatchSummary:
             )
         if self.store_freed_usd > 0:
             out.append(
-                f"  ${self.store_freed_usd:.6f} that the last run's reservations held between"
-                " attempts was given back to the shared budget"
+                f"  ${self.store_freed_usd:.6f} that the last run's reservations held for no"
+                " request (between attempts, or past what a request was charged) was given back"
+                " to the shared budget"
             )
         if self.stopped:
             out.append(f"  stopped early: {self.stopped}")

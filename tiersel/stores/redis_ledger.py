@@ -17,14 +17,14 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 import redis
 import redis.asyncio
 import redis.exceptions
 
-from tiersel.budget import OnExpiry
+from tiersel.budget import OnExpiry, Whereabouts
 from tiersel.call import BudgetState
 from tiersel.stores.errors import BudgetConflict, LedgerFallback, StoreClock, StoreUnavailable
 from tiersel.stores.redis_connection import (
@@ -196,6 +196,10 @@ class _LedgerCore:
         )
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _consequence(op: str, call_id: str | None) -> str:
     if op == "reserve":
         return f"call {call_id} was not sent: the budget cannot be checked (fail_closed)"
@@ -309,17 +313,46 @@ class RedisLedger(_RedisLedgerBase["redis.Redis"]):
     def release(self, call_id: str, now: float) -> BudgetState:
         return self._run_state("release", self._core.id_args(call_id, now), call_id)
 
-    def held_ids(self, prefix: str, now: float) -> list[str]:
-        """The ids of the reservations held at ``now`` that start with ``prefix`` (read after
-        the budget's state, so that reservations past their expiry are gone)."""
+    def reservations(self, prefix: str, now: float) -> dict[str, float]:
+        """The reservations held at ``now`` whose ids start with ``prefix``: id to amount (read
+        after the budget's state, so that reservations past their expiry are gone)."""
         self.state(now)
         pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
         try:
             found = self.client.hscan_iter(self._core.keys[1], match=pattern)
-            return sorted(k.decode() if isinstance(k, bytes) else str(k) for k, _ in found)
+            return {_text(k): int(v) / NANOS_PER_USD for k, v in found}
         except STORE_ERRORS as exc:
             self._core.failed(exc, self.client, "state", None)
-            return []  # (failing open: none known)
+            return {}  # (failing open: none known)
+
+    def whereabouts(self, call_ids: Iterable[str], now: float) -> dict[str, Whereabouts]:
+        """Where each of ``call_ids`` stands at ``now`` (a `tiersel.budget.Whereabouts`; a
+        settled id is remembered for ``settled_keep_s``)."""
+        self.state(now)
+        ids = list(call_ids)
+        _, held, _, settled, lapsed = self._core.keys
+        pipe = self.client.pipeline(transaction=False)
+        for i in ids:
+            pipe.hexists(held, i)
+            pipe.zscore(settled, i)
+            pipe.zscore(lapsed, i)
+        try:
+            replies = pipe.execute()
+        except STORE_ERRORS as exc:
+            self._core.failed(exc, self.client, "state", None)
+            return dict.fromkeys(ids, Whereabouts.unknown)
+        out: dict[str, Whereabouts] = {}
+        for n, i in enumerate(ids):
+            is_held, when_settled, when_lapsed = replies[3 * n : 3 * n + 3]
+            if is_held:
+                out[i] = Whereabouts.held
+            elif when_settled is not None:
+                out[i] = Whereabouts.settled
+            elif when_lapsed is not None:
+                out[i] = Whereabouts.lapsed
+            else:
+                out[i] = Whereabouts.unknown
+        return out
 
     def close(self) -> None:
         """Close the client's connections."""
