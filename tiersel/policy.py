@@ -796,10 +796,11 @@ def _decision(
 class FixedTier:
     """A policy that always sends one tier (a baseline: always-standard, always-priority, ...).
 
-    Falls back to ``fallback`` when the model does not offer ``tier``; never checks requirements
-    beyond the tiers the model offers, and ignores signals in its choice (it is the "hard-coded"
-    choice). Its schedule is that tier for every attempt the call may make, backing off between
-    them, priced by the same model as `CheapestFeasible`'s (so its ``p_success`` means the same).
+    Falls back to ``fallback`` (default: standard) when the model does not offer ``tier``;
+    never checks requirements beyond the tiers the model offers, and ignores signals in its
+    choice (it is the "hard-coded" choice). Its schedule is that tier for every attempt the
+    call may make, backing off between them, priced by the same model as `CheapestFeasible`'s
+    (so its ``p_success`` means the same).
     """
 
     __slots__ = ("backoff_s", "fallback", "max_attempts", "tier")
@@ -808,7 +809,7 @@ class FixedTier:
         self,
         tier: str,
         *,
-        fallback: str = "standard",
+        fallback: str | None = None,
         max_attempts: int = DEFAULT_ATTEMPTS,
         backoff_s: float = DEFAULT_BACKOFF_S,
     ) -> None:
@@ -818,12 +819,14 @@ class FixedTier:
         self.backoff_s = backoff_s
 
     def __repr__(self) -> str:
-        return f"FixedTier({self.tier!r})"
+        also = f", fallback={self.fallback!r}" if self.fallback is not None else ""
+        return f"FixedTier({self.tier!r}{also})"
 
     def tiers_named(self) -> tuple[str, ...]:
         """The tier names it was given, which the `Selector` checks against its price table: a
-        misspelt one would fall back on every call, unseen."""
-        return (self.tier, self.fallback)
+        misspelt one would fall back on every call, unseen. (The default fallback, standard,
+        was not given: a table without it is no mistake of the caller's.)"""
+        return (self.tier,) if self.fallback is None else (self.tier, self.fallback)
 
     def __call__(
         self,
@@ -834,7 +837,7 @@ class FixedTier:
         signals: Signals,
         now: float,
     ) -> Decision:
-        name = self.tier if self.tier in prices.tiers else self.fallback
+        name = self.tier if self.tier in prices.tiers else (self.fallback or "standard")
         tp = prices.tiers.get(name)
         if tp is None:
             raise NoFeasibleTier(call.model, [Reason(self.tier, Verdict.rejected, "not_offered")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -386,3 +387,19 @@ def test_a_fixed_tier_the_table_does_not_declare_is_refused_when_the_selector_is
     assert str(caught.value).startswith(f"policy={policy!r}: unknown tier {named} (known: ")
     # A tier some model does not sell is no typo: it falls back for that model, as documented.
     assert tiersel.Selector(api_key="", policy=FixedTier("flex")).policy.tier == "flex"
+
+
+def test_a_table_without_standard_takes_a_fixed_tier_that_names_no_fallback(
+    tmp_path: Path,
+) -> None:
+    # helper-32: the default fallback, standard, was checked as if the caller had named it.
+    table = (Path(__file__).parent.parent / "data" / "pricing_two_tiers.yaml").read_text()
+    (tmp_path / "acme.yaml").write_text(table)
+    prices = load_pricing(tmp_path / "acme.yaml")
+    assert "standard" not in prices.tiers
+    selector = tiersel.Selector(api_key="", pricing=prices, policy=FixedTier("express"))
+    assert selector.policy.tier == "express"
+    with pytest.raises(UnknownTier, match=r"fallback='standard'\): unknown tier 'standard'"):
+        tiersel.Selector(
+            api_key="", pricing=prices, policy=FixedTier("express", fallback="standard")
+        )
