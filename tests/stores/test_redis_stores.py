@@ -414,6 +414,14 @@ def test_a_unix_socket_url_keeps_its_slashes() -> None:
         f"redis://{CANARY}@h:1/0?colour=red",
         f"redis://h:1/0?pass%77ord={CANARY}&colour=red",
         f"redis:/u:{CANARY}@h:1/0",
+        # helper-32: '?' then '/', '@' then '?', a password holding '&', misspelt names.
+        f"redis://:ab?cd/{CANARY}@h:1/0",
+        f"redis://:ab@cd?{CANARY}@h:1/0",
+        f"redis://h:1/0?password=ab&{CANARY}",
+        f"redis://h:1/0?pasword={CANARY}",
+        f"redis://h:1/0?passwd={CANARY}",
+        f"redis://h:1/0?password ={CANARY}",
+        f"redis://h:1/0?pass+word={CANARY}",
     ],
 )
 def test_a_password_never_shows_in_the_errors_of_malformed_urls(url: str) -> None:
@@ -422,11 +430,31 @@ def test_a_password_never_shows_in_the_errors_of_malformed_urls(url: str) -> Non
     assert CANARY not in str(info.value) and "***" in str(info.value), info.value
 
 
-def test_an_at_sign_in_the_settings_is_no_user_part() -> None:
-    where = parse_store_url("redis://h:1/0?client_name=me@corp")
-    assert where.public == "redis://h:1/0?client_name=me@corp"
-    with pytest.raises(ValueError, match=r"percent-encode it"):
-        parse_store_url("redis://:ab?cd@h:1/0")  # not a port 'ab'
+@pytest.mark.parametrize(
+    ("url", "public"),
+    [
+        (f"redis://:ab@cd#{CANARY}@h:1/0", "redis://***"),  # accepted before, fragment shown
+        (f"redis://h:1/0?password=ab#{CANARY}", "redis://h:1/0?password=***"),
+        (
+            f"redis://h:1/0?socket_timeout=5&password={CANARY}",
+            "redis://h:1/0?socket_timeout=5&password=***",
+        ),
+    ],
+)
+def test_a_password_never_shows_in_a_urls_public_form(url: str, public: str) -> None:
+    try:
+        shown = parse_store_url(url).public
+    except ValueError as exc:
+        shown = str(exc)
+    assert CANARY not in shown and public in shown, shown
+
+
+def test_an_at_sign_after_a_question_mark_is_refused_asking_to_percent_encode_it() -> None:
+    # Where the user part ends cannot be told (a password holding '?', or a setting an '@').
+    for url in ("redis://:ab?cd@h:1/0", "redis://h:1/0?client_name=me@corp"):
+        with pytest.raises(ValueError, match=r"'redis://\*\*\*': an '@' after its '\?' or '#'"):
+            parse_store_url(url)
+    assert parse_store_url("redis://h:1/0?client_name=me%40corp").public.endswith("me%40corp")
 
 
 @pytest.mark.parametrize("kind", ["ledger", "async-ledger", "signals", "async-signals"])

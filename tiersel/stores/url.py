@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlencode, urlsplit
 
 from tiersel.budget import AsyncLedger, Ledger, MemoryLedger, OnExpiry
 from tiersel.signals import AsyncSignalStore, MemorySignalStore, SignalConfig, SignalStore
@@ -82,7 +82,15 @@ def parse_store_url(url: str) -> StoreURL:
     except ValueError as exc:  # not shown: it cannot be split, so neither can its password
         raise ValueError(f"the store URL is not a URL ({exc})") from None
     public = _mask(url, parts)
-    if _user_end(url) >= 0 and "@" not in parts.netloc:
+    begin, end = _authority(url)
+    if "@" in url[end:]:
+        # Past a '?' or '#': a password holding one, or a setting holding an '@'. Where the
+        # user part ends cannot be told, so none of it is shown.
+        raise ValueError(
+            f"store URL {public!r}: an '@' after its '?' or '#': percent-encode any '@', '?' or"
+            " '#' in its user, password or settings ('@' as %40, '?' as %3F, '#' as %23)"
+        )
+    if "@" in url[begin:end] and "@" not in parts.netloc:
         # A user part holding "/": read as a path, it would be quoted in a port or database
         # problem, password and all.
         raise ValueError(
@@ -184,11 +192,18 @@ def _redis_problem(parts: SplitResult, rest: list[tuple[str, str]], redis_url: s
     except ImportError:
         return None  # opening the store says how to install redis-py
     known = conn.settings_for(parts.scheme)
+    after_password = False
     for key, _ in rest:
         if key not in known:
+            if after_password:  # (it may be the rest of a password that holds an '&')
+                return (
+                    "a setting after its password is one neither tiersel nor redis-py knows"
+                    " (an '&' in a password is written %26)"
+                )
             near = difflib.get_close_matches(key, [*_OWN, *sorted(known)], n=1, cutoff=0.8)
             hint = f"did you mean {near[0]!r}?" if near else f"tiersel's own: {', '.join(_OWN)}"
             return f"unknown setting {key!r} ({hint})"
+        after_password = after_password or key.lower() in _SECRET_SETTINGS
     try:
         conn.url_options(redis_url)
     except ValueError as exc:
@@ -217,27 +232,20 @@ def _authority(url: str) -> tuple[int, int]:
     return begin, min(ends, default=len(url))
 
 
-def _user_end(url: str) -> int:
-    """Where ``url``'s user part ends (its ``@``), as typed; -1 when it has none. A password
-    holding ``?`` or ``#`` ends the authority early where a URL is split, but not as typed:
-    an ``@`` past it, with no ``/`` before it, still ends the user part."""
-    begin, end = _authority(url)
-    at = url.rfind("@", begin, end)
-    if at < 0:
-        at = url.find("@", end)
-        if at >= 0 and "/" in url[begin:at]:
-            at = -1  # an "@" in the path or query, such as ?client_name=me@host
-    return at
-
-
 def _mask(url: str, parts: SplitResult) -> str:
     """``url`` as given, with any password, in its user part or its query, shown as ``***``
     (an error quotes what was typed, not a rewriting of it: ``redis:/host`` is not shown as
     ``redis:///host``). The user part is found in the text itself, not in ``parts``, which
     drops tabs and newlines (a password read from a file with its newline). A user part with
-    no ``:`` is masked whole: it is a user name to redis-py, but often a password meant."""
-    begin, _ = _authority(url)
-    at = _user_end(url)
+    no ``:`` is masked whole: it is a user name to redis-py, but often a password meant. With
+    an ``@`` past the ``?`` or ``#``, where the user part ends cannot be told: all but the
+    scheme is masked. In the query, a password setting's value is masked with all that follows
+    it (it may hold an ``&`` or ``#``), and so is the value of any setting tiersel does not
+    know (a misspelt ``pasword=``)."""
+    begin, end = _authority(url)
+    if "@" in url[end:]:
+        return f"{url[:begin]}***"
+    at = url.rfind("@", begin, end)
     if at >= 0:
         user, colon, _ = url[begin:at].partition(":")
         url = f"{url[:begin]}{user}:***{url[at:]}" if colon else f"{url[:begin]}***{url[at:]}"
@@ -245,17 +253,26 @@ def _mask(url: str, parts: SplitResult) -> str:
     if not mark:
         return head
     query, hash_, fragment = query.partition("#")
-    query = "&".join(_masked_setting(q) for q in query.split("&"))
-    return f"{head}?{query}{hash_}{fragment}"
+    shown = _shown_settings(parts.scheme)
+    settings: list[str] = []
+    for setting in query.split("&"):
+        name, eq, _ = setting.partition("=")
+        key = unquote_plus(name).strip()
+        if key.lower() in _SECRET_SETTINGS:
+            settings.append(f"{name}=***")
+            return f"{head}?{'&'.join(settings)}"  # (what follows may be the password's)
+        settings.append(setting if not eq or key in shown else f"{name}=***")
+    return f"{head}?{'&'.join(settings)}{hash_}{fragment}"
 
 
-def _masked_setting(setting: str) -> str:
-    """One ``name=value`` of a URL's query, its value masked when its name, percent-decoded,
-    is a password's."""
-    name, eq, _ = setting.partition("=")
-    if eq and unquote(name).lower() in _SECRET_SETTINGS:
-        return f"{name}=***"
-    return setting
+def _shown_settings(scheme: str) -> frozenset[str]:
+    """The settings whose values a masked URL shows: tiersel's own and redis-py's, but its
+    passwords."""
+    try:
+        known = _redis_module("redis_connection").settings_for(scheme)
+    except ImportError:
+        known = ()
+    return frozenset(_OWN).union(known) - _SECRET_SETTINGS
 
 
 def _unsplit(parts: SplitResult) -> str:
