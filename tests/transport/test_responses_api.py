@@ -104,7 +104,10 @@ def _check(
         else:  # a stream's headers leave before its usage: they carry an estimate
             assert s.basis in ("estimate", "worst_case") and s.cost_usd > 0
         assert record.usage is not None and record.usage.completion_tokens > 0
-        assert record.cost_basis.value == "actual"  # the usage the shape reports was read
+        # The usage the shape reports was read; the cost is an estimate only where the call
+        # also paid for an attempt given up on (a race's loser, on a loaded machine).
+        basis = record.cost_basis.value
+        assert basis == "actual" or (basis == "estimate" and record.attempts > 1), record
     tight = [by_id[s.call_id] for s in seen if s.tight]
     loose = [by_id[s.call_id] for s in seen if not s.tight]
     assert all(r.requirements.reliability == 0.99 for r in tight)
