@@ -25,6 +25,7 @@ __all__ = [
     "MemoryLedger",
     "OnExpiry",
     "Reservation",
+    "Standing",
     "Whereabouts",
 ]
 
@@ -54,6 +55,15 @@ class Whereabouts(str, enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Standing:
+    """Where a reservation id stands (``where``) and, held, what it holds, or, settled, what it
+    was charged (``usd``; None when that is not known)."""
+
+    where: Whereabouts
+    usd: float | None = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Reservation:
     call_id: str
     amount_usd: float
@@ -69,7 +79,7 @@ class ListsReservations(Protocol):
 
     def reservations(self, prefix: str, now: float) -> dict[str, float]: ...
 
-    def whereabouts(self, call_ids: Iterable[str], now: float) -> dict[str, Whereabouts]: ...
+    def whereabouts(self, call_ids: Iterable[str], now: float) -> dict[str, Standing]: ...
 
 
 @runtime_checkable
@@ -159,7 +169,7 @@ class MemoryLedger:
         self._held: dict[str, Reservation] = {}
         self._reserved = 0.0
         # Ids already settled, so a repeated settle charges nothing; bounded, oldest dropped first.
-        self._settled: LRUCache[str, bool] = LRUCache(maxsize=settled_memory)
+        self._settled: LRUCache[str, float] = LRUCache(maxsize=settled_memory)  # id: charged
         # Ids whose reservation lapsed (freed at its expiry): a late settle of one is a charge
         # no reservation covered (see `settle`).
         self._lapsed: LRUCache[str, bool] = LRUCache(maxsize=settled_memory)
@@ -172,7 +182,7 @@ class MemoryLedger:
             self._reserved -= r.amount_usd
             if self.on_expiry is OnExpiry.charge and r.call_id not in self._settled:
                 self._spent += r.amount_usd
-                self._settled[r.call_id] = True
+                self._settled[r.call_id] = r.amount_usd
             else:
                 self._lapsed[r.call_id] = True
         if not self._held:
@@ -197,20 +207,22 @@ class MemoryLedger:
             self._expire(now)
             return {i: r.amount_usd for i, r in self._held.items() if i.startswith(prefix)}
 
-    def whereabouts(self, call_ids: Iterable[str], now: float) -> dict[str, Whereabouts]:
-        """Where each of ``call_ids`` stands at ``now`` (a `Whereabouts`)."""
+    def whereabouts(self, call_ids: Iterable[str], now: float) -> dict[str, Standing]:
+        """Where each of ``call_ids`` stands at ``now`` (a `Standing`)."""
         with self._lock:
             self._expire(now)
-            return {i: self._whereabouts(i) for i in call_ids}
+            return {i: self._standing(i) for i in call_ids}
 
-    def _whereabouts(self, call_id: str) -> Whereabouts:
-        if call_id in self._held:
-            return Whereabouts.held
-        if call_id in self._settled:
-            return Whereabouts.settled
+    def _standing(self, call_id: str) -> Standing:
+        held = self._held.get(call_id)
+        if held is not None:
+            return Standing(Whereabouts.held, held.amount_usd)
+        charged = self._settled.get(call_id)
+        if charged is not None:
+            return Standing(Whereabouts.settled, charged)
         if call_id in self._lapsed:
-            return Whereabouts.lapsed
-        return Whereabouts.unknown
+            return Standing(Whereabouts.lapsed)
+        return Standing(Whereabouts.unknown)
 
     def reserve(
         self, call_id: str, amount_usd: float, now: float, ttl_s: float | None = None
@@ -248,7 +260,7 @@ class MemoryLedger:
                 free = max(0.0, self.limit_usd - self._spent - self._reserved)
                 self._overrun += max(0.0, actual_usd - free)
             self._spent += actual_usd
-            self._settled[call_id] = True
+            self._settled[call_id] = actual_usd
             return self._state()
 
     def release(self, call_id: str, now: float) -> BudgetState:

@@ -4,6 +4,7 @@ resumed job."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -18,7 +19,10 @@ import redis
 from tests.stores.conftest import start_redis
 from tiersel.batch.input import scan_input
 from tiersel.batch.journal import release_record, reserve_record, settle_record
-from tiersel.stores import open_ledger
+from tiersel.batch.sharing import open_shared_stores
+from tiersel.clock import ScaledClock
+from tiersel.signals import Observation, Outcome, SignalKey
+from tiersel.stores import StoreClock, open_ledger
 from tiersel.stores.redis_ledger import RedisLedger
 
 from .conftest import batch_line, body, write_jsonl
@@ -268,31 +272,45 @@ def test_a_resumed_job_closes_the_reservations_its_killed_run_left_open(tmp_path
     src, out, args = peak_job(tmp_path, url, budget, lines=150)
     args += ["--sim-time-scale", "0.02"]
     name = f"batch-{out.name}-{scan_input(src).sha256[:12]}"
-    ledger = cast(RedisLedger, open_ledger(url, limit_usd=budget, name=name))
+    # The job runs on a 0.02 clock, and its store on that clock (clock=caller): so do these.
+    clock = ScaledClock(0.02)
+    on_clock = {"name": name, "clock": StoreClock.caller}
+    ledger = cast(RedisLedger, open_ledger(url, limit_usd=budget, **on_clock))
     try:
         killed_after_rows([*args, "--concurrency", "32"], out, 15)
-        # Six more of the killed run's lines, as a run can leave them (lines far down the
+        # Seven more of the killed run's lines, as a run can leave them (lines far down the
         # input, which it never reached; each reserved $0.01 but 145):
+        # - 144's request was in flight, and its reservation lapsed, freed at its expiry
+        #   (helper-33, on_expiry=release: its money was spent again, past the cap);
         # - 145's request ($1) was in flight, and the store lost its reservation (a failover);
         # - 146's answer was charged $0.004 in the journal, and the store was away for the
         #   charge (helper-32: the resume released it, and the budget came up short);
         # - 147's answer was charged $0.002 in the store, and the run died before its journal
-        #   said so: the journal counts its whole reservation (a false alarm of a store that
-        #   lost its data, once);
+        #   said so (helper-33: its row carried the whole reservation, and the rows passed the
+        #   cap while the store did not);
         # - 148 held money between attempts (its first was shed);
         # - 149's reservation was made but never journaled, so its request never left;
         # - 150's request was in flight.
         # And a reservation of another job, whose id begins with this job's.
         jid = json.loads(Path(f"{out}.journal").read_bytes().split(b"\n")[0])["job"]
-        lines = range(145, 151)
+        lines = range(144, 151)
         assert not set(lines) & {r["line"] for r in whole_rows(out)}
-        lost, unsettled, served, idle, unjournaled, flying = (f"{jid}:{n}:1#1" for n in lines)
+        ids = [f"{jid}:{n}:1#1" for n in lines]
+        lapsed, lost, unsettled, served, idle, unjournaled, flying = ids
         other = f"{jid}0:1:1#1"
         for rid in (unsettled, served, idle, unjournaled, flying):
-            assert ledger.reserve(rid, 0.01, 0.0) is not None
-        assert ledger.reserve(other, 0.001, 0.0) is not None
-        ledger.settle(served, 0.002, 0.0)
+            assert ledger.reserve(rid, 0.01, clock.now()) is not None
+        assert ledger.reserve(other, 0.001, clock.now()) is not None
+        ledger.settle(served, 0.002, clock.now())
+        freeing = cast(
+            RedisLedger, open_ledger(url, limit_usd=budget, on_expiry="release", **on_clock)
+        )
+        assert freeing.reserve(lapsed, 0.01, clock.now(), ttl_s=0.05) is not None
+        time.sleep(0.01)  # 0.5 s on the job's clock
+        freeing.state(clock.now())  # (its expiry, seen by a store that frees expired ones)
+        freeing.close()
         with open(f"{out}.journal", "ab") as f:
+            f.write(reserve_record(144, lapsed, 0.01))
             f.write(reserve_record(145, lost, 1.0))
             f.write(reserve_record(146, unsettled, 0.01) + settle_record(unsettled, 0.004))
             f.write(reserve_record(147, served, 0.01))
@@ -301,10 +319,9 @@ def test_a_resumed_job_closes_the_reservations_its_killed_run_left_open(tmp_path
         done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=120)
         assert done.returncode in (0, 1), done.stderr
         summary = json.loads(done.stdout)
-        after = ledger.state(0.0)
-        others = ledger.reservations(jid, 0.0)
-        closed = (unsettled, idle, unjournaled, flying)
-        where = ledger.whereabouts(closed, 0.0)
+        after = ledger.state(clock.now())
+        others = ledger.reservations(jid, clock.now())
+        where = ledger.whereabouts(ids, clock.now())
     finally:
         ledger.close()
         server.terminate()
@@ -314,24 +331,68 @@ def test_a_resumed_job_closes_the_reservations_its_killed_run_left_open(tmp_path
     # Nothing of this job is left reserved; the other job's reservation is untouched.
     assert others == {other: pytest.approx(0.001)}
     assert after.reserved_usd == pytest.approx(0.001, abs=1e-9)
-    # The in-flight request was charged its reservation, and its line's row carries it.
+    # Each was charged as the journal counts it, or released (a released id is forgotten).
+    charged = {n: where[i].usd for n, i in zip(lines, ids, strict=True)}
+    assert [where[i].where.value for i in ids] == [
+        "settled", "unknown", "settled", "settled", "unknown", "unknown", "settled"
+    ]  # fmt: skip
+    assert (charged[144], charged[146], charged[147], charged[150]) == pytest.approx(
+        (0.01, 0.004, 0.002, 0.01)
+    )
     journal = Path(f"{out}.journal").read_text()
-    assert f'{{"op":"s","a":"{flying}","usd":0.01,"u":1}}' in journal
-    assert rows[150]["unconfirmed_usd"] >= 0.01 and rows[150]["cost_usd"] >= 0.01
-    assert rows[146]["cost_usd"] >= 0.004  # charged as journaled
-    # Charged (146, 150) or released (148, 149: a released id is not remembered).
-    assert [where[i].value for i in closed] == ["settled", "unknown", "unknown", "settled"]
+    for attempt, usd, flag in [
+        (lapsed, 0.01, ',"u":1'),
+        (flying, 0.01, ',"u":1'),
+        (served, 0.002, ""),
+    ]:
+        assert f'{{"op":"s","a":"{attempt}","usd":{usd!r}{flag}}}' in journal
+    # Its row carries what the store charged: 147's $0.002, confirmed, not its reservation.
+    assert rows[147]["unconfirmed_usd"] == 0.0 and rows[147]["cost_usd"] >= 0.002
+    assert rows[150]["unconfirmed_usd"] >= 0.01 and rows[144]["unconfirmed_usd"] >= 0.01
     # Given back: the two that sent nothing, what 146 held past its charge, and what the
     # killed run held for no request.
     assert summary["store_freed_usd"] >= 0.026 - 1e-9
-    # The store lost 145's reservation: that is charged again, less what requests in flight
-    # the store settled at their actual cost (147's $0.002, and the killed run's own) hide of
-    # it; their differences are no loss (they were charged again, once: 1.008 and more).
-    assert 0.9 < summary["store_restored_usd"] <= 1.0 + 1e-6, done.stderr
+    # The store lost 145's reservation: that, and only that, is charged again (less the other
+    # job's $0.001, which the store's total counts: a budget shared is checked as a whole).
+    assert summary["store_restored_usd"] == pytest.approx(1.0 - 0.001, abs=1e-6), done.stderr
     assert "the store lost its data" in done.stderr
-    # The store charged what the rows say, less what killed runs charged at a worst case that
-    # the store had settled at the actual cost.
+    # The store charged what the rows say (and the summary), but the $0.001 of the lost one
+    # that the other job's reservation hid.
     spent = sum(r["cost_usd"] for r in rows.values())
-    unconfirmed = sum(r["unconfirmed_usd"] for r in rows.values())
-    assert spent - unconfirmed - 1e-6 <= after.spent_usd <= spent - 0.008 + 1e-6
+    assert after.spent_usd == pytest.approx(spent - 0.001, abs=1e-6)
     assert summary["spent_usd"] == pytest.approx(spent, abs=1e-9)
+
+
+@pytest.mark.parametrize(("url_clock", "expired"), [("", True), ("?clock=server", False)])
+def test_a_job_on_a_simulated_clock_runs_its_store_on_that_clock(
+    tmp_path: Path, url_clock: str, expired: bool
+) -> None:
+    # helper-33 (d6): with --sim-time-scale, the store kept cooldowns on the Redis server's
+    # real clock while the job slept simulated seconds: a 30 s cooldown was waited out in
+    # hundreds of ever-shorter sleeps, each asking the store again, for 30 real seconds.
+    server, url = start_redis(tmp_path)
+    try:
+        shared = open_shared_stores(
+            url + url_clock, budget_usd=1.0, out=tmp_path / "o.jsonl", input_sha256="0" * 64,
+            callers_clock=True,
+        )  # fmt: skip
+        assert shared is not None
+        assert shared.ledger.reserve("job:1:1#1", 0.5, 0.0, 10.0) is not None
+        # 20 seconds later on the job's clock: past the reservation's 10 s expiry, unless the
+        # URL keeps the store on the server's clock (a few real milliseconds later).
+        assert (shared.ledger.state(20.0).reserved_usd == 0.0) is expired
+        shared.ledger.close()  # type: ignore[attr-defined]
+
+        async def seen_much_later() -> int:
+            # An observation is out of the signals' window a million seconds later on the
+            # job's clock; on the server's, the job's time is not read.
+            key = SignalKey("fireworks", "kimi-k3", "standard")
+            await shared.signals.record(key, Observation(Outcome.ok), 1000.0)
+            n = (await shared.signals.stats(key, 1e6)).n
+            await shared.signals.aclose()  # type: ignore[attr-defined]
+            return n
+
+        assert (asyncio.run(seen_much_later()) == 0) is expired
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tiersel.batch.input import InputScan
 from tiersel.batch.rows import Charges
@@ -42,6 +42,7 @@ from tiersel.errors import TierselError
 
 __all__ = [
     "DoneLines",
+    "InFlight",
     "JobFiles",
     "JobLocked",
     "JobWriteError",
@@ -126,13 +127,22 @@ class DoneLines:
         return byte < len(self._bits) and bool(self._bits[byte] & (1 << bit))
 
 
+class InFlight(NamedTuple):
+    """An attempt still open at the end of a job's journal (its request may have been billed):
+    its id, its line, and its reservation."""
+
+    attempt_id: str
+    line: int
+    usd: float
+
+
 @dataclass(slots=True)
 class Resumed:
     """What earlier runs of this job left: done lines, their spend, and charges still unrowed.
 
     ``in_flight``: the attempts still open at the end of the journal (requests that may have
     been billed), by the id of the reservation their line holds in the budget's store (its
-    envelope, `tiersel.batch.ledger`): the attempt's id and its reservation."""
+    envelope, `tiersel.batch.ledger`)."""
 
     job: str
     run: int
@@ -140,7 +150,7 @@ class Resumed:
     rows_usd: float = 0.0
     lost: dict[int, Charges] = field(default_factory=dict)
     open_usd: float = 0.0  # of lost: reservations still open at the crash (requests in flight)
-    in_flight: dict[str, tuple[str, float]] = field(default_factory=dict)
+    in_flight: dict[str, InFlight] = field(default_factory=dict)
 
     @property
     def lost_usd(self) -> float:
@@ -150,6 +160,16 @@ class Resumed:
     def spent_usd(self) -> float:
         """Everything earlier runs charged: the rows' costs plus what lines without rows cost."""
         return self.rows_usd + self.lost_usd
+
+    def charged(self, reservation: str, usd: float, *, confirmed: bool) -> InFlight:
+        """Count the attempt in flight under ``reservation`` as charged ``usd`` (what the store
+        charged it), not its reservation; ``confirmed``: that is its bill, not a worst case."""
+        attempt = self.in_flight.pop(reservation)
+        before = self.lost[attempt.line]
+        unconfirmed = before.unconfirmed_usd - attempt.usd + (0.0 if confirmed else usd)
+        self.lost[attempt.line] = Charges(before.cost_usd - attempt.usd + usd, unconfirmed)
+        self.open_usd -= attempt.usd
+        return attempt
 
 
 class JobWriter:
@@ -540,7 +560,7 @@ def _replay(journal: Path, resumed: Resumed) -> None:
         resumed.open_usd += amount
         envelope = envelopes.get(_call_of(attempt))
         if envelope is not None:
-            resumed.in_flight[envelope] = (attempt, amount)
+            resumed.in_flight[envelope] = InFlight(attempt, line, amount)
     resumed.lost = {
         line: Charges(total, unconfirmed) for line, (total, unconfirmed) in lost.items()
     }

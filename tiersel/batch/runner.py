@@ -222,12 +222,13 @@ async def _open(
             out=out,
             input_sha256=scan.sha256,
             sharded=shard is not None,
+            callers_clock=not isinstance(clock, SystemClock),
         )
     if shard is not None:
         out = shard.out_path(out)
     summary = BatchSummary(input=str(input), out=str(out), budget_usd=budget_usd, lines=lines)
     check = None
-    charged: list[tuple[str, float]] = []
+    charged: list[tuple[str, float, bool]] = []
     if shared is not None:
         check = _store_check(shared, summary, JobFiles.for_out(out).journal, clock, charged)
     try:
@@ -246,8 +247,8 @@ async def _open(
         raise
     summary.run = job.resumed.run
     if charged:  # attempts in flight at the end of the last run, charged in the store
-        for attempt_id, amount in charged:
-            job.writer.record(settle_record(attempt_id, amount, unconfirmed=True))
+        for attempt_id, amount, unconfirmed in charged:
+            job.writer.record(settle_record(attempt_id, amount, unconfirmed=unconfirmed))
         job.writer.flush_now()
     return job, summary, shared
 
@@ -266,7 +267,7 @@ def _store_check(
     summary: BatchSummary,
     journal: Path,
     clock: Clock,
-    charged: list[tuple[str, float]],
+    charged: list[tuple[str, float, bool]],
 ) -> Callable[[Resumed], None]:
     """Before a run is recorded: the reservations earlier runs left open in the shared budget
     are closed (`SharedStores.close_left_open`; the attempts in flight it charges are added to
@@ -277,10 +278,11 @@ def _store_check(
         forgiven = 0.0
         if resumed.run > 1:
             now = clock.now()
-            forgiven = shared.forgiven(resumed.in_flight, now)  # (before any is closed)
+            settled = shared.settle_in_flight(resumed, now)  # (before any is closed)
+            forgiven = settled.freed_usd
             closed = shared.close_left_open(resumed.job, journal, now)
-            summary.store_freed_usd = closed.freed_usd
-            charged.extend(closed.charged)
+            summary.store_freed_usd = round(closed.freed_usd, 10)
+            charged.extend(settled.charged + closed.charged)
         summary.store_restored_usd = shared.restore_spend(
             resumed.spent_usd,
             forgiven,

@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tiersel.batch.journal import journaled
+from tiersel.batch.journal import Resumed, journaled
 from tiersel.budget import Ledger, ListsReservations, OnExpiry, Whereabouts
 from tiersel.errors import TierselError
 from tiersel.signals import AsyncSignalStore
 from tiersel.stores import (
+    StoreClock,
     aclose_store,
     close_store,
     open_async_signal_store,
@@ -113,12 +114,12 @@ class Shard:
 
 @dataclass(frozen=True, slots=True)
 class LeftOpen:
-    """What `SharedStores.close_left_open` did: the money it gave back to the budget (the
-    reservations it released, and what those it charged held past their charge), and the
-    attempts in flight it charged (id and amount), which the journal is to record."""
+    """What `SharedStores.close_left_open` or `SharedStores.settle_in_flight` did: an amount
+    (see each), and the attempts in flight it charged (id, amount, and whether unconfirmed),
+    which the journal is to record."""
 
     freed_usd: float = 0.0
-    charged: list[tuple[str, float]] = field(default_factory=list)
+    charged: list[tuple[str, float, bool]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -142,9 +143,9 @@ class SharedStores:
         lost and was charged again (0.0 when nothing was lost).
 
         ``spent_usd``: everything the journal shows charged; ``forgiven_usd`` of it, requests
-        in flight when the last run ended that the store need not hold (`forgiven`): the store
-        must hold the rest. Raises `StoreLostState` when the budget lost money and is not this
-        job's alone.
+        in flight when the last run ended that the store charged at amounts it no longer knows
+        (`settle_in_flight`): the store must hold the rest. Raises `StoreLostState` when the
+        budget lost money and is not this job's alone.
         """
         if spent_usd <= 0:
             return 0.0
@@ -196,7 +197,7 @@ class SharedStores:
             return LeftOpen()
         said = journaled(journal, held)
         freed = 0.0
-        charged: list[tuple[str, float]] = []
+        charged: list[tuple[str, float, bool]] = []
         for reservation, amount in held.items():
             entry = said.get(reservation)
             if entry is None:
@@ -206,19 +207,39 @@ class SharedStores:
             self.ledger.settle(reservation, entry.usd, now)
             freed += max(0.0, amount - entry.usd)
             if not entry.charged:
-                charged.append((entry.attempt_id, entry.usd))
+                charged.append((entry.attempt_id, entry.usd, True))
         return LeftOpen(freed, charged)
 
-    def forgiven(self, in_flight: Mapping[str, tuple[str, float]], now: float) -> float:
-        """Of the requests in flight when the last run ended (``in_flight``, by reservation id:
-        attempt id and reservation), what the store need not hold for them: those it settled
-        (at their actual cost, before the journal said so, or in full at their expiry) or freed
-        at their expiry. One it does not know at all is money it lost."""
-        if not in_flight or not isinstance(self.ledger, ListsReservations):
-            return 0.0
-        where = self.ledger.whereabouts(in_flight, now)
-        gone = (Whereabouts.settled, Whereabouts.lapsed)
-        return sum(usd for r, (_, usd) in in_flight.items() if where.get(r) in gone)
+    def settle_in_flight(self, resumed: Resumed, now: float) -> LeftOpen:
+        """Make the store and the journal agree on the requests in flight when the last run
+        ended (``resumed.in_flight``) that the store no longer holds (`close_left_open` closes
+        those it holds): one the store charged (settled at its actual cost before the journal
+        said so, or charged in full at its expiry) is counted at that charge, and the journal
+        is to record it; one it freed at its expiry is charged its reservation now, as the
+        journal counts it (its request may have been billed). Returns those charges, and, as
+        ``freed_usd``, what the store charged of the rest at an amount it no longer knows
+        (the resume's check does not ask the store to hold it); one the store does not know at
+        all is money it lost (the check charges it again)."""
+        if not resumed.in_flight or not isinstance(self.ledger, ListsReservations):
+            return LeftOpen()
+        standing = self.ledger.whereabouts(list(resumed.in_flight), now)
+        unknown_charge = 0.0
+        charged: list[tuple[str, float, bool]] = []
+        for reservation, attempt in list(resumed.in_flight.items()):
+            st = standing.get(reservation)
+            if st is None:
+                continue
+            if st.where is Whereabouts.settled and st.usd is None:
+                unknown_charge += attempt.usd
+            elif st.where is Whereabouts.settled and st.usd is not None:
+                confirmed = st.usd < attempt.usd  # (less than the worst case: its bill)
+                resumed.charged(reservation, st.usd, confirmed=confirmed)
+                charged.append((attempt.attempt_id, st.usd, not confirmed))
+            elif st.where is Whereabouts.lapsed:
+                self.ledger.settle(reservation, attempt.usd, now)
+                resumed.charged(reservation, attempt.usd, confirmed=False)
+                charged.append((attempt.attempt_id, attempt.usd, True))
+        return LeftOpen(unknown_charge, charged)
 
     async def aclose(self) -> None:
         close_store(self.ledger)
@@ -232,24 +253,31 @@ def open_shared_stores(
     out: str | os.PathLike[str],
     input_sha256: str,
     sharded: bool = False,
+    callers_clock: bool = False,
 ) -> SharedStores | None:
     """The shared stores at ``url``; None for ``memory://`` (the job keeps its own).
 
     ``sharded``: the job is one shard of several (the budget is then not this job's alone).
+    ``callers_clock``: the job runs on a clock of its own (a simulator's, virtual or scaled),
+    so the stores run on it too (``clock=caller``) unless the URL names a clock: on the Redis
+    server's real clock, a cooldown of 30 real seconds was waited out in hundreds of short
+    simulated sleeps, each asking the store again, for its whole real length.
 
     Checks the budget at once, so a store that does not answer, or a budget of that name with
     another limit, stops the job before any call (`StoreUnavailable`, `BudgetConflict`).
     """
     where = parse_store_url(url)
+    clock = StoreClock.caller if callers_clock else None  # (unless the URL names one)
     if where.backend == "memory":
         return None
     name = where.budget or f"batch-{Path(out).name}-{input_sha256[:12]}"
     on_expiry = where.on_expiry or OnExpiry.charge  # the URL's wins, as in open_ledger
-    ledger = open_ledger(url, limit_usd=budget_usd, name=name, on_expiry=on_expiry)
+    ledger = open_ledger(url, limit_usd=budget_usd, name=name, on_expiry=on_expiry, clock=clock)
     try:
         ledger.state(0.0)
     except BaseException:
         close_store(ledger)
         raise
     own = where.budget is None and not sharded
-    return SharedStores(ledger, open_async_signal_store(url), name, where.public, own=own)
+    signals = open_async_signal_store(url, clock=clock)
+    return SharedStores(ledger, signals, name, where.public, own=own)

@@ -24,7 +24,7 @@ import redis
 import redis.asyncio
 import redis.exceptions
 
-from tiersel.budget import OnExpiry, Whereabouts
+from tiersel.budget import OnExpiry, Standing, Whereabouts
 from tiersel.call import BudgetState
 from tiersel.stores.errors import BudgetConflict, LedgerFallback, StoreClock, StoreUnavailable
 from tiersel.stores.redis_connection import (
@@ -98,7 +98,7 @@ class _LedgerCore:
         self.url = url
         # A hash tag keeps one budget's keys in one slot (Redis Cluster runs a script on one slot).
         base = f"{prefix}:budget:{{{name}}}"
-        parts = ("state", "held", "expiry", "settled", "lapsed")
+        parts = ("state", "held", "expiry", "settled", "lapsed", "charged")
         self.keys = [f"{base}:{part}".encode() for part in parts]
         self.last = BudgetState(limit_usd=self.limit_usd)
         self._warned = False
@@ -325,33 +325,35 @@ class RedisLedger(_RedisLedgerBase["redis.Redis"]):
             self._core.failed(exc, self.client, "state", None)
             return {}  # (failing open: none known)
 
-    def whereabouts(self, call_ids: Iterable[str], now: float) -> dict[str, Whereabouts]:
-        """Where each of ``call_ids`` stands at ``now`` (a `tiersel.budget.Whereabouts`; a
-        settled id is remembered for ``settled_keep_s``)."""
+    def whereabouts(self, call_ids: Iterable[str], now: float) -> dict[str, Standing]:
+        """Where each of ``call_ids`` stands at ``now`` (a `tiersel.budget.Standing`; a settled
+        id and its charge are remembered for ``settled_keep_s``)."""
         self.state(now)
         ids = list(call_ids)
-        _, held, _, settled, lapsed = self._core.keys
+        _, held, _, settled, lapsed, charged = self._core.keys
         pipe = self.client.pipeline(transaction=False)
         for i in ids:
-            pipe.hexists(held, i)
+            pipe.hget(held, i)
             pipe.zscore(settled, i)
+            pipe.hget(charged, i)
             pipe.zscore(lapsed, i)
         try:
             replies = pipe.execute()
         except STORE_ERRORS as exc:
             self._core.failed(exc, self.client, "state", None)
-            return dict.fromkeys(ids, Whereabouts.unknown)
-        out: dict[str, Whereabouts] = {}
+            return dict.fromkeys(ids, Standing(Whereabouts.unknown))
+        out: dict[str, Standing] = {}
         for n, i in enumerate(ids):
-            is_held, when_settled, when_lapsed = replies[3 * n : 3 * n + 3]
-            if is_held:
-                out[i] = Whereabouts.held
+            holds, when_settled, charge, when_lapsed = replies[4 * n : 4 * n + 4]
+            if holds is not None:
+                out[i] = Standing(Whereabouts.held, int(holds) / NANOS_PER_USD)
             elif when_settled is not None:
-                out[i] = Whereabouts.settled
+                usd = int(charge) / NANOS_PER_USD if charge is not None else None
+                out[i] = Standing(Whereabouts.settled, usd)
             elif when_lapsed is not None:
-                out[i] = Whereabouts.lapsed
+                out[i] = Standing(Whereabouts.lapsed)
             else:
-                out[i] = Whereabouts.unknown
+                out[i] = Standing(Whereabouts.unknown)
         return out
 
     def close(self) -> None:

@@ -4,12 +4,14 @@
 -- KEYS[3] expiry zset (call id -> expiry, server ms)
 -- KEYS[4] settled zset (call id -> when settled, server ms)
 -- KEYS[5] lapsed zset (call id -> when its reservation lapsed, freed at its expiry, server ms)
+-- KEYS[6] charged hash (settled call id -> nano-USD charged; kept as long as the settled zset)
 -- ARGV[1] the limit the caller expects (nano-USD); the first caller sets it.
 -- ARGV[2] what an expired reservation becomes: 'charge' (charged in full) or 'release' (freed).
 -- ARGV[#ARGV] (last, after each script's own) the caller's time in ms, or '' for the server's.
 -- Time is the server's by default, so every worker on every machine sees the same expiries; a
 -- store opened with clock=caller runs on its callers' clock (one clock for all: tests, replays).
 local state, held, expiry, settled, lapsed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local charged = KEYS[6]
 local now_ms = tonumber(ARGV[#ARGV])
 if not now_ms then
   local t = redis.call('TIME')
@@ -53,6 +55,7 @@ for _, id in ipairs(gone) do
   if charge_expired and not redis.call('ZSCORE', settled, id) then
     spent = spent + amount
     redis.call('ZADD', settled, now_ms, id)
+    redis.call('HSET', charged, id, fmt(amount))
   else
     redis.call('ZADD', lapsed, now_ms, id)
   end

@@ -12,6 +12,11 @@ if not redis.call('ZSCORE', settled, id) then
   end
   spent = spent + actual
   redis.call('ZADD', settled, now_ms, id)
-  redis.call('ZREMRANGEBYSCORE', settled, '-inf', now_ms - keep_ms)
+  redis.call('HSET', charged, id, fmt(actual))
+  local forgotten = redis.call('ZRANGEBYSCORE', settled, '-inf', now_ms - keep_ms)
+  if #forgotten > 0 then
+    redis.call('HDEL', charged, unpack(forgotten))
+    redis.call('ZREMRANGEBYSCORE', settled, '-inf', now_ms - keep_ms)
+  end
 end
 return reply(1)
