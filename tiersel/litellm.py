@@ -309,8 +309,14 @@ def _call_requirements(url: str, logging_obj: Any, known_tiers: Sequence[str]) -
 
 
 def _with_cost(response: httpx.Response) -> httpx.Response:
-    """``response``, with tiersel's cost as LiteLLM's billed cost where tiersel knows it."""
+    """``response``, with tiersel's cost as LiteLLM's billed cost where tiersel knows it: a
+    whole response's, its usage priced (``actual``), plus the estimated bills of attempts given
+    up on before it (``estimate``: a timeout, a race's loser), which the call cost too. A
+    stream's headers leave before its usage: LiteLLM prices it itself."""
     headers = response.headers
-    if headers.get("x-tiersel-cost-basis") == "actual" and "x-tiersel-cost-usd" in headers:
+    basis = headers.get("x-tiersel-cost-basis")
+    streamed = headers.get("content-type", "").startswith("text/event-stream")
+    whole = basis == "actual" or (basis == "estimate" and not streamed)
+    if whole and "x-tiersel-cost-usd" in headers:
         headers[_COST_HEADER] = headers["x-tiersel-cost-usd"]
     return response

@@ -421,3 +421,42 @@ def test_tiersels_refusals_reach_litellm_as_what_they_are(
     assert caught.value.status_code == status  # type: ignore[union-attr]
     assert "tiersel: " in str(caught.value)
     assert calm.stats()["requests"] == 0
+
+
+def test_litellms_cost_includes_an_attempt_given_up_on_before_the_answer() -> None:
+    # CI, once: a tight call whose first attempt timed out was charged that attempt's bill as
+    # well (cost basis 'estimate'), but LiteLLM's response_cost was the answer's usage alone
+    # ($0.0015 of $0.0036): the handler passed tiersel's cost on only for basis 'actual'.
+    import httpx
+    import litellm
+
+    from tiersel.clock import FakeClock
+    from tiersel.litellm import TierselLiteLLM
+
+    sent: list[int] = []
+
+    def provider(request: httpx.Request) -> httpx.Response:
+        sent.append(1)
+        if len(sent) == 1:
+            raise httpx.ReadTimeout("no answer", request=request)
+        usage = {"prompt_tokens": 300, "completion_tokens": 20, "total_tokens": 320}
+        message = {"role": "assistant", "content": "hi"}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        doc = {"id": "c", "object": "chat.completion", "created": 1, "model": MODEL}
+        return httpx.Response(200, json={**doc, "choices": [choice], "usage": usage})
+
+    records = Recorder()
+    selector = tiersel.Selector(
+        api_key="", clock=FakeClock(), transport=httpx.MockTransport(provider)
+    )
+    tl = TierselLiteLLM(selector, on_call=records)
+    response = litellm.completion(
+        model=LITELLM_MODEL, messages=MESSAGES, max_tokens=20, client=tl.client, api_key="x"
+    )
+    record = records.last
+    assert len(sent) == 2 and record.ok and record.cost_basis.value == "estimate"
+    assert record.cost_usd > tiersel.cost.charge(
+        selector.pricing.model("kimi-k3"), str(record.tier), 300, 0, 20
+    )  # the given-up attempt's bill is in it
+    cost = response._hidden_params["response_cost"]  # type: ignore[union-attr]
+    assert cost == pytest.approx(record.cost_usd, abs=1e-12)
