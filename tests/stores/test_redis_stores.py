@@ -665,3 +665,24 @@ def test_a_slow_reply_on_a_virtual_clock_is_waited_for_in_real_time(
         proc.wait(10)
     assert not caplog.records, caplog.text  # no fallback to memory
     assert took < 1.0  # the clock ran at most at real speed while the reply came
+
+
+def test_a_charge_forgets_any_number_of_old_settled_ids_at_once(
+    redis_url: str, prefix: str
+) -> None:
+    # helper-34: the settle script deleted the forgotten ids' charges with one unpack(), which
+    # Lua refuses past 8000 values: after a quiet week following a big job, every charge failed
+    # halfway (its reservation dropped, its id marked settled, its money never spent).
+    client = redis.Redis.from_url(redis_url)
+    ledger = RedisLedger(
+        client, limit_usd=100.0, name="b", prefix=prefix, settled_keep_s=60, clock="caller"
+    )
+    base = f"{prefix}:budget:{{b}}"
+    old = {f"job:{i}#1": 0 for i in range(8001)}  # settled at 0 ms, a job's 8001 lines
+    client.zadd(f"{base}:settled", old)
+    client.hset(f"{base}:charged", mapping=dict.fromkeys(old, 1000))
+    assert ledger.reserve("next#1", 1.0, 3600.0) is not None
+    state = ledger.settle("next#1", 0.5, 3600.0)  # an hour later: all 8001 are forgotten
+    assert (state.spent_usd, state.reserved_usd) == (0.5, 0.0)
+    assert client.zcard(f"{base}:settled") == client.hlen(f"{base}:charged") == 1
+    client.close()

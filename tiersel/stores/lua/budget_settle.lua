@@ -14,8 +14,12 @@ if not redis.call('ZSCORE', settled, id) then
   redis.call('ZADD', settled, now_ms, id)
   redis.call('HSET', charged, id, fmt(actual))
   local forgotten = redis.call('ZRANGEBYSCORE', settled, '-inf', now_ms - keep_ms)
+  -- (In slices: Lua's unpack takes at most 8000 values, and a script that fails halfway has
+  -- done its writes so far.)
+  for i = 1, #forgotten, 1000 do
+    redis.call('HDEL', charged, unpack(forgotten, i, math.min(i + 999, #forgotten)))
+  end
   if #forgotten > 0 then
-    redis.call('HDEL', charged, unpack(forgotten))
     redis.call('ZREMRANGEBYSCORE', settled, '-inf', now_ms - keep_ms)
   end
 end
