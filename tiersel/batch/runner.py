@@ -222,7 +222,6 @@ async def _open(
             out=out,
             input_sha256=scan.sha256,
             sharded=shard is not None,
-            callers_clock=not isinstance(clock, SystemClock),
         )
     if shard is not None:
         out = shard.out_path(out)

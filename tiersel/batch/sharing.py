@@ -33,7 +33,6 @@ from tiersel.budget import Ledger, ListsReservations, OnExpiry, Whereabouts
 from tiersel.errors import TierselError
 from tiersel.signals import AsyncSignalStore
 from tiersel.stores import (
-    StoreClock,
     aclose_store,
     close_store,
     open_async_signal_store,
@@ -253,31 +252,25 @@ def open_shared_stores(
     out: str | os.PathLike[str],
     input_sha256: str,
     sharded: bool = False,
-    callers_clock: bool = False,
 ) -> SharedStores | None:
     """The shared stores at ``url``; None for ``memory://`` (the job keeps its own).
 
     ``sharded``: the job is one shard of several (the budget is then not this job's alone).
-    ``callers_clock``: the job runs on a clock of its own (a simulator's, virtual or scaled),
-    so the stores run on it too (``clock=caller``) unless the URL names a clock: on the Redis
-    server's real clock, a cooldown of 30 real seconds was waited out in hundreds of short
-    simulated sleeps, each asking the store again, for its whole real length.
 
     Checks the budget at once, so a store that does not answer, or a budget of that name with
     another limit, stops the job before any call (`StoreUnavailable`, `BudgetConflict`).
     """
     where = parse_store_url(url)
-    clock = StoreClock.caller if callers_clock else None  # (unless the URL names one)
     if where.backend == "memory":
         return None
     name = where.budget or f"batch-{Path(out).name}-{input_sha256[:12]}"
     on_expiry = where.on_expiry or OnExpiry.charge  # the URL's wins, as in open_ledger
-    ledger = open_ledger(url, limit_usd=budget_usd, name=name, on_expiry=on_expiry, clock=clock)
+    ledger = open_ledger(url, limit_usd=budget_usd, name=name, on_expiry=on_expiry)
     try:
         ledger.state(0.0)
     except BaseException:
         close_store(ledger)
         raise
     own = where.budget is None and not sharded
-    signals = open_async_signal_store(url, clock=clock)
+    signals = open_async_signal_store(url)
     return SharedStores(ledger, signals, name, where.public, own=own)
