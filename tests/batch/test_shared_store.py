@@ -4,6 +4,7 @@ resumed job."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -18,7 +19,9 @@ import redis
 from tests.stores.conftest import start_redis
 from tiersel.batch.input import scan_input
 from tiersel.batch.journal import release_record, reserve_record, settle_record
+from tiersel.batch.sharing import open_shared_stores
 from tiersel.clock import SystemClock
+from tiersel.signals import Observation, Outcome, SignalKey
 from tiersel.stores import open_ledger
 from tiersel.stores.redis_ledger import RedisLedger
 
@@ -357,3 +360,39 @@ def test_a_resumed_job_closes_the_reservations_its_killed_run_left_open(tmp_path
     spent = sum(r["cost_usd"] for r in rows.values())
     assert after.spent_usd == pytest.approx(spent - 0.001, abs=1e-6)
     assert summary["spent_usd"] == pytest.approx(spent, abs=1e-9)
+
+
+@pytest.mark.parametrize(("url_clock", "on_jobs_clock"), [("", True), ("?clock=server", False)])
+def test_a_job_on_a_simulated_clock_reads_its_signals_on_that_clock(
+    tmp_path: Path, url_clock: str, on_jobs_clock: bool
+) -> None:
+    # helper-33 (d6): with --sim-time-scale, the signals kept cooldowns on the Redis server's
+    # real clock while the job slept simulated seconds: a 30 s cooldown was waited out in
+    # hundreds of ever shorter sleeps, each asking the store again, for 30 real seconds. The
+    # budget stays on the server's clock, which every process sharing it reads alike
+    # (helper-34: on two clocks, one process freed the other's reservations).
+    server, url = start_redis(tmp_path)
+    try:
+        shared = open_shared_stores(
+            url + url_clock, budget_usd=1.0, out=tmp_path / "o.jsonl", input_sha256="0" * 64,
+            callers_clock=True,
+        )  # fmt: skip
+        assert shared is not None
+        # The budget: 20 s after a reservation of 10 s on the job's clock, still held.
+        assert shared.ledger.reserve("job:1:1#1", 0.5, 0.0, 10.0) is not None
+        assert shared.ledger.state(20.0).reserved_usd == 0.5
+        shared.ledger.close()  # type: ignore[attr-defined]
+
+        async def seen_much_later() -> int:
+            # An observation is out of the signals' window a million seconds later on the
+            # job's clock; on the server's, the job's time is not read.
+            key = SignalKey("fireworks", "kimi-k3", "standard")
+            await shared.signals.record(key, Observation(Outcome.ok), 1000.0)
+            n = (await shared.signals.stats(key, 1e6)).n
+            await shared.signals.aclose()  # type: ignore[attr-defined]
+            return n
+
+        assert (asyncio.run(seen_much_later()) == 0) is on_jobs_clock
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -222,6 +222,7 @@ async def _open(
             out=out,
             input_sha256=scan.sha256,
             sharded=shard is not None,
+            callers_clock=not isinstance(clock, SystemClock),
         )
     if shard is not None:
         out = shard.out_path(out)

@@ -33,6 +33,7 @@ from tiersel.budget import Ledger, ListsReservations, OnExpiry, Whereabouts
 from tiersel.errors import TierselError
 from tiersel.signals import AsyncSignalStore
 from tiersel.stores import (
+    StoreClock,
     aclose_store,
     close_store,
     open_async_signal_store,
@@ -252,10 +253,13 @@ def open_shared_stores(
     out: str | os.PathLike[str],
     input_sha256: str,
     sharded: bool = False,
+    callers_clock: bool = False,
 ) -> SharedStores | None:
     """The shared stores at ``url``; None for ``memory://`` (the job keeps its own).
 
     ``sharded``: the job is one shard of several (the budget is then not this job's alone).
+    ``callers_clock``: the job runs on a clock of its own (a simulator's): the signals then run
+    on it (``clock=caller``) unless the URL names a clock; the budget always on the server's.
 
     Checks the budget at once, so a store that does not answer, or a budget of that name with
     another limit, stops the job before any call (`StoreUnavailable`, `BudgetConflict`).
@@ -272,5 +276,9 @@ def open_shared_stores(
         close_store(ledger)
         raise
     own = where.budget is None and not sharded
-    signals = open_async_signal_store(url)
+    # The signals on the job's clock when it has its own (a simulator's, virtual or scaled):
+    # on the server's, a 30 s cooldown was waited out in hundreds of ever shorter simulated
+    # sleeps, each asking the store again, for 30 real seconds. The budget stays on the
+    # server's clock, which every process sharing it reads alike.
+    signals = open_async_signal_store(url, clock=StoreClock.caller if callers_clock else None)
     return SharedStores(ledger, signals, name, where.public, own=own)

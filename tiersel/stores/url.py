@@ -27,7 +27,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlencode, urlsplit
 
@@ -68,6 +68,7 @@ class StoreURL:
     reservation_ttl_s: float | None = None
     on_expiry: OnExpiry | None = None
     clock: StoreClock = StoreClock.server
+    clock_named: bool = False  # the URL says clock=
 
     def __repr__(self) -> str:
         return f"StoreURL({self.public!r})"
@@ -142,6 +143,7 @@ def parse_store_url(url: str) -> StoreURL:
             reservation_ttl_s=ttl,
             on_expiry=expiry,
             clock=clock,
+            clock_named="clock" in own,
         )
     raise ValueError(
         f"store URL {public!r}: unknown scheme {parts.scheme!r};"
@@ -302,13 +304,16 @@ def open_signal_store(
     config: SignalConfig | None = None,
     *,
     on_unavailable: SignalFallback = SignalFallback.local_memory,
+    clock: StoreClock | None = None,
 ) -> SignalStore:
     """The overload signals at ``url`` (see the module's doc), for `Selector(signals=...)`.
 
     With Redis, ``on_unavailable`` says what happens when it does not answer: by default this
-    process keeps its signals in memory meanwhile and says so once in the log.
+    process keeps its signals in memory meanwhile and says so once in the log; ``clock``, when
+    the URL has no ``?clock=``, is the clock it runs on (`StoreClock`; default: the server's).
     """
     where = parse_store_url(url)
+    where = _on_clock(where, clock)
     if where.backend == "memory":
         return MemorySignalStore(config)
     return cast(SignalStore, _redis_signals(where, config, on_unavailable, is_async=False))
@@ -319,12 +324,21 @@ def open_async_signal_store(
     config: SignalConfig | None = None,
     *,
     on_unavailable: SignalFallback = SignalFallback.local_memory,
+    clock: StoreClock | None = None,
 ) -> AsyncSignalStore:
     """The asyncio twin of `open_signal_store`, for `Selector.asend`."""
     where = parse_store_url(url)
+    where = _on_clock(where, clock)
     if where.backend == "memory":
         return AsyncMemorySignalStore(MemorySignalStore(config))
     return cast(AsyncSignalStore, _redis_signals(where, config, on_unavailable, is_async=True))
+
+
+def _on_clock(where: StoreURL, clock: StoreClock | None) -> StoreURL:
+    """``where`` on ``clock`` when given and its URL names none."""
+    if clock is None or where.clock_named:
+        return where
+    return replace(where, clock=StoreClock(clock))
 
 
 def _redis_signals(
