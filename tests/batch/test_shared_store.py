@@ -230,13 +230,16 @@ def test_a_shards_summary_says_what_the_shared_budget_has_left(tmp_path: Path) -
     src = write_jsonl(tmp_path / "in.jsonl", [body(i, max_tokens=30) for i in range(20)])
     args = [*TIERSEL, "batch", str(src), "--out", str(tmp_path / "out.jsonl")]
     args += ["--budget-usd", "1", "--sim", "calm", "--store", url, "--json"]
+    # helper-33 (d4): a dead shard's reservations were not in the summary's 'left' either.
+    ledger = open_ledger(f"{url}?budget=batch-out.jsonl-{scan_input(src).sha256[:12]}",
+                         limit_usd=1.0)  # fmt: skip
     try:
-        runs = [
-            subprocess.run([*args, "--shard", f"{i}/2"], capture_output=True, text=True, timeout=60)
-            for i in (1, 2)
-        ]
-        shared = open_ledger(f"{url}?budget=batch-out.jsonl-{scan_input(src).sha256[:12]}",
-                             limit_usd=1.0).state(0.0)  # fmt: skip
+        run = [*args, "--shard", "1/2"]
+        runs = [subprocess.run(run, capture_output=True, text=True, timeout=60)]
+        assert ledger.reserve("a-dead-shard:1:1#1", 0.3, 0.0) is not None
+        run = [*args, "--shard", "2/2"]
+        runs.append(subprocess.run(run, capture_output=True, text=True, timeout=60))
+        shared = ledger.state(0.0)
     finally:
         server.terminate()
         server.wait(10)
@@ -245,7 +248,8 @@ def test_a_shards_summary_says_what_the_shared_budget_has_left(tmp_path: Path) -
     both = first["spent_usd"] + second["spent_usd"]
     assert shared.spent_usd == pytest.approx(both, abs=1e-9) and first["spent_usd"] > 0
     assert second["shared_spent_usd"] == pytest.approx(both, abs=1e-9)
-    assert second["remaining_usd"] == pytest.approx(1.0 - both, abs=1e-9)
+    assert second["shared_reserved_usd"] == pytest.approx(0.3, abs=1e-9)
+    assert second["remaining_usd"] == pytest.approx(1.0 - both - 0.3, abs=1e-9)
 
 
 def test_a_store_away_before_the_job_began_says_to_run_it_again(tmp_path: Path) -> None:

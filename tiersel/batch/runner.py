@@ -190,7 +190,9 @@ async def arun_batch(
             if not shared.own:  # other shards or jobs spend it too: say what it holds now
                 now = clock.now()
                 with contextlib.suppress(TierselError):
-                    summary.shared_spent_usd = shared.ledger.state(now).spent_usd
+                    state = shared.ledger.state(now)
+                    summary.shared_spent_usd = state.spent_usd
+                    summary.shared_reserved_usd = state.reserved_usd  # (this job's are closed)
             await shared.aclose()
     summary.peak_in_flight = durable.peak_in_flight
     summary.overrun_usd = runner.ledger.overrun_usd

@@ -63,7 +63,10 @@ class BatchSummary:
     invalid_lines: list[tuple[int, str]] = field(default_factory=list)
     shared_spent_usd: float | None = None
     """What the budget this job shares with other shards or jobs had spent when it ended (None
-    when the budget is its own): ``remaining_usd`` is what that leaves."""
+    when the budget is its own), and ``shared_reserved_usd`` what others held reserved then
+    (calls in flight elsewhere, or a dead worker's until their expiry): ``remaining_usd`` is
+    what those leave."""
+    shared_reserved_usd: float | None = None
 
     @property
     def rows(self) -> int:
@@ -72,7 +75,7 @@ class BatchSummary:
     @property
     def remaining_usd(self) -> float:
         spent = self.spent_usd if self.shared_spent_usd is None else self.shared_spent_usd
-        return max(0.0, self.budget_usd - spent)
+        return max(0.0, self.budget_usd - spent - (self.shared_reserved_usd or 0.0))
 
     @property
     def complete(self) -> bool:
@@ -157,6 +160,9 @@ class BatchSummary:
             "shared_spent_usd": (
                 None if self.shared_spent_usd is None else billed(self.shared_spent_usd)
             ),
+            "shared_reserved_usd": (
+                None if self.shared_reserved_usd is None else billed(self.shared_reserved_usd)
+            ),
             "unconfirmed_usd": billed(self.unconfirmed_usd),
             "overrun_usd": self.overrun_usd,
             "calls_ok": self.calls_ok,
@@ -213,9 +219,11 @@ class BatchSummary:
                 f" left ${self.remaining_usd:.6f}"
             )
         else:
+            held = self.shared_reserved_usd or 0.0
+            elsewhere = f", held by calls elsewhere ${held:.6f}" if held > 0 else ""
             out.append(
                 f"  spent ${self.spent_usd:.6f} here ({pct:.1f}% of ${self.budget_usd:.6f});"
-                f" the shared budget: spent ${self.shared_spent_usd:.6f}, left"
+                f" the shared budget: spent ${self.shared_spent_usd:.6f}{elsewhere}, left"
                 f" ${self.remaining_usd:.6f}"
             )
         if self.calls_budget_exhausted and self.least_needed_usd is not None:
