@@ -47,31 +47,32 @@ def _words(chunks: Any) -> int:
 def test_a_stream_too_slow_for_its_deadline_is_cut_for_fast_over_real_http(
     calm: RunningServer, clock: Clock, recorder: Recorder, library: str
 ) -> None:
-    # The simulator's standard generates about 25 tokens/s: 500 would end near 21 s, past the
-    # 20 s deadline; the watched first attempt is cut at its check, and fast serves the call.
+    # The simulator's standard generates 20-34 tokens/s as its pool is busy or idle: 700 would
+    # end after 21 s, past the 20 s deadline; the watched first attempt is cut at its check,
+    # and fast serves the call. (With 500, an idle pool's standard served it in 16 s: CI once.)
     ledger = MemoryLedger(limit_usd=1.0)
     selector = tiersel.Selector(api_key="", clock=clock, ledger=ledger)
     http = sync_http(library, selector, recorder)
     client = openai.OpenAI(api_key="sk-test", base_url=calm.openai_base_url, http_client=http)
     with tiersel.requirements(**STRICT):
         stream = client.chat.completions.create(
-            model=MODEL, messages=_prompt(), max_tokens=500, stream=True
+            model=MODEL, messages=_prompt(), max_tokens=700, stream=True
         )
         words = _words(stream)
     record = recorder.last
     assert record.ok and record.tier == "fast" and record.attempts == 2
-    assert record.decision is not None and record.decision.label == "standard^>fast"
+    assert record.decision is not None and record.decision.label.startswith("standard^>fast")
     # The caller got the fast answer alone: none of the cut attempt's tokens.
-    assert words == 500
+    assert words == 700
     # The cut attempt is billed its prompt and the tokens it generated, with the fast answer.
     fast = KIMI.tiers["fast"]
     served = record.usage
-    assert served is not None and served.completion_tokens == 500
+    assert served is not None and served.completion_tokens == 700
     # (the prompt the cut attempt sent is in the provider's cache now: fast reads it there)
     alone = (
         served.uncached_tokens * fast.input_per_token
         + served.cached_tokens * fast.cached_input_per_token
-        + 500 * fast.output_per_token
+        + 700 * fast.output_per_token
     )
     cut = record.cost_usd - alone
     std = KIMI.tiers["standard"]
