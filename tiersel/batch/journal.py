@@ -149,7 +149,6 @@ class Resumed:
     done: DoneLines = field(default_factory=DoneLines)
     rows_usd: float = 0.0
     lost: dict[int, Charges] = field(default_factory=dict)
-    open_usd: float = 0.0  # of lost: reservations still open at the crash (requests in flight)
     in_flight: dict[str, InFlight] = field(default_factory=dict)
 
     @property
@@ -168,7 +167,6 @@ class Resumed:
         before = self.lost[attempt.line]
         unconfirmed = before.unconfirmed_usd - attempt.usd + (0.0 if confirmed else usd)
         self.lost[attempt.line] = Charges(before.cost_usd - attempt.usd + usd, unconfirmed)
-        self.open_usd -= attempt.usd
         return attempt
 
 
@@ -522,9 +520,7 @@ def _replay(journal: Path, resumed: Resumed) -> None:
     done = resumed.done
     held: dict[str, tuple[int, float]] = {}
     lost: dict[int, list[float]] = {}
-    # Each unrowed line's envelope (`tiersel.batch.ledger`), by call: opened by a reservation
-    # when the line holds none, kept through an attempt released unbilled, gone with a charge.
-    envelopes: dict[str, str] = {}
+    envelopes = _Envelopes()  # (of the unrowed lines)
     with open(journal, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.endswith(b"\n"):
@@ -536,11 +532,11 @@ def _replay(journal: Path, resumed: Resumed) -> None:
                     line = int(rec["l"])
                     if line not in done:
                         held[rec["a"]] = (line, float(rec["usd"]))
-                        envelopes.setdefault(_call_of(rec["a"]), rec["a"])
+                        envelopes.reserved(rec["a"])
                 elif op in ("s", "x"):
                     hit = held.pop(rec["a"], None)
                     if op == "s":
-                        envelopes.pop(_call_of(rec["a"]), None)
+                        envelopes.charged(rec["a"])
                     if hit is not None and op == "s":
                         acc = lost.setdefault(hit[0], [0.0, 0.0])
                         acc[0] += float(rec["usd"])
@@ -557,8 +553,7 @@ def _replay(journal: Path, resumed: Resumed) -> None:
         acc = lost.setdefault(line, [0.0, 0.0])
         acc[0] += amount
         acc[1] += amount
-        resumed.open_usd += amount
-        envelope = envelopes.get(_call_of(attempt))
+        envelope = envelopes.of(attempt)
         if envelope is not None:
             resumed.in_flight[envelope] = InFlight(attempt, line, amount)
     resumed.lost = {
@@ -585,7 +580,7 @@ def journaled(journal: Path, reservations: Collection[str]) -> dict[str, Journal
     sent under it. Reads the journal once, keeping only the calls of ``reservations``."""
     wanted = set(reservations)
     calls = {_call_of(r) for r in wanted}
-    envelope: dict[str, str] = {}  # call -> its envelope now
+    envelopes = _Envelopes()
     open_: dict[str, tuple[str, float]] = {}  # call -> its attempt open now
     found: dict[str, Journaled] = {}
     with open(journal, "rb") as f:
@@ -599,20 +594,42 @@ def journaled(journal: Path, reservations: Collection[str]) -> dict[str, Journal
                 continue
             op = rec["op"]
             if op == "r":
-                envelope.setdefault(call, attempt)
+                envelopes.reserved(attempt)
                 open_[call] = (attempt, float(rec["usd"]))
             elif op == "x":
                 open_.pop(call, None)
             elif op == "s":
                 open_.pop(call, None)
-                held = envelope.pop(call, None)
+                held = envelopes.charged(attempt)
                 if held in wanted:
                     found[held] = Journaled(attempt, float(rec["usd"]), charged=True)
-    for call, held in envelope.items():
-        attempt_open = open_.get(call)
-        if held in wanted and attempt_open is not None:
-            found[held] = Journaled(*attempt_open, charged=False)
+    for attempt, usd in open_.values():
+        held = envelopes.of(attempt)
+        if held in wanted:
+            found[held] = Journaled(attempt, usd, charged=False)
     return found
+
+
+class _Envelopes:
+    """Each call's envelope, its reservation in the budget's store (`tiersel.batch.ledger`), as
+    the journal's records make and drop it: made under the id of the attempt that reserves when
+    the call holds none, kept through an attempt released unbilled, dropped by a charge."""
+
+    __slots__ = ("_of_call",)
+
+    def __init__(self) -> None:
+        self._of_call: dict[str, str] = {}
+
+    def reserved(self, attempt_id: str) -> None:
+        self._of_call.setdefault(_call_of(attempt_id), attempt_id)
+
+    def charged(self, attempt_id: str) -> str | None:
+        """The envelope the charge of ``attempt_id`` dropped."""
+        return self._of_call.pop(_call_of(attempt_id), None)
+
+    def of(self, attempt_id: str) -> str | None:
+        """The envelope ``attempt_id``'s call holds now."""
+        return self._of_call.get(_call_of(attempt_id))
 
 
 def _call_of(attempt_id: str) -> str:

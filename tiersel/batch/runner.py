@@ -281,9 +281,9 @@ def _store_check(
         if resumed.run > 1:
             now = clock.now()
             settled = shared.settle_in_flight(resumed, now)  # (before any is closed)
-            forgiven = settled.freed_usd
+            forgiven = settled.forgiven_usd
             closed = shared.close_left_open(resumed.job, journal, now)
-            summary.store_freed_usd = round(closed.freed_usd, 10)
+            summary.store_freed_usd = closed.freed_usd
             charged.extend(settled.charged + closed.charged)
         summary.store_restored_usd = shared.restore_spend(
             resumed.spent_usd,

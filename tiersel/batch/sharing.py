@@ -114,11 +114,14 @@ class Shard:
 
 @dataclass(frozen=True, slots=True)
 class LeftOpen:
-    """What `SharedStores.close_left_open` or `SharedStores.settle_in_flight` did: an amount
-    (see each), and the attempts in flight it charged (id, amount, and whether unconfirmed),
-    which the journal is to record."""
+    """What `SharedStores.close_left_open` or `SharedStores.settle_in_flight` did: the money
+    it gave back to the budget (``freed_usd``), the reservations of requests in flight the
+    store charged at amounts it no longer knows (``forgiven_usd``: the resume's check does not
+    ask the store to hold them), and the attempts in flight it charged (id, amount, whether
+    unconfirmed), which the journal is to record."""
 
     freed_usd: float = 0.0
+    forgiven_usd: float = 0.0
     charged: list[tuple[str, float, bool]] = field(default_factory=list)
 
 
@@ -208,7 +211,7 @@ class SharedStores:
             freed += max(0.0, amount - entry.usd)
             if not entry.charged:
                 charged.append((entry.attempt_id, entry.usd, True))
-        return LeftOpen(freed, charged)
+        return LeftOpen(freed_usd=freed, charged=charged)
 
     def settle_in_flight(self, resumed: Resumed, now: float) -> LeftOpen:
         """Make the store and the journal agree on the requests in flight when the last run
@@ -216,21 +219,20 @@ class SharedStores:
         those it holds): one the store charged (settled at its actual cost before the journal
         said so, or charged in full at its expiry) is counted at that charge, and the journal
         is to record it; one it freed at its expiry is charged its reservation now, as the
-        journal counts it (its request may have been billed). Returns those charges, and, as
-        ``freed_usd``, what the store charged of the rest at an amount it no longer knows
-        (the resume's check does not ask the store to hold it); one the store does not know at
-        all is money it lost (the check charges it again)."""
+        journal counts it (its request may have been billed). One it charged at an amount it
+        no longer knows is forgiven (`LeftOpen.forgiven_usd`); one it does not know at all is
+        money it lost (the resume's check charges it again)."""
         if not resumed.in_flight or not isinstance(self.ledger, ListsReservations):
             return LeftOpen()
         standing = self.ledger.whereabouts(list(resumed.in_flight), now)
-        unknown_charge = 0.0
+        forgiven = 0.0
         charged: list[tuple[str, float, bool]] = []
         for reservation, attempt in list(resumed.in_flight.items()):
             st = standing.get(reservation)
             if st is None:
                 continue
             if st.where is Whereabouts.settled and st.usd is None:
-                unknown_charge += attempt.usd
+                forgiven += attempt.usd
             elif st.where is Whereabouts.settled and st.usd is not None:
                 confirmed = st.usd < attempt.usd  # (less than the worst case: its bill)
                 resumed.charged(reservation, st.usd, confirmed=confirmed)
@@ -239,7 +241,7 @@ class SharedStores:
                 self.ledger.settle(reservation, attempt.usd, now)
                 resumed.charged(reservation, attempt.usd, confirmed=False)
                 charged.append((attempt.attempt_id, attempt.usd, True))
-        return LeftOpen(unknown_charge, charged)
+        return LeftOpen(forgiven_usd=forgiven, charged=charged)
 
     async def aclose(self) -> None:
         close_store(self.ledger)

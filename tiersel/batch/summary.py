@@ -183,7 +183,7 @@ class BatchSummary:
             "elapsed_s": self.elapsed_s,
             "stopped": self.stopped,
             "store_restored_usd": self.store_restored_usd,
-            "store_freed_usd": self.store_freed_usd,
+            "store_freed_usd": billed(self.store_freed_usd),
             "least_needed_usd": self.least_needed_usd,
             "least_needed_tier": self.least_needed_tier,
             "invalid_lines": [{"line": n, "reason": r} for n, r in self.invalid_lines],
@@ -243,7 +243,7 @@ class BatchSummary:
                 f"  the shared store had lost ${self.store_restored_usd:.6f} of this job's spend"
                 " (flushed, or restarted without persistence): charged to it again from the journal"
             )
-        if self.store_freed_usd > 0:
+        if billed(self.store_freed_usd) > 0:
             out.append(
                 f"  ${self.store_freed_usd:.6f} that the last run's reservations held for no"
                 " request (between attempts, or past what a request was charged) was given back"
